@@ -1,0 +1,10 @@
+//! castmux: a DVB scrambler, transport-stream muxer and conditional-access head-end.
+//!
+//! The modules follow the data path, one way:
+//! `io` (inputs) -> `ts` (packets, PSI) -> `scramble` (crypto periods, CWs,
+//! batches) -> `ts` (PSI rewrite, ECM/EMM insertion) -> `io` (outputs).
+#![forbid(unsafe_code)]
+
+pub mod io;
+pub mod scramble;
+pub mod ts;

@@ -1,13 +1,45 @@
-//! castmux's DVB-CSA2 engine.
+//! castmux's scrambling engine: DVB-CSA2 with SIMD bitslice kernels written
+//! in C (portable 64-bit, SSE2, AVX2, AVX-512 with VBMI and GFNI), chosen at
+//! run time, and the AES modes DVB-CISSA and ATIS-IDSA.
+//!
+//! Design:
+//! - the scalar Rust path ([`scalar`]) is the plain description of the
+//!   cipher and the oracle every kernel is tested against;
+//! - the C kernel is one source built per lane width; [`Backend`] picks one
+//!   from the CPU, `CASTMUX_CSA_BACKEND` or [`force_backend`] force one;
+//! - the safe API is [`KeyContext`]: even and odd keys expanded once per CW
+//!   change, batches of 188-byte packets processed in place;
+//! - all `unsafe` lives in `kernel.rs` (FFI) and `reference.rs` (libdvbcsa).
+
+pub mod aes_modes;
+pub mod batch;
+mod hex;
+mod kernel;
 pub mod key;
+#[cfg(feature = "libdvbcsa")]
+pub mod reference;
 pub mod scalar;
 pub mod tables;
-mod hex;
 
+pub use aes_modes::{AesKey, AesMode};
+pub use batch::{payload_offset, Algorithm, BatchStats, KeyContext, Parity, PACKET_SIZE};
+pub use kernel::{
+    force_backend, kernel_block_sbox, kernel_stream_sbox_truth_tables, selected_backend, Backend,
+    BACKEND_ENV,
+};
 pub use key::{ControlWord, ExpandedKey};
 
+/// Errors of the engine's API.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("a control word is 16 hex digits (8 bytes); got {0} characters")]
     BadControlWord(usize),
+    #[error("a batch is whole 188-byte TS packets; got {len} bytes ({} bytes over a multiple of 188)", .len % 188)]
+    NotPacketMultiple { len: usize },
+    #[error("{algorithm} keys are {expected} bytes; got {got}")]
+    WrongKeyLength {
+        algorithm: &'static str,
+        expected: usize,
+        got: usize,
+    },
 }

@@ -1,0 +1,501 @@
+/*
+ * castmux DVB-CSA2 batch kernel.
+ *
+ * One source, built once per lane width by build.rs (portable 64-bit, SSE2,
+ * AVX2, AVX-512). A call processes up to LANES payloads at once:
+ *
+ *  - the block cipher runs byte-sliced: byte j of every payload's block sits
+ *    in one SIMD byte lane, so a round is a few XORs plus two table lookups
+ *    (AVX-512: VBMI byte permutes for the S-box, GFNI for the bit permutation;
+ *    elsewhere: plain table lookups);
+ *  - the stream cipher runs bit-sliced: bit l of every word belongs to
+ *    payload l, so its seven 5->2 S-boxes are boolean circuits (AVX-512:
+ *    vpternlog, one instruction per 3-input function).
+ *
+ * Payloads are gathered into a byte-sliced scratch area (rows[pos][lane]),
+ * processed there and scattered back; each lane keeps its own length, so a
+ * batch mixes payload lengths freely. Semantics match libdvbcsa: payloads
+ * under 8 bytes are never passed here (the caller leaves them clear); full
+ * blocks are chained through the block cipher, everything after the first
+ * block is XORed with the stream cipher, a trailing partial block gets the
+ * stream only.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "csa_kernel.h"
+
+#ifndef CSA_BACKEND
+#error "build.rs defines CSA_BACKEND (u64, sse2, avx2, avx512)"
+#endif
+
+#define CSA_CAT2(a, b) a##b
+#define CSA_CAT(a, b) CSA_CAT2(a, b)
+#define CSA_FN(name) CSA_CAT(CSA_CAT(castmux_csa_, CSA_BACKEND), CSA_CAT(_, name))
+
+#if defined(CSA_WIDTH_512)
+#include <immintrin.h>
+#define WBYTES 64
+#elif defined(CSA_WIDTH_256)
+#define WBYTES 32
+#elif defined(CSA_WIDTH_128)
+#define WBYTES 16
+#else
+#define WBYTES 8
+#endif
+
+/* A word of lanes. GCC/Clang vector extensions give &, |, ^, ~ at every width. */
+typedef uint64_t W __attribute__((vector_size(WBYTES), aligned(WBYTES)));
+typedef uint8_t WB __attribute__((vector_size(WBYTES), aligned(WBYTES)));
+
+#define LANES (WBYTES * 8)
+#define MAX_PAYLOAD 184
+#define MAX_BLOCKS (MAX_PAYLOAD / 8)
+
+static inline W w_zero(void) { return (W){0}; }
+static inline W w_ones(void) { return ~w_zero(); }
+static inline W w_load(const void *p) { W w; memcpy(&w, p, sizeof w); return w; }
+static inline void w_store(void *p, W w) { memcpy(p, &w, sizeof w); }
+
+/* ---------------------------------------------------------------------- */
+/* Three-input boolean functions and the 5-input S-box outputs.           */
+
+/* mux: c ? a : b */
+#if defined(CSA_WIDTH_512)
+#define LUT3(a, b, c, imm) \
+    ((W)_mm512_ternarylogic_epi64((__m512i)(a), (__m512i)(b), (__m512i)(c), (imm)))
+#define MUX(c, a, b) LUT3((c), (a), (b), 0xCA)
+#else
+/* A 2-input function by its 4-bit truth table (index = b << 1 | c). */
+static inline __attribute__((always_inline)) W lut2(W b, W c, const int m) {
+    switch (m & 15) {
+    case 0: return w_zero();
+    case 1: return ~(b | c);
+    case 2: return ~b & c;
+    case 3: return ~b;
+    case 4: return b & ~c;
+    case 5: return ~c;
+    case 6: return b ^ c;
+    case 7: return ~(b & c);
+    case 8: return b & c;
+    case 9: return ~(b ^ c);
+    case 10: return c;
+    case 11: return ~b | c;
+    case 12: return b;
+    case 13: return b | ~c;
+    case 14: return b | c;
+    default: return w_ones();
+    }
+}
+static inline __attribute__((always_inline)) W mux(W c, W a, W b) { return b ^ (c & (a ^ b)); }
+/* A 3-input function by its vpternlog-style truth table (index = a<<2 | b<<1 | c). */
+static inline __attribute__((always_inline)) W lut3(W a, W b, W c, const int imm) {
+    const int hi = (imm >> 4) & 15, lo = imm & 15;
+    if (hi == lo) return lut2(b, c, lo);
+    return mux(a, lut2(b, c, hi), lut2(b, c, lo));
+}
+#define LUT3(a, b, c, imm) lut3((a), (b), (c), (imm))
+#define MUX(c, a, b) mux((c), (a), (b))
+#endif
+
+/* A 5-input function by its 32-bit truth table, index = x4 x3 x2 x1 x0
+ * (x4 most significant): split on x4, x3, then one LUT3 per quarter. */
+#define F5(x4, x3, x2, x1, x0, tt)                                               \
+    MUX((x4),                                                                    \
+        MUX((x3), LUT3((x2), (x1), (x0), ((tt) >> 24) & 0xff),                   \
+            LUT3((x2), (x1), (x0), ((tt) >> 16) & 0xff)),                        \
+        MUX((x3), LUT3((x2), (x1), (x0), ((tt) >> 8) & 0xff),                    \
+            LUT3((x2), (x1), (x0), (tt) & 0xff)))
+
+/* Truth tables of the stream S-boxes (bit 0 and bit 1 of each 2-bit output),
+ * derived from the published S-box tables (tables.rs; a Rust test checks
+ * these against it through castmux_csa_stream_sbox_truth_tables). */
+#define SBOX1_B0 0x78c6b16cu
+#define SBOX1_B1 0x4b368771u
+#define SBOX2_B0 0xe41b4b63u
+#define SBOX2_B1 0x58b98679u
+#define SBOX3_B0 0xe41b1be4u
+#define SBOX3_B1 0x69d25879u
+#define SBOX4_B0 0x92ad994bu
+#define SBOX4_B1 0x66b492adu
+#define SBOX5_B0 0x35e29e58u
+#define SBOX5_B1 0x9c274cf1u
+#define SBOX6_B0 0x66d2e61au
+#define SBOX6_B1 0x691bb46cu
+#define SBOX7_B0 0x266d9d92u
+#define SBOX7_B1 0xb38c691eu
+
+#ifdef CSA_EXPORT_TABLES
+const uint32_t castmux_csa_stream_sbox_truth_tables[14] = {
+    SBOX1_B0, SBOX1_B1, SBOX2_B0, SBOX2_B1, SBOX3_B0, SBOX3_B1, SBOX4_B0,
+    SBOX4_B1, SBOX5_B0, SBOX5_B1, SBOX6_B0, SBOX6_B1, SBOX7_B0, SBOX7_B1,
+};
+#endif
+
+/* ---------------------------------------------------------------------- */
+/* Bit-sliced stream cipher.                                              */
+
+/* Shift registers as a window sliding down a 42-nibble array: during one
+ * 8-byte block (32 clocks) register k of clock t is at index 31 - t + k;
+ * after the block the 10 live nibbles move back to 32..41. */
+#define REG_LEN 42
+
+struct stream_state {
+    W a[REG_LEN][4];
+    W b[REG_LEN][4];
+    W x[4], y[4], z[4], d[4], e[4], f[4];
+    W p, q, r;
+};
+
+static void stream_load_key(struct stream_state *s, const uint8_t cw[8]) {
+    memset(s, 0, sizeof *s);
+    for (int i = 0; i < 4; i++) {
+        const uint8_t ah = cw[i] >> 4, al = cw[i] & 15, bh = cw[4 + i] >> 4, bl = cw[4 + i] & 15;
+        for (int bit = 0; bit < 4; bit++) {
+            /* register k (1-based) at index 31 + k */
+            s->a[32 + 2 * i][bit] = ((ah >> bit) & 1) ? w_ones() : w_zero();
+            s->a[33 + 2 * i][bit] = ((al >> bit) & 1) ? w_ones() : w_zero();
+            s->b[32 + 2 * i][bit] = ((bh >> bit) & 1) ? w_ones() : w_zero();
+            s->b[33 + 2 * i][bit] = ((bl >> bit) & 1) ? w_ones() : w_zero();
+        }
+    }
+}
+
+/* One clock. `k` is the window base: register n is a[k + n]. With `init`,
+ * in_a/in_b are the nibbles fed in; otherwise the two output bits are
+ * returned in *o1 (bit 1: d2^d3) and *o0 (bit 0: d0^d1). */
+static inline __attribute__((always_inline)) void
+stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in_b, W *o1, W *o0) {
+    W (*A)[4] = s->a + k;
+    W (*B)[4] = s->b + k;
+
+    /* S-box inputs in the order of tables.rs STREAM_SBOX_INPUTS (first = MSB). */
+    const W s1_0 = F5(A[4][0], A[1][2], A[6][1], A[7][3], A[9][0], SBOX1_B0);
+    const W s1_1 = F5(A[4][0], A[1][2], A[6][1], A[7][3], A[9][0], SBOX1_B1);
+    const W s2_0 = F5(A[2][1], A[3][2], A[6][3], A[7][0], A[9][1], SBOX2_B0);
+    const W s2_1 = F5(A[2][1], A[3][2], A[6][3], A[7][0], A[9][1], SBOX2_B1);
+    const W s3_0 = F5(A[1][3], A[2][0], A[5][1], A[5][3], A[6][2], SBOX3_B0);
+    const W s3_1 = F5(A[1][3], A[2][0], A[5][1], A[5][3], A[6][2], SBOX3_B1);
+    const W s4_0 = F5(A[3][3], A[1][1], A[2][3], A[4][2], A[8][0], SBOX4_B0);
+    const W s4_1 = F5(A[3][3], A[1][1], A[2][3], A[4][2], A[8][0], SBOX4_B1);
+    const W s5_0 = F5(A[5][2], A[4][3], A[6][0], A[8][1], A[9][2], SBOX5_B0);
+    const W s5_1 = F5(A[5][2], A[4][3], A[6][0], A[8][1], A[9][2], SBOX5_B1);
+    const W s6_0 = F5(A[3][1], A[4][1], A[5][0], A[7][2], A[9][3], SBOX6_B0);
+    const W s6_1 = F5(A[3][1], A[4][1], A[5][0], A[7][2], A[9][3], SBOX6_B1);
+    const W s7_0 = F5(A[2][2], A[3][0], A[7][1], A[8][2], A[8][3], SBOX7_B0);
+    const W s7_1 = F5(A[2][2], A[3][0], A[7][1], A[8][2], A[8][3], SBOX7_B1);
+
+    W extra[4];
+    extra[0] = B[9][2] ^ B[6][3] ^ B[3][1] ^ B[8][0];
+    extra[1] = B[5][3] ^ B[8][2] ^ B[4][0] ^ B[5][1];
+    extra[2] = B[6][0] ^ B[8][1] ^ B[3][3] ^ B[4][2];
+    extra[3] = B[3][0] ^ B[6][1] ^ B[7][2] ^ B[9][3];
+
+    /* New register-1 nibbles go to index k - 1 (the window slides down). */
+    W *na = A[0], *nb = B[0];
+    W tb[4];
+    for (int i = 0; i < 4; i++) {
+        W va = A[10][i] ^ s->x[i];
+        W vb = B[7][i] ^ B[10][i] ^ s->y[i];
+        if (init) {
+            va ^= s->d[i] ^ in_a[i];
+            vb ^= in_b[i];
+        }
+        na[i] = va;
+        tb[i] = vb;
+    }
+    /* p = 1: rotate the B input left by one bit. */
+    nb[0] = MUX(s->p, tb[3], tb[0]);
+    nb[1] = MUX(s->p, tb[0], tb[1]);
+    nb[2] = MUX(s->p, tb[1], tb[2]);
+    nb[3] = MUX(s->p, tb[2], tb[3]);
+
+    W carry = s->r;
+    for (int i = 0; i < 4; i++) {
+        const W z = s->z[i], e = s->e[i];
+        s->d[i] = e ^ z ^ extra[i];
+        /* q = 1: F = Z + E + r (nibble add); q = 0: F = E. */
+        const W nf = e ^ (s->q & (z ^ carry));
+        carry = LUT3(z, e, carry, 0xE8); /* majority */
+        s->e[i] = s->f[i];
+        s->f[i] = nf;
+    }
+    s->r = MUX(s->q, carry, s->r);
+
+    s->x[0] = s1_1; s->x[1] = s2_1; s->x[2] = s3_0; s->x[3] = s4_0;
+    s->y[0] = s3_1; s->y[1] = s4_1; s->y[2] = s5_0; s->y[3] = s6_0;
+    s->z[0] = s5_1; s->z[1] = s6_1; s->z[2] = s1_0; s->z[3] = s2_0;
+    s->p = s7_1;
+    s->q = s7_0;
+
+    if (!init) {
+        *o1 = s->d[2] ^ s->d[3];
+        *o0 = s->d[0] ^ s->d[1];
+    }
+}
+
+static inline void stream_slide(struct stream_state *s) {
+    memmove(s->a[32], s->a[0], sizeof(s->a[0]) * 10);
+    memmove(s->b[32], s->b[0], sizeof(s->b[0]) * 10);
+}
+
+/* Runs the 32 initialisation clocks; iv[byte][bit] bit-sliced. */
+static void stream_init(struct stream_state *s, W iv[8][8]) {
+    for (int i = 0; i < 8; i++) {
+        for (int j = 0; j < 4; j++) {
+            const int k = 31 - 4 * i - j;
+            /* even clocks: A takes the high nibble, B the low; odd: swapped */
+            const W *hi = &iv[i][4], *lo = &iv[i][0];
+            stream_clock(s, k, 1, (j & 1) ? lo : hi, (j & 1) ? hi : lo, NULL, NULL);
+        }
+    }
+    stream_slide(s);
+}
+
+/* Generates 8 keystream bytes, bit-sliced: ks[byte][bit]. */
+static void stream_generate(struct stream_state *s, W ks[8][8]) {
+    for (int i = 0; i < 8; i++) {
+        for (int j = 0; j < 4; j++) {
+            const int k = 31 - 4 * i - j;
+            stream_clock(s, k, 0, NULL, NULL, &ks[i][7 - 2 * j], &ks[i][6 - 2 * j]);
+        }
+    }
+    stream_slide(s);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Byte-slice <-> bit-slice conversion (8 x 8 bit transposes).            */
+
+/* Transposes an 8x8 bit matrix held as 8 bytes: out.byte[r].bit[c] = in.byte[c].bit[r]. */
+static inline uint64_t transpose8(uint64_t x) {
+    uint64_t t;
+    t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAull;
+    x ^= t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCull;
+    x ^= t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ull;
+    x ^= t ^ (t << 28);
+    return x;
+}
+
+/* One byte row of LANES lanes -> 8 bit words (bit b of every lane). */
+static inline void row_to_bits(const uint8_t *row, W out[8]) {
+    uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
+    for (int m = 0; m < WBYTES; m++) {
+        uint64_t x;
+        memcpy(&x, row + 8 * m, 8);
+        x = transpose8(x);
+        for (int b = 0; b < 8; b++) tmp[b][m] = (uint8_t)(x >> (8 * b));
+    }
+    for (int b = 0; b < 8; b++) out[b] = w_load(tmp[b]);
+}
+
+/* XORs 8 bit words (bit b of every lane) into one byte row. */
+static inline void bits_xor_row(const W in[8], uint8_t *row) {
+    uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
+    for (int b = 0; b < 8; b++) w_store(tmp[b], in[b]);
+    for (int m = 0; m < WBYTES; m++) {
+        uint64_t x = 0, y;
+        for (int b = 0; b < 8; b++) x |= (uint64_t)tmp[b][m] << (8 * b);
+        x = transpose8(x);
+        memcpy(&y, row + 8 * m, 8);
+        y ^= x;
+        memcpy(row + 8 * m, &y, 8);
+    }
+}
+
+/* ---------------------------------------------------------------------- */
+/* Byte-sliced block cipher.                                              */
+
+/* bit permutation of the round: input bit i -> output bit PERM_TO[i] */
+static const uint8_t PERM_TO[8] = {1, 7, 5, 4, 2, 6, 0, 3};
+
+#if defined(CSA_WIDTH_512)
+struct block_tables {
+    __m512i sbox[4];
+    __m512i perm_matrix;
+};
+
+static void block_tables_init(struct block_tables *t) {
+    for (int i = 0; i < 4; i++) t->sbox[i] = _mm512_loadu_si512(castmux_csa_block_sbox + 64 * i);
+    /* GF2P8AFFINEQB: output bit i = parity(matrix.byte[7 - i] & x). */
+    uint64_t m = 0;
+    for (int i = 0; i < 8; i++) m |= (uint64_t)(1u << i) << (8 * (7 - PERM_TO[i]));
+    t->perm_matrix = _mm512_set1_epi64((long long)m);
+}
+
+/* s = SBOX[x] for 64 bytes at once; p = the bit permutation of s. */
+static inline __attribute__((always_inline)) void
+block_sbox(const struct block_tables *t, W x, W *s, W *p) {
+    const __m512i xi = (__m512i)x;
+    const __m512i lo = _mm512_permutex2var_epi8(t->sbox[0], xi, t->sbox[1]);
+    const __m512i hi = _mm512_permutex2var_epi8(t->sbox[2], xi, t->sbox[3]);
+    const __m512i sv = _mm512_mask_blend_epi8(_mm512_movepi8_mask(xi), lo, hi);
+    *s = (W)sv;
+    *p = (W)_mm512_gf2p8affine_epi64_epi8(sv, t->perm_matrix, 0);
+}
+#define KEY_BROADCAST(k) ((W)_mm512_set1_epi8((char)(k)))
+#else
+struct block_tables {
+    uint8_t perm_sbox[256];
+};
+
+static void block_tables_init(struct block_tables *t) {
+    for (int x = 0; x < 256; x++) {
+        const uint8_t s = castmux_csa_block_sbox[x];
+        uint8_t p = 0;
+        for (int i = 0; i < 8; i++) p |= (uint8_t)(((s >> i) & 1) << PERM_TO[i]);
+        t->perm_sbox[x] = p;
+    }
+}
+
+static inline __attribute__((always_inline)) void
+block_sbox(const struct block_tables *t, W x, W *s, W *p) {
+    WB xb = (WB)x, sb, pb;
+    for (int i = 0; i < WBYTES; i++) {
+        sb[i] = castmux_csa_block_sbox[xb[i]];
+        pb[i] = t->perm_sbox[xb[i]];
+    }
+    *s = (W)sb;
+    *p = (W)pb;
+}
+static inline W key_broadcast(uint8_t k) {
+    WB v;
+    for (int i = 0; i < WBYTES; i++) v[i] = k;
+    return (W)v;
+}
+#define KEY_BROADCAST(k) key_broadcast(k)
+#endif
+
+/* r[0..8] are R1..R8 (byte j of the block in r[j]). */
+static inline void block_encrypt_group(const struct block_tables *t, const uint8_t kk[56], W r[8]) {
+    W r1 = r[0], r2 = r[1], r3 = r[2], r4 = r[3], r5 = r[4], r6 = r[5], r7 = r[6], r8 = r[7];
+    for (int i = 0; i < 56; i++) {
+        W s, p;
+        block_sbox(t, KEY_BROADCAST(kk[i]) ^ r8, &s, &p);
+        const W n8 = r1 ^ s, n7 = r8, n6 = r7 ^ p, n5 = r6, n4 = r5 ^ r1, n3 = r4 ^ r1,
+                n2 = r3 ^ r1, n1 = r2;
+        r1 = n1; r2 = n2; r3 = n3; r4 = n4; r5 = n5; r6 = n6; r7 = n7; r8 = n8;
+    }
+    r[0] = r1; r[1] = r2; r[2] = r3; r[3] = r4; r[4] = r5; r[5] = r6; r[6] = r7; r[7] = r8;
+}
+
+static inline void block_decrypt_group(const struct block_tables *t, const uint8_t kk[56], W r[8]) {
+    W r1 = r[0], r2 = r[1], r3 = r[2], r4 = r[3], r5 = r[4], r6 = r[5], r7 = r[6], r8 = r[7];
+    for (int i = 55; i >= 0; i--) {
+        W s, p;
+        block_sbox(t, KEY_BROADCAST(kk[i]) ^ r7, &s, &p);
+        const W tt = r8 ^ s;
+        const W n1 = tt, n2 = r1, n3 = r2 ^ tt, n4 = r3 ^ tt, n5 = r4 ^ tt, n6 = r5, n7 = r6 ^ p,
+                n8 = r7;
+        r1 = n1; r2 = n2; r3 = n3; r4 = n4; r5 = n5; r6 = n6; r7 = n7; r8 = n8;
+    }
+    r[0] = r1; r[1] = r2; r[2] = r3; r[3] = r4; r[4] = r5; r[5] = r6; r[6] = r7; r[7] = r8;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Batch driver.                                                          */
+
+struct scratch {
+    /* rows[pos][lane]: byte pos of every payload */
+    uint8_t rows[MAX_PAYLOAD][LANES] __attribute__((aligned(64)));
+    /* full[k][lane] = 0xff when block k is a full block of that payload */
+    uint8_t full[MAX_BLOCKS + 1][LANES] __attribute__((aligned(64)));
+};
+
+static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n) {
+    unsigned max_len = 0;
+    memset(sc->full, 0, sizeof sc->full);
+    for (size_t l = 0; l < LANES; l++) {
+        const unsigned ln = l < n ? len[l] : 0;
+        if (ln > max_len) max_len = ln;
+        for (unsigned k = 0; k < ln / 8; k++) sc->full[k][l] = 0xff;
+    }
+    max_len = (max_len + 7) & ~7u;
+    /* 8 lanes x 8 bytes at a time through an 8x8 byte transpose would be
+     * faster; bytes are moved one by one here, zero-filled past each end. */
+    for (unsigned pos = 0; pos < max_len; pos++) memset(sc->rows[pos], 0, LANES);
+    for (size_t l = 0; l < n; l++) {
+        const uint8_t *src = data[l];
+        for (unsigned pos = 0; pos < len[l]; pos++) sc->rows[pos][l] = src[pos];
+    }
+    return max_len;
+}
+
+static void scatter(const struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n) {
+    for (size_t l = 0; l < n; l++) {
+        uint8_t *dst = data[l];
+        for (unsigned pos = 0; pos < len[l]; pos++) dst[pos] = sc->rows[pos][l];
+    }
+}
+
+static inline W load_group(const uint8_t *row, int g) { return w_load(row + g * WBYTES); }
+static inline void store_group(uint8_t *row, int g, W w) { w_store(row + g * WBYTES, w); }
+
+static void stream_xor_rows(struct scratch *sc, const uint8_t cw[8], unsigned max_len) {
+    struct stream_state st;
+    W iv[8][8], ks[8][8];
+    stream_load_key(&st, cw);
+    for (int j = 0; j < 8; j++) row_to_bits(sc->rows[j], iv[j]);
+    stream_init(&st, iv);
+    for (unsigned pos = 8; pos < max_len; pos += 8) {
+        stream_generate(&st, ks);
+        for (int j = 0; j < 8; j++) bits_xor_row(ks[j], sc->rows[pos + j]);
+    }
+}
+
+size_t CSA_FN(lanes)(void) { return LANES; }
+
+void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
+                      size_t n) {
+    struct scratch sc; /* ~110 KB at 512 lanes: on the stack, not per-thread TLS */
+    struct block_tables t;
+    if (n == 0) return;
+    if (n > LANES) n = LANES;
+    block_tables_init(&t);
+    const unsigned max_len = gather(&sc, data, len, n);
+    const int blocks = (int)(max_len / 8);
+    /* Block cipher, chained from the last block to the first. */
+    for (int k = blocks - 1; k >= 0; k--) {
+        for (int g = 0; g < LANES / WBYTES; g++) {
+            const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
+            W r[8], old[8];
+            for (int j = 0; j < 8; j++) {
+                old[j] = load_group(sc.rows[8 * k + j], g);
+                W chained = k + 1 < blocks ? load_group(sc.rows[8 * (k + 1) + j], g) & next : w_zero();
+                r[j] = old[j] ^ chained;
+            }
+            block_encrypt_group(&t, key->kk, r);
+            for (int j = 0; j < 8; j++) store_group(sc.rows[8 * k + j], g, MUX(here, r[j], old[j]));
+        }
+    }
+    stream_xor_rows(&sc, key->cw, max_len);
+    scatter(&sc, data, len, n);
+}
+
+void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
+                        size_t n) {
+    struct scratch sc; /* ~110 KB at 512 lanes: on the stack, not per-thread TLS */
+    struct block_tables t;
+    if (n == 0) return;
+    if (n > LANES) n = LANES;
+    block_tables_init(&t);
+    const unsigned max_len = gather(&sc, data, len, n);
+    const int blocks = (int)(max_len / 8);
+    stream_xor_rows(&sc, key->cw, max_len);
+    /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
+    for (int k = 0; k < blocks; k++) {
+        for (int g = 0; g < LANES / WBYTES; g++) {
+            const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
+            W r[8], old[8];
+            for (int j = 0; j < 8; j++) r[j] = old[j] = load_group(sc.rows[8 * k + j], g);
+            block_decrypt_group(&t, key->kk, r);
+            for (int j = 0; j < 8; j++) {
+                W chained = k + 1 < blocks ? load_group(sc.rows[8 * (k + 1) + j], g) & next : w_zero();
+                store_group(sc.rows[8 * k + j], g, MUX(here, r[j] ^ chained, old[j]));
+            }
+        }
+    }
+    scatter(&sc, data, len, n);
+}

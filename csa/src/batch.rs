@@ -1,0 +1,426 @@
+//! Scrambling and descrambling whole batches of 188-byte TS packets in place.
+//!
+//! Only the payload after the adaptation field is touched; the header and
+//! adaptation field stay clear. Scrambling sets transport_scrambling_control
+//! (10 even, 11 odd); descrambling reads it to pick the key and clears it.
+//! Packets with a bad sync byte, no payload, or (when scrambling) already
+//! scrambled are left untouched and counted, and never stop the others.
+
+use crate::aes_modes::{self, AesKey, AesMode};
+use crate::kernel::{self, Backend, CKey};
+use crate::key::{ControlWord, ExpandedKey};
+use crate::{scalar, Error};
+
+/// TS packet size.
+pub const PACKET_SIZE: usize = 188;
+
+/// Which key of the pair a packet uses (ISO/IEC 13818-1 transport_scrambling_control).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Parity {
+    /// TSC `10`.
+    Even,
+    /// TSC `11`.
+    Odd,
+}
+
+impl Parity {
+    pub fn tsc_bits(self) -> u8 {
+        match self {
+            Parity::Even => 0b10,
+            Parity::Odd => 0b11,
+        }
+    }
+
+    pub fn flip(self) -> Parity {
+        match self {
+            Parity::Even => Parity::Odd,
+            Parity::Odd => Parity::Even,
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Parity::Even => 0,
+            Parity::Odd => 1,
+        }
+    }
+}
+
+/// The scrambling algorithm of a key context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// DVB-CSA2 (8-byte CWs).
+    Csa2,
+    /// DVB-CISSA, ETSI TS 103 127 (AES-128-CBC, 16-byte keys).
+    Cissa,
+    /// ATIS-IDSA, ATIS-0800006 (AES-128-CBC, 16-byte keys).
+    Idsa,
+}
+
+impl Algorithm {
+    /// Control word length in bytes.
+    pub fn key_len(self) -> usize {
+        match self {
+            Algorithm::Csa2 => 8,
+            Algorithm::Cissa | Algorithm::Idsa => 16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Csa2 => "csa2",
+            Algorithm::Cissa => "cissa",
+            Algorithm::Idsa => "idsa",
+        }
+    }
+}
+
+/// What a batch call did, packet by packet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Packets whose payload went through the cipher (with the TSC set or cleared).
+    pub processed: u64,
+    /// Packets marked but with a payload too short for the cipher (under 8 bytes
+    /// for CSA2, 16 for CISSA): left as they are, like libdvbcsa and TSDuck do.
+    pub short_payload: u64,
+    /// Packets without payload (adaptation field only, or an invalid AF length).
+    pub no_payload: u64,
+    /// Packets whose first byte is not 0x47.
+    pub bad_sync: u64,
+    /// Scramble: packets already scrambled (TSC != 00), passed through.
+    pub already_scrambled: u64,
+    /// Descramble: clear packets (TSC 00) passed through.
+    pub clear: u64,
+    /// Descramble: packets with the reserved TSC 01, passed through.
+    pub reserved_tsc: u64,
+}
+
+impl std::ops::AddAssign for BatchStats {
+    fn add_assign(&mut self, o: BatchStats) {
+        self.processed += o.processed;
+        self.short_payload += o.short_payload;
+        self.no_payload += o.no_payload;
+        self.bad_sync += o.bad_sync;
+        self.already_scrambled += o.already_scrambled;
+        self.clear += o.clear;
+        self.reserved_tsc += o.reserved_tsc;
+    }
+}
+
+/// Where the payload of a packet starts, or None when it has none.
+pub fn payload_offset(pkt: &[u8; PACKET_SIZE]) -> Option<usize> {
+    let afc = (pkt[3] >> 4) & 0b11;
+    match afc {
+        0b01 => Some(4),
+        0b11 => {
+            let start = 5 + pkt[4] as usize;
+            (start < PACKET_SIZE).then_some(start)
+        }
+        _ => None,
+    }
+}
+
+enum Keys {
+    Csa {
+        expanded: [ExpandedKey; 2],
+        ckeys: [CKey; 2],
+    },
+    Aes {
+        mode: AesMode,
+        keys: [AesKey; 2],
+    },
+}
+
+/// A key context: the even and the odd key, expanded once per key change.
+/// It holds no scratch space and is a few hundred bytes.
+pub struct KeyContext {
+    keys: Keys,
+    backend: Option<Backend>,
+}
+
+impl std::fmt::Debug for KeyContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyContext")
+            .field("algorithm", &self.algorithm())
+            .field("keys", &"<redacted>")
+            .finish()
+    }
+}
+
+fn ckey(k: &ExpandedKey) -> CKey {
+    CKey { cw: k.cw, kk: k.kk }
+}
+
+impl Drop for KeyContext {
+    fn drop(&mut self) {
+        if let Keys::Csa { ckeys, .. } = &mut self.keys {
+            for k in ckeys.iter_mut() {
+                crate::key::wipe(&mut k.cw);
+                crate::key::wipe(&mut k.kk);
+            }
+        }
+    }
+}
+
+impl KeyContext {
+    /// A DVB-CSA2 context with an even and an odd CW.
+    pub fn csa2(even: &ControlWord, odd: &ControlWord) -> Self {
+        let expanded = [ExpandedKey::new(even), ExpandedKey::new(odd)];
+        let ckeys = [ckey(&expanded[0]), ckey(&expanded[1])];
+        KeyContext {
+            keys: Keys::Csa { expanded, ckeys },
+            backend: None,
+        }
+    }
+
+    /// An AES context (CISSA or IDSA) with an even and an odd 16-byte key.
+    pub fn aes(algorithm: Algorithm, even: &[u8; 16], odd: &[u8; 16]) -> Result<Self, Error> {
+        let mode = match algorithm {
+            Algorithm::Cissa => AesMode::Cissa,
+            Algorithm::Idsa => AesMode::Idsa,
+            Algorithm::Csa2 => return Err(Error::WrongKeyLength { algorithm: "csa2", expected: 8, got: 16 }),
+        };
+        Ok(KeyContext {
+            keys: Keys::Aes {
+                mode,
+                keys: [AesKey::new(even), AesKey::new(odd)],
+            },
+            backend: None,
+        })
+    }
+
+    /// Builds a context from raw key bytes of the algorithm's length.
+    pub fn from_bytes(algorithm: Algorithm, even: &[u8], odd: &[u8]) -> Result<Self, Error> {
+        let want = algorithm.key_len();
+        for k in [even, odd] {
+            if k.len() != want {
+                return Err(Error::WrongKeyLength { algorithm: algorithm.name(), expected: want, got: k.len() });
+            }
+        }
+        match algorithm {
+            Algorithm::Csa2 => {
+                let e = ControlWord::from_bytes(even.try_into().expect("checked length"));
+                let o = ControlWord::from_bytes(odd.try_into().expect("checked length"));
+                Ok(KeyContext::csa2(&e, &o))
+            }
+            _ => KeyContext::aes(
+                algorithm,
+                even.try_into().expect("checked length"),
+                odd.try_into().expect("checked length"),
+            ),
+        }
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        match &self.keys {
+            Keys::Csa { .. } => Algorithm::Csa2,
+            Keys::Aes { mode: AesMode::Cissa, .. } => Algorithm::Cissa,
+            Keys::Aes { mode: AesMode::Idsa, .. } => Algorithm::Idsa,
+        }
+    }
+
+    /// Replaces one CSA2 CW of the pair (the other keeps working).
+    pub fn set_csa2(&mut self, parity: Parity, cw: &ControlWord) -> Result<(), Error> {
+        match &mut self.keys {
+            Keys::Csa { expanded, ckeys } => {
+                let e = ExpandedKey::new(cw);
+                ckeys[parity.index()] = ckey(&e);
+                expanded[parity.index()] = e;
+                Ok(())
+            }
+            Keys::Aes { .. } => Err(Error::WrongKeyLength { algorithm: self.algorithm().name(), expected: 16, got: 8 }),
+        }
+    }
+
+    /// Replaces one key of the pair from raw bytes of the algorithm's length.
+    pub fn set_key(&mut self, parity: Parity, key: &[u8]) -> Result<(), Error> {
+        let algorithm = self.algorithm();
+        if key.len() != algorithm.key_len() {
+            return Err(Error::WrongKeyLength { algorithm: algorithm.name(), expected: algorithm.key_len(), got: key.len() });
+        }
+        match &mut self.keys {
+            Keys::Csa { .. } => self.set_csa2(parity, &ControlWord::from_bytes(key.try_into().expect("checked length"))),
+            Keys::Aes { keys, .. } => {
+                keys[parity.index()] = AesKey::new(key.try_into().expect("checked length"));
+                Ok(())
+            }
+        }
+    }
+
+    /// Pins this context to one CSA backend (tests and benches); None = the process-wide choice.
+    pub fn with_backend(mut self, backend: Option<Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    fn backend(&self) -> Backend {
+        match self.backend {
+            Some(b) if b.is_supported() => b,
+            _ => kernel::selected_backend(),
+        }
+    }
+
+    /// Scrambles every clear packet with payload under the key of `parity`.
+    pub fn scramble(&self, packets: &mut [u8], parity: Parity) -> Result<BatchStats, Error> {
+        self.scramble_with(packets, |_| parity)
+    }
+
+    /// Scrambles with a parity chosen per packet (index in the batch), so a
+    /// CW switch can fall inside a batch.
+    pub fn scramble_with(
+        &self,
+        packets: &mut [u8],
+        mut parity_of: impl FnMut(usize) -> Parity,
+    ) -> Result<BatchStats, Error> {
+        self.run(packets, true, |i, tsc| {
+            if tsc == 0 {
+                Ok(parity_of(i))
+            } else {
+                Err(Skip::AlreadyScrambled)
+            }
+        })
+    }
+
+    /// Descrambles every scrambled packet with the key its TSC bits name and clears the TSC.
+    pub fn descramble(&self, packets: &mut [u8]) -> Result<BatchStats, Error> {
+        self.run(packets, false, |_, tsc| match tsc {
+            0b10 => Ok(Parity::Even),
+            0b11 => Ok(Parity::Odd),
+            0b00 => Err(Skip::Clear),
+            _ => Err(Skip::Reserved),
+        })
+    }
+
+    fn run(
+        &self,
+        packets: &mut [u8],
+        scramble: bool,
+        mut decide: impl FnMut(usize, u8) -> Result<Parity, Skip>,
+    ) -> Result<BatchStats, Error> {
+        if packets.len() % PACKET_SIZE != 0 {
+            return Err(Error::NotPacketMultiple { len: packets.len() });
+        }
+        let mut stats = BatchStats::default();
+        let min_len = match self.keys {
+            Keys::Csa { .. } => 8,
+            Keys::Aes { .. } => 16,
+        };
+        let mut lanes = LaneSets::new(self.backend());
+        for (i, pkt) in packets.chunks_exact_mut(PACKET_SIZE).enumerate() {
+            let pkt: &mut [u8; PACKET_SIZE] = pkt.try_into().expect("chunks of 188");
+            if pkt[0] != 0x47 {
+                stats.bad_sync += 1;
+                continue;
+            }
+            let tsc = pkt[3] >> 6;
+            let parity = match decide(i, tsc) {
+                Ok(p) => p,
+                Err(Skip::AlreadyScrambled) => {
+                    stats.already_scrambled += 1;
+                    continue;
+                }
+                Err(Skip::Clear) => {
+                    stats.clear += 1;
+                    continue;
+                }
+                Err(Skip::Reserved) => {
+                    stats.reserved_tsc += 1;
+                    continue;
+                }
+            };
+            let Some(start) = payload_offset(pkt) else {
+                stats.no_payload += 1;
+                continue;
+            };
+            pkt[3] = (pkt[3] & 0x3f) | if scramble { parity.tsc_bits() << 6 } else { 0 };
+            let payload = &mut pkt[start..];
+            if payload.len() < min_len {
+                stats.short_payload += 1;
+                continue;
+            }
+            stats.processed += 1;
+            match &self.keys {
+                Keys::Aes { mode, keys } => {
+                    let key = &keys[parity.index()];
+                    if scramble {
+                        aes_modes::scramble_payload(*mode, key, payload);
+                    } else {
+                        aes_modes::descramble_payload(*mode, key, payload);
+                    }
+                }
+                Keys::Csa { expanded, ckeys } => {
+                    if lanes.backend == Backend::Scalar {
+                        let key = &expanded[parity.index()];
+                        if scramble {
+                            scalar::scramble_payload(key, payload);
+                        } else {
+                            scalar::descramble_payload(key, payload);
+                        }
+                    } else {
+                        lanes.push(parity, payload, scramble, ckeys);
+                    }
+                }
+            }
+        }
+        if let Keys::Csa { ckeys, .. } = &self.keys {
+            lanes.flush_all(scramble, ckeys);
+        }
+        Ok(stats)
+    }
+}
+
+enum Skip {
+    AlreadyScrambled,
+    Clear,
+    Reserved,
+}
+
+/// Max lanes of any backend.
+const MAX_LANES: usize = 512;
+
+/// Payload pointers gathered per parity until a kernel call is full.
+struct LaneSets {
+    backend: Backend,
+    lanes: usize,
+    ptrs: [[*mut u8; MAX_LANES]; 2],
+    lens: [[u8; MAX_LANES]; 2],
+    count: [usize; 2],
+}
+
+impl LaneSets {
+    fn new(backend: Backend) -> Self {
+        LaneSets {
+            backend,
+            lanes: backend.lanes().min(MAX_LANES),
+            ptrs: [[std::ptr::null_mut(); MAX_LANES]; 2],
+            lens: [[0; MAX_LANES]; 2],
+            count: [0; 2],
+        }
+    }
+
+    /// Records a payload; its bytes are processed by the next flush, before
+    /// the batch call returns (the packets stay mutably borrowed until then).
+    fn push(&mut self, parity: Parity, payload: &mut [u8], scramble: bool, keys: &[CKey; 2]) {
+        let p = parity.index();
+        let n = self.count[p];
+        self.ptrs[p][n] = payload.as_mut_ptr();
+        self.lens[p][n] = payload.len() as u8;
+        self.count[p] = n + 1;
+        if n + 1 == self.lanes {
+            self.flush(p, scramble, keys);
+        }
+    }
+
+    fn flush(&mut self, p: usize, scramble: bool, keys: &[CKey; 2]) {
+        let n = self.count[p];
+        if n > 0 {
+            kernel::run(self.backend, scramble, &keys[p], &self.ptrs[p][..n], &self.lens[p][..n]);
+            self.count[p] = 0;
+        }
+    }
+
+    fn flush_all(&mut self, scramble: bool, keys: &[CKey; 2]) {
+        self.flush(0, scramble, keys);
+        self.flush(1, scramble, keys);
+    }
+}

@@ -1,0 +1,211 @@
+//! The C kernels: FFI declarations, CPU feature dispatch, and the one place
+//! the crate calls into them.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[repr(C)]
+pub(crate) struct CKey {
+    pub cw: [u8; 8],
+    pub kk: [u8; 56],
+}
+
+type KernelFn = unsafe extern "C" fn(*const CKey, *const *mut u8, *const u8, usize);
+
+extern "C" {
+    fn castmux_csa_u64_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_u64_descramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    pub(crate) static castmux_csa_stream_sbox_truth_tables: [u32; 14];
+    pub(crate) static castmux_csa_block_sbox: [u8; 256];
+}
+
+#[cfg(csa_x86_backends)]
+extern "C" {
+    fn castmux_csa_sse2_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_sse2_descramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_avx2_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_avx2_descramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_avx512_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_avx512_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+}
+
+/// A CSA implementation. `Scalar` is the plain Rust reference; the others
+/// are the C bitslice kernel built for one lane width each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    Scalar,
+    /// Portable 64-bit words, 64 payloads per call.
+    U64,
+    /// SSE2, 128 payloads per call.
+    Sse2,
+    /// AVX2, 256 payloads per call.
+    Avx2,
+    /// AVX-512 (F, BW, VBMI, GFNI), 512 payloads per call.
+    Avx512,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 5] = [
+        Backend::Scalar,
+        Backend::U64,
+        Backend::Sse2,
+        Backend::Avx2,
+        Backend::Avx512,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Scalar => "scalar",
+            Backend::U64 => "u64",
+            Backend::Sse2 => "sse2",
+            Backend::Avx2 => "avx2",
+            Backend::Avx512 => "avx512",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Backend> {
+        Backend::ALL.into_iter().find(|b| b.name().eq_ignore_ascii_case(name.trim()))
+    }
+
+    /// Payloads per kernel call (1 for the scalar path).
+    pub fn lanes(self) -> usize {
+        match self {
+            Backend::Scalar => 1,
+            Backend::U64 => 64,
+            Backend::Sse2 => 128,
+            Backend::Avx2 => 256,
+            Backend::Avx512 => 512,
+        }
+    }
+
+    /// Whether this build and this CPU can run the backend.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Backend::Scalar | Backend::U64 => true,
+            #[cfg(csa_x86_backends)]
+            Backend::Sse2 => std::is_x86_feature_detected!("sse2"),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx2 => std::is_x86_feature_detected!("avx2"),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512 => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vbmi")
+                    && std::is_x86_feature_detected!("avx512vl")
+                    && std::is_x86_feature_detected!("gfni")
+            }
+            #[cfg(not(csa_x86_backends))]
+            _ => false,
+        }
+    }
+
+    /// Every backend this CPU runs, scalar first.
+    pub fn supported() -> Vec<Backend> {
+        Backend::ALL.into_iter().filter(|b| b.is_supported()).collect()
+    }
+
+    /// The fastest backend this CPU runs.
+    pub fn best() -> Backend {
+        Backend::ALL
+            .into_iter()
+            .rev()
+            .find(|b| b.is_supported() && *b != Backend::Scalar)
+            .unwrap_or(Backend::Scalar)
+    }
+
+    fn kernels(self) -> Option<(KernelFn, KernelFn)> {
+        match self {
+            Backend::Scalar => None,
+            Backend::U64 => Some((castmux_csa_u64_scramble, castmux_csa_u64_descramble)),
+            #[cfg(csa_x86_backends)]
+            Backend::Sse2 => Some((castmux_csa_sse2_scramble, castmux_csa_sse2_descramble)),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx2 => Some((castmux_csa_avx2_scramble, castmux_csa_avx2_descramble)),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512 => Some((castmux_csa_avx512_scramble, castmux_csa_avx512_descramble)),
+            #[cfg(not(csa_x86_backends))]
+            _ => None,
+        }
+    }
+}
+
+/// 0 = not chosen yet, else 1 + index in Backend::ALL.
+static SELECTED: AtomicU8 = AtomicU8::new(0);
+
+/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`, `avx2`, `avx512`).
+pub const BACKEND_ENV: &str = "CASTMUX_CSA_BACKEND";
+
+/// The backend in use: forced by [`force_backend`] or `CASTMUX_CSA_BACKEND`,
+/// else the fastest the CPU supports. A forced backend the CPU cannot run
+/// falls back to the best one.
+pub fn selected_backend() -> Backend {
+    match SELECTED.load(Ordering::Relaxed) {
+        0 => {
+            let chosen = std::env::var(BACKEND_ENV)
+                .ok()
+                .and_then(|v| Backend::from_name(&v))
+                .filter(|b| b.is_supported())
+                .unwrap_or_else(Backend::best);
+            store(chosen);
+            chosen
+        }
+        n => Backend::ALL[(n - 1) as usize],
+    }
+}
+
+/// Forces a backend for the whole process (tests and benches); `None` goes
+/// back to automatic choice. Returns false, changing nothing, when the CPU
+/// cannot run it.
+pub fn force_backend(backend: Option<Backend>) -> bool {
+    match backend {
+        Some(b) if !b.is_supported() => false,
+        Some(b) => {
+            store(b);
+            true
+        }
+        None => {
+            SELECTED.store(0, Ordering::Relaxed);
+            true
+        }
+    }
+}
+
+fn store(b: Backend) {
+    let idx = Backend::ALL.iter().position(|x| *x == b).unwrap_or(0);
+    SELECTED.store(idx as u8 + 1, Ordering::Relaxed);
+}
+
+/// Runs one kernel call over up to `backend.lanes()` payloads.
+///
+/// `ptrs[i]` must point at `lens[i]` writable bytes (8..=184) that no other
+/// live reference aliases; the callers build them from disjoint packets.
+pub(crate) fn run(backend: Backend, scramble: bool, key: &CKey, ptrs: &[*mut u8], lens: &[u8]) {
+    debug_assert_eq!(ptrs.len(), lens.len());
+    debug_assert!(ptrs.len() <= backend.lanes());
+    debug_assert!(lens.iter().all(|&l| (8..=184).contains(&l)));
+    let Some((enc, dec)) = backend.kernels() else {
+        return;
+    };
+    let f = if scramble { enc } else { dec };
+    // SAFETY: the kernel reads `n` pointers and lengths from the two arrays,
+    // touches exactly `lens[i]` bytes behind `ptrs[i]` (the caller's contract
+    // above), reads 64 bytes of key, and was compiled for a CPU feature set
+    // that `backend.kernels()` is only reached with after `is_supported()`.
+    unsafe { f(key, ptrs.as_ptr(), lens.as_ptr(), ptrs.len().min(lens.len())) }
+}
+
+/// The S-box truth tables the C kernel was built with (checked against tables.rs in tests).
+pub fn kernel_stream_sbox_truth_tables() -> [u32; 14] {
+    // SAFETY: an immutable, initialised C array of 14 u32 defined in csa_kernel.c.
+    unsafe { castmux_csa_stream_sbox_truth_tables }
+}
+
+/// The block S-box the C kernel was built with (checked against tables.rs in tests).
+pub fn kernel_block_sbox() -> [u8; 256] {
+    // SAFETY: an immutable, initialised C array of 256 bytes defined in tables.c.
+    unsafe { castmux_csa_block_sbox }
+}

@@ -33,7 +33,4 @@ fn main() {
         b.compile(&format!("castmux_csa_{name}"));
     }
 
-    if std::env::var_os("CARGO_FEATURE_LIBDVBCSA").is_some() {
-        println!("cargo:rustc-link-lib=dvbcsa");
-    }
 }

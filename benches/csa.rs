@@ -1,0 +1,207 @@
+//! DVB-CSA2 throughput, side by side in one run: every castmux backend, the
+//! system libdvbcsa (with `--features libdvbcsa`), the `rcsa` crate (AVX2,
+//! SSE2, u64 paths) and the `dvb-csa` crate (bitsliced and scalar).
+//! Full 184-byte payloads; a final table prints Gbit/s of TS (188-byte
+//! packets) and the ratios the targets are stated in.
+//!
+//! Run: `cargo bench --bench csa --features libdvbcsa`
+
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use csa::{Backend, ControlWord, KeyContext, Parity};
+use std::hint::black_box;
+use std::time::Duration;
+
+const CW: [u8; 8] = [0x11, 0x22, 0x33, 0x66, 0x44, 0x55, 0x66, 0xff];
+const BATCH: usize = 2048;
+
+fn packets(n: usize, tsc: u8) -> Vec<u8> {
+    let mut v = vec![0u8; n * 188];
+    let mut x: u32 = 0x1234_5678;
+    for (i, p) in v.chunks_exact_mut(188).enumerate() {
+        p[0] = 0x47;
+        p[1] = 0x01;
+        p[2] = 0x00;
+        p[3] = 0x10 | (tsc << 6) | (i as u8 & 0x0f);
+        for b in &mut p[4..] {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+    }
+    v
+}
+
+fn ctx(backend: Backend) -> KeyContext {
+    KeyContext::csa2(&ControlWord::from_bytes(CW), &ControlWord::from_bytes(CW)).with_backend(Some(backend))
+}
+
+fn engines(c: &mut Criterion) {
+    for (group_name, scramble) in [("scramble", true), ("descramble", false)] {
+        let mut g = c.benchmark_group(format!("csa-{group_name}"));
+        g.throughput(Throughput::Bytes((BATCH * 188) as u64));
+        g.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+        for backend in Backend::supported() {
+            let k = ctx(backend);
+            let n = if backend == Backend::Scalar { BATCH / 8 } else { BATCH };
+            let mut buf = packets(n, 0);
+            g.throughput(Throughput::Bytes((n * 188) as u64));
+            g.bench_function(format!("castmux-{}", backend.name()), |b| {
+                b.iter(|| {
+                    // Clear the TSC so every iteration does the full work.
+                    for p in buf.chunks_exact_mut(188) {
+                        p[3] = (p[3] & 0x3f) | if scramble { 0 } else { 0x80 };
+                    }
+                    if scramble {
+                        k.scramble(black_box(&mut buf), Parity::Even).unwrap();
+                    } else {
+                        k.descramble(black_box(&mut buf)).unwrap();
+                    }
+                })
+            });
+        }
+        g.throughput(Throughput::Bytes((BATCH * 188) as u64));
+        #[cfg(feature = "libdvbcsa")]
+        {
+            let mut bs = csa::reference::LibDvbCsaBs::new(&CW);
+            let mut buf = packets(BATCH, 0);
+            g.bench_function("libdvbcsa-bitslice", |b| {
+                b.iter(|| {
+                    let mut payloads: Vec<&mut [u8]> = buf.chunks_exact_mut(188).map(|p| &mut p[4..]).collect();
+                    if scramble {
+                        bs.encrypt(&mut payloads);
+                    } else {
+                        bs.decrypt(&mut payloads);
+                    }
+                })
+            });
+            let single = csa::reference::LibDvbCsa::new(&CW);
+            let mut buf = packets(BATCH / 8, 0);
+            g.throughput(Throughput::Bytes((BATCH / 8 * 188) as u64));
+            g.bench_function("libdvbcsa-single", |b| {
+                b.iter(|| {
+                    for p in buf.chunks_exact_mut(188) {
+                        if scramble {
+                            single.encrypt(&mut p[4..]);
+                        } else {
+                            single.decrypt(&mut p[4..]);
+                        }
+                    }
+                })
+            });
+            g.throughput(Throughput::Bytes((BATCH * 188) as u64));
+        }
+        {
+            let r = rcsa::CsaBatch::new(&CW);
+            let mut buf = packets(BATCH, if scramble { 0 } else { 2 });
+            if scramble {
+                g.bench_function("rcsa-auto", |b| b.iter(|| r.encrypt_in_place(black_box(&mut buf))));
+            } else {
+                #[cfg(target_arch = "x86_64")]
+                {
+                    g.bench_function("rcsa-avx2", |b| b.iter(|| r.decrypt_in_place_avx2(black_box(&mut buf))));
+                    g.bench_function("rcsa-sse2", |b| b.iter(|| r.decrypt_in_place_sse2(black_box(&mut buf))));
+                }
+                g.bench_function("rcsa-u64", |b| b.iter(|| r.decrypt_in_place_u64(black_box(&mut buf))));
+            }
+        }
+        {
+            let cw = dvb_csa::ControlWord::from_bytes(CW);
+            let mut buf = packets(BATCH, 0);
+            g.bench_function("dvb-csa-bitsliced", |b| {
+                b.iter(|| {
+                    for chunk in buf.chunks_mut(188 * dvb_csa::bitsliced::LANES) {
+                        let mut payloads: Vec<&mut [u8]> = chunk.chunks_exact_mut(188).map(|p| &mut p[4..]).collect();
+                        if scramble {
+                            dvb_csa::bitsliced::scramble_batch(&cw, &mut payloads);
+                        } else {
+                            dvb_csa::bitsliced::descramble_batch(&cw, &mut payloads);
+                        }
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+fn batch_curve(c: &mut Criterion) {
+    let best = Backend::best();
+    for (group_name, scramble) in [("scramble", true), ("descramble", false)] {
+        let mut g = c.benchmark_group(format!("csa-batch-{group_name}"));
+        g.sample_size(10).measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(200));
+        let k = ctx(best);
+        for n in [8usize, 32, 128, 512, 2048] {
+            let mut buf = packets(n, 0);
+            g.throughput(Throughput::Bytes((n * 188) as u64));
+            g.bench_with_input(BenchmarkId::new(format!("castmux-{}", best.name()), n), &n, |b, _| {
+                b.iter(|| {
+                    for p in buf.chunks_exact_mut(188) {
+                        p[3] = (p[3] & 0x3f) | if scramble { 0 } else { 0x80 };
+                    }
+                    if scramble {
+                        k.scramble(black_box(&mut buf), Parity::Even).unwrap();
+                    } else {
+                        k.descramble(black_box(&mut buf)).unwrap();
+                    }
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, engines, batch_curve);
+
+/// Reads criterion's estimates back and prints Gbit/s side by side.
+fn summary() {
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion");
+    let mut rows: Vec<(String, String, f64)> = Vec::new();
+    let Ok(groups) = std::fs::read_dir(&root) else { return };
+    for g in groups.flatten() {
+        let gname = g.file_name().to_string_lossy().to_string();
+        if !gname.starts_with("csa") {
+            continue;
+        }
+        let mut stack = vec![g.path()];
+        while let Some(dir) = stack.pop() {
+            let est = dir.join("new/estimates.json");
+            let bench = dir.join("new/benchmark.json");
+            if est.exists() && bench.exists() {
+                let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&est).unwrap_or_default()).unwrap_or_default();
+                let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bench).unwrap_or_default()).unwrap_or_default();
+                let ns = e["mean"]["point_estimate"].as_f64().unwrap_or(0.0);
+                let bytes = b["throughput"]["Bytes"].as_f64().unwrap_or(0.0);
+                let id = b["title"].as_str().unwrap_or("?").to_string();
+                if ns > 0.0 && bytes > 0.0 {
+                    rows.push((gname.clone(), id, bytes * 8.0 / ns));
+                }
+            } else if let Ok(rd) = std::fs::read_dir(&dir) {
+                for sub in rd.flatten() {
+                    if sub.path().is_dir() && sub.file_name() != "report" {
+                        stack.push(sub.path());
+                    }
+                }
+            }
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal)));
+    let find = |group: &str, name: &str| rows.iter().find(|r| r.0 == group && r.1.ends_with(name)).map(|r| r.2);
+    println!("\n{:<24} {:<44} {:>10}", "group", "engine", "Gbit/s");
+    for (g, id, gbps) in &rows {
+        println!("{g:<24} {id:<44} {gbps:>10.3}");
+    }
+    let best = format!("castmux-{}", Backend::best().name());
+    let ratio = |g: &str, other: &str| match (find(g, &best), find(g, other)) {
+        (Some(a), Some(b)) => format!("{:.1}x", a / b),
+        _ => "n/a".into(),
+    };
+    println!("\nscramble:   {best} vs libdvbcsa-bitslice {}, vs dvb-csa-bitsliced {}", ratio("csa-scramble", "libdvbcsa-bitslice"), ratio("csa-scramble", "dvb-csa-bitsliced"));
+    println!("descramble: {best} vs rcsa-avx2 {}, vs libdvbcsa-bitslice {}", ratio("csa-descramble", "rcsa-avx2"), ratio("csa-descramble", "libdvbcsa-bitslice"));
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    summary();
+}

@@ -28,3 +28,6 @@ pub use packetizer::Packetizer;
 pub use psi::{Cat, Pat, Pmt};
 pub use section::{Section, SectionAssembler};
 pub use types::{ContinuityCounter, EsKind, Pid, StreamType, TransportScramblingControl};
+
+#[cfg(test)]
+mod tests;

@@ -25,8 +25,8 @@ pub use descriptor::{CaDescriptor, Descriptor, Descriptors};
 pub use error::TsError;
 pub use packet::{Packet, PacketMut, PacketRef};
 pub use packetizer::Packetizer;
-pub use psi::{Cat, Pat, Pmt};
-pub use section::{Section, SectionAssembler};
+pub use psi::{Cat, Pat, PatEntry, Pmt, PmtStream};
+pub use section::{LongHeader, Section, SectionAssembler};
 pub use types::{ContinuityCounter, EsKind, Pid, StreamType, TransportScramblingControl};
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use super::descriptor::Descriptors;
 use super::error::TsError;
 use super::section::{LongHeader, Section};
-use super::types::{Pid, StreamType};
+use super::types::{EsKind, Pid, StreamType};
 
 /// table_id of the PAT.
 pub const TABLE_ID_PAT: u8 = 0x00;
@@ -11,6 +11,16 @@ pub const TABLE_ID_PAT: u8 = 0x00;
 pub const TABLE_ID_CAT: u8 = 0x01;
 /// table_id of the PMT.
 pub const TABLE_ID_PMT: u8 = 0x02;
+
+/// table_id of an ECM for the even crypto period (ETSI TS 100 289; alternates with 0x81).
+pub const TABLE_ID_ECM_EVEN: u8 = 0x80;
+/// table_id of an ECM for the odd crypto period.
+pub const TABLE_ID_ECM_ODD: u8 = 0x81;
+
+/// True for the table_ids CA systems use for EMMs, 0x82..=0x8F.
+pub const fn is_emm_table_id(table_id: u8) -> bool {
+    matches!(table_id, 0x82..=0x8F)
+}
 
 fn long_header(s: &Section<'_>, table_id: u8) -> Result<LongHeader, TsError> {
     if s.table_id() != table_id {
@@ -94,6 +104,13 @@ pub struct PmtStream<'a> {
     pub elementary_pid: Pid,
     /// ES_info descriptors.
     pub descriptors: Descriptors<'a>,
+}
+
+impl PmtStream<'_> {
+    /// What the stream carries, from stream_type and ES_info.
+    pub fn kind(&self) -> EsKind {
+        self.stream_type.es_kind(&self.descriptors)
+    }
 }
 
 /// A PMT section whose loops were checked on parse.

@@ -132,7 +132,7 @@ pub struct AssemblerStats {
     pub other_errors: u64,
 }
 
-/// Reassembles sections from the packets of one PID into one reused buffer.
+/// Reassembles sections from the packets of one PID into one reused buffer (keep one per PID).
 ///
 /// Sections may span packets; several may share one packet; 0xFF after a section ends the packet.
 /// A continuity jump, a damaged packet or a bad pointer drops the partial section.
@@ -150,6 +150,7 @@ pub struct SectionAssembler {
 impl SectionAssembler {
     /// An assembler for sections of at most `max` total bytes (allocated once here).
     pub fn new(max: usize) -> Self {
+        let max = max.max(3);
         SectionAssembler {
             buf: Vec::with_capacity(max),
             max,
@@ -225,6 +226,10 @@ impl SectionAssembler {
         }
         if pkt.pusi() {
             let Some((&pointer, rest)) = payload.split_first() else {
+                self.drop_partial();
+                let e = TsError::PointerTooLong(0);
+                self.count(&e);
+                on_section(Err(e));
                 return;
             };
             let Some((tail, starts)) = rest.split_at_checked(usize::from(pointer)) else {
@@ -253,7 +258,7 @@ impl SectionAssembler {
         }
     }
 
-    /// Sync, TEI, AF length; the payload if there is one.
+    /// Sync, TEI, AF length; the payload if adaptation_field_control announces one.
     fn check_packet<'p>(&self, pkt: &PacketRef<'p>) -> Result<Option<&'p [u8]>, TsError> {
         if !pkt.sync_ok() {
             return Err(TsError::BadSync(pkt.bytes()[0]));
@@ -264,8 +269,7 @@ impl SectionAssembler {
         if !pkt.has_payload() {
             return Ok(None);
         }
-        let p = pkt.payload()?;
-        Ok(if p.is_empty() { None } else { Some(p) })
+        pkt.payload().map(Some)
     }
 
     /// Continuity of a payload-carrying packet (§2.4.3.3); updates the last counter.

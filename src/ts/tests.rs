@@ -781,3 +781,93 @@ fn bit_flipped_stream_never_panics() {
     assert_eq!(st.packets, 150);
     assert!(st.crc_errors + st.cc_errors + st.other_errors > 0);
 }
+
+#[test]
+fn section_boundaries_around_packet_edges() {
+    // first section sizes that end just before, at, and just after a packet edge, so the
+    // second section's header is split, starts at pointer 0, or follows a 0xFF-padded packet
+    for first in (179..=187).chain(364..=368) {
+        let mut secs = Vec::new();
+        write_private_section(&mut secs, 0x80, &vec![0x11; first - 3]).unwrap();
+        write_private_section(&mut secs, 0x81, &[0x22; 40]).unwrap();
+        write_private_section(&mut secs, 0x82, &[0x33; 200]).unwrap();
+        assert_eq!(secs.len(), first + 43 + 203);
+        let mut packets = Vec::new();
+        let n = Packetizer::new(Pid::new(0x50))
+            .packetize_into(&secs, &mut packets)
+            .unwrap();
+        assert_eq!(n, Packetizer::packet_count(&secs).unwrap());
+        let (good, bad) = reassemble(&packets, &mut SectionAssembler::private());
+        assert!(bad.is_empty(), "first={first}: {bad:?}");
+        assert_eq!(good.len(), 3, "first={first}");
+        assert_eq!(good.concat(), secs, "first={first}");
+    }
+}
+
+fn section_packet(pusi: bool, cc: u8, payload: &[u8]) -> Packet {
+    let mut p = [0u8; PACKET_SIZE];
+    build_packet(
+        &mut p,
+        Pid::new(0x100),
+        pusi,
+        ContinuityCounter::new(cc),
+        payload,
+        Stuffing::Padding,
+    );
+    p
+}
+
+#[test]
+fn bad_pointers_and_scrambled_packets_are_errors() {
+    let mut asm = SectionAssembler::psi();
+    // pointer 200 is past the 183 bytes that follow it
+    let (good, bad) = reassemble(&[section_packet(true, 0, &[200, 0, 0])], &mut asm);
+    assert!(good.is_empty());
+    assert_eq!(bad, vec![TsError::PointerTooLong(200)]);
+
+    // a section cut short: the next PUSI's pointer says 5 bytes remain, but more are needed
+    let mut sec = Vec::new();
+    big_pmt(&mut sec, 12, 20, 0);
+    let mut first = vec![0u8];
+    first.extend_from_slice(&sec[..183]);
+    let mut second = vec![5u8, 1, 2, 3, 4, 5];
+    second.extend_from_slice(&FFMPEG_PAT);
+    let packets = [
+        section_packet(true, 1, &first),
+        section_packet(true, 2, &second),
+    ];
+    let (good, bad) = reassemble(&packets, &mut asm);
+    assert_eq!(
+        good,
+        vec![FFMPEG_PAT.to_vec()],
+        "the new section still comes out"
+    );
+    assert!(matches!(bad[..], [TsError::SectionTruncated { .. }]));
+
+    // scrambled PSI
+    let mut p = section_packet(true, 3, &[0, 0]);
+    PacketMut::new(&mut p).set_tsc(TransportScramblingControl::Even);
+    let (_, bad) = reassemble(&[p], &mut asm);
+    assert_eq!(bad, vec![TsError::Scrambled]);
+
+    // TEI and bad sync
+    let mut p = section_packet(true, 4, &[0]);
+    p[1] |= 0x80;
+    let mut q = p;
+    q[0] = 0;
+    let (_, bad) = reassemble(&[p, q], &mut asm);
+    assert_eq!(bad, vec![TsError::TransportError, TsError::BadSync(0)]);
+    assert_eq!(asm.stats().other_errors, 5);
+}
+
+#[test]
+fn packetizer_rejects_malformed_input() {
+    let mut pz = Packetizer::new(Pid::new(0x50));
+    let mut out = Vec::new();
+    assert!(pz.packetize_into(&FFMPEG_PAT[..10], &mut out).is_err());
+    assert!(pz.packetize_into(&[0xFF, 0x00, 0x00], &mut out).is_err());
+    assert!(pz.packetize_into(&[0x80, 0x70], &mut out).is_err());
+    assert_eq!(pz.packetize_into(&[], &mut out).unwrap(), 0);
+    assert!(out.is_empty());
+    assert_eq!(pz.next_cc().value(), 0, "errors do not consume counters");
+}

@@ -101,6 +101,17 @@ impl<'a> Section<'a> {
         })
     }
 
+    /// The CRC_32 field of a long section (cheap change detection for a repeated table).
+    pub fn crc32(&self) -> Option<u32> {
+        let b = self.bytes;
+        match b.get(b.len().checked_sub(4)?..) {
+            Some([c0, c1, c2, c3]) if self.syntax_indicator() => {
+                Some(u32::from_be_bytes([*c0, *c1, *c2, *c3]))
+            }
+            _ => None,
+        }
+    }
+
     /// Bytes after the header: after byte 8 and before the CRC (long), after byte 3 (short).
     pub fn payload(&self) -> &'a [u8] {
         if self.syntax_indicator() {
@@ -169,6 +180,12 @@ impl SectionAssembler {
     /// An assembler for private sections (ECM, EMM, SI): 4096-byte sections.
     pub fn private() -> Self {
         Self::new(MAX_PRIVATE_SECTION)
+    }
+
+    /// Capacity of the reused buffer (tests check it never grows).
+    #[cfg(test)]
+    pub(crate) fn buffer_capacity(&self) -> usize {
+        self.buf.capacity()
     }
 
     /// The counters so far.

@@ -871,3 +871,32 @@ fn packetizer_rejects_malformed_input() {
     assert!(out.is_empty());
     assert_eq!(pz.next_cc().value(), 0, "errors do not consume counters");
 }
+
+#[test]
+fn assembler_buffer_is_reused_and_crc_field_exposed() {
+    let mut asm = SectionAssembler::private();
+    let cap = asm.buffer_capacity();
+    assert!(cap >= MAX_PRIVATE_SECTION);
+    let mut secs = Vec::new();
+    write_private_section(&mut secs, 0x82, &[7; 4000]).unwrap();
+    write_pat(
+        &mut secs,
+        1,
+        0,
+        &[PatEntry {
+            program_number: 1,
+            pid: Pid::new(0x1000),
+        }],
+    )
+    .unwrap();
+    let mut packets = Vec::new();
+    Packetizer::new(Pid::new(0x40))
+        .packetize_into(&secs, &mut packets)
+        .unwrap();
+    let mut crcs = Vec::new();
+    for p in &packets {
+        asm.push(p, |s| crcs.push(s.unwrap().crc32()));
+    }
+    assert_eq!(crcs, vec![None, Some(0x2AB1_04B2)]);
+    assert_eq!(asm.buffer_capacity(), cap);
+}

@@ -33,17 +33,24 @@ fn packets(n: usize, tsc: u8) -> Vec<u8> {
 }
 
 fn ctx(backend: Backend) -> KeyContext {
-    KeyContext::csa2(&ControlWord::from_bytes(CW), &ControlWord::from_bytes(CW)).with_backend(Some(backend))
+    KeyContext::csa2(&ControlWord::from_bytes(CW), &ControlWord::from_bytes(CW))
+        .with_backend(Some(backend))
 }
 
 fn engines(c: &mut Criterion) {
     for (group_name, scramble) in [("scramble", true), ("descramble", false)] {
         let mut g = c.benchmark_group(format!("csa-{group_name}"));
         g.throughput(Throughput::Bytes((BATCH * 188) as u64));
-        g.sample_size(10).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(300));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(300));
         for backend in Backend::supported() {
             let k = ctx(backend);
-            let n = if backend == Backend::Scalar { BATCH / 8 } else { BATCH };
+            let n = if backend == Backend::Scalar {
+                BATCH / 8
+            } else {
+                BATCH
+            };
             let mut buf = packets(n, 0);
             g.throughput(Throughput::Bytes((n * 188) as u64));
             g.bench_function(format!("castmux-{}", backend.name()), |b| {
@@ -67,7 +74,8 @@ fn engines(c: &mut Criterion) {
             let mut buf = packets(BATCH, 0);
             g.bench_function("libdvbcsa-bitslice", |b| {
                 b.iter(|| {
-                    let mut payloads: Vec<&mut [u8]> = buf.chunks_exact_mut(188).map(|p| &mut p[4..]).collect();
+                    let mut payloads: Vec<&mut [u8]> =
+                        buf.chunks_exact_mut(188).map(|p| &mut p[4..]).collect();
                     if scramble {
                         bs.encrypt(&mut payloads);
                     } else {
@@ -95,14 +103,22 @@ fn engines(c: &mut Criterion) {
             let r = rcsa::CsaBatch::new(&CW);
             let mut buf = packets(BATCH, if scramble { 0 } else { 2 });
             if scramble {
-                g.bench_function("rcsa-auto", |b| b.iter(|| r.encrypt_in_place(black_box(&mut buf))));
+                g.bench_function("rcsa-auto", |b| {
+                    b.iter(|| r.encrypt_in_place(black_box(&mut buf)))
+                });
             } else {
                 #[cfg(target_arch = "x86_64")]
                 {
-                    g.bench_function("rcsa-avx2", |b| b.iter(|| r.decrypt_in_place_avx2(black_box(&mut buf))));
-                    g.bench_function("rcsa-sse2", |b| b.iter(|| r.decrypt_in_place_sse2(black_box(&mut buf))));
+                    g.bench_function("rcsa-avx2", |b| {
+                        b.iter(|| r.decrypt_in_place_avx2(black_box(&mut buf)))
+                    });
+                    g.bench_function("rcsa-sse2", |b| {
+                        b.iter(|| r.decrypt_in_place_sse2(black_box(&mut buf)))
+                    });
                 }
-                g.bench_function("rcsa-u64", |b| b.iter(|| r.decrypt_in_place_u64(black_box(&mut buf))));
+                g.bench_function("rcsa-u64", |b| {
+                    b.iter(|| r.decrypt_in_place_u64(black_box(&mut buf)))
+                });
             }
         }
         {
@@ -111,7 +127,8 @@ fn engines(c: &mut Criterion) {
             g.bench_function("dvb-csa-bitsliced", |b| {
                 b.iter(|| {
                     for chunk in buf.chunks_mut(188 * dvb_csa::bitsliced::LANES) {
-                        let mut payloads: Vec<&mut [u8]> = chunk.chunks_exact_mut(188).map(|p| &mut p[4..]).collect();
+                        let mut payloads: Vec<&mut [u8]> =
+                            chunk.chunks_exact_mut(188).map(|p| &mut p[4..]).collect();
                         if scramble {
                             dvb_csa::bitsliced::scramble_batch(&cw, &mut payloads);
                         } else {
@@ -129,23 +146,29 @@ fn batch_curve(c: &mut Criterion) {
     let best = Backend::best();
     for (group_name, scramble) in [("scramble", true), ("descramble", false)] {
         let mut g = c.benchmark_group(format!("csa-batch-{group_name}"));
-        g.sample_size(10).measurement_time(Duration::from_secs(1)).warm_up_time(Duration::from_millis(200));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(1))
+            .warm_up_time(Duration::from_millis(200));
         let k = ctx(best);
         for n in [8usize, 32, 128, 512, 2048] {
             let mut buf = packets(n, 0);
             g.throughput(Throughput::Bytes((n * 188) as u64));
-            g.bench_with_input(BenchmarkId::new(format!("castmux-{}", best.name()), n), &n, |b, _| {
-                b.iter(|| {
-                    for p in buf.chunks_exact_mut(188) {
-                        p[3] = (p[3] & 0x3f) | if scramble { 0 } else { 0x80 };
-                    }
-                    if scramble {
-                        k.scramble(black_box(&mut buf), Parity::Even).unwrap();
-                    } else {
-                        k.descramble(black_box(&mut buf)).unwrap();
-                    }
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("castmux-{}", best.name()), n),
+                &n,
+                |b, _| {
+                    b.iter(|| {
+                        for p in buf.chunks_exact_mut(188) {
+                            p[3] = (p[3] & 0x3f) | if scramble { 0 } else { 0x80 };
+                        }
+                        if scramble {
+                            k.scramble(black_box(&mut buf), Parity::Even).unwrap();
+                        } else {
+                            k.descramble(black_box(&mut buf)).unwrap();
+                        }
+                    })
+                },
+            );
         }
         g.finish();
     }
@@ -157,7 +180,9 @@ criterion_group!(benches, engines, batch_curve);
 fn summary() {
     let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion");
     let mut rows: Vec<(String, String, f64)> = Vec::new();
-    let Ok(groups) = std::fs::read_dir(&root) else { return };
+    let Ok(groups) = std::fs::read_dir(&root) else {
+        return;
+    };
     for g in groups.flatten() {
         let gname = g.file_name().to_string_lossy().to_string();
         if !gname.starts_with("csa") {
@@ -168,8 +193,12 @@ fn summary() {
             let est = dir.join("new/estimates.json");
             let bench = dir.join("new/benchmark.json");
             if est.exists() && bench.exists() {
-                let e: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&est).unwrap_or_default()).unwrap_or_default();
-                let b: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&bench).unwrap_or_default()).unwrap_or_default();
+                let e: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&est).unwrap_or_default())
+                        .unwrap_or_default();
+                let b: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&bench).unwrap_or_default())
+                        .unwrap_or_default();
                 let ns = e["mean"]["point_estimate"].as_f64().unwrap_or(0.0);
                 let bytes = b["throughput"]["Bytes"].as_f64().unwrap_or(0.0);
                 let id = b["title"].as_str().unwrap_or("?").to_string();
@@ -185,8 +214,15 @@ fn summary() {
             }
         }
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal)));
-    let find = |group: &str, name: &str| rows.iter().find(|r| r.0 == group && r.1.ends_with(name)).map(|r| r.2);
+    rows.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal))
+    });
+    let find = |group: &str, name: &str| {
+        rows.iter()
+            .find(|r| r.0 == group && r.1.ends_with(name))
+            .map(|r| r.2)
+    };
     println!("\n{:<24} {:<44} {:>10}", "group", "engine", "Gbit/s");
     for (g, id, gbps) in &rows {
         println!("{g:<24} {id:<44} {gbps:>10.3}");
@@ -196,8 +232,16 @@ fn summary() {
         (Some(a), Some(b)) => format!("{:.1}x", a / b),
         _ => "n/a".into(),
     };
-    println!("\nscramble:   {best} vs libdvbcsa-bitslice {}, vs dvb-csa-bitsliced {}", ratio("csa-scramble", "libdvbcsa-bitslice"), ratio("csa-scramble", "dvb-csa-bitsliced"));
-    println!("descramble: {best} vs rcsa-avx2 {}, vs libdvbcsa-bitslice {}", ratio("csa-descramble", "rcsa-avx2"), ratio("csa-descramble", "libdvbcsa-bitslice"));
+    println!(
+        "\nscramble:   {best} vs libdvbcsa-bitslice {}, vs dvb-csa-bitsliced {}",
+        ratio("csa-scramble", "libdvbcsa-bitslice"),
+        ratio("csa-scramble", "dvb-csa-bitsliced")
+    );
+    println!(
+        "descramble: {best} vs rcsa-avx2 {}, vs libdvbcsa-bitslice {}",
+        ratio("csa-descramble", "rcsa-avx2"),
+        ratio("csa-descramble", "libdvbcsa-bitslice")
+    );
 }
 
 fn main() {

@@ -6,8 +6,14 @@ fn main() {
     println!("cargo:rerun-if-changed=c");
 
     let mut common = cc::Build::new();
-    common.include("c").opt_level(3).flag_if_supported("-fno-strict-aliasing");
-    common.clone().file("c/tables.c").compile("castmux_csa_tables");
+    common
+        .include("c")
+        .opt_level(3)
+        .flag_if_supported("-fno-strict-aliasing");
+    common
+        .clone()
+        .file("c/tables.c")
+        .compile("castmux_csa_tables");
 
     let mut backends: Vec<(&str, &str, &[&str])> = vec![("u64", "CSA_WIDTH_64", &[])];
     if target_arch == "x86_64" {
@@ -16,14 +22,22 @@ fn main() {
         backends.push((
             "avx512",
             "CSA_WIDTH_512",
-            &["-mavx512f", "-mavx512bw", "-mavx512vbmi", "-mgfni", "-mavx512vl"],
+            &[
+                "-mavx512f",
+                "-mavx512bw",
+                "-mavx512vbmi",
+                "-mgfni",
+                "-mavx512vl",
+            ],
         ));
         println!("cargo:rustc-cfg=csa_x86_backends");
     }
     println!("cargo::rustc-check-cfg=cfg(csa_x86_backends)");
     for (name, width, flags) in backends {
         let mut b = common.clone();
-        b.file("c/csa_kernel.c").define("CSA_BACKEND", name).define(width, None);
+        b.file("c/csa_kernel.c")
+            .define("CSA_BACKEND", name)
+            .define(width, None);
         if name == "u64" {
             b.define("CSA_EXPORT_TABLES", None);
         }
@@ -32,5 +46,4 @@ fn main() {
         }
         b.compile(&format!("castmux_csa_{name}"));
     }
-
 }

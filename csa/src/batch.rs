@@ -7,7 +7,7 @@
 //! scrambled are left untouched and counted, and never stop the others.
 
 use crate::aes_modes::{self, AesKey, AesMode};
-use crate::kernel::{self, Backend, CKey};
+use crate::kernel::{self, Backend};
 use crate::key::{ControlWord, ExpandedKey};
 use crate::{scalar, Error};
 
@@ -123,11 +123,11 @@ pub fn payload_offset(pkt: &[u8; PACKET_SIZE]) -> Option<usize> {
 enum Keys {
     Csa {
         expanded: [ExpandedKey; 2],
-        ckeys: [CKey; 2],
     },
     Aes {
         mode: AesMode,
-        keys: [AesKey; 2],
+        // Boxed: AES round keys are larger than the CSA pair; allocated once per key change.
+        keys: Box<[AesKey; 2]>,
     },
 }
 
@@ -147,28 +147,12 @@ impl std::fmt::Debug for KeyContext {
     }
 }
 
-fn ckey(k: &ExpandedKey) -> CKey {
-    CKey { cw: k.cw, kk: k.kk }
-}
-
-impl Drop for KeyContext {
-    fn drop(&mut self) {
-        if let Keys::Csa { ckeys, .. } = &mut self.keys {
-            for k in ckeys.iter_mut() {
-                crate::key::wipe(&mut k.cw);
-                crate::key::wipe(&mut k.kk);
-            }
-        }
-    }
-}
-
 impl KeyContext {
     /// A DVB-CSA2 context with an even and an odd CW.
     pub fn csa2(even: &ControlWord, odd: &ControlWord) -> Self {
         let expanded = [ExpandedKey::new(even), ExpandedKey::new(odd)];
-        let ckeys = [ckey(&expanded[0]), ckey(&expanded[1])];
         KeyContext {
-            keys: Keys::Csa { expanded, ckeys },
+            keys: Keys::Csa { expanded },
             backend: None,
         }
     }
@@ -178,12 +162,18 @@ impl KeyContext {
         let mode = match algorithm {
             Algorithm::Cissa => AesMode::Cissa,
             Algorithm::Idsa => AesMode::Idsa,
-            Algorithm::Csa2 => return Err(Error::WrongKeyLength { algorithm: "csa2", expected: 8, got: 16 }),
+            Algorithm::Csa2 => {
+                return Err(Error::WrongKeyLength {
+                    algorithm: "csa2",
+                    expected: 8,
+                    got: 16,
+                })
+            }
         };
         Ok(KeyContext {
             keys: Keys::Aes {
                 mode,
-                keys: [AesKey::new(even), AesKey::new(odd)],
+                keys: Box::new([AesKey::new(even), AesKey::new(odd)]),
             },
             backend: None,
         })
@@ -194,7 +184,11 @@ impl KeyContext {
         let want = algorithm.key_len();
         for k in [even, odd] {
             if k.len() != want {
-                return Err(Error::WrongKeyLength { algorithm: algorithm.name(), expected: want, got: k.len() });
+                return Err(Error::WrongKeyLength {
+                    algorithm: algorithm.name(),
+                    expected: want,
+                    got: k.len(),
+                });
             }
         }
         match algorithm {
@@ -214,21 +208,29 @@ impl KeyContext {
     pub fn algorithm(&self) -> Algorithm {
         match &self.keys {
             Keys::Csa { .. } => Algorithm::Csa2,
-            Keys::Aes { mode: AesMode::Cissa, .. } => Algorithm::Cissa,
-            Keys::Aes { mode: AesMode::Idsa, .. } => Algorithm::Idsa,
+            Keys::Aes {
+                mode: AesMode::Cissa,
+                ..
+            } => Algorithm::Cissa,
+            Keys::Aes {
+                mode: AesMode::Idsa,
+                ..
+            } => Algorithm::Idsa,
         }
     }
 
     /// Replaces one CSA2 CW of the pair (the other keeps working).
     pub fn set_csa2(&mut self, parity: Parity, cw: &ControlWord) -> Result<(), Error> {
         match &mut self.keys {
-            Keys::Csa { expanded, ckeys } => {
-                let e = ExpandedKey::new(cw);
-                ckeys[parity.index()] = ckey(&e);
-                expanded[parity.index()] = e;
+            Keys::Csa { expanded } => {
+                expanded[parity.index()] = ExpandedKey::new(cw);
                 Ok(())
             }
-            Keys::Aes { .. } => Err(Error::WrongKeyLength { algorithm: self.algorithm().name(), expected: 16, got: 8 }),
+            Keys::Aes { .. } => Err(Error::WrongKeyLength {
+                algorithm: self.algorithm().name(),
+                expected: 16,
+                got: 8,
+            }),
         }
     }
 
@@ -236,10 +238,17 @@ impl KeyContext {
     pub fn set_key(&mut self, parity: Parity, key: &[u8]) -> Result<(), Error> {
         let algorithm = self.algorithm();
         if key.len() != algorithm.key_len() {
-            return Err(Error::WrongKeyLength { algorithm: algorithm.name(), expected: algorithm.key_len(), got: key.len() });
+            return Err(Error::WrongKeyLength {
+                algorithm: algorithm.name(),
+                expected: algorithm.key_len(),
+                got: key.len(),
+            });
         }
         match &mut self.keys {
-            Keys::Csa { .. } => self.set_csa2(parity, &ControlWord::from_bytes(key.try_into().expect("checked length"))),
+            Keys::Csa { .. } => self.set_csa2(
+                parity,
+                &ControlWord::from_bytes(key.try_into().expect("checked length")),
+            ),
             Keys::Aes { keys, .. } => {
                 keys[parity.index()] = AesKey::new(key.try_into().expect("checked length"));
                 Ok(())
@@ -297,7 +306,7 @@ impl KeyContext {
         scramble: bool,
         mut decide: impl FnMut(usize, u8) -> Result<Parity, Skip>,
     ) -> Result<BatchStats, Error> {
-        if packets.len() % PACKET_SIZE != 0 {
+        if !packets.len().is_multiple_of(PACKET_SIZE) {
             return Err(Error::NotPacketMultiple { len: packets.len() });
         }
         let mut stats = BatchStats::default();
@@ -348,7 +357,7 @@ impl KeyContext {
                         aes_modes::descramble_payload(*mode, key, payload);
                     }
                 }
-                Keys::Csa { expanded, ckeys } => {
+                Keys::Csa { expanded } => {
                     if lanes.backend == Backend::Scalar {
                         let key = &expanded[parity.index()];
                         if scramble {
@@ -357,13 +366,13 @@ impl KeyContext {
                             scalar::descramble_payload(key, payload);
                         }
                     } else {
-                        lanes.push(parity, payload, scramble, ckeys);
+                        lanes.push(parity, payload, scramble, expanded);
                     }
                 }
             }
         }
-        if let Keys::Csa { ckeys, .. } = &self.keys {
-            lanes.flush_all(scramble, ckeys);
+        if let Keys::Csa { expanded } = &self.keys {
+            lanes.flush_all(scramble, expanded);
         }
         Ok(stats)
     }
@@ -400,7 +409,13 @@ impl LaneSets {
 
     /// Records a payload; its bytes are processed by the next flush, before
     /// the batch call returns (the packets stay mutably borrowed until then).
-    fn push(&mut self, parity: Parity, payload: &mut [u8], scramble: bool, keys: &[CKey; 2]) {
+    fn push(
+        &mut self,
+        parity: Parity,
+        payload: &mut [u8],
+        scramble: bool,
+        keys: &[ExpandedKey; 2],
+    ) {
         let p = parity.index();
         let n = self.count[p];
         self.ptrs[p][n] = payload.as_mut_ptr();
@@ -411,15 +426,21 @@ impl LaneSets {
         }
     }
 
-    fn flush(&mut self, p: usize, scramble: bool, keys: &[CKey; 2]) {
+    fn flush(&mut self, p: usize, scramble: bool, keys: &[ExpandedKey; 2]) {
         let n = self.count[p];
         if n > 0 {
-            kernel::run(self.backend, scramble, &keys[p], &self.ptrs[p][..n], &self.lens[p][..n]);
+            kernel::run(
+                self.backend,
+                scramble,
+                &keys[p],
+                &self.ptrs[p][..n],
+                &self.lens[p][..n],
+            );
             self.count[p] = 0;
         }
     }
 
-    fn flush_all(&mut self, scramble: bool, keys: &[CKey; 2]) {
+    fn flush_all(&mut self, scramble: bool, keys: &[ExpandedKey; 2]) {
         self.flush(0, scramble, keys);
         self.flush(1, scramble, keys);
     }

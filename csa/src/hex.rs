@@ -2,8 +2,13 @@
 
 pub(crate) fn decode_into(text: &str, out: &mut [u8]) -> Result<(), ()> {
     let t = text.trim();
-    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
-    let mut digits = t.chars().filter(|c| !c.is_whitespace() && *c != ':' && *c != '-');
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    let mut digits = t
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':' && *c != '-');
     for byte in out.iter_mut() {
         let hi = digits.next().and_then(|c| c.to_digit(16)).ok_or(())?;
         let lo = digits.next().and_then(|c| c.to_digit(16)).ok_or(())?;

@@ -3,11 +3,10 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-#[repr(C)]
-pub(crate) struct CKey {
-    pub cw: [u8; 8],
-    pub kk: [u8; 56],
-}
+use crate::key::ExpandedKey;
+
+/// The C side's `struct castmux_csa_key` is [`ExpandedKey`] (`#[repr(C)]`).
+type CKey = ExpandedKey;
 
 type KernelFn = unsafe extern "C" fn(*const CKey, *const *mut u8, *const u8, usize);
 
@@ -21,10 +20,25 @@ extern "C" {
 #[cfg(csa_x86_backends)]
 extern "C" {
     fn castmux_csa_sse2_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
-    fn castmux_csa_sse2_descramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_sse2_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
     fn castmux_csa_avx2_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
-    fn castmux_csa_avx2_descramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
-    fn castmux_csa_avx512_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_avx2_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
     fn castmux_csa_avx512_descramble(
         key: *const CKey,
         data: *const *mut u8,
@@ -68,7 +82,9 @@ impl Backend {
     }
 
     pub fn from_name(name: &str) -> Option<Backend> {
-        Backend::ALL.into_iter().find(|b| b.name().eq_ignore_ascii_case(name.trim()))
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name().eq_ignore_ascii_case(name.trim()))
     }
 
     /// Payloads per kernel call (1 for the scalar path).
@@ -105,7 +121,10 @@ impl Backend {
 
     /// Every backend this CPU runs, scalar first.
     pub fn supported() -> Vec<Backend> {
-        Backend::ALL.into_iter().filter(|b| b.is_supported()).collect()
+        Backend::ALL
+            .into_iter()
+            .filter(|b| b.is_supported())
+            .collect()
     }
 
     /// The fastest backend this CPU runs.
@@ -183,7 +202,13 @@ fn store(b: Backend) {
 ///
 /// `ptrs[i]` must point at `lens[i]` writable bytes (8..=184) that no other
 /// live reference aliases; the callers build them from disjoint packets.
-pub(crate) fn run(backend: Backend, scramble: bool, key: &CKey, ptrs: &[*mut u8], lens: &[u8]) {
+pub(crate) fn run(
+    backend: Backend,
+    scramble: bool,
+    key: &ExpandedKey,
+    ptrs: &[*mut u8],
+    lens: &[u8],
+) {
     debug_assert_eq!(ptrs.len(), lens.len());
     debug_assert!(ptrs.len() <= backend.lanes());
     debug_assert!(lens.iter().all(|&l| (8..=184).contains(&l)));
@@ -195,7 +220,14 @@ pub(crate) fn run(backend: Backend, scramble: bool, key: &CKey, ptrs: &[*mut u8]
     // touches exactly `lens[i]` bytes behind `ptrs[i]` (the caller's contract
     // above), reads 64 bytes of key, and was compiled for a CPU feature set
     // that `backend.kernels()` is only reached with after `is_supported()`.
-    unsafe { f(key, ptrs.as_ptr(), lens.as_ptr(), ptrs.len().min(lens.len())) }
+    unsafe {
+        f(
+            key,
+            ptrs.as_ptr(),
+            lens.as_ptr(),
+            ptrs.len().min(lens.len()),
+        )
+    }
 }
 
 /// The S-box truth tables the C kernel was built with (checked against tables.rs in tests).

@@ -66,7 +66,9 @@ pub(crate) fn wipe(bytes: &mut [u8]) {
 }
 
 /// A CW with its block-cipher key schedule, computed once per CW change.
+/// Laid out as the C kernels' `struct castmux_csa_key`.
 #[derive(Clone)]
+#[repr(C)]
 pub struct ExpandedKey {
     pub(crate) cw: [u8; 8],
     /// The 56 round-key bytes.

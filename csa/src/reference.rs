@@ -73,7 +73,10 @@ impl LibDvbCsaBs {
             let key = dvbcsa_bs_key_alloc();
             assert!(!key.is_null(), "libdvbcsa: out of memory");
             dvbcsa_bs_key_set(cw.as_ptr(), key);
-            LibDvbCsaBs { key, batch: Vec::new() }
+            LibDvbCsaBs {
+                key,
+                batch: Vec::new(),
+            }
         }
     }
 
@@ -88,9 +91,15 @@ impl LibDvbCsaBs {
         for chunk in payloads.chunks_mut(size) {
             self.batch.clear();
             for p in chunk.iter_mut() {
-                self.batch.push(BsBatch { data: p.as_mut_ptr(), len: p.len() as c_uint });
+                self.batch.push(BsBatch {
+                    data: p.as_mut_ptr(),
+                    len: p.len() as c_uint,
+                });
             }
-            self.batch.push(BsBatch { data: std::ptr::null_mut(), len: 0 });
+            self.batch.push(BsBatch {
+                data: std::ptr::null_mut(),
+                len: 0,
+            });
             // SAFETY: the batch array is null-terminated, each entry points at
             // `len` bytes of a distinct live slice, and maxlen 184 is what
             // libdvbcsa documents for TS payloads.

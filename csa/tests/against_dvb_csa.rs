@@ -18,8 +18,11 @@ fn matches_dvb_csa_on_random_packets() {
         while done < CASES_PER_BACKEND {
             let even = random_cw(&mut rng);
             let odd = random_cw(&mut rng);
-            let ctx = KeyContext::csa2(&ControlWord::from_bytes(even), &ControlWord::from_bytes(odd))
-                .with_backend(Some(*backend));
+            let ctx = KeyContext::csa2(
+                &ControlWord::from_bytes(even),
+                &ControlWord::from_bytes(odd),
+            )
+            .with_backend(Some(*backend));
             let ref_even = dvb_csa::ControlWord::from_bytes(even);
             let ref_odd = dvb_csa::ControlWord::from_bytes(odd);
             let n = 1 + (rand::Rng::gen_range(&mut rng, 0..1200usize));
@@ -28,7 +31,11 @@ fn matches_dvb_csa_on_random_packets() {
             for _ in 0..n {
                 let len = rand::Rng::gen_range(&mut rng, 0..=184usize);
                 clear.extend_from_slice(&packet(&mut rng, 0x101, len));
-                parities.push(if rand::Rng::gen_bool(&mut rng, 0.5) { Parity::Even } else { Parity::Odd });
+                parities.push(if rand::Rng::gen_bool(&mut rng, 0.5) {
+                    Parity::Even
+                } else {
+                    Parity::Odd
+                });
             }
             // Scramble: ours vs dvb-csa.
             let mut ours = clear.clone();
@@ -42,7 +49,10 @@ fn matches_dvb_csa_on_random_packets() {
                 // dvb-csa refuses packets without payload; those stay as they are.
                 let _ = scramble_ts_packet(cw, kp, p.try_into().unwrap());
             }
-            assert!(ours == theirs, "{backend:?}: scramble differs from dvb-csa (n={n})");
+            assert!(
+                ours == theirs,
+                "{backend:?}: scramble differs from dvb-csa (n={n})"
+            );
             // Descramble: dvb-csa output through ours gives the clear packets back,
             // and dvb-csa descrambles ours.
             let mut back = theirs.clone();

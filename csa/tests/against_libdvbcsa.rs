@@ -30,7 +30,10 @@ fn matches_system_libdvbcsa_on_random_payloads() {
 
             let mut single = clear.clone();
             let mut bitslice = clear.clone();
-            for (p, q) in single.chunks_exact_mut(188).zip(bitslice.chunks_exact_mut(188)) {
+            for (p, q) in single
+                .chunks_exact_mut(188)
+                .zip(bitslice.chunks_exact_mut(188))
+            {
                 let pkt: &mut [u8; 188] = p.try_into().unwrap();
                 if let Some(off) = csa::payload_offset(pkt) {
                     pkt[3] = (pkt[3] & 0x3f) | 0x80;
@@ -46,8 +49,14 @@ fn matches_system_libdvbcsa_on_random_payloads() {
                 })
                 .collect();
             bs.encrypt(&mut payloads);
-            assert!(ours == single, "{backend:?}: scramble differs from libdvbcsa");
-            assert!(ours == bitslice, "{backend:?}: scramble differs from libdvbcsa bitslice");
+            assert!(
+                ours == single,
+                "{backend:?}: scramble differs from libdvbcsa"
+            );
+            assert!(
+                ours == bitslice,
+                "{backend:?}: scramble differs from libdvbcsa bitslice"
+            );
 
             let mut back = ours.clone();
             ctx.descramble(&mut back).unwrap();

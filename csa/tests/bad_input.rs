@@ -6,7 +6,11 @@ use csa::{Backend, ControlWord, Error, KeyContext, Parity};
 use rand::{Rng, RngCore};
 
 fn ctx(backend: Backend) -> KeyContext {
-    KeyContext::csa2(&ControlWord::from_bytes([1; 8]), &ControlWord::from_bytes([2; 8])).with_backend(Some(backend))
+    KeyContext::csa2(
+        &ControlWord::from_bytes([1; 8]),
+        &ControlWord::from_bytes([2; 8]),
+    )
+    .with_backend(Some(backend))
 }
 
 #[test]
@@ -22,7 +26,10 @@ fn non_multiple_of_188_is_an_error() {
         assert!(ctx(Backend::best()).descramble(&mut buf).is_err());
     }
     // Empty is fine.
-    assert_eq!(ctx(Backend::best()).scramble(&mut [], Parity::Odd).unwrap(), csa::BatchStats::default());
+    assert_eq!(
+        ctx(Backend::best()).scramble(&mut [], Parity::Odd).unwrap(),
+        csa::BatchStats::default()
+    );
 }
 
 #[test]
@@ -52,18 +59,30 @@ fn corrupt_packets_are_counted_and_skipped() {
         assert_eq!(stats.already_scrambled, 1);
         assert_eq!(stats.short_payload, 1);
         for i in [1, 2, 3, 4] {
-            assert_eq!(batch[i * 188..(i + 1) * 188], before[i * 188..(i + 1) * 188], "packet {i} untouched");
+            assert_eq!(
+                batch[i * 188..(i + 1) * 188],
+                before[i * 188..(i + 1) * 188],
+                "packet {i} untouched"
+            );
         }
         // The short payload is marked but its bytes stay as they are (libdvbcsa semantics).
         assert_eq!(batch[5 * 188 + 3] >> 6, 0b10);
         assert_eq!(batch[5 * 188 + 4..6 * 188], before[5 * 188 + 4..6 * 188]);
         assert_ne!(batch[4..188], before[4..188], "good packet scrambled");
-        assert_eq!(batch[6 * 188 + 4..], batch[4..188], "same clear payload, same key: same output");
+        assert_eq!(
+            batch[6 * 188 + 4..],
+            batch[4..188],
+            "same clear payload, same key: same output"
+        );
         c.descramble(&mut batch).unwrap();
         // The pre-scrambled packet (TSC 11) was descrambled with the odd key:
         // every other packet is back to clear.
         for i in [0, 1, 2, 3, 5, 6] {
-            assert_eq!(batch[i * 188..(i + 1) * 188], before[i * 188..(i + 1) * 188], "{backend:?} packet {i}");
+            assert_eq!(
+                batch[i * 188..(i + 1) * 188],
+                before[i * 188..(i + 1) * 188],
+                "{backend:?} packet {i}"
+            );
         }
     }
 }

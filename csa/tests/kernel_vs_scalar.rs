@@ -19,19 +19,30 @@ fn every_backend_matches_scalar_both_directions() {
         for round in 0..6 {
             let even = random_cw(&mut rng);
             let odd = random_cw(&mut rng);
-            let ctx = KeyContext::csa2(&ControlWord::from_bytes(even), &ControlWord::from_bytes(odd))
-                .with_backend(Some(backend));
+            let ctx = KeyContext::csa2(
+                &ControlWord::from_bytes(even),
+                &ControlWord::from_bytes(odd),
+            )
+            .with_backend(Some(backend));
             let n = [1, 7, 63, 64, 65, 513, 1100][round % 7];
             let mut clear = Vec::with_capacity(n * 188);
             let mut parities = Vec::new();
             for _ in 0..n {
                 let len = random_len(&mut rng);
                 clear.extend_from_slice(&packet(&mut rng, 0x100, len));
-                parities.push(if rng.gen_bool(0.5) { Parity::Even } else { Parity::Odd });
+                parities.push(if rng.gen_bool(0.5) {
+                    Parity::Even
+                } else {
+                    Parity::Odd
+                });
             }
             let mut expect = clear.clone();
             for (i, p) in expect.chunks_exact_mut(188).enumerate() {
-                let cw = if parities[i] == Parity::Even { &even } else { &odd };
+                let cw = if parities[i] == Parity::Even {
+                    &even
+                } else {
+                    &odd
+                };
                 scalar_scramble(cw, p.try_into().unwrap(), parities[i]);
             }
             let mut got = clear.clone();

@@ -9,7 +9,9 @@ struct Vector {
 }
 
 fn hex(s: &str) -> Vec<u8> {
-    s.split_whitespace().map(|h| u8::from_str_radix(h, 16).expect("hex byte")).collect()
+    s.split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).expect("hex byte"))
+        .collect()
 }
 
 fn load(text: &str) -> Vec<Vector> {
@@ -24,7 +26,11 @@ fn load(text: &str) -> Vec<Vector> {
             scrambled = Some(hex(r));
         }
         if let (Some(c), Some(p), Some(s)) = (cw, plain.as_ref(), scrambled.as_ref()) {
-            out.push(Vector { cw: c, plain: p.clone(), scrambled: s.clone() });
+            out.push(Vector {
+                cw: c,
+                plain: p.clone(),
+                scrambled: s.clone(),
+            });
             cw = None;
             plain = None;
             scrambled = None;
@@ -79,14 +85,21 @@ fn every_backend_matches_libdvbcsa_vectors() {
         for v in vectors() {
             let cw = ControlWord::from_bytes(v.cw);
             // The vector's CW as even key; a different odd key must not interfere.
-            let ctx = KeyContext::csa2(&cw, &ControlWord::from_bytes([9; 8])).with_backend(Some(backend));
+            let ctx =
+                KeyContext::csa2(&cw, &ControlWord::from_bytes([9; 8])).with_backend(Some(backend));
             let mut pkt = to_packet(&v.plain, 0);
             ctx.scramble(&mut pkt, csa::Parity::Even).unwrap();
-            assert_eq!(pkt, to_packet(&v.scrambled, 0b10), "{backend:?} scramble, {} bytes", v.plain.len());
+            assert_eq!(
+                pkt,
+                to_packet(&v.scrambled, 0b10),
+                "{backend:?} scramble, {} bytes",
+                v.plain.len()
+            );
             ctx.descramble(&mut pkt).unwrap();
             assert_eq!(pkt, to_packet(&v.plain, 0), "{backend:?} descramble");
             // Same as odd key.
-            let ctx = KeyContext::csa2(&ControlWord::from_bytes([9; 8]), &cw).with_backend(Some(backend));
+            let ctx =
+                KeyContext::csa2(&ControlWord::from_bytes([9; 8]), &cw).with_backend(Some(backend));
             let mut pkt = to_packet(&v.scrambled, 0b11);
             ctx.descramble(&mut pkt).unwrap();
             assert_eq!(pkt, to_packet(&v.plain, 0), "{backend:?} descramble odd");

@@ -22,7 +22,16 @@ pub fn block_encrypt(kk: &[u8; 56], block: &mut [u8; 8]) {
         let s = BLOCK_SBOX[(k ^ r[7]) as usize];
         let p = perm_byte(s);
         let r1 = r[0];
-        r = [r[1], r[2] ^ r1, r[3] ^ r1, r[4] ^ r1, r[5], r[6] ^ p, r[7], r1 ^ s];
+        r = [
+            r[1],
+            r[2] ^ r1,
+            r[3] ^ r1,
+            r[4] ^ r1,
+            r[5],
+            r[6] ^ p,
+            r[7],
+            r1 ^ s,
+        ];
     }
     *block = r;
 }

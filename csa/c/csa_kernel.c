@@ -291,6 +291,58 @@ static inline void row_to_bits(const uint8_t *row, W out[8]) {
     for (int b = 0; b < 8; b++) out[b] = w_load(tmp[b]);
 }
 
+#if defined(CSA_WIDTH_512)
+/* Transposes an 8x8 matrix of qwords held in 8 zmm: out[g].q[b] = in[b].q[g]. */
+static inline void transpose_qwords(const __m512i in[8], __m512i out[8]) {
+    __m512i t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm512_unpacklo_epi64(in[2 * i], in[2 * i + 1]);     /* q0,q2,q4,q6 pairs */
+        t[2 * i + 1] = _mm512_unpackhi_epi64(in[2 * i], in[2 * i + 1]); /* q1,q3,q5,q7 pairs */
+    }
+    const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    for (int h = 0; h < 2; h++) {     /* rows 0-3, rows 4-7 */
+        for (int o = 0; o < 2; o++) { /* from the lo / hi unpack */
+            const __m512i a = t[4 * h + o], b = t[4 * h + 2 + o];
+            u[4 * h + o] = _mm512_permutex2var_epi64(a, lo, b);     /* q(0|1), q(4|5) */
+            u[4 * h + 2 + o] = _mm512_permutex2var_epi64(a, hi, b); /* q(2|3), q(6|7) */
+        }
+    }
+    const __m512i first = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0);
+    const __m512i second = _mm512_set_epi64(15, 14, 13, 12, 7, 6, 5, 4);
+    /* u[k] (k<4) holds rows 0-3 of columns c and c+4 where c = (k&1) + 2*(k>>1) */
+    for (int k = 0; k < 4; k++) {
+        const int c = (k & 1) + 2 * (k >> 1);
+        out[c] = _mm512_permutex2var_epi64(u[k], first, u[4 + k]);
+        out[c + 4] = _mm512_permutex2var_epi64(u[k], second, u[4 + k]);
+    }
+}
+
+/* Byte permutation: dest byte 8m + (7 - b) <- source byte 8b + m (per zmm). */
+static inline __m512i bits_to_rows_index(void) {
+    uint8_t idx[64];
+    for (int rep = 0; rep < 1; rep++)
+        for (int b = 0; b < 8; b++)
+            for (int m = 0; m < 8; m++) idx[8 * m + (7 - b)] = (uint8_t)(8 * b + m);
+    return _mm512_loadu_si512(idx);
+}
+
+/* XORs 8 bit words (bit b of every lane) into one byte row of 512 lanes:
+ * qword transpose, a byte shuffle, then GF2P8AFFINEQB transposes each 8x8
+ * bit matrix in one instruction. */
+static inline void bits_xor_row(const W in[8], uint8_t *row) {
+    __m512i t[8];
+    transpose_qwords((const __m512i *)in, t);
+    const __m512i idx = bits_to_rows_index();
+    const __m512i ident = _mm512_set1_epi64((long long)0x8040201008040201ull);
+    for (int g = 0; g < 8; g++) {
+        const __m512i q = _mm512_permutexvar_epi8(idx, t[g]);
+        const __m512i bytes = _mm512_gf2p8affine_epi64_epi8(ident, q, 0);
+        const __m512i r = _mm512_loadu_si512(row + 64 * g);
+        _mm512_storeu_si512(row + 64 * g, _mm512_xor_si512(r, bytes));
+    }
+}
+#else
 /* XORs 8 bit words (bit b of every lane) into one byte row. */
 static inline void bits_xor_row(const W in[8], uint8_t *row) {
     uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
@@ -304,6 +356,7 @@ static inline void bits_xor_row(const W in[8], uint8_t *row) {
         memcpy(row + 8 * m, &y, 8);
     }
 }
+#endif
 
 /* ---------------------------------------------------------------------- */
 /* Byte-sliced block cipher.                                              */
@@ -352,18 +405,19 @@ static void block_tables_init(struct block_tables *t) {
 
 static inline __attribute__((always_inline)) void
 block_sbox(const struct block_tables *t, W x, W *s, W *p) {
-    WB xb = (WB)x, sb, pb;
+    uint8_t xb[WBYTES], sb[WBYTES], pb[WBYTES];
+    memcpy(xb, &x, WBYTES);
     for (int i = 0; i < WBYTES; i++) {
         sb[i] = castmux_csa_block_sbox[xb[i]];
         pb[i] = t->perm_sbox[xb[i]];
     }
-    *s = (W)sb;
-    *p = (W)pb;
+    memcpy(s, sb, WBYTES);
+    memcpy(p, pb, WBYTES);
 }
 static inline W key_broadcast(uint8_t k) {
-    WB v;
-    for (int i = 0; i < WBYTES; i++) v[i] = k;
-    return (W)v;
+    W v;
+    memset(&v, k, sizeof v);
+    return v;
 }
 #define KEY_BROADCAST(k) key_broadcast(k)
 #endif
@@ -402,31 +456,119 @@ struct scratch {
     uint8_t rows[MAX_PAYLOAD][LANES] __attribute__((aligned(64)));
     /* full[k][lane] = 0xff when block k is a full block of that payload */
     uint8_t full[MAX_BLOCKS + 1][LANES] __attribute__((aligned(64)));
+    /* stage[k][lane]: block k of every payload, lane-major, on its way in and out */
+    uint8_t stage[MAX_BLOCKS][LANES][8] __attribute__((aligned(64)));
 };
+
+/* Transposes 8 lanes x 8 bytes: out[j] byte i = in[i] byte j. */
+static inline void transpose8x8_bytes(uint64_t x[8]) {
+    for (int i = 0; i < 4; i++) {
+        const uint64_t t = ((x[i] >> 32) ^ x[i + 4]) & 0x00000000FFFFFFFFull;
+        x[i] ^= t << 32;
+        x[i + 4] ^= t;
+    }
+    for (int i = 0; i < 8; i += (i & 1) ? 3 : 1) { /* 0,1,4,5 */
+        const uint64_t t = ((x[i] >> 16) ^ x[i + 2]) & 0x0000FFFF0000FFFFull;
+        x[i] ^= t << 16;
+        x[i + 2] ^= t;
+    }
+    for (int i = 0; i < 8; i += 2) {
+        const uint64_t t = ((x[i] >> 8) ^ x[i + 1]) & 0x00FF00FF00FF00FFull;
+        x[i] ^= t << 8;
+        x[i + 1] ^= t;
+    }
+}
+
+#if defined(CSA_WIDTH_512)
+/* 64 lanes x 8 bytes (lane-major, 512 contiguous bytes) <-> 8 rows of 64
+ * lanes: a byte shuffle turns each zmm's 8 qwords into 8x8-transposed
+ * blocks, then the qword transpose regroups them; the way back runs the
+ * two steps in the other order (each is its own inverse). */
+static inline __m512i byte_transpose_index(void) {
+    uint8_t idx[64];
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 8; j++) idx[8 * j + i] = (uint8_t)(8 * i + j);
+    return _mm512_loadu_si512(idx);
+}
+
+static inline void lanes_to_rows64(const uint8_t *src, uint8_t *dst, size_t dst_stride) {
+    const __m512i perm = byte_transpose_index();
+    __m512i in[8], out[8];
+    for (int q = 0; q < 8; q++) in[q] = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(src + 64 * q));
+    transpose_qwords(in, out);
+    for (int j = 0; j < 8; j++) _mm512_storeu_si512(dst + j * dst_stride, out[j]);
+}
+
+static inline void rows_to_lanes64(const uint8_t *src, size_t src_stride, uint8_t *dst) {
+    const __m512i perm = byte_transpose_index();
+    __m512i in[8], out[8];
+    for (int j = 0; j < 8; j++) in[j] = _mm512_loadu_si512(src + j * src_stride);
+    transpose_qwords(in, out);
+    for (int q = 0; q < 8; q++) _mm512_storeu_si512(dst + 64 * q, _mm512_permutexvar_epi8(perm, out[q]));
+}
+#endif
 
 static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n) {
     unsigned max_len = 0;
     memset(sc->full, 0, sizeof sc->full);
-    for (size_t l = 0; l < LANES; l++) {
-        const unsigned ln = l < n ? len[l] : 0;
-        if (ln > max_len) max_len = ln;
-        for (unsigned k = 0; k < ln / 8; k++) sc->full[k][l] = 0xff;
-    }
-    max_len = (max_len + 7) & ~7u;
-    /* 8 lanes x 8 bytes at a time through an 8x8 byte transpose would be
-     * faster; bytes are moved one by one here, zero-filled past each end. */
-    for (unsigned pos = 0; pos < max_len; pos++) memset(sc->rows[pos], 0, LANES);
     for (size_t l = 0; l < n; l++) {
+        const unsigned ln = len[l];
+        if (ln > max_len) max_len = ln;
         const uint8_t *src = data[l];
-        for (unsigned pos = 0; pos < len[l]; pos++) sc->rows[pos][l] = src[pos];
+        unsigned k = 0;
+        for (; 8 * k + 8 <= ln; k++) {
+            sc->full[k][l] = 0xff;
+            memcpy(sc->stage[k][l], src + 8 * k, 8);
+        }
+        if (8 * k < ln) {
+            memset(sc->stage[k][l], 0, 8);
+            memcpy(sc->stage[k][l], src + 8 * k, ln - 8 * k);
+        }
     }
-    return max_len;
+    const unsigned blocks = (max_len + 7) / 8;
+    const size_t groups = (n + 63) / 64; /* lanes past n are never read back */
+    for (unsigned k = 0; k < blocks; k++) {
+        for (size_t m = 0; m < groups * 8; m++) {
+#if defined(CSA_WIDTH_512)
+            if ((m & 7) == 0) {
+                lanes_to_rows64(sc->stage[k][8 * m], &sc->rows[8 * k][8 * m], LANES);
+            }
+            continue;
+#else
+            uint64_t x[8];
+            memcpy(x, sc->stage[k][8 * m], 64);
+            transpose8x8_bytes(x);
+            for (int j = 0; j < 8; j++) memcpy(&sc->rows[8 * k + j][8 * m], &x[j], 8);
+#endif
+        }
+    }
+    return blocks * 8;
 }
 
-static void scatter(const struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n) {
+static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n, unsigned max_len) {
+    const unsigned blocks = max_len / 8;
+    const size_t groups = (n + 63) / 64;
+    for (unsigned k = 0; k < blocks; k++) {
+        for (size_t m = 0; m < groups * 8; m++) {
+#if defined(CSA_WIDTH_512)
+            if ((m & 7) == 0) {
+                rows_to_lanes64(&sc->rows[8 * k][8 * m], LANES, sc->stage[k][8 * m]);
+            }
+            continue;
+#else
+            uint64_t x[8];
+            for (int j = 0; j < 8; j++) memcpy(&x[j], &sc->rows[8 * k + j][8 * m], 8);
+            transpose8x8_bytes(x);
+            memcpy(sc->stage[k][8 * m], x, 64);
+#endif
+        }
+    }
     for (size_t l = 0; l < n; l++) {
+        const unsigned ln = len[l];
         uint8_t *dst = data[l];
-        for (unsigned pos = 0; pos < len[l]; pos++) dst[pos] = sc->rows[pos][l];
+        unsigned k = 0;
+        for (; 8 * k + 8 <= ln; k++) memcpy(dst + 8 * k, sc->stage[k][l], 8);
+        if (8 * k < ln) memcpy(dst + 8 * k, sc->stage[k][l], ln - 8 * k);
     }
 }
 
@@ -456,9 +598,10 @@ void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, c
     block_tables_init(&t);
     const unsigned max_len = gather(&sc, data, len, n);
     const int blocks = (int)(max_len / 8);
+    const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
     /* Block cipher, chained from the last block to the first. */
     for (int k = blocks - 1; k >= 0; k--) {
-        for (int g = 0; g < LANES / WBYTES; g++) {
+        for (int g = 0; g < ngroups; g++) {
             const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
             W r[8], old[8];
             for (int j = 0; j < 8; j++) {
@@ -471,7 +614,7 @@ void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, c
         }
     }
     stream_xor_rows(&sc, key->cw, max_len);
-    scatter(&sc, data, len, n);
+    scatter(&sc, data, len, n, max_len);
 }
 
 void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
@@ -483,10 +626,11 @@ void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data,
     block_tables_init(&t);
     const unsigned max_len = gather(&sc, data, len, n);
     const int blocks = (int)(max_len / 8);
+    const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
     stream_xor_rows(&sc, key->cw, max_len);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
     for (int k = 0; k < blocks; k++) {
-        for (int g = 0; g < LANES / WBYTES; g++) {
+        for (int g = 0; g < ngroups; g++) {
             const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
             W r[8], old[8];
             for (int j = 0; j < 8; j++) r[j] = old[j] = load_group(sc.rows[8 * k + j], g);
@@ -497,5 +641,5 @@ void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data,
             }
         }
     }
-    scatter(&sc, data, len, n);
+    scatter(&sc, data, len, n, max_len);
 }

@@ -456,8 +456,6 @@ struct scratch {
     uint8_t rows[MAX_PAYLOAD][LANES] __attribute__((aligned(64)));
     /* full[k][lane] = 0xff when block k is a full block of that payload */
     uint8_t full[MAX_BLOCKS + 1][LANES] __attribute__((aligned(64)));
-    /* stage[k][lane]: block k of every payload, lane-major, on its way in and out */
-    uint8_t stage[MAX_BLOCKS][LANES][8] __attribute__((aligned(64)));
 };
 
 /* Transposes 8 lanes x 8 bytes: out[j] byte i = in[i] byte j. */
@@ -480,95 +478,110 @@ static inline void transpose8x8_bytes(uint64_t x[8]) {
 }
 
 #if defined(CSA_WIDTH_512)
-/* 64 lanes x 8 bytes (lane-major, 512 contiguous bytes) <-> 8 rows of 64
- * lanes: a byte shuffle turns each zmm's 8 qwords into 8x8-transposed
- * blocks, then the qword transpose regroups them; the way back runs the
- * two steps in the other order (each is its own inverse). */
 static inline __m512i byte_transpose_index(void) {
     uint8_t idx[64];
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 8; j++) idx[8 * j + i] = (uint8_t)(8 * i + j);
     return _mm512_loadu_si512(idx);
 }
-
-static inline void lanes_to_rows64(const uint8_t *src, uint8_t *dst, size_t dst_stride) {
-    const __m512i perm = byte_transpose_index();
-    __m512i in[8], out[8];
-    for (int q = 0; q < 8; q++) in[q] = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(src + 64 * q));
-    transpose_qwords(in, out);
-    for (int j = 0; j < 8; j++) _mm512_storeu_si512(dst + j * dst_stride, out[j]);
-}
-
-static inline void rows_to_lanes64(const uint8_t *src, size_t src_stride, uint8_t *dst) {
-    const __m512i perm = byte_transpose_index();
-    __m512i in[8], out[8];
-    for (int j = 0; j < 8; j++) in[j] = _mm512_loadu_si512(src + j * src_stride);
-    transpose_qwords(in, out);
-    for (int q = 0; q < 8; q++) _mm512_storeu_si512(dst + 64 * q, _mm512_permutexvar_epi8(perm, out[q]));
-}
 #endif
 
+/* Lanes whose block k is a full 8-byte block, as a byte mask per lane. */
+static void full_masks(struct scratch *sc, const uint8_t *len, size_t n, unsigned blocks) {
+    for (unsigned k = 0; k <= blocks && k <= MAX_BLOCKS; k++) {
+        for (size_t l = 0; l < LANES; l++) sc->full[k][l] = (l < n && len[l] >= 8 * k + 8) ? 0xff : 0;
+    }
+}
+
+/* Payloads -> rows[pos][lane]. AVX-512 gathers each lane's full blocks with
+ * masked qword gathers straight from the packets, then an in-register 8x8
+ * byte transpose and a qword transpose; elsewhere 8x8 byte transposes on
+ * u64s. The trailing partial block is copied byte by byte. Bytes past a
+ * lane's end are left as they are: nothing reads them back. */
 static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n) {
     unsigned max_len = 0;
-    memset(sc->full, 0, sizeof sc->full);
-    for (size_t l = 0; l < n; l++) {
-        const unsigned ln = len[l];
-        if (ln > max_len) max_len = ln;
-        const uint8_t *src = data[l];
-        unsigned k = 0;
-        for (; 8 * k + 8 <= ln; k++) {
-            sc->full[k][l] = 0xff;
-            memcpy(sc->stage[k][l], src + 8 * k, 8);
-        }
-        if (8 * k < ln) {
-            memset(sc->stage[k][l], 0, 8);
-            memcpy(sc->stage[k][l], src + 8 * k, ln - 8 * k);
+    for (size_t l = 0; l < n; l++)
+        if (len[l] > max_len) max_len = len[l];
+    const unsigned blocks = (max_len + 7) / 8;
+    full_masks(sc, len, n, blocks);
+#if defined(CSA_WIDTH_512)
+    uint8_t *ptrs[LANES] __attribute__((aligned(64)));
+    for (size_t l = 0; l < LANES; l++) ptrs[l] = l < n ? data[l] : 0;
+    const size_t groups = (n + 63) / 64;
+    const __m512i perm = byte_transpose_index();
+    for (unsigned k = 0; k < blocks; k++) {
+        const __m512i off = _mm512_set1_epi64(8 * (long long)k);
+        for (size_t g = 0; g < groups; g++) {
+            __m512i in[8], out[8];
+            const __mmask64 full = _mm512_movepi8_mask(_mm512_load_si512(&sc->full[k][64 * g]));
+            for (int q = 0; q < 8; q++) {
+                const __m512i addr = _mm512_add_epi64(_mm512_load_si512(&ptrs[64 * g + 8 * q]), off);
+                const __mmask8 m = (__mmask8)(full >> (8 * q));
+                in[q] = _mm512_permutexvar_epi8(
+                    perm, _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), m, addr, (void *)0, 1));
+            }
+            transpose_qwords(in, out);
+            for (int j = 0; j < 8; j++) _mm512_store_si512(&sc->rows[8 * k + j][64 * g], out[j]);
         }
     }
-    const unsigned blocks = (max_len + 7) / 8;
-    const size_t groups = (n + 63) / 64; /* lanes past n are never read back */
-    for (unsigned k = 0; k < blocks; k++) {
-        for (size_t m = 0; m < groups * 8; m++) {
-#if defined(CSA_WIDTH_512)
-            if ((m & 7) == 0) {
-                lanes_to_rows64(sc->stage[k][8 * m], &sc->rows[8 * k][8 * m], LANES);
-            }
-            continue;
 #else
-            uint64_t x[8];
-            memcpy(x, sc->stage[k][8 * m], 64);
+    for (unsigned k = 0; k < blocks; k++) {
+        for (size_t m = 0; m < (n + 7) / 8; m++) {
+            uint64_t x[8] = {0};
+            for (int i = 0; i < 8; i++) {
+                const size_t l = 8 * m + i;
+                if (l < n && sc->full[k][l]) memcpy(&x[i], data[l] + 8 * k, 8);
+            }
             transpose8x8_bytes(x);
             for (int j = 0; j < 8; j++) memcpy(&sc->rows[8 * k + j][8 * m], &x[j], 8);
-#endif
         }
+    }
+#endif
+    for (size_t l = 0; l < n; l++) {
+        const unsigned ln = len[l], start = ln & ~7u;
+        for (unsigned pos = start; pos < ln; pos++) sc->rows[pos][l] = data[l][pos];
     }
     return blocks * 8;
 }
 
+/* rows[pos][lane] -> payloads, the inverse of gather (masked scatters on AVX-512). */
 static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n, unsigned max_len) {
     const unsigned blocks = max_len / 8;
-    const size_t groups = (n + 63) / 64;
-    for (unsigned k = 0; k < blocks; k++) {
-        for (size_t m = 0; m < groups * 8; m++) {
 #if defined(CSA_WIDTH_512)
-            if ((m & 7) == 0) {
-                rows_to_lanes64(&sc->rows[8 * k][8 * m], LANES, sc->stage[k][8 * m]);
+    uint8_t *ptrs[LANES] __attribute__((aligned(64)));
+    for (size_t l = 0; l < LANES; l++) ptrs[l] = l < n ? data[l] : 0;
+    const size_t groups = (n + 63) / 64;
+    const __m512i perm = byte_transpose_index();
+    for (unsigned k = 0; k < blocks; k++) {
+        const __m512i off = _mm512_set1_epi64(8 * (long long)k);
+        for (size_t g = 0; g < groups; g++) {
+            __m512i in[8], out[8];
+            const __mmask64 full = _mm512_movepi8_mask(_mm512_load_si512(&sc->full[k][64 * g]));
+            for (int j = 0; j < 8; j++) in[j] = _mm512_load_si512(&sc->rows[8 * k + j][64 * g]);
+            transpose_qwords(in, out);
+            for (int q = 0; q < 8; q++) {
+                const __m512i addr = _mm512_add_epi64(_mm512_load_si512(&ptrs[64 * g + 8 * q]), off);
+                const __mmask8 m = (__mmask8)(full >> (8 * q));
+                _mm512_mask_i64scatter_epi64((void *)0, m, addr, _mm512_permutexvar_epi8(perm, out[q]), 1);
             }
-            continue;
+        }
+    }
 #else
+    for (unsigned k = 0; k < blocks; k++) {
+        for (size_t m = 0; m < (n + 7) / 8; m++) {
             uint64_t x[8];
             for (int j = 0; j < 8; j++) memcpy(&x[j], &sc->rows[8 * k + j][8 * m], 8);
             transpose8x8_bytes(x);
-            memcpy(sc->stage[k][8 * m], x, 64);
-#endif
+            for (int i = 0; i < 8; i++) {
+                const size_t l = 8 * m + i;
+                if (l < n && sc->full[k][l]) memcpy(data[l] + 8 * k, &x[i], 8);
+            }
         }
     }
+#endif
     for (size_t l = 0; l < n; l++) {
-        const unsigned ln = len[l];
-        uint8_t *dst = data[l];
-        unsigned k = 0;
-        for (; 8 * k + 8 <= ln; k++) memcpy(dst + 8 * k, sc->stage[k][l], 8);
-        if (8 * k < ln) memcpy(dst + 8 * k, sc->stage[k][l], ln - 8 * k);
+        const unsigned ln = len[l], start = ln & ~7u;
+        for (unsigned pos = start; pos < ln; pos++) data[l][pos] = sc->rows[pos][l];
     }
 }
 

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::batch::{PacketBatch, TS_PACKET_SIZE};
@@ -43,7 +45,10 @@ pub const RECV_SLOT: usize = 2048;
 pub const SEND_DATAGRAMS: usize = 64;
 
 thread_local! {
-    static RECV_HEADERS: RefCell<MultiHeaders<()>> =
+    // Receive headers need real address storage: the kernel writes the
+    // source address length back into each header, and nix does not reset
+    // it between calls, so a zero-sized placeholder faults on the next call.
+    static RECV_HEADERS: RefCell<MultiHeaders<SockaddrStorage>> =
         RefCell::new(MultiHeaders::preallocate(RECV_DATAGRAMS, None));
     static SEND_HEADERS: RefCell<MultiHeaders<()>> =
         RefCell::new(MultiHeaders::preallocate(SEND_DATAGRAMS, None));

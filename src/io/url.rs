@@ -25,7 +25,7 @@ pub enum UrlError {
         "`{url}`: missing port; write HOST:PORT, for example udp://239.1.1.1:1234 or srt://:9000"
     )]
     MissingPort { url: String },
-    #[error("`{url}`: bad port `{port}`; a port is a number from 1 to 65535")]
+    #[error("`{url}`: bad port `{port}`; a port is a number from 1 to 65535 (0, any free port, only where we bind)")]
     BadPort { url: String, port: String },
     #[error("`{url}`: bad address `{addr}`: {expected}")]
     BadAddress {
@@ -293,7 +293,7 @@ fn split_host_port<'a>(url: &str, auth: &'a str) -> Result<(&'a str, u16), UrlEr
         });
     }
     match port.parse::<u16>() {
-        Ok(p) if p != 0 => Ok((host, p)),
+        Ok(p) => Ok((host, p)),
         _ => Err(UrlError::BadPort {
             url: url.to_owned(),
             port: port.to_owned(),
@@ -400,6 +400,12 @@ fn bad_opt(url: &str, key: &str, value: &str, expected: &'static str) -> UrlErro
 fn parse_udp_output(url: &str, rest: &str) -> Result<UdpOutputUrl, UrlError> {
     let (auth, query) = split_query(rest);
     let (host, port) = split_host_port(url, auth)?;
+    if port == 0 {
+        return Err(UrlError::BadPort {
+            url: url.to_owned(),
+            port: "0".to_owned(),
+        });
+    }
     if host.is_empty() {
         return Err(UrlError::BadAddress {
             url: url.to_owned(),
@@ -514,6 +520,12 @@ fn parse_srt(url: &str, rest: &str) -> Result<SrtUrl, UrlError> {
     } else {
         SrtMode::Caller
     });
+    if mode == SrtMode::Caller && port == 0 {
+        return Err(UrlError::BadPort {
+            url: mask(url),
+            port: "0".to_owned(),
+        });
+    }
     if mode == SrtMode::Caller && host.is_empty() {
         return Err(UrlError::BadAddress {
             url: mask(url),
@@ -597,7 +609,7 @@ mod tests {
             e("udp://239.1.1.1:99999"),
             UrlError::BadPort { .. }
         ));
-        assert!(matches!(e("udp://239.1.1.1:0"), UrlError::BadPort { .. }));
+        assert_eq!(udp_in("udp://127.0.0.1:0").addr.port(), 0);
         assert!(matches!(
             e("udp://example.com:1234"),
             UrlError::BadAddress { .. }
@@ -679,6 +691,8 @@ mod tests {
             UrlError::BadOption { .. }
         ));
         assert!(matches!(e("udp://:5"), UrlError::BadAddress { .. }));
+        assert!(matches!(e("udp://1.2.3.4:0"), UrlError::BadPort { .. }));
+        assert!(matches!(e("srt://1.2.3.4:0"), UrlError::BadPort { .. }));
         assert!(matches!(e("rtp://1.2.3.4:5"), UrlError::Scheme { .. }));
     }
 

@@ -1,0 +1,602 @@
+//! UDP input and output: unicast and multicast (any-source and SSM), IPv4
+//! and IPv6, batched with recvmmsg/sendmmsg.
+//!
+//! Receive: up to [`RECV_DATAGRAMS`] datagrams per syscall land in one
+//! preallocated slab; each datagram is unwrapped if it is RTP and fed
+//! through the resynchroniser (which copies aligned packets straight into
+//! the caller's batch). Send: `pkt` packets per datagram, up to
+//! [`SEND_DATAGRAMS`] datagrams per syscall; a tail of fewer than `pkt`
+//! packets waits for the next write or `flush()`.
+//!
+//! When the kernel (or a seccomp filter) refuses recvmmsg/sendmmsg, the
+//! socket falls back to one recv/send per datagram for the rest of its life.
+//!
+//! nix's `MultiHeaders` holds raw pointers and is not `Send`; it lives in a
+//! thread-local, built once per thread, so sockets stay `Send` and nothing
+//! is allocated per syscall.
+
+use std::cell::RefCell;
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::batch::{PacketBatch, TS_PACKET_SIZE};
+use super::error::{IoError, IoResult};
+use super::rtp::{parse_rtp_ts, RtpTracker};
+use super::stats::IoStats;
+use super::sync::Resync;
+use super::url::{UdpInputUrl, UdpOutputUrl};
+use super::ReadStatus;
+
+/// Datagrams per recvmmsg call.
+pub const RECV_DATAGRAMS: usize = 64;
+/// Bytes reserved per received datagram; longer ones are truncated (and counted).
+pub const RECV_SLOT: usize = 2048;
+/// Datagrams per sendmmsg call.
+pub const SEND_DATAGRAMS: usize = 64;
+
+thread_local! {
+    // Receive headers need real address storage: the kernel writes the
+    // source address length back into each header, and nix does not reset
+    // it between calls, so a zero-sized placeholder faults on the next call.
+    static RECV_HEADERS: RefCell<MultiHeaders<SockaddrStorage>> =
+        RefCell::new(MultiHeaders::preallocate(RECV_DATAGRAMS, None));
+    static SEND_HEADERS: RefCell<MultiHeaders<()>> =
+        RefCell::new(MultiHeaders::preallocate(SEND_DATAGRAMS, None));
+}
+
+/// Errors that mean "this syscall is not available here", not "this socket is broken".
+fn refused(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::ENOSYS | Errno::EPERM | Errno::EACCES | Errno::EOPNOTSUPP
+    )
+}
+
+/// Settings for a UDP input.
+#[derive(Debug, Clone)]
+pub struct UdpInputConfig {
+    /// SO_RCVBUF to ask for; the kernel may cap it at net.core.rmem_max.
+    pub recv_buffer: usize,
+    /// Use recv instead of recvmmsg (tests; kernels without recvmmsg).
+    pub force_single: bool,
+}
+
+/// A bound (and, for groups, joined) UDP socket with its receive slab.
+#[derive(Debug)]
+pub struct UdpInput {
+    url: String,
+    socket: Socket,
+    local: SocketAddr,
+    slab: Vec<u8>,
+    /// Payload range (after RTP unwrapping) of each received datagram.
+    ranges: [(usize, usize); RECV_DATAGRAMS],
+    count: usize,
+    next: usize,
+    resync: Resync,
+    rtp: RtpTracker,
+    batched: bool,
+    stats: Arc<IoStats>,
+}
+
+fn sock_err<'a>(url: &'a str, option: &'static str) -> impl FnOnce(std::io::Error) -> IoError + 'a {
+    move |source| IoError::SocketOption {
+        url: url.to_owned(),
+        option,
+        source,
+    }
+}
+
+/// Resolve an IPv6 interface given as a name or an index.
+fn ipv6_ifindex(url: &str, iface: Option<&str>) -> IoResult<u32> {
+    let Some(name) = iface else { return Ok(0) };
+    if let Ok(i) = name.parse::<u32>() {
+        return Ok(i);
+    }
+    nix::net::if_::if_nametoindex(name).map_err(|_| IoError::NoSuchInterface {
+        url: url.to_owned(),
+        iface: name.to_owned(),
+    })
+}
+
+fn ipv4_iface(url: &str, iface: Option<&str>) -> IoResult<Ipv4Addr> {
+    match iface {
+        None => Ok(Ipv4Addr::UNSPECIFIED),
+        Some(s) => s.parse().map_err(|_| IoError::NoSuchInterface {
+            url: url.to_owned(),
+            iface: s.to_owned(),
+        }),
+    }
+}
+
+impl UdpInput {
+    /// Bind, size the receive buffer and join the group (if any).
+    pub fn open(u: &UdpInputUrl, cfg: &UdpInputConfig, stats: Arc<IoStats>) -> IoResult<Self> {
+        let url = u.url.as_str();
+        let socket = Socket::new(
+            Domain::for_address(u.addr),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )
+        .map_err(sock_err(url, "socket()"))?;
+        let multicast = u.is_multicast();
+        if multicast {
+            // Several receivers of one group on one host is normal.
+            socket
+                .set_reuse_address(true)
+                .map_err(sock_err(url, "SO_REUSEADDR"))?;
+            socket
+                .set_reuse_port(true)
+                .map_err(sock_err(url, "SO_REUSEPORT"))?;
+        }
+        if u.addr.is_ipv6() {
+            // Keep [::]:PORT from also taking IPv4 traffic meant for another socket.
+            let _ = socket.set_only_v6(true);
+        }
+        if let Err(e) = socket.set_recv_buffer_size(cfg.recv_buffer) {
+            tracing::debug!(url, error = %e, "SO_RCVBUF not set");
+        }
+        // Binding the group address (Linux) keeps other groups on the port out.
+        socket
+            .bind(&SockAddr::from(u.addr))
+            .map_err(|source| IoError::Bind {
+                url: url.to_owned(),
+                addr: u.addr,
+                source,
+            })?;
+        if multicast {
+            join(&socket, u)?;
+        }
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(u.addr);
+        Ok(Self {
+            url: url.to_owned(),
+            socket,
+            local,
+            slab: vec![0u8; RECV_DATAGRAMS * RECV_SLOT],
+            ranges: [(0, 0); RECV_DATAGRAMS],
+            count: 0,
+            next: 0,
+            resync: Resync::new(),
+            rtp: RtpTracker::default(),
+            batched: !cfg.force_single,
+            stats,
+        })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Fill `batch` (cleared first). Waits up to `timeout` for the first
+    /// datagram, then takes only what is already queued.
+    pub fn read_batch(
+        &mut self,
+        batch: &mut PacketBatch,
+        timeout: Duration,
+    ) -> IoResult<ReadStatus> {
+        batch.clear();
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain(batch);
+            if batch.is_full() {
+                break;
+            }
+            let wait = if batch.is_empty() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            let got = self.receive(wait)?;
+            if got == 0 {
+                if !batch.is_empty() {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Ok(ReadStatus::TimedOut);
+                }
+            }
+        }
+        IoStats::add(&self.stats.packets_in, batch.len() as u64);
+        Ok(ReadStatus::Packets(batch.len()))
+    }
+
+    /// Move pending datagram payloads into `batch`.
+    fn drain(&mut self, batch: &mut PacketBatch) {
+        while self.next < self.count && !batch.is_full() {
+            let (start, end) = self.ranges[self.next];
+            let base = self.next * RECV_SLOT;
+            let used = self
+                .resync
+                .push(&self.slab[base + start..base + end], batch, &self.stats);
+            self.ranges[self.next].0 += used;
+            if start + used == end {
+                self.next += 1;
+            }
+        }
+    }
+
+    /// Receive what is queued (waiting up to `wait` for the first datagram).
+    /// Returns the number of datagrams now pending.
+    fn receive(&mut self, wait: Duration) -> IoResult<usize> {
+        debug_assert!(self.next >= self.count);
+        self.count = 0;
+        self.next = 0;
+        let mut lens = [0usize; RECV_DATAGRAMS];
+        let mut truncated = [false; RECV_DATAGRAMS];
+        let mut n = self.recv_nowait(&mut lens, &mut truncated)?;
+        if n == 0 && !wait.is_zero() {
+            // Round up so a 0.3 ms wait does not become a busy loop.
+            let ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(Errno::EINTR) => return Ok(0),
+                Ok(_) => {}
+                Err(e) => return Err(self.read_err(e)),
+            }
+            n = self.recv_nowait(&mut lens, &mut truncated)?;
+        }
+        let mut bytes = 0u64;
+        let mut trunc = 0u64;
+        let mut gaps = 0u64;
+        for i in 0..n {
+            let len = lens[i].min(RECV_SLOT);
+            bytes += len as u64;
+            if truncated[i] || lens[i] > RECV_SLOT {
+                trunc += 1;
+            }
+            let dgram = &self.slab[i * RECV_SLOT..i * RECV_SLOT + len];
+            self.ranges[i] = match parse_rtp_ts(dgram) {
+                Some(h) => {
+                    gaps += u64::from(self.rtp.observe(&h));
+                    (h.payload_offset, h.payload_end)
+                }
+                None => (0, len),
+            };
+        }
+        IoStats::add(&self.stats.datagrams_in, n as u64);
+        IoStats::add(&self.stats.bytes_in, bytes);
+        IoStats::add(&self.stats.truncated_datagrams, trunc);
+        IoStats::add(&self.stats.rtp_gaps, gaps);
+        self.count = n;
+        Ok(n)
+    }
+
+    fn read_err(&self, e: Errno) -> IoError {
+        IoError::Read {
+            url: self.url.clone(),
+            source: std::io::Error::from(e),
+        }
+    }
+
+    /// One non-blocking receive round into the slab.
+    fn recv_nowait(
+        &mut self,
+        lens: &mut [usize; RECV_DATAGRAMS],
+        truncated: &mut [bool; RECV_DATAGRAMS],
+    ) -> IoResult<usize> {
+        let fd = self.socket.as_raw_fd();
+        if self.batched {
+            let slab = &mut self.slab;
+            let res = RECV_HEADERS.with(|h| -> nix::Result<usize> {
+                let mut headers = h.borrow_mut();
+                let mut slots = slab.chunks_exact_mut(RECV_SLOT);
+                let mut iovs: [[IoSliceMut<'_>; 1]; RECV_DATAGRAMS] = std::array::from_fn(|_| {
+                    [IoSliceMut::new(
+                        slots.next().expect("slab holds RECV_DATAGRAMS slots"),
+                    )]
+                });
+                let msgs = recvmmsg(
+                    fd,
+                    &mut headers,
+                    iovs.iter_mut(),
+                    MsgFlags::MSG_DONTWAIT,
+                    None,
+                )?;
+                let mut n = 0;
+                for (i, m) in msgs.enumerate() {
+                    lens[i] = m.bytes;
+                    truncated[i] = m.flags.contains(MsgFlags::MSG_TRUNC);
+                    n += 1;
+                }
+                Ok(n)
+            });
+            match res {
+                Ok(n) => return Ok(n),
+                Err(Errno::EAGAIN | Errno::EINTR) => return Ok(0),
+                Err(e) if refused(e) => {
+                    tracing::info!(url = %self.url, error = %e, "recvmmsg refused, using recv");
+                    self.batched = false;
+                }
+                Err(Errno::ECONNREFUSED) => return Ok(0),
+                Err(e) => return Err(self.read_err(e)),
+            }
+        }
+        let mut n = 0;
+        while n < RECV_DATAGRAMS {
+            let slot = &mut self.slab[n * RECV_SLOT..(n + 1) * RECV_SLOT];
+            match nix::sys::socket::recv(fd, slot, MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC) {
+                Ok(len) => {
+                    lens[n] = len;
+                    truncated[n] = len > RECV_SLOT;
+                    n += 1;
+                }
+                Err(Errno::EAGAIN | Errno::EINTR | Errno::ECONNREFUSED) => break,
+                Err(e) => return Err(self.read_err(e)),
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn join(socket: &Socket, u: &UdpInputUrl) -> IoResult<()> {
+    let url = u.url.as_str();
+    let join_err = |source| IoError::Join {
+        url: url.to_owned(),
+        group: u.addr.ip().to_string(),
+        source,
+    };
+    match (u.addr.ip(), u.source) {
+        (IpAddr::V4(group), source) => {
+            let iface = ipv4_iface(url, u.iface.as_deref())?;
+            // Only this group, even if another socket joined others.
+            let _ = socket.set_multicast_all_v4(false);
+            match source {
+                Some(IpAddr::V4(src)) => socket.join_ssm_v4(&src, &group, &iface).map_err(join_err),
+                _ => socket.join_multicast_v4(&group, &iface).map_err(join_err),
+            }
+        }
+        (IpAddr::V6(group), None) => {
+            let index = ipv6_ifindex(url, u.iface.as_deref())?;
+            socket.join_multicast_v6(&group, index).map_err(join_err)
+        }
+        (IpAddr::V6(_), Some(_)) => Err(IoError::Unsupported {
+            url: url.to_owned(),
+            what: "source-specific multicast over IPv6",
+            hint: "join the IPv6 group without SOURCE@, or use an IPv4 SSM group",
+        }),
+    }
+}
+
+/// Settings for a UDP output.
+#[derive(Debug, Clone)]
+pub struct UdpOutputConfig {
+    /// SO_SNDBUF to ask for.
+    pub send_buffer: usize,
+    /// IP_MULTICAST_LOOP: let local receivers of the group see our traffic.
+    pub multicast_loop: bool,
+    /// Use send instead of sendmmsg (tests; kernels without sendmmsg).
+    pub force_single: bool,
+}
+
+/// A connected UDP socket that sends `pkt` TS packets per datagram.
+#[derive(Debug)]
+pub struct UdpOutput {
+    url: String,
+    socket: Socket,
+    dest: SocketAddr,
+    datagram: usize,
+    tail: Vec<u8>,
+    batched: bool,
+    stats: Arc<IoStats>,
+    last_warn: Option<Instant>,
+    errors_since_warn: u64,
+}
+
+impl UdpOutput {
+    /// Resolve, connect and set TTL / interface for multicast.
+    pub fn open(u: &UdpOutputUrl, cfg: &UdpOutputConfig, stats: Arc<IoStats>) -> IoResult<Self> {
+        let url = u.url.as_str();
+        let dest = (u.host.as_str(), u.port)
+            .to_socket_addrs()
+            .map_err(|e| IoError::Resolve {
+                url: url.to_owned(),
+                host: u.host.clone(),
+                reason: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| IoError::Resolve {
+                url: url.to_owned(),
+                host: u.host.clone(),
+                reason: "no address".to_owned(),
+            })?;
+        let socket = Socket::new(Domain::for_address(dest), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(sock_err(url, "socket()"))?;
+        if let Err(e) = socket.set_send_buffer_size(cfg.send_buffer) {
+            tracing::debug!(url, error = %e, "SO_SNDBUF not set");
+        }
+        match dest.ip() {
+            IpAddr::V4(g) if g.is_multicast() => {
+                if let Some(ttl) = u.ttl {
+                    socket
+                        .set_multicast_ttl_v4(ttl)
+                        .map_err(sock_err(url, "IP_MULTICAST_TTL"))?;
+                }
+                if u.iface.is_some() {
+                    let iface = ipv4_iface(url, u.iface.as_deref())?;
+                    socket
+                        .set_multicast_if_v4(&iface)
+                        .map_err(sock_err(url, "IP_MULTICAST_IF"))?;
+                }
+                socket
+                    .set_multicast_loop_v4(cfg.multicast_loop)
+                    .map_err(sock_err(url, "IP_MULTICAST_LOOP"))?;
+            }
+            IpAddr::V6(g) if g.is_multicast() => {
+                if let Some(ttl) = u.ttl {
+                    socket
+                        .set_multicast_hops_v6(ttl)
+                        .map_err(sock_err(url, "IPV6_MULTICAST_HOPS"))?;
+                }
+                if u.iface.is_some() {
+                    let index = ipv6_ifindex(url, u.iface.as_deref())?;
+                    socket
+                        .set_multicast_if_v6(index)
+                        .map_err(sock_err(url, "IPV6_MULTICAST_IF"))?;
+                }
+                socket
+                    .set_multicast_loop_v6(cfg.multicast_loop)
+                    .map_err(sock_err(url, "IPV6_MULTICAST_LOOP"))?;
+            }
+            IpAddr::V4(_) => {
+                if let Some(ttl) = u.ttl {
+                    socket.set_ttl(ttl).map_err(sock_err(url, "IP_TTL"))?;
+                }
+            }
+            IpAddr::V6(_) => {
+                if let Some(ttl) = u.ttl {
+                    socket
+                        .set_unicast_hops_v6(ttl)
+                        .map_err(sock_err(url, "IPV6_UNICAST_HOPS"))?;
+                }
+            }
+        }
+        socket
+            .connect(&SockAddr::from(dest))
+            .map_err(|source| IoError::Bind {
+                url: url.to_owned(),
+                addr: dest,
+                source,
+            })?;
+        let datagram = u.packets_per_datagram.clamp(1, 7) * TS_PACKET_SIZE;
+        Ok(Self {
+            url: url.to_owned(),
+            socket,
+            dest,
+            datagram,
+            tail: Vec::with_capacity(datagram),
+            batched: !cfg.force_single,
+            stats,
+            last_warn: None,
+            errors_since_warn: 0,
+        })
+    }
+
+    /// Where datagrams go.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.dest
+    }
+
+    /// Send whole datagrams now; keep a short tail for the next write.
+    pub fn write(&mut self, mut bytes: &[u8]) -> IoResult<()> {
+        if !self.tail.is_empty() {
+            let take = (self.datagram - self.tail.len()).min(bytes.len());
+            self.tail.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.tail.len() == self.datagram {
+                let tail = std::mem::take(&mut self.tail);
+                self.send_all(&tail);
+                self.tail = tail;
+                self.tail.clear();
+            }
+        }
+        let whole = bytes.len() / self.datagram * self.datagram;
+        if whole > 0 {
+            self.send_all(&bytes[..whole]);
+        }
+        self.tail.extend_from_slice(&bytes[whole..]);
+        Ok(())
+    }
+
+    /// Send the held tail, if any, as a short datagram.
+    pub fn flush(&mut self) -> IoResult<()> {
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.send_all(&tail);
+            self.tail = tail;
+            self.tail.clear();
+        }
+        Ok(())
+    }
+
+    /// Send `data` as datagrams of `self.datagram` bytes (the last may be short).
+    /// Failures are counted and logged at most once a minute; UDP has no
+    /// "closed" to report, so they never stop the stream.
+    fn send_all(&mut self, data: &[u8]) {
+        let mut chunks: &[u8] = data;
+        while !chunks.is_empty() {
+            let res = if self.batched {
+                self.send_mmsg(chunks)
+            } else {
+                self.send_one(chunks)
+            };
+            match res {
+                Ok(sent) => {
+                    let bytes = (sent * self.datagram).min(chunks.len());
+                    IoStats::add(&self.stats.datagrams_out, sent as u64);
+                    IoStats::add(&self.stats.bytes_out, bytes as u64);
+                    IoStats::add(&self.stats.packets_out, (bytes / TS_PACKET_SIZE) as u64);
+                    chunks = &chunks[bytes..];
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) if self.batched && refused(e) => {
+                    tracing::info!(url = %self.url, error = %e, "sendmmsg refused, using send");
+                    self.batched = false;
+                }
+                Err(e) => {
+                    // Drop one datagram and go on with the rest.
+                    let skip = self.datagram.min(chunks.len());
+                    chunks = &chunks[skip..];
+                    self.send_error(e);
+                }
+            }
+        }
+    }
+
+    fn send_error(&mut self, e: Errno) {
+        IoStats::add(&self.stats.send_errors, 1);
+        self.errors_since_warn += 1;
+        let now = Instant::now();
+        if self
+            .last_warn
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+        {
+            tracing::warn!(url = %self.url, error = %e, dropped = self.errors_since_warn,
+                "UDP send failed; datagrams dropped (logged at most once a minute)");
+            self.last_warn = Some(now);
+            self.errors_since_warn = 0;
+        }
+    }
+
+    fn send_mmsg(&self, data: &[u8]) -> nix::Result<usize> {
+        let fd = self.socket.as_raw_fd();
+        let datagram = self.datagram;
+        SEND_HEADERS.with(|h| {
+            let mut headers = h.borrow_mut();
+            let mut parts = data.chunks(datagram);
+            let iovs: [[IoSlice<'_>; 1]; SEND_DATAGRAMS] =
+                std::array::from_fn(|_| [IoSlice::new(parts.next().unwrap_or(&[]))]);
+            let n = data.len().div_ceil(datagram).min(SEND_DATAGRAMS);
+            let addrs = [None::<()>; SEND_DATAGRAMS];
+            let none: [ControlMessage<'_>; 0] = [];
+            let sent = sendmmsg(
+                fd,
+                &mut headers,
+                iovs[..n].iter(),
+                addrs,
+                none,
+                MsgFlags::empty(),
+            )?;
+            Ok(sent.count())
+        })
+    }
+
+    fn send_one(&self, data: &[u8]) -> nix::Result<usize> {
+        let end = self.datagram.min(data.len());
+        nix::sys::socket::send(self.socket.as_raw_fd(), &data[..end], MsgFlags::empty())?;
+        Ok(1)
+    }
+}

@@ -196,7 +196,7 @@ impl Output {
     /// Write whole packets (`bytes.len()` a multiple of 188). UDP may hold a
     /// tail of fewer than `pkt` packets until the next write or [`Output::flush`].
     pub fn write_batch(&mut self, bytes: &[u8]) -> IoResult<()> {
-        if bytes.len() % TS_PACKET_SIZE != 0 {
+        if !bytes.chunks_exact(TS_PACKET_SIZE).remainder().is_empty() {
             return Err(IoError::PartialPacket {
                 url: self.name(),
                 len: bytes.len(),

@@ -1,11 +1,11 @@
 //! SRT input and output (srt-tokio), bridged to the data path.
 //!
 //! Each SRT endpoint gets its own thread running a current-thread tokio
-//! runtime that owns the socket. The data path and that thread exchange
-//! reusable byte buffers over bounded channels, plus a return channel that
-//! hands empty buffers back; at most [`SrtConfig::queue_batches`] buffers
-//! exist per endpoint. Neither side ever blocks on the other: a full queue
-//! drops (and counts) a batch.
+//! runtime that owns the socket. An output hands reusable batch buffers to
+//! that thread over a bounded channel (a return channel brings them back; at
+//! most [`SrtConfig::queue_batches`] exist). An input shares a pair of
+//! swapped byte buffers with it (bounded by [`SrtConfig::input_buffer`]).
+//! Neither side ever blocks on the other: overflow is dropped and counted.
 //!
 //! Messages carry 7 TS packets (1316 bytes), as srt-live-transmit and
 //! ffmpeg send them. srt-tokio's default send buffer (46,592 bytes, about 32
@@ -13,8 +13,8 @@
 //! buffers) through [`SrtConfig`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,8 @@ use super::ReadStatus;
 
 /// Payload bytes per SRT message: 7 TS packets.
 pub const SRT_MESSAGE: usize = 7 * TS_PACKET_SIZE;
+/// Largest SRT live payload (SRTO_PAYLOADSIZE maximum).
+pub const SRT_MAX_MESSAGE: usize = 1456;
 
 /// SRT tuning shared by inputs and outputs.
 #[derive(Debug, Clone)]
@@ -47,8 +49,13 @@ pub struct SrtConfig {
     pub recv_buffer: u64,
     /// UDP socket buffers under SRT. Default 4 MB.
     pub udp_buffer: u64,
-    /// Buffers in flight between the data path and the SRT thread. Default 64.
+    /// Output: batches in flight between the data path and the SRT thread. Default 256.
     pub queue_batches: usize,
+    /// How long a silent peer is kept before the connection counts as lost. Default 5 s.
+    pub peer_idle_timeout: Duration,
+    /// Input: bytes the SRT thread may gather before the data path reads
+    /// them. Default 4 MiB (about 1 s at 30 Mbit/s).
+    pub input_buffer: usize,
 }
 
 impl Default for SrtConfig {
@@ -58,7 +65,9 @@ impl Default for SrtConfig {
             send_buffer: 8192 * 1500,
             recv_buffer: 8192 * 1500,
             udp_buffer: 4 * 1024 * 1024,
-            queue_batches: 64,
+            queue_batches: 256,
+            input_buffer: 4 * 1024 * 1024,
+            peer_idle_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -84,6 +93,7 @@ fn builder(u: &SrtUrl, cfg: &SrtConfig) -> SrtSocketBuilder {
     let cfg = cfg.clone();
     let b = SrtSocket::builder().latency(u.latency).set(move |o| {
         o.connect.timeout = cfg.connect_timeout;
+        o.session.peer_idle_timeout = cfg.peer_idle_timeout;
         o.sender.buffer_size = ByteCount(cfg.send_buffer);
         o.receiver.buffer_size = ByteCount(cfg.recv_buffer);
         o.connect.udp_send_buffer_size = ByteCount(cfg.udp_buffer);
@@ -265,57 +275,63 @@ where
     }
 }
 
+/// What the SRT thread hands to an input: bytes gathered since the last
+/// read, and why the connection ended (if it did).
+#[derive(Debug, Default)]
+struct InputShared {
+    data: Vec<u8>,
+    closed: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct InputBridge {
+    state: Mutex<InputShared>,
+    ready: Condvar,
+}
+
 /// An SRT source of TS.
+///
+/// The SRT thread appends each message to a shared buffer (bounded by
+/// [`SrtConfig::input_buffer`]; overflow is dropped and counted); a read swaps
+/// that buffer with the input's own, so each side takes the lock once per
+/// message or per read, never per packet, and the two buffers are reused.
 #[derive(Debug)]
 pub struct SrtInput {
     url: String,
-    rx: Receiver<Vec<u8>>,
-    empties: mpsc::Sender<Vec<u8>>,
-    current: Option<Vec<u8>>,
+    bridge: Arc<InputBridge>,
+    local: Vec<u8>,
     pos: usize,
     resync: Resync,
     stats: Arc<IoStats>,
-    closed: Closed,
-    local: SocketAddr,
+    addr: SocketAddr,
     _stop: oneshot::Sender<()>,
     _thread: JoinHandle<()>,
 }
-
-/// Bytes an input buffer gathers before it must be handed over.
-const INPUT_BUFFER: usize = 64 * SRT_MESSAGE;
 
 impl SrtInput {
     /// Connect or start listening. A listener returns at once (packets
     /// arrive when a caller connects); a caller returns once connected.
     pub fn open(u: &SrtUrl, cfg: &SrtConfig, stats: Arc<IoStats>) -> IoResult<Self> {
-        let queue = cfg.queue_batches.max(2);
-        let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(queue);
-        let (empties_tx, empties_rx) = mpsc::channel::<Vec<u8>>();
-        for _ in 0..queue {
-            let _ = empties_tx.send(Vec::with_capacity(INPUT_BUFFER));
-        }
-        let closed: Closed = Arc::default();
-        let (thread_closed, thread_stats) = (closed.clone(), stats.clone());
-        let (thread, stop, local) = spawn(u, cfg, "in", move |sock, stop| {
-            Box::pin(input_task(
-                sock,
-                stop,
-                tx,
-                empties_rx,
-                thread_stats,
-                thread_closed,
-            ))
+        let cap = cfg.input_buffer.max(SRT_MAX_MESSAGE);
+        let bridge = Arc::new(InputBridge {
+            state: Mutex::new(InputShared {
+                data: Vec::with_capacity(cap),
+                closed: None,
+            }),
+            ready: Condvar::new(),
+        });
+        let (thread_bridge, thread_stats) = (bridge.clone(), stats.clone());
+        let (thread, stop, addr) = spawn(u, cfg, "in", move |sock, stop| {
+            Box::pin(input_task(sock, stop, thread_bridge, cap, thread_stats))
         })?;
         Ok(Self {
             url: u.url.clone(),
-            rx,
-            empties: empties_tx,
-            current: None,
+            bridge,
+            local: Vec::with_capacity(cap),
             pos: 0,
             resync: Resync::new(),
             stats,
-            closed,
-            local,
+            addr,
             _stop: stop,
             _thread: thread,
         })
@@ -323,7 +339,7 @@ impl SrtInput {
 
     /// Local address (listener) or peer address (caller).
     pub fn addr(&self) -> SocketAddr {
-        self.local
+        self.addr
     }
 
     /// Fill `batch` (cleared first), waiting up to `timeout` for the first bytes.
@@ -335,45 +351,43 @@ impl SrtInput {
         batch.clear();
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(buf) = &self.current {
-                let used = self.resync.push(&buf[self.pos..], batch, &self.stats);
+            if self.pos < self.local.len() {
+                let used = self
+                    .resync
+                    .push(&self.local[self.pos..], batch, &self.stats);
                 self.pos += used;
-                if self.pos == buf.len() {
-                    if let Some(mut buf) = self.current.take() {
-                        buf.clear();
-                        let _ = self.empties.send(buf);
-                    }
-                }
             }
-            if batch.is_full() {
+            if self.pos >= self.local.len() {
+                self.local.clear();
+                self.pos = 0;
+            }
+            if batch.is_full() || self.pos < self.local.len() {
                 break;
             }
-            let next = if batch.is_empty() {
+            let mut st = self.bridge.state.lock().unwrap_or_else(|p| p.into_inner());
+            while st.data.is_empty() && st.closed.is_none() && batch.is_empty() {
                 let left = deadline.saturating_duration_since(Instant::now());
-                self.rx
-                    .recv_timeout(left)
-                    .map_err(|e| e == RecvTimeoutError::Disconnected)
-            } else {
-                self.rx
-                    .try_recv()
-                    .map_err(|e| e == TryRecvError::Disconnected)
-            };
-            match next {
-                Ok(buf) => {
-                    self.current = Some(buf);
-                    self.pos = 0;
+                if left.is_zero() {
+                    break;
                 }
-                Err(false) => break,
-                Err(true) => {
-                    if !batch.is_empty() {
-                        break;
-                    }
+                st = match self.bridge.ready.wait_timeout(st, left) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                };
+            }
+            if !st.data.is_empty() {
+                std::mem::swap(&mut st.data, &mut self.local);
+                continue;
+            }
+            if let Some(reason) = &st.closed {
+                if batch.is_empty() {
                     return Err(IoError::SrtClosed {
                         url: self.url.clone(),
-                        reason: closed_reason(&self.closed),
+                        reason: reason.clone(),
                     });
                 }
             }
+            break;
         }
         if batch.is_empty() {
             return Ok(ReadStatus::TimedOut);
@@ -386,54 +400,41 @@ impl SrtInput {
 async fn input_task(
     mut sock: SrtSocket,
     mut stop: oneshot::Receiver<()>,
-    tx: SyncSender<Vec<u8>>,
-    empties: Receiver<Vec<u8>>,
+    bridge: Arc<InputBridge>,
+    cap: usize,
     stats: Arc<IoStats>,
-    closed: Closed,
 ) {
-    let mut current: Option<Vec<u8>> = None;
-    loop {
+    let reason = loop {
         let item = tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => break "input closed".to_owned(),
             item = sock.next() => item,
         };
         let data = match item {
             Some(Ok((_, data))) => data,
-            Some(Err(e)) => {
-                set_closed(&closed, e.to_string());
-                break;
-            }
-            None => {
-                set_closed(&closed, "the SRT peer closed the connection".to_owned());
-                break;
-            }
+            Some(Err(e)) => break e.to_string(),
+            None => break "the SRT peer closed the connection".to_owned(),
         };
         IoStats::add(&stats.datagrams_in, 1);
         IoStats::add(&stats.bytes_in, data.len() as u64);
-        if current.is_none() {
-            current = empties.try_recv().ok();
-        }
-        let Some(buf) = current.as_mut() else {
-            // Every buffer is queued: the data path is behind.
-            IoStats::add(&stats.queue_drops, 1);
-            IoStats::add(&stats.dropped_bytes, data.len() as u64);
-            continue;
-        };
-        if buf.len() + data.len() > INPUT_BUFFER {
-            IoStats::add(&stats.queue_drops, 1);
-            IoStats::add(&stats.dropped_bytes, buf.len() as u64);
-            buf.clear();
-        }
-        buf.extend_from_slice(&data[..data.len().min(INPUT_BUFFER)]);
-        if let Some(buf) = current.take() {
-            match tx.try_send(buf) {
-                Ok(()) => {}
-                // Keep gathering in the same buffer until the queue has room.
-                Err(TrySendError::Full(buf)) => current = Some(buf),
-                Err(TrySendError::Disconnected(_)) => break,
+        {
+            let mut st = bridge.state.lock().unwrap_or_else(|p| p.into_inner());
+            if st.data.len() + data.len() > cap {
+                // The data path is behind by a whole buffer: drop this message.
+                IoStats::add(&stats.queue_drops, 1);
+                IoStats::add(&stats.dropped_bytes, data.len() as u64);
+                continue;
             }
+            st.data.extend_from_slice(&data);
         }
-    }
+        bridge.ready.notify_one();
+    };
+    bridge
+        .state
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .closed
+        .get_or_insert(reason);
+    bridge.ready.notify_one();
     let _ = sock.close().await;
 }
 
@@ -584,19 +585,28 @@ async fn output_task(
                 }
             },
         };
-        // One allocation per batch; messages are slices of it.
-        let all = Bytes::copy_from_slice(&buf);
-        let _ = empties.send(buf);
-        let now = Instant::now();
+        // Feed this batch and any others already queued, then flush once.
+        let mut next = Some(buf);
         let mut failed = None;
-        let mut messages = 0u64;
-        for start in (0..all.len()).step_by(SRT_MESSAGE) {
-            let end = (start + SRT_MESSAGE).min(all.len());
-            if let Err(e) = sock.feed((now, all.slice(start..end))).await {
-                failed = Some(e);
+        let (mut messages, mut bytes) = (0u64, 0u64);
+        while let Some(buf) = next.take() {
+            // One allocation per batch; messages are slices of it.
+            let all = Bytes::copy_from_slice(&buf);
+            let _ = empties.send(buf);
+            let now = Instant::now();
+            for start in (0..all.len()).step_by(SRT_MESSAGE) {
+                let end = (start + SRT_MESSAGE).min(all.len());
+                if let Err(e) = sock.feed((now, all.slice(start..end))).await {
+                    failed = Some(e);
+                    break;
+                }
+                messages += 1;
+            }
+            bytes += all.len() as u64;
+            if failed.is_some() {
                 break;
             }
-            messages += 1;
+            next = rx.try_recv().ok();
         }
         if failed.is_none() {
             if let Err(e) = sock.flush().await {
@@ -609,8 +619,8 @@ async fn output_task(
             break;
         }
         IoStats::add(&stats.datagrams_out, messages);
-        IoStats::add(&stats.bytes_out, all.len() as u64);
-        IoStats::add(&stats.packets_out, (all.len() / TS_PACKET_SIZE) as u64);
+        IoStats::add(&stats.bytes_out, bytes);
+        IoStats::add(&stats.packets_out, bytes / TS_PACKET_SIZE as u64);
     }
     let _ = sock.close().await;
 }

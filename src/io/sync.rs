@@ -5,6 +5,9 @@
 //! [`Resync`] finds the 0x47 sync byte at a 188-byte stride, locks after
 //! [`LOCK_PACKETS`] consecutive sync bytes, hands whole packets out, and
 //! drops (and counts) what is not a packet. It never panics on any input.
+//! A locked packet whose successor's sync byte is visible in the same read
+//! and wrong is taken as cut short and dropped too; a packet at the end of a
+//! read is handed out at once (live inputs must not hold packets back).
 //!
 //! When locked and aligned, packets are copied straight from the input into
 //! the batch; the small staging buffer is only used for split packets and
@@ -79,14 +82,20 @@ impl Resync {
         let total = input.len();
         loop {
             // Work off the stage first: it always precedes `input`.
-            self.drain_stage(out, stats);
+            // With no more input in this call, a staged packet goes out
+            // without waiting for its successor (live inputs must not hold it).
+            self.drain_stage(out, stats, input.is_empty());
             if out.is_full() {
                 break;
             }
             if self.stage_len == 0 && self.state == State::Locked {
                 // Fast path: aligned input straight into the batch.
                 while !out.is_full() && input.len() >= TS_PACKET_SIZE {
-                    if input[0] != TS_SYNC_BYTE {
+                    // A packet whose successor's sync byte is visible and
+                    // wrong is probably cut short: drop it and hunt.
+                    let next_bad =
+                        input.len() > TS_PACKET_SIZE && input[TS_PACKET_SIZE] != TS_SYNC_BYTE;
+                    if input[0] != TS_SYNC_BYTE || next_bad {
                         self.lose_sync(stats);
                         break;
                     }
@@ -111,9 +120,10 @@ impl Resync {
                 break;
             }
             // Top up the stage and let drain_stage hunt or emit. When locked,
-            // only complete the split packet so the fast path takes over again.
+            // only complete the split packet plus the next sync byte, so the
+            // fast path takes over again as soon as it can.
             let room = match self.state {
-                State::Locked => TS_PACKET_SIZE.saturating_sub(self.stage_len),
+                State::Locked => (TS_PACKET_SIZE + 1).saturating_sub(self.stage_len),
                 State::Hunting => STAGE_SIZE - self.stage_len,
             };
             let n = room.min(input.len());
@@ -131,7 +141,7 @@ impl Resync {
     /// full lock). Returns whether everything held back has been handled; if
     /// `out` is full, call again with an empty batch.
     pub fn finish(&mut self, out: &mut PacketBatch, stats: &IoStats) -> bool {
-        self.drain_stage(out, stats);
+        self.drain_stage(out, stats, true);
         if self.stage_len == 0 {
             return true;
         }
@@ -141,7 +151,7 @@ impl Resync {
                 whole > 0 && (0..whole).all(|i| self.stage[i * TS_PACKET_SIZE] == TS_SYNC_BYTE);
             if aligned {
                 self.state = State::Locked;
-                self.drain_stage(out, stats);
+                self.drain_stage(out, stats, true);
                 if self.stage_len >= TS_PACKET_SIZE {
                     return false;
                 }
@@ -169,8 +179,9 @@ impl Resync {
         self.stage_len -= n;
     }
 
-    /// Emit/hunt within the stage as far as it goes.
-    fn drain_stage(&mut self, out: &mut PacketBatch, stats: &IoStats) {
+    /// Emit/hunt within the stage as far as it goes. A packet is emitted
+    /// once the next sync byte is visible and right, or at the `last` call.
+    fn drain_stage(&mut self, out: &mut PacketBatch, stats: &IoStats, last: bool) {
         loop {
             match self.state {
                 State::Locked => {
@@ -178,6 +189,16 @@ impl Resync {
                     while self.stage_len - off >= TS_PACKET_SIZE && !out.is_full() {
                         if self.stage[off] != TS_SYNC_BYTE {
                             self.lose_sync(stats);
+                            break;
+                        }
+                        let left = self.stage_len - off;
+                        if left > TS_PACKET_SIZE {
+                            if self.stage[off + TS_PACKET_SIZE] != TS_SYNC_BYTE {
+                                self.lose_sync(stats);
+                                break;
+                            }
+                        } else if !last {
+                            // Wait for the next sync byte before trusting this packet.
                             break;
                         }
                         out.push_slot()
@@ -277,17 +298,19 @@ mod tests {
         let mut s = vec![0x47, 1, 2, 3, 0x47, 9, 9];
         let lead = s.len();
         s.extend(stream(5));
+        s.truncate(s.len() - 88); // packet 4 cut short
         s.extend([0u8; 50]);
         s.extend((5..12).flat_map(packet));
-        for chunk in [1, 100, 188, 4096] {
+        // The cut packet is caught when the byte after it is in the same read.
+        for chunk in [s.len(), 4096] {
             let stats = IoStats::default();
             let ids = run(&s, chunk, 4, &stats);
-            // The packet right before the garbage is followed by a broken
-            // stride, but it started on time so it is kept.
-            assert_eq!(ids, (0..12).collect::<Vec<_>>(), "chunk {chunk}");
+            // The cut packet 4 is dropped with the garbage.
+            let want: Vec<u8> = (0..4).chain(5..12).collect();
+            assert_eq!(ids, want, "chunk {chunk}");
             let snap = stats.snapshot();
             assert_eq!(snap.sync_losses, 1);
-            assert_eq!(snap.dropped_bytes, (lead + 50) as u64);
+            assert_eq!(snap.dropped_bytes, (lead + 100 + 50) as u64);
         }
     }
 

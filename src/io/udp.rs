@@ -79,7 +79,7 @@ pub struct UdpInput {
     local: SocketAddr,
     slab: Vec<u8>,
     /// Payload range (after RTP unwrapping) of each received datagram.
-    ranges: [(usize, usize); RECV_DATAGRAMS],
+    ranges: Box<[(usize, usize); RECV_DATAGRAMS]>,
     count: usize,
     next: usize,
     resync: Resync,
@@ -166,7 +166,7 @@ impl UdpInput {
             socket,
             local,
             slab: vec![0u8; RECV_DATAGRAMS * RECV_SLOT],
-            ranges: [(0, 0); RECV_DATAGRAMS],
+            ranges: Box::new([(0, 0); RECV_DATAGRAMS]),
             count: 0,
             next: 0,
             resync: Resync::new(),

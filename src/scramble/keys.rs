@@ -120,7 +120,11 @@ impl KeySource {
     fn make(&mut self, n: u64) -> Result<Cw, ScrambleError> {
         match &self.mode {
             KeyMode::Fixed(cw) => Ok(cw.clone()),
-            KeyMode::FixedPair(e, o) => Ok(if n.is_multiple_of(2) { e.clone() } else { o.clone() }),
+            KeyMode::FixedPair(e, o) => Ok(if n.is_multiple_of(2) {
+                e.clone()
+            } else {
+                o.clone()
+            }),
             KeyMode::Rotating => match Cw::random(self.algorithm, self.checksum) {
                 Ok(cw) => Ok(cw),
                 // fail closed: hold the last CW rather than stop or go clear

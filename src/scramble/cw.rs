@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(cw.to_hex(), "0102030405060708");
         let mut c = cw.clone();
         c.apply_checksum();
-        assert_eq!(c.to_hex(), "0102030605060711");
+        assert_eq!(c.to_hex(), "0102030605060712");
         assert!(Cw::from_hex("01020304").is_err());
         assert!(Cw::from_hex("zz02030405060708").is_err());
         assert_eq!(Cw::from_hex(&"ab".repeat(16)).unwrap().len(), 16);

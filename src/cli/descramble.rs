@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
-use castmux::scramble::cw::{parse_cw_pair, read_cw_log};
+use castmux::scramble::cw::parse_cw_pair;
 use castmux::scramble::{run_descramble, DescrambleKeys, Descrambler, RunOptions};
 use clap::Args;
 
@@ -26,7 +26,8 @@ pub struct DescrambleArgs {
     #[arg(long, value_name = "EVEN[:ODD]")]
     cw: Option<String>,
     /// A CW log (one CW per crypto period, as `castmux scramble --cw-log` and TSDuck write):
-    /// line N is used for period N, moving on each time the TSC parity flips.
+    /// line N is used for period N, moving on each time the TSC parity flips. The file is
+    /// read again when the stream gets past its last line, so it can follow a live scrambler.
     #[arg(long, value_name = "FILE")]
     cw_log: Option<PathBuf>,
     /// Scrambling algorithm. Default csa2.
@@ -43,7 +44,7 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
             (cw, None) => DescrambleKeys::Fixed(cw),
             (e, Some(o)) => DescrambleKeys::Pair(e, o),
         },
-        (None, Some(path)) => DescrambleKeys::Log(read_cw_log(path)?),
+        (None, Some(path)) => DescrambleKeys::LogFile(path.clone()),
         (None, None) => unreachable!("clap requires --cw or --cw-log"),
     };
     let mut d = Descrambler::new(a.scrambling.algorithm(), keys)?;

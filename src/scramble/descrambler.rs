@@ -6,9 +6,11 @@
 //! the current and the next period; a batch is cut where the parity flips so every
 //! engine call sees one key pair that is right for all its packets.
 
+use std::path::PathBuf;
+
 use csa::{Algorithm, KeyContext, Parity};
 
-use super::cw::Cw;
+use super::cw::{read_cw_log, Cw};
 use super::error::ScrambleError;
 use super::stats::Counters;
 use crate::ts::packet::{Packet, PACKET_SIZE};
@@ -23,6 +25,9 @@ pub enum DescrambleKeys {
     Pair(Cw, Cw),
     /// One CW per crypto period, in order (a CW log).
     Log(Vec<Cw>),
+    /// A CW log file, read now and read again when the stream gets past its end (so a
+    /// live descrambler can follow the log of a live scrambler).
+    LogFile(PathBuf),
 }
 
 /// Descrambles a transport stream in place, batch by batch.
@@ -30,6 +35,7 @@ pub enum DescrambleKeys {
 pub struct Descrambler {
     ctx: KeyContext,
     log: Option<Vec<Cw>>,
+    log_path: Option<PathBuf>,
     /// Period (line) in use, once the first scrambled packet was seen.
     period: Option<usize>,
     parity: Option<Parity>,
@@ -42,6 +48,15 @@ pub struct Descrambler {
 impl Descrambler {
     /// A descrambler for `algorithm` with `keys`.
     pub fn new(algorithm: Algorithm, keys: DescrambleKeys) -> Result<Self, ScrambleError> {
+        let mut log_path = None;
+        let keys = match keys {
+            DescrambleKeys::LogFile(path) => {
+                let cws = read_cw_log(&path)?;
+                log_path = Some(path);
+                DescrambleKeys::Log(cws)
+            }
+            k => k,
+        };
         let (ctx, log) = match keys {
             DescrambleKeys::Fixed(cw) => {
                 cw.check_for(algorithm)?;
@@ -71,10 +86,12 @@ impl Descrambler {
                     Some(cws),
                 )
             }
+            DescrambleKeys::LogFile(_) => unreachable!("read above"),
         };
         Ok(Descrambler {
             ctx,
             log,
+            log_path,
             period: None,
             parity: None,
             counters: Counters::default(),
@@ -151,17 +168,33 @@ impl Descrambler {
         Ok(())
     }
 
+    /// Read the log file again if it has no line `line` yet (a live scrambler appends).
+    fn reload_if_short(&mut self, line: usize) {
+        let short = self.log.as_ref().is_some_and(|l| l.len() <= line);
+        if let (true, Some(path)) = (short, &self.log_path) {
+            if let Ok(cws) = read_cw_log(path) {
+                if cws.len() > self.log.as_ref().map_or(0, Vec::len) {
+                    self.log = Some(cws);
+                }
+            }
+        }
+    }
+
     /// The scrambled packets now use `parity`.
     fn flip(&mut self, parity: Parity) -> Result<(), ScrambleError> {
         self.parity = Some(parity);
-        let Some(log) = &self.log else {
+        if self.log.is_none() {
             return Ok(());
-        };
+        }
         let period = match self.period {
             None => usize::from(parity == Parity::Odd),
             Some(p) => p + 1,
         };
         self.period = Some(period);
+        self.reload_if_short(period + 1);
+        let Some(log) = &self.log else {
+            return Ok(());
+        };
         match log.get(period) {
             Some(cw) => {
                 self.ctx.set_key(parity, cw.as_bytes())?;

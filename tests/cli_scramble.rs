@@ -19,16 +19,17 @@ fn scramble_sample(
 ) -> (Vec<Packet>, Vec<Packet>) {
     let out = dir.join(format!("{name}.scr"));
     let log = dir.join(format!("{name}.cw"));
+    let input = sample(name);
     let mut args = vec![
         "scramble",
         "-i",
-        s(&sample(name)).to_owned().leak(),
+        s(&input),
         "-o",
-        s(&out).to_owned().leak(),
+        s(&out),
         "--crypto-period",
         "1s",
         "--cw-log",
-        s(&log).to_owned().leak(),
+        s(&log),
     ];
     args.extend_from_slice(extra);
     ok(&args);

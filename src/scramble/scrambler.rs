@@ -21,7 +21,7 @@
 //! the marked packets are scrambled in place in as few engine calls as possible (one per
 //! batch, two when a key switch falls inside it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use csa::{payload_offset, KeyContext, Parity};
 
@@ -478,32 +478,5 @@ impl Scrambler {
     /// Parity in use now.
     pub fn parity(&self) -> Parity {
         self.period.parity()
-    }
-}
-
-/// A timer for live inputs: how long since a batch was last flushed.
-#[derive(Debug)]
-pub struct FlushTimer {
-    last: Instant,
-    every: Duration,
-}
-
-impl FlushTimer {
-    /// Flush at least every `every`.
-    pub fn new(every: Duration) -> Self {
-        FlushTimer {
-            last: Instant::now(),
-            every,
-        }
-    }
-
-    /// True if a flush is due (and restarts the timer).
-    pub fn due(&mut self) -> bool {
-        if self.last.elapsed() >= self.every {
-            self.last = Instant::now();
-            true
-        } else {
-            false
-        }
     }
 }

@@ -290,6 +290,21 @@ impl KeyContext {
         })
     }
 
+    /// Scrambles only the packets `parity_of` selects (by index in the batch) under the
+    /// parity it returns; the others are left untouched and counted as `clear`. Lets a
+    /// caller keep PSI, ECM and unselected PIDs of a mixed batch out of the cipher.
+    pub fn scramble_selected(
+        &self,
+        packets: &mut [u8],
+        mut parity_of: impl FnMut(usize) -> Option<Parity>,
+    ) -> Result<BatchStats, Error> {
+        self.run(packets, true, |i, tsc| match parity_of(i) {
+            None => Err(Skip::Clear),
+            Some(p) if tsc == 0 => Ok(p),
+            Some(_) => Err(Skip::AlreadyScrambled),
+        })
+    }
+
     /// Descrambles every scrambled packet with the key its TSC bits name and clears the TSC.
     pub fn descramble(&self, packets: &mut [u8]) -> Result<BatchStats, Error> {
         self.run(packets, false, |_, tsc| match tsc {

@@ -1,0 +1,85 @@
+//! Parsers for option values: durations, PIDs, hex numbers.
+
+use std::time::Duration;
+
+use castmux::ts::Pid;
+
+/// `10s`, `500ms`, `2m`, `1.5s`, or a bare number of seconds.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (try 10s, 500ms, 2m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("'{s}' is not a duration"));
+    }
+    let secs = match unit {
+        "ms" => v / 1000.0,
+        "s" | "" => v,
+        "m" | "min" => v * 60.0,
+        "h" => v * 3600.0,
+        _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// A signed duration in milliseconds: `-500ms`, `1s`, `0`.
+pub fn signed_millis(s: &str) -> Result<i64, String> {
+    let t = s.trim();
+    let (neg, rest) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    let d = duration(rest)?;
+    let ms = i64::try_from(d.as_millis()).map_err(|_| "too long".to_owned())?;
+    Ok(if neg { -ms } else { ms })
+}
+
+/// A u16 in decimal or `0x` hex.
+pub fn u16_number(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    let r = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => t.parse(),
+    };
+    r.map_err(|_| format!("'{s}' is not a number (decimal or 0x hex, up to 65535)"))
+}
+
+/// A u16 in hex, with or without `0x` (CA_system_ID).
+pub fn hex_u16(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    let h = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
+    u16::from_str_radix(h, 16).map_err(|_| format!("'{s}' is not a 16-bit hex number"))
+}
+
+/// A PID in decimal or `0x` hex, 0..=8191.
+pub fn pid(s: &str) -> Result<Pid, String> {
+    let v = u16_number(s)?;
+    Pid::try_new(v).ok_or_else(|| format!("PID {v} is over 8191 (0x1FFF)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        assert_eq!(duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
+        assert!(duration("x").is_err());
+        assert_eq!(signed_millis("-250ms").unwrap(), -250);
+        assert_eq!(pid("0x100").unwrap().value(), 256);
+        assert!(pid("9000").is_err());
+        assert_eq!(hex_u16("4AE1").unwrap(), 0x4AE1);
+    }
+}

@@ -1,0 +1,73 @@
+//! `castmux descramble`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
+use castmux::scramble::cw::parse_cw_pair;
+use castmux::scramble::{run_descramble, DescrambleKeys, Descrambler, RunOptions};
+use clap::Args;
+
+use super::args;
+use super::scramble::Scrambling;
+
+/// Options of `castmux descramble`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("keys").required(true).args(["cw", "cw_log"])))]
+pub struct DescrambleArgs {
+    /// Input: udp://..., srt://..., a file, or - for stdin.
+    #[arg(short, long)]
+    input: String,
+    /// Output: udp://..., srt://..., a file, or - for stdout.
+    #[arg(short, long)]
+    output: String,
+    /// Fixed control word(s), hex: EVEN (used for both parities) or EVEN:ODD.
+    #[arg(long, value_name = "EVEN[:ODD]")]
+    cw: Option<String>,
+    /// A CW log (one CW per crypto period, as `castmux scramble --cw-log` and TSDuck write):
+    /// line N is used for period N, moving on each time the TSC parity flips. The file is
+    /// read again when the stream gets past its last line, so it can follow a live scrambler.
+    #[arg(long, value_name = "FILE")]
+    cw_log: Option<PathBuf>,
+    /// Scrambling algorithm. Default csa2.
+    #[arg(long, value_enum, default_value_t = Scrambling::Csa2)]
+    scrambling: Scrambling,
+    /// Stop when a live input has been silent this long. Default: run until killed.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    idle_timeout: Option<Duration>,
+}
+
+pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
+    let keys = match (&a.cw, &a.cw_log) {
+        (Some(text), _) => match parse_cw_pair(text).context("--cw")? {
+            (cw, None) => DescrambleKeys::Fixed(cw),
+            (e, Some(o)) => DescrambleKeys::Pair(e, o),
+        },
+        (None, Some(path)) => DescrambleKeys::LogFile(path.clone()),
+        (None, None) => unreachable!("clap requires --cw or --cw-log"),
+    };
+    let mut d = Descrambler::new(a.scrambling.algorithm(), keys)?;
+    let input_url: InputUrl = a.input.parse().context("--input")?;
+    let output_url: OutputUrl = a.output.parse().context("--output")?;
+    let mut input = Input::open(&input_url, &InputOptions::default())
+        .with_context(|| format!("opening input {}", a.input))?;
+    let mut output = Output::open(&output_url, &OutputOptions::default())
+        .with_context(|| format!("opening output {}", a.output))?;
+    let opts = RunOptions {
+        idle_timeout: a.idle_timeout,
+        ..RunOptions::default()
+    };
+    let res = run_descramble(&mut input, &mut output, &mut d, &opts);
+    let close = output.close(Duration::from_secs(2));
+    let t = d.counters().totals();
+    tracing::info!(
+        packets = d.counters().stream.packets_in,
+        descrambled = t.scrambled,
+        missing_cws = d.missing_cws,
+        "done"
+    );
+    res?;
+    close?;
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! `castmux scramble`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
+use castmux::scramble::config::{DEFAULT_CA_SYSTEM_ID, DEFAULT_ECM_PID};
+use castmux::scramble::cw::parse_cw_pair;
+use castmux::scramble::{
+    run_scramble, ClockMode, CwLogWriter, KeyMode, RunOptions, ScrambleConfig, Scrambler,
+};
+use castmux::ts::Pid;
+use clap::{Args, ValueEnum};
+
+use super::args;
+
+/// Scrambling algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scrambling {
+    /// DVB-CSA2, 8-byte CWs.
+    Csa2,
+    /// DVB-CISSA (AES-128-CBC), 16-byte CWs.
+    Cissa,
+    /// ATIS-IDSA (AES-128-CBC), 16-byte CWs.
+    Idsa,
+}
+
+impl Scrambling {
+    pub fn algorithm(self) -> csa::Algorithm {
+        match self {
+            Scrambling::Csa2 => csa::Algorithm::Csa2,
+            Scrambling::Cissa => csa::Algorithm::Cissa,
+            Scrambling::Idsa => csa::Algorithm::Idsa,
+        }
+    }
+}
+
+/// Options of `castmux scramble`.
+#[derive(Debug, Args)]
+pub struct ScrambleArgs {
+    /// Input: udp://[SRC@]GROUP:PORT[?iface=ADDR], srt://HOST:PORT[?mode=..], a file, or - for stdin.
+    #[arg(short, long)]
+    input: String,
+    /// Output: udp://HOST:PORT[?ttl=N&pkt=7], srt://..., a file, or - for stdout.
+    #[arg(short, long)]
+    output: String,
+    /// Service (program_number) to scramble; repeat for several. Default: every service in the PAT.
+    #[arg(long = "service", value_name = "ID", value_parser = args::u16_number)]
+    services: Vec<u16>,
+    /// Fixed control word(s), hex: EVEN (one key, BISS-style, always even parity, no ECM)
+    /// or EVEN:ODD (a fixed pair, parity alternating each crypto period).
+    /// Default: a fresh random CW from the OS CSPRNG every crypto period.
+    #[arg(long, value_name = "EVEN[:ODD]")]
+    cw: Option<String>,
+    /// Crypto period length (10s, 500ms, 2m). Stream time (PCR of the first scrambled
+    /// program) for files and stdin, wall-clock time for live inputs. Default 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration)]
+    crypto_period: Duration,
+    /// Write every CW in use to FILE, one line per crypto period in order (16 hex digits,
+    /// 32 for AES): the format of TSDuck's descrambler --cw-file and of `castmux descramble
+    /// --cw-log`. Default: no log.
+    #[arg(long, value_name = "FILE")]
+    cw_log: Option<PathBuf>,
+    /// ECM PID named in the CA_descriptor of the scrambled PMTs. Default: 0x1FF0 when CWs
+    /// rotate (no --cw), none with --cw (then the PMT is passed unchanged).
+    /// No ECM content is sent until an ECM generator (CAS, SimulCrypt) is configured.
+    #[arg(long, value_name = "PID", value_parser = args::pid)]
+    ecm_pid: Option<Pid>,
+    /// Scrambling algorithm. Default csa2.
+    #[arg(long, value_enum, default_value_t = Scrambling::Csa2)]
+    scrambling: Scrambling,
+    /// Leave audio PIDs clear. Default: audio is scrambled.
+    #[arg(long)]
+    no_audio: bool,
+    /// Scramble only this ES PID (any stream kind); repeat for several. Default: every
+    /// video, audio, subtitle and teletext PID of the selected services.
+    #[arg(long = "only-pid", value_name = "PID", value_parser = args::pid)]
+    only_pids: Vec<Pid>,
+    /// Put the CA_descriptor in the ES_info loop of each scrambled component instead of
+    /// the program_info loop. Default: program level.
+    #[arg(long)]
+    component_level: bool,
+    /// Do not set the CSA2 checksum bytes (3 and 7) of random CWs. Default: set.
+    #[arg(long)]
+    no_cw_checksum: bool,
+    /// CA_system_ID of the CA_descriptor, hex. Default 0x4AE1 (castmux's own id).
+    #[arg(long, value_name = "HEX", value_parser = args::hex_u16, default_value = "0x4AE1")]
+    ca_system_id: u16,
+    /// When ECM content switches relative to the key switch (SimulCrypt delay_start), e.g.
+    /// -500ms to send it earlier. Default 0.
+    #[arg(long, value_name = "DURATION", value_parser = args::signed_millis, default_value = "0", allow_hyphen_values = true)]
+    delay_start: i64,
+    /// ECM repetition interval. Default 100ms.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "100ms")]
+    ecm_repetition: Duration,
+    /// Use wall-clock crypto periods even for a file or stdin input. Default: stream time
+    /// for files and stdin, wall clock for udp and srt.
+    #[arg(long)]
+    wall_clock: bool,
+    /// Packets per batch handed to the cipher. Default 512.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    batch: usize,
+    /// Stop when a live input has been silent this long. Default: run until killed.
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    idle_timeout: Option<Duration>,
+    /// Print the counters as JSON on stdout at the end (stderr when the output is stdout).
+    /// Default: counters are logged only.
+    #[arg(long)]
+    stats: bool,
+}
+
+pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
+    let algorithm = a.scrambling.algorithm();
+    let keys = match &a.cw {
+        None => KeyMode::Rotating,
+        Some(text) => match parse_cw_pair(text).context("--cw")? {
+            (even, None) => KeyMode::Fixed(even),
+            (even, Some(odd)) => KeyMode::FixedPair(even, odd),
+        },
+    };
+    let ecm_pid = match (&a.ecm_pid, &keys) {
+        (Some(p), _) => Some(*p),
+        (None, KeyMode::Rotating) => Some(Pid::new(DEFAULT_ECM_PID)),
+        (None, _) => None,
+    };
+    let input_url: InputUrl = a.input.parse().context("--input")?;
+    let output_url: OutputUrl = a.output.parse().context("--output")?;
+    let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
+    let config = ScrambleConfig {
+        algorithm,
+        keys,
+        crypto_period: a.crypto_period,
+        cw_checksum: !a.no_cw_checksum,
+        services: a.services.clone(),
+        scramble_audio: !a.no_audio,
+        only_pids: a.only_pids.clone(),
+        component_level: a.component_level,
+        ca_system_id: a.ca_system_id,
+        ecm_pid,
+        emm_pid: None,
+        ecm_repetition: a.ecm_repetition,
+        delay_start_ms: a.delay_start,
+        clock: if live_input || a.wall_clock {
+            ClockMode::Wall
+        } else {
+            ClockMode::Stream
+        },
+    };
+    debug_assert_eq!(DEFAULT_CA_SYSTEM_ID, 0x4AE1);
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let cw_log = a
+        .cw_log
+        .as_deref()
+        .map(CwLogWriter::create)
+        .transpose()
+        .context("--cw-log")?;
+    let mut scrambler = Scrambler::new(config, cw_log, None)?;
+    let mut input = Input::open(&input_url, &InputOptions::default())
+        .with_context(|| format!("opening input {}", a.input))?;
+    let mut output = Output::open(&output_url, &OutputOptions::default())
+        .with_context(|| format!("opening output {}", a.output))?;
+    let opts = RunOptions {
+        batch_packets: a.batch,
+        idle_timeout: a.idle_timeout,
+        ..RunOptions::default()
+    };
+    tracing::info!(
+        input = %a.input,
+        output = %a.output,
+        scrambling = algorithm.name(),
+        "scrambling"
+    );
+    let res = run_scramble(&mut input, &mut output, &mut scrambler, &opts);
+    let close = output.close(Duration::from_secs(2));
+    report(&scrambler, a.stats, matches!(output_url, OutputUrl::Stdout))?;
+    res?;
+    close?;
+    Ok(())
+}
+
+fn report(s: &Scrambler, json: bool, output_is_stdout: bool) -> anyhow::Result<()> {
+    let c = s.counters();
+    let t = c.totals();
+    let st = &c.stream;
+    let pids: Vec<String> = s.scrambled_pids().iter().map(|p| p.to_string()).collect();
+    tracing::info!(
+        packets_in = st.packets_in,
+        packets_out = st.packets_out,
+        scrambled = t.scrambled,
+        already_scrambled = t.already_scrambled,
+        inserted = t.inserted,
+        dropped = t.dropped,
+        key_switches = st.key_switches,
+        psi_errors = st.psi_errors,
+        scrambled_pids = %pids.join(","),
+        "done"
+    );
+    for r in c.report().pids {
+        tracing::debug!(pid = r.pid, counters = ?r.counters, "pid");
+    }
+    if st.packets_in > 0 && t.scrambled == 0 {
+        tracing::warn!("no packet was scrambled (no selected service or ES found)");
+    }
+    if json {
+        let text = serde_json::to_string_pretty(&c.report())?;
+        if output_is_stdout {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+    Ok(())
+}

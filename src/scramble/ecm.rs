@@ -1,0 +1,213 @@
+//! ECM plumbing: the [`EcmGenerator`] trait the built-in ECMG and SimulCrypt implement, and
+//! the inserter that repeats the current ECM on the ECM PID.
+//!
+//! Timing (see the scheduler in `scrambler.rs`): the ECM of crypto period N carries CW(N)
+//! and CW(N+1) and has table_id 0x80 when N is even, 0x81 when odd. Its content goes on air
+//! at start(N) + delay_start (negative delay_start: before the key switch), so the key of
+//! period N+1 is on air a whole period before it is used. The section is asked for once
+//! per period and repeated every `ecm_repetition` (default 100 ms). Packets go into null
+//! packets of the input where there are any, else they are added; both are counted.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use csa::Parity;
+
+use super::cw::Cw;
+use super::keys::CryptoPeriod;
+use crate::ts::packet::Packet;
+use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
+use crate::ts::{Packetizer, Pid};
+
+/// What an ECM is made from.
+#[derive(Debug)]
+pub struct EcmRequest<'a> {
+    /// The crypto period the ECM belongs to.
+    pub period: CryptoPeriod,
+    /// Its parity (0x80 table_id for even, 0x81 for odd).
+    pub parity: Parity,
+    /// CW of `period`.
+    pub current: &'a Cw,
+    /// CW of the period after.
+    pub next: &'a Cw,
+    /// The ECM PID the section will be carried on.
+    pub ecm_pid: Pid,
+    /// CA_system_ID announced in the PMT.
+    pub ca_system_id: u16,
+}
+
+impl EcmRequest<'_> {
+    /// The table_id the section must carry.
+    pub fn table_id(&self) -> u8 {
+        match self.parity {
+            Parity::Even => TABLE_ID_ECM_EVEN,
+            Parity::Odd => TABLE_ID_ECM_ODD,
+        }
+    }
+}
+
+/// Why an ECM could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum EcmError {
+    /// The generator (ECMG, SimulCrypt peer) cannot answer now.
+    #[error("ECM generator unavailable: {0}")]
+    Unavailable(String),
+    /// The generator answered with something that is not an ECM section of the right parity.
+    #[error("bad ECM from the generator: {0}")]
+    Invalid(String),
+}
+
+/// Makes the ECM section of a crypto period. Called once per period, off the per-packet path.
+pub trait EcmGenerator: Send {
+    /// Append the complete ECM section(s) for `req` to `out` (table_id [`EcmRequest::table_id`]).
+    fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError>;
+}
+
+/// Repeats the current ECM on the ECM PID and queues its packets for insertion.
+pub struct EcmInserter {
+    generator: Box<dyn EcmGenerator>,
+    pid: Pid,
+    ca_system_id: u16,
+    repetition: Duration,
+    packetizer: Packetizer,
+    section: Vec<u8>,
+    scratch: Vec<u8>,
+    section_period: Option<CryptoPeriod>,
+    next_due: Duration,
+    pending: VecDeque<Packet>,
+    /// When the input last had a null packet we could use.
+    last_null: Option<Duration>,
+}
+
+impl std::fmt::Debug for EcmInserter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EcmInserter")
+            .field("pid", &self.pid)
+            .field("section_period", &self.section_period)
+            .field("pending", &self.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EcmInserter {
+    /// An inserter on `pid` asking `generator` for ECMs.
+    pub fn new(
+        generator: Box<dyn EcmGenerator>,
+        pid: Pid,
+        ca_system_id: u16,
+        repetition: Duration,
+    ) -> Self {
+        EcmInserter {
+            generator,
+            pid,
+            ca_system_id,
+            repetition,
+            packetizer: Packetizer::new(pid),
+            section: Vec::with_capacity(256),
+            scratch: Vec::with_capacity(256),
+            section_period: None,
+            next_due: Duration::ZERO,
+            pending: VecDeque::with_capacity(16),
+            last_null: None,
+        }
+    }
+
+    /// The ECM PID.
+    pub fn pid(&self) -> Pid {
+        self.pid
+    }
+
+    /// The period whose ECM is on air, if any.
+    pub fn on_air(&self) -> Option<CryptoPeriod> {
+        self.section_period
+    }
+
+    /// Switch the ECM content to `period` (asks the generator). On failure the previous
+    /// ECM stays on air and the error is returned for counting.
+    pub fn set_period(
+        &mut self,
+        period: CryptoPeriod,
+        current: &Cw,
+        next: &Cw,
+        now: Duration,
+    ) -> Result<(), EcmError> {
+        let req = EcmRequest {
+            period,
+            parity: period.parity(),
+            current,
+            next,
+            ecm_pid: self.pid,
+            ca_system_id: self.ca_system_id,
+        };
+        self.scratch.clear();
+        let res = self.generator.generate(&req, &mut self.scratch);
+        res.and_then(|()| check_sections(&self.scratch, req.table_id()))?;
+        // the previous section stays on air unless the new one is good
+        std::mem::swap(&mut self.section, &mut self.scratch);
+        self.section_period = Some(period);
+        self.next_due = now; // new content goes out at once
+        Ok(())
+    }
+
+    /// Queue a repetition if one is due at `now`.
+    pub fn tick(&mut self, now: Duration) {
+        if self.section_period.is_none() || self.section.is_empty() || now < self.next_due {
+            return;
+        }
+        // a repetition still waiting for a null slot is superseded
+        self.pending.clear();
+        let pending = &mut self.pending;
+        if self
+            .packetizer
+            .packetize(&self.section, |p| pending.push_back(*p))
+            .is_err()
+        {
+            self.pending.clear();
+        }
+        self.next_due = now + self.repetition;
+    }
+
+    /// The input has a null packet here: take it for an ECM packet if one is pending.
+    pub fn take_for_null(&mut self, now: Duration) -> Option<Packet> {
+        self.last_null = Some(now);
+        self.pending.pop_front()
+    }
+
+    /// Pending packets to add now because the input gives no null packets to replace
+    /// (none seen within one repetition interval).
+    pub fn take_to_add(&mut self, now: Duration) -> Option<Packet> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let nulls_recently = self
+            .last_null
+            .is_some_and(|t| now.saturating_sub(t) <= self.repetition);
+        if nulls_recently {
+            None
+        } else {
+            self.pending.pop_front()
+        }
+    }
+}
+
+/// Check that `bytes` are whole sections of `table_id`.
+fn check_sections(bytes: &[u8], table_id: u8) -> Result<(), EcmError> {
+    if bytes.is_empty() {
+        return Err(EcmError::Invalid("empty ECM".to_owned()));
+    }
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let total = crate::ts::section::section_total_len(rest)
+            .ok_or_else(|| EcmError::Invalid("truncated section header".to_owned()))?;
+        if rest[0] != table_id {
+            return Err(EcmError::Invalid(format!(
+                "table_id {:#04x}, expected {table_id:#04x}",
+                rest[0]
+            )));
+        }
+        rest = rest
+            .get(total..)
+            .ok_or_else(|| EcmError::Invalid("truncated section".to_owned()))?;
+    }
+    Ok(())
+}

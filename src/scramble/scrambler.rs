@@ -1,0 +1,482 @@
+//! The scrambling stage: packets in, packets out (scrambled ES, rewritten PMT, ECMs).
+//!
+//! # Crypto periods
+//!
+//! Period N uses CW(N) under parity N mod 2 (even: TSC 10, odd: TSC 11). The key
+//! context always holds CW(N) and CW(N+1), so when period N+1 starts nothing has to be
+//! computed: the slot of N is then refilled with CW(N+2). Periods are consecutive
+//! whatever happens to time (a PCR jump or a stalled input starts the next period at
+//! once and re-bases the schedule), because a descrambler reading the CW log counts
+//! parity flips to find its line.
+//!
+//! With an ECM generator, the ECM of period N (CW(N) current, CW(N+1) next) goes on air
+//! at start(N) + delay_start. A switch to N+1 needs CW(N+1) on air in some ECM; if the
+//! generator failed, the switch is held (degraded mode: the current key stays, the
+//! hold is counted and logged once) until an ECM carrying it is out.
+//!
+//! # Batches
+//!
+//! Each input batch is copied once into a reused output buffer (PMT packets replaced,
+//! ECM packets inserted or put in null slots), each packet marked for the cipher or not;
+//! the marked packets are scrambled in place in as few engine calls as possible (one per
+//! batch, two when a key switch falls inside it).
+
+use std::time::Duration;
+
+use csa::{payload_offset, KeyContext, Parity};
+
+use super::clock::Clock;
+use super::config::{ClockMode, ScrambleConfig};
+use super::cw::CwLogWriter;
+use super::demux::{Demux, Role};
+use super::ecm::{EcmGenerator, EcmInserter};
+use super::error::ScrambleError;
+use super::keys::{CryptoPeriod, KeySource};
+use super::stats::Counters;
+use crate::ts::packet::{null_packet, Packet, PACKET_SIZE};
+use crate::ts::{PacketRef, Pid};
+
+/// Once-only warnings, so a repeated data-path problem is logged once.
+#[derive(Debug, Default)]
+struct Warned {
+    degraded: bool,
+    ecm_failure: bool,
+    ours_in_input: bool,
+    missing_services: bool,
+    no_ecm_generator: bool,
+}
+
+/// Scrambles a transport stream, batch by batch.
+#[derive(Debug)]
+pub struct Scrambler {
+    demux: Demux,
+    clock: Clock,
+    keys: KeySource,
+    ctx: KeyContext,
+    min_payload: usize,
+    period: CryptoPeriod,
+    period_len: Duration,
+    /// When the next period starts; None with one fixed key.
+    next_switch: Option<Duration>,
+    ecm: Option<EcmInserter>,
+    delay_start_ms: i64,
+    /// Highest period whose CW is in an ECM on air.
+    ecm_covers: Option<u64>,
+    counters: Counters,
+    out: Vec<u8>,
+    sel: Vec<bool>,
+    seg_start: usize,
+    null: Packet,
+    started: bool,
+    batch_now: Duration,
+    warned: Warned,
+}
+
+impl Scrambler {
+    /// A scrambler for `config`, logging CWs to `cw_log` and asking `ecm` for ECMs (both optional).
+    pub fn new(
+        config: ScrambleConfig,
+        cw_log: Option<CwLogWriter>,
+        ecm: Option<Box<dyn EcmGenerator>>,
+    ) -> Result<Self, ScrambleError> {
+        if config.crypto_period < Duration::from_millis(100) {
+            return Err(ScrambleError::Config(
+                "the crypto period must be at least 100 ms".to_owned(),
+            ));
+        }
+        if config.delay_start_ms.unsigned_abs() as u128 >= config.crypto_period.as_millis() {
+            return Err(ScrambleError::Config(
+                "delay_start must be shorter than the crypto period".to_owned(),
+            ));
+        }
+        for pid in config.only_pids.iter().copied() {
+            if pid.is_psi_reserved() || pid == Pid::NULL {
+                return Err(ScrambleError::Config(format!(
+                    "PID {pid} is PSI/SI or null and is never scrambled"
+                )));
+            }
+        }
+        for pid in [config.ecm_pid, config.emm_pid].into_iter().flatten() {
+            if pid.is_psi_reserved() || pid == Pid::NULL {
+                return Err(ScrambleError::Config(format!(
+                    "PID {pid} cannot carry ECM/EMM (reserved or null)"
+                )));
+            }
+        }
+        if ecm.is_some() && config.ecm_pid.is_none() {
+            return Err(ScrambleError::Config(
+                "an ECM generator needs an ECM PID".to_owned(),
+            ));
+        }
+        let mut keys = KeySource::new(
+            config.keys.clone(),
+            config.algorithm,
+            config.cw_checksum,
+            cw_log,
+        )?;
+        let ctx = {
+            let even = keys.cw(CryptoPeriod(0))?.clone();
+            let odd = keys.cw(CryptoPeriod(1))?.clone();
+            KeyContext::from_bytes(config.algorithm, even.as_bytes(), odd.as_bytes())?
+        };
+        let ca = config.ecm_pid.map(|p| (config.ca_system_id, p));
+        let ecm = match (ecm, config.ecm_pid) {
+            (Some(g), Some(pid)) => Some(EcmInserter::new(
+                g,
+                pid,
+                config.ca_system_id,
+                config.ecm_repetition,
+            )),
+            _ => None,
+        };
+        let single = keys.is_single_fixed();
+        let no_ecm_generator = config.ecm_pid.is_some() && ecm.is_none();
+        Ok(Scrambler {
+            demux: Demux::new(&config, ca),
+            clock: Clock::new(config.clock),
+            keys,
+            ctx,
+            min_payload: config.algorithm.key_len(),
+            period: CryptoPeriod(0),
+            period_len: config.crypto_period,
+            next_switch: (!single).then_some(config.crypto_period),
+            ecm,
+            delay_start_ms: config.delay_start_ms,
+            ecm_covers: None,
+            counters: Counters::default(),
+            out: Vec::with_capacity(600 * PACKET_SIZE),
+            sel: Vec::with_capacity(600),
+            seg_start: 0,
+            null: null_packet(),
+            started: false,
+            batch_now: Duration::ZERO,
+            warned: Warned {
+                no_ecm_generator: !no_ecm_generator,
+                ..Warned::default()
+            },
+        })
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The PIDs being scrambled.
+    pub fn scrambled_pids(&self) -> Vec<Pid> {
+        self.demux.scrambled_pids()
+    }
+
+    /// The current crypto period.
+    pub fn period(&self) -> CryptoPeriod {
+        self.period
+    }
+
+    /// Whether the clock follows the wall clock.
+    pub fn clock_mode(&self) -> ClockMode {
+        if self.clock.is_stream() {
+            ClockMode::Stream
+        } else {
+            ClockMode::Wall
+        }
+    }
+
+    /// Scramble `packets`; returns the output packets (valid until the next call).
+    pub fn process(&mut self, packets: &[Packet]) -> Result<&[u8], ScrambleError> {
+        self.out.clear();
+        self.sel.clear();
+        self.seg_start = 0;
+        let batch_now = self.clock.now();
+        if !self.started {
+            self.started = true;
+            if !self.warned.no_ecm_generator {
+                self.warned.no_ecm_generator = true;
+                tracing::warn!(
+                    "an ECM PID is set but no ECM generator is configured: the PMT names the \
+                     ECM PID, no ECM is sent"
+                );
+            }
+        }
+        self.batch_now = batch_now;
+        self.advance(batch_now)?;
+        if let (Some(ecm), false) = (&mut self.ecm, self.clock.is_stream()) {
+            ecm.tick(batch_now);
+        }
+        for pkt in packets {
+            self.one_packet(pkt)?;
+        }
+        self.flush_segment()?;
+        let n_out = (self.out.len() / PACKET_SIZE) as u64;
+        self.counters.stream.packets_out += n_out;
+        self.counters.stream.random_failures = self.keys.random_failures;
+        self.counters.stream.pcr_discontinuities = self.clock.discontinuities();
+        if !self.warned.missing_services && self.demux.ready() {
+            self.warned.missing_services = true;
+            let missing = self.demux.missing_services();
+            if !missing.is_empty() {
+                tracing::warn!(?missing, "services asked for are not in the PAT");
+            }
+        }
+        Ok(&self.out)
+    }
+
+    fn push(&mut self, pkt: &Packet, scramble: bool) {
+        self.out.extend_from_slice(pkt);
+        self.sel.push(scramble);
+    }
+
+    fn one_packet(&mut self, pkt: &Packet) -> Result<(), ScrambleError> {
+        let p = PacketRef::new(pkt);
+        self.counters.stream.packets_in += 1;
+        if !p.sync_ok() {
+            // io resyncs byte streams, so this is a damaged packet: never passed
+            self.counters.pid_mut(Pid::NULL).errors += 1;
+            return Ok(());
+        }
+        let pid = p.pid();
+        {
+            let c = self.counters.pid_mut(pid);
+            c.input += 1;
+            if p.tei() {
+                c.errors += 1;
+            }
+        }
+        let now = if self.clock.is_stream() {
+            if self.clock.pcr_pid().is_none() {
+                if let Some(pcr_pid) = self.demux.first_pcr_pid() {
+                    self.clock.set_pcr_pid(pcr_pid);
+                }
+            }
+            if Some(pid) == self.clock.pcr_pid() {
+                if let Some(pcr) = p.pcr() {
+                    self.clock.on_pcr(pcr);
+                    let now = self.clock.now();
+                    self.advance(now)?;
+                }
+            }
+            self.clock.now()
+        } else {
+            // wall clock: read once per batch (the batch is at most a few ms)
+            self.batch_now
+        };
+        if let Some(ecm) = &mut self.ecm {
+            if self.clock.is_stream() {
+                ecm.tick(now);
+            }
+        }
+        match self.demux.role(pid) {
+            Role::Null => {
+                let ecm_pkt = self.ecm.as_mut().and_then(|e| e.take_for_null(now));
+                match ecm_pkt {
+                    Some(e) => {
+                        self.push(&e, false);
+                        self.count_ecm(true);
+                        self.counters.pid_mut(pid).replaced_null += 1;
+                    }
+                    None => {
+                        self.push(pkt, false);
+                        self.counters.pid_mut(pid).passed += 1;
+                    }
+                }
+            }
+            Role::Psi => {
+                if pid == Pid::PAT {
+                    self.demux.on_pat_packet(pkt, &mut self.counters.stream);
+                }
+                self.push(pkt, false);
+                self.counters.pid_mut(pid).passed += 1;
+            }
+            Role::Pmt | Role::PmtPass => {
+                let out = &mut self.out;
+                let sel = &mut self.sel;
+                let mut n = 0u64;
+                let pass =
+                    self.demux
+                        .on_pmt_packet(pkt, &mut self.counters.stream, &mut |pk: &Packet| {
+                            out.extend_from_slice(pk);
+                            sel.push(false);
+                            n += 1;
+                        });
+                let c = self.counters.pid_mut(pid);
+                c.inserted += n;
+                if pass {
+                    self.push(pkt, false);
+                    self.counters.pid_mut(pid).passed += 1;
+                } else {
+                    c.dropped += 1;
+                }
+            }
+            Role::Scrambled => {
+                let tsc = pkt[3] >> 6;
+                let c = self.counters.pid_mut(pid);
+                let scramble = if tsc != 0 {
+                    c.already_scrambled += 1;
+                    false
+                } else {
+                    match payload_offset(pkt) {
+                        None => {
+                            c.no_payload += 1;
+                            false
+                        }
+                        Some(start) => {
+                            if PACKET_SIZE - start < self.min_payload {
+                                c.short_payload += 1;
+                            } else {
+                                c.scrambled += 1;
+                            }
+                            true
+                        }
+                    }
+                };
+                self.push(pkt, scramble);
+            }
+            Role::Clear => {
+                self.push(pkt, false);
+                self.counters.pid_mut(pid).passed += 1;
+            }
+            Role::Unknown => {
+                if self.demux.ready() {
+                    self.push(pkt, false);
+                    self.counters.pid_mut(pid).passed += 1;
+                } else {
+                    // fail closed: this PID may belong to a service still to be discovered
+                    let null = self.null;
+                    self.push(&null, false);
+                    self.counters.pid_mut(pid).dropped += 1;
+                    self.counters.stream.nulled_before_psi += 1;
+                }
+            }
+            Role::Ours => {
+                if !self.warned.ours_in_input {
+                    self.warned.ours_in_input = true;
+                    tracing::warn!(%pid, "the input uses our ECM/EMM PID; its packets are dropped");
+                }
+                self.counters.pid_mut(pid).dropped += 1;
+            }
+        }
+        while let Some(e) = self.ecm.as_mut().and_then(|e| e.take_to_add(now)) {
+            self.push(&e, false);
+            self.count_ecm(false);
+        }
+        Ok(())
+    }
+
+    fn count_ecm(&mut self, replacing_null: bool) {
+        if let Some(pid) = self.ecm.as_ref().map(|e| e.pid()) {
+            self.counters.pid_mut(pid).inserted += 1;
+        }
+        if replacing_null {
+            self.counters.stream.ecm_packets_replacing_null += 1;
+        } else {
+            self.counters.stream.ecm_packets_added += 1;
+        }
+    }
+
+    /// Scramble the marked packets since the last flush under the current parity.
+    fn flush_segment(&mut self) -> Result<(), ScrambleError> {
+        let from = self.seg_start;
+        let to = self.sel.len();
+        if to > from && self.sel[from..to].iter().any(|s| *s) {
+            let parity = self.period.parity();
+            let sel = &self.sel[from..to];
+            self.ctx
+                .scramble_selected(&mut self.out[from * PACKET_SIZE..to * PACKET_SIZE], |i| {
+                    sel[i].then_some(parity)
+                })?;
+        }
+        self.seg_start = to;
+        Ok(())
+    }
+
+    /// Bring ECM content and the key period up to `now`.
+    fn advance(&mut self, now: Duration) -> Result<(), ScrambleError> {
+        loop {
+            self.update_ecm(now)?;
+            let Some(switch_at) = self.next_switch else {
+                return Ok(());
+            };
+            if now < switch_at {
+                return Ok(());
+            }
+            let next = self.period.next();
+            if self.ecm.is_some() && self.ecm_covers.is_none_or(|c| c < next.0) {
+                self.counters.stream.degraded_holds += 1;
+                if !self.warned.degraded {
+                    self.warned.degraded = true;
+                    tracing::warn!(
+                        period = next.0,
+                        "degraded mode: the ECM with the next CW is not on air; holding the current CW"
+                    );
+                }
+                return Ok(());
+            }
+            // packets so far in this batch belong to the old period
+            self.flush_segment()?;
+            self.period = next;
+            self.counters.stream.key_switches += 1;
+            let after = self.period.next();
+            let cw = self.keys.cw(after)?.clone();
+            self.ctx.set_key(after.parity(), cw.as_bytes())?;
+            if self.period.0 >= 1 {
+                self.keys.forget_before(CryptoPeriod(self.period.0 - 1));
+            }
+            self.next_switch = Some(if now >= switch_at + self.period_len {
+                now + self.period_len
+            } else {
+                switch_at + self.period_len
+            });
+        }
+    }
+
+    /// Put the ECM of the right period on air (start(N) + delay_start).
+    fn update_ecm(&mut self, now: Duration) -> Result<(), ScrambleError> {
+        let Some(ecm) = &mut self.ecm else {
+            return Ok(());
+        };
+        let delay = Duration::from_millis(self.delay_start_ms.unsigned_abs());
+        let mut target = self.period;
+        if let Some(switch_at) = self.next_switch {
+            if self.delay_start_ms < 0 && now + delay >= switch_at {
+                target = self.period.next();
+            } else if self.delay_start_ms > 0 && self.period.0 > 0 {
+                let period_start = switch_at.saturating_sub(self.period_len);
+                if now < period_start + delay {
+                    target = CryptoPeriod(self.period.0 - 1);
+                }
+            }
+        }
+        if ecm.on_air().is_some_and(|p| p >= target) {
+            return Ok(());
+        }
+        let current = self.keys.cw(target)?.clone();
+        let next = self.keys.cw(target.next())?.clone();
+        match ecm.set_period(target, &current, &next, now) {
+            Ok(()) => {
+                self.counters.stream.ecms_generated += 1;
+                self.ecm_covers = Some(self.ecm_covers.unwrap_or(0).max(target.0 + 1));
+            }
+            Err(e) => {
+                self.counters.stream.ecm_failures += 1;
+                if !self.warned.ecm_failure {
+                    self.warned.ecm_failure = true;
+                    tracing::warn!(error = %e, period = target.0, "ECM generator failed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Wall-clock mode: call between batches when no packet came, so periods and ECMs go on.
+    pub fn idle(&mut self) -> Result<(), ScrambleError> {
+        if !self.clock.is_stream() {
+            let now = self.clock.now();
+            self.advance(now)?;
+        }
+        Ok(())
+    }
+
+    /// Parity in use now.
+    pub fn parity(&self) -> Parity {
+        self.period.parity()
+    }
+}

@@ -1,0 +1,195 @@
+//! Helpers shared by the CLI tests: run the real binary, read packets, check PSI and CC.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use castmux::ts::{CaDescriptor, EsKind, Pat, Pid, Pmt, Section, SectionAssembler};
+
+pub type Packet = [u8; 188];
+
+pub const SAMPLES: [&str; 4] = ["spts.ts", "mpts.ts", "heavy-af.ts", "nullpad.ts"];
+
+pub fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("samples")
+        .join(name)
+}
+
+pub fn castmux(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(args)
+        .env("CASTMUX_LOG", "warn")
+        .output()
+        .expect("run castmux")
+}
+
+/// Run castmux and require success; returns stderr.
+pub fn ok(args: &[&str]) -> String {
+    let out = castmux(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "castmux {args:?} failed: {:?}\n{stderr}",
+        out.status
+    );
+    stderr
+}
+
+pub fn packets(path: &Path) -> Vec<Packet> {
+    let data = std::fs::read(path).expect("read ts");
+    packets_of(&data)
+}
+
+pub fn packets_of(data: &[u8]) -> Vec<Packet> {
+    data.chunks_exact(188)
+        .map(|c| c.try_into().expect("188"))
+        .collect()
+}
+
+pub fn pid(p: &Packet) -> u16 {
+    (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2])
+}
+
+pub fn tsc(p: &Packet) -> u8 {
+    p[3] >> 6
+}
+
+pub fn has_payload(p: &Packet) -> bool {
+    p[3] & 0x10 != 0 && !(p[3] & 0x20 != 0 && p[4] >= 183)
+}
+
+/// What the PSI of a stream says.
+#[derive(Debug, Default)]
+pub struct Psi {
+    /// program_number -> PMT PID.
+    pub programs: BTreeMap<u16, u16>,
+    /// ES PID -> (program, kind).
+    pub es: BTreeMap<u16, (u16, EsKind)>,
+    /// program_number -> program-level CA descriptors (system id, PID).
+    pub program_ca: BTreeMap<u16, Vec<(u16, u16)>>,
+    /// ES PID -> component-level CA descriptors.
+    pub es_ca: BTreeMap<u16, Vec<(u16, u16)>>,
+    /// Versions seen per program.
+    pub versions: BTreeMap<u16, BTreeSet<u8>>,
+    /// PMT sections with a good CRC.
+    pub pmt_sections: usize,
+}
+
+/// Read PAT and PMTs (the last good section of each wins).
+pub fn psi(pkts: &[Packet]) -> Psi {
+    let mut out = Psi::default();
+    let mut asms: BTreeMap<u16, SectionAssembler> = BTreeMap::new();
+    let mut pmt_pids: BTreeSet<u16> = BTreeSet::new();
+    for p in pkts {
+        let id = pid(p);
+        if id != 0 && !pmt_pids.contains(&id) {
+            continue;
+        }
+        let asm = asms.entry(id).or_insert_with(SectionAssembler::psi);
+        let mut sections: Vec<Vec<u8>> = Vec::new();
+        asm.push(p, |r| {
+            if let Ok(s) = r {
+                sections.push(s.bytes().to_vec());
+            }
+        });
+        for bytes in sections {
+            let s = Section::parse(&bytes, 1024).expect("assembled");
+            if id == 0 {
+                if let Ok(pat) = Pat::parse(&s) {
+                    for e in pat.entries() {
+                        if e.program_number != 0 {
+                            out.programs.insert(e.program_number, e.pid.value());
+                            pmt_pids.insert(e.pid.value());
+                        }
+                    }
+                }
+            } else if let Ok(pmt) = Pmt::parse(&s) {
+                out.pmt_sections += 1;
+                let n = pmt.program_number();
+                out.versions
+                    .entry(n)
+                    .or_default()
+                    .insert(pmt.header.version);
+                out.program_ca
+                    .insert(n, cas(pmt.descriptors.ca_descriptors()));
+                for st in pmt.streams() {
+                    let e = st.elementary_pid.value();
+                    out.es.insert(e, (n, st.kind()));
+                    out.es_ca.insert(e, cas(st.descriptors.ca_descriptors()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cas<'a>(it: impl Iterator<Item = CaDescriptor<'a>>) -> Vec<(u16, u16)> {
+    it.map(|c| (c.ca_system_id, c.ca_pid.value())).collect()
+}
+
+/// PIDs of elementary streams that carry audio/video/subtitles (scrambled by default).
+pub fn av_pids(p: &Psi) -> BTreeSet<u16> {
+    p.es.iter()
+        .filter(|(_, (_, k))| {
+            matches!(
+                k,
+                EsKind::Video | EsKind::Audio | EsKind::Subtitle | EsKind::Teletext
+            )
+        })
+        .map(|(pid, _)| *pid)
+        .collect()
+}
+
+/// The ES packets of `pids`, in order.
+pub fn on_pids(pkts: &[Packet], pids: &BTreeSet<u16>) -> Vec<Packet> {
+    pkts.iter()
+        .filter(|p| pids.contains(&pid(p)))
+        .copied()
+        .collect()
+}
+
+/// Continuity errors per PID (null packets aside; duplicates and discontinuity_indicator allowed).
+pub fn cc_errors(pkts: &[Packet]) -> BTreeMap<u16, u32> {
+    let mut last: BTreeMap<u16, u8> = BTreeMap::new();
+    let mut errs: BTreeMap<u16, u32> = BTreeMap::new();
+    for p in pkts {
+        let id = pid(p);
+        if id == 0x1FFF {
+            continue;
+        }
+        let cc = p[3] & 0x0F;
+        let payload = p[3] & 0x10 != 0;
+        let disc = p[3] & 0x20 != 0 && p[4] > 0 && p[5] & 0x80 != 0;
+        if let Some(&l) = last.get(&id) {
+            let expected = if payload { (l + 1) & 0x0F } else { l };
+            if !disc && cc != expected && !(payload && cc == l) {
+                *errs.entry(id).or_default() += 1;
+            }
+        }
+        last.insert(id, cc);
+    }
+    errs
+}
+
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("-version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Pid helper for library-level tests.
+pub fn p(v: u16) -> Pid {
+    Pid::new(v)
+}

@@ -329,7 +329,7 @@ impl KeyContext {
             Keys::Csa { .. } => 8,
             Keys::Aes { .. } => 16,
         };
-        let mut lanes = LaneSets::new(self.backend());
+        let mut lanes = LaneSets::new(self.backend(), self.backend.is_some());
         for (i, pkt) in packets.chunks_exact_mut(PACKET_SIZE).enumerate() {
             let pkt: &mut [u8; PACKET_SIZE] = pkt.try_into().expect("chunks of 188");
             if pkt[0] != 0x47 {
@@ -405,6 +405,8 @@ const MAX_LANES: usize = 512;
 /// Payload pointers gathered per parity until a kernel call is full.
 struct LaneSets {
     backend: Backend,
+    /// The caller chose the backend: every payload goes through it.
+    pinned: bool,
     lanes: usize,
     ptrs: [[*mut u8; MAX_LANES]; 2],
     lens: [[u8; MAX_LANES]; 2],
@@ -412,9 +414,10 @@ struct LaneSets {
 }
 
 impl LaneSets {
-    fn new(backend: Backend) -> Self {
+    fn new(backend: Backend, pinned: bool) -> Self {
         LaneSets {
             backend,
+            pinned,
             lanes: backend.lanes().min(MAX_LANES),
             ptrs: [[std::ptr::null_mut(); MAX_LANES]; 2],
             lens: [[0; MAX_LANES]; 2],
@@ -443,7 +446,21 @@ impl LaneSets {
 
     fn flush(&mut self, p: usize, scramble: bool, keys: &[ExpandedKey; 2]) {
         let n = self.count[p];
-        if n > 0 {
+        if n == 1 && !self.pinned {
+            // One payload: the scalar path is cheaper than a full-width kernel
+            // call (unless a backend is pinned, as tests and benches do).
+            // SAFETY: the pointer and length were taken from a live `&mut [u8]`
+            // in `push` whose packet stays mutably borrowed by the batch call
+            // until this flush returns, and no other reference to it exists.
+            let payload = unsafe {
+                std::slice::from_raw_parts_mut(self.ptrs[p][0], self.lens[p][0] as usize)
+            };
+            if scramble {
+                scalar::scramble_payload(&keys[p], payload);
+            } else {
+                scalar::descramble_payload(&keys[p], payload);
+            }
+        } else if n > 0 {
             kernel::run(
                 self.backend,
                 scramble,
@@ -451,8 +468,8 @@ impl LaneSets {
                 &self.ptrs[p][..n],
                 &self.lens[p][..n],
             );
-            self.count[p] = 0;
         }
+        self.count[p] = 0;
     }
 
     fn flush_all(&mut self, scramble: bool, keys: &[ExpandedKey; 2]) {

@@ -19,6 +19,9 @@ pub mod key;
 #[cfg(feature = "libdvbcsa")]
 pub mod reference;
 pub mod scalar;
+/// DVB-CSA2 constants. They are facts of the cipher, published in the
+/// cryptanalysis literature (Weinmann & Wirt 2004; Tews, Wälde & Weiner 2011)
+/// and identical in every conforming implementation.
 pub mod tables;
 
 pub use aes_modes::{AesKey, AesMode};

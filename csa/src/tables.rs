@@ -1,6 +1,5 @@
-//! DVB-CSA2 constants. They are facts of the cipher, published in the
-//! cryptanalysis literature (Weinmann & Wirt 2004; Tews, Wälde & Weiner 2011)
-//! and identical in every conforming implementation.
+// The single source of the cipher's constants: build.rs includes this file
+// to generate the C kernels' tables (csa_tables.h / csa_tables.c in OUT_DIR).
 
 /// Block cipher S-box.
 #[rustfmt::skip]

@@ -5,6 +5,7 @@
 //! batches) -> `ts` (PSI rewrite, ECM/EMM insertion) -> `io` (outputs).
 #![forbid(unsafe_code)]
 
+pub mod cas;
 pub mod io;
 pub mod scramble;
 pub mod ts;

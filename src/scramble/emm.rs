@@ -113,7 +113,7 @@ impl EmmInserter {
                     .is_ok()
             }
             EmmData::TsPackets => {
-                if self.scratch.is_empty() || self.scratch.len() % PACKET_SIZE != 0 {
+                if self.scratch.is_empty() || !self.scratch.len().is_multiple_of(PACKET_SIZE) {
                     return false;
                 }
                 let all_ok = self.scratch.chunks_exact(PACKET_SIZE).all(|c| c[0] == 0x47);

@@ -6,6 +6,7 @@
 //!   rewrite, ES selection, crypto periods, counters; one thread, no I/O);
 //! - `scramble-file`: `run_scramble` from a file to a file in /dev/shm, the real threaded
 //!   data path (input thread, cipher thread, output thread).
+//!
 //! The table at the end gives Gbit/s and each pipeline's share of raw-csa (target ≥ 80 %).
 //!
 //! Run: `cargo bench --bench pipeline`

@@ -9,12 +9,16 @@
 mod codec;
 pub mod ecm;
 pub mod ecmg;
+pub mod emm;
+pub mod emmg;
 pub mod keyring;
 pub mod refusal;
 pub mod types;
 
 pub use ecm::{build_ecm, open_ecm, EcmBuildError, EcmContent, EcmParams, EcmRef};
 pub use ecmg::BuiltinEcmg;
+pub use emm::{build_emm, open_emm, EmmBuildError, EmmHeader, EmmPart};
+pub use emmg::{EmmCarousel, EmmCounters};
 pub use keyring::{ServiceKeyRing, SharedKeyRing};
 pub use refusal::{Refusal, RefusalCounts};
 pub use types::{

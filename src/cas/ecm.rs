@@ -95,7 +95,7 @@ pub enum EcmBuildError {
 
 /// The table_id of period `period`.
 pub fn ecm_table_id(period: u64) -> u8 {
-    if period % 2 == 0 {
+    if period.is_multiple_of(2) {
         TABLE_ID_ECM_EVEN
     } else {
         TABLE_ID_ECM_ODD
@@ -328,7 +328,7 @@ impl<'a> EcmRef<'a> {
         } else {
             Parity::Odd
         };
-        if (period % 2 == 0) != (parity == Parity::Even) {
+        if period.is_multiple_of(2) != (parity == Parity::Even) {
             return Err(Refusal::Malformed("period number and table_id disagree"));
         }
         Ok(EcmContent {

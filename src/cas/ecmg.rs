@@ -163,7 +163,7 @@ mod tests {
             assert_eq!(out[0], req.table_id());
             let c = open_ecm(&out, |_, v| (v == 9).then_some(&key.key)).unwrap();
             assert_eq!(c.period, n);
-            let (cur, next) = if n % 2 == 0 {
+            let (cur, next) = if n.is_multiple_of(2) {
                 (&c.even, &c.odd)
             } else {
                 (&c.odd, &c.even)

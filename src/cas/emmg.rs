@@ -50,7 +50,6 @@ struct CardEntry {
 }
 
 /// The EMM carousel of one EMM PID.
-#[derive(Debug)]
 pub struct EmmCarousel {
     bitrate_bps: u64,
     cards: BTreeMap<CardSerial, CardEntry>,
@@ -70,6 +69,18 @@ pub struct EmmCarousel {
 }
 
 const NANOS: u128 = 1_000_000_000;
+
+impl std::fmt::Debug for EmmCarousel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmmCarousel")
+            .field("bitrate_bps", &self.bitrate_bps)
+            .field("cards", &self.cards.len())
+            .field("urgent_queued", &self.urgent.len())
+            .field("pending_bytes", &self.pending_bytes())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
 
 impl EmmCarousel {
     /// A carousel sending at most `bitrate_bps` bits per second of TS packets.

@@ -16,7 +16,7 @@ pub mod refusal;
 pub mod types;
 
 pub use ecm::{build_ecm, open_ecm, EcmBuildError, EcmContent, EcmParams, EcmRef};
-pub use ecmg::BuiltinEcmg;
+pub use ecmg::{build_ecm_with_ring, BuiltinEcmg};
 pub use emm::{build_emm, open_emm, EmmBuildError, EmmHeader, EmmPart};
 pub use emmg::{EmmCarousel, EmmCounters};
 pub use keyring::{ServiceKeyRing, SharedKeyRing};

@@ -305,6 +305,23 @@ impl KeyContext {
         })
     }
 
+    /// Descrambles only the scrambled packets `select` picks (by index in the batch), each
+    /// with the key its TSC bits name; the others are left untouched and counted as `clear`.
+    /// Lets a caller skip packets whose key it does not have.
+    pub fn descramble_selected(
+        &self,
+        packets: &mut [u8],
+        mut select: impl FnMut(usize) -> bool,
+    ) -> Result<BatchStats, Error> {
+        self.run(packets, false, |i, tsc| match tsc {
+            _ if !select(i) => Err(Skip::Clear),
+            0b10 => Ok(Parity::Even),
+            0b11 => Ok(Parity::Odd),
+            0b00 => Err(Skip::Clear),
+            _ => Err(Skip::Reserved),
+        })
+    }
+
     /// Descrambles every scrambled packet with the key its TSC bits name and clears the TSC.
     pub fn descramble(&self, packets: &mut [u8]) -> Result<BatchStats, Error> {
         self.run(packets, false, |_, tsc| match tsc {

@@ -98,3 +98,34 @@ fn automatic_backend_single_and_small_batches_match_scalar() {
         assert!(got == clear, "n={n}");
     }
 }
+
+/// `descramble_selected` descrambles exactly the selected packets (as `descramble` would)
+/// and leaves the others byte for byte, on every backend.
+#[test]
+fn descramble_selected_touches_only_the_selected_packets() {
+    let cw = csa::ControlWord::from_bytes([1, 2, 3, 6, 5, 6, 7, 18]);
+    for backend in csa::Backend::supported() {
+        let ctx = csa::KeyContext::csa2(&cw, &cw).with_backend(Some(backend));
+        let mut clear = vec![0u8; 600 * 188];
+        for (i, p) in clear.chunks_exact_mut(188).enumerate() {
+            p[0] = 0x47;
+            p[1] = 0x01;
+            p[3] = 0x10 | (i as u8 & 15);
+            for (j, b) in p[4..].iter_mut().enumerate() {
+                *b = (i * 7 + j * 13) as u8;
+            }
+        }
+        let mut scrambled = clear.clone();
+        ctx.scramble(&mut scrambled, csa::Parity::Odd).unwrap();
+        let mut all = scrambled.clone();
+        ctx.descramble(&mut all).unwrap();
+        assert_eq!(all, clear);
+        let mut some = scrambled.clone();
+        let st = ctx.descramble_selected(&mut some, |i| i % 3 == 0).unwrap();
+        for (i, p) in some.chunks_exact(188).enumerate() {
+            let want = if i % 3 == 0 { &clear } else { &scrambled };
+            assert_eq!(p, &want[i * 188..][..188], "{backend:?} packet {i}");
+        }
+        assert_eq!(st.clear, 400, "{backend:?}");
+    }
+}

@@ -309,6 +309,13 @@ fn unix_now() -> i64 {
     super::ecmg::unix_now()
 }
 
+/// The carousel feeds the mux's EMM PID directly (one section per poll, when due).
+impl crate::scramble::EmmSource for EmmCarousel {
+    fn poll(&mut self, now: Duration, out: &mut Vec<u8>) -> Option<crate::scramble::EmmData> {
+        EmmCarousel::poll(self, now, out).then_some(crate::scramble::EmmData::Sections)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
 use castmux::scramble::cw::parse_cw_pair;
-use castmux::scramble::{run_descramble, DescrambleKeys, Descrambler, RunOptions};
+use castmux::scramble::{run_descramble, run_stage, DescrambleKeys, Descrambler, RunOptions};
+use castmux::softcard::player::{CardPlayer, LocalCard};
+use castmux::softcard::SoftCard;
 use clap::Args;
 
 use super::args;
@@ -14,7 +16,7 @@ use super::scramble::Scrambling;
 
 /// Options of `castmux descramble`.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("keys").required(true).args(["cw", "cw_log"])))]
+#[command(group(clap::ArgGroup::new("keys").required(true).args(["cw", "cw_log", "card"])))]
 pub struct DescrambleArgs {
     /// Input: udp://..., srt://..., a file, or - for stdin.
     #[arg(short, long)]
@@ -30,35 +32,47 @@ pub struct DescrambleArgs {
     /// read again when the stream gets past its last line, so it can follow a live scrambler.
     #[arg(long, value_name = "FILE")]
     cw_log: Option<PathBuf>,
+    /// A software card (`castmux card export-key` output): CWs come from the stream's ECMs
+    /// (ECM PID from the PMT, EMM PID from the CAT, by the card's CA_system_ID) when the
+    /// card is entitled; EMMs addressed to it update it, and it is saved back to FILE.
+    #[arg(long, value_name = "FILE")]
+    card: Option<PathBuf>,
     /// Scrambling algorithm. Default csa2.
     #[arg(long, value_enum, default_value_t = Scrambling::Csa2)]
     scrambling: Scrambling,
     /// Stop when a live input has been silent this long. Default: run until killed.
     #[arg(long, value_name = "DURATION", value_parser = args::duration)]
     idle_timeout: Option<Duration>,
+    /// Print the counters as JSON on stdout at the end (stderr when the output is stdout).
+    #[arg(long)]
+    stats: bool,
 }
 
 pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
+    let input_url: InputUrl = a.input.parse().context("--input")?;
+    let output_url: OutputUrl = a.output.parse().context("--output")?;
+    let opts = RunOptions {
+        idle_timeout: a.idle_timeout,
+        stop: super::stop_flag()?,
+        ..RunOptions::default()
+    };
+    if let Some(path) = &a.card {
+        let card = SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
+        return play_with_card(card, Some(path.clone()), &a, &input_url, &output_url, &opts);
+    }
     let keys = match (&a.cw, &a.cw_log) {
         (Some(text), _) => match parse_cw_pair(text).context("--cw")? {
             (cw, None) => DescrambleKeys::Fixed(cw),
             (e, Some(o)) => DescrambleKeys::Pair(e, o),
         },
         (None, Some(path)) => DescrambleKeys::LogFile(path.clone()),
-        (None, None) => unreachable!("clap requires --cw or --cw-log"),
+        (None, None) => unreachable!("clap requires --cw, --cw-log or --card"),
     };
     let mut d = Descrambler::new(a.scrambling.algorithm(), keys)?;
-    let input_url: InputUrl = a.input.parse().context("--input")?;
-    let output_url: OutputUrl = a.output.parse().context("--output")?;
     let mut input = Input::open(&input_url, &InputOptions::default())
         .with_context(|| format!("opening input {}", a.input))?;
     let mut output = Output::open(&output_url, &OutputOptions::default())
         .with_context(|| format!("opening output {}", a.output))?;
-    let opts = RunOptions {
-        idle_timeout: a.idle_timeout,
-        stop: super::stop_flag()?,
-        ..RunOptions::default()
-    };
     let res = run_descramble(&mut input, &mut output, &mut d, &opts);
     let close = output.close(Duration::from_secs(2));
     let t = d.counters().totals();
@@ -68,6 +82,52 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         missing_cws = d.missing_cws,
         "done"
     );
+    res?;
+    close?;
+    Ok(())
+}
+
+/// Descramble with CWs from the software card's answers to the stream's ECMs.
+fn play_with_card(
+    card: SoftCard,
+    save_to: Option<PathBuf>,
+    a: &DescrambleArgs,
+    input_url: &InputUrl,
+    output_url: &OutputUrl,
+    opts: &RunOptions,
+) -> anyhow::Result<()> {
+    let ca_system_id = card.ca_system_id();
+    tracing::info!(serial = %card.serial(), ca_system_id = format_args!("{ca_system_id:#06x}"), "software card loaded");
+    let mut player = CardPlayer::new(
+        a.scrambling.algorithm(),
+        ca_system_id,
+        Box::new(LocalCard::new(card, save_to)),
+    )?;
+    let mut input = Input::open(input_url, &InputOptions::default())
+        .with_context(|| format!("opening input {}", a.input))?;
+    let mut output = Output::open(output_url, &OutputOptions::default())
+        .with_context(|| format!("opening output {}", a.output))?;
+    let res = run_stage(&mut input, &mut output, &mut player, opts);
+    let close = output.close(Duration::from_secs(2));
+    let c = player.counters();
+    tracing::info!(
+        packets = c.packets,
+        descrambled = c.descrambled,
+        no_key = c.no_key,
+        ecms = c.ecms,
+        emms = c.emms,
+        refusals = c.refusals,
+        last_refusal = c.last_refusal.as_deref().unwrap_or("-"),
+        "done"
+    );
+    if a.stats {
+        let text = serde_json::to_string_pretty(c)?;
+        if matches!(output_url, OutputUrl::Stdout) {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
     res?;
     close?;
     Ok(())

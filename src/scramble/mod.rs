@@ -38,6 +38,6 @@ pub use ecm::{EcmError, EcmGenerator, EcmRequest};
 pub use emm::{EmmData, EmmSource};
 pub use error::ScrambleError;
 pub use keys::CryptoPeriod;
-pub use run::{run_descramble, run_scramble, RunEnd, RunOptions};
+pub use run::{run_descramble, run_scramble, run_stage, PacketStage, RunEnd, RunOptions};
 pub use scrambler::Scrambler;
 pub use stats::Counters;

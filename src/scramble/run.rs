@@ -67,9 +67,48 @@ pub enum RunEnd {
     Stopped,
 }
 
-enum Stage<'a> {
-    Scramble(&'a mut Scrambler),
-    Descramble(&'a mut Descrambler),
+/// A stage of the data path between input and output: the scrambler, a descrambler,
+/// the software card's player.
+pub trait PacketStage {
+    /// Process the packets of `batch` (which may be changed in place) and append the
+    /// packets to send to `out`.
+    fn process_batch(
+        &mut self,
+        batch: &mut PacketBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScrambleError>;
+
+    /// No packet came within the flush interval (live inputs): move clocks on.
+    fn idle(&mut self) -> Result<(), ScrambleError> {
+        Ok(())
+    }
+}
+
+impl PacketStage for Scrambler {
+    fn process_batch(
+        &mut self,
+        batch: &mut PacketBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScrambleError> {
+        out.extend_from_slice(self.process(batch.packets())?);
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<(), ScrambleError> {
+        Scrambler::idle(self)
+    }
+}
+
+impl PacketStage for Descrambler {
+    fn process_batch(
+        &mut self,
+        batch: &mut PacketBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScrambleError> {
+        self.process(batch.packets_mut())?;
+        out.extend_from_slice(batch.as_bytes());
+        Ok(())
+    }
 }
 
 /// From the input thread to the cipher thread.
@@ -94,7 +133,7 @@ pub fn run_scramble(
     scrambler: &mut Scrambler,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
-    run(input, output, Stage::Scramble(scrambler), opts)
+    run_stage(input, output, scrambler, opts)
 }
 
 /// Descramble `input` into `output` until the input ends (or idles out, or is stopped).
@@ -104,13 +143,14 @@ pub fn run_descramble(
     descrambler: &mut Descrambler,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
-    run(input, output, Stage::Descramble(descrambler), opts)
+    run_stage(input, output, descrambler, opts)
 }
 
-fn run(
+/// Run `stage` from `input` to `output` until the input ends (or idles out, or is stopped).
+pub fn run_stage(
     input: &mut Input,
     output: &mut Output,
-    mut stage: Stage<'_>,
+    stage: &mut dyn PacketStage,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
     let batch_packets = opts.batch_packets.max(1);
@@ -135,7 +175,7 @@ fn run(
             .spawn_scoped(scope, || write_loop(output, out_rx, free_buf_tx))
             .map_err(|e| ScrambleError::Config(format!("cannot start the output thread: {e}")))?;
 
-        let res = cipher_loop(&mut stage, &in_rx, &free_batch_tx, &out_tx, &free_buf_rx);
+        let res = cipher_loop(stage, &in_rx, &free_batch_tx, &out_tx, &free_buf_rx);
         // hang up: the output thread ends when its queue does; the input thread ends when
         // it next finds its queue gone
         drop(out_tx);
@@ -155,7 +195,7 @@ fn run(
 }
 
 fn cipher_loop(
-    stage: &mut Stage<'_>,
+    stage: &mut dyn PacketStage,
     in_rx: &Receiver<InMsg>,
     free_batch_tx: &SyncSender<PacketBatch>,
     out_tx: &SyncSender<OutMsg>,
@@ -172,22 +212,14 @@ fn cipher_loop(
                     return Ok(RunEnd::EndOfStream);
                 };
                 buf.clear();
-                match stage {
-                    Stage::Scramble(s) => buf.extend_from_slice(s.process(batch.packets())?),
-                    Stage::Descramble(d) => {
-                        d.process(batch.packets_mut())?;
-                        buf.extend_from_slice(batch.as_bytes());
-                    }
-                }
+                stage.process_batch(&mut batch, &mut buf)?;
                 let _ = free_batch_tx.send(batch);
                 if out_tx.send(OutMsg::Bytes(buf)).is_err() {
                     return Ok(RunEnd::EndOfStream);
                 }
             }
             InMsg::Idle => {
-                if let Stage::Scramble(s) = stage {
-                    s.idle()?;
-                }
+                stage.idle()?;
                 let _ = out_tx.send(OutMsg::Flush);
             }
             InMsg::End(end) => return Ok(end),

@@ -218,9 +218,6 @@ impl Scrambler {
         }
         self.batch_now = batch_now;
         self.advance(batch_now)?;
-        if !self.clock.is_stream() {
-            self.tick_inserters(batch_now);
-        }
         for pkt in packets {
             self.one_packet(pkt)?;
         }
@@ -284,9 +281,6 @@ impl Scrambler {
             // wall clock: read once per batch (the batch is at most a few ms)
             self.batch_now
         };
-        if self.clock.is_stream() {
-            self.tick_inserters(now);
-        }
         match self.demux.role(pid) {
             Role::Null => {
                 if let Some(e) = self.ecm.as_mut().and_then(|e| e.take_for_null(now)) {
@@ -390,6 +384,12 @@ impl Scrambler {
                 }
                 self.counters.pid_mut(pid).dropped += 1;
             }
+        }
+        // mux packets start once PSI is known, so a receiver that reads the stream from
+        // its start finds the PMT (naming the ECM PID) before the first ECM, and that ECM
+        // before the first scrambled packet
+        if self.demux.ready() {
+            self.tick_inserters(now);
         }
         while let Some(e) = self.ecm.as_mut().and_then(|e| e.take_to_add(now)) {
             self.push(&e, false);

@@ -2,9 +2,10 @@
 //! from the store as `card.json`), applies the EMMs addressed to it, and yields control
 //! words from ECMs only while it is entitled; every refusal is typed and counted.
 //!
-//! Used by the live descrambler, the newcamd server, and tests.
+//! Used by the live descrambler ([`player`]), the newcamd server, and tests.
 
 pub mod card;
+pub mod player;
 
 pub use crate::cas::{Refusal, RefusalCounts};
 pub use card::{

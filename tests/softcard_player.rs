@@ -1,0 +1,218 @@
+//! The built-in CAS end to end in the library: scrambler + built-in ECMG (+ EMM carousel)
+//! -> card player with a software card. An entitled card gives back every ES packet byte
+//! for byte; a card without the package, an expired card and a disabled card descramble
+//! nothing and say why; a card with no keys learns them from its EMM.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use castmux::cas::derive_card_key;
+use castmux::cas::{
+    AccessCriteria, BuiltinEcmg, CardFile, CardSerial, EmmCarousel, Entitlements, Key128,
+    PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
+};
+use castmux::scramble::{KeyMode, ScrambleConfig, Scrambler};
+use castmux::softcard::player::{CardPlayer, LocalCard};
+use castmux::softcard::SoftCard;
+use castmux::ts::{Packet, Pid};
+
+const CAID: u16 = 0x4AE1;
+const DAY: i64 = 86_400;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn sample() -> Vec<Packet> {
+    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/samples/spts.ts")).unwrap();
+    bytes
+        .chunks_exact(188)
+        .map(|c| c.try_into().unwrap())
+        .collect()
+}
+
+fn service_keys() -> Vec<ServiceKey> {
+    let bit = PackageBit::new(0).unwrap();
+    vec![
+        ServiceKey {
+            bit,
+            version: 1,
+            key: Key128::random(),
+        },
+        ServiceKey {
+            bit,
+            version: 2,
+            key: Key128::random(),
+        },
+    ]
+}
+
+fn entitlements(access: u64, start: i64, finish: i64, enabled: bool) -> Entitlements {
+    Entitlements {
+        access: AccessCriteria(access),
+        start,
+        finish,
+        pair: 0,
+        enabled,
+        events: vec![],
+    }
+}
+
+/// Scramble the sample with 1 s periods, the built-in ECMG for package 0, and (optionally)
+/// the EMM carousel with `emm_cards` on PID 0x1FF1.
+fn scramble(keys: &[ServiceKey], emm_cards: &[(CardSerial, Key128, Entitlements)]) -> Vec<Packet> {
+    let ring = ServiceKeyRing::from_keys(keys.iter().cloned()).shared();
+    let ecmg = BuiltinEcmg::new(ring, AccessCriteria(1), CAID);
+    let config = ScrambleConfig {
+        keys: KeyMode::Rotating,
+        crypto_period: Duration::from_secs(1),
+        ecm_pid: Some(Pid::new(0x1FF0)),
+        emm_pid: Some(Pid::new(0x1FF1)),
+        ..ScrambleConfig::default()
+    };
+    let mut s = Scrambler::new(config, None, Some(Box::new(ecmg))).unwrap();
+    let mut carousel = EmmCarousel::new(200_000);
+    carousel.set_service_keys(keys.to_vec());
+    for (serial, key, ent) in emm_cards {
+        carousel.upsert_card(*serial, key.clone(), ent.clone(), true);
+    }
+    s.set_emm_source(Box::new(carousel)).unwrap();
+    let mut out = Vec::new();
+    for batch in sample().chunks(256) {
+        let bytes = s.process(batch).unwrap();
+        out.extend(
+            bytes
+                .chunks_exact(188)
+                .map(|c| -> Packet { c.try_into().unwrap() }),
+        );
+    }
+    out
+}
+
+fn card(serial: u64, ent: Entitlements, keys: Vec<ServiceKey>) -> SoftCard {
+    let root = Key128::from_bytes([9; 16]);
+    SoftCard::from_card_file(CardFile {
+        format: CARD_FILE_FORMAT,
+        serial: CardSerial(serial),
+        ca_system_id: CAID,
+        card_key: derive_card_key(&root, CardSerial(serial)),
+        entitlements: ent,
+        service_keys: keys,
+        issued_at: now(),
+    })
+    .unwrap()
+}
+
+fn play(
+    card: SoftCard,
+    scrambled: &[Packet],
+) -> (Vec<Packet>, castmux::softcard::player::PlayerCounters) {
+    let mut p = CardPlayer::new(
+        csa::Algorithm::Csa2,
+        CAID,
+        Box::new(LocalCard::new(card, None)),
+    )
+    .unwrap();
+    let mut out = scrambled.to_vec();
+    for batch in out.chunks_mut(256) {
+        p.process(batch).unwrap();
+    }
+    (out, p.counters().clone())
+}
+
+fn es(pkts: &[Packet]) -> Vec<Packet> {
+    let pids = BTreeSet::from([0x100u16, 0x101]);
+    pkts.iter()
+        .filter(|p| pids.contains(&(u16::from_be_bytes([p[1], p[2]]) & 0x1FFF)))
+        .copied()
+        .collect()
+}
+
+fn scrambled_es_count(pkts: &[Packet]) -> usize {
+    es(pkts).iter().filter(|p| p[3] >> 6 != 0).count()
+}
+
+#[test]
+fn entitled_card_descrambles_every_es_packet() {
+    let keys = service_keys();
+    let scrambled = scramble(&keys, &[]);
+    assert!(scrambled_es_count(&scrambled) > 1000);
+    let a = card(
+        2100000000,
+        entitlements(1, now() - DAY, now() + DAY, true),
+        keys,
+    );
+    let (clear, c) = play(a, &scrambled);
+    assert_eq!(c.ecm_pid, Some(0x1FF0));
+    assert!(c.parity_flips >= 2, "{c:?}");
+    assert_eq!(c.no_key, 0, "{c:?}");
+    assert_eq!(c.refusals, 0, "{c:?}");
+    assert!(es(&clear) == es(&sample()), "descrambled ES differs");
+}
+
+#[test]
+fn cards_without_rights_descramble_nothing_and_say_why() {
+    let keys = service_keys();
+    let scrambled = scramble(&keys, &[]);
+    let n = scrambled_es_count(&scrambled);
+    let cases = [
+        (
+            "not entitled",
+            entitlements(0b10, now() - DAY, now() + DAY, true),
+        ),
+        (
+            "expired",
+            entitlements(1, now() - 2 * DAY, now() - DAY, true),
+        ),
+        (
+            "not yet valid",
+            entitlements(1, now() + DAY, now() + 2 * DAY, true),
+        ),
+        ("disabled", entitlements(1, now() - DAY, now() + DAY, false)),
+    ];
+    for (why, ent) in cases {
+        let (out, c) = play(card(2100000001, ent, keys.clone()), &scrambled);
+        assert_eq!(c.descrambled, 0, "{why}: {c:?}");
+        assert_eq!(
+            scrambled_es_count(&out),
+            n,
+            "{why}: every ES packet still scrambled"
+        );
+        assert!(c.refusals > 0, "{why}: {c:?}");
+        let said = c.last_refusal.unwrap_or_default().to_lowercase();
+        assert!(
+            said.contains(why.split(' ').next().unwrap()),
+            "{why}: {said}"
+        );
+    }
+}
+
+#[test]
+fn a_card_with_no_keys_learns_them_from_its_emm() {
+    let keys = service_keys();
+    let serial = CardSerial(2100000005);
+    let root = Key128::from_bytes([9; 16]);
+    let ent = entitlements(1, now() - DAY, now() + DAY, true);
+    let scrambled = scramble(
+        &keys,
+        &[(serial, derive_card_key(&root, serial), ent.clone())],
+    );
+    let (clear, c) = play(card(serial.0, ent, vec![]), &scrambled);
+    assert!(c.emm_pid == Some(0x1FF1) && c.emms > 0, "{c:?}");
+    assert!(
+        c.descrambled > 0,
+        "the card opened ECMs after its EMM: {c:?}"
+    );
+    // after the first answer every packet is clear and right
+    let got = es(&clear);
+    let want = es(&sample());
+    let first_clear = got.iter().position(|p| p[3] >> 6 == 0).unwrap();
+    assert!(
+        got[first_clear..] == want[first_clear..],
+        "descrambled ES differs"
+    );
+    assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+}

@@ -1,0 +1,3 @@
+//! The software card: ECM/EMM processing, the newcamd card server, live descrambling.
+
+pub mod newcamd;

@@ -191,7 +191,10 @@ async fn session<B: CardBackend>(sh: Arc<Shared<B>>, stream: TcpStream, peer: So
             info!(%peer, "newcamd: {what} timed out, session closed");
         }
         Err(
-            e @ (NewcamdError::Checksum | NewcamdError::FrameLength(_) | NewcamdError::Frame(_)),
+            e @ (NewcamdError::Checksum
+            | NewcamdError::FrameLength(_)
+            | NewcamdError::Frame(_)
+            | NewcamdError::Unexpected { .. }),
         ) => {
             bump(&sh.stats.bad_frames);
             warn!(%peer, "newcamd: {e}; connection closed");

@@ -309,6 +309,11 @@ pub struct SrtInput {
 }
 
 impl SrtInput {
+    /// The counters this input updates.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
     /// Connect or start listening. A listener returns at once (packets
     /// arrive when a caller connects); a caller returns once connected.
     pub fn open(u: &SrtUrl, cfg: &SrtConfig, stats: Arc<IoStats>) -> IoResult<Self> {

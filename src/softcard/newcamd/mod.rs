@@ -21,6 +21,7 @@ pub mod frame;
 pub mod limits;
 pub mod messages;
 pub mod server;
+mod soft_backend;
 pub mod stats;
 pub mod users;
 
@@ -30,5 +31,6 @@ pub use crypto::DesKey14;
 pub use error::NewcamdError;
 pub use messages::{CardData, CwPair};
 pub use server::{NewcamdServer, ServerConfig};
+pub use soft_backend::SoftCardBackend;
 pub use stats::StatsSnapshot;
 pub use users::{User, Users};

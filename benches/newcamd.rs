@@ -3,39 +3,61 @@
 //!
 //! `cargo bench --bench newcamd` (defaults: 100 clients, 100 ms, 10 s). Override with
 //! NEWCAMD_BENCH_CLIENTS, NEWCAMD_BENCH_PERIOD_MS, NEWCAMD_BENCH_SECS. The server and the
-//! clients run on separate tokio runtimes (2 threads each), as two processes would.
+//! clients run on separate tokio runtimes (2 threads each), as two processes would. The
+//! card is a real software card and every request is a fresh castmux ECM (no cache hits).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use castmux::softcard::newcamd::{
-    CardBackend, CwPair, DesKey14, EcmRefusal, NewcamdClient, NewcamdServer, ServerConfig, Users,
+use castmux::cas::ecm::EcmParams;
+use castmux::cas::{
+    build_ecm, derive_card_key, AccessCriteria, CardFile, CardSerial, Entitlements, Key128,
+    PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
+use castmux::softcard::newcamd::{
+    DesKey14, NewcamdClient, NewcamdServer, ServerConfig, SoftCardBackend, Users,
+};
+use castmux::softcard::SoftCard;
 use hdrhistogram::Histogram;
-use sha2::{Digest, Sha256};
 
-/// A card whose work per ECM is a hash of the section (a real card does one AES-GCM open).
-struct BenchCard;
+const CAID: u16 = 0x4ae1;
 
-impl CardBackend for BenchCard {
-    fn caid(&self) -> u16 {
-        0x4ae1
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn service_key() -> ServiceKey {
+    ServiceKey {
+        bit: PackageBit::new(0).expect("bit"),
+        version: 1,
+        key: Key128::from_bytes([0x42; 16]),
     }
-    fn serial(&self) -> u64 {
-        1
-    }
-    fn provider_ids(&self) -> Vec<u32> {
-        vec![0]
-    }
-    fn ecm(&mut self, section: &[u8], _now: i64) -> Result<CwPair, EcmRefusal> {
-        let d = Sha256::digest(section);
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&d[..16]);
-        Ok(CwPair::from_bytes(&b))
-    }
-    fn emm(&mut self, _section: &[u8], _now: i64) -> bool {
-        false
-    }
+}
+
+/// A real software card entitled to package 0: every ECM costs a key unwrap and an
+/// AES-GCM open, as in production.
+fn card() -> SoftCardBackend {
+    let serial = CardSerial(1);
+    let card = SoftCard::from_card_file(CardFile {
+        format: CARD_FILE_FORMAT,
+        serial,
+        ca_system_id: CAID,
+        card_key: derive_card_key(&Key128::from_bytes([7; 16]), serial),
+        entitlements: Entitlements {
+            access: AccessCriteria(1),
+            start: now() - 3600,
+            finish: now() + 86_400,
+            pair: 0,
+            enabled: true,
+            events: vec![],
+        },
+        service_keys: vec![service_key()],
+        issued_at: now() - 3600,
+    })
+    .expect("card");
+    SoftCardBackend::new(card)
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -56,7 +78,7 @@ fn main() {
     let mut cfg = ServerConfig::new(DesKey14::from_hex(key_hex).expect("key"), users);
     cfg.max_services = clients + 1;
     cfg.max_clients = clients + 16;
-    let server = Arc::new(NewcamdServer::new(cfg, BenchCard));
+    let server = Arc::new(NewcamdServer::new(cfg, card()));
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -95,6 +117,7 @@ fn main() {
         let start = tokio::time::Instant::now();
         let mut tasks = Vec::new();
         for (i, mut c) in conns.into_iter().enumerate() {
+            let ring = ServiceKeyRing::from_keys([service_key()]);
             // spread the clients over one period so they do not all fire at once
             let offset = period.mul_f64(i as f64 / clients as f64);
             tasks.push(tokio::spawn(async move {
@@ -106,11 +129,22 @@ fn main() {
                 while start.elapsed() < run_for {
                     tick.tick().await;
                     n = n.wrapping_add(1);
-                    // a new ECM every time (no cache hits): table id, length, 40 bytes
-                    let mut sec = vec![0x80 | (n & 1) as u8, 0x70, 40];
-                    sec.extend_from_slice(&(i as u32).to_be_bytes());
-                    sec.extend_from_slice(&n.to_be_bytes());
-                    sec.resize(43, 0x5a);
+                    // a new ECM every time (fresh nonce and content key: no cache hits)
+                    let mut sec = Vec::new();
+                    let cw = [n as u8, (n >> 8) as u8, i as u8, 0, 1, 2, 3, 6];
+                    build_ecm(
+                        &ring,
+                        &EcmParams {
+                            ca_system_id: CAID,
+                            access: AccessCriteria(1),
+                            period: u64::from(n),
+                            timestamp: now(),
+                            even: &cw,
+                            odd: &cw,
+                        },
+                        &mut sec,
+                    )
+                    .expect("ecm");
                     let t = Instant::now();
                     match c.ecm(i as u16 + 1, &sec).await {
                         Ok(Some(_)) => {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use castmux::softcard::newcamd::{
-    CardBackend, CwPair, DesKey14, EcmRefusal, NewcamdClient, NewcamdError, NewcamdServer,
-    ServerConfig, StatsSnapshot, Users,
+    CardBackend, CwPair, DesKey14, EcmRefusal, EmmResult, NewcamdClient, NewcamdError,
+    NewcamdServer, ServerConfig, StatsSnapshot, Users,
 };
 use newcamd_support::*;
 
@@ -52,8 +52,12 @@ impl CardBackend for TestCard {
         }
         Ok(CwPair::from_bytes(&cws_for(section)))
     }
-    fn emm(&mut self, section: &[u8], _now: i64) -> bool {
-        section.get(3) == Some(&0x01)
+    fn emm(&mut self, section: &[u8], _now: i64) -> EmmResult {
+        match section.get(3) {
+            Some(0x01) => EmmResult::Applied,
+            Some(0x03) => EmmResult::Unchanged,
+            _ => EmmResult::Rejected,
+        }
     }
 }
 
@@ -297,6 +301,20 @@ fn repeated_ecm_is_answered_from_the_cache() {
     a.ecm(&bad, 5);
     a.ecm(&bad, 5);
     assert_eq!(h.ecm_calls.load(Ordering::SeqCst), 3);
+    // a repeated EMM changes nothing: the cache stays
+    assert_eq!(
+        a.request(0x82, &[0x03], 0).unwrap().msg,
+        vec![0x82, 0x10, 0]
+    );
+    assert_eq!(a.ecm(&sec, 5), first);
+    assert_eq!(h.ecm_calls.load(Ordering::SeqCst), 3);
+    // an applied EMM may change entitlements: the card is asked again
+    assert_eq!(
+        a.request(0x82, &[0x01], 0).unwrap().msg,
+        vec![0x82, 0x10, 0]
+    );
+    assert_eq!(a.ecm(&sec, 5), first);
+    assert_eq!(h.ecm_calls.load(Ordering::SeqCst), 4);
 }
 
 #[test]

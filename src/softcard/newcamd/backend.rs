@@ -25,6 +25,17 @@ pub trait CardBackend: Send + 'static {
     /// Process an ECM section (table id 0x80/0x81, as received from the demux) at Unix
     /// time `now`: the even and odd CWs, or why not.
     fn ecm(&mut self, section: &[u8], now: i64) -> Result<CwPair, EcmRefusal>;
-    /// Process an EMM section; `true` when the card accepted it.
-    fn emm(&mut self, section: &[u8], now: i64) -> bool;
+    /// Process an EMM section.
+    fn emm(&mut self, section: &[u8], now: i64) -> EmmResult;
+}
+
+/// What a card did with an EMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmmResult {
+    /// Refused (not for this card, forged, replayed): the answer's accepted bit is clear.
+    Rejected,
+    /// Valid but already applied (carousels repeat EMMs): accepted, nothing changed.
+    Unchanged,
+    /// Applied: keys or entitlements changed.
+    Applied,
 }

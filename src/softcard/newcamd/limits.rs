@@ -109,6 +109,12 @@ impl EcmCache {
         self.order.push_back((key, now));
     }
 
+    /// Forget every answer (the card's entitlements changed).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
     /// Answers held now.
     pub fn len(&self) -> usize {
         self.map.len()

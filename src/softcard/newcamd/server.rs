@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use super::backend::CardBackend;
+use super::backend::{CardBackend, EmmResult};
 use super::conn::{read_frame, write_frame};
 use super::crypto::{DesKey14, DES_KEY_LEN};
 use super::error::NewcamdError;
@@ -292,7 +292,13 @@ fn handle<B: CardBackend>(
             debug!(%peer, user = %user.name, "newcamd: EMM from a user without AU, not given to the card");
             false
         } else {
-            let ok = lock(&sh.card).card.emm(msg.as_bytes(), unix_now());
+            let mut st = lock(&sh.card);
+            let result = st.card.emm(msg.as_bytes(), unix_now());
+            if result == EmmResult::Applied {
+                // entitlements may have changed: no cached answer may outlive them
+                st.cache.clear();
+            }
+            let ok = result != EmmResult::Rejected;
             if ok {
                 bump(&sh.stats.emm_accepted);
             } else {

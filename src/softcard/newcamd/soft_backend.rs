@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::warn;
 
-use super::backend::{CardBackend, EcmRefusal};
+use super::backend::{CardBackend, EcmRefusal, EmmResult};
 use super::messages::CwPair;
 use crate::softcard::card::{CardError, EmmOutcome, SoftCard};
 
@@ -69,7 +69,7 @@ impl CardBackend for SoftCardBackend {
         Ok(CwPair { even, odd })
     }
 
-    fn emm(&mut self, section: &[u8], now: i64) -> bool {
+    fn emm(&mut self, section: &[u8], now: i64) -> EmmResult {
         match self.card.process_emm(section, now) {
             Ok(EmmOutcome::Applied) => {
                 if let Some(path) = &self.save_to {
@@ -77,10 +77,10 @@ impl CardBackend for SoftCardBackend {
                         warn!("newcamd: EMM applied but the card could not be saved: {e}");
                     }
                 }
-                true
+                EmmResult::Applied
             }
-            Ok(EmmOutcome::AlreadyApplied) => true,
-            Ok(EmmOutcome::NotForThisCard) | Err(_) => false,
+            Ok(EmmOutcome::AlreadyApplied) => EmmResult::Unchanged,
+            Ok(EmmOutcome::NotForThisCard) | Err(_) => EmmResult::Rejected,
         }
     }
 }

@@ -4,6 +4,7 @@ mod args;
 mod descramble;
 mod probe;
 mod scramble;
+mod softcard;
 
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -27,6 +28,8 @@ enum Command {
     Descramble(descramble::DescrambleArgs),
     /// Describe a transport stream: programs, PIDs, bitrates, scrambling, CA descriptors.
     Probe(probe::ProbeArgs),
+    /// The software card: serve it over newcamd.
+    Softcard(softcard::SoftcardArgs),
 }
 
 /// A flag set by the first SIGINT/SIGTERM, so a run stops cleanly and reports its
@@ -59,6 +62,7 @@ pub fn main() -> ExitCode {
         Command::Scramble(a) => scramble::run(a),
         Command::Descramble(a) => descramble::run(a),
         Command::Probe(a) => probe::run(a),
+        Command::Softcard(a) => softcard::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@
 //! Used by the live descrambler ([`player`]), the newcamd server, and tests.
 
 pub mod card;
+pub mod newcamd;
 pub mod player;
 
 pub use crate::cas::{Refusal, RefusalCounts};

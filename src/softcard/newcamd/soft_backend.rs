@@ -1,0 +1,86 @@
+//! The software card as the newcamd server's card: [`SoftCard`] behind [`CardBackend`].
+
+use std::path::{Path, PathBuf};
+
+use tracing::warn;
+
+use super::backend::{CardBackend, EcmRefusal, EmmResult};
+use super::messages::CwPair;
+use crate::softcard::card::{CardError, EmmOutcome, SoftCard};
+
+/// A [`SoftCard`], optionally saved back to its card.json after each applied EMM so
+/// new keys and entitlements survive a restart.
+pub struct SoftCardBackend {
+    card: SoftCard,
+    save_to: Option<PathBuf>,
+}
+
+impl SoftCardBackend {
+    /// Serve `card`; nothing is saved.
+    pub fn new(card: SoftCard) -> SoftCardBackend {
+        SoftCardBackend {
+            card,
+            save_to: None,
+        }
+    }
+
+    /// Load a card.json; with `save_emms`, applied EMMs are written back to it.
+    pub fn load(path: &Path, save_emms: bool) -> Result<SoftCardBackend, CardError> {
+        Ok(SoftCardBackend {
+            card: SoftCard::load(path)?,
+            save_to: save_emms.then(|| path.to_path_buf()),
+        })
+    }
+
+    /// The card.
+    pub fn card(&self) -> &SoftCard {
+        &self.card
+    }
+}
+
+impl CardBackend for SoftCardBackend {
+    fn caid(&self) -> u16 {
+        self.card.ca_system_id()
+    }
+
+    fn serial(&self) -> u64 {
+        self.card.serial().0
+    }
+
+    fn provider_ids(&self) -> Vec<u32> {
+        // castmux's CAS has packages, not providers: one provider 000000
+        Vec::new()
+    }
+
+    fn ecm(&mut self, section: &[u8], now: i64) -> Result<CwPair, EcmRefusal> {
+        let a = self
+            .card
+            .process_ecm(section, now)
+            .map_err(|r| EcmRefusal(r.to_string()))?;
+        let (Ok(even), Ok(odd)) = (
+            <[u8; 8]>::try_from(a.even.as_bytes()),
+            <[u8; 8]>::try_from(a.odd.as_bytes()),
+        ) else {
+            return Err(EcmRefusal(format!(
+                "{}-byte CWs (AES mode) do not fit newcamd's 8-byte CW fields; serve CSA2 services",
+                a.cw_len
+            )));
+        };
+        Ok(CwPair { even, odd })
+    }
+
+    fn emm(&mut self, section: &[u8], now: i64) -> EmmResult {
+        match self.card.process_emm(section, now) {
+            Ok(EmmOutcome::Applied) => {
+                if let Some(path) = &self.save_to {
+                    if let Err(e) = self.card.save(path) {
+                        warn!("newcamd: EMM applied but the card could not be saved: {e}");
+                    }
+                }
+                EmmResult::Applied
+            }
+            Ok(EmmOutcome::AlreadyApplied) => EmmResult::Unchanged,
+            Ok(EmmOutcome::NotForThisCard) | Err(_) => EmmResult::Rejected,
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! `castmux softcard serve` as a process: a card.json served over newcamd, real castmux
+//! ECMs and EMMs sent by the document-derived test client.
+
+mod newcamd_support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use castmux::cas::ecm::EcmParams;
+use castmux::cas::emm::build_emm;
+use castmux::cas::{
+    build_ecm, derive_card_key, AccessCriteria, CardFile, CardSerial, Entitlements, Key128,
+    PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
+};
+use newcamd_support::*;
+
+const CAID: u16 = 0x4AE1;
+const SERIAL: u64 = 2_100_000_042;
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn root() -> Key128 {
+    Key128::from_bytes([0x5C; 16])
+}
+
+fn service_key(bit: u32) -> ServiceKey {
+    ServiceKey {
+        bit: PackageBit::new(bit).unwrap(),
+        version: 1,
+        key: Key128::from_bytes([0xA0 | bit as u8; 16]),
+    }
+}
+
+fn entitlements(access: u64) -> Entitlements {
+    Entitlements {
+        access: AccessCriteria(access),
+        start: now() - 3600,
+        finish: now() + 86_400,
+        pair: 0,
+        enabled: true,
+        events: vec![],
+    }
+}
+
+fn write_card(path: &Path, access: u64, keys: Vec<ServiceKey>) {
+    let card = CardFile {
+        format: CARD_FILE_FORMAT,
+        serial: CardSerial(SERIAL),
+        ca_system_id: CAID,
+        card_key: derive_card_key(&root(), CardSerial(SERIAL)),
+        entitlements: entitlements(access),
+        service_keys: keys,
+        issued_at: now() - 3600,
+    };
+    std::fs::write(path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
+}
+
+/// An ECM for package `bit`, CWs 0xE1.. / 0x0D.., stamped now.
+fn ecm(bit: u32, period: u64) -> Vec<u8> {
+    let ring = ServiceKeyRing::from_keys([service_key(bit)]);
+    let mut out = Vec::new();
+    build_ecm(
+        &ring,
+        &EcmParams {
+            ca_system_id: CAID,
+            access: AccessCriteria(1 << bit),
+            period,
+            timestamp: now(),
+            even: &[0xE1, 0xE2, 0xE3, 0xC6, 0xE5, 0xE6, 0xE7, 0xB2],
+            odd: &[0x0D, 0x0E, 0x0F, 0x2A, 0x01, 0x02, 0x03, 0x06],
+        },
+        &mut out,
+    )
+    .unwrap();
+    out
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `castmux softcard serve` on an ephemeral port; its address comes from its log.
+fn serve(card: &Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(["softcard", "serve", "--card"])
+        .arg(card)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--des-key",
+            CONFIG_KEY_HEX,
+            "--user",
+            "alice:secret",
+            "--login-fail-delay",
+            "200ms",
+        ])
+        .args(extra)
+        .env("CASTMUX_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("castmux softcard serve did not report its address");
+        if let Some(rest) = line.split("listen=").nth(1) {
+            let a = rest.split_whitespace().next().unwrap();
+            break a.parse().unwrap();
+        }
+    };
+    Server {
+        child,
+        addr,
+        log: rx,
+    }
+}
+
+#[test]
+fn serves_a_card_file_over_newcamd() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.json");
+    write_card(&card, 1 << 2, vec![service_key(2)]);
+    let srv = serve(&card, &[]);
+
+    let (mut c, cd) = TestClient::login_ok(srv.addr, "alice", "secret");
+    assert_eq!(u16::from_be_bytes([cd[4], cd[5]]), CAID);
+    assert_eq!(&cd[6..14], &SERIAL.to_be_bytes());
+    assert_eq!(cd[14], 1, "one provider (000000)");
+
+    for period in [10u64, 11] {
+        let sec = ecm(2, period);
+        let a = c.ecm(&sec, 0x0101);
+        assert_eq!(a[0], sec[0], "answer carries the ECM's table id");
+        assert_eq!(a[2], 16);
+        assert_eq!(&a[3..11], &[0xE1, 0xE2, 0xE3, 0xC6, 0xE5, 0xE6, 0xE7, 0xB2]);
+        assert_eq!(
+            &a[11..19],
+            &[0x0D, 0x0E, 0x0F, 0x2A, 0x01, 0x02, 0x03, 0x06]
+        );
+    }
+    // package 5 is not on the card: refused, empty body
+    let a = c.ecm(&ecm(5, 12), 0x0101);
+    assert_eq!(a.len(), 3);
+
+    // an EMM for this card entitles package 5 and brings its key; the answer says so
+    let mut emm = Vec::new();
+    let key = derive_card_key(&root(), CardSerial(SERIAL));
+    build_emm(
+        CardSerial(SERIAL),
+        &key,
+        1,
+        &entitlements((1 << 2) | (1 << 5)),
+        [&service_key(2), &service_key(5)],
+        &mut emm,
+    )
+    .unwrap();
+    assert!(
+        emm.len() < 360,
+        "EMM of {} bytes fits a newcamd frame",
+        emm.len()
+    );
+    c.send_section(&emm, 0);
+    let r = c.recv().unwrap();
+    assert_eq!(r.msg_id, c.msg_id);
+    assert_eq!(r.msg, vec![emm[0], 0x10, 0x00], "EMM accepted");
+    let a = c.ecm(&ecm(5, 13), 0x0101);
+    assert_eq!(a.len(), 19, "entitled after the EMM");
+
+    // the applied EMM was saved to the card file
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&card).unwrap()).unwrap();
+    assert_eq!(saved["service_keys"].as_array().unwrap().len(), 2);
+
+    // wrong password: NAK; the server stays up for the logged-in client
+    let mut bad = TestClient::connect(srv.addr, CONFIG_KEY);
+    assert_eq!(bad.login("alice", "wrong"), Some(0xe2));
+    assert_eq!(c.request(0xfd, &[], 0).unwrap().msg[0], 0xfd);
+    let mut lines = Vec::new();
+    while let Ok(l) = srv.log.recv_timeout(Duration::from_millis(500)) {
+        lines.push(l);
+    }
+    let log = lines.join("\n");
+    assert!(log.contains("login refused"), "{log}");
+    assert!(log.contains("ECM refused by the card"), "{log}");
+    // no CW bytes in the log, in any case
+    assert!(!log.to_ascii_lowercase().contains("e1e2e3c6"), "{log}");
+}
+
+#[test]
+fn not_entitled_card_gets_empty_answers_and_bad_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.json");
+    // entitled to package 3 only, and without the key of package 2
+    write_card(&card, 1 << 3, vec![service_key(3)]);
+    let srv = serve(&card, &["--max-services", "1"]);
+    let (mut c, _) = TestClient::login_ok(srv.addr, "alice", "secret");
+    assert_eq!(c.ecm(&ecm(2, 1), 1), vec![0x80 | 1, 0, 0]);
+    assert_eq!(c.ecm(&ecm(3, 2), 1).len(), 19);
+    // a second service over the limit of 1
+    assert_eq!(c.ecm(&ecm(3, 3), 2).len(), 3);
+
+    // CLI errors name the problem
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(["softcard", "serve", "--card"])
+        .arg(&card)
+        .args(["--des-key", "0102", "--user", "a:b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("28 hex digits"));
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(["softcard", "serve", "--card"])
+        .arg(&card)
+        .args(["--des-key", CONFIG_KEY_HEX])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no users"));
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(["softcard", "serve", "--card", "/nonexistent/card.json"])
+        .args(["--des-key", CONFIG_KEY_HEX, "--user", "a:b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("card"));
+}
+
+#[test]
+fn users_file_and_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.json");
+    write_card(&card, 1 << 2, vec![service_key(2)]);
+    let users = dir.path().join("users.toml");
+    std::fs::write(
+        &users,
+        "[[user]]\nname = \"bob\"\npassword = \"bobpw\"\nau = false\n",
+    )
+    .unwrap();
+    let mut srv = serve(&card, &["--config", users.to_str().unwrap()]);
+    let (mut c, cd) = TestClient::login_ok(srv.addr, "bob", "bobpw");
+    assert_eq!(&cd[6..14], &[0; 8], "non-AU user sees no serial");
+    assert_eq!(c.ecm(&ecm(2, 4), 9).len(), 19);
+    // SIGTERM: the server stops and reports its counters
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(srv.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut stopped = String::new();
+    while let Ok(l) = srv.log.recv_timeout(Duration::from_secs(20)) {
+        if l.contains("newcamd: stopped") {
+            stopped = l;
+            break;
+        }
+    }
+    assert!(stopped.contains("ecm_answered=1"), "{stopped}");
+    let status = srv.child.wait().unwrap();
+    assert!(status.success());
+}

@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
 use castmux::scramble::cw::parse_cw_pair;
-use castmux::scramble::{run_descramble, run_stage, DescrambleKeys, Descrambler, RunOptions};
-use castmux::softcard::player::{CardPlayer, LocalCard};
+use castmux::scramble::{run_descramble, DescrambleKeys, Descrambler, RunOptions};
+use castmux::softcard::player::LocalCard;
 use castmux::softcard::SoftCard;
 use clap::Args;
 
@@ -58,7 +58,17 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
     };
     if let Some(path) = &a.card {
         let card = SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
-        return play_with_card(card, Some(path.clone()), &a, &input_url, &output_url, &opts);
+        let caid = card.ca_system_id();
+        tracing::info!(serial = %card.serial(), "software card loaded");
+        return super::softcard::play_stream(
+            Box::new(LocalCard::new(card, Some(path.clone()))),
+            caid,
+            a.scrambling.algorithm(),
+            &a.input,
+            &a.output,
+            &opts,
+            a.stats,
+        );
     }
     let keys = match (&a.cw, &a.cw_log) {
         (Some(text), _) => match parse_cw_pair(text).context("--cw")? {
@@ -82,52 +92,6 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         missing_cws = d.missing_cws,
         "done"
     );
-    res?;
-    close?;
-    Ok(())
-}
-
-/// Descramble with CWs from the software card's answers to the stream's ECMs.
-fn play_with_card(
-    card: SoftCard,
-    save_to: Option<PathBuf>,
-    a: &DescrambleArgs,
-    input_url: &InputUrl,
-    output_url: &OutputUrl,
-    opts: &RunOptions,
-) -> anyhow::Result<()> {
-    let ca_system_id = card.ca_system_id();
-    tracing::info!(serial = %card.serial(), ca_system_id = format_args!("{ca_system_id:#06x}"), "software card loaded");
-    let mut player = CardPlayer::new(
-        a.scrambling.algorithm(),
-        ca_system_id,
-        Box::new(LocalCard::new(card, save_to)),
-    )?;
-    let mut input = Input::open(input_url, &InputOptions::default())
-        .with_context(|| format!("opening input {}", a.input))?;
-    let mut output = Output::open(output_url, &OutputOptions::default())
-        .with_context(|| format!("opening output {}", a.output))?;
-    let res = run_stage(&mut input, &mut output, &mut player, opts);
-    let close = output.close(Duration::from_secs(2));
-    let c = player.counters();
-    tracing::info!(
-        packets = c.packets,
-        descrambled = c.descrambled,
-        no_key = c.no_key,
-        ecms = c.ecms,
-        emms = c.emms,
-        refusals = c.refusals,
-        last_refusal = c.last_refusal.as_deref().unwrap_or("-"),
-        "done"
-    );
-    if a.stats {
-        let text = serde_json::to_string_pretty(c)?;
-        if matches!(output_url, OutputUrl::Stdout) {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
-    }
     res?;
     close?;
     Ok(())

@@ -10,9 +10,14 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tracing::info;
 
+use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
+use castmux::scramble::{run_stage, PacketStage, RunOptions};
 use castmux::softcard::newcamd::{
     DesKey14, NewcamdServer, ServerConfig, SoftCardBackend, StatsSnapshot, Users,
 };
+use castmux::softcard::player::{CardPlayer, CwSource, LocalCard};
+use castmux::softcard::remote::{NewcamdLogin, NewcamdSource};
+use castmux::softcard::SoftCard;
 
 use super::args::duration;
 
@@ -28,7 +33,46 @@ enum SoftcardCommand {
     /// Serve a software card (card.json) over newcamd to OSCam, tvheadend or
     /// `softcard play --newcamd`.
     Serve(ServeArgs),
-    // `play` (live descrambling, the lead's) is registered here.
+    /// Descramble a live stream for playback (VLC, ffplay) with a software card, or with
+    /// a card on a newcamd server.
+    Play(PlayArgs),
+}
+
+/// `castmux softcard play`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("cwsource").required(true).args(["card", "newcamd"])))]
+pub struct PlayArgs {
+    /// Input: udp://[SRC@]GROUP:PORT, srt://..., a file, or - for stdin.
+    #[arg(short, long)]
+    input: String,
+    /// Output: udp://127.0.0.1:5000 (then `vlc udp://@:5000`), a file, or - for stdout
+    /// (`| vlc -`, `| ffplay -`).
+    #[arg(short, long)]
+    output: String,
+    /// The software card (card.json); EMMs addressed to it update it and it is saved back.
+    #[arg(long, value_name = "FILE")]
+    card: Option<PathBuf>,
+    /// Take CWs from a newcamd server instead (castmux softcard serve, OSCam, ...).
+    #[arg(long, value_name = "HOST:PORT", requires_all = ["user", "password", "des_key"])]
+    newcamd: Option<String>,
+    /// newcamd user.
+    #[arg(long)]
+    user: Option<String>,
+    /// newcamd password.
+    #[arg(long)]
+    password: Option<String>,
+    /// newcamd DES key, 28 hex digits.
+    #[arg(long, value_name = "HEX")]
+    des_key: Option<String>,
+    /// Scrambling algorithm of the stream. Default csa2.
+    #[arg(long, value_enum, default_value_t = super::scramble::Scrambling::Csa2)]
+    scrambling: super::scramble::Scrambling,
+    /// Stop when a live input has been silent this long. Default: run until killed.
+    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    idle_timeout: Option<Duration>,
+    /// Print the counters as JSON at the end (stderr when the output is stdout).
+    #[arg(long)]
+    stats: bool,
 }
 
 /// `castmux softcard serve`.
@@ -79,6 +123,159 @@ pub struct ServeArgs {
 pub fn run(a: SoftcardArgs) -> anyhow::Result<()> {
     match a.command {
         SoftcardCommand::Serve(s) => serve(s),
+        SoftcardCommand::Play(p) => play(p),
+    }
+}
+
+fn play(a: PlayArgs) -> anyhow::Result<()> {
+    let (source, caid): (Box<dyn CwSource>, u16) = match (&a.card, &a.newcamd) {
+        (Some(path), _) => {
+            let card =
+                SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
+            let caid = card.ca_system_id();
+            info!(serial = %card.serial(), "software card loaded");
+            (Box::new(LocalCard::new(card, Some(path.clone()))), caid)
+        }
+        (None, Some(addr)) => {
+            let des = a.des_key.as_deref().unwrap_or_default();
+            let login = NewcamdLogin {
+                addr: addr.clone(),
+                user: a.user.clone().unwrap_or_default(),
+                password: a.password.clone().unwrap_or_default(),
+                des_key: DesKey14::from_hex(des).context("--des-key")?,
+                timeout: Duration::from_secs(5),
+            };
+            let src = NewcamdSource::connect(login)
+                .with_context(|| format!("logging in to the newcamd server {addr}"))?;
+            let caid = src.caid();
+            info!(%addr, caid = format_args!("{caid:#06x}"), "newcamd card");
+            (Box::new(src), caid)
+        }
+        (None, None) => unreachable!("clap requires --card or --newcamd"),
+    };
+    let stop = super::stop_flag()?;
+    let opts = RunOptions {
+        idle_timeout: a.idle_timeout,
+        stop,
+        ..RunOptions::default()
+    };
+    play_stream(
+        source,
+        caid,
+        a.scrambling.algorithm(),
+        &a.input,
+        &a.output,
+        &opts,
+        a.stats,
+    )
+}
+
+/// Descramble `input` to `output` with CWs from `source` (shared with `descramble --card`).
+/// On a terminal, a status line is kept up to date on stderr.
+pub(crate) fn play_stream(
+    source: Box<dyn CwSource>,
+    ca_system_id: u16,
+    algorithm: csa::Algorithm,
+    input: &str,
+    output: &str,
+    opts: &RunOptions,
+    stats: bool,
+) -> anyhow::Result<()> {
+    let input_url: InputUrl = input.parse().context("--input")?;
+    let output_url: OutputUrl = output.parse().context("--output")?;
+    let mut player = CardPlayer::new(algorithm, ca_system_id, source)?;
+    let mut inp = Input::open(&input_url, &InputOptions::default())
+        .with_context(|| format!("opening input {input}"))?;
+    let mut out = Output::open(&output_url, &OutputOptions::default())
+        .with_context(|| format!("opening output {output}"))?;
+    let res = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let mut st = StatusLine::new(&mut player);
+        let r = run_stage(&mut inp, &mut out, &mut st, opts);
+        eprintln!();
+        r
+    } else {
+        run_stage(&mut inp, &mut out, &mut player, opts)
+    };
+    let close = out.close(Duration::from_secs(2));
+    let c = player.counters();
+    info!(
+        packets = c.packets,
+        descrambled = c.descrambled,
+        no_key = c.no_key,
+        ecms = c.ecms,
+        emms = c.emms,
+        refusals = c.refusals,
+        last_refusal = c.last_refusal.as_deref().unwrap_or("-"),
+        "done"
+    );
+    if stats {
+        let text = serde_json::to_string_pretty(c)?;
+        if matches!(output_url, OutputUrl::Stdout) {
+            eprintln!("{text}");
+        } else {
+            println!("{text}");
+        }
+    }
+    res?;
+    close?;
+    Ok(())
+}
+
+/// Wraps the player and redraws one status line on stderr at most once a second.
+struct StatusLine<'a> {
+    player: &'a mut CardPlayer,
+    since: std::time::Instant,
+    bytes: u64,
+}
+
+impl<'a> StatusLine<'a> {
+    fn new(player: &'a mut CardPlayer) -> Self {
+        StatusLine {
+            player,
+            since: std::time::Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    fn draw(&mut self) {
+        let dt = self.since.elapsed();
+        if dt < Duration::from_secs(1) {
+            return;
+        }
+        let mbps = self.bytes as f64 * 8.0 / dt.as_secs_f64() / 1e6;
+        let c = self.player.counters();
+        let parity = match self.player.parity() {
+            Some(csa::Parity::Even) => "even",
+            Some(csa::Parity::Odd) => "odd",
+            None => "-",
+        };
+        let service = c.service.map_or("-".to_owned(), |s| s.to_string());
+        let refusal = c.last_refusal.as_deref().unwrap_or("none");
+        eprint!(
+            "\r\x1b[Kservice {service} | key {parity} | flips {} | ECMs {} | refusals {} ({refusal}) | {mbps:.1} Mbit/s",
+            c.parity_flips, c.ecms, c.refusals
+        );
+        self.since = std::time::Instant::now();
+        self.bytes = 0;
+    }
+}
+
+impl PacketStage for StatusLine<'_> {
+    fn process_batch(
+        &mut self,
+        batch: &mut castmux::io::PacketBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<(), castmux::scramble::ScrambleError> {
+        self.bytes += batch.as_bytes().len() as u64;
+        self.player.process_batch(batch, out)?;
+        self.draw();
+        Ok(())
+    }
+
+    fn idle(&mut self) -> Result<(), castmux::scramble::ScrambleError> {
+        self.player.idle()?;
+        self.draw();
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod card;
 pub mod newcamd;
 pub mod player;
+pub mod remote;
 
 pub use crate::cas::{Refusal, RefusalCounts};
 pub use card::{

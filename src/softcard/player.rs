@@ -54,6 +54,8 @@ pub trait CwSource: Send {
     fn submit_emm(&mut self, section: &[u8], now: i64);
     /// The next answer, if one is ready.
     fn poll(&mut self) -> Option<CwAnswer>;
+    /// The service (program_number) whose ECMs follow (a card server limits services).
+    fn set_service(&mut self, _service_id: u16) {}
 }
 
 /// The card in this process: answers at once.
@@ -152,7 +154,9 @@ pub struct PlayerCounters {
     pub last_refusal: Option<String>,
     /// Parity flips seen on the scrambled PIDs.
     pub parity_flips: u64,
-    /// The ECM and EMM PIDs found.
+    /// The service whose ECMs are followed.
+    pub service: Option<u16>,
+    /// The ECM PID found.
     pub ecm_pid: Option<u16>,
     /// The EMM PID found.
     pub emm_pid: Option<u16>,
@@ -233,6 +237,11 @@ impl CardPlayer {
     /// The counters so far.
     pub fn counters(&self) -> &PlayerCounters {
         &self.counters
+    }
+
+    /// The parity of the scrambled packets now.
+    pub fn parity(&self) -> Option<Parity> {
+        self.parity
     }
 
     /// Whether the key of `parity` is known.
@@ -328,6 +337,8 @@ impl CardPlayer {
         if let Some(c) = ca {
             self.ecm_pid = Some(c.ca_pid);
             self.counters.ecm_pid = Some(c.ca_pid.value());
+            self.counters.service = Some(pmt.program_number());
+            self.source.set_service(pmt.program_number());
             tracing::info!(ecm_pid = %c.ca_pid, program = pmt.program_number(), "ECM PID found");
         }
     }

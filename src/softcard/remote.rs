@@ -1,0 +1,237 @@
+//! A card on a newcamd server as a [`CwSource`] (what tsdecrypt does): ECMs go to the
+//! server from a control thread on tokio, answers come back through a channel, so the
+//! data path never waits on the network. The connection is kept alive and re-made with
+//! backoff when it drops; an ECM that finds no connection is answered as refused.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use csa::Parity;
+
+use super::newcamd::{DesKey14, NewcamdClient, NewcamdError};
+use super::player::{CwAnswer, CwSource};
+use crate::scramble::cw::Cw;
+
+/// Requests waiting for the server; more are dropped (the newest ECM matters).
+const QUEUE: usize = 16;
+/// How often an idle connection is kept alive.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+
+enum Request {
+    Ecm(Vec<u8>, u16),
+    Emm(Vec<u8>),
+}
+
+/// Where and how to log in.
+#[derive(Clone)]
+pub struct NewcamdLogin {
+    /// HOST:PORT of the server.
+    pub addr: String,
+    /// User name.
+    pub user: String,
+    /// Password (clear; the protocol sends its MD5-crypt).
+    pub password: String,
+    /// The 14-byte DES key.
+    pub des_key: DesKey14,
+    /// Limit for each network step.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for NewcamdLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewcamdLogin")
+            .field("addr", &self.addr)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A newcamd server's card as a CW source.
+pub struct NewcamdSource {
+    requests: Option<tokio::sync::mpsc::Sender<Request>>,
+    answers: mpsc::Receiver<CwAnswer>,
+    service_id: Arc<AtomicU16>,
+    caid: u16,
+    thread: Option<JoinHandle<()>>,
+    /// Requests dropped because the queue to the server was full.
+    pub dropped: u64,
+}
+
+impl std::fmt::Debug for NewcamdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewcamdSource")
+            .field("caid", &self.caid)
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NewcamdSource {
+    /// Log in now (so a wrong key or password is an error at start), then serve requests
+    /// from a control thread.
+    pub fn connect(login: NewcamdLogin) -> Result<NewcamdSource, NewcamdError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NewcamdError::Io)?;
+        let client = rt.block_on(connect(&login))?;
+        let caid = client.card_data().caid;
+        let (req_tx, req_rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (ans_tx, ans_rx) = mpsc::sync_channel(QUEUE);
+        let service_id = Arc::new(AtomicU16::new(0));
+        let thread = std::thread::Builder::new()
+            .name("castmux-newcamd".to_owned())
+            .spawn(move || rt.block_on(serve(client, login, req_rx, ans_tx)))
+            .map_err(NewcamdError::Io)?;
+        Ok(NewcamdSource {
+            requests: Some(req_tx),
+            answers: ans_rx,
+            service_id,
+            caid,
+            thread: Some(thread),
+            dropped: 0,
+        })
+    }
+
+    /// The CAID the server's card announced.
+    pub fn caid(&self) -> u16 {
+        self.caid
+    }
+
+    fn send(&mut self, r: Request) {
+        let Some(tx) = &self.requests else {
+            return;
+        };
+        if tx.try_send(r).is_err() {
+            self.dropped += 1;
+        }
+    }
+}
+
+impl Drop for NewcamdSource {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl CwSource for NewcamdSource {
+    fn submit_ecm(&mut self, section: &[u8], _now: i64) {
+        let sid = self.service_id.load(Ordering::Relaxed);
+        self.send(Request::Ecm(section.to_vec(), sid));
+    }
+
+    fn submit_emm(&mut self, section: &[u8], _now: i64) {
+        self.send(Request::Emm(section.to_vec()));
+    }
+
+    fn poll(&mut self) -> Option<CwAnswer> {
+        self.answers.try_recv().ok()
+    }
+
+    fn set_service(&mut self, service_id: u16) {
+        self.service_id.store(service_id, Ordering::Relaxed);
+    }
+}
+
+async fn connect(login: &NewcamdLogin) -> Result<NewcamdClient, NewcamdError> {
+    NewcamdClient::connect(
+        login.addr.as_str(),
+        &login.user,
+        &login.password,
+        &login.des_key,
+        login.timeout,
+    )
+    .await
+}
+
+async fn serve(
+    client: NewcamdClient,
+    login: NewcamdLogin,
+    mut requests: tokio::sync::mpsc::Receiver<Request>,
+    answers: mpsc::SyncSender<CwAnswer>,
+) {
+    let mut client = Some(client);
+    let mut backoff = Duration::from_millis(500);
+    let mut keepalive = tokio::time::interval(KEEPALIVE);
+    keepalive.tick().await;
+    loop {
+        let req = tokio::select! {
+            r = requests.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            _ = keepalive.tick() => {
+                if let Some(c) = &mut client {
+                    if c.keepalive().await.is_err() {
+                        client = None;
+                    }
+                }
+                continue;
+            }
+        };
+        if client.is_none() {
+            match connect(&login).await {
+                Ok(c) => {
+                    tracing::info!(addr = %login.addr, "newcamd: connected again");
+                    client = Some(c);
+                    backoff = Duration::from_millis(500);
+                }
+                Err(e) => {
+                    tracing::warn!(addr = %login.addr, error = %e, "newcamd: reconnect failed");
+                    if matches!(req, Request::Ecm(..)) {
+                        let _ = answers.try_send(CwAnswer::Refused(format!(
+                            "newcamd server {} unreachable: {e}",
+                            login.addr
+                        )));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            }
+        }
+        let Some(c) = &mut client else {
+            continue;
+        };
+        match req {
+            Request::Ecm(section, sid) => {
+                let answer = match c.ecm(sid, &section).await {
+                    Ok(Some(pair)) => {
+                        let parity = if section.first() == Some(&0x81) {
+                            Parity::Odd
+                        } else {
+                            Parity::Even
+                        };
+                        match (Cw::from_slice(&pair.even), Cw::from_slice(&pair.odd)) {
+                            (Ok(even), Ok(odd)) => CwAnswer::Cws { parity, even, odd },
+                            _ => CwAnswer::Refused("newcamd answer with bad CWs".to_owned()),
+                        }
+                    }
+                    Ok(None) => CwAnswer::Refused(
+                        "the newcamd server refused the ECM (card not entitled, expired or at its service limit)"
+                            .to_owned(),
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "newcamd: connection lost");
+                        client = None;
+                        CwAnswer::Refused(format!("newcamd: {e}"))
+                    }
+                };
+                let _ = answers.try_send(answer);
+            }
+            Request::Emm(section) => {
+                if let Err(e) = c.emm(&section).await {
+                    tracing::debug!(error = %e, "newcamd: EMM not taken");
+                    if matches!(e, NewcamdError::Io(_) | NewcamdError::Closed(_)) {
+                        client = None;
+                    }
+                }
+            }
+        }
+    }
+}

@@ -6,8 +6,10 @@
 //! (current and next, versioned, delivered in EMMs) -> CWs (delivered in ECMs under the
 //! service keys of the channel's access criteria).
 
+pub mod store;
 pub mod types;
 
+pub use store::{CardKeyRecord, InitOptions, Store, StoreError};
 pub use types::{
     derive_card_key, AccessCriteria, CardFile, CardSerial, CasTypeError, Entitlements, EventGrant,
     Key128, PackageBit, ServiceKey, CARD_FILE_FORMAT,

@@ -1,0 +1,1046 @@
+//! Cards: add (single or in bulk), read, change, enable/disable, remove, CSV import/export,
+//! the card.json export and the change feed the EMM carousel reads.
+
+use std::collections::HashMap;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+
+use super::csv;
+use super::error::StoreError;
+use super::fields::{
+    check_text, check_window, parse_access, parse_finish, parse_pair, parse_serial, parse_start,
+};
+use super::time::DAY;
+use super::{audit, next_change_seq, CardKeyRecord, Store};
+use crate::cas::types::{
+    derive_card_key, AccessCriteria, CardFile, CardSerial, Entitlements, EventGrant, PackageBit,
+    CARD_FILE_FORMAT,
+};
+
+/// Most cards one `add` may create.
+pub const MAX_ADD: u64 = 10_000_000;
+
+/// Validity given to a new card when no finish is given.
+pub const DEFAULT_DAYS: u32 = 30;
+
+/// The TVCAS CSV columns, in TVCAS's order.
+pub const CSV_COLUMNS: [&str; 7] = [
+    "serial_no",
+    "name",
+    "info",
+    "access_criteria",
+    "pair",
+    "start",
+    "finish",
+];
+
+/// Rows per multi-row statement (11 binds each stays far under SQLite's 32766 limit).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Packages as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessSpec {
+    /// TVCAS digits or hex.
+    Criteria(AccessCriteria),
+    /// Package names, resolved to bits in the same transaction.
+    Packages(Vec<String>),
+}
+
+/// A finish as given on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishSpec {
+    /// At this time.
+    At(i64),
+    /// This many days after the (new or current) start.
+    Days(u32),
+}
+
+/// Fields to set; `None` keeps the current value (or the default for a new card: empty
+/// name/info, no packages, start now, finish start + 30 days, pair 0).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CardChanges {
+    /// Subscriber name.
+    pub name: Option<String>,
+    /// Free text (address, contract).
+    pub info: Option<String>,
+    /// Packages.
+    pub access: Option<AccessSpec>,
+    /// Valid from.
+    pub start: Option<i64>,
+    /// Valid until.
+    pub finish: Option<FinishSpec>,
+    /// Pair flag.
+    pub pair: Option<u8>,
+}
+
+/// A card as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardRecord {
+    /// Serial.
+    pub serial: CardSerial,
+    /// Subscriber name.
+    pub name: String,
+    /// Free text.
+    pub info: String,
+    /// Subscribed packages.
+    pub access: AccessCriteria,
+    /// Valid from, Unix seconds.
+    pub start: i64,
+    /// Valid until (exclusive), Unix seconds.
+    pub finish: i64,
+    /// Pair flag.
+    pub pair: u8,
+    /// False when disabled.
+    pub enabled: bool,
+    /// Created, Unix seconds.
+    pub created_at: i64,
+    /// Last changed, Unix seconds.
+    pub updated_at: i64,
+    /// Change sequence number of its last change.
+    pub change_seq: u64,
+    /// Granted pay-per-view events.
+    pub events: Vec<EventGrant>,
+}
+
+impl CardRecord {
+    /// What the card may watch.
+    pub fn entitlements(&self) -> Entitlements {
+        Entitlements {
+            access: self.access,
+            start: self.start,
+            finish: self.finish,
+            pair: self.pair,
+            enabled: self.enabled,
+            events: self.events.clone(),
+        }
+    }
+
+    /// The TVCAS CSV row.
+    pub fn csv_fields(&self) -> [String; 7] {
+        [
+            self.serial.to_string(),
+            self.name.clone(),
+            self.info.clone(),
+            self.access.to_string(),
+            self.pair.to_string(),
+            self.start.to_string(),
+            self.finish.to_string(),
+        ]
+    }
+}
+
+/// Which cards to list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum CardFilter {
+    /// Every card.
+    #[default]
+    All,
+    /// Serial, name or info contains this (case-insensitive for ASCII).
+    Text(String),
+    /// Enabled (true) or disabled (false) cards.
+    Enabled(bool),
+    /// Cards subscribed to this package.
+    Package(String),
+}
+
+impl CardFilter {
+    /// `state=enabled|disabled`, `package=NAME`, or a substring of serial/name/info.
+    pub fn parse(text: &str) -> Result<CardFilter, StoreError> {
+        let t = text.trim();
+        if let Some(s) = t.strip_prefix("state=") {
+            return match s {
+                "enabled" => Ok(CardFilter::Enabled(true)),
+                "disabled" => Ok(CardFilter::Enabled(false)),
+                _ => Err(StoreError::Field(format!(
+                    "filter {text:?}: state is enabled or disabled"
+                ))),
+            };
+        }
+        if let Some(p) = t.strip_prefix("package=") {
+            return Ok(CardFilter::Package(p.to_owned()));
+        }
+        if t.is_empty() {
+            return Ok(CardFilter::All);
+        }
+        Ok(CardFilter::Text(t.to_owned()))
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportSummary {
+    /// New cards.
+    pub inserted: u64,
+    /// Existing cards overwritten.
+    pub updated: u64,
+}
+
+const CARD_COLUMNS: &str =
+    "serial, name, info, access_criteria, start_at, finish_at, pair, state, \
+                            created_at, updated_at, change_seq";
+
+fn card_from_row(r: &SqliteRow) -> Result<CardRecord, sqlx::Error> {
+    let serial: i64 = r.try_get(0)?;
+    let pair: i64 = r.try_get(6)?;
+    let state: String = r.try_get(7)?;
+    Ok(CardRecord {
+        serial: CardSerial(serial as u64),
+        name: r.try_get(1)?,
+        info: r.try_get(2)?,
+        // the BIGINT holds the u64 bit pattern
+        access: AccessCriteria(r.try_get::<i64, _>(3)? as u64),
+        start: r.try_get(4)?,
+        finish: r.try_get(5)?,
+        pair: u8::from(pair != 0),
+        enabled: state == "enabled",
+        created_at: r.try_get(8)?,
+        updated_at: r.try_get(9)?,
+        change_seq: r.try_get::<i64, _>(10)? as u64,
+        events: Vec::new(),
+    })
+}
+
+fn grant_from_row(r: &SqliteRow) -> Result<(i64, EventGrant), sqlx::Error> {
+    let bit: i64 = r.try_get(2)?;
+    let bit = u32::try_from(bit)
+        .ok()
+        .and_then(|b| PackageBit::new(b).ok())
+        .ok_or_else(|| sqlx::Error::Decode(format!("event bit {bit} out of range").into()))?;
+    Ok((
+        r.try_get(0)?,
+        EventGrant {
+            id: r.try_get::<i64, _>(1)? as u32,
+            bit,
+            start: r.try_get(3)?,
+            end: r.try_get(4)?,
+        },
+    ))
+}
+
+const GRANTS: &str = "SELECT ce.serial, e.id, e.bit, e.start_at, e.end_at \
+                      FROM card_events ce JOIN events e ON e.id = ce.event_id";
+
+/// Attach event grants to cards.
+async fn attach_events(
+    tx: &mut Transaction<'_, Sqlite>,
+    cards: &mut [CardRecord],
+    one: Option<CardSerial>,
+) -> Result<(), sqlx::Error> {
+    let rows = match one {
+        Some(s) => {
+            sqlx::query(&format!("{GRANTS} WHERE ce.serial = ? ORDER BY e.id"))
+                .bind(s.0 as i64)
+                .fetch_all(&mut **tx)
+                .await?
+        }
+        None => {
+            sqlx::query(&format!("{GRANTS} ORDER BY ce.serial, e.id"))
+                .fetch_all(&mut **tx)
+                .await?
+        }
+    };
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut by_serial: HashMap<i64, Vec<EventGrant>> = HashMap::new();
+    for r in &rows {
+        let (s, g) = grant_from_row(r)?;
+        by_serial.entry(s).or_default().push(g);
+    }
+    for c in cards {
+        if let Some(g) = by_serial.remove(&(c.serial.0 as i64)) {
+            c.events = g;
+        }
+    }
+    Ok(())
+}
+
+async fn resolve_access(
+    tx: &mut Transaction<'_, Sqlite>,
+    spec: &AccessSpec,
+) -> Result<Result<AccessCriteria, StoreError>, sqlx::Error> {
+    match spec {
+        AccessSpec::Criteria(a) => Ok(Ok(*a)),
+        AccessSpec::Packages(names) => {
+            let mut access = AccessCriteria::NONE;
+            for n in names {
+                let row = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+                    .bind(n)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+                match row {
+                    Some(r) => access.0 |= 1u64 << (r.try_get::<i64, _>(0)? & 63),
+                    None => return Ok(Err(StoreError::PackageNotFound(n.clone()))),
+                }
+            }
+            Ok(Ok(access))
+        }
+    }
+}
+
+/// Split `count` serials starting at `from` around the `taken` ones (sorted) into runs.
+fn free_runs(from: u64, count: u64, taken: &[u64]) -> Option<Vec<(u64, u64)>> {
+    let mut runs = Vec::new();
+    let mut cur = from;
+    let mut need = count;
+    for &t in taken {
+        if need == 0 {
+            break;
+        }
+        if t < cur {
+            continue;
+        }
+        if t > cur {
+            let len = (t - cur).min(need);
+            runs.push((cur, cur + len - 1));
+            need -= len;
+        }
+        cur = t.checked_add(1)?;
+    }
+    if need > 0 {
+        let last = cur.checked_add(need - 1)?;
+        if last > i64::MAX as u64 {
+            return None;
+        }
+        runs.push((cur, last));
+    }
+    Some(runs)
+}
+
+impl Store {
+    /// Add `count` cards with the same fields. With `serial` they take `serial..serial+count`
+    /// (all must be free); without, the next free serials from the allocation point.
+    /// One transaction: all are added or none. Returns the serial runs added.
+    pub async fn add_cards(
+        &self,
+        count: u64,
+        serial: Option<CardSerial>,
+        fields: &CardChanges,
+        now: i64,
+    ) -> Result<Vec<(CardSerial, CardSerial)>, StoreError> {
+        if count == 0 || count > MAX_ADD {
+            return Err(StoreError::Count(format!(
+                "--count {count} is out of range; expected 1..={MAX_ADD}"
+            )));
+        }
+        let name = fields.name.clone().unwrap_or_default();
+        let info = fields.info.clone().unwrap_or_default();
+        check_text("name", &name)?;
+        check_text("info", &info)?;
+        let start = fields.start.unwrap_or(now);
+        let finish = match fields.finish {
+            Some(FinishSpec::At(t)) => t,
+            Some(FinishSpec::Days(d)) => start + i64::from(d) * DAY,
+            None => start + i64::from(DEFAULT_DAYS) * DAY,
+        };
+        check_window(start, finish)?;
+        let pair = fields.pair.unwrap_or(0);
+
+        let mut tx = self.write_tx().await?;
+        let access = match &fields.access {
+            Some(spec) => resolve_access(&mut tx, spec)
+                .await
+                .map_err(|e| self.err(e))??,
+            None => AccessCriteria::NONE,
+        };
+        let runs = match serial {
+            Some(s) => {
+                let last =
+                    s.0.checked_add(count - 1)
+                        .filter(|&l| l <= i64::MAX as u64)
+                        .ok_or(StoreError::SerialsExhausted(count))?;
+                let clash =
+                    sqlx::query("SELECT MIN(serial) FROM cards WHERE serial BETWEEN ? AND ?")
+                        .bind(s.0 as i64)
+                        .bind(last as i64)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .and_then(|r| r.try_get::<Option<i64>, _>(0))
+                        .map_err(|e| self.err(e))?;
+                if let Some(c) = clash {
+                    return Err(StoreError::SmartcardExists(CardSerial(c as u64)));
+                }
+                vec![(s.0, last)]
+            }
+            None => {
+                let next: i64 = sqlx::query("SELECT next_serial FROM settings WHERE id = 1")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|r| r.try_get(0))
+                    .map_err(|e| self.err(e))?;
+                let taken: Vec<u64> =
+                    sqlx::query("SELECT serial FROM cards WHERE serial >= ? ORDER BY serial")
+                        .bind(next)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(|e| self.err(e))?
+                        .iter()
+                        .map(|r| r.try_get::<i64, _>(0).map(|v| v as u64))
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| self.err(e))?;
+                let runs = free_runs(next as u64, count, &taken)
+                    .ok_or(StoreError::SerialsExhausted(count))?;
+                let after = runs.last().map(|r| r.1 + 1).unwrap_or(next as u64);
+                sqlx::query("UPDATE settings SET next_serial = ? WHERE id = 1")
+                    .bind(after.min(i64::MAX as u64) as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
+                runs
+            }
+        };
+        let res: Result<(), sqlx::Error> = async {
+            let seq = next_change_seq(&mut tx).await?;
+            for &(first, last) in &runs {
+                // a recursive CTE generates the serials inside the engine: one statement per
+                // run instead of one per card
+                sqlx::query(&format!(
+                    "INSERT INTO cards ({CARD_COLUMNS}) \
+                     WITH RECURSIVE s(n) AS (SELECT ? UNION ALL SELECT n + 1 FROM s WHERE n < ?) \
+                     SELECT n, ?, ?, ?, ?, ?, ?, 'enabled', ?, ?, ? FROM s"
+                ))
+                .bind(first as i64)
+                .bind(last as i64)
+                .bind(&name)
+                .bind(&info)
+                .bind(access.0 as i64)
+                .bind(start)
+                .bind(finish)
+                .bind(i64::from(pair))
+                .bind(now)
+                .bind(now)
+                .bind(seq)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("DELETE FROM removed_cards WHERE serial BETWEEN ? AND ?")
+                    .bind(first as i64)
+                    .bind(last as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                audit::record(
+                    &mut tx,
+                    now,
+                    "card.add",
+                    &if first == last {
+                        first.to_string()
+                    } else {
+                        format!("{first}..{last}")
+                    },
+                    &format!(
+                        "{} card(s) access={access} start={start} finish={finish} pair={pair}",
+                        last - first + 1
+                    ),
+                )
+                .await?;
+            }
+            Ok(())
+        }
+        .await;
+        res.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        tracing::info!(inserted = count, "cards added");
+        Ok(runs
+            .into_iter()
+            .map(|(a, b)| (CardSerial(a), CardSerial(b)))
+            .collect())
+    }
+
+    /// One card.
+    pub async fn card(&self, serial: CardSerial) -> Result<CardRecord, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CARD_COLUMNS} FROM cards WHERE serial = ?"
+        ))
+        .bind(serial.0 as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .ok_or(StoreError::SmartcardNotFound(serial))?;
+        let mut card = [card_from_row(&row).map_err(|e| self.err(e))?];
+        attach_events(&mut tx, &mut card, Some(serial))
+            .await
+            .map_err(|e| self.err(e))?;
+        let [card] = card;
+        Ok(card)
+    }
+
+    /// Cards matching `filter`, by serial.
+    pub async fn cards(&self, filter: &CardFilter) -> Result<Vec<CardRecord>, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let base = format!("SELECT {CARD_COLUMNS} FROM cards");
+        let rows = match filter {
+            CardFilter::All => {
+                sqlx::query(&format!("{base} ORDER BY serial"))
+                    .fetch_all(&mut *tx)
+                    .await
+            }
+            CardFilter::Text(t) => {
+                sqlx::query(&format!(
+                    "{base} WHERE instr(CAST(serial AS TEXT), ?1) > 0 \
+                     OR instr(lower(name), lower(?1)) > 0 OR instr(lower(info), lower(?1)) > 0 \
+                     ORDER BY serial"
+                ))
+                .bind(t)
+                .fetch_all(&mut *tx)
+                .await
+            }
+            CardFilter::Enabled(on) => {
+                sqlx::query(&format!("{base} WHERE state = ? ORDER BY serial"))
+                    .bind(if *on { "enabled" } else { "disabled" })
+                    .fetch_all(&mut *tx)
+                    .await
+            }
+            CardFilter::Package(p) => {
+                let bit = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+                    .bind(p)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?
+                    .ok_or_else(|| StoreError::PackageNotFound(p.clone()))?
+                    .try_get::<i64, _>(0)
+                    .map_err(|e| self.err(e))?;
+                sqlx::query(&format!(
+                    "{base} WHERE (access_criteria >> ?) & 1 = 1 ORDER BY serial"
+                ))
+                .bind(bit)
+                .fetch_all(&mut *tx)
+                .await
+            }
+        }
+        .map_err(|e| self.err(e))?;
+        let mut cards = rows
+            .iter()
+            .map(card_from_row)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        attach_events(&mut tx, &mut cards, None)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(cards)
+    }
+
+    /// Change fields of a card; returns it as stored afterwards.
+    pub async fn set_card(
+        &self,
+        serial: CardSerial,
+        changes: &CardChanges,
+        now: i64,
+    ) -> Result<CardRecord, StoreError> {
+        if let Some(n) = &changes.name {
+            check_text("name", n)?;
+        }
+        if let Some(i) = &changes.info {
+            check_text("info", i)?;
+        }
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query(&format!(
+            "SELECT {CARD_COLUMNS} FROM cards WHERE serial = ?"
+        ))
+        .bind(serial.0 as i64)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.err(e))?
+        .ok_or(StoreError::SmartcardNotFound(serial))?;
+        let mut card = card_from_row(&row).map_err(|e| self.err(e))?;
+        let mut what = Vec::new();
+        if let Some(n) = &changes.name {
+            card.name = n.clone();
+            what.push("name".to_owned());
+        }
+        if let Some(i) = &changes.info {
+            card.info = i.clone();
+            what.push("info".to_owned());
+        }
+        if let Some(spec) = &changes.access {
+            card.access = resolve_access(&mut tx, spec)
+                .await
+                .map_err(|e| self.err(e))??;
+            what.push(format!("access={}", card.access));
+        }
+        if let Some(s) = changes.start {
+            card.start = s;
+            what.push(format!("start={s}"));
+        }
+        match changes.finish {
+            Some(FinishSpec::At(t)) => card.finish = t,
+            Some(FinishSpec::Days(d)) => card.finish = card.start + i64::from(d) * DAY,
+            None => {}
+        }
+        if changes.finish.is_some() {
+            what.push(format!("finish={}", card.finish));
+        }
+        if let Some(p) = changes.pair {
+            card.pair = p;
+            what.push(format!("pair={p}"));
+        }
+        check_window(card.start, card.finish)?;
+        let res: Result<(), sqlx::Error> = async {
+            let seq = next_change_seq(&mut tx).await?;
+            sqlx::query(
+                "UPDATE cards SET name = ?, info = ?, access_criteria = ?, start_at = ?, \
+                 finish_at = ?, pair = ?, updated_at = ?, change_seq = ? WHERE serial = ?",
+            )
+            .bind(&card.name)
+            .bind(&card.info)
+            .bind(card.access.0 as i64)
+            .bind(card.start)
+            .bind(card.finish)
+            .bind(i64::from(card.pair))
+            .bind(now)
+            .bind(seq)
+            .bind(serial.0 as i64)
+            .execute(&mut *tx)
+            .await?;
+            audit::record(
+                &mut tx,
+                now,
+                "card.set",
+                &serial.to_string(),
+                &what.join(" "),
+            )
+            .await
+        }
+        .await;
+        res.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        self.card(serial).await
+    }
+
+    /// Enable or disable a card.
+    pub async fn set_enabled(
+        &self,
+        serial: CardSerial,
+        enabled: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let res: Result<u64, sqlx::Error> = async {
+            let seq = next_change_seq(&mut tx).await?;
+            let n = sqlx::query(
+                "UPDATE cards SET state = ?, updated_at = ?, change_seq = ? WHERE serial = ?",
+            )
+            .bind(if enabled { "enabled" } else { "disabled" })
+            .bind(now)
+            .bind(seq)
+            .bind(serial.0 as i64)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n > 0 {
+                let action = if enabled {
+                    "card.enable"
+                } else {
+                    "card.disable"
+                };
+                audit::record(&mut tx, now, action, &serial.to_string(), "").await?;
+            }
+            Ok(n)
+        }
+        .await;
+        if res.map_err(|e| self.err(e))? == 0 {
+            return Err(StoreError::SmartcardNotFound(serial));
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    /// Remove a card (its event grants go with it); it leaves a tombstone in the change feed.
+    pub async fn remove_card(&self, serial: CardSerial, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let res: Result<u64, sqlx::Error> = async {
+            let n = sqlx::query("DELETE FROM cards WHERE serial = ?")
+                .bind(serial.0 as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                let seq = next_change_seq(&mut tx).await?;
+                sqlx::query(
+                    "INSERT INTO removed_cards (serial, change_seq, removed_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (serial) DO UPDATE SET change_seq = excluded.change_seq, \
+                     removed_at = excluded.removed_at",
+                )
+                .bind(serial.0 as i64)
+                .bind(seq)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                audit::record(&mut tx, now, "card.remove", &serial.to_string(), "").await?;
+            }
+            Ok(n)
+        }
+        .await;
+        if res.map_err(|e| self.err(e))? == 0 {
+            return Err(StoreError::SmartcardNotFound(serial));
+        }
+        tx.commit().await.map_err(|e| self.err(e))
+    }
+
+    /// Import TVCAS CSV (header `serial_no,name,info,access_criteria,pair,start,finish` in any
+    /// order, optionally `state`). New serials are added, existing ones overwritten. All or
+    /// nothing: any bad row fails the whole import, naming the line and the field.
+    pub async fn import_csv(
+        &self,
+        text: &str,
+        label: &str,
+        now: i64,
+    ) -> Result<ImportSummary, StoreError> {
+        let rows = parse_import(text)?;
+        let mut tx = self.write_tx().await?;
+        let res: Result<ImportSummary, sqlx::Error> = async {
+            const COUNT: &str = "SELECT COUNT(*) FROM cards";
+            let before: i64 = sqlx::query(COUNT).fetch_one(&mut *tx).await?.try_get(0)?;
+            let seq = next_change_seq(&mut tx).await?;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                let mut qb: QueryBuilder<Sqlite> =
+                    QueryBuilder::new(format!("INSERT INTO cards ({CARD_COLUMNS}) "));
+                qb.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.card.serial.0 as i64)
+                        .push_bind(r.card.name.clone())
+                        .push_bind(r.card.info.clone())
+                        .push_bind(r.card.access.0 as i64)
+                        .push_bind(r.card.start)
+                        .push_bind(r.card.finish)
+                        .push_bind(i64::from(r.card.pair))
+                        .push_bind(if r.card.enabled {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        })
+                        .push_bind(now)
+                        .push_bind(now)
+                        .push_bind(seq);
+                });
+                qb.push(
+                    " ON CONFLICT (serial) DO UPDATE SET name = excluded.name, \
+                     info = excluded.info, access_criteria = excluded.access_criteria, \
+                     start_at = excluded.start_at, finish_at = excluded.finish_at, \
+                     pair = excluded.pair, updated_at = excluded.updated_at, \
+                     change_seq = excluded.change_seq",
+                );
+                if rows.first().is_some_and(|r| r.has_state) {
+                    qb.push(", state = excluded.state");
+                }
+                qb.build().execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "DELETE FROM removed_cards WHERE serial IN \
+                 (SELECT serial FROM cards WHERE change_seq = ?)",
+            )
+            .bind(seq)
+            .execute(&mut *tx)
+            .await?;
+            let after: i64 = sqlx::query(COUNT).fetch_one(&mut *tx).await?.try_get(0)?;
+            let inserted = (after - before).max(0) as u64;
+            let summary = ImportSummary {
+                inserted,
+                updated: rows.len() as u64 - inserted,
+            };
+            audit::record(
+                &mut tx,
+                now,
+                "card.import",
+                label,
+                &format!("{} new, {} updated", summary.inserted, summary.updated),
+            )
+            .await?;
+            Ok(summary)
+        }
+        .await;
+        let summary = res.map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        tracing::info!(
+            inserted = summary.inserted,
+            updated = summary.updated,
+            "cards imported"
+        );
+        Ok(summary)
+    }
+
+    /// TVCAS CSV of the cards matching `filter`, header first.
+    pub async fn export_csv(&self, filter: &CardFilter) -> Result<String, StoreError> {
+        let cards = self.cards(filter).await?;
+        let mut out = String::with_capacity(64 * (cards.len() + 1));
+        csv::write_record(&mut out, &CSV_COLUMNS);
+        for c in &cards {
+            csv::write_record(&mut out, &c.csv_fields());
+        }
+        Ok(out)
+    }
+
+    /// The software card's personalization: its key, entitlements and the current and next
+    /// service keys of every bit it is entitled to (packages and events). Audited.
+    pub async fn export_card(&self, serial: CardSerial, now: i64) -> Result<CardFile, StoreError> {
+        let card = self.card(serial).await?;
+        let mut bits = card.access.0;
+        for e in &card.events {
+            bits |= 1 << e.bit.get();
+        }
+        let service_keys = self
+            .service_keys()
+            .await?
+            .into_iter()
+            .filter(|k| bits & (1 << k.bit.get()) != 0)
+            .collect::<Vec<_>>();
+        let file = CardFile {
+            format: CARD_FILE_FORMAT,
+            serial,
+            ca_system_id: self.ca_system_id(),
+            card_key: derive_card_key(self.root_key(), serial),
+            entitlements: card.entitlements(),
+            service_keys,
+            issued_at: now,
+        };
+        let mut tx = self.write_tx().await?;
+        audit::record(
+            &mut tx,
+            now,
+            "card.export-key",
+            &serial.to_string(),
+            &format!(
+                "card key and {} service key(s) exported",
+                file.service_keys.len()
+            ),
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(file)
+    }
+
+    /// Every card with its key and entitlements, and the change sequence number they are
+    /// current as of (pass it to [`Store::cards_changed_since`] later).
+    pub async fn emm_cards(&self) -> Result<(Vec<CardKeyRecord>, u64), StoreError> {
+        self.changed(None).await
+    }
+
+    /// Cards changed (or removed) after `seq`, and the sequence number now.
+    pub async fn cards_changed_since(
+        &self,
+        seq: u64,
+    ) -> Result<(Vec<CardKeyRecord>, u64), StoreError> {
+        self.changed(Some(seq)).await
+    }
+
+    async fn changed(&self, since: Option<u64>) -> Result<(Vec<CardKeyRecord>, u64), StoreError> {
+        let mut tx = self.read_tx().await?;
+        let res: Result<_, sqlx::Error> = async {
+            let now_seq: i64 = sqlx::query("SELECT change_seq FROM settings WHERE id = 1")
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            let after = since.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(-1);
+            let rows = sqlx::query(&format!(
+                "SELECT {CARD_COLUMNS} FROM cards WHERE change_seq > ? ORDER BY serial"
+            ))
+            .bind(after)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut cards = rows
+                .iter()
+                .map(card_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            attach_events(&mut tx, &mut cards, None).await?;
+            let removed: Vec<i64> = if since.is_some() {
+                sqlx::query("SELECT serial FROM removed_cards WHERE change_seq > ? ORDER BY serial")
+                    .bind(after)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get(0))
+                    .collect::<Result<_, _>>()?
+            } else {
+                Vec::new()
+            };
+            Ok((cards, removed, now_seq))
+        }
+        .await;
+        let (cards, removed, now_seq) = res.map_err(|e| self.err(e))?;
+        drop(tx);
+        let root = self.root_key();
+        let mut out: Vec<CardKeyRecord> = cards
+            .iter()
+            .map(|c| CardKeyRecord {
+                serial: c.serial,
+                card_key: derive_card_key(root, c.serial),
+                entitlements: c.entitlements(),
+            })
+            .collect();
+        out.extend(removed.into_iter().map(|s| {
+            let serial = CardSerial(s as u64);
+            CardKeyRecord {
+                serial,
+                card_key: derive_card_key(root, serial),
+                entitlements: Entitlements {
+                    access: AccessCriteria::NONE,
+                    start: 0,
+                    finish: 0,
+                    pair: 0,
+                    enabled: false,
+                    events: Vec::new(),
+                },
+            }
+        }));
+        Ok((out, now_seq.max(0) as u64))
+    }
+}
+
+/// A checked import row.
+#[derive(Debug)]
+struct ImportRow {
+    card: CardRecord,
+    has_state: bool,
+}
+
+fn parse_import(text: &str) -> Result<Vec<ImportRow>, StoreError> {
+    let records = csv::parse(text)?;
+    let Some((header, body)) = records.split_first() else {
+        return Err(StoreError::Csv(
+            "the file is empty; expected a header line serial_no,name,info,access_criteria,pair,start,finish".to_owned(),
+        ));
+    };
+    let mut col: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in header.fields.iter().enumerate() {
+        let h = h.trim();
+        let Some(known) = CSV_COLUMNS.iter().chain(&["state"]).find(|c| **c == h) else {
+            return Err(StoreError::Csv(format!(
+                "line {}: unknown column {h:?}; expected the TVCAS columns {} (and optionally state)",
+                header.line,
+                CSV_COLUMNS.join(",")
+            )));
+        };
+        if col.insert(known, i).is_some() {
+            return Err(StoreError::Csv(format!(
+                "line {}: column {h:?} appears twice",
+                header.line
+            )));
+        }
+    }
+    if let Some(missing) = CSV_COLUMNS.iter().find(|c| !col.contains_key(**c)) {
+        return Err(StoreError::Csv(format!(
+            "line {}: column {missing:?} is missing; expected the TVCAS columns {}",
+            header.line,
+            CSV_COLUMNS.join(",")
+        )));
+    }
+    let has_state = col.contains_key("state");
+    let width = header.fields.len();
+    let mut seen: HashMap<u64, usize> = HashMap::with_capacity(body.len());
+    let mut out = Vec::with_capacity(body.len());
+    for r in body {
+        let line = r.line;
+        if r.fields.len() != width {
+            return Err(StoreError::Csv(format!(
+                "line {line}: {} fields where the header has {width}; nothing was imported",
+                r.fields.len()
+            )));
+        }
+        let at = |field: &'static str| -> &str { &r.fields[col[field]] };
+        let row_err = |field: &'static str, e: StoreError| StoreError::ImportRow {
+            line,
+            field,
+            source: Box::new(e),
+        };
+        let serial = parse_serial(at("serial_no")).map_err(|e| row_err("serial_no", e))?;
+        if let Some(first) = seen.insert(serial.0, line) {
+            return Err(StoreError::Csv(format!(
+                "line {line}: serial {serial} appears again (first on line {first}); nothing was imported"
+            )));
+        }
+        let name = at("name").to_owned();
+        check_text("name", &name).map_err(|e| row_err("name", e))?;
+        let info = at("info").to_owned();
+        check_text("info", &info).map_err(|e| row_err("info", e))?;
+        let access =
+            parse_access(at("access_criteria")).map_err(|e| row_err("access_criteria", e))?;
+        let pair = parse_pair(at("pair")).map_err(|e| row_err("pair", e))?;
+        let start = parse_start(at("start")).map_err(|e| row_err("start", e))?;
+        let finish = parse_finish(at("finish")).map_err(|e| row_err("finish", e))?;
+        check_window(start, finish).map_err(|e| row_err("finish", e))?;
+        let enabled = if has_state {
+            match at("state").trim() {
+                "enabled" | "" => true,
+                "disabled" => false,
+                s => {
+                    return Err(row_err(
+                        "state",
+                        StoreError::Field(format!("state {s:?} must be enabled or disabled")),
+                    ))
+                }
+            }
+        } else {
+            true
+        };
+        out.push(ImportRow {
+            card: CardRecord {
+                serial,
+                name,
+                info,
+                access,
+                start,
+                finish,
+                pair,
+                enabled,
+                created_at: 0,
+                updated_at: 0,
+                change_seq: 0,
+                events: Vec::new(),
+            },
+            has_state,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_skip_taken_serials() {
+        assert_eq!(free_runs(10, 3, &[]).unwrap(), [(10, 12)]);
+        assert_eq!(
+            free_runs(10, 5, &[10, 12, 13]).unwrap(),
+            [(11, 11), (14, 17)]
+        );
+        assert_eq!(free_runs(10, 2, &[5, 20]).unwrap(), [(10, 11)]);
+        assert!(free_runs(i64::MAX as u64 - 1, 5, &[]).is_none());
+    }
+
+    #[test]
+    fn import_rows_are_checked_with_line_and_field() {
+        let ok = "serial_no,name,info,access_criteria,pair,start,finish\n\
+                  2100000000,\"Petrov, Ivan\",x,00000101,0,1586693700,1589285580\n";
+        let rows = parse_import(ok).unwrap();
+        assert_eq!(rows[0].card.access.0, 5);
+        assert_eq!(rows[0].card.name, "Petrov, Ivan");
+        let bad = format!("{ok}2100000001,a,b,0000000x,0,1,2\n");
+        let e = parse_import(&bad).unwrap_err();
+        assert_eq!(e.code(), "ACCESS_CRITERIA_ERROR");
+        assert!(e.to_string().contains("line 3"), "{e}");
+        let e = parse_import("serial_no,name\n1,2\n").unwrap_err();
+        assert_eq!(e.code(), "CSV_ERROR");
+        let dup = format!("{ok}2100000000,a,b,00000001,0,1,2\n");
+        assert!(parse_import(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("line 3"));
+    }
+
+    #[test]
+    fn filters_parse() {
+        assert_eq!(
+            CardFilter::parse("state=disabled").unwrap(),
+            CardFilter::Enabled(false)
+        );
+        assert_eq!(
+            CardFilter::parse("package=sport").unwrap(),
+            CardFilter::Package("sport".into())
+        );
+        assert_eq!(
+            CardFilter::parse("Ivan").unwrap(),
+            CardFilter::Text("Ivan".into())
+        );
+        assert!(CardFilter::parse("state=x").is_err());
+    }
+}

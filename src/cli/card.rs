@@ -347,7 +347,7 @@ fn state(c: &CardRecord) -> &'static str {
 
 async fn package_names(store: &Store) -> Result<BTreeMap<u8, String>, StoreError> {
     Ok(store
-        .packages()
+        .packages(false)
         .await?
         .into_iter()
         .map(|p| (p.bit.get(), p.name))

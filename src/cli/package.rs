@@ -61,7 +61,7 @@ pub fn run(db: &Path, a: PackageArgs) -> anyhow::Result<()> {
                 );
             }
             PackageCommand::List { json } => {
-                let list = store.packages().await?;
+                let list = store.packages(true).await?;
                 if json {
                     let v: Vec<_> = list
                         .iter()

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use futures::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
@@ -220,6 +221,20 @@ fn grant_from_row(r: &SqliteRow) -> Result<(i64, EventGrant), sqlx::Error> {
 
 const GRANTS: &str = "SELECT ce.serial, e.id, e.bit, e.start_at, e.end_at \
                       FROM card_events ce JOIN events e ON e.id = ce.event_id";
+
+/// Run a card SELECT, converting rows as they stream in (a million rows held as driver rows
+/// would take gigabytes).
+async fn fetch_cards<'q>(
+    tx: &mut Transaction<'_, Sqlite>,
+    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> Result<Vec<CardRecord>, sqlx::Error> {
+    let mut rows = q.fetch(&mut **tx);
+    let mut out = Vec::new();
+    while let Some(r) = rows.try_next().await? {
+        out.push(card_from_row(&r)?);
+    }
+    Ok(out)
+}
 
 /// Attach event grants to cards.
 async fn attach_events(
@@ -469,28 +484,20 @@ impl Store {
     pub async fn cards(&self, filter: &CardFilter) -> Result<Vec<CardRecord>, StoreError> {
         let mut tx = self.read_tx().await?;
         let base = format!("SELECT {CARD_COLUMNS} FROM cards");
-        let rows = match filter {
-            CardFilter::All => {
-                sqlx::query(&format!("{base} ORDER BY serial"))
-                    .fetch_all(&mut *tx)
-                    .await
-            }
-            CardFilter::Text(t) => {
-                sqlx::query(&format!(
+        let (sql, bind): (String, Option<String>) = match filter {
+            CardFilter::All => (format!("{base} ORDER BY serial"), None),
+            CardFilter::Text(t) => (
+                format!(
                     "{base} WHERE instr(CAST(serial AS TEXT), ?1) > 0 \
                      OR instr(lower(name), lower(?1)) > 0 OR instr(lower(info), lower(?1)) > 0 \
                      ORDER BY serial"
-                ))
-                .bind(t)
-                .fetch_all(&mut *tx)
-                .await
-            }
-            CardFilter::Enabled(on) => {
-                sqlx::query(&format!("{base} WHERE state = ? ORDER BY serial"))
-                    .bind(if *on { "enabled" } else { "disabled" })
-                    .fetch_all(&mut *tx)
-                    .await
-            }
+                ),
+                Some(t.clone()),
+            ),
+            CardFilter::Enabled(on) => (
+                format!("{base} WHERE state = ? ORDER BY serial"),
+                Some(if *on { "enabled" } else { "disabled" }.to_owned()),
+            ),
             CardFilter::Package(p) => {
                 let bit = sqlx::query("SELECT bit FROM packages WHERE name = ?")
                     .bind(p)
@@ -500,20 +507,17 @@ impl Store {
                     .ok_or_else(|| StoreError::PackageNotFound(p.clone()))?
                     .try_get::<i64, _>(0)
                     .map_err(|e| self.err(e))?;
-                sqlx::query(&format!(
-                    "{base} WHERE (access_criteria >> ?) & 1 = 1 ORDER BY serial"
-                ))
-                .bind(bit)
-                .fetch_all(&mut *tx)
-                .await
+                (
+                    format!("{base} WHERE (access_criteria >> {bit}) & 1 = 1 ORDER BY serial"),
+                    None,
+                )
             }
+        };
+        let mut q = sqlx::query(&sql);
+        if let Some(b) = bind {
+            q = q.bind(b);
         }
-        .map_err(|e| self.err(e))?;
-        let mut cards = rows
-            .iter()
-            .map(card_from_row)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
+        let mut cards = fetch_cards(&mut tx, q).await.map_err(|e| self.err(e))?;
         attach_events(&mut tx, &mut cards, None)
             .await
             .map_err(|e| self.err(e))?;
@@ -830,16 +834,9 @@ impl Store {
                 .await?
                 .try_get(0)?;
             let after = since.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(-1);
-            let rows = sqlx::query(&format!(
-                "SELECT {CARD_COLUMNS} FROM cards WHERE change_seq > ? ORDER BY serial"
-            ))
-            .bind(after)
-            .fetch_all(&mut *tx)
-            .await?;
-            let mut cards = rows
-                .iter()
-                .map(card_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
+            let sql =
+                format!("SELECT {CARD_COLUMNS} FROM cards WHERE change_seq > ? ORDER BY serial");
+            let mut cards = fetch_cards(&mut tx, sqlx::query(&sql).bind(after)).await?;
             attach_events(&mut tx, &mut cards, None).await?;
             let removed: Vec<i64> = if since.is_some() {
                 sqlx::query("SELECT serial FROM removed_cards WHERE change_seq > ? ORDER BY serial")

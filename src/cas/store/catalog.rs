@@ -117,27 +117,44 @@ impl Store {
         Ok(bit)
     }
 
-    /// All packages, by bit.
-    pub async fn packages(&self) -> Result<Vec<PackageInfo>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT p.bit, p.name, p.created_at, \
-             (SELECT COUNT(*) FROM cards c WHERE (c.access_criteria >> p.bit) & 1 = 1) \
-             FROM packages p ORDER BY p.bit",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| self.err(e))?;
-        rows.iter()
+    /// All packages, by bit. `cards` is filled in only with `count_cards` (a scan of the
+    /// cards table).
+    pub async fn packages(&self, count_cards: bool) -> Result<Vec<PackageInfo>, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let rows = sqlx::query("SELECT bit, name, created_at FROM packages ORDER BY bit")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut list = rows
+            .iter()
             .map(|r| {
                 Ok(PackageInfo {
                     bit: bit_of(r.try_get(0)?)?,
                     name: r.try_get(1)?,
                     created_at: r.try_get(2)?,
-                    cards: r.try_get::<i64, _>(3)? as u64,
+                    cards: 0,
                 })
             })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| self.err(e))
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(|e| self.err(e))?;
+        if count_cards && !list.is_empty() {
+            // one pass: cards grouped by their criteria, then bits counted here
+            let groups =
+                sqlx::query("SELECT access_criteria, COUNT(*) FROM cards GROUP BY access_criteria")
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(|e| self.err(e))?;
+            for g in groups {
+                let t: Result<(i64, i64), sqlx::Error> = (|| Ok((g.try_get(0)?, g.try_get(1)?)))();
+                let (mask, n) = t.map_err(|e| self.err(e))?;
+                for p in &mut list {
+                    if (mask as u64) & (1 << p.bit.get()) != 0 {
+                        p.cards += n as u64;
+                    }
+                }
+            }
+        }
+        Ok(list)
     }
 
     /// The access criteria naming `names` (each must be a package).

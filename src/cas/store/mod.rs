@@ -25,7 +25,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
 
 pub use cards::{AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec, ImportSummary};
 pub use catalog::{EventInfo, PackageInfo};
@@ -103,7 +103,10 @@ impl std::fmt::Debug for Store {
 }
 
 fn connect_options(path: &Path) -> SqliteConnectOptions {
+    // statement logging off: bulk statements are slow by design, and binds are never logged
     SqliteConnectOptions::new()
+        .disable_statement_logging()
+        .row_buffer_size(1024)
         .filename(path)
         .create_if_missing(false)
         .journal_mode(SqliteJournalMode::Wal)

@@ -14,9 +14,11 @@ mod cards;
 mod catalog;
 pub mod csv;
 mod error;
+mod feed;
 pub mod fields;
 mod keys;
 pub mod time;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,10 +29,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
 
-pub use cards::{AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec, ImportSummary};
+pub use cards::{AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec};
 pub use catalog::{EventInfo, PackageInfo};
 pub use error::StoreError;
 pub use keys::KeyStatus;
+pub use transfer::{ImportSummary, CSV_COLUMNS};
 
 use crate::cas::types::{CardSerial, Entitlements, Key128};
 

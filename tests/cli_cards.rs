@@ -681,3 +681,42 @@ fn fifty_thousand_cards_in_seconds() {
         "a removed card comes back disabled"
     );
 }
+
+#[test]
+fn a_locked_store_fails_with_store_locked_and_stays_unchanged() {
+    let db = setup();
+    db.ok(&["card", "add"]);
+    let before = db.csv();
+    let started = Instant::now();
+    block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::sqlite::SqliteConnection::connect_with(
+            &sqlx::sqlite::SqliteConnectOptions::new().filename(&db.path),
+        )
+        .await
+        .unwrap();
+        // another writer holds the write lock for the whole command
+        let tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+        let path = db.path.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_castmux"))
+                .arg("--db")
+                .arg(&path)
+                .args(["card", "add", "--count", "10"])
+                .env("CASTMUX_LOG", "warn")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains("error: STORE_LOCKED: "), "{err}");
+        tx.rollback().await.unwrap();
+    });
+    println!(
+        "STORE_LOCKED after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(db.csv(), before);
+}

@@ -13,6 +13,7 @@ pub mod emm;
 pub mod emmg;
 pub mod keyring;
 pub mod refusal;
+pub mod store;
 pub mod types;
 
 pub use ecm::{build_ecm, open_ecm, EcmBuildError, EcmContent, EcmParams, EcmRef};
@@ -21,6 +22,7 @@ pub use emm::{build_emm, open_emm, EmmBuildError, EmmHeader, EmmPart};
 pub use emmg::{EmmCarousel, EmmCounters};
 pub use keyring::{ServiceKeyRing, SharedKeyRing};
 pub use refusal::{Refusal, RefusalCounts};
+pub use store::{CardKeyRecord, InitOptions, Store, StoreError};
 pub use types::{
     derive_card_key, AccessCriteria, CardFile, CardSerial, CasTypeError, Entitlements, EventGrant,
     Key128, PackageBit, ServiceKey, CARD_FILE_FORMAT,

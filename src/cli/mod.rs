@@ -1,11 +1,17 @@
 //! The command line: parse with clap, call the library, print. anyhow lives only here.
 
 mod args;
+mod card;
 mod descramble;
+mod event;
+mod init;
+mod keys;
+mod package;
 mod probe;
 mod scramble;
 mod softcard;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -16,6 +22,15 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "castmux", version, about)]
 pub struct Cli {
+    /// The card store (SQLite file). Default ./castmux.db.
+    #[arg(
+        long,
+        global = true,
+        env = "CASTMUX_DB",
+        value_name = "PATH",
+        default_value = "castmux.db"
+    )]
+    db: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,8 +43,18 @@ enum Command {
     Descramble(descramble::DescrambleArgs),
     /// Describe a transport stream: programs, PIDs, bitrates, scrambling, CA descriptors.
     Probe(probe::ProbeArgs),
-    /// The software card: serve it over newcamd.
+    /// The software card: serve it over newcamd, or play a stream with it.
     Softcard(softcard::SoftcardArgs),
+    /// Create the card store and the operator root key.
+    Init(init::InitArgs),
+    /// Packages: named access-criteria bits.
+    Package(package::PackageArgs),
+    /// Cards: add, list, show, set, enable/disable/remove, CSV import/export, card.json.
+    Card(card::CardArgs),
+    /// Pay-per-view events.
+    Event(event::EventArgs),
+    /// Service keys: rotate, status, schedule.
+    Keys(keys::KeysArgs),
 }
 
 /// A flag set by the first SIGINT/SIGTERM, so a run stops cleanly and reports its
@@ -63,6 +88,11 @@ pub fn main() -> ExitCode {
         Command::Descramble(a) => descramble::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Softcard(a) => softcard::run(a),
+        Command::Init(a) => init::run(&cli.db, a),
+        Command::Package(a) => package::run(&cli.db, a),
+        Command::Card(a) => card::run(&cli.db, a),
+        Command::Event(a) => event::run(&cli.db, a),
+        Command::Keys(a) => keys::run(&cli.db, a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

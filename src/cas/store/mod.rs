@@ -1,0 +1,329 @@
+//! The card store: one SQLite file (WAL, foreign keys, busy timeout) holding the operator
+//! root key, packages, cards, pay-per-view events, service keys and the audit log.
+//!
+//! Every change that touches more than one row runs in one `BEGIN IMMEDIATE` transaction, so
+//! a process killed at any moment leaves the file as it was before or after the change.
+//! The schema (`migrations/`) is portable SQL so a PostgreSQL backend can follow.
+//!
+//! Readers that follow changes (the EMM carousel) use `change_seq`: every card row carries the
+//! sequence number of the transaction that last changed it, and removed cards leave a
+//! tombstone with theirs; [`Store::cards_changed_since`] returns both.
+
+mod audit;
+mod cards;
+mod catalog;
+pub mod csv;
+mod error;
+mod feed;
+pub mod fields;
+mod keys;
+pub mod time;
+mod transfer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
+
+pub use cards::{AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec};
+pub use catalog::{EventInfo, PackageInfo};
+pub use error::StoreError;
+pub use keys::KeyStatus;
+pub use transfer::{ImportSummary, CSV_COLUMNS};
+
+use crate::cas::types::{CardSerial, Entitlements, Key128};
+
+/// The store file used when neither `--db` nor `CASTMUX_DB` is given.
+pub const DEFAULT_DB: &str = "castmux.db";
+
+/// TVCAS's first serial.
+pub const DEFAULT_SERIAL_PREFIX: u64 = 2_100_000_000;
+
+/// The CA_system_ID used when `init` is not told one.
+pub const DEFAULT_CA_SYSTEM_ID: u16 = 0x4AE1;
+
+/// How long a writer waits for another process's lock before failing with `STORE_LOCKED`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Settings for a new store.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// First serial allocated.
+    pub serial_prefix: u64,
+    /// CA_system_ID of the operator.
+    pub ca_system_id: u16,
+    /// Service-key rotation interval in seconds; 0 = only by hand.
+    pub rotate_every: i64,
+    /// Creation time, Unix seconds.
+    pub now: i64,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            serial_prefix: DEFAULT_SERIAL_PREFIX,
+            ca_system_id: DEFAULT_CA_SYSTEM_ID,
+            rotate_every: 0,
+            now: time::now(),
+        }
+    }
+}
+
+/// What the EMMG needs per card: its unique key and its entitlements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CardKeyRecord {
+    /// The card.
+    pub serial: CardSerial,
+    /// `derive_card_key(root, serial)`.
+    pub card_key: Key128,
+    /// Current entitlements. A removed card comes back (from `cards_changed_since`) as
+    /// disabled with no packages and no events, so its last EMM switches it off.
+    pub entitlements: Entitlements,
+}
+
+/// An open store. Cheap to clone; clones share the connection pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    path: Arc<PathBuf>,
+    root: Arc<Key128>,
+    ca_system_id: u16,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("ca_system_id", &self.ca_system_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn connect_options(path: &Path) -> SqliteConnectOptions {
+    // statement logging off: bulk statements are slow by design, and binds are never logged
+    SqliteConnectOptions::new()
+        .disable_statement_logging()
+        .row_buffer_size(1024)
+        .filename(path)
+        .create_if_missing(false)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(BUSY_TIMEOUT)
+}
+
+async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+        .connect_with(connect_options(path))
+        .await
+        .map_err(|e| StoreError::db(path, e))?;
+    MIGRATOR.run(&pool).await.map_err(|e| match e {
+        sqlx::migrate::MigrateError::Execute(inner) => StoreError::db(path, inner),
+        e => StoreError::Migrate {
+            path: path.to_owned(),
+            source: e,
+        },
+    })?;
+    Ok(pool)
+}
+
+impl Store {
+    /// Open an existing store (applying any newer schema migrations).
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::NotInitialized {
+                path: path.to_owned(),
+            });
+        }
+        let pool = connect(path).await?;
+        let row = sqlx::query("SELECT root_key, ca_system_id FROM settings WHERE id = 1")
+            .fetch_optional(&pool)
+            .await
+            .map_err(|e| StoreError::db(path, e))?;
+        let Some(row) = row else {
+            pool.close().await;
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: "it has no settings (an interrupted `castmux init`?); remove it and run `castmux init` again".to_owned(),
+            });
+        };
+        let corrupt = |detail: &str| StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let root_hex: String = row.try_get(0).map_err(|e| StoreError::db(path, e))?;
+        let root = Key128::from_hex(&root_hex).map_err(|_| corrupt("the root key is damaged"))?;
+        let caid: i64 = row.try_get(1).map_err(|e| StoreError::db(path, e))?;
+        let ca_system_id =
+            u16::try_from(caid).map_err(|_| corrupt("the CA_system_ID is out of range"))?;
+        Ok(Store {
+            pool,
+            path: Arc::new(path.to_owned()),
+            root: Arc::new(root),
+            ca_system_id,
+        })
+    }
+
+    /// Create a new store with a fresh root key from the OS CSPRNG. Refuses an existing path.
+    pub async fn init(path: &Path, opts: InitOptions) -> Result<Store, StoreError> {
+        if opts.serial_prefix > i64::MAX as u64 {
+            return Err(StoreError::Serial(opts.serial_prefix.to_string()));
+        }
+        if opts.rotate_every < 0 {
+            return Err(StoreError::Rotate(
+                "the rotation interval cannot be negative".to_owned(),
+            ));
+        }
+        create_private_file(path)?;
+        match Self::init_created(path, &opts).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                // leave nothing half-made behind, so `init` can simply be run again
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut p = path.as_os_str().to_owned();
+                    p.push(suffix);
+                    let _ = std::fs::remove_file(PathBuf::from(p));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn init_created(path: &Path, opts: &InitOptions) -> Result<Store, StoreError> {
+        let pool = connect(path).await?;
+        let root = Key128::random();
+        let mut tx = pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| StoreError::db(path, e))?;
+        let res: Result<(), sqlx::Error> = async {
+            sqlx::query(
+                "INSERT INTO settings (id, root_key, serial_prefix, next_serial, ca_system_id, \
+                 rotate_every, change_seq, created_at) VALUES (1, ?, ?, ?, ?, ?, 0, ?)",
+            )
+            .bind(root.expose_hex())
+            .bind(opts.serial_prefix as i64)
+            .bind(opts.serial_prefix as i64)
+            .bind(i64::from(opts.ca_system_id))
+            .bind(opts.rotate_every)
+            .bind(opts.now)
+            .execute(&mut *tx)
+            .await?;
+            audit::record(
+                &mut tx,
+                opts.now,
+                "store.init",
+                "settings",
+                &format!(
+                    "serial_prefix={} ca_system_id={:#06X} rotate_every={}",
+                    opts.serial_prefix,
+                    opts.ca_system_id,
+                    time::format_interval(opts.rotate_every)
+                ),
+            )
+            .await?;
+            audit::record(
+                &mut tx,
+                opts.now,
+                "root-key.create",
+                "root",
+                "128-bit key from the OS CSPRNG",
+            )
+            .await?;
+            Ok(())
+        }
+        .await;
+        res.map_err(|e| StoreError::db(path, e))?;
+        tx.commit().await.map_err(|e| StoreError::db(path, e))?;
+        tracing::info!(path = %path.display(), "card store created");
+        pool.close().await;
+        Store::open(path).await
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The operator root key. It never leaves the process except as derived card keys.
+    pub fn root_key(&self) -> &Key128 {
+        &self.root
+    }
+
+    /// The operator's CA_system_ID.
+    pub fn ca_system_id(&self) -> u16 {
+        self.ca_system_id
+    }
+
+    /// Close the pool (checkpointing the WAL). Dropping works too, closing is tidier.
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+
+    /// `PRAGMA integrity_check`: `"ok"` when the file is sound.
+    pub async fn integrity_check(&self) -> Result<String, StoreError> {
+        let rows = sqlx::query("PRAGMA integrity_check")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r.try_get::<String, _>(0).map_err(|e| self.err(e))?);
+        }
+        Ok(out.join("; "))
+    }
+
+    pub(crate) fn err(&self, e: sqlx::Error) -> StoreError {
+        StoreError::db(&self.path, e)
+    }
+
+    /// A write transaction. IMMEDIATE takes the write lock up front, so two writers queue on
+    /// the busy timeout instead of one failing when it upgrades a read lock.
+    pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    /// A read transaction: one consistent snapshot across several queries.
+    pub(crate) async fn read_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(|e| self.err(e))
+    }
+}
+
+/// Create `path` new and readable by the owner only: the store holds the root key.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::Exists {
+            path: path.to_owned(),
+        }),
+        Err(e) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// Take the next change sequence number inside `tx`.
+pub(crate) async fn next_change_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<i64, sqlx::Error> {
+    let row = sqlx::query(
+        "UPDATE settings SET change_seq = change_seq + 1 WHERE id = 1 RETURNING change_seq",
+    )
+    .fetch_one(&mut **tx)
+    .await?;
+    row.try_get(0)
+}

@@ -1,0 +1,66 @@
+//! `castmux init`, and how the store commands reach the store: a small tokio runtime per
+//! command and `Store::open` on the `--db` path.
+
+use std::future::Future;
+use std::path::Path;
+
+use anyhow::Context;
+use castmux::cas::store::DEFAULT_SERIAL_PREFIX;
+use castmux::cas::store::{time, InitOptions, Store, StoreError};
+use clap::Args;
+
+use super::args;
+
+/// Options of `castmux init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// First card serial to allocate (TVCAS numbering). Default 2100000000.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SERIAL_PREFIX)]
+    serial_prefix: u64,
+    /// CA_system_ID written into the PMT/CAT CA descriptors and card.json, hex. Default 0x4AE1.
+    #[arg(long, value_name = "HEX", default_value = "0x4AE1", value_parser = args::hex_u16)]
+    ca_system_id: u16,
+    /// Rotate every package's service key this often (`30d`, `12h`, `off`); the running
+    /// mux does it. Default off: rotate with `castmux keys rotate`.
+    #[arg(long, value_name = "INTERVAL", default_value = "off")]
+    rotate_every: String,
+}
+
+/// Run a store command's future on a runtime made for it.
+pub(super) fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    Ok(rt.block_on(f))
+}
+
+/// Open the store at `db`.
+pub(super) async fn open(db: &Path) -> Result<Store, StoreError> {
+    Store::open(db).await
+}
+
+pub fn run(db: &Path, a: InitArgs) -> anyhow::Result<()> {
+    let rotate_every = time::parse_interval(&a.rotate_every).ok_or_else(|| {
+        StoreError::Rotate(format!(
+            "--rotate-every {:?} is not an interval; expected like 30d, 12h, 90m or off",
+            a.rotate_every
+        ))
+    })?;
+    let opts = InitOptions {
+        serial_prefix: a.serial_prefix,
+        ca_system_id: a.ca_system_id,
+        rotate_every,
+        now: time::now(),
+    };
+    let store = block_on(Store::init(db, opts))??;
+    println!(
+        "created card store {} (CA_system_ID {:#06X}, serials from {}, key rotation {})",
+        db.display(),
+        store.ca_system_id(),
+        a.serial_prefix,
+        time::format_interval(rotate_every)
+    );
+    block_on(store.close())?;
+    Ok(())
+}

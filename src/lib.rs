@@ -8,4 +8,5 @@
 pub mod cas;
 pub mod io;
 pub mod scramble;
+pub mod simulcrypt;
 pub mod ts;

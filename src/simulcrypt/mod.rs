@@ -2,17 +2,31 @@
 //!
 //! - [`tlv`]: the generic message framing (bounded before anything is allocated);
 //! - [`types`]: message, parameter and error_status values as enums;
-//! - [`ecmg_messages`], [`emmg_messages`]: typed messages with their parameters checked.
+//! - [`ecmg_messages`], [`emmg_messages`]: typed messages with their parameters checked;
+//! - [`conn`]: whole messages off a TCP stream;
+//! - [`access`]: how castmux reads access_criteria bytes (TVCAS/Astra nibbles or a mask);
+//! - [`datagram`]: ECM/EMM datagrams as sections or TS packets;
+//! - [`ecmg_server`]: the ECMG side (`castmux ecmg`), ECMs made by an [`EcmBuilder`];
+//! - [`scs_client`]: the mux side, [`SimulcryptEcmg`] (an `EcmGenerator` that never blocks).
 //!
 //! The control plane runs on tokio; the data path only ever reads what a control task has
 //! prepared (an ECM ready for a crypto period, EMM packets in a bounded queue).
 
+pub mod access;
+pub mod conn;
+pub mod datagram;
 pub mod ecmg_messages;
+pub mod ecmg_server;
 pub mod emmg_messages;
+pub mod scs_client;
 pub mod tlv;
 pub mod types;
 
 pub use ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
+pub use ecmg_server::{
+    EcmBuildError, EcmBuildRequest, EcmBuilder, EcmgServer, EcmgServerConfig, EcmgServerStats,
+};
+pub use scs_client::{ScsConfig, ScsError, ScsStats, SimulcryptEcmg};
 pub use emmg_messages::{ChannelIds, EmmgMessage, StreamIds};
 pub use tlv::{CodecError, MAX_MESSAGE_LEN};
 pub use types::{EcmgErrorStatus, EcmgParam, EmmgErrorStatus, EmmgParam, MessageType};

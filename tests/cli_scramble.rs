@@ -331,3 +331,64 @@ fn stdin_to_stdout() {
         .any(|p| tsc(p) != 0));
     assert_eq!(on_pids(&packets(&clr), &es), on_pids(&input, &es));
 }
+
+#[test]
+fn emm_pid_puts_a_cat_with_the_emm_descriptor_on_air() {
+    let dir = tmp();
+    // a sample with no CAT: ours repeats every 500 ms of stream time, in null slots first
+    for name in ["spts.ts", "nullpad.ts"] {
+        let (input, scrambled) = scramble_sample(dir.path(), name, &["--emm-pid", "0x1FF1"]);
+        assert_eq!(psi(&input).cat_sections, 0, "{name}: input has a CAT");
+        let out = psi(&scrambled);
+        assert_eq!(out.cat_ca, vec![(DEFAULT_CA_SYSTEM_ID, 0x1FF1)], "{name}");
+        assert_eq!(out.cat_versions, BTreeSet::from([0]), "{name}");
+        assert!(out.cat_sections >= 2, "{name}: CAT repeated");
+        assert_eq!(cc_errors(&scrambled).get(&1), None, "{name}: CAT CC");
+        if name == "nullpad.ts" {
+            assert_eq!(scrambled.len(), input.len(), "{name}: CAT in null slots");
+        }
+    }
+
+    // an input CAT of another CAS: merged, replaced in place, version ours
+    let input = packets(&sample("spts.ts"));
+    let mut sec = Vec::new();
+    let other = castmux::ts::descriptor::CaDescriptor {
+        ca_system_id: 0x0B00,
+        ca_pid: p(0x0101),
+        private_data: &[],
+    };
+    castmux::ts::psi_write::write_cat(&mut sec, None, &[other], 9).unwrap();
+    let mut pz = castmux::ts::Packetizer::new(p(1));
+    let mut with_cat = Vec::new();
+    for (i, pk) in input.iter().enumerate() {
+        if i % 500 == 0 {
+            pz.packetize(&sec, |c| with_cat.extend_from_slice(c))
+                .unwrap();
+        }
+        with_cat.extend_from_slice(pk);
+    }
+    let src = dir.path().join("with_cat.ts");
+    std::fs::write(&src, &with_cat).unwrap();
+    let out = dir.path().join("with_cat.scr");
+    ok(&[
+        "scramble",
+        "-i",
+        s(&src),
+        "-o",
+        s(&out),
+        "--emm-pid",
+        "0x1FF1",
+    ]);
+    let scrambled = packets(&out);
+    assert_eq!(
+        scrambled.len() * 188,
+        with_cat.len(),
+        "CAT replaced in place"
+    );
+    let got = psi(&scrambled);
+    let mut ca = got.cat_ca.clone();
+    ca.sort();
+    assert_eq!(ca, vec![(0x0B00, 0x0101), (DEFAULT_CA_SYSTEM_ID, 0x1FF1)]);
+    assert_eq!(got.cat_versions, BTreeSet::from([1]));
+    assert_eq!(cc_errors(&scrambled).get(&1), None, "CAT CC");
+}

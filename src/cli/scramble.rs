@@ -67,6 +67,11 @@ pub struct ScrambleArgs {
     /// No ECM content is sent until an ECM generator (CAS, SimulCrypt) is configured.
     #[arg(long, value_name = "PID", value_parser = args::pid)]
     ecm_pid: Option<Pid>,
+    /// EMM PID named in the CAT's CA_descriptor (the CAT is made if the input has none,
+    /// merged if it has one). EMMs flow on it when an EMM source is configured.
+    /// Default: none (the CAT is passed unchanged).
+    #[arg(long, value_name = "PID", value_parser = args::pid)]
+    emm_pid: Option<Pid>,
     /// Scrambling algorithm. Default csa2.
     #[arg(long, value_enum, default_value_t = Scrambling::Csa2)]
     scrambling: Scrambling,
@@ -138,7 +143,7 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         component_level: a.component_level,
         ca_system_id: a.ca_system_id,
         ecm_pid,
-        emm_pid: None,
+        emm_pid: a.emm_pid,
         ecm_repetition: a.ecm_repetition,
         delay_start_ms: a.delay_start,
         clock: if live_input || a.wall_clock {

@@ -8,12 +8,12 @@
 //! per period and repeated every `ecm_repetition` (default 100 ms). Packets go into null
 //! packets of the input where there are any, else they are added; both are counted.
 
-use std::collections::VecDeque;
 use std::time::Duration;
 
 use csa::Parity;
 
 use super::cw::Cw;
+use super::insert::InsertQueue;
 use super::keys::CryptoPeriod;
 use crate::ts::packet::Packet;
 use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
@@ -74,9 +74,7 @@ pub struct EcmInserter {
     scratch: Vec<u8>,
     section_period: Option<CryptoPeriod>,
     next_due: Duration,
-    pending: VecDeque<Packet>,
-    /// When the input last had a null packet we could use.
-    last_null: Option<Duration>,
+    pending: InsertQueue,
 }
 
 impl std::fmt::Debug for EcmInserter {
@@ -107,8 +105,8 @@ impl EcmInserter {
             scratch: Vec::with_capacity(256),
             section_period: None,
             next_due: Duration::ZERO,
-            pending: VecDeque::with_capacity(16),
-            last_null: None,
+            // a section is at most 1024 bytes: 6 packets; the window is one repetition
+            pending: InsertQueue::new(16, repetition).add_before_first_null(),
         }
     }
 
@@ -159,7 +157,9 @@ impl EcmInserter {
         let pending = &mut self.pending;
         if self
             .packetizer
-            .packetize(&self.section, |p| pending.push_back(*p))
+            .packetize(&self.section, |p| {
+                pending.push(p, now);
+            })
             .is_err()
         {
             self.pending.clear();
@@ -169,24 +169,13 @@ impl EcmInserter {
 
     /// The input has a null packet here: take it for an ECM packet if one is pending.
     pub fn take_for_null(&mut self, now: Duration) -> Option<Packet> {
-        self.last_null = Some(now);
-        self.pending.pop_front()
+        self.pending.take_for_null(now)
     }
 
     /// Pending packets to add now because the input gives no null packets to replace
     /// (none seen within one repetition interval).
     pub fn take_to_add(&mut self, now: Duration) -> Option<Packet> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        let nulls_recently = self
-            .last_null
-            .is_some_and(|t| now.saturating_sub(t) <= self.repetition);
-        if nulls_recently {
-            None
-        } else {
-            self.pending.pop_front()
-        }
+        self.pending.take_to_add(now)
     }
 }
 

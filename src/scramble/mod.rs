@@ -8,18 +8,24 @@
 //! - [`clock`]: wall-clock or PCR stream time;
 //! - [`demux`]: PAT/PMT tracking, PID roles, PMT rewrite with the CA_descriptor;
 //! - [`ecm`]: the [`EcmGenerator`] trait and ECM repetition/insertion;
+//! - [`emm`]: the [`EmmSource`] trait and EMM insertion on the EMM PID;
+//! - [`cat`]: the CAT with the EMM CA_descriptor (merged or our own);
+//! - [`insert`]: the bounded queue of mux packets (null slots first, else added);
 //! - [`scrambler`]: the stage that ties them together, batch by batch;
 //! - [`descrambler`]: the reverse stage (fixed CWs or a CW log);
 //! - [`stats`]: counters per PID and per stream;
 //! - [`run`]: the read-process-write loop over [`crate::io`].
 
+pub mod cat;
 pub mod clock;
 pub mod config;
 pub mod cw;
 pub mod demux;
 pub mod descrambler;
 pub mod ecm;
+pub mod emm;
 mod error;
+pub mod insert;
 pub mod keys;
 pub mod run;
 pub mod scrambler;
@@ -29,6 +35,7 @@ pub use config::{ClockMode, KeyMode, ScrambleConfig};
 pub use cw::{Cw, CwLogWriter};
 pub use descrambler::{DescrambleKeys, Descrambler};
 pub use ecm::{EcmError, EcmGenerator, EcmRequest};
+pub use emm::{EmmData, EmmSource};
 pub use error::ScrambleError;
 pub use keys::CryptoPeriod;
 pub use run::{run_descramble, run_scramble, RunEnd, RunOptions};

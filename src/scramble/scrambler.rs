@@ -25,11 +25,13 @@ use std::time::Duration;
 
 use csa::{payload_offset, KeyContext, Parity};
 
+use super::cat::CatWriter;
 use super::clock::Clock;
 use super::config::{ClockMode, ScrambleConfig};
 use super::cw::CwLogWriter;
 use super::demux::{Demux, Role};
 use super::ecm::{EcmGenerator, EcmInserter};
+use super::emm::{EmmInserter, EmmSource};
 use super::error::ScrambleError;
 use super::keys::{CryptoPeriod, KeySource};
 use super::stats::Counters;
@@ -59,6 +61,9 @@ pub struct Scrambler {
     /// When the next period starts; None with one fixed key.
     next_switch: Option<Duration>,
     ecm: Option<EcmInserter>,
+    cat: Option<CatWriter>,
+    emm: Option<EmmInserter>,
+    emm_pid: Option<Pid>,
     delay_start_ms: i64,
     /// Highest period whose CW is in an ECM on air.
     ecm_covers: Option<u64>,
@@ -141,6 +146,11 @@ impl Scrambler {
             period_len: config.crypto_period,
             next_switch: (!single).then_some(config.crypto_period),
             ecm,
+            cat: config
+                .emm_pid
+                .map(|pid| CatWriter::new(config.ca_system_id, pid)),
+            emm: None,
+            emm_pid: config.emm_pid,
             delay_start_ms: config.delay_start_ms,
             ecm_covers: None,
             counters: Counters::default(),
@@ -155,6 +165,15 @@ impl Scrambler {
                 ..Warned::default()
             },
         })
+    }
+
+    /// Take EMMs from `source` onto the EMM PID (the configuration must name one).
+    pub fn set_emm_source(&mut self, source: Box<dyn EmmSource>) -> Result<(), ScrambleError> {
+        let pid = self.emm_pid.ok_or_else(|| {
+            ScrambleError::Config("an EMM source needs an EMM PID (--emm-pid)".to_owned())
+        })?;
+        self.emm = Some(EmmInserter::new(source, pid));
+        Ok(())
     }
 
     /// The counters so far.
@@ -199,8 +218,8 @@ impl Scrambler {
         }
         self.batch_now = batch_now;
         self.advance(batch_now)?;
-        if let (Some(ecm), false) = (&mut self.ecm, self.clock.is_stream()) {
-            ecm.tick(batch_now);
+        if !self.clock.is_stream() {
+            self.tick_inserters(batch_now);
         }
         for pkt in packets {
             self.one_packet(pkt)?;
@@ -210,6 +229,12 @@ impl Scrambler {
         self.counters.stream.packets_out += n_out;
         self.counters.stream.random_failures = self.keys.random_failures;
         self.counters.stream.pcr_discontinuities = self.clock.discontinuities();
+        if let Some(cat) = &self.cat {
+            self.counters.stream.cat = cat.counters();
+        }
+        if let Some(emm) = &self.emm {
+            self.counters.stream.emm = emm.counters();
+        }
         if !self.warned.missing_services && self.demux.ready() {
             self.warned.missing_services = true;
             let missing = self.demux.missing_services();
@@ -259,25 +284,37 @@ impl Scrambler {
             // wall clock: read once per batch (the batch is at most a few ms)
             self.batch_now
         };
-        if let Some(ecm) = &mut self.ecm {
-            if self.clock.is_stream() {
-                ecm.tick(now);
-            }
+        if self.clock.is_stream() {
+            self.tick_inserters(now);
         }
         match self.demux.role(pid) {
             Role::Null => {
-                let ecm_pkt = self.ecm.as_mut().and_then(|e| e.take_for_null(now));
-                match ecm_pkt {
-                    Some(e) => {
-                        self.push(&e, false);
-                        self.count_ecm(true);
-                        self.counters.pid_mut(pid).replaced_null += 1;
-                    }
-                    None => {
-                        self.push(pkt, false);
-                        self.counters.pid_mut(pid).passed += 1;
-                    }
+                if let Some(e) = self.ecm.as_mut().and_then(|e| e.take_for_null(now)) {
+                    self.push(&e, false);
+                    self.count_ecm(true);
+                    self.counters.pid_mut(pid).replaced_null += 1;
+                } else if let Some(m) = self.take_mux_packet(now, true) {
+                    self.push(&m, false);
+                    self.counters.pid_mut(pid).replaced_null += 1;
+                } else {
+                    self.push(pkt, false);
+                    self.counters.pid_mut(pid).passed += 1;
                 }
+            }
+            Role::Psi if pid == Pid::CAT && self.cat.is_some() => {
+                let mut n = 0u64;
+                if let Some(cat) = &mut self.cat {
+                    let out = &mut self.out;
+                    let sel = &mut self.sel;
+                    cat.on_input_packet(pkt, now, &mut |pk: &Packet| {
+                        out.extend_from_slice(pk);
+                        sel.push(false);
+                        n += 1;
+                    });
+                }
+                let c = self.counters.pid_mut(pid);
+                c.dropped += 1;
+                c.inserted += n;
             }
             Role::Psi => {
                 if pid == Pid::PAT {
@@ -358,7 +395,41 @@ impl Scrambler {
             self.push(&e, false);
             self.count_ecm(false);
         }
+        while let Some(m) = self.take_mux_packet(now, false) {
+            self.push(&m, false);
+        }
         Ok(())
+    }
+
+    fn tick_inserters(&mut self, now: Duration) {
+        if let Some(ecm) = &mut self.ecm {
+            ecm.tick(now);
+        }
+        if let Some(cat) = &mut self.cat {
+            cat.tick(now);
+        }
+        if let Some(emm) = &mut self.emm {
+            emm.tick(now);
+        }
+    }
+
+    /// A CAT or EMM packet waiting, for a null slot (`for_null`) or to add; counted on its PID.
+    fn take_mux_packet(&mut self, now: Duration, for_null: bool) -> Option<Packet> {
+        let cat = self.cat.as_mut().and_then(|c| match for_null {
+            true => c.take_for_null(now),
+            false => c.take_to_add(now),
+        });
+        let emm = match (&cat, self.emm.as_mut()) {
+            (None, Some(e)) => match for_null {
+                true => e.take_for_null(now),
+                false => e.take_to_add(now),
+            }
+            .map(|p| (p, e.pid())),
+            _ => None,
+        };
+        let (pkt, pid) = cat.map(|p| (p, Pid::CAT)).or(emm)?;
+        self.counters.pid_mut(pid).inserted += 1;
+        Some(pkt)
     }
 
     fn count_ecm(&mut self, replacing_null: bool) {

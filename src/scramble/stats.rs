@@ -59,6 +59,10 @@ pub struct StreamCounters {
     pub packets_in: u64,
     /// Packets that went out.
     pub packets_out: u64,
+    /// The CAT writer (EMM CA_descriptor).
+    pub cat: super::cat::CatCounters,
+    /// EMM insertion.
+    pub emm: super::emm::EmmCounters,
 }
 
 /// Counters for all 8192 PIDs (allocated once) plus stream-wide ones.

@@ -75,6 +75,12 @@ pub struct Psi {
     pub versions: BTreeMap<u16, BTreeSet<u8>>,
     /// PMT sections with a good CRC.
     pub pmt_sections: usize,
+    /// CA descriptors of the last good CAT.
+    pub cat_ca: Vec<(u16, u16)>,
+    /// CAT sections with a good CRC, and their versions.
+    pub cat_sections: usize,
+    /// Versions of the CAT seen.
+    pub cat_versions: BTreeSet<u8>,
 }
 
 /// Read PAT and PMTs (the last good section of each wins).
@@ -84,7 +90,7 @@ pub fn psi(pkts: &[Packet]) -> Psi {
     let mut pmt_pids: BTreeSet<u16> = BTreeSet::new();
     for p in pkts {
         let id = pid(p);
-        if id != 0 && !pmt_pids.contains(&id) {
+        if id != 0 && id != 1 && !pmt_pids.contains(&id) {
             continue;
         }
         let asm = asms.entry(id).or_insert_with(SectionAssembler::psi);
@@ -104,6 +110,12 @@ pub fn psi(pkts: &[Packet]) -> Psi {
                             pmt_pids.insert(e.pid.value());
                         }
                     }
+                }
+            } else if id == 1 {
+                if let Ok(cat) = castmux::ts::Cat::parse(&s) {
+                    out.cat_sections += 1;
+                    out.cat_versions.insert(cat.header.version);
+                    out.cat_ca = cas(cat.descriptors.ca_descriptors());
                 }
             } else if let Ok(pmt) = Pmt::parse(&s) {
                 out.pmt_sections += 1;

@@ -35,7 +35,13 @@ fn client(addr: SocketAddr, version: u8) -> ScsConfig {
 }
 
 /// Ask for the ECM of `period` until it comes (the first call only announces it).
-fn ecm_for(g: &mut SimulcryptEcmg, period: u64, cur: &Cw, next: &Cw, within: Duration) -> Option<Vec<u8>> {
+fn ecm_for(
+    g: &mut SimulcryptEcmg,
+    period: u64,
+    cur: &Cw,
+    next: &Cw,
+    within: Duration,
+) -> Option<Vec<u8>> {
     let req = EcmRequest {
         period: CryptoPeriod(period),
         parity: CryptoPeriod(period).parity(),
@@ -59,8 +65,15 @@ fn ecm_for(g: &mut SimulcryptEcmg, period: u64, cur: &Cw, next: &Cw, within: Dur
 
 fn check_ecm(sec: &[u8], period: u64, cur: &Cw, next: &Cw) {
     let e = parse_test_ecm(sec);
-    let (even, odd) = if period % 2 == 0 { (cur, next) } else { (next, cur) };
-    assert_eq!(e.table_id, if period % 2 == 0 { 0x80 } else { 0x81 });
+    let (even, odd) = if period.is_multiple_of(2) {
+        (cur, next)
+    } else {
+        (next, cur)
+    };
+    assert_eq!(
+        e.table_id,
+        if period.is_multiple_of(2) { 0x80 } else { 0x81 }
+    );
     assert_eq!(e.cp, period as u16);
     assert_eq!(e.even, even.as_bytes());
     assert_eq!(e.odd, odd.as_bytes());
@@ -93,8 +106,16 @@ fn scs_client_gets_ecms_from_the_ecmg_in_both_versions_and_both_datagram_forms()
                     .unwrap_or_else(|| panic!("v{version} tspkt={tspkt}: no ECM for period {p}"));
                 check_ecm(&sec, p, c, n);
             }
-            assert_eq!(server.stats.ecms.load(std::sync::atomic::Ordering::Relaxed), 5);
-            assert_eq!(g.stats().errors_received.load(std::sync::atomic::Ordering::Relaxed), 0);
+            assert_eq!(
+                server.stats.ecms.load(std::sync::atomic::Ordering::Relaxed),
+                5
+            );
+            assert_eq!(
+                g.stats()
+                    .errors_received
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
             drop(g);
             server.kill(&rt);
         }
@@ -104,18 +125,33 @@ fn scs_client_gets_ecms_from_the_ecmg_in_both_versions_and_both_datagram_forms()
 #[test]
 fn provisioning_ahead_makes_generate_immediate() {
     let rt = runtime();
-    let mut server = start_ecmg(&rt, "127.0.0.1:0".parse().unwrap(), EcmgServerConfig::default());
+    let mut server = start_ecmg(
+        &rt,
+        "127.0.0.1:0".parse().unwrap(),
+        EcmgServerConfig::default(),
+    );
     let mut g = SimulcryptEcmg::start(client(server.addr, 3)).unwrap();
     g.wait_ready(Duration::from_secs(20)).unwrap();
     let (a, b) = (cw(), cw());
     g.provision(7, &a, &b);
     assert!(wait_until(Duration::from_secs(20), || {
-        g.stats().ecms_received.load(std::sync::atomic::Ordering::Relaxed) == 1
+        g.stats()
+            .ecms_received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
     }));
-    let before = g.stats().unavailable.load(std::sync::atomic::Ordering::Relaxed);
+    let before = g
+        .stats()
+        .unavailable
+        .load(std::sync::atomic::Ordering::Relaxed);
     let sec = ecm_for(&mut g, 7, &a, &b, Duration::ZERO).expect("ready at the first call");
     check_ecm(&sec, 7, &a, &b);
-    assert_eq!(g.stats().unavailable.load(std::sync::atomic::Ordering::Relaxed), before);
+    assert_eq!(
+        g.stats()
+            .unavailable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        before
+    );
     // other CWs for the same period are not served the stale ECM
     let c = cw();
     let mut out = Vec::new();
@@ -135,7 +171,11 @@ fn provisioning_ahead_makes_generate_immediate() {
 #[test]
 fn ecmg_killed_and_restarted_mid_run_ecms_resume() {
     let rt = runtime();
-    let mut server = start_ecmg(&rt, "127.0.0.1:0".parse().unwrap(), EcmgServerConfig::default());
+    let mut server = start_ecmg(
+        &rt,
+        "127.0.0.1:0".parse().unwrap(),
+        EcmgServerConfig::default(),
+    );
     let addr = server.addr;
     let mut g = SimulcryptEcmg::start(client(addr, 2)).unwrap();
     g.wait_ready(Duration::from_secs(20)).unwrap();
@@ -156,9 +196,21 @@ fn ecmg_killed_and_restarted_mid_run_ecms_resume() {
         ecm_pid: Pid::new(0x100),
         ca_system_id: 0x0B00,
     };
-    assert!(matches!(g.generate(&req, &mut out), Err(EcmError::Unavailable(_))));
-    assert!(t.elapsed() < Duration::from_millis(500), "generate blocked {:?}", t.elapsed());
-    assert!(g.stats().unavailable.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(matches!(
+        g.generate(&req, &mut out),
+        Err(EcmError::Unavailable(_))
+    ));
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "generate blocked {:?}",
+        t.elapsed()
+    );
+    assert!(
+        g.stats()
+            .unavailable
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
 
     // the ECMG comes back on the same port: the client reconnects and replays period 1
     let mut server2 = start_ecmg(&rt, addr, EcmgServerConfig::default());
@@ -167,7 +219,12 @@ fn ecmg_killed_and_restarted_mid_run_ecms_resume() {
     let s2 = ecm_for(&mut g, 2, &cws[2], &cws[3], Duration::from_secs(20)).unwrap();
     check_ecm(&s2, 2, &cws[2], &cws[3]);
     assert!(g.stats().setups.load(std::sync::atomic::Ordering::Relaxed) >= 2);
-    assert!(g.stats().link_failures.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        g.stats()
+            .link_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
     drop(g);
     server2.kill(&rt);
 }
@@ -175,7 +232,9 @@ fn ecmg_killed_and_restarted_mid_run_ecms_resume() {
 /// A fake ECMG: sets the channel and stream up, then answers CW_provisions after `delay`,
 /// or never when `delay` is None.
 fn slow_ecmg(rt: &tokio::runtime::Runtime, delay: Option<Duration>) -> SocketAddr {
-    let l = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = l.local_addr().unwrap();
     rt.spawn(async move {
         use castmux::simulcrypt::conn::FrameReader;
@@ -186,7 +245,8 @@ fn slow_ecmg(rt: &tokio::runtime::Runtime, delay: Option<Duration>) -> SocketAdd
         while let Ok(Some(f)) = r.next().await {
             let (v, m) = EcmgMessage::decode(&f).unwrap();
             let reply = match m {
-                EcmgMessage::ChannelSetup { channel_id, .. } | EcmgMessage::ChannelTest { channel_id } => {
+                EcmgMessage::ChannelSetup { channel_id, .. }
+                | EcmgMessage::ChannelTest { channel_id } => {
                     Some(EcmgMessage::ChannelStatus(ChannelStatus {
                         channel_id,
                         section_tspkt_flag: false,
@@ -204,17 +264,31 @@ fn slow_ecmg(rt: &tokio::runtime::Runtime, delay: Option<Duration>) -> SocketAdd
                         max_comp_time: 100,
                     }))
                 }
-                EcmgMessage::StreamSetup { channel_id, stream_id, ecm_id, .. } => Some(EcmgMessage::StreamStatus {
+                EcmgMessage::StreamSetup {
+                    channel_id,
+                    stream_id,
+                    ecm_id,
+                    ..
+                } => Some(EcmgMessage::StreamStatus {
                     channel_id,
                     stream_id,
                     ecm_id,
                     access_criteria_transfer_mode: false,
                 }),
-                EcmgMessage::CwProvision(CwProvision { channel_id, stream_id, cp_number, .. }) => match delay {
+                EcmgMessage::CwProvision(CwProvision {
+                    channel_id,
+                    stream_id,
+                    cp_number,
+                    ..
+                }) => match delay {
                     None => None,
                     Some(d) => {
                         tokio::time::sleep(d).await;
-                        let tid = if cp_number % 2 == 0 { 0x80 } else { 0x81 };
+                        let tid = if cp_number.is_multiple_of(2) {
+                            0x80
+                        } else {
+                            0x81
+                        };
                         Some(EcmgMessage::EcmResponse {
                             channel_id,
                             stream_id,
@@ -245,12 +319,25 @@ fn ecmg_that_never_answers_gives_unavailable_and_timeouts() {
     g.wait_ready(Duration::from_secs(20)).unwrap();
     let (a, b) = (cw(), cw());
     assert!(ecm_for(&mut g, 0, &a, &b, Duration::from_millis(800)).is_none());
-    assert!(g.stats().unavailable.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(
+        g.stats()
+            .unavailable
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
     // max_comp_time 100 ms: timeout after 300 ms, resent, counted
     assert!(wait_until(Duration::from_secs(20), || {
-        g.stats().timeouts.load(std::sync::atomic::Ordering::Relaxed) >= 2
+        g.stats()
+            .timeouts
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
     }));
-    assert_eq!(g.stats().ecms_delivered.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(
+        g.stats()
+            .ecms_delivered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
 }
 
 #[test]
@@ -270,7 +357,10 @@ fn ecmg_that_answers_late_is_counted_and_the_ecm_still_used() {
         ca_system_id: 0x0B00,
     };
     // the first call cannot have it: 180 ms > the few ms generate waits
-    assert!(matches!(g.generate(&req, &mut out), Err(EcmError::Unavailable(_))));
+    assert!(matches!(
+        g.generate(&req, &mut out),
+        Err(EcmError::Unavailable(_))
+    ));
     let sec = ecm_for(&mut g, 4, &a, &b, Duration::from_secs(20)).unwrap();
     assert_eq!(sec, [0x80, 0x70, 2, 0xAB, 0xCD]);
     assert!(g.stats().late.load(std::sync::atomic::Ordering::Relaxed) >= 1);
@@ -278,8 +368,15 @@ fn ecmg_that_answers_late_is_counted_and_the_ecm_still_used() {
 
 fn status_of(m: Option<EcmgMessage>) -> (u16, Option<u16>, Vec<u16>) {
     match m {
-        Some(EcmgMessage::ChannelError { channel_id, status, .. }) => (channel_id, None, status),
-        Some(EcmgMessage::StreamError { channel_id, stream_id, status, .. }) => (channel_id, Some(stream_id), status),
+        Some(EcmgMessage::ChannelError {
+            channel_id, status, ..
+        }) => (channel_id, None, status),
+        Some(EcmgMessage::StreamError {
+            channel_id,
+            stream_id,
+            status,
+            ..
+        }) => (channel_id, Some(stream_id), status),
         other => panic!("expected an error message, got {other:?}"),
     }
 }
@@ -301,9 +398,21 @@ fn malformed_messages_get_the_right_error_codes_then_the_link_recovers() {
     r.send_ecmg(3, &EcmgMessage::ChannelTest { channel_id: 5 });
     assert_eq!(status_of(r.read_ecmg()).2, [0x0006]);
     // a Super_CAS_id not served
-    r.send_ecmg(3, &EcmgMessage::ChannelSetup { channel_id: 5, super_cas_id: 0x1234_0000 });
+    r.send_ecmg(
+        3,
+        &EcmgMessage::ChannelSetup {
+            channel_id: 5,
+            super_cas_id: 0x1234_0000,
+        },
+    );
     assert_eq!(status_of(r.read_ecmg()).2, [0x0005]);
-    r.send_ecmg(3, &EcmgMessage::ChannelSetup { channel_id: 5, super_cas_id: SUPER_CAS_ID });
+    r.send_ecmg(
+        3,
+        &EcmgMessage::ChannelSetup {
+            channel_id: 5,
+            super_cas_id: SUPER_CAS_ID,
+        },
+    );
     assert!(matches!(r.read_ecmg(), Some(EcmgMessage::ChannelStatus(s)) if s.channel_id == 5));
     // unknown message_type
     r.send_bytes(&[3, 0x0F, 0x0F, 0, 0]);
@@ -324,17 +433,38 @@ fn malformed_messages_get_the_right_error_codes_then_the_link_recovers() {
     r.send_ecmg(3, &EcmgMessage::ChannelTest { channel_id: 6 });
     assert_eq!(status_of(r.read_ecmg()).2, [0x0006]);
     // streams: unknown, in use, ECM_id in use, too many
-    let setup = |s, e| EcmgMessage::StreamSetup { channel_id: 5, stream_id: s, ecm_id: e, nominal_cp_duration: 10 };
-    r.send_ecmg(3, &EcmgMessage::StreamTest { channel_id: 5, stream_id: 1 });
+    let setup = |s, e| EcmgMessage::StreamSetup {
+        channel_id: 5,
+        stream_id: s,
+        ecm_id: e,
+        nominal_cp_duration: 10,
+    };
+    r.send_ecmg(
+        3,
+        &EcmgMessage::StreamTest {
+            channel_id: 5,
+            stream_id: 1,
+        },
+    );
     assert_eq!(status_of(r.read_ecmg()), (5, Some(1), vec![0x0007]));
     r.send_ecmg(3, &setup(1, 1));
-    assert!(matches!(r.read_ecmg(), Some(EcmgMessage::StreamStatus { stream_id: 1, ecm_id: 1, .. })));
+    assert!(matches!(
+        r.read_ecmg(),
+        Some(EcmgMessage::StreamStatus {
+            stream_id: 1,
+            ecm_id: 1,
+            ..
+        })
+    ));
     r.send_ecmg(3, &setup(1, 2));
     assert_eq!(status_of(r.read_ecmg()).2, [0x0014]);
     r.send_ecmg(3, &setup(2, 1));
     assert_eq!(status_of(r.read_ecmg()).2, [0x0015]);
     r.send_ecmg(3, &setup(2, 2));
-    assert!(matches!(r.read_ecmg(), Some(EcmgMessage::StreamStatus { stream_id: 2, .. })));
+    assert!(matches!(
+        r.read_ecmg(),
+        Some(EcmgMessage::StreamStatus { stream_id: 2, .. })
+    ));
     r.send_ecmg(3, &setup(3, 3));
     assert_eq!(status_of(r.read_ecmg()).2, [0x0009]);
     // CW_provision: unknown stream, not enough CWs, bad access criteria
@@ -344,7 +474,13 @@ fn malformed_messages_get_the_right_error_codes_then_the_link_recovers() {
             stream_id,
             cp_number: 10,
             cw_encryption: None,
-            cp_cw: cps.iter().map(|&cp_number| CpCw { cp_number, cw: cw() }).collect(),
+            cp_cw: cps
+                .iter()
+                .map(|&cp_number| CpCw {
+                    cp_number,
+                    cw: cw(),
+                })
+                .collect(),
             cp_duration: Some(10),
             access_criteria: Some(ac),
         })
@@ -356,25 +492,49 @@ fn malformed_messages_get_the_right_error_codes_then_the_link_recovers() {
     r.send_ecmg(3, &prov(1, &[10, 11], vec![0x22; 12]));
     assert_eq!(status_of(r.read_ecmg()).2, [0x0011]);
     // a stream-level message with a bad parameter gets a stream_error
-    r.send_bytes(&[3, 0x01, 0x02, 0, 16, 0, 0x0E, 0, 2, 0, 5, 0, 0x0F, 0, 2, 0, 1, 0x44, 0x44, 0, 0]);
+    r.send_bytes(&[
+        3, 0x01, 0x02, 0, 16, 0, 0x0E, 0, 2, 0, 5, 0, 0x0F, 0, 2, 0, 1, 0x44, 0x44, 0, 0,
+    ]);
     assert_eq!(status_of(r.read_ecmg()), (5, Some(1), vec![0x000E]));
     // and the link recovers: a good CW_provision gets its ECM, a test its status
     r.send_ecmg(3, &prov(1, &[10, 11], vec![0, 0, 0, 1]));
     match r.read_ecmg() {
-        Some(EcmgMessage::EcmResponse { cp_number: 10, datagram, .. }) => {
+        Some(EcmgMessage::EcmResponse {
+            cp_number: 10,
+            datagram,
+            ..
+        }) => {
             assert_eq!(parse_test_ecm(&datagram).access, 1)
         }
         other => panic!("expected ECM_response, got {other:?}"),
     }
-    r.send_ecmg(3, &EcmgMessage::StreamCloseRequest { channel_id: 5, stream_id: 2 });
-    assert!(matches!(r.read_ecmg(), Some(EcmgMessage::StreamCloseResponse { stream_id: 2, .. })));
+    r.send_ecmg(
+        3,
+        &EcmgMessage::StreamCloseRequest {
+            channel_id: 5,
+            stream_id: 2,
+        },
+    );
+    assert!(matches!(
+        r.read_ecmg(),
+        Some(EcmgMessage::StreamCloseResponse { stream_id: 2, .. })
+    ));
     r.send_ecmg(3, &EcmgMessage::ChannelTest { channel_id: 5 });
     assert!(matches!(r.read_ecmg(), Some(EcmgMessage::ChannelStatus(_))));
     // a message too long to frame: channel_error 0x0004, then the connection closes
     r.send_bytes(&[3, 0, 2, 0xFF, 0xFF]);
     assert_eq!(status_of(r.read_ecmg()).2, [0x0004]);
-    assert!(r.read_frame().is_none(), "connection closed after an unframeable message");
-    assert!(server.stats.errors_sent.load(std::sync::atomic::Ordering::Relaxed) >= 17);
+    assert!(
+        r.read_frame().is_none(),
+        "connection closed after an unframeable message"
+    );
+    assert!(
+        server
+            .stats
+            .errors_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 17
+    );
 
     // random garbage on a fresh connection: errors or a close, never a crash
     let mut x: u64 = 0x1234_5678;
@@ -394,7 +554,13 @@ fn malformed_messages_get_the_right_error_codes_then_the_link_recovers() {
     }
     // the server still serves
     let mut r = Raw::connect(server.addr);
-    r.send_ecmg(2, &EcmgMessage::ChannelSetup { channel_id: 1, super_cas_id: SUPER_CAS_ID });
+    r.send_ecmg(
+        2,
+        &EcmgMessage::ChannelSetup {
+            channel_id: 1,
+            super_cas_id: SUPER_CAS_ID,
+        },
+    );
     assert!(matches!(r.read_ecmg(), Some(EcmgMessage::ChannelStatus(_))));
     server.kill(&rt);
 }

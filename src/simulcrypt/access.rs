@@ -46,7 +46,10 @@ pub fn access_criteria_to_bytes(ac: AccessCriteria) -> [u8; 8] {
 /// (like Astra's "ACCESS CRITERIA (HEX)"); an odd count gets a leading 0.
 pub fn parse_access_criteria_hex(text: &str) -> Option<Vec<u8>> {
     let t = text.trim();
-    let t = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")).unwrap_or(t);
+    let t = t
+        .strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t);
     if t.is_empty() || t.len() > 2 * MAX_ACCESS_CRITERIA {
         return None;
     }

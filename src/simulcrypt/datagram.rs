@@ -28,7 +28,9 @@ pub fn check_sections(bytes: &[u8]) -> Result<usize, DatagramError> {
     let mut rest = bytes;
     while !rest.is_empty() {
         if rest[0] == 0xFF {
-            return Err(DatagramError::BadSections("stuffing where a section should start"));
+            return Err(DatagramError::BadSections(
+                "stuffing where a section should start",
+            ));
         }
         let total =
             section_total_len(rest).ok_or(DatagramError::BadSections("truncated header"))?;
@@ -51,7 +53,7 @@ pub fn sections_to_packets(sections: &[u8], out: &mut Vec<u8>) -> Result<(), Dat
 
 /// The sections carried by `packets` (whole 188-byte packets), appended to `out`.
 pub fn packets_to_sections(packets: &[u8], out: &mut Vec<u8>) -> Result<(), DatagramError> {
-    if packets.is_empty() || packets.len() % PACKET_SIZE != 0 {
+    if packets.is_empty() || !packets.len().is_multiple_of(PACKET_SIZE) {
         return Err(DatagramError::BadPackets(format!(
             "{} bytes is not a whole number of 188-byte packets",
             packets.len()

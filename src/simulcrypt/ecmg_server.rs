@@ -53,7 +53,7 @@ pub struct EcmBuildRequest<'a> {
 impl EcmBuildRequest<'_> {
     /// table_id of the ECM section: 0x80 for an even CP, 0x81 for an odd one.
     pub fn table_id(&self) -> u8 {
-        if self.cp_number % 2 == 0 {
+        if self.cp_number.is_multiple_of(2) {
             TABLE_ID_ECM_EVEN
         } else {
             TABLE_ID_ECM_ODD
@@ -255,8 +255,7 @@ impl Connection {
         let (rd, mut wr) = sock.into_split();
         let mut reader = FrameReader::new(rd);
         loop {
-            let frame = match tokio::time::timeout(self.config.idle_timeout, reader.next()).await
-            {
+            let frame = match tokio::time::timeout(self.config.idle_timeout, reader.next()).await {
                 Err(_) => return Err(LinkError::Timeout("a message from the SCS")),
                 Ok(Ok(Some(f))) => f,
                 Ok(Ok(None)) => return Ok(()),
@@ -446,7 +445,8 @@ impl Connection {
             stream.access_criteria = ac;
         }
         let cw_of = |n: u16| cp.cp_cw.iter().find(|x| x.cp_number == n).map(|x| &x.cw);
-        let (Some(current), Some(next)) = (cw_of(cp.cp_number), cw_of(cp.cp_number.wrapping_add(1)))
+        let (Some(current), Some(next)) =
+            (cw_of(cp.cp_number), cw_of(cp.cp_number.wrapping_add(1)))
         else {
             self.stream_error(
                 ch,
@@ -465,7 +465,7 @@ impl Connection {
             );
             return;
         };
-        let (even, odd) = if cp.cp_number % 2 == 0 {
+        let (even, odd) = if cp.cp_number.is_multiple_of(2) {
             (current, next)
         } else {
             (next, current)
@@ -545,7 +545,10 @@ impl Connection {
         self.send(&EcmgMessage::ChannelError {
             channel_id,
             status: vec![status.value()],
-            info: param.map(|p| p.to_be_bytes().to_vec()).into_iter().collect(),
+            info: param
+                .map(|p| p.to_be_bytes().to_vec())
+                .into_iter()
+                .collect(),
         });
     }
 
@@ -555,7 +558,10 @@ impl Connection {
             channel_id,
             stream_id,
             status: vec![status.value()],
-            info: param.map(|p| p.to_be_bytes().to_vec()).into_iter().collect(),
+            info: param
+                .map(|p| p.to_be_bytes().to_vec())
+                .into_iter()
+                .collect(),
         });
     }
 

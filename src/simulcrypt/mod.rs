@@ -7,7 +7,9 @@
 //! - [`access`]: how castmux reads access_criteria bytes (TVCAS/Astra nibbles or a mask);
 //! - [`datagram`]: ECM/EMM datagrams as sections or TS packets;
 //! - [`ecmg_server`]: the ECMG side (`castmux ecmg`), ECMs made by an [`EcmBuilder`];
-//! - [`scs_client`]: the mux side, [`SimulcryptEcmg`] (an `EcmGenerator` that never blocks).
+//! - [`scs_client`]: the mux side, [`SimulcryptEcmg`] (an `EcmGenerator` that never blocks);
+//! - [`mux_server`]: the MUX side of EMMG<->MUX, EMMs to the pipeline as an `EmmSource`;
+//! - [`emmg_client`]: the EMMG side (`castmux emmg`), paced at the allocated bandwidth.
 //!
 //! The control plane runs on tokio; the data path only ever reads what a control task has
 //! prepared (an ECM ready for a crypto period, EMM packets in a bounded queue).
@@ -17,7 +19,9 @@ pub mod conn;
 pub mod datagram;
 pub mod ecmg_messages;
 pub mod ecmg_server;
+pub mod emmg_client;
 pub mod emmg_messages;
+pub mod mux_server;
 pub mod scs_client;
 pub mod tlv;
 pub mod types;
@@ -26,7 +30,9 @@ pub use ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
 pub use ecmg_server::{
     EcmBuildError, EcmBuildRequest, EcmBuilder, EcmgServer, EcmgServerConfig, EcmgServerStats,
 };
-pub use scs_client::{ScsConfig, ScsError, ScsStats, SimulcryptEcmg};
+pub use emmg_client::{run_emmg, EmmgConfig, EmmgStats};
 pub use emmg_messages::{ChannelIds, EmmgMessage, StreamIds};
+pub use mux_server::{EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource};
+pub use scs_client::{ScsConfig, ScsError, ScsStats, SimulcryptEcmg};
 pub use tlv::{CodecError, MAX_MESSAGE_LEN};
 pub use types::{EcmgErrorStatus, EcmgParam, EmmgErrorStatus, EmmgParam, MessageType};

@@ -398,8 +398,7 @@ async fn control(shared: Arc<Shared>, config: Arc<ScsConfig>, mut rx: mpsc::Rece
                     backoff = config.backoff_min;
                 }
                 // one line per failure streak, then at most one a minute
-                if established || warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-                {
+                if established || warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     warned_at = Some(Instant::now());
                     tracing::warn!(ecmg = %config.ecmg, error = %e, retry_in = ?backoff,
                         "SimulCrypt ECMG link down; ECMs hold until it is back");
@@ -474,8 +473,11 @@ impl Session<'_> {
             }
         };
         if status.lead_cw > 1 || status.cw_per_msg > 2 {
-            tracing::warn!(lead_cw = status.lead_cw, cw_per_msg = status.cw_per_msg,
-                "ECMG asks for more CWs per message than castmux sends (current and next)");
+            tracing::warn!(
+                lead_cw = status.lead_cw,
+                cw_per_msg = status.cw_per_msg,
+                "ECMG asks for more CWs per message than castmux sends (current and next)"
+            );
         }
         self.send(
             &mut wr,
@@ -636,7 +638,11 @@ impl Session<'_> {
             };
             self.shared.stats.timeouts.fetch_add(1, Relaxed);
             if p.attempts < MAX_ATTEMPTS {
-                tracing::debug!(cp, attempt = p.attempts + 1, "no ECM_response in time; resending");
+                tracing::debug!(
+                    cp,
+                    attempt = p.attempts + 1,
+                    "no ECM_response in time; resending"
+                );
                 self.provide(wr, p.provision, p.attempts + 1).await?;
             } else {
                 tracing::warn!(ecmg = %self.config.ecmg, period = p.provision.period,
@@ -693,10 +699,7 @@ impl Session<'_> {
                     EcmgErrorStatus::UnknownStreamId,
                     EcmgErrorStatus::UnrecoverableError,
                 ];
-                if status
-                    .iter()
-                    .any(|s| fatal.iter().any(|f| f.value() == *s))
-                {
+                if status.iter().any(|s| fatal.iter().any(|f| f.value() == *s)) {
                     return Err(LinkError::Peer(format!(
                         "the ECMG lost our channel or stream: {}",
                         describe(&status)
@@ -716,7 +719,10 @@ impl Session<'_> {
     fn on_ecm(&mut self, cp: u16, datagram: &[u8], max_comp: Duration) {
         let Some(p) = self.pending.remove(&cp) else {
             self.shared.stats.bad_ecms.fetch_add(1, Relaxed);
-            tracing::debug!(cp, "ECM_response for a CP_number not asked (or already answered)");
+            tracing::debug!(
+                cp,
+                "ECM_response for a CP_number not asked (or already answered)"
+            );
             return;
         };
         let elapsed = p.sent.elapsed();
@@ -732,9 +738,11 @@ impl Session<'_> {
             packets_to_sections(datagram, &mut sections).map_err(|e| e.to_string())
         } else {
             sections.extend_from_slice(datagram);
-            check_sections(&sections).map(|_| ()).map_err(|e| e.to_string())
+            check_sections(&sections)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         };
-        let want = if p.provision.period % 2 == 0 {
+        let want = if p.provision.period.is_multiple_of(2) {
             TABLE_ID_ECM_EVEN
         } else {
             TABLE_ID_ECM_ODD
@@ -743,7 +751,10 @@ impl Session<'_> {
             if sections.first() == Some(&want) {
                 Ok(())
             } else {
-                Err(format!("table_id {:#04x}, expected {want:#04x}", sections[0]))
+                Err(format!(
+                    "table_id {:#04x}, expected {want:#04x}",
+                    sections[0]
+                ))
             }
         });
         if let Err(e) = ok {

@@ -6,6 +6,8 @@
 //!
 //! Run: `cargo bench --bench csa --features libdvbcsa`
 
+mod support;
+
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use csa::{Backend, ControlWord, KeyContext, Parity};
 use std::hint::black_box;
@@ -178,55 +180,9 @@ criterion_group!(benches, engines, batch_curve);
 
 /// Reads criterion's estimates back and prints Gbit/s side by side.
 fn summary() {
-    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../criterion");
-    let mut rows: Vec<(String, String, f64)> = Vec::new();
-    let Ok(groups) = std::fs::read_dir(&root) else {
-        return;
-    };
-    for g in groups.flatten() {
-        let gname = g.file_name().to_string_lossy().to_string();
-        if !gname.starts_with("csa") {
-            continue;
-        }
-        let mut stack = vec![g.path()];
-        while let Some(dir) = stack.pop() {
-            let est = dir.join("new/estimates.json");
-            let bench = dir.join("new/benchmark.json");
-            if est.exists() && bench.exists() {
-                let e: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(&est).unwrap_or_default())
-                        .unwrap_or_default();
-                let b: serde_json::Value =
-                    serde_json::from_str(&std::fs::read_to_string(&bench).unwrap_or_default())
-                        .unwrap_or_default();
-                let ns = e["mean"]["point_estimate"].as_f64().unwrap_or(0.0);
-                let bytes = b["throughput"]["Bytes"].as_f64().unwrap_or(0.0);
-                let id = b["title"].as_str().unwrap_or("?").to_string();
-                if ns > 0.0 && bytes > 0.0 {
-                    rows.push((gname.clone(), id, bytes * 8.0 / ns));
-                }
-            } else if let Ok(rd) = std::fs::read_dir(&dir) {
-                for sub in rd.flatten() {
-                    if sub.path().is_dir() && sub.file_name() != "report" {
-                        stack.push(sub.path());
-                    }
-                }
-            }
-        }
-    }
-    rows.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then(b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal))
-    });
-    let find = |group: &str, name: &str| {
-        rows.iter()
-            .find(|r| r.0 == group && r.1.ends_with(name))
-            .map(|r| r.2)
-    };
-    println!("\n{:<24} {:<44} {:>10}", "group", "engine", "Gbit/s");
-    for (g, id, gbps) in &rows {
-        println!("{g:<24} {id:<44} {gbps:>10.3}");
-    }
+    let rows = support::measured("csa");
+    let find = |group: &str, name: &str| support::find(&rows, group, name);
+    support::print_table(&rows);
     let best = format!("castmux-{}", Backend::best().name());
     let ratio = |g: &str, other: &str| match (find(g, &best), find(g, other)) {
         (Some(a), Some(b)) => format!("{:.1}x", a / b),

@@ -84,3 +84,42 @@ fn udp_loopback_round_trip_with_wall_clock_periods() {
     assert_eq!(got.len(), want.len(), "packets lost on loopback");
     assert!(got == want, "descrambled ES differs from the input");
 }
+
+#[test]
+fn ctrl_c_stops_cleanly_and_prints_the_counters() {
+    let dir = tmp();
+    let p_in = free_port();
+    let out = dir.path().join("out.ts");
+    let child = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args([
+            "scramble",
+            "-i",
+            &format!("udp://127.0.0.1:{p_in}"),
+            "-o",
+            s(&out),
+            "--stats",
+        ])
+        .env("CASTMUX_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn castmux");
+    std::thread::sleep(Duration::from_millis(300));
+    let input = packets(&sample("spts.ts"));
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for chunk in input.chunks(7).take(200) {
+        sock.send_to(&chunk.concat(), ("127.0.0.1", p_in)).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success(), "exit {:?}: {stderr}", done.status);
+    assert!(stderr.contains("Stopped"), "the end is logged: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&done.stdout).expect("JSON counters on stdout");
+    assert_eq!(report["stream"]["packets_in"], 1400, "{report}");
+    // what came in went out, flushed before exit
+    assert_eq!(packets(&out).len(), 1400);
+}

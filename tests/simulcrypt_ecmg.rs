@@ -564,3 +564,39 @@ fn malformed_messages_get_the_right_error_codes_then_the_link_recovers() {
     assert!(matches!(r.read_ecmg(), Some(EcmgMessage::ChannelStatus(_))));
     server.kill(&rt);
 }
+
+#[test]
+fn builtin_cas_served_over_simulcrypt_seals_ecms_with_the_streams_access_criteria() {
+    use castmux::cas::{AccessCriteria, EcmRef, Key128, PackageBit, ServiceKey, ServiceKeyRing};
+    use castmux::simulcrypt::{EcmgServer, RingEcmBuilder};
+    let rt = runtime();
+    let ring = ServiceKeyRing::from_keys([ServiceKey {
+        bit: PackageBit::new(0).unwrap(),
+        version: 1,
+        key: Key128::random(),
+    }])
+    .shared();
+    let server = rt
+        .block_on(EcmgServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            EcmgServerConfig::default(),
+            std::sync::Arc::new(RingEcmBuilder::new(ring, 0x0B00)),
+        ))
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    rt.spawn(server.run(std::future::pending()));
+    let mut g = SimulcryptEcmg::start(client(addr, 3)).unwrap();
+    g.wait_ready(Duration::from_secs(20)).unwrap();
+    let (a, b) = (cw(), cw());
+    for p in [0u64, 1] {
+        let sec = ecm_for(&mut g, p, &a, &b, Duration::from_secs(20)).expect("built-in ECM");
+        let e = EcmRef::parse(&sec).expect("a castmux ECM");
+        assert_eq!(sec[0], if p == 0 { 0x80 } else { 0x81 });
+        assert_eq!(e.ca_system_id(), 0x0B00);
+        assert_eq!(e.access(), AccessCriteria(1));
+        // CWs are sealed: not in clear in the section
+        assert!(!sec
+            .windows(8)
+            .any(|w| w == a.as_bytes() || w == b.as_bytes()));
+    }
+}

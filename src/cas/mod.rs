@@ -6,8 +6,21 @@
 //! (current and next, versioned, delivered in EMMs) -> CWs (delivered in ECMs under the
 //! service keys of the channel's access criteria).
 
+mod codec;
+pub mod ecm;
+pub mod ecmg;
+pub mod emm;
+pub mod emmg;
+pub mod keyring;
+pub mod refusal;
 pub mod types;
 
+pub use ecm::{build_ecm, open_ecm, EcmBuildError, EcmContent, EcmParams, EcmRef};
+pub use ecmg::{build_ecm_with_ring, BuiltinEcmg};
+pub use emm::{build_emm, open_emm, EmmBuildError, EmmHeader, EmmPart};
+pub use emmg::{EmmCarousel, EmmCounters};
+pub use keyring::{ServiceKeyRing, SharedKeyRing};
+pub use refusal::{Refusal, RefusalCounts};
 pub use types::{
     derive_card_key, AccessCriteria, CardFile, CardSerial, CasTypeError, Entitlements, EventGrant,
     Key128, PackageBit, ServiceKey, CARD_FILE_FORMAT,

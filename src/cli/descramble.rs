@@ -56,6 +56,7 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         .with_context(|| format!("opening output {}", a.output))?;
     let opts = RunOptions {
         idle_timeout: a.idle_timeout,
+        stop: super::stop_flag()?,
         ..RunOptions::default()
     };
     let res = run_descramble(&mut input, &mut output, &mut d, &opts);

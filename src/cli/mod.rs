@@ -6,6 +6,8 @@ mod probe;
 mod scramble;
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,20 @@ enum Command {
     Descramble(descramble::DescrambleArgs),
     /// Describe a transport stream: programs, PIDs, bitrates, scrambling, CA descriptors.
     Probe(probe::ProbeArgs),
+}
+
+/// A flag set by the first SIGINT/SIGTERM, so a run stops cleanly and reports its
+/// counters; a second signal exits at once (status 130).
+pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        // the conditional shutdown is registered first so it sees the flag set by the
+        // first signal only when a second one comes
+        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&stop))?;
+        signal_hook::flag::register(sig, Arc::clone(&stop))?;
+    }
+    Ok(stop)
 }
 
 /// Run the command line; errors are printed here.

@@ -170,6 +170,7 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
     let opts = RunOptions {
         batch_packets: a.batch,
         idle_timeout: a.idle_timeout,
+        stop: super::stop_flag()?,
         ..RunOptions::default()
     };
     tracing::info!(
@@ -179,7 +180,19 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         "scrambling"
     );
     let res = run_scramble(&mut input, &mut output, &mut scrambler, &opts);
+    if let Ok(end) = &res {
+        tracing::info!(?end, "run ended");
+    }
     let close = output.close(Duration::from_secs(2));
+    let io = input.stats().snapshot();
+    tracing::info!(
+        datagrams_in = io.datagrams_in,
+        sync_losses = io.sync_losses,
+        dropped_bytes = io.dropped_bytes,
+        rtp_gaps = io.rtp_gaps,
+        queue_drops = io.queue_drops,
+        "input"
+    );
     report(&scrambler, a.stats, matches!(output_url, OutputUrl::Stdout))?;
     res?;
     close?;

@@ -43,6 +43,11 @@ pub struct StreamInput {
 }
 
 impl StreamInput {
+    /// The counters this input updates.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
     /// Open a file for reading.
     pub fn open_file(path: &Path, stats: Arc<IoStats>) -> IoResult<Self> {
         let url = path.display().to_string();

@@ -149,6 +149,15 @@ impl Input {
         }
     }
 
+    /// The counters this input updates.
+    pub fn stats(&self) -> &IoStats {
+        match self {
+            Input::Udp(i) => i.stats(),
+            Input::Srt(i) => i.stats(),
+            Input::Stream(i) => i.stats(),
+        }
+    }
+
     /// Whether packets arrive in real time (UDP, SRT) rather than as fast as
     /// they can be read (files, stdin).
     pub fn is_live(&self) -> bool {

@@ -309,6 +309,11 @@ pub struct SrtInput {
 }
 
 impl SrtInput {
+    /// The counters this input updates.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
     /// Connect or start listening. A listener returns at once (packets
     /// arrive when a caller connects); a caller returns once connected.
     pub fn open(u: &SrtUrl, cfg: &SrtConfig, stats: Arc<IoStats>) -> IoResult<Self> {
@@ -461,6 +466,9 @@ impl SrtOutput {
         let (empties_tx, empties_rx) = mpsc::channel::<Vec<u8>>();
         let closed: Closed = Arc::default();
         let (thread_closed, thread_stats) = (closed.clone(), stats.clone());
+        // the receiver holds packets for its latency before releasing them, and drops what
+        // it holds when the connection closes: linger that long (plus a round trip) first
+        let linger = u.latency + Duration::from_millis(200);
         let (thread, stop, addr) = spawn(u, cfg, "out", move |sock, stop| {
             Box::pin(output_task(
                 sock,
@@ -469,6 +477,7 @@ impl SrtOutput {
                 empties_tx,
                 thread_stats,
                 thread_closed,
+                linger,
             ))
         })?;
         Ok(Self {
@@ -564,13 +573,21 @@ async fn output_task(
     empties: mpsc::Sender<Vec<u8>>,
     stats: Arc<IoStats>,
     closed: Closed,
+    linger: Duration,
 ) {
     loop {
         let buf = tokio::select! {
             _ = &mut stop => break,
             buf = rx.recv() => match buf {
                 Some(buf) => buf,
-                None => break, // the data path closed the output
+                None => {
+                    // the data path closed the output: let the last packets be delivered
+                    tokio::select! {
+                        _ = &mut stop => {}
+                        _ = tokio::time::sleep(linger) => {}
+                    }
+                    break;
+                }
             },
             item = sock.next() => match item {
                 // A sender ignores what a peer might send back.

@@ -119,6 +119,11 @@ fn ipv4_iface(url: &str, iface: Option<&str>) -> IoResult<Ipv4Addr> {
 }
 
 impl UdpInput {
+    /// The counters this input updates.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
+    }
+
     /// Bind, size the receive buffer and join the group (if any).
     pub fn open(u: &UdpInputUrl, cfg: &UdpInputConfig, stats: Arc<IoStats>) -> IoResult<Self> {
         let url = u.url.as_str();

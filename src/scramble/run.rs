@@ -1,12 +1,36 @@
-//! The data-path loop: read a batch, process it, write it. Plain thread, no async.
+//! The data path on three plain OS threads, no async:
+//!
+//! ```text
+//!  input thread ──batches──▶ cipher thread (caller) ──bytes──▶ output thread
+//!        ▲                        │    ▲                            │
+//!        └──── empty batches ─────┘    └──── empty buffers ─────────┘
+//! ```
+//!
+//! Buffers circulate between the threads (a fixed pool, nothing allocated per packet or
+//! per batch) and every channel is bounded. A live input never waits on the stages after
+//! it for long: when the queue stays full for [`LIVE_QUEUE_WAIT`] its batch is dropped and
+//! counted (`queue_drops`), so the socket keeps being drained; a file or pipe waits
+//! instead (no loss). The stop flag
+//! (Ctrl-C) is read by the input thread between reads: the run then drains, flushes and
+//! returns normally, so the counters get reported.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::io::{Input, Output, PacketBatch, ReadStatus};
+use crate::io::{Input, IoError, Output, PacketBatch, ReadStatus};
 
 use super::descrambler::Descrambler;
 use super::error::ScrambleError;
 use super::scrambler::Scrambler;
+
+/// Batches in flight between two threads. Live batches are small (what came within the
+/// 2 ms flush interval), so the depth covers a scheduling stall of the cipher thread.
+const QUEUE_DEPTH: usize = 16;
+/// How long a live input waits for room in a full queue before it drops the batch: long
+/// enough for a stall, short enough that the socket's own buffer does not overflow first.
+const LIVE_QUEUE_WAIT: Duration = Duration::from_millis(100);
 
 /// Settings of the loop. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -17,6 +41,8 @@ pub struct RunOptions {
     pub flush_interval: Duration,
     /// Stop when a live input has sent nothing for this long. Default: never.
     pub idle_timeout: Option<Duration>,
+    /// Set (by a signal handler) to stop the run cleanly. Default: a flag nobody sets.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Default for RunOptions {
@@ -25,6 +51,7 @@ impl Default for RunOptions {
             batch_packets: 512,
             flush_interval: Duration::from_millis(2),
             idle_timeout: None,
+            stop: Arc::default(),
         }
     }
 }
@@ -36,6 +63,8 @@ pub enum RunEnd {
     EndOfStream,
     /// A live input was idle for the idle timeout.
     Idle,
+    /// The stop flag was set (Ctrl-C, SIGTERM).
+    Stopped,
 }
 
 enum Stage<'a> {
@@ -43,7 +72,22 @@ enum Stage<'a> {
     Descramble(&'a mut Descrambler),
 }
 
-/// Scramble `input` into `output` until the input ends (or idles out).
+/// From the input thread to the cipher thread.
+enum InMsg {
+    Batch(PacketBatch),
+    /// No packet within the flush interval: move clocks on, flush the output.
+    Idle,
+    End(RunEnd),
+    Failed(IoError),
+}
+
+/// From the cipher thread to the output thread.
+enum OutMsg {
+    Bytes(Vec<u8>),
+    Flush,
+}
+
+/// Scramble `input` into `output` until the input ends (or idles out, or is stopped).
 pub fn run_scramble(
     input: &mut Input,
     output: &mut Output,
@@ -53,7 +97,7 @@ pub fn run_scramble(
     run(input, output, Stage::Scramble(scrambler), opts)
 }
 
-/// Descramble `input` into `output` until the input ends (or idles out).
+/// Descramble `input` into `output` until the input ends (or idles out, or is stopped).
 pub fn run_descramble(
     input: &mut Input,
     output: &mut Output,
@@ -69,38 +113,187 @@ fn run(
     mut stage: Stage<'_>,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
-    let mut batch = PacketBatch::with_capacity(opts.batch_packets.max(1));
-    let mut last_data = Instant::now();
-    let end = loop {
-        match input.read_batch(&mut batch, opts.flush_interval)? {
-            ReadStatus::Packets(_) => {
-                last_data = Instant::now();
-                match &mut stage {
-                    Stage::Scramble(s) => {
-                        let out = s.process(batch.packets())?;
-                        output.write_batch(out)?;
-                    }
+    let batch_packets = opts.batch_packets.max(1);
+    let (in_tx, in_rx) = mpsc::sync_channel::<InMsg>(QUEUE_DEPTH);
+    let (free_batch_tx, free_batch_rx) = mpsc::sync_channel::<PacketBatch>(QUEUE_DEPTH + 2);
+    let (out_tx, out_rx) = mpsc::sync_channel::<OutMsg>(QUEUE_DEPTH);
+    let (free_buf_tx, free_buf_rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE_DEPTH + 2);
+    for _ in 0..QUEUE_DEPTH + 2 {
+        // cannot fail: the channels have room for the whole pool
+        let _ = free_batch_tx.send(PacketBatch::with_capacity(batch_packets));
+        // room for a batch plus what the mux adds to it (PMT, ECM, CAT, EMM packets)
+        let _ = free_buf_tx.send(Vec::with_capacity((batch_packets + 64) * 188));
+    }
+
+    std::thread::scope(|scope| {
+        let reader = std::thread::Builder::new()
+            .name("castmux-input".to_owned())
+            .spawn_scoped(scope, || read_loop(input, opts, in_tx, free_batch_rx))
+            .map_err(|e| ScrambleError::Config(format!("cannot start the input thread: {e}")))?;
+        let writer = std::thread::Builder::new()
+            .name("castmux-output".to_owned())
+            .spawn_scoped(scope, || write_loop(output, out_rx, free_buf_tx))
+            .map_err(|e| ScrambleError::Config(format!("cannot start the output thread: {e}")))?;
+
+        let res = cipher_loop(&mut stage, &in_rx, &free_batch_tx, &out_tx, &free_buf_rx);
+        // hang up: the output thread ends when its queue does; the input thread ends when
+        // it next finds its queue gone
+        drop(out_tx);
+        drop(in_rx);
+        drop(free_batch_tx);
+        let wrote = writer.join().unwrap_or_else(|_| {
+            Err(IoError::Closed {
+                url: "output".to_owned(),
+                reason: "the output thread panicked".to_owned(),
+            })
+        });
+        let _ = reader.join();
+        let end = res?;
+        wrote?;
+        Ok(end)
+    })
+}
+
+fn cipher_loop(
+    stage: &mut Stage<'_>,
+    in_rx: &Receiver<InMsg>,
+    free_batch_tx: &SyncSender<PacketBatch>,
+    out_tx: &SyncSender<OutMsg>,
+    free_buf_rx: &Receiver<Vec<u8>>,
+) -> Result<RunEnd, ScrambleError> {
+    loop {
+        let Ok(msg) = in_rx.recv() else {
+            return Ok(RunEnd::EndOfStream);
+        };
+        match msg {
+            InMsg::Batch(mut batch) => {
+                // the output thread returns every buffer it gets; gone means it failed
+                let Ok(mut buf) = free_buf_rx.recv() else {
+                    return Ok(RunEnd::EndOfStream);
+                };
+                buf.clear();
+                match stage {
+                    Stage::Scramble(s) => buf.extend_from_slice(s.process(batch.packets())?),
                     Stage::Descramble(d) => {
                         d.process(batch.packets_mut())?;
-                        output.write_packets(&batch)?;
+                        buf.extend_from_slice(batch.as_bytes());
                     }
+                }
+                let _ = free_batch_tx.send(batch);
+                if out_tx.send(OutMsg::Bytes(buf)).is_err() {
+                    return Ok(RunEnd::EndOfStream);
+                }
+            }
+            InMsg::Idle => {
+                if let Stage::Scramble(s) = stage {
+                    s.idle()?;
+                }
+                let _ = out_tx.send(OutMsg::Flush);
+            }
+            InMsg::End(end) => return Ok(end),
+            InMsg::Failed(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn read_loop(
+    input: &mut Input,
+    opts: &RunOptions,
+    in_tx: SyncSender<InMsg>,
+    free_batch_rx: Receiver<PacketBatch>,
+) {
+    let live = input.is_live();
+    let mut last_data = Instant::now();
+    // a live input keeps one spare batch of its own, so a full queue never makes it wait
+    let mut spare: Option<PacketBatch> = None;
+    loop {
+        if opts.stop.load(Ordering::Relaxed) {
+            let _ = in_tx.send(InMsg::End(RunEnd::Stopped));
+            return;
+        }
+        let mut batch = match spare.take() {
+            Some(b) => b,
+            None => match free_batch_rx.recv() {
+                Ok(b) => b,
+                Err(_) => return,
+            },
+        };
+        let status = match input.read_batch(&mut batch, opts.flush_interval) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = in_tx.send(InMsg::Failed(e));
+                return;
+            }
+        };
+        match status {
+            ReadStatus::Packets(_) => {
+                last_data = Instant::now();
+                if !live {
+                    if in_tx.send(InMsg::Batch(batch)).is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                match send_within(&in_tx, InMsg::Batch(batch), LIVE_QUEUE_WAIT) {
+                    Ok(()) => spare = free_batch_rx.try_recv().ok(),
+                    Err(TrySendError::Full(InMsg::Batch(b))) => {
+                        input.stats().queue_drops.fetch_add(1, Ordering::Relaxed);
+                        spare = Some(b);
+                    }
+                    Err(_) => return,
                 }
             }
             ReadStatus::TimedOut => {
-                if let Stage::Scramble(s) = &mut stage {
-                    s.idle()?;
-                }
-                output.flush()?;
+                spare = Some(batch);
                 if opts
                     .idle_timeout
                     .is_some_and(|limit| last_data.elapsed() >= limit)
                 {
-                    break RunEnd::Idle;
+                    let _ = in_tx.send(InMsg::End(RunEnd::Idle));
+                    return;
+                }
+                // a tick that finds the queue full is not needed: work is pending anyway
+                if let Err(TrySendError::Disconnected(_)) = in_tx.try_send(InMsg::Idle) {
+                    return;
                 }
             }
-            ReadStatus::EndOfStream => break RunEnd::EndOfStream,
+            ReadStatus::EndOfStream => {
+                let _ = in_tx.send(InMsg::End(RunEnd::EndOfStream));
+                return;
+            }
         }
-    };
-    output.flush()?;
-    Ok(end)
+    }
+}
+
+/// Send, waiting at most `limit` for room (std channels have no timed send).
+fn send_within<T>(tx: &SyncSender<T>, mut msg: T, limit: Duration) -> Result<(), TrySendError<T>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match tx.try_send(msg) {
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                msg = m;
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn write_loop(
+    output: &mut Output,
+    out_rx: Receiver<OutMsg>,
+    free_buf_tx: SyncSender<Vec<u8>>,
+) -> Result<(), IoError> {
+    // on an error this returns at once: the hung-up channels end the other threads
+    while let Ok(msg) = out_rx.recv() {
+        match msg {
+            OutMsg::Bytes(buf) => {
+                let res = output.write_batch(&buf);
+                let _ = free_buf_tx.send(buf);
+                res?;
+            }
+            OutMsg::Flush => output.flush()?,
+        }
+    }
+    output.flush()
 }

@@ -15,6 +15,7 @@
 //! prepared (an ECM ready for a crypto period, EMM packets in a bounded queue).
 
 pub mod access;
+pub mod builtin;
 pub mod conn;
 pub mod datagram;
 pub mod ecmg_messages;
@@ -26,6 +27,7 @@ pub mod scs_client;
 pub mod tlv;
 pub mod types;
 
+pub use builtin::RingEcmBuilder;
 pub use ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
 pub use ecmg_server::{
     EcmBuildError, EcmBuildRequest, EcmBuilder, EcmgServer, EcmgServerConfig, EcmgServerStats,

@@ -1,0 +1,460 @@
+//! The software card core: one card's keys and entitlements, updated by its EMMs, and
+//! control words out of ECMs only while it is entitled (docs/cas-formats.md, "Card rules").
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use csa::Parity;
+use serde::{Deserialize, Serialize};
+
+use crate::cas::ecm::EcmRef;
+use crate::cas::emm::{open_emm, EmmHeader};
+use crate::cas::types::{
+    AccessCriteria, CardFile, CardSerial, Entitlements, ServiceKey, CARD_FILE_FORMAT,
+};
+use crate::cas::{Refusal, RefusalCounts};
+use crate::scramble::Cw;
+
+/// How far (seconds) an ECM's timestamp may lag behind the card's clock, or behind the
+/// newest ECM the card accepted, before it is a replay. ECMs are made once per crypto
+/// period and repeated, and a card serving several channels sees ECMs made at different
+/// times, so this must exceed the longest crypto period; 10 minutes also absorbs clock skew.
+pub const DEFAULT_REPLAY_TOLERANCE_SECS: i64 = 600;
+
+/// Versions of one package's service key a card keeps: previous, current, next.
+pub const KEY_VERSIONS_KEPT: usize = 3;
+
+/// Largest `card.json` read (a card with every package and many events is a few KiB).
+const MAX_CARD_FILE: u64 = 1 << 20;
+
+/// The control words of an ECM the card was entitled to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EcmAnswer {
+    /// Crypto period number.
+    pub period: u64,
+    /// Parity of that period.
+    pub parity: Parity,
+    /// CW length, 8 (CSA2) or 16 (AES modes).
+    pub cw_len: usize,
+    /// The even CW.
+    pub even: Cw,
+    /// The odd CW.
+    pub odd: Cw,
+}
+
+/// What an EMM did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmmOutcome {
+    /// Verified and applied: entitlements and keys updated (save the card).
+    Applied,
+    /// Addressed to another serial: ignored.
+    NotForThisCard,
+    /// The part of the last applied sequence already applied (the carousel repeats it).
+    AlreadyApplied,
+}
+
+/// Why a card file could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CardError {
+    /// Reading or writing the file failed.
+    #[error("card file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not a card.json of the expected shape.
+    #[error("card file {path} is not a castmux card.json ({reason}); export it again with castmux card export-key SERIAL -o FILE")]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A card.json format this build does not read.
+    #[error("card file format {found}, this castmux reads format {CARD_FILE_FORMAT}; export it again with this version")]
+    Format {
+        /// The format found.
+        found: u8,
+    },
+}
+
+/// Counters of a card.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CardCounters {
+    /// ECMs answered with CWs.
+    pub ecm_answered: u64,
+    /// EMM sections applied.
+    pub emm_applied: u64,
+    /// EMM sections repeating one already applied.
+    pub emm_already_applied: u64,
+    /// EMM sections for other cards.
+    pub emm_not_for_this_card: u64,
+    /// Refusals of ECMs and EMMs, by kind.
+    pub refusals: RefusalCounts,
+}
+
+/// What the card remembers besides its personalization, saved alongside it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct CardState {
+    /// Sequence of the last EMM applied.
+    #[serde(default)]
+    last_emm_sequence: u64,
+    /// Parts of that EMM applied (bit i = part i).
+    #[serde(default)]
+    emm_parts_applied: u64,
+    /// Part count of that EMM.
+    #[serde(default)]
+    emm_parts: u8,
+    /// Newest ECM timestamp accepted.
+    #[serde(default)]
+    newest_ecm_time: Option<i64>,
+}
+
+/// The saved card: `card.json` plus the card's state (readers of plain `CardFile` ignore it).
+#[derive(Serialize, Deserialize)]
+struct SavedCard {
+    #[serde(flatten)]
+    card: CardFile,
+    #[serde(default)]
+    state: CardState,
+}
+
+/// One software card.
+pub struct SoftCard {
+    card: CardFile,
+    state: CardState,
+    replay_tolerance: i64,
+    counters: CardCounters,
+}
+
+impl fmt::Debug for SoftCard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SoftCard")
+            .field("serial", &self.card.serial)
+            .field(
+                "ca_system_id",
+                &format_args!("{:#06x}", self.card.ca_system_id),
+            )
+            .field("entitlements", &self.card.entitlements)
+            .field("service_keys", &self.card.service_keys.len())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SoftCard {
+    /// A card from its personalization.
+    pub fn from_card_file(card: CardFile) -> Result<SoftCard, CardError> {
+        if card.format != CARD_FILE_FORMAT {
+            return Err(CardError::Format { found: card.format });
+        }
+        let mut c = SoftCard {
+            card,
+            state: CardState::default(),
+            replay_tolerance: DEFAULT_REPLAY_TOLERANCE_SECS,
+            counters: CardCounters::default(),
+        };
+        c.trim_keys();
+        Ok(c)
+    }
+
+    /// Load a `card.json` (as exported, or as saved by [`SoftCard::save`]).
+    pub fn load(path: &Path) -> Result<SoftCard, CardError> {
+        let io = |source| CardError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let len = fs::metadata(path).map_err(io)?.len();
+        if len > MAX_CARD_FILE {
+            return Err(CardError::Shape {
+                path: path.to_owned(),
+                reason: format!("{len} bytes, more than any card"),
+            });
+        }
+        let text = fs::read(path).map_err(io)?;
+        let saved: SavedCard = serde_json::from_slice(&text).map_err(|e| CardError::Shape {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut card = SoftCard::from_card_file(saved.card)?;
+        card.state = saved.state;
+        Ok(card)
+    }
+
+    /// Write the card (personalization, current entitlements and keys, replay state) to
+    /// `path` atomically: a temporary file beside it, synced, then renamed over it.
+    pub fn save(&self, path: &Path) -> Result<(), CardError> {
+        let io = |source| CardError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let json = serde_json::to_vec_pretty(&SavedCardRef {
+            card: &self.card,
+            state: &self.state,
+        })
+        .map_err(|e| io(std::io::Error::other(e)))?;
+        let name = path.file_name().ok_or_else(|| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a file name",
+            ))
+        })?;
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp{}", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        {
+            // the file holds the card key
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let written = opts.open(&tmp).and_then(|mut f| {
+            f.write_all(&json)?;
+            f.sync_all()
+        });
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+        Ok(())
+    }
+
+    /// The card's serial.
+    pub fn serial(&self) -> CardSerial {
+        self.card.serial
+    }
+
+    /// CA_system_ID of the card's operator.
+    pub fn ca_system_id(&self) -> u16 {
+        self.card.ca_system_id
+    }
+
+    /// Current entitlements.
+    pub fn entitlements(&self) -> &Entitlements {
+        &self.card.entitlements
+    }
+
+    /// The personalization as updated by EMMs.
+    pub fn card_file(&self) -> &CardFile {
+        &self.card
+    }
+
+    /// The (package bit, version) of every service key held, ascending.
+    pub fn key_versions(&self) -> Vec<(u8, u32)> {
+        let mut v: Vec<(u8, u32)> = self
+            .card
+            .service_keys
+            .iter()
+            .map(|k| (k.bit.get(), k.version))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Counters.
+    pub fn counters(&self) -> CardCounters {
+        self.counters
+    }
+
+    /// Change the replay tolerance (seconds; see [`DEFAULT_REPLAY_TOLERANCE_SECS`]).
+    pub fn set_replay_tolerance(&mut self, secs: i64) {
+        self.replay_tolerance = secs.max(0);
+    }
+
+    /// Answer an ECM section at card time `now` (Unix seconds).
+    pub fn process_ecm(&mut self, section: &[u8], now: i64) -> Result<EcmAnswer, Refusal> {
+        let r = self.check_ecm(section, now);
+        match &r {
+            Ok(_) => self.counters.ecm_answered += 1,
+            Err(e) => self.counters.refusals.count(e),
+        }
+        r
+    }
+
+    /// Apply an EMM section at card time `now` (Unix seconds).
+    pub fn process_emm(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
+        let r = self.apply_emm(section, now);
+        match &r {
+            Ok(EmmOutcome::Applied) => self.counters.emm_applied += 1,
+            Ok(EmmOutcome::AlreadyApplied) => self.counters.emm_already_applied += 1,
+            Ok(EmmOutcome::NotForThisCard) => self.counters.emm_not_for_this_card += 1,
+            Err(e) => self.counters.refusals.count(e),
+        }
+        r
+    }
+
+    fn check_ecm(&mut self, section: &[u8], now: i64) -> Result<EcmAnswer, Refusal> {
+        let ecm = EcmRef::parse(section)?;
+        if ecm.ca_system_id() != self.card.ca_system_id {
+            return Err(Refusal::WrongCaSystem {
+                got: ecm.ca_system_id(),
+                card: self.card.ca_system_id,
+            });
+        }
+        let ent = &self.card.entitlements;
+        if !ent.enabled {
+            return Err(Refusal::Disabled);
+        }
+        let subscribed = ecm.access().0 & ent.access.0;
+        let by_event = ent
+            .events
+            .iter()
+            .filter(|e| ecm.access().contains(e.bit))
+            .fold(0u64, |m, e| m | AccessCriteria::single(e.bit).0);
+        let candidates = AccessCriteria(subscribed | by_event);
+        if candidates.is_empty() {
+            return Err(Refusal::NotEntitled);
+        }
+        let mut missing = None;
+        let mut opened = None;
+        for w in ecm.wraps().filter(|w| candidates.contains(w.bit)) {
+            let key = self
+                .card
+                .service_keys
+                .iter()
+                .find(|k| k.bit == w.bit && k.version == w.version);
+            match key {
+                Some(k) => {
+                    opened = Some(ecm.open(&w, &k.key)?);
+                    break;
+                }
+                None => {
+                    missing.get_or_insert(Refusal::UnknownKeyVersion {
+                        bit: w.bit.get(),
+                        version: w.version,
+                    });
+                }
+            }
+        }
+        let Some(content) = opened else {
+            return Err(missing.unwrap_or(Refusal::NotEntitled));
+        };
+
+        let ts = content.timestamp;
+        let oldest_fresh = now.saturating_sub(self.replay_tolerance);
+        let newest = self.state.newest_ecm_time;
+        if ts < oldest_fresh || newest.is_some_and(|n| ts < n.saturating_sub(self.replay_tolerance))
+        {
+            return Err(Refusal::Replay);
+        }
+        if ts < ent.start {
+            return Err(Refusal::NotYetValid);
+        }
+        if ts >= ent.finish {
+            return Err(Refusal::Expired);
+        }
+        if subscribed == 0 {
+            // entitled only through events: one of them must cover the ECM's time
+            let events = || ent.events.iter().filter(|e| ecm.access().contains(e.bit));
+            if !events().any(|e| e.start <= ts && ts < e.end) {
+                return Err(if events().all(|e| ts < e.start) {
+                    Refusal::NotYetValid
+                } else {
+                    Refusal::Expired
+                });
+            }
+        }
+        self.state.newest_ecm_time = Some(newest.map_or(ts, |n| n.max(ts)));
+        Ok(EcmAnswer {
+            period: content.period,
+            parity: content.parity,
+            cw_len: content.even.len(),
+            even: content.even,
+            odd: content.odd,
+        })
+    }
+
+    fn apply_emm(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
+        let h = EmmHeader::parse(section)?;
+        if h.serial != self.card.serial {
+            return Ok(EmmOutcome::NotForThisCard);
+        }
+        let part_bit = 1u64 << h.part;
+        if h.sequence < self.state.last_emm_sequence {
+            return Err(Refusal::Replay);
+        }
+        let same_sequence = h.sequence == self.state.last_emm_sequence;
+        if same_sequence && self.state.emm_parts_applied & part_bit != 0 {
+            return Ok(EmmOutcome::AlreadyApplied);
+        }
+        let part = open_emm(section, &self.card.card_key)?;
+        let ent = &mut self.card.entitlements;
+        let mut events = part.entitlements.events;
+        if same_sequence {
+            // another part of the same EMM: its events add to those already applied
+            events.retain(|e| !ent.events.iter().any(|o| o.id == e.id));
+            let mut all = std::mem::take(&mut ent.events);
+            all.extend(events);
+            events = all;
+        } else {
+            self.state.last_emm_sequence = h.sequence;
+            self.state.emm_parts_applied = 0;
+            self.state.emm_parts = h.parts;
+        }
+        *ent = Entitlements {
+            events,
+            ..part.entitlements
+        };
+        // an event that ended before any ECM the card would still accept is of no use
+        let oldest_fresh = now.saturating_sub(self.replay_tolerance);
+        ent.events.retain(|e| e.end > oldest_fresh);
+        self.state.emm_parts_applied |= part_bit;
+        for k in part.keys {
+            let keys = &mut self.card.service_keys;
+            match keys
+                .iter_mut()
+                .find(|o| o.bit == k.bit && o.version == k.version)
+            {
+                Some(o) => *o = k,
+                None => keys.push(k),
+            }
+        }
+        let complete = self.state.emm_parts_applied.count_ones() >= u32::from(self.state.emm_parts);
+        if complete {
+            // the whole state has arrived: drop keys of packages the card lost
+            let ent = &self.card.entitlements;
+            let allowed = if ent.enabled {
+                ent.events
+                    .iter()
+                    .fold(ent.access.0, |m, e| m | AccessCriteria::single(e.bit).0)
+            } else {
+                0
+            };
+            self.card
+                .service_keys
+                .retain(|k| AccessCriteria(allowed).contains(k.bit));
+        }
+        self.trim_keys();
+        Ok(EmmOutcome::Applied)
+    }
+
+    /// Keep the [`KEY_VERSIONS_KEPT`] highest versions of each package.
+    fn trim_keys(&mut self) {
+        let keys = &mut self.card.service_keys;
+        keys.sort_unstable_by(|a, b| (a.bit, b.version).cmp(&(b.bit, a.version)));
+        keys.dedup_by(|a, b| a.bit == b.bit && a.version == b.version);
+        let mut kept: Vec<ServiceKey> = Vec::with_capacity(keys.len());
+        for k in keys.drain(..) {
+            let same_bit = kept.iter().rev().take_while(|o| o.bit == k.bit).count();
+            if same_bit < KEY_VERSIONS_KEPT {
+                kept.push(k);
+            }
+        }
+        *keys = kept;
+    }
+}
+
+/// Borrowing twin of [`SavedCard`] for writing.
+#[derive(Serialize)]
+struct SavedCardRef<'a> {
+    #[serde(flatten)]
+    card: &'a CardFile,
+    state: &'a CardState,
+}

@@ -3,7 +3,7 @@
 //! ingest through the mux-side server (Mbit/s, losses). Loopback; prints a table.
 //!
 //! The ECM builder here hashes the CWs and access criteria with SHA-256 per ECM (a stand-in
-//! of the same order of cost as the built-in AES-GCM ECMG).
+//! switching it to `RingEcmBuilder` is the next step).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;

@@ -8,5 +8,6 @@
 pub mod cas;
 pub mod io;
 pub mod scramble;
+pub mod simulcrypt;
 pub mod softcard;
 pub mod ts;

@@ -1,0 +1,797 @@
+//! The SCS side of ECMG<->SCS: the mux asks an external ECMG (TVCAS on port 43000, castmux's
+//! own `castmux ecmg`, ...) for the ECMs of its crypto periods.
+//!
+//! The data path never waits on the network. A control task on tokio owns the connection:
+//! channel_setup/stream_setup, channel_test keepalive, CW_provision for every period the
+//! pipeline announces, ECM_responses stored as "ready". The pipeline's
+//! [`EcmGenerator::generate`] (once per crypto period) announces the period if it is new,
+//! waits a few milliseconds at most, and takes the ready ECM; when there is none yet it
+//! returns [`EcmError::Unavailable`] (counted) and the previous ECM and key stay on air —
+//! the scrambler holds the current CW until an ECM with the next one is out (fail closed),
+//! and asks again on its next batch. [`SimulcryptEcmg::provision`] lets a caller announce a
+//! period ahead of time so the ECM is ready when asked for.
+//!
+//! On a lost link the task reconnects with exponential backoff and replays the CW_provisions
+//! of the latest periods, so ECMs resume without the pipeline doing anything.
+//!
+//! Several CAS on one service: one `SimulcryptEcmg` per ECMG connection, each feeding its own
+//! ECM PID (the pipeline builds one `EcmInserter` per instance; `ca_system_id()` is the
+//! CA_descriptor's id). Every instance receives the same CWs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::conn::{FrameReader, LinkError};
+use super::datagram::{check_sections, packets_to_sections};
+use super::ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
+use super::types::{error_status_name, EcmgErrorStatus};
+use crate::scramble::ecm::{EcmError, EcmGenerator, EcmRequest};
+use crate::scramble::Cw;
+use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
+
+/// Settings of one ECMG connection. [`ScsConfig::new`] fills the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ScsConfig {
+    /// The ECMG, `host:port`.
+    pub ecmg: String,
+    /// Protocol version (2 or 3). Default 3.
+    pub version: u8,
+    /// Super_CAS_id (CA_system_id << 16 | CA_subsystem_id).
+    pub super_cas_id: u32,
+    /// ECM_channel_id. Default 1.
+    pub channel_id: u16,
+    /// ECM_stream_id. Default 1 (Astra's "start stream id with 1").
+    pub stream_id: u16,
+    /// ECM_id. Default 1.
+    pub ecm_id: u16,
+    /// access_criteria bytes sent with every CW_provision. Default none.
+    pub access_criteria: Vec<u8>,
+    /// Crypto period (nominal_CP_duration, CP_duration). Default 10 s.
+    pub crypto_period: Duration,
+    /// channel_test interval. Default 5 s; the link is dropped after 3 silent intervals.
+    pub keepalive: Duration,
+    /// Time allowed for connecting and each setup answer. Default 5 s.
+    pub setup_timeout: Duration,
+    /// How long `generate` may wait for an ECM it just asked for. Default 5 ms.
+    pub generate_wait: Duration,
+    /// First reconnect delay; doubles up to `backoff_max`. Default 200 ms.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay. Default 10 s.
+    pub backoff_max: Duration,
+}
+
+impl ScsConfig {
+    /// Settings for `ecmg` and `super_cas_id` with the defaults above.
+    pub fn new(ecmg: impl Into<String>, super_cas_id: u32) -> Self {
+        ScsConfig {
+            ecmg: ecmg.into(),
+            version: 3,
+            super_cas_id,
+            channel_id: 1,
+            stream_id: 1,
+            ecm_id: 1,
+            access_criteria: Vec::new(),
+            crypto_period: Duration::from_secs(10),
+            keepalive: Duration::from_secs(5),
+            setup_timeout: Duration::from_secs(5),
+            generate_wait: Duration::from_millis(5),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+
+    /// CP_duration in 100 ms units (at least 1).
+    fn cp_units(&self) -> u16 {
+        (self.crypto_period.as_millis() / 100).clamp(1, u128::from(u16::MAX)) as u16
+    }
+}
+
+/// Counters of one ECMG connection (live).
+#[derive(Debug, Default)]
+pub struct ScsStats {
+    /// Successful channel+stream setups (1 + reconnections).
+    pub setups: AtomicU64,
+    /// Connections lost or refused.
+    pub link_failures: AtomicU64,
+    /// CW_provisions sent (replays and retries included).
+    pub provisions_sent: AtomicU64,
+    /// ECM_responses accepted.
+    pub ecms_received: AtomicU64,
+    /// ECMs handed to the pipeline.
+    pub ecms_delivered: AtomicU64,
+    /// `generate` calls answered Unavailable (no ECM ready): the previous ECM stayed on air.
+    pub unavailable: AtomicU64,
+    /// ECM_responses that came after max_comp_time.
+    pub late: AtomicU64,
+    /// CW_provisions with no answer in time (resent up to twice, then given up).
+    pub timeouts: AtomicU64,
+    /// ECM_responses that were not sections of the right table_id, or for no asked period.
+    pub bad_ecms: AtomicU64,
+    /// channel_error/stream_error from the ECMG.
+    pub errors_received: AtomicU64,
+    /// Period announcements dropped because the control queue was full.
+    pub queue_full: AtomicU64,
+}
+
+/// A crypto period to get an ECM for.
+#[derive(Debug, Clone)]
+struct Provision {
+    period: u64,
+    current: Cw,
+    next: Cw,
+}
+
+impl Provision {
+    fn cp(&self) -> u16 {
+        (self.period & 0xFFFF) as u16
+    }
+}
+
+struct ReadyEcm {
+    period: u64,
+    current: Cw,
+    next: Cw,
+    sections: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<ReadyEcm>,
+    /// Periods announced, with when (re-announced after a while if still missing).
+    asked: VecDeque<(u64, Instant)>,
+    status: Option<ChannelStatus>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+    stats: ScsStats,
+    connected: AtomicBool,
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+/// Why the client could not be started or got no channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ScsError {
+    /// The runtime thread could not be started.
+    #[error("cannot start the SimulCrypt control thread: {0}")]
+    Runtime(std::io::Error),
+    /// No channel_status in time.
+    #[error("no channel with the ECMG at {0} within {1:?}; is it running and reachable?")]
+    NotReady(String, Duration),
+}
+
+const READY_KEPT: usize = 4;
+const ASKED_KEPT: usize = 8;
+const REPLAYED: usize = 2;
+const QUEUE: usize = 32;
+const MAX_ATTEMPTS: u32 = 3;
+
+/// A SimulCrypt ECMG client; an [`EcmGenerator`] for the scrambler. Cheap to clone (all
+/// clones share one connection).
+#[derive(Clone)]
+pub struct SimulcryptEcmg {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Provision>,
+    config: Arc<ScsConfig>,
+}
+
+impl std::fmt::Debug for SimulcryptEcmg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulcryptEcmg")
+            .field("ecmg", &self.config.ecmg)
+            .field("connected", &self.shared.connected.load(Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimulcryptEcmg {
+    /// Start the control task on `rt`.
+    pub fn spawn(config: ScsConfig, rt: &tokio::runtime::Handle) -> SimulcryptEcmg {
+        let (me, fut) = Self::parts(config);
+        rt.spawn(fut);
+        me
+    }
+
+    /// Start the control task on a runtime of its own (one thread); it stops when every
+    /// clone is dropped.
+    pub fn start(config: ScsConfig) -> Result<SimulcryptEcmg, ScsError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ScsError::Runtime)?;
+        let (me, fut) = Self::parts(config);
+        std::thread::Builder::new()
+            .name("simulcrypt-scs".to_owned())
+            .spawn(move || rt.block_on(fut))
+            .map_err(ScsError::Runtime)?;
+        Ok(me)
+    }
+
+    fn parts(
+        config: ScsConfig,
+    ) -> (
+        SimulcryptEcmg,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            cond: Condvar::new(),
+            stats: ScsStats::default(),
+            connected: AtomicBool::new(false),
+            latency: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("static histogram bounds are valid"),
+            ),
+        });
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let config = Arc::new(config);
+        let me = SimulcryptEcmg {
+            shared: shared.clone(),
+            tx,
+            config: config.clone(),
+        };
+        (me, control(shared, config, rx))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &ScsStats {
+        &self.shared.stats
+    }
+
+    /// CW_provision -> ECM_response latency so far (µs).
+    pub fn latency(&self) -> hdrhistogram::Histogram<u64> {
+        lock(&self.shared.latency).clone()
+    }
+
+    /// Whether channel and stream are set up now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Relaxed)
+    }
+
+    /// The ECMG's channel_status (delay_start, ECM_rep_period, ...), once known.
+    pub fn channel_status(&self) -> Option<ChannelStatus> {
+        lock(&self.shared.state).status
+    }
+
+    /// CA_system_ID for the CA_descriptor (high 16 bits of Super_CAS_id).
+    pub fn ca_system_id(&self) -> u16 {
+        (self.config.super_cas_id >> 16) as u16
+    }
+
+    /// Wait (blocking) until the channel is set up; gives its channel_status. Use it before
+    /// configuring the scrambler so delay_start and ECM_rep_period come from the ECMG.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<ChannelStatus, ScsError> {
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.shared.state);
+        loop {
+            if let (Some(s), true) = (st.status, self.is_connected()) {
+                return Ok(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ScsError::NotReady(self.config.ecmg.clone(), timeout));
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(50)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Announce crypto period `period` (CW `current`, next CW `next`) ahead of time, without
+    /// waiting. The pipeline knows CW(N+1) a period early, so it can call this for N+1 while N
+    /// is on air.
+    pub fn provision(&self, period: u64, current: &Cw, next: &Cw) {
+        let mut st = lock(&self.shared.state);
+        self.ask(&mut st, period, current, next);
+    }
+
+    fn ask(&self, st: &mut State, period: u64, current: &Cw, next: &Cw) {
+        let retry_after = self.config.setup_timeout.max(Duration::from_secs(1));
+        let now = Instant::now();
+        if let Some((_, at)) = st.asked.iter_mut().find(|(p, _)| *p == period) {
+            if now.duration_since(*at) < retry_after {
+                return;
+            }
+            *at = now;
+        } else {
+            if st.asked.len() >= ASKED_KEPT {
+                st.asked.pop_front();
+            }
+            st.asked.push_back((period, now));
+        }
+        let p = Provision {
+            period,
+            current: current.clone(),
+            next: next.clone(),
+        };
+        if self.tx.try_send(p).is_err() {
+            self.shared.stats.queue_full.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// The ready ECM of `period` with exactly these CWs, appended to `out`.
+    fn take_ready(st: &State, period: u64, current: &Cw, next: &Cw, out: &mut Vec<u8>) -> bool {
+        match st
+            .ready
+            .iter()
+            .find(|e| e.period == period && e.current == *current && e.next == *next)
+        {
+            Some(e) => {
+                out.extend_from_slice(&e.sections);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl EcmGenerator for SimulcryptEcmg {
+    fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {
+        let period = req.period.0;
+        let mut st = lock(&self.shared.state);
+        if !Self::take_ready(&st, period, req.current, req.next, out) {
+            self.ask(&mut st, period, req.current, req.next);
+            let deadline = Instant::now() + self.config.generate_wait;
+            loop {
+                let now = Instant::now();
+                if now >= deadline {
+                    self.shared.stats.unavailable.fetch_add(1, Relaxed);
+                    return Err(EcmError::Unavailable(format!(
+                        "no ECM from the ECMG at {} for crypto period {period} yet",
+                        self.config.ecmg
+                    )));
+                }
+                st = self
+                    .shared
+                    .cond
+                    .wait_timeout(st, deadline - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|e| e.into_inner().0);
+                if Self::take_ready(&st, period, req.current, req.next, out) {
+                    break;
+                }
+            }
+        }
+        self.shared.stats.ecms_delivered.fetch_add(1, Relaxed);
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // a panic elsewhere must not take the ECM path down with it
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The control task: sessions with reconnect and backoff until every handle is dropped.
+async fn control(shared: Arc<Shared>, config: Arc<ScsConfig>, mut rx: mpsc::Receiver<Provision>) {
+    let mut latest: VecDeque<Provision> = VecDeque::with_capacity(REPLAYED + 1);
+    let mut backoff = config.backoff_min;
+    let mut warned_at: Option<Instant> = None;
+    loop {
+        let mut session = Session {
+            shared: &shared,
+            config: &config,
+            pending: HashMap::new(),
+            out: Vec::with_capacity(256),
+            established: false,
+        };
+        let res = session.run(&mut rx, &mut latest).await;
+        let established = session.established;
+        shared.connected.store(false, Relaxed);
+        shared.cond.notify_all();
+        match res {
+            Ok(()) => return, // every handle dropped
+            Err(e) => {
+                shared.stats.link_failures.fetch_add(1, Relaxed);
+                if established {
+                    backoff = config.backoff_min;
+                }
+                // one line per failure streak, then at most one a minute
+                if established || warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    warned_at = Some(Instant::now());
+                    tracing::warn!(ecmg = %config.ecmg, error = %e, retry_in = ?backoff,
+                        "SimulCrypt ECMG link down; ECMs hold until it is back");
+                }
+            }
+        }
+        // wait out the backoff, keeping the latest periods for the replay
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                p = rx.recv() => match p {
+                    Some(p) => remember(&mut latest, p),
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+}
+
+fn remember(latest: &mut VecDeque<Provision>, p: Provision) {
+    latest.retain(|q| q.period != p.period);
+    latest.push_back(p);
+    while latest.len() > REPLAYED {
+        latest.pop_front();
+    }
+}
+
+struct Pending {
+    provision: Provision,
+    sent: Instant,
+    attempts: u32,
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    config: &'a ScsConfig,
+    /// CP_number -> what was asked.
+    pending: HashMap<u16, Pending>,
+    out: Vec<u8>,
+    established: bool,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        rx: &mut mpsc::Receiver<Provision>,
+        latest: &mut VecDeque<Provision>,
+    ) -> Result<(), LinkError> {
+        let c = self.config;
+        let sock = tokio::time::timeout(c.setup_timeout, TcpStream::connect(&c.ecmg))
+            .await
+            .map_err(|_| LinkError::Timeout("the TCP connection to the ECMG"))??;
+        let _ = sock.set_nodelay(true);
+        let (rd, mut wr) = sock.into_split();
+        let mut reader = FrameReader::new(rd);
+
+        self.send(
+            &mut wr,
+            &EcmgMessage::ChannelSetup {
+                channel_id: c.channel_id,
+                super_cas_id: c.super_cas_id,
+            },
+        )
+        .await?;
+        let status = loop {
+            match self.expect(&mut reader, "channel_status").await? {
+                EcmgMessage::ChannelStatus(s) => break s,
+                other => self.unexpected(other)?,
+            }
+        };
+        if status.lead_cw > 1 || status.cw_per_msg > 2 {
+            tracing::warn!(
+                lead_cw = status.lead_cw,
+                cw_per_msg = status.cw_per_msg,
+                "ECMG asks for more CWs per message than castmux sends (current and next)"
+            );
+        }
+        self.send(
+            &mut wr,
+            &EcmgMessage::StreamSetup {
+                channel_id: c.channel_id,
+                stream_id: c.stream_id,
+                ecm_id: c.ecm_id,
+                nominal_cp_duration: c.cp_units(),
+            },
+        )
+        .await?;
+        loop {
+            match self.expect(&mut reader, "stream_status").await? {
+                EcmgMessage::StreamStatus { .. } => break,
+                other => self.unexpected(other)?,
+            }
+        }
+        lock(&self.shared.state).status = Some(status);
+        self.established = true;
+        self.shared.connected.store(true, Relaxed);
+        self.shared.stats.setups.fetch_add(1, Relaxed);
+        self.shared.cond.notify_all();
+        tracing::info!(ecmg = %c.ecmg, channel_id = c.channel_id, stream_id = c.stream_id,
+            delay_start = status.delay_start, ecm_rep_period = status.ecm_rep_period,
+            max_comp_time = status.max_comp_time, "SimulCrypt ECMG channel and stream set up");
+
+        // replay the latest periods so ECMs resume at once
+        let replay: Vec<Provision> = latest.iter().cloned().collect();
+        for p in replay {
+            self.provide(&mut wr, p, 1).await?;
+        }
+
+        let max_comp = Duration::from_millis(u64::from(status.max_comp_time.max(1)));
+        let timeout = max_comp * 2 + Duration::from_millis(100);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_rx = Instant::now();
+        let mut last_test = Instant::now();
+        loop {
+            tokio::select! {
+                p = rx.recv() => {
+                    let Some(p) = p else {
+                        // every handle dropped: close politely
+                        let _ = self.send(&mut wr, &EcmgMessage::StreamCloseRequest {
+                            channel_id: c.channel_id, stream_id: c.stream_id }).await;
+                        let _ = self.send(&mut wr, &EcmgMessage::ChannelClose {
+                            channel_id: c.channel_id }).await;
+                        return Ok(());
+                    };
+                    remember(latest, p.clone());
+                    self.provide(&mut wr, p, 1).await?;
+                }
+                frame = reader.next() => {
+                    let frame = frame?.ok_or_else(|| LinkError::Peer("the ECMG closed the connection".to_owned()))?;
+                    last_rx = Instant::now();
+                    self.on_message(&mut wr, &frame, max_comp).await?;
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if now.duration_since(last_rx) > c.keepalive * 3 {
+                        return Err(LinkError::Timeout("any message from the ECMG (keepalive)"));
+                    }
+                    if now.duration_since(last_test) >= c.keepalive {
+                        last_test = now;
+                        self.send(&mut wr, &EcmgMessage::ChannelTest { channel_id: c.channel_id }).await?;
+                    }
+                    self.retry(&mut wr, now, timeout).await?;
+                }
+            }
+        }
+    }
+
+    async fn expect<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+        what: &'static str,
+    ) -> Result<EcmgMessage, LinkError> {
+        let frame = tokio::time::timeout(self.config.setup_timeout, reader.next())
+            .await
+            .map_err(|_| LinkError::Timeout(what))??
+            .ok_or_else(|| LinkError::Peer(format!("the ECMG closed before sending {what}")))?;
+        EcmgMessage::decode(&frame)
+            .map(|(_, m)| m)
+            .map_err(LinkError::Codec)
+    }
+
+    /// A message that ends the setup (error) or is ignored there.
+    fn unexpected(&self, m: EcmgMessage) -> Result<(), LinkError> {
+        match m {
+            EcmgMessage::ChannelError { status, .. } | EcmgMessage::StreamError { status, .. } => {
+                self.shared.stats.errors_received.fetch_add(1, Relaxed);
+                Err(LinkError::Peer(format!(
+                    "the ECMG refused the setup: {}",
+                    describe(&status)
+                )))
+            }
+            other => {
+                tracing::debug!(message = ?other.message_type(), "ignored during setup");
+                Ok(())
+            }
+        }
+    }
+
+    async fn provide(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        p: Provision,
+        attempts: u32,
+    ) -> Result<(), LinkError> {
+        let c = self.config;
+        let cp = p.cp();
+        let msg = EcmgMessage::CwProvision(CwProvision {
+            channel_id: c.channel_id,
+            stream_id: c.stream_id,
+            cp_number: cp,
+            cw_encryption: None,
+            cp_cw: vec![
+                CpCw {
+                    cp_number: cp,
+                    cw: p.current.clone(),
+                },
+                CpCw {
+                    cp_number: cp.wrapping_add(1),
+                    cw: p.next.clone(),
+                },
+            ],
+            cp_duration: Some(c.cp_units()),
+            access_criteria: Some(c.access_criteria.clone()),
+        });
+        self.send(wr, &msg).await?;
+        self.shared.stats.provisions_sent.fetch_add(1, Relaxed);
+        self.pending.insert(
+            cp,
+            Pending {
+                provision: p,
+                sent: Instant::now(),
+                attempts,
+            },
+        );
+        Ok(())
+    }
+
+    async fn retry(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        now: Instant,
+        timeout: Duration,
+    ) -> Result<(), LinkError> {
+        let overdue: Vec<u16> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.duration_since(p.sent) > timeout)
+            .map(|(cp, _)| *cp)
+            .collect();
+        for cp in overdue {
+            let Some(p) = self.pending.remove(&cp) else {
+                continue;
+            };
+            self.shared.stats.timeouts.fetch_add(1, Relaxed);
+            if p.attempts < MAX_ATTEMPTS {
+                tracing::debug!(
+                    cp,
+                    attempt = p.attempts + 1,
+                    "no ECM_response in time; resending"
+                );
+                self.provide(wr, p.provision, p.attempts + 1).await?;
+            } else {
+                tracing::warn!(ecmg = %self.config.ecmg, period = p.provision.period,
+                    "the ECMG never answered this CW_provision; the previous ECM stays on air");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_message(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        frame: &[u8],
+        max_comp: Duration,
+    ) -> Result<(), LinkError> {
+        let msg = match EcmgMessage::decode(frame) {
+            Ok((_, m)) => m,
+            Err(e) => {
+                // tell the ECMG, keep the link if the framing is intact
+                tracing::warn!(error = %e, "bad message from the ECMG");
+                let m = EcmgMessage::ChannelError {
+                    channel_id: self.config.channel_id,
+                    status: vec![e.ecmg_status().value()],
+                    info: e
+                        .parameter()
+                        .map(|p| p.to_be_bytes().to_vec())
+                        .into_iter()
+                        .collect(),
+                };
+                self.send(wr, &m).await?;
+                return Ok(());
+            }
+        };
+        match msg {
+            EcmgMessage::EcmResponse {
+                stream_id,
+                cp_number,
+                datagram,
+                ..
+            } if stream_id == self.config.stream_id => self.on_ecm(cp_number, &datagram, max_comp),
+            EcmgMessage::ChannelStatus(s) => {
+                lock(&self.shared.state).status = Some(s);
+            }
+            EcmgMessage::StreamStatus { .. } => {}
+            // the ECMG checking the link: receiving it already shows the link is alive, and
+            // answering with a test of our own could loop with some peers
+            EcmgMessage::ChannelTest { .. } => {}
+            EcmgMessage::ChannelError { status, .. } | EcmgMessage::StreamError { status, .. } => {
+                self.shared.stats.errors_received.fetch_add(1, Relaxed);
+                tracing::warn!(ecmg = %self.config.ecmg, error = %describe(&status),
+                    "the ECMG reported an error");
+                let fatal = [
+                    EcmgErrorStatus::UnknownChannelId,
+                    EcmgErrorStatus::UnknownStreamId,
+                    EcmgErrorStatus::UnrecoverableError,
+                ];
+                if status.iter().any(|s| fatal.iter().any(|f| f.value() == *s)) {
+                    return Err(LinkError::Peer(format!(
+                        "the ECMG lost our channel or stream: {}",
+                        describe(&status)
+                    )));
+                }
+            }
+            EcmgMessage::ChannelClose { .. } | EcmgMessage::StreamCloseRequest { .. } => {
+                return Err(LinkError::Peer("the ECMG closed the channel".to_owned()));
+            }
+            other => {
+                tracing::debug!(message = ?other.message_type(), "ignored message from the ECMG");
+            }
+        }
+        Ok(())
+    }
+
+    fn on_ecm(&mut self, cp: u16, datagram: &[u8], max_comp: Duration) {
+        let Some(p) = self.pending.remove(&cp) else {
+            self.shared.stats.bad_ecms.fetch_add(1, Relaxed);
+            tracing::debug!(
+                cp,
+                "ECM_response for a CP_number not asked (or already answered)"
+            );
+            return;
+        };
+        let elapsed = p.sent.elapsed();
+        if elapsed > max_comp {
+            self.shared.stats.late.fetch_add(1, Relaxed);
+        }
+        let _ = lock(&self.shared.latency).record(elapsed.as_micros().max(1) as u64);
+        let tspkt = lock(&self.shared.state)
+            .status
+            .is_some_and(|s| s.section_tspkt_flag);
+        let mut sections = Vec::with_capacity(datagram.len());
+        let ok = if tspkt {
+            packets_to_sections(datagram, &mut sections).map_err(|e| e.to_string())
+        } else {
+            sections.extend_from_slice(datagram);
+            check_sections(&sections)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let want = if p.provision.period.is_multiple_of(2) {
+            TABLE_ID_ECM_EVEN
+        } else {
+            TABLE_ID_ECM_ODD
+        };
+        let ok = ok.and_then(|()| {
+            if sections.first() == Some(&want) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "table_id {:#04x}, expected {want:#04x}",
+                    sections[0]
+                ))
+            }
+        });
+        if let Err(e) = ok {
+            self.shared.stats.bad_ecms.fetch_add(1, Relaxed);
+            tracing::warn!(ecmg = %self.config.ecmg, cp, error = %e, "unusable ECM from the ECMG");
+            return;
+        }
+        self.shared.stats.ecms_received.fetch_add(1, Relaxed);
+        let mut st = lock(&self.shared.state);
+        st.ready.retain(|e| e.period != p.provision.period);
+        if st.ready.len() >= READY_KEPT {
+            st.ready.pop_front();
+        }
+        st.ready.push_back(ReadyEcm {
+            period: p.provision.period,
+            current: p.provision.current,
+            next: p.provision.next,
+            sections,
+        });
+        drop(st);
+        self.shared.cond.notify_all();
+    }
+
+    async fn send(&mut self, wr: &mut OwnedWriteHalf, m: &EcmgMessage) -> Result<(), LinkError> {
+        self.out.clear();
+        m.encode(self.config.version, &mut self.out)?;
+        let res = wr.write_all(&self.out).await;
+        // the buffer held CWs
+        self.out.fill(0);
+        res.map_err(LinkError::Io)
+    }
+}
+
+fn describe(status: &[u16]) -> String {
+    status
+        .iter()
+        .map(|s| error_status_name(true, *s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,348 @@
+//! EMMG<->MUX through real sockets: castmux's EMMG client against castmux's mux-side server,
+//! TCP and UDP, versions 2 and 3; an EMMG flooding above its allocation; malformed messages.
+
+mod simulcrypt_support;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use castmux::scramble::{EmmData, EmmSource};
+use castmux::simulcrypt::emmg_messages::ChannelIds;
+use castmux::simulcrypt::{
+    run_emmg, EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmgConfig, EmmgMessage,
+    EmmgStats, StreamIds,
+};
+use simulcrypt_support::*;
+
+const CLIENT: u32 = 0x0B00_0001;
+
+/// EMM sections 0x82 numbered 0..max, 100 bytes each.
+struct Numbered {
+    n: u32,
+    max: u32,
+}
+
+fn emm(n: u32) -> Vec<u8> {
+    let mut s = vec![0x82, 0x70, 97];
+    s.extend_from_slice(&n.to_be_bytes());
+    s.resize(100, 0xA5);
+    s
+}
+
+impl EmmSource for Numbered {
+    fn poll(&mut self, _now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
+        if self.n >= self.max {
+            return None;
+        }
+        out.extend_from_slice(&emm(self.n));
+        self.n += 1;
+        Some(EmmData::Sections)
+    }
+}
+
+fn start_mux(
+    rt: &tokio::runtime::Runtime,
+    cfg: EmmMuxConfig,
+) -> (
+    std::net::SocketAddr,
+    Arc<EmmMuxStats>,
+    EmmQueueSource,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (server, source) = rt
+        .block_on(EmmMuxServer::bind("127.0.0.1:0".parse().unwrap(), cfg))
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let stats = server.stats();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    (addr, stats, source, tx)
+}
+
+/// Drain the pipeline's end: the numbers of the EMMs, in order.
+fn drain(src: &mut EmmQueueSource, into: &mut Vec<u32>) {
+    let mut out = Vec::new();
+    while let Some(kind) = src.poll(Duration::ZERO, &mut out) {
+        assert_eq!(kind, EmmData::Sections);
+        assert_eq!(out.len(), 100);
+        assert_eq!(out[0], 0x82);
+        into.push(u32::from_be_bytes(out[3..7].try_into().unwrap()));
+        out.clear();
+    }
+}
+
+#[test]
+fn emmg_client_feeds_the_mux_over_tcp_and_udp_in_both_versions() {
+    let rt = runtime();
+    for version in [2u8, 3] {
+        for udp in [false, true] {
+            let (addr, mux_stats, mut src, stop) = start_mux(
+                &rt,
+                EmmMuxConfig {
+                    client_id: Some(CLIENT),
+                    max_bandwidth_kbps: 400,
+                    ..EmmMuxConfig::default()
+                },
+            );
+            let mut cfg = EmmgConfig::new(addr.to_string(), CLIENT);
+            cfg.version = version;
+            cfg.udp = udp;
+            cfg.bandwidth_kbps = 1000; // more than the mux gives: allocation is 400
+            let stats = Arc::new(EmmgStats::default());
+            let (quit, quit_rx) = tokio::sync::oneshot::channel::<()>();
+            let st = stats.clone();
+            let job = rt.spawn(async move {
+                let mut source = Numbered { n: 0, max: 300 };
+                run_emmg(cfg, &mut source, st, async move {
+                    let _ = quit_rx.await;
+                })
+                .await;
+            });
+            let mut got = Vec::new();
+            assert!(
+                wait_until(Duration::from_secs(30), || {
+                    drain(&mut src, &mut got);
+                    got.len() >= 300
+                }),
+                "v{version} udp={udp}: {} of 300 EMMs arrived, mux {:?}",
+                got.len(),
+                mux_stats
+            );
+            assert_eq!(got, (0..300).collect::<Vec<_>>(), "in order, none lost");
+            assert_eq!(stats.allocated_kbps.load(Relaxed), 400);
+            assert_eq!(mux_stats.dropped_over_bandwidth.load(Relaxed), 0);
+            assert_eq!(mux_stats.dropped_queue_full.load(Relaxed), 0);
+            assert_eq!(stats.errors_received.load(Relaxed), 0);
+            let _ = quit.send(());
+            let _ = rt.block_on(job);
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn ids() -> StreamIds {
+    StreamIds {
+        client_id: CLIENT,
+        channel_id: 3,
+        stream_id: 4,
+    }
+}
+
+fn setup(r: &mut Raw, kbps: u16) {
+    r.send_emmg(
+        3,
+        &EmmgMessage::ChannelSetup {
+            ids: ChannelIds {
+                client_id: CLIENT,
+                channel_id: 3,
+            },
+            section_tspkt_flag: false,
+        },
+    );
+    assert!(matches!(
+        r.read_emmg(),
+        Some(EmmgMessage::ChannelStatus { .. })
+    ));
+    r.send_emmg(
+        3,
+        &EmmgMessage::StreamSetup {
+            ids: ids(),
+            data_id: 9,
+            data_type: 0,
+        },
+    );
+    assert!(matches!(
+        r.read_emmg(),
+        Some(EmmgMessage::StreamStatus { data_id: 9, .. })
+    ));
+    r.send_emmg(
+        3,
+        &EmmgMessage::StreamBwRequest {
+            ids: ids(),
+            bandwidth: Some(kbps),
+        },
+    );
+    assert!(matches!(
+        r.read_emmg(),
+        Some(EmmgMessage::StreamBwAllocation { bandwidth: Some(b), .. }) if b == kbps
+    ));
+}
+
+#[test]
+fn emmg_flooding_above_its_allocation_is_policed_and_counted() {
+    let rt = runtime();
+    let (addr, stats, mut src, _stop) = start_mux(&rt, EmmMuxConfig::default());
+    let mut r = Raw::connect(addr);
+    setup(&mut r, 64); // 8000 bytes/s
+                       // 2000 EMMs of 100 bytes (1 packet each on air) in well under a second: ~376 kB
+    let t = std::time::Instant::now();
+    for batch in 0..100u32 {
+        let datagrams = (0..20).map(|i| emm(batch * 20 + i)).collect();
+        r.send_emmg(
+            3,
+            &EmmgMessage::DataProvision {
+                client_id: CLIENT,
+                channel_id: Some(3),
+                stream_id: Some(4),
+                data_id: 9,
+                datagrams,
+            },
+        );
+    }
+    // the mux says so (at most once a second)
+    match r.read_emmg() {
+        Some(EmmgMessage::StreamError { status, .. }) => assert_eq!(status, [0x000F]),
+        other => panic!("expected stream_error exceeded bandwidth, got {other:?}"),
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    assert!(wait_until(Duration::from_secs(10), || stats
+        .data_provisions
+        .load(Relaxed)
+        == 100));
+    let mut got = Vec::new();
+    drain(&mut src, &mut got);
+    let dropped = stats.dropped_over_bandwidth.load(Relaxed);
+    assert_eq!(
+        got.len() as u64 + dropped,
+        2000,
+        "every EMM queued or counted as dropped"
+    );
+    assert!(dropped > 1000, "dropped {dropped}");
+    // what got through fits the allocation: burst (8192 B) + rate * time, 188 bytes each
+    let allowed = (8192.0 + 8000.0 * (elapsed + 1.0)) / 188.0;
+    assert!(
+        (got.len() as f64) <= allowed,
+        "{} EMMs passed, allowed {allowed}",
+        got.len()
+    );
+    // the link still works
+    r.send_emmg(3, &EmmgMessage::StreamTest(ids()));
+    assert!(matches!(
+        r.read_emmg(),
+        Some(EmmgMessage::StreamStatus { .. })
+    ));
+}
+
+fn status_of(m: Option<EmmgMessage>) -> Vec<u16> {
+    match m {
+        Some(EmmgMessage::ChannelError { status, .. })
+        | Some(EmmgMessage::StreamError { status, .. }) => status,
+        other => panic!("expected an error message, got {other:?}"),
+    }
+}
+
+#[test]
+fn malformed_messages_get_the_right_error_codes() {
+    let rt = runtime();
+    let (addr, stats, mut src, _stop) = start_mux(
+        &rt,
+        EmmMuxConfig {
+            client_id: Some(CLIENT),
+            ..EmmMuxConfig::default()
+        },
+    );
+    let mut r = Raw::connect(addr);
+    let chan = ChannelIds {
+        client_id: CLIENT,
+        channel_id: 3,
+    };
+    // before setup
+    r.send_emmg(3, &EmmgMessage::ChannelTest(chan));
+    assert_eq!(status_of(r.read_emmg()), [0x0006]);
+    // unknown client
+    r.send_emmg(
+        2,
+        &EmmgMessage::ChannelSetup {
+            ids: ChannelIds {
+                client_id: 7,
+                channel_id: 3,
+            },
+            section_tspkt_flag: false,
+        },
+    );
+    assert_eq!(status_of(r.read_emmg()), [0x000E]);
+    setup(&mut r, 100);
+    // unknown message type, unknown parameter, inconsistent length, missing parameter
+    r.send_bytes(&[3, 0x09, 0x99, 0, 0]);
+    assert_eq!(status_of(r.read_emmg()), [0x0003]);
+    r.send_bytes(&[
+        3, 0, 0x12, 0, 14, 0, 1, 0, 4, 0x0B, 0, 0, 1, 0, 3, 0, 2, 0, 3,
+    ]);
+    assert!(r.read_emmg().is_some()); // a valid channel_test: status back
+    r.send_bytes(&[
+        3, 0, 0x12, 0, 18, 0, 1, 0, 4, 0x0B, 0, 0, 1, 0, 3, 0, 2, 0, 3, 0x66, 0x66, 0, 0,
+    ]);
+    assert_eq!(status_of(r.read_emmg()), [0x000A]);
+    r.send_bytes(&[
+        3, 0, 0x12, 0, 15, 0, 1, 0, 4, 0x0B, 0, 0, 1, 0, 3, 0, 3, 0, 3, 0,
+    ]);
+    assert_eq!(status_of(r.read_emmg()), [0x000B]);
+    r.send_bytes(&[3, 0, 0x12, 0, 8, 0, 1, 0, 4, 0x0B, 0, 0, 1]);
+    assert_eq!(status_of(r.read_emmg()), [0x000C]);
+    // a stream of private data (not EMM), a stream id in use, unknown stream, unknown data_id
+    let other = StreamIds {
+        stream_id: 5,
+        ..ids()
+    };
+    r.send_emmg(
+        3,
+        &EmmgMessage::StreamSetup {
+            ids: other,
+            data_id: 10,
+            data_type: 1,
+        },
+    );
+    assert_eq!(status_of(r.read_emmg()), [0x000D]);
+    r.send_emmg(
+        3,
+        &EmmgMessage::StreamSetup {
+            ids: ids(),
+            data_id: 11,
+            data_type: 0,
+        },
+    );
+    assert_eq!(status_of(r.read_emmg()), [0x0012]);
+    r.send_emmg(3, &EmmgMessage::StreamTest(other));
+    assert_eq!(status_of(r.read_emmg()), [0x0005]);
+    r.send_emmg(
+        3,
+        &EmmgMessage::DataProvision {
+            client_id: CLIENT,
+            channel_id: Some(3),
+            stream_id: Some(4),
+            data_id: 77,
+            datagrams: vec![emm(1)],
+        },
+    );
+    assert_eq!(status_of(r.read_emmg()), [0x0010]);
+    // datagrams that are not EMM sections are rejected and counted, good ones pass
+    r.send_emmg(
+        3,
+        &EmmgMessage::DataProvision {
+            client_id: CLIENT,
+            channel_id: None,
+            stream_id: None,
+            data_id: 9,
+            datagrams: vec![vec![0x00, 0xB0, 1, 0], emm(42)],
+        },
+    );
+    r.send_emmg(3, &EmmgMessage::StreamTest(ids()));
+    assert!(matches!(
+        r.read_emmg(),
+        Some(EmmgMessage::StreamStatus { .. })
+    ));
+    assert_eq!(stats.rejected.load(Relaxed), 2); // data_id 77 + the PAT-looking datagram
+    let mut got = Vec::new();
+    drain(&mut src, &mut got);
+    assert_eq!(got, [42]);
+    // too long: channel_error then closed
+    r.send_bytes(&[3, 0x02, 0x11, 0xFF, 0xFF]);
+    assert_eq!(status_of(r.read_emmg()), [0x0004]);
+    assert!(r.read_frame().is_none());
+    // the channel was freed: a new connection may take it again
+    let mut r = Raw::connect(addr);
+    setup(&mut r, 10);
+}

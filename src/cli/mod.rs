@@ -3,12 +3,15 @@
 mod args;
 mod card;
 mod descramble;
+mod ecmg;
+mod emmg;
 mod event;
 mod init;
 mod keys;
 mod package;
 mod probe;
 mod scramble;
+mod scramble_simulcrypt;
 mod softcard;
 
 use std::path::PathBuf;
@@ -55,6 +58,10 @@ enum Command {
     Event(event::EventArgs),
     /// Service keys: rotate, status, schedule.
     Keys(keys::KeysArgs),
+    /// Serve the built-in CAS as a SimulCrypt ECMG (ECMG<->SCS) to another mux.
+    Ecmg(ecmg::EcmgArgs),
+    /// Feed the built-in EMM carousel to a mux's SimulCrypt EMMG port (EMMG<->MUX).
+    Emmg(emmg::EmmgArgs),
 }
 
 /// A flag set by the first SIGINT/SIGTERM, so a run stops cleanly and reports its
@@ -93,6 +100,8 @@ pub fn main() -> ExitCode {
         Command::Card(a) => card::run(&cli.db, a),
         Command::Event(a) => event::run(&cli.db, a),
         Command::Keys(a) => keys::run(&cli.db, a),
+        Command::Ecmg(a) => ecmg::run(&cli.db, a),
+        Command::Emmg(a) => emmg::run(&cli.db, a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use castmux::ts::Pid;
 use clap::{Args, ValueEnum};
 
 use super::args;
+use super::scramble_simulcrypt::{self, SimulcryptArgs};
 
 /// Scrambling algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -93,12 +94,12 @@ pub struct ScrambleArgs {
     #[arg(long, value_name = "HEX", value_parser = args::hex_u16, default_value = "0x4AE1")]
     ca_system_id: u16,
     /// When ECM content switches relative to the key switch (SimulCrypt delay_start), e.g.
-    /// -500ms to send it earlier. Default 0.
-    #[arg(long, value_name = "DURATION", value_parser = args::signed_millis, default_value = "0", allow_hyphen_values = true)]
-    delay_start: i64,
-    /// ECM repetition interval. Default 100ms.
-    #[arg(long, value_name = "DURATION", value_parser = args::duration, default_value = "100ms")]
-    ecm_repetition: Duration,
+    /// -500ms to send it earlier. Default 0 (with --ecmg: the ECMG's).
+    #[arg(long, value_name = "DURATION", value_parser = args::signed_millis, allow_hyphen_values = true)]
+    delay_start: Option<i64>,
+    /// ECM repetition interval. Default 100ms (with --ecmg: the ECMG's ECM_rep_period).
+    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    ecm_repetition: Option<Duration>,
     /// Use wall-clock crypto periods even for a file or stdin input. Default: stream time
     /// for files and stdin, wall clock for udp and srt.
     #[arg(long)]
@@ -113,6 +114,8 @@ pub struct ScrambleArgs {
     /// Default: counters are logged only.
     #[arg(long)]
     stats: bool,
+    #[command(flatten)]
+    simulcrypt: SimulcryptArgs,
 }
 
 pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
@@ -132,7 +135,7 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
     let input_url: InputUrl = a.input.parse().context("--input")?;
     let output_url: OutputUrl = a.output.parse().context("--output")?;
     let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
-    let config = ScrambleConfig {
+    let mut config = ScrambleConfig {
         algorithm,
         keys,
         crypto_period: a.crypto_period,
@@ -144,8 +147,8 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         ca_system_id: a.ca_system_id,
         ecm_pid,
         emm_pid: a.emm_pid,
-        ecm_repetition: a.ecm_repetition,
-        delay_start_ms: a.delay_start,
+        ecm_repetition: a.ecm_repetition.unwrap_or(Duration::from_millis(100)),
+        delay_start_ms: a.delay_start.unwrap_or(0),
         clock: if live_input || a.wall_clock {
             ClockMode::Wall
         } else {
@@ -162,7 +165,14 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         .map(CwLogWriter::create)
         .transpose()
         .context("--cw-log")?;
-    let mut scrambler = Scrambler::new(config, cw_log, None)?;
+    let mut sc = scramble_simulcrypt::start(
+        &a.simulcrypt,
+        &mut config,
+        a.delay_start.is_some(),
+        a.ecm_repetition.is_some(),
+    )?;
+    let mut scrambler = Scrambler::new(config, cw_log, sc.ecm_generator())?;
+    sc.attach_emm(&mut scrambler)?;
     let mut input = Input::open(&input_url, &InputOptions::default())
         .with_context(|| format!("opening input {}", a.input))?;
     let mut output = Output::open(&output_url, &OutputOptions::default())
@@ -193,6 +203,7 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         queue_drops = io.queue_drops,
         "input"
     );
+    sc.finish();
     report(&scrambler, a.stats, matches!(output_url, OutputUrl::Stdout))?;
     res?;
     close?;

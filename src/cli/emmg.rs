@@ -1,0 +1,211 @@
+//! `castmux emmg`: the built-in EMM carousel as a SimulCrypt EMMG (EMMG<->MUX, TS 103 197):
+//! connects to a mux's EMMG port and sends every card's EMM at the allocated bandwidth.
+//! Cards changed in the store go out first (checked every second).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, Store};
+use castmux::scramble::{EmmData, EmmSource};
+use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
+use clap::Args;
+
+use super::init::open;
+use super::scramble_simulcrypt::hex_u32;
+
+/// How often the store is asked for changed cards and keys.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Options of `castmux emmg`.
+#[derive(Debug, Args)]
+pub struct EmmgArgs {
+    /// The mux's EMMG port, HOST:PORT (`castmux scramble --emmg-listen`, Astra's EMM port).
+    #[arg(long, value_name = "HOST:PORT")]
+    mux: String,
+    /// Send data_provision over UDP to the same HOST:PORT (setup stays on TCP).
+    #[arg(long)]
+    udp: bool,
+    /// client_id, hex. Default: the store's CA_system_ID followed by 0000.
+    #[arg(long, value_name = "HEX", value_parser = hex_u32)]
+    client_id: Option<u32>,
+    /// data_id. Default 1.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = super::args::u16_number)]
+    data_id: u16,
+    /// Bandwidth asked for and used by the carousel: 50k, 1M, or bits per second.
+    /// Default 50k.
+    #[arg(long, value_name = "RATE", default_value = "50k", value_parser = bandwidth)]
+    bandwidth: u64,
+    /// EMMG<->MUX protocol version, 2 or 3. Default 3.
+    #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
+    emmg_version: u8,
+}
+
+/// `50k`, `1.5M`, `64000`: bits per second, 1 kbit/s .. 65535 kbit/s (what the
+/// protocol's bandwidth field holds).
+fn bandwidth(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a bandwidth (try 50k, 1M)"))?;
+    let bps = v * mult;
+    if !bps.is_finite() || !(1000.0..=65_535_000.0).contains(&bps) {
+        return Err(format!("'{s}': the bandwidth must be 1k .. 65535k"));
+    }
+    Ok(bps as u64)
+}
+
+/// The carousel shared between the EMMG link (which polls it) and the store refresher.
+struct SharedCarousel(Arc<Mutex<EmmCarousel>>);
+
+impl EmmSource for SharedCarousel {
+    fn poll(&mut self, now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
+        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        c.poll(now, out).then_some(EmmData::Sections)
+    }
+}
+
+pub fn run(db: &Path, a: EmmgArgs) -> anyhow::Result<()> {
+    let stop = super::stop_flag()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let stats = rt.block_on(feed(db, a, stop))?;
+    tracing::info!(stats = ?stats, "emmg: stopped");
+    Ok(())
+}
+
+async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<EmmgStats>> {
+    let store = open(db).await?;
+    let mut carousel = EmmCarousel::new(a.bandwidth);
+    let (cards, seq) = store.emm_cards().await?;
+    let n_cards = cards.len();
+    for c in cards {
+        carousel.upsert_card(c.serial, c.card_key, c.entitlements, false);
+    }
+    let keys = store.service_keys().await?;
+    let versions = key_versions(&keys);
+    carousel.set_service_keys(keys);
+    let carousel = Arc::new(Mutex::new(carousel));
+
+    let client_id = a.client_id.unwrap_or(u32::from(store.ca_system_id()) << 16);
+    let mut config = EmmgConfig::new(a.mux.clone(), client_id);
+    config.udp = a.udp;
+    config.version = a.emmg_version;
+    config.data_id = a.data_id;
+    config.bandwidth_kbps = (a.bandwidth / 1000).clamp(1, u64::from(u16::MAX)) as u16;
+    tracing::info!(
+        mux = %a.mux,
+        udp = a.udp,
+        client_id = %format!("{client_id:08X}"),
+        bandwidth_bps = a.bandwidth,
+        cards = n_cards,
+        "emmg: feeding"
+    );
+    let refresher = tokio::spawn(refresh(
+        store.clone(),
+        carousel.clone(),
+        seq,
+        versions,
+        stop.clone(),
+    ));
+    let stats = Arc::new(EmmgStats::default());
+    let mut source = SharedCarousel(carousel.clone());
+    run_emmg(config, &mut source, stats.clone(), async {
+        while !stop.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    refresher.abort();
+    let counters = carousel
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .counters();
+    tracing::info!(
+        emitted = counters.emitted,
+        urgent = counters.urgent,
+        cycles = counters.cycles,
+        build_errors = counters.build_errors,
+        "emmg: carousel"
+    );
+    store.close().await;
+    Ok(stats)
+}
+
+fn key_versions(keys: &[ServiceKey]) -> Vec<(u8, u32)> {
+    let mut v: Vec<(u8, u32)> = keys.iter().map(|k| (k.bit.get(), k.version)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Every second: changed cards go out first (urgent), new service key versions to every
+/// card. A failed read is logged and tried again next time.
+async fn refresh(
+    store: Store,
+    carousel: Arc<Mutex<EmmCarousel>>,
+    mut seq: u64,
+    mut versions: Vec<(u8, u32)>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut failures = 0u64;
+    while !stop.load(Relaxed) {
+        tokio::time::sleep(REFRESH).await;
+        let res = async {
+            let changed = store.cards_changed_since(seq).await?;
+            let keys = store.service_keys().await?;
+            Ok::<_, castmux::cas::StoreError>((changed, keys))
+        }
+        .await;
+        let ((cards, now_seq), keys) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "emmg: cannot read the store; trying again");
+                continue;
+            }
+        };
+        seq = now_seq;
+        let new_versions = key_versions(&keys);
+        let mut c = carousel.lock().unwrap_or_else(|e| e.into_inner());
+        if new_versions != versions {
+            versions = new_versions;
+            c.set_service_keys(keys);
+            tracing::info!(keys = versions.len(), "emmg: service keys changed");
+        }
+        if !cards.is_empty() {
+            tracing::info!(cards = cards.len(), "emmg: cards changed; sent first");
+        }
+        for CardKeyRecord {
+            serial,
+            card_key,
+            entitlements,
+        } in cards
+        {
+            c.upsert_card(serial, card_key, entitlements, true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bandwidths() {
+        assert_eq!(bandwidth("50k").unwrap(), 50_000);
+        assert_eq!(bandwidth("1M").unwrap(), 1_000_000);
+        assert_eq!(bandwidth("64000").unwrap(), 64_000);
+        assert!(bandwidth("10").is_err());
+        assert!(bandwidth("100M").is_err());
+        assert!(bandwidth("fast").is_err());
+    }
+}

@@ -1,0 +1,431 @@
+//! SimulCrypt on the command line, real processes and sockets: `castmux ecmg` serves the card
+//! store's ECMs to `castmux scramble --ecmg`, `castmux emmg` feeds the scrambler's
+//! `--emmg-listen` port, and `castmux descramble --card` (a card exported from the same store)
+//! gives back every ES packet. Fault: the ECMG killed mid-run and restarted.
+
+mod cli_support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use cli_support::*;
+
+const ECM_PID: u16 = 0x1FF0;
+const EMM_PID: u16 = 0x1FF1;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A card store in a temp dir with package `sport` (bit 0) and one card for it, exported.
+struct Head {
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    card: PathBuf,
+}
+
+impl Head {
+    fn new() -> Head {
+        let dir = tmp();
+        let db = dir.path().join("castmux.db");
+        let card = dir.path().join("card.json");
+        let h = Head { dir, db, card };
+        h.ok(&["init"]);
+        h.ok(&["package", "add", "sport"]);
+        let out = h.ok(&["card", "add", "--packages", "sport"]);
+        let serial = out
+            .split_whitespace()
+            .find(|w| w.len() == 10 && w.chars().all(|c| c.is_ascii_digit()))
+            .unwrap_or_else(|| panic!("no serial in {out:?}"))
+            .to_owned();
+        h.ok(&["card", "export-key", &serial, "-o", s(&h.card)]);
+        h
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
+        c.arg("--db").arg(&self.db).env_remove("CASTMUX_DB");
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self
+            .cmd()
+            .args(args)
+            .env("CASTMUX_LOG", "warn")
+            .output()
+            .expect("run castmux");
+        assert!(
+            out.status.success(),
+            "castmux {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// A long-running castmux with its log lines collected.
+    fn spawn(&self, args: &[&str], stdin: bool) -> Proc {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .env("CASTMUX_LOG", "info")
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn castmux");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stdout = child.stdout.take().expect("stdout");
+        let (otx, orx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            let _ = otx.send(s);
+        });
+        Proc {
+            child,
+            log: rx,
+            stdout: orx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// `castmux ecmg` on `listen`; gives it and the address it listens on.
+    fn ecmg(&self, listen: &str) -> (Proc, String) {
+        let mut p = self.spawn(&["ecmg", "--listen", listen], false);
+        let line = p.wait_for("ecmg: serving");
+        (p, field(&line, "listen="))
+    }
+}
+
+/// The value of `key` (`listen=`) in a log line.
+fn field(line: &str, key: &str) -> String {
+    let at = line
+        .find(key)
+        .unwrap_or_else(|| panic!("no {key} in {line}"));
+    line[at + key.len()..]
+        .split_whitespace()
+        .next()
+        .expect("value")
+        .to_owned()
+}
+
+struct Proc {
+    child: Child,
+    log: mpsc::Receiver<String>,
+    stdout: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Proc {
+    fn wait_for(&mut self, what: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!("no {what:?} in the log:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn stdin(&mut self) -> ChildStdin {
+        self.child.stdin.take().expect("stdin")
+    }
+
+    /// Wait for the exit (must succeed); gives stdout and the whole log.
+    fn finish(mut self) -> (String, String) {
+        let deadline = Instant::now() + WAIT;
+        let status = loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "castmux did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = self.stdout.recv_timeout(WAIT).unwrap_or_default();
+        while let Ok(l) = self.log.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(l);
+        }
+        let log = self.seen.join("\n");
+        assert!(status.success(), "castmux failed: {status:?}\n{log}");
+        (out, log)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Write the sample to `stdin` in chunks spread over `over`, then close it.
+fn feed_paced(mut stdin: ChildStdin, data: &[u8], over: Duration, mut at: impl FnMut(Duration)) {
+    let chunks: Vec<&[u8]> = data.chunks(188 * 50).collect();
+    let step = over / chunks.len() as u32;
+    let start = Instant::now();
+    for (i, c) in chunks.iter().enumerate() {
+        let due = step * i as u32;
+        let now = start.elapsed();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        at(start.elapsed());
+        stdin.write_all(c).expect("feed the scrambler");
+    }
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("bad JSON ({e}): {text}"))
+}
+
+/// Descramble with the exported card; require every ES packet back, byte for byte.
+fn check_descrambles(h: &Head, scrambled: &Path) -> serde_json::Value {
+    let clear = h.path("clear.ts");
+    let stats = h.ok(&[
+        "descramble",
+        "--card",
+        s(&h.card),
+        "-i",
+        s(scrambled),
+        "-o",
+        s(&clear),
+        "--stats",
+    ]);
+    let input = packets(&sample("spts.ts"));
+    let es: BTreeSet<u16> = psi(&input).es.keys().copied().collect();
+    let want = on_pids(&input, &es);
+    let got = on_pids(&packets(&clear), &es);
+    assert_eq!(got.len(), want.len(), "ES packet count");
+    let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert_eq!(first_bad, None, "descrambled ES differs; player: {stats}");
+    json(&stats)
+}
+
+/// No ES packet with payload leaves the scrambler in clear.
+fn assert_no_clear_es(out: &[Packet]) -> usize {
+    let av = av_pids(&psi(&packets(&sample("spts.ts"))));
+    let es = on_pids(out, &av);
+    for p in &es {
+        if has_payload(p) {
+            assert_ne!(tsc(p), 0, "clear packet on PID {:#x}", pid(p));
+        }
+    }
+    es.len()
+}
+
+fn round_trip(version: &str) {
+    let h = Head::new();
+    let (_ecmg, ecmg_addr) = h.ecmg("127.0.0.1:0");
+    let out = h.path("out.ts");
+    let mut scr = h.spawn(
+        &[
+            "scramble",
+            "-i",
+            "-",
+            "-o",
+            s(&out),
+            "--ecmg",
+            &ecmg_addr,
+            "--super-cas-id",
+            "4AE10000",
+            "--access-criteria",
+            "00000001",
+            "--ecmg-version",
+            version,
+            "--crypto-period",
+            "1s",
+            "--emm-pid",
+            "0x1FF1",
+            "--emmg-listen",
+            "127.0.0.1:0",
+            "--stats",
+        ],
+        true,
+    );
+    let line = scr.wait_for("EMMG<->MUX listening");
+    let mux = field(&line, "listen=");
+    let mut emmg = h.spawn(
+        &[
+            "emmg",
+            "--mux",
+            &mux,
+            "--bandwidth",
+            "200k",
+            "--emmg-version",
+            version,
+        ],
+        false,
+    );
+    emmg.wait_for("EMMG stream set up");
+    let data = std::fs::read(sample("spts.ts")).unwrap();
+    feed_paced(scr.stdin(), &data, Duration::from_secs(3), |_| {});
+    let (stats, log) = scr.finish();
+    let stats = json(&stats);
+    let stream = &stats["stream"];
+
+    let pkts = packets(&out);
+    assert!(assert_no_clear_es(&pkts) > 1000);
+    assert!(stream["key_switches"].as_u64().unwrap() >= 2, "{stream}");
+    assert!(stream["ecms_generated"].as_u64().unwrap() >= 3, "{stream}");
+    assert_eq!(stream["ecm_failures"].as_u64(), Some(0), "{stream}");
+    assert!(log.contains("setups=1"), "{log}");
+    // PMT: the CA_system_ID is the top of the Super_CAS_id; CAT names the EMM PID
+    let p = psi(&pkts);
+    assert_eq!(p.program_ca.get(&1), Some(&vec![(0x4AE1, ECM_PID)]));
+    assert_eq!(p.cat_ca, vec![(0x4AE1, EMM_PID)]);
+    let emm_packets = pkts.iter().filter(|p| pid(p) == EMM_PID).count();
+    assert!(emm_packets > 0, "no EMM on air; {stream}");
+    assert!(stream["emm"]["taken"].as_u64().unwrap() > 0, "{stream}");
+
+    let player = check_descrambles(&h, &out);
+    assert_eq!(player["no_key"].as_u64(), Some(0), "{player}");
+    assert_eq!(player["refusals"].as_u64(), Some(0), "{player}");
+    assert!(
+        player["emms"].as_u64().unwrap() > 0,
+        "the card saw no EMM: {player}"
+    );
+}
+
+#[test]
+fn ecmg_emmg_scramble_descramble_v3() {
+    round_trip("3");
+}
+
+#[test]
+fn ecmg_emmg_scramble_descramble_v2() {
+    round_trip("2");
+}
+
+/// The ECMG dies 2.5 s into a 12 s live run and comes back 2.5 s later on the same port:
+/// the key is held (counted), nothing goes out in clear, and after the restart the key
+/// switches again under new ECMs that the card opens.
+#[test]
+fn ecmg_killed_and_restarted_mid_run() {
+    let h = Head::new();
+    let (ecmg, addr) = h.ecmg("127.0.0.1:0");
+    let out = h.path("out.ts");
+    let mut scr = h.spawn(
+        &[
+            "scramble",
+            "-i",
+            "-",
+            "-o",
+            s(&out),
+            "--ecmg",
+            &addr,
+            "--super-cas-id",
+            "4AE10000",
+            "--access-criteria",
+            "00000001",
+            "--crypto-period",
+            "1s",
+            "--wall-clock",
+            "--stats",
+        ],
+        true,
+    );
+    let data = std::fs::read(sample("spts.ts")).unwrap();
+    let mut first = Some(ecmg);
+    let mut second = None;
+    feed_paced(scr.stdin(), &data, Duration::from_secs(12), |t| {
+        if t >= Duration::from_millis(2500) {
+            // dropping the process kills it
+            first.take();
+        }
+        if t >= Duration::from_secs(5) && second.is_none() {
+            second = Some(h.ecmg(&addr).0);
+        }
+    });
+    let (stats, log) = scr.finish();
+    drop(second);
+    let stream = json(&stats)["stream"].clone();
+    assert!(
+        stream["degraded_holds"].as_u64().unwrap() > 0,
+        "no hold counted: {stream}"
+    );
+    assert!(log.contains("setups=2"), "no reconnection: {log}");
+
+    let pkts = packets(&out);
+    assert_no_clear_es(&pkts);
+    // parity runs of the ES packets (input paced evenly, so length ~ time): the hold is
+    // the longest run, and the key switched at least twice after it
+    let av = av_pids(&psi(&packets(&sample("spts.ts"))));
+    let mut runs: Vec<(u8, usize)> = Vec::new();
+    for p in on_pids(&pkts, &av).iter().filter(|p| has_payload(p)) {
+        match runs.last_mut() {
+            Some((t, n)) if *t == tsc(p) => *n += 1,
+            _ => runs.push((tsc(p), 1)),
+        }
+    }
+    let longest = (0..runs.len()).max_by_key(|i| runs[*i].1).unwrap();
+    assert!(
+        runs.len() - 1 - longest >= 2,
+        "ECMs did not resume after the outage: runs {runs:?}; {stream}"
+    );
+    let player = check_descrambles(&h, &out);
+    assert_eq!(player["no_key"].as_u64(), Some(0), "{player}");
+}
+
+#[test]
+fn options_are_checked() {
+    let h = Head::new();
+    let run = |args: &[&str]| {
+        let o = h
+            .cmd()
+            .args(args)
+            .env("CASTMUX_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(!o.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let input = sample("spts.ts");
+    let base = ["scramble", "-i", s(&input), "-o", "/dev/null"];
+    let e = run(&[&base[..], &["--emmg-listen", "127.0.0.1:0"]].concat());
+    assert!(e.contains("--emm-pid"), "{e}");
+    let e = run(&[&base[..], &["--ecmg", "127.0.0.1:1"]].concat());
+    assert!(e.contains("--super-cas-id"), "{e}");
+    let e = run(&[
+        &base[..],
+        &[
+            "--ecmg",
+            "127.0.0.1:1",
+            "--super-cas-id",
+            "4AE10000",
+            "--ecmg-version",
+            "4",
+        ],
+    ]
+    .concat());
+    assert!(e.contains("--ecmg-version"), "{e}");
+    let e = run(&["emmg", "--mux", "127.0.0.1:1", "--bandwidth", "lots"]);
+    assert!(e.contains("bandwidth"), "{e}");
+    let e = run(&[
+        "ecmg",
+        "--listen",
+        "127.0.0.1:0",
+        "--db",
+        "/nonexistent/x.db",
+    ]);
+    assert!(e.contains("x.db"), "{e}");
+}

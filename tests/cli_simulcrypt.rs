@@ -23,6 +23,7 @@ struct Head {
     dir: tempfile::TempDir,
     db: PathBuf,
     card: PathBuf,
+    serial: String,
 }
 
 impl Head {
@@ -30,7 +31,12 @@ impl Head {
         let dir = tmp();
         let db = dir.path().join("castmux.db");
         let card = dir.path().join("card.json");
-        let h = Head { dir, db, card };
+        let mut h = Head {
+            dir,
+            db,
+            card,
+            serial: String::new(),
+        };
         h.ok(&["init"]);
         h.ok(&["package", "add", "sport"]);
         let out = h.ok(&["card", "add", "--packages", "sport"]);
@@ -40,6 +46,7 @@ impl Head {
             .unwrap_or_else(|| panic!("no serial in {out:?}"))
             .to_owned();
         h.ok(&["card", "export-key", &serial, "-o", s(&h.card)]);
+        h.serial = serial;
         h
     }
 
@@ -428,4 +435,57 @@ fn options_are_checked() {
         "/nonexistent/x.db",
     ]);
     assert!(e.contains("x.db"), "{e}");
+}
+
+/// A card changed in the store while `castmux emmg` runs goes out first (urgent); SIGINT
+/// stops the EMMG cleanly with its counters.
+#[test]
+fn emmg_sends_changed_cards_first_and_stops_on_sigint() {
+    let h = Head::new();
+    let mut scr = h.spawn(
+        &[
+            "scramble",
+            "-i",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cw",
+            "0102030405060708",
+            "--emm-pid",
+            "0x1FF1",
+            "--emmg-listen",
+            "127.0.0.1:0",
+            "--stats",
+        ],
+        true,
+    );
+    let mux = field(&scr.wait_for("EMMG<->MUX listening"), "listen=");
+    let mut emmg = h.spawn(&["emmg", "--mux", &mux, "--udp"], false);
+    emmg.wait_for("EMMG stream set up");
+    h.ok(&["card", "disable", &h.serial]);
+    emmg.wait_for("emmg: cards changed; sent first");
+    // the changed card's EMM goes out within a couple of seconds at 50 kbit/s
+    std::thread::sleep(Duration::from_secs(2));
+    let st = Command::new("kill")
+        .args(["-INT", &emmg.child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(st.success());
+    let (_, log) = emmg.finish();
+    let urgent: u64 = field(
+        log.lines()
+            .find(|l| l.contains("emmg: carousel"))
+            .expect("carousel line"),
+        "urgent=",
+    )
+    .parse()
+    .unwrap();
+    assert!(urgent >= 1, "{log}");
+    assert!(log.contains("emmg: stopped"), "{log}");
+    // the EMMs wait in the mux's queue until packets flow
+    let data = std::fs::read(sample("spts.ts")).unwrap();
+    feed_paced(scr.stdin(), &data, Duration::from_millis(500), |_| {});
+    let (stats, _) = scr.finish();
+    let stream = json(&stats)["stream"].clone();
+    assert!(stream["emm"]["taken"].as_u64().unwrap() >= 1, "{stream}");
 }

@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let res = match cli.command {
-        Command::Scramble(a) => scramble::run(a),
+        Command::Scramble(a) => scramble::run(a, &cli.db),
         Command::Descramble(a) => descramble::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Softcard(a) => softcard::run(a),

@@ -66,24 +66,6 @@ pub fn pid(s: &str) -> Result<Pid, String> {
     Pid::try_new(v).ok_or_else(|| format!("PID {v} is over 8191 (0x1FFF)"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses() {
-        assert_eq!(duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
-        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
-        assert!(duration("x").is_err());
-        assert_eq!(signed_millis("-250ms").unwrap(), -250);
-        assert_eq!(pid("0x100").unwrap().value(), 256);
-        assert!(pid("9000").is_err());
-        assert_eq!(hex_u16("4AE1").unwrap(), 0x4AE1);
-    }
-}
-
 /// A bitrate in bit/s: `50000`, `50k`, `1.5M`, `1G` (k = 1000).
 pub fn bitrate(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -103,4 +85,22 @@ pub fn bitrate(s: &str) -> Result<u64, String> {
         ));
     }
     Ok(bps as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses() {
+        assert_eq!(duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(duration("3").unwrap(), Duration::from_secs(3));
+        assert!(duration("x").is_err());
+        assert_eq!(signed_millis("-250ms").unwrap(), -250);
+        assert_eq!(pid("0x100").unwrap().value(), 256);
+        assert!(pid("9000").is_err());
+        assert_eq!(hex_u16("4AE1").unwrap(), 0x4AE1);
+    }
 }

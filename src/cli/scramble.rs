@@ -298,12 +298,7 @@ fn report(s: &Scrambler, json: bool, output_is_stdout: bool) -> anyhow::Result<(
         tracing::warn!("no packet was scrambled (no selected service or ES found)");
     }
     if json {
-        let text = serde_json::to_string_pretty(&c.report())?;
-        if output_is_stdout {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
+        super::print_stats(&c.report(), output_is_stdout)?;
     }
     Ok(())
 }

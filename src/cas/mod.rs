@@ -12,6 +12,7 @@ pub mod ecmg;
 pub mod emm;
 pub mod emmg;
 pub mod keyring;
+pub mod live;
 pub mod refusal;
 pub mod store;
 pub mod types;

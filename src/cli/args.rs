@@ -66,6 +66,27 @@ pub fn pid(s: &str) -> Result<Pid, String> {
     Pid::try_new(v).ok_or_else(|| format!("PID {v} is over 8191 (0x1FFF)"))
 }
 
+/// A bitrate in bit/s: `50000`, `50k`, `1.5M`, `1G` (k = 1000).
+pub fn bitrate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&t[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&t[..i], 1e9),
+        _ => (t, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a bitrate; write 50000, 50k, 1.5M"))?;
+    let bps = v * mult;
+    if !(1.0..=1e11).contains(&bps) {
+        return Err(format!(
+            "{s:?}: a bitrate is between 1 bit/s and 100 Gbit/s"
+        ));
+    }
+    Ok(bps as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

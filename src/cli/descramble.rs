@@ -7,8 +7,6 @@ use anyhow::Context;
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
 use castmux::scramble::cw::parse_cw_pair;
 use castmux::scramble::{run_descramble, DescrambleKeys, Descrambler, RunOptions};
-use castmux::softcard::player::LocalCard;
-use castmux::softcard::SoftCard;
 use clap::Args;
 
 use super::args;
@@ -57,11 +55,9 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     if let Some(path) = &a.card {
-        let card = SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
-        let caid = card.ca_system_id();
-        tracing::info!(serial = %card.serial(), "software card loaded");
+        let (source, caid) = super::softcard::local_card(path)?;
         return super::softcard::play_stream(
-            Box::new(LocalCard::new(card, Some(path.clone()))),
+            source,
             caid,
             a.scrambling.algorithm(),
             &a.input,

@@ -78,6 +78,21 @@ pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Print the `--stats` counters as JSON: on stdout, or on stderr when stdout carries the
+/// stream.
+pub(crate) fn print_stats(
+    counters: &impl serde::Serialize,
+    output_is_stdout: bool,
+) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(counters)?;
+    if output_is_stdout {
+        eprintln!("{text}");
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
 /// Run the command line; errors are printed here.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -91,7 +106,7 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let res = match cli.command {
-        Command::Scramble(a) => scramble::run(a),
+        Command::Scramble(a) => scramble::run(a, &cli.db),
         Command::Descramble(a) => descramble::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Softcard(a) => softcard::run(a),

@@ -4,8 +4,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use castmux::cas::live::{ChannelAccess, LiveCas};
+use castmux::cas::BuiltinEcmg;
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
 use castmux::scramble::config::{DEFAULT_CA_SYSTEM_ID, DEFAULT_ECM_PID};
+
+/// The EMM PID used with --cas builtin when no --emm-pid is given.
+const DEFAULT_EMM_PID: u16 = 0x1FF1;
 use castmux::scramble::cw::parse_cw_pair;
 use castmux::scramble::{
     run_scramble, ClockMode, CwLogWriter, KeyMode, RunOptions, ScrambleConfig, Scrambler,
@@ -35,6 +40,14 @@ impl Scrambling {
             Scrambling::Idsa => csa::Algorithm::Idsa,
         }
     }
+}
+
+/// Where ECMs and EMMs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Cas {
+    /// castmux's own CAS: ECMs from the built-in ECMG under the store's service keys,
+    /// EMMs for every card of the store (--db) on the EMM PID.
+    Builtin,
 }
 
 /// Options of `castmux scramble`.
@@ -76,6 +89,21 @@ pub struct ScrambleArgs {
     /// Scrambling algorithm. Default csa2.
     #[arg(long, value_enum, default_value_t = Scrambling::Csa2)]
     scrambling: Scrambling,
+    /// Conditional access: `builtin` puts ECMs for the channel's packages and EMMs for
+    /// every card of the store (--db) on air. Default: none (CW log only).
+    #[arg(long, value_enum, conflicts_with = "cw")]
+    cas: Option<Cas>,
+    /// With --cas builtin: the packages the channel belongs to, as access criteria
+    /// (TVCAS form: 0/1 digits, rightmost = first package, e.g. 00000001; or 0x + hex).
+    /// With --ecmg: sent to the ECMG as the bytes of these hex digits (Astra's form).
+    #[arg(long, value_name = "BITS", conflicts_with = "packages")]
+    access_criteria: Option<String>,
+    /// With --cas builtin: the packages the channel belongs to, by name (comma-separated).
+    #[arg(long, value_name = "NAMES", requires = "cas", value_delimiter = ',')]
+    packages: Vec<String>,
+    /// With --cas builtin: EMM bandwidth on the EMM PID (50k, 1M). Default 50k.
+    #[arg(long, value_name = "RATE", requires = "cas", default_value = "50k", value_parser = args::bitrate)]
+    emm_bitrate: u64,
     /// Leave audio PIDs clear. Default: audio is scrambled.
     #[arg(long)]
     no_audio: bool,
@@ -118,7 +146,7 @@ pub struct ScrambleArgs {
     simulcrypt: SimulcryptArgs,
 }
 
-pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
+pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     let algorithm = a.scrambling.algorithm();
     let keys = match &a.cw {
         None => KeyMode::Rotating,
@@ -126,6 +154,33 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
             (even, None) => KeyMode::Fixed(even),
             (even, Some(odd)) => KeyMode::FixedPair(even, odd),
         },
+    };
+    let mut live_cas = match a.cas {
+        Some(Cas::Builtin) => {
+            let access = if !a.packages.is_empty() {
+                ChannelAccess::Packages(a.packages.clone())
+            } else {
+                let text = a.access_criteria.as_deref().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--cas builtin needs the channel's packages: --packages NAME[,NAME] or --access-criteria 00000001"
+                    )
+                })?;
+                ChannelAccess::Criteria(text.parse().context("--access-criteria")?)
+            };
+            let cas = LiveCas::start(db, access, Some(a.emm_bitrate))
+                .with_context(|| format!("the card store {}", db.display()))?;
+            if cas.access.is_empty() {
+                bail!("the channel's access criteria name no package");
+            }
+            tracing::info!(
+                access = %cas.access,
+                cards = cas.cards,
+                ca_system_id = format_args!("{:#06x}", cas.ca_system_id),
+                "built-in CAS"
+            );
+            Some(cas)
+        }
+        None => None,
     };
     let ecm_pid = match (&a.ecm_pid, &keys) {
         (Some(p), _) => Some(*p),
@@ -144,9 +199,12 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         scramble_audio: !a.no_audio,
         only_pids: a.only_pids.clone(),
         component_level: a.component_level,
-        ca_system_id: a.ca_system_id,
+        ca_system_id: live_cas.as_ref().map_or(a.ca_system_id, |c| c.ca_system_id),
         ecm_pid,
-        emm_pid: a.emm_pid,
+        emm_pid: match (&live_cas, a.emm_pid) {
+            (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
+            (_, pid) => pid,
+        },
         ecm_repetition: a.ecm_repetition.unwrap_or(Duration::from_millis(100)),
         delay_start_ms: a.delay_start.unwrap_or(0),
         clock: if live_input || a.wall_clock {
@@ -167,11 +225,29 @@ pub fn run(a: ScrambleArgs) -> anyhow::Result<()> {
         .context("--cw-log")?;
     let mut sc = scramble_simulcrypt::start(
         &a.simulcrypt,
+        a.access_criteria.as_deref(),
+        a.cas.is_some(),
         &mut config,
         a.delay_start.is_some(),
         a.ecm_repetition.is_some(),
     )?;
-    let mut scrambler = Scrambler::new(config, cw_log, sc.ecm_generator())?;
+    let ecm_generator: Option<Box<dyn castmux::scramble::EcmGenerator>> =
+        match (live_cas.as_ref(), sc.ecm_generator()) {
+            (Some(_), Some(_)) => bail!("--cas builtin and --ecmg both make ECMs; give one"),
+            (Some(c), None) => Some(Box::new(BuiltinEcmg::new(
+                std::sync::Arc::clone(&c.ring),
+                c.access,
+                c.ca_system_id,
+            ))),
+            (None, g) => g,
+        };
+    let mut scrambler = Scrambler::new(config, cw_log, ecm_generator)?;
+    if let Some(emm) = live_cas.as_mut().and_then(LiveCas::take_emm_source) {
+        if sc.has_emm() {
+            bail!("--cas builtin and --emmg-listen both send EMMs; give one");
+        }
+        scrambler.set_emm_source(Box::new(emm))?;
+    }
     sc.attach_emm(&mut scrambler)?;
     let mut input = Input::open(&input_url, &InputOptions::default())
         .with_context(|| format!("opening input {}", a.input))?;
@@ -234,12 +310,7 @@ fn report(s: &Scrambler, json: bool, output_is_stdout: bool) -> anyhow::Result<(
         tracing::warn!("no packet was scrambled (no selected service or ES found)");
     }
     if json {
-        let text = serde_json::to_string_pretty(&c.report())?;
-        if output_is_stdout {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
+        super::print_stats(&c.report(), output_is_stdout)?;
     }
     Ok(())
 }

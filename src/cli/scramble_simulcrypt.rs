@@ -42,11 +42,6 @@ pub struct SimulcryptArgs {
     /// ECM_id. Default 1.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = args::u16_number)]
     ecm_id: u16,
-    /// access_criteria sent with every CW_provision: the hex digits as bytes, as Astra's
-    /// "ACCESS CRITERIA (HEX)" (TVCAS: one nibble per package, rightmost = package 1, so
-    /// 00000001 = package 1). Default: none.
-    #[arg(long, value_name = "HEX")]
-    access_criteria: Option<String>,
     /// ECMG<->SCS protocol version, 2 or 3. Default 3.
     #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     ecmg_version: u8,
@@ -92,6 +87,11 @@ impl SimulcryptParts {
         })
     }
 
+    /// Whether `--emmg-listen` gives EMMs.
+    pub fn has_emm(&self) -> bool {
+        self.emm_source.is_some()
+    }
+
     /// Hand the EMMG<->MUX queue to the scrambler, if `--emmg-listen` was given.
     pub fn attach_emm(&mut self, scrambler: &mut Scrambler) -> anyhow::Result<()> {
         if let Some(src) = self.emm_source.take() {
@@ -128,16 +128,24 @@ impl SimulcryptParts {
     }
 }
 
-/// Start what the options ask for and fit `config` to it. `delay_start_given` and
+/// Start what the options ask for and fit `config` to it. `access_criteria` (the shared
+/// `--access-criteria`) goes to the ECMG as the bytes of its hex digits, like Astra's
+/// "ACCESS CRITERIA (HEX)" (TVCAS: one nibble per package, rightmost = package 1);
+/// `builtin_cas` says `--cas builtin` is the one using it. `delay_start_given` and
 /// `ecm_repetition_given` say whether the command line set those (then the ECMG's
 /// channel_status does not override them).
 pub fn start(
     a: &SimulcryptArgs,
+    access_criteria: Option<&str>,
+    builtin_cas: bool,
     config: &mut ScrambleConfig,
     delay_start_given: bool,
     ecm_repetition_given: bool,
 ) -> anyhow::Result<SimulcryptParts> {
     let mut parts = SimulcryptParts::default();
+    if access_criteria.is_some() && !builtin_cas && a.ecmg.is_none() {
+        bail!("--access-criteria goes with --cas builtin or --ecmg");
+    }
     if let (Some(addr), Some(super_cas_id)) = (&a.ecmg, a.super_cas_id) {
         if config.ecm_pid.is_none() {
             bail!("--ecmg needs an ECM PID: give --ecm-pid, or drop --cw so CWs rotate");
@@ -148,7 +156,7 @@ pub fn start(
         sc.stream_id = a.stream_id;
         sc.ecm_id = a.ecm_id;
         sc.crypto_period = config.crypto_period;
-        if let Some(text) = &a.access_criteria {
+        if let Some(text) = access_criteria {
             sc.access_criteria = parse_access_criteria_hex(text).with_context(|| {
                 format!("--access-criteria {text:?}: expected up to 64 hex digits, e.g. 00000001")
             })?;

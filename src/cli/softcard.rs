@@ -129,13 +129,7 @@ pub fn run(a: SoftcardArgs) -> anyhow::Result<()> {
 
 fn play(a: PlayArgs) -> anyhow::Result<()> {
     let (source, caid): (Box<dyn CwSource>, u16) = match (&a.card, &a.newcamd) {
-        (Some(path), _) => {
-            let card =
-                SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
-            let caid = card.ca_system_id();
-            info!(serial = %card.serial(), "software card loaded");
-            (Box::new(LocalCard::new(card, Some(path.clone()))), caid)
-        }
+        (Some(path), _) => local_card(path)?,
         (None, Some(addr)) => {
             let des = a.des_key.as_deref().unwrap_or_default();
             let login = NewcamdLogin {
@@ -168,6 +162,17 @@ fn play(a: PlayArgs) -> anyhow::Result<()> {
         &opts,
         a.stats,
     )
+}
+
+/// The software card in `path` as a CW source (saved back after EMMs), and its CAID.
+pub(crate) fn local_card(path: &std::path::Path) -> anyhow::Result<(Box<dyn CwSource>, u16)> {
+    let card = SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
+    let caid = card.ca_system_id();
+    info!(serial = %card.serial(), "software card loaded");
+    Ok((
+        Box::new(LocalCard::new(card, Some(path.to_path_buf()))),
+        caid,
+    ))
 }
 
 /// Descramble `input` to `output` with CWs from `source` (shared with `descramble --card`).
@@ -209,12 +214,7 @@ pub(crate) fn play_stream(
         "done"
     );
     if stats {
-        let text = serde_json::to_string_pretty(c)?;
-        if matches!(output_url, OutputUrl::Stdout) {
-            eprintln!("{text}");
-        } else {
-            println!("{text}");
-        }
+        super::print_stats(c, matches!(output_url, OutputUrl::Stdout))?;
     }
     res?;
     close?;

@@ -1,0 +1,267 @@
+//! The built-in CAS inside a running mux: a control thread keeps the ECMG's key ring and
+//! the EMM carousel current from the card store, so `castmux card ...` and `castmux keys
+//! rotate` in another terminal take effect on air (a changed card jumps the EMM queue and
+//! is on air within about 2 s: a 1 s poll plus its turn).
+//!
+//! The data path never touches the store: it reads the key ring once per crypto period
+//! (a lock, not per packet) and drains card updates from a bounded channel when the EMM
+//! inserter polls the carousel.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::emmg::EmmCarousel;
+use super::keyring::{ServiceKeyRing, SharedKeyRing};
+use super::store::{CardKeyRecord, Store, StoreError};
+use super::types::{AccessCriteria, ServiceKey};
+use crate::scramble::{EmmData, EmmSource};
+
+/// How often the store is read for changes.
+pub const REFRESH: Duration = Duration::from_secs(1);
+/// Card updates in flight to the data path; the control thread waits when it is full.
+const UPDATES: usize = 4096;
+/// Updates applied per poll, so a burst never holds the data path long.
+const UPDATES_PER_POLL: usize = 256;
+
+/// Why the CAS could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveCasError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The control thread could not run.
+    #[error("the CAS control thread: {0}")]
+    Thread(String),
+}
+
+/// What the channel selects: packages by name, or access criteria as written.
+#[derive(Debug, Clone)]
+pub enum ChannelAccess {
+    /// TVCAS form or 0x hex.
+    Criteria(AccessCriteria),
+    /// Package names from the store.
+    Packages(Vec<String>),
+}
+
+enum Update {
+    Card(CardKeyRecord),
+    Keys(Vec<ServiceKey>),
+}
+
+/// The EMM carousel as the data path sees it: applies the control thread's updates, then
+/// gives EMMs at the carousel's bitrate.
+pub struct LiveEmmSource {
+    carousel: EmmCarousel,
+    updates: mpsc::Receiver<Update>,
+}
+
+impl std::fmt::Debug for LiveEmmSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveEmmSource")
+            .field("cards", &self.carousel.card_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmmSource for LiveEmmSource {
+    fn poll(&mut self, now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
+        for _ in 0..UPDATES_PER_POLL {
+            match self.updates.try_recv() {
+                Ok(Update::Card(r)) => {
+                    self.carousel
+                        .upsert_card(r.serial, r.card_key, r.entitlements, true)
+                }
+                Ok(Update::Keys(k)) => self.carousel.set_service_keys(k),
+                Err(_) => break,
+            }
+        }
+        self.carousel.poll(now, out).then_some(EmmData::Sections)
+    }
+}
+
+/// The running feed: stops its thread when dropped.
+pub struct LiveCas {
+    /// The key ring the ECMG reads.
+    pub ring: SharedKeyRing,
+    /// The channel's access criteria.
+    pub access: AccessCriteria,
+    /// CA_system_ID of the store.
+    pub ca_system_id: u16,
+    /// Cards in the store at start.
+    pub cards: usize,
+    emm: Option<LiveEmmSource>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LiveCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveCas")
+            .field("access", &self.access)
+            .field("ca_system_id", &self.ca_system_id)
+            .field("cards", &self.cards)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for LiveCas {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Start {
+    keys: Vec<ServiceKey>,
+    cards: Vec<CardKeyRecord>,
+    access: AccessCriteria,
+    ca_system_id: u16,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl LiveCas {
+    /// Open the store at `db`, load keys and cards, and keep them current. With
+    /// `emm_bitrate`, an EMM carousel of all cards is made (take it with [`LiveCas::take_emm_source`]).
+    pub fn start(
+        db: &Path,
+        access: ChannelAccess,
+        emm_bitrate: Option<u64>,
+    ) -> Result<LiveCas, LiveCasError> {
+        let (init_tx, init_rx) = mpsc::sync_channel::<Result<Start, LiveCasError>>(1);
+        let (upd_tx, upd_rx) = mpsc::sync_channel::<Update>(UPDATES);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ring = ServiceKeyRing::from_keys(Vec::new()).shared();
+        let db = db.to_path_buf();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let ring = Arc::clone(&ring);
+            std::thread::Builder::new()
+                .name("castmux-cas".to_owned())
+                .spawn(move || feed_thread(&db, access, init_tx, upd_tx, ring, stop))
+                .map_err(|e| LiveCasError::Thread(e.to_string()))?
+        };
+        let start = match init_rx.recv() {
+            Ok(r) => r?,
+            Err(_) => return Err(LiveCasError::Thread("it ended at start".to_owned())),
+        };
+        if let Ok(mut r) = ring.write() {
+            *r = ServiceKeyRing::from_keys(start.keys.iter().cloned());
+        }
+        let emm = emm_bitrate.map(|bps| {
+            let mut carousel = EmmCarousel::new(bps);
+            carousel.set_service_keys(start.keys.clone());
+            for c in &start.cards {
+                carousel.upsert_card(c.serial, c.card_key.clone(), c.entitlements.clone(), false);
+            }
+            LiveEmmSource {
+                carousel,
+                updates: upd_rx,
+            }
+        });
+        Ok(LiveCas {
+            ring,
+            access: start.access,
+            ca_system_id: start.ca_system_id,
+            cards: start.cards.len(),
+            emm,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The EMM source for the mux (once).
+    pub fn take_emm_source(&mut self) -> Option<LiveEmmSource> {
+        self.emm.take()
+    }
+}
+
+fn feed_thread(
+    db: &Path,
+    access: ChannelAccess,
+    init_tx: mpsc::SyncSender<Result<Start, LiveCasError>>,
+    upd_tx: mpsc::SyncSender<Update>,
+    ring: SharedKeyRing,
+    stop: Arc<AtomicBool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = init_tx.send(Err(LiveCasError::Thread(format!("tokio runtime: {e}"))));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let start = async {
+            let store = Store::open(db).await?;
+            let access = match &access {
+                ChannelAccess::Criteria(a) => *a,
+                ChannelAccess::Packages(names) => store.package_bits(names).await?,
+            };
+            let keys = store.service_keys().await?;
+            let (cards, seq) = store.emm_cards().await?;
+            Ok::<_, StoreError>((store, access, keys, cards, seq))
+        };
+        let (store, access, mut keys, cards, mut seq) = match start.await {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = init_tx.send(Err(e.into()));
+                return;
+            }
+        };
+        let _ = init_tx.send(Ok(Start {
+            keys: keys.clone(),
+            cards,
+            access,
+            ca_system_id: store.ca_system_id(),
+        }));
+        while !stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(REFRESH).await;
+            if let Err(e) = store.rotate_due(unix_now()).await {
+                tracing::warn!(error = %e, "key rotation check failed; the keys on air stay");
+            }
+            match store.service_keys().await {
+                Ok(k) if k != keys => {
+                    tracing::info!("service keys changed in the store");
+                    if let Ok(mut r) = ring.write() {
+                        *r = ServiceKeyRing::from_keys(k.iter().cloned());
+                    }
+                    if upd_tx.send(Update::Keys(k.clone())).is_err() {
+                        return;
+                    }
+                    keys = k;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read service keys; the keys on air stay")
+                }
+            }
+            match store.cards_changed_since(seq).await {
+                Ok((changed, now_seq)) => {
+                    if !changed.is_empty() {
+                        tracing::info!(cards = changed.len(), "cards changed: their EMMs go first");
+                    }
+                    seq = now_seq;
+                    for c in changed {
+                        if upd_tx.send(Update::Card(c)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read card changes"),
+            }
+        }
+    });
+}

@@ -46,20 +46,11 @@ pub struct EmmgArgs {
 /// `50k`, `1.5M`, `64000`: bits per second, 1 kbit/s .. 65535 kbit/s (what the
 /// protocol's bandwidth field holds).
 fn bandwidth(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1e3),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1e6),
-        _ => (t, 1.0),
-    };
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a bandwidth (try 50k, 1M)"))?;
-    let bps = v * mult;
-    if !bps.is_finite() || !(1000.0..=65_535_000.0).contains(&bps) {
+    let bps = super::args::bitrate(s)?;
+    if !(1000..=65_535_000).contains(&bps) {
         return Err(format!("'{s}': the bandwidth must be 1k .. 65535k"));
     }
-    Ok(bps as u64)
+    Ok(bps)
 }
 
 /// The carousel shared between the EMMG link (which polls it) and the store refresher.

@@ -440,3 +440,161 @@ fn play_to_udp_as_vlc_gets_it() {
     assert_eq!(got.len(), packets(&f.scrambled).len(), "every packet sent");
     assert_eq!(assert_es_clear(&got, "udp"), 0);
 }
+
+/// The start-up hold in the library, with a card that answers only when told: answered
+/// within the first crypto period, every held ES packet comes back; answered after a
+/// period change, the earlier period's packets stay scrambled (its key is not in the
+/// answer) and nothing is ever sent wrongly descrambled.
+mod startup_hold {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use castmux::cas::{
+        derive_card_key, AccessCriteria, BuiltinEcmg, CardFile, CardSerial, Entitlements, Key128,
+        PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
+    };
+    use castmux::io::PacketBatch;
+    use castmux::scramble::{KeyMode, PacketStage, ScrambleConfig, Scrambler};
+    use castmux::softcard::player::{CardPlayer, CwAnswer, CwSource, LocalCard};
+    use castmux::softcard::SoftCard;
+    use castmux::ts::Pid;
+
+    use super::*;
+
+    const CAID: u16 = 0x4AE1;
+
+    fn now() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn keys() -> Vec<ServiceKey> {
+        vec![ServiceKey {
+            bit: PackageBit::new(0).unwrap(),
+            version: 1,
+            key: Key128::from_bytes([0x42; 16]),
+        }]
+    }
+
+    fn scrambled() -> Vec<Packet> {
+        let ring = ServiceKeyRing::from_keys(keys()).shared();
+        let ecmg = BuiltinEcmg::new(ring, AccessCriteria(1), CAID);
+        let config = ScrambleConfig {
+            keys: KeyMode::Rotating,
+            crypto_period: Duration::from_secs(1),
+            ecm_pid: Some(Pid::new(0x1FF0)),
+            ..ScrambleConfig::default()
+        };
+        let mut s = Scrambler::new(config, None, Some(Box::new(ecmg))).unwrap();
+        let mut out = Vec::new();
+        for batch in packets(&sample("spts.ts")).chunks(64) {
+            out.extend(packets_of(s.process(batch).unwrap()));
+        }
+        out
+    }
+
+    /// A local card whose answers wait until `open` is set (a slow server).
+    struct Gated {
+        card: LocalCard,
+        open: Arc<AtomicBool>,
+        waiting: Vec<CwAnswer>,
+    }
+
+    impl CwSource for Gated {
+        fn submit_ecm(&mut self, section: &[u8], now: i64) {
+            self.card.submit_ecm(section, now);
+            while let Some(a) = self.card.poll() {
+                self.waiting.push(a);
+            }
+        }
+        fn submit_emm(&mut self, section: &[u8], now: i64) {
+            self.card.submit_emm(section, now);
+        }
+        fn poll(&mut self) -> Option<CwAnswer> {
+            if self.open.load(Ordering::Relaxed) && !self.waiting.is_empty() {
+                Some(self.waiting.remove(0))
+            } else {
+                None
+            }
+        }
+    }
+
+    /// Play `input` in batches of 16 packets; the card answers from packet `open_at` on.
+    fn play_gated(input: &[Packet], open_at: usize) -> (Vec<Packet>, serde_json::Value) {
+        let serial = CardSerial(2_100_000_001);
+        let card = SoftCard::from_card_file(CardFile {
+            format: CARD_FILE_FORMAT,
+            serial,
+            ca_system_id: CAID,
+            card_key: derive_card_key(&Key128::from_bytes([9; 16]), serial),
+            entitlements: Entitlements {
+                access: AccessCriteria(1),
+                start: now() - 3600,
+                finish: now() + 86_400,
+                pair: 0,
+                enabled: true,
+                events: vec![],
+            },
+            service_keys: keys(),
+            issued_at: now() - 3600,
+        })
+        .unwrap();
+        let open = Arc::new(AtomicBool::new(false));
+        let source = Gated {
+            card: LocalCard::new(card, None),
+            open: open.clone(),
+            waiting: Vec::new(),
+        };
+        let mut p = CardPlayer::new(csa::Algorithm::Csa2, CAID, Box::new(source)).unwrap();
+        let mut out = Vec::new();
+        let mut batch = PacketBatch::with_capacity(16);
+        for (i, chunk) in input.chunks(16).enumerate() {
+            if i * 16 >= open_at {
+                open.store(true, Ordering::Relaxed);
+            }
+            batch.clear();
+            batch.extend_from_bytes(chunk.as_flattened());
+            p.process_batch(&mut batch, &mut out).unwrap();
+        }
+        p.finish(&mut out);
+        let st = serde_json::to_value(p.counters()).unwrap();
+        (packets_of(&out), st)
+    }
+
+    #[test]
+    fn held_packets_come_back_once_the_card_answers() {
+        let input = scrambled();
+        let es = es_pids();
+        let want = want_es();
+        // scrambled ES packets precede the answer by ~0.3 s of stream
+        let (got, st) = play_gated(&input, input.len() / 16);
+        assert_eq!(got.len(), input.len(), "every packet out, in order");
+        assert!(counter(&st, "held_descrambled") > 100, "{st}");
+        assert_eq!(counter(&st, "no_key"), 0, "{st}");
+        assert!(on_pids(&got, &es) == want, "held ES packets differ");
+
+        // answered after the first period change: period 0 stays scrambled, no garbage
+        let flip = input
+            .iter()
+            .position(|p| es.contains(&pid(p)) && tsc(p) == 0b11)
+            .expect("a second period");
+        let (got, st) = play_gated(&input, flip + 160);
+        assert_eq!(got.len(), input.len());
+        assert!(counter(&st, "held_descrambled") > 0, "{st}");
+        let got = on_pids(&got, &es);
+        let still = got.iter().filter(|p| is_scrambled_payload(p)).count();
+        assert!(still > 0 && counter(&st, "no_key") == still as u64, "{st}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                is_scrambled_payload(g) || g == w,
+                "ES packet {i} sent wrongly descrambled"
+            );
+        }
+        // the input ended during the hold: what was held still goes out
+        let (got, st) = play_gated(&input[..400], usize::MAX);
+        assert_eq!(got.len(), 400, "{st}");
+    }
+}

@@ -201,6 +201,14 @@ pub(crate) fn play_stream(
     } else {
         run_stage(&mut inp, &mut out, &mut player, opts)
     };
+    // what the start-up hold still keeps (an input shorter than the card's first answer)
+    let mut rest = Vec::new();
+    player.finish(&mut rest);
+    let res = res.map_err(anyhow::Error::from).and_then(|end| {
+        out.write_batch(&rest)
+            .with_context(|| format!("writing to {output}"))?;
+        Ok(end)
+    });
     let close = out.close(Duration::from_secs(2));
     let c = player.counters();
     info!(

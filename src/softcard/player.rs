@@ -11,10 +11,19 @@
 //! on air (a scrambler with negative delay_start sends it early), its CW(N+1) would land
 //! in the key slot still in use, so only the slot of the ECM's own parity is set then;
 //! the other is set when the stream's parity flips to the ECM's parity.
+//!
+//! # Start-up hold
+//!
+//! A remote card answers after a network round trip, so the first scrambled packets would
+//! go out still scrambled and a viewer would lose the stream's first GOP (its SPS/PPS).
+//! Until the card's first answer or refusal, the stage ([`PacketStage`]) holds its output
+//! back, at most [`HOLD_MAX_TIME`] and [`HOLD_MAX_BYTES`]; on the answer, the held packets
+//! of the run of the current parity are descrambled with the key now known and sent.
+//! Packets of an earlier period stay scrambled: the answer's keys are not theirs.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use csa::{Algorithm, KeyContext, Parity};
 use serde::Serialize;
@@ -28,6 +37,11 @@ use crate::ts::packet::{Packet, PACKET_SIZE};
 use crate::ts::psi::{TABLE_ID_PAT, TABLE_ID_PMT};
 use crate::ts::section::section_total_len;
 use crate::ts::{Cat, PacketRef, Pat, Pid, Pmt, Section, SectionAssembler};
+
+/// Longest the output is held back waiting for the card's first answer.
+pub const HOLD_MAX_TIME: Duration = Duration::from_secs(2);
+/// Most bytes held back waiting for the card's first answer.
+pub const HOLD_MAX_BYTES: usize = 4 << 20;
 
 /// What a card said about an ECM.
 #[derive(Debug)]
@@ -160,6 +174,12 @@ pub struct PlayerCounters {
     pub ecm_pid: Option<u16>,
     /// The EMM PID found.
     pub emm_pid: Option<u16>,
+    /// Packets held back at start-up and descrambled once the first answer came (they
+    /// are also in `descrambled`).
+    pub held_descrambled: u64,
+    /// 1 if the start-up hold gave up (no answer within its time or size) and sent the
+    /// held packets as they were.
+    pub hold_timeouts: u64,
 }
 
 /// Descrambles with CWs from a card.
@@ -181,6 +201,10 @@ pub struct CardPlayer {
     sections: Vec<u8>,
     sel: Vec<bool>,
     counters: PlayerCounters,
+    /// Still in the start-up hold (see the module docs).
+    holding: bool,
+    held: Vec<u8>,
+    held_since: Option<Instant>,
 }
 
 impl std::fmt::Debug for CardPlayer {
@@ -231,6 +255,9 @@ impl CardPlayer {
             sections: Vec::with_capacity(4096),
             sel: Vec::with_capacity(1024),
             counters: PlayerCounters::default(),
+            holding: true,
+            held: Vec::new(),
+            held_since: None,
         })
     }
 
@@ -478,6 +505,92 @@ impl CardPlayer {
     }
 }
 
+impl CardPlayer {
+    /// The start-up hold: keep `batch` (already processed) back until the card first
+    /// answers; then descramble what the answer's keys can and move it all to `out`.
+    fn hold_or_send(&mut self, batch: &[u8], out: &mut Vec<u8>) -> Result<(), ScrambleError> {
+        if !self.holding {
+            out.extend_from_slice(batch);
+            return Ok(());
+        }
+        if self.counters.answers > 0 || self.counters.refusals > 0 {
+            self.holding = false;
+            self.held.extend_from_slice(batch);
+            self.descramble_held()?;
+            out.append(&mut self.held);
+            self.held = Vec::new();
+            return Ok(());
+        }
+        if self.held.is_empty() && self.counters.no_key == 0 {
+            // nothing is waiting for a key
+            out.extend_from_slice(batch);
+            return Ok(());
+        }
+        let since = *self.held_since.get_or_insert_with(Instant::now);
+        self.held.extend_from_slice(batch);
+        if self.held.len() > HOLD_MAX_BYTES || since.elapsed() > HOLD_MAX_TIME {
+            self.holding = false;
+            self.counters.hold_timeouts += 1;
+            tracing::warn!(
+                held_bytes = self.held.len(),
+                "no answer from the card yet: sending the held packets as they are"
+            );
+            out.append(&mut self.held);
+            self.held = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Descramble the held packets of the last run of the current parity, with the key
+    /// of that parity if the first answer gave it; earlier runs belong to other periods.
+    fn descramble_held(&mut self) -> Result<(), ScrambleError> {
+        let Some(parity) = self.parity else {
+            return Ok(());
+        };
+        if !self.has_key(parity) {
+            return Ok(());
+        }
+        let want_tsc = match parity {
+            Parity::Even => 0b10,
+            Parity::Odd => 0b11,
+        };
+        let n = self.held.len() / PACKET_SIZE;
+        let pkt_tsc = |held: &[u8], i: usize| held[i * PACKET_SIZE + 3] >> 6;
+        let is_es = |held: &[u8], i: usize| {
+            let p = &held[i * PACKET_SIZE..(i + 1) * PACKET_SIZE];
+            let pid = Pid::new(u16::from_be_bytes([p[1], p[2]]) & 0x1FFF);
+            p[0] == 0x47 && !pid.is_psi_reserved() && pid != Pid::NULL
+        };
+        let mut start = n;
+        while start > 0 {
+            let i = start - 1;
+            let tsc = pkt_tsc(&self.held, i);
+            if is_es(&self.held, i) && (tsc == 0b10 || tsc == 0b11) && tsc != want_tsc {
+                break;
+            }
+            start = i;
+        }
+        let held = &mut self.held[start * PACKET_SIZE..n * PACKET_SIZE];
+        let pick: Vec<bool> = (0..n - start)
+            .map(|i| is_es(held, i) && pkt_tsc(held, i) == want_tsc)
+            .collect();
+        let done = pick.iter().filter(|b| **b).count() as u64;
+        if done > 0 {
+            self.ctx.descramble_selected(held, |i| pick[i])?;
+            self.counters.no_key = self.counters.no_key.saturating_sub(done);
+            self.counters.descrambled += done;
+            self.counters.held_descrambled += done;
+        }
+        Ok(())
+    }
+
+    /// The input ended: send what the start-up hold still keeps.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        self.holding = false;
+        out.append(&mut self.held);
+    }
+}
+
 impl PacketStage for CardPlayer {
     fn process_batch(
         &mut self,
@@ -485,8 +598,7 @@ impl PacketStage for CardPlayer {
         out: &mut Vec<u8>,
     ) -> Result<(), ScrambleError> {
         self.process(batch.packets_mut())?;
-        out.extend_from_slice(batch.as_bytes());
-        Ok(())
+        self.hold_or_send(batch.as_bytes(), out)
     }
 
     fn idle(&mut self) -> Result<(), ScrambleError> {

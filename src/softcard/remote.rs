@@ -14,7 +14,9 @@ use super::newcamd::{DesKey14, NewcamdClient, NewcamdError};
 use super::player::{CwAnswer, CwSource};
 use crate::scramble::cw::Cw;
 
-/// Requests waiting for the server; more are dropped (the newest ECM matters).
+/// Requests waiting for the server, per kind; more are dropped (the newest ECM matters).
+/// ECMs and EMMs wait apart and ECMs go first: an EMM carousel sends tens of EMMs a
+/// second, which must not crowd out the ECM the picture waits for.
 const QUEUE: usize = 16;
 /// How often an idle connection is kept alive.
 const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -50,7 +52,8 @@ impl std::fmt::Debug for NewcamdLogin {
 
 /// A newcamd server's card as a CW source.
 pub struct NewcamdSource {
-    requests: Option<tokio::sync::mpsc::Sender<Request>>,
+    ecms: Option<tokio::sync::mpsc::Sender<Request>>,
+    emms: Option<tokio::sync::mpsc::Sender<Request>>,
     answers: mpsc::Receiver<CwAnswer>,
     service_id: Arc<AtomicU16>,
     caid: u16,
@@ -78,15 +81,17 @@ impl NewcamdSource {
             .map_err(NewcamdError::Io)?;
         let client = rt.block_on(connect(&login))?;
         let caid = client.card_data().caid;
-        let (req_tx, req_rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (ecm_tx, ecm_rx) = tokio::sync::mpsc::channel(QUEUE);
+        let (emm_tx, emm_rx) = tokio::sync::mpsc::channel(QUEUE);
         let (ans_tx, ans_rx) = mpsc::sync_channel(QUEUE);
         let service_id = Arc::new(AtomicU16::new(0));
         let thread = std::thread::Builder::new()
             .name("castmux-newcamd".to_owned())
-            .spawn(move || rt.block_on(serve(client, login, req_rx, ans_tx)))
+            .spawn(move || rt.block_on(serve(client, login, ecm_rx, emm_rx, ans_tx)))
             .map_err(NewcamdError::Io)?;
         Ok(NewcamdSource {
-            requests: Some(req_tx),
+            ecms: Some(ecm_tx),
+            emms: Some(emm_tx),
             answers: ans_rx,
             service_id,
             caid,
@@ -101,7 +106,11 @@ impl NewcamdSource {
     }
 
     fn send(&mut self, r: Request) {
-        let Some(tx) = &self.requests else {
+        let tx = match r {
+            Request::Ecm(..) => &self.ecms,
+            Request::Emm(..) => &self.emms,
+        };
+        let Some(tx) = tx else {
             return;
         };
         if tx.try_send(r).is_err() {
@@ -112,7 +121,8 @@ impl NewcamdSource {
 
 impl Drop for NewcamdSource {
     fn drop(&mut self) {
-        self.requests = None;
+        self.ecms = None;
+        self.emms = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -152,7 +162,8 @@ async fn connect(login: &NewcamdLogin) -> Result<NewcamdClient, NewcamdError> {
 async fn serve(
     client: NewcamdClient,
     login: NewcamdLogin,
-    mut requests: tokio::sync::mpsc::Receiver<Request>,
+    mut ecms: tokio::sync::mpsc::Receiver<Request>,
+    mut emms: tokio::sync::mpsc::Receiver<Request>,
     answers: mpsc::SyncSender<CwAnswer>,
 ) {
     let mut client = Some(client);
@@ -161,7 +172,12 @@ async fn serve(
     keepalive.tick().await;
     loop {
         let req = tokio::select! {
-            r = requests.recv() => match r {
+            biased;
+            r = ecms.recv() => match r {
+                Some(r) => r,
+                None => return,
+            },
+            r = emms.recv() => match r {
                 Some(r) => r,
                 None => return,
             },

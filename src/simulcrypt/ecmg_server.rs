@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use super::accept::{accept_loop, AcceptCounters};
 use super::access::access_criteria_from_bytes;
 use super::conn::{FrameReader, LinkError};
 use super::datagram::sections_to_packets;
@@ -177,52 +178,38 @@ impl EcmgServer {
 
     /// Serve until `shutdown` completes; connections are dropped then.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let limit = Arc::new(Semaphore::new(self.config.max_connections));
-        let mut tasks = tokio::task::JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                accepted = self.listener.accept() => {
-                    let (sock, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "ECMG accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        self.stats.connections_refused.fetch_add(1, Relaxed);
-                        tracing::warn!(%peer, max = self.config.max_connections,
-                            "ECMG: too many connections; refusing");
-                        continue;
-                    };
-                    self.stats.connections.fetch_add(1, Relaxed);
-                    let _ = sock.set_nodelay(true);
-                    let mut conn = Connection {
-                        config: self.config.clone(),
-                        builder: self.builder.clone(),
-                        stats: self.stats.clone(),
-                        channel: None,
-                        version: SUPPORTED_VERSIONS[1],
-                        streams: HashMap::new(),
-                        out: Vec::with_capacity(1024),
-                        scratch: Vec::with_capacity(1024),
-                    };
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        tracing::info!(%peer, "ECMG: SCS connected");
-                        match conn.serve(sock).await {
-                            Ok(()) => tracing::info!(%peer, "ECMG: SCS disconnected"),
-                            Err(e) => tracing::warn!(%peer, error = %e, "ECMG: connection closed"),
-                        }
-                    });
+        let counters = AcceptCounters {
+            accepted: &self.stats.connections,
+            refused: &self.stats.connections_refused,
+        };
+        accept_loop(
+            &self.listener,
+            self.config.max_connections,
+            "ECMG",
+            counters,
+            JoinSet::new(),
+            shutdown,
+            |sock, peer| {
+                let mut conn = Connection {
+                    config: self.config.clone(),
+                    builder: self.builder.clone(),
+                    stats: self.stats.clone(),
+                    channel: None,
+                    version: SUPPORTED_VERSIONS[1],
+                    streams: HashMap::new(),
+                    out: Vec::with_capacity(1024),
+                    scratch: Vec::with_capacity(1024),
+                };
+                async move {
+                    tracing::info!(%peer, "ECMG: SCS connected");
+                    match conn.serve(sock).await {
+                        Ok(()) => tracing::info!(%peer, "ECMG: SCS disconnected"),
+                        Err(e) => tracing::warn!(%peer, error = %e, "ECMG: connection closed"),
+                    }
                 }
-            }
-        }
-        tasks.shutdown().await;
+            },
+        )
+        .await;
     }
 }
 

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
+use super::accept::{accept_loop, AcceptCounters};
 use super::conn::{FrameReader, LinkError};
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
 use super::tlv::{frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
@@ -67,6 +68,8 @@ impl Default for EmmMuxConfig {
 pub struct EmmMuxStats {
     /// TCP connections accepted.
     pub connections: AtomicU64,
+    /// TCP connections refused (over max_connections).
+    pub connections_refused: AtomicU64,
     /// data_provision messages taken (TCP and UDP).
     pub data_provisions: AtomicU64,
     /// EMM chunks queued for the EMM PID.
@@ -340,47 +343,41 @@ impl EmmMuxServer {
 
     /// Serve until `shutdown` completes.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
-        let mut tasks = tokio::task::JoinSet::new();
+        let mut tasks = JoinSet::new();
         if let Some(udp) = self.udp {
             let shared = self.shared.clone();
             tasks.spawn(async move { udp_loop(udp, shared).await });
         }
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                accepted = self.listener.accept() => {
-                    let (sock, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "EMMG port: accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
+        let counters = AcceptCounters {
+            accepted: &self.shared.stats.connections,
+            refused: &self.shared.stats.connections_refused,
+        };
+        accept_loop(
+            &self.listener,
+            self.shared.config.max_connections,
+            "EMMG port",
+            counters,
+            tasks,
+            shutdown,
+            |sock, peer| {
+                let shared = self.shared.clone();
+                async move {
+                    tracing::info!(%peer, "EMMG connected");
+                    let mut c = MuxConnection {
+                        shared,
+                        channel: None,
+                        version: 3,
+                        streams: Vec::new(),
+                        out: Vec::new(),
                     };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "EMMG port: too many connections; refusing");
-                        continue;
-                    };
-                    self.shared.stats.connections.fetch_add(1, Relaxed);
-                    let _ = sock.set_nodelay(true);
-                    let shared = self.shared.clone();
-                    tasks.spawn(async move {
-                        let _permit = permit;
-                        tracing::info!(%peer, "EMMG connected");
-                        let mut c = MuxConnection { shared, channel: None, version: 3, streams: Vec::new(), out: Vec::new() };
-                        let res = c.serve(sock).await;
-                        match res {
-                            Ok(()) => tracing::info!(%peer, "EMMG disconnected"),
-                            Err(e) => tracing::warn!(%peer, error = %e, "EMMG connection closed"),
-                        }
-                    });
+                    match c.serve(sock).await {
+                        Ok(()) => tracing::info!(%peer, "EMMG disconnected"),
+                        Err(e) => tracing::warn!(%peer, error = %e, "EMMG connection closed"),
+                    }
                 }
-            }
-        }
-        tasks.shutdown().await;
+            },
+        )
+        .await;
     }
 }
 

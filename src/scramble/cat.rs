@@ -13,7 +13,7 @@ use crate::ts::descriptor::CaDescriptor;
 use crate::ts::packet::Packet;
 use crate::ts::psi::{Cat, TABLE_ID_CAT};
 use crate::ts::psi_write::write_cat;
-use crate::ts::section::{section_total_len, Section, SectionAssembler};
+use crate::ts::section::{split_sections, Section, SectionAssembler};
 use crate::ts::{Packetizer, Pid};
 
 /// How often the mux sends its own CAT when the input has none.
@@ -106,12 +106,7 @@ impl CatWriter {
             Err(_) => errors += 1,
         });
         self.counters.input_errors += errors;
-        let mut rest = &sections[..];
-        while let Some(total) = section_total_len(rest) {
-            let Some(bytes) = rest.get(..total) else {
-                break;
-            };
-            rest = &rest[total..];
+        for bytes in split_sections(&sections) {
             let cat = Section::parse(bytes, bytes.len())
                 .ok()
                 .and_then(|s| Cat::parse(&s).ok().map(|c| (c, s.crc32())));

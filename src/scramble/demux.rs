@@ -11,7 +11,7 @@
 use crate::ts::packet::Packet;
 use crate::ts::psi::TABLE_ID_PMT;
 use crate::ts::psi_write::{rewrite_pmt, CaPlacement};
-use crate::ts::section::{section_total_len, Section};
+use crate::ts::section::{split_sections, Section};
 use crate::ts::{CaDescriptor, EsKind, Packetizer, Pat, Pid, Pmt, SectionAssembler};
 
 use super::config::ScrambleConfig;
@@ -163,12 +163,7 @@ impl Demux {
             return;
         }
         let sections = std::mem::take(&mut self.scratch);
-        let mut rest = &sections[..];
-        while let Some(total) = section_total_len(rest) {
-            let Some(bytes) = rest.get(..total) else {
-                break;
-            };
-            rest = &rest[total..];
+        for bytes in split_sections(&sections) {
             if let Ok(section) = Section::parse(bytes, bytes.len()) {
                 match Pat::parse(&section) {
                     Ok(pat) => self.apply_pat(&pat, section.crc32()),
@@ -261,12 +256,7 @@ impl Demux {
             Ok(_) => {}
             Err(_) => counters.psi_errors += 1,
         });
-        let mut rest = &sections[..];
-        while let Some(total) = section_total_len(rest) {
-            let Some(bytes) = rest.get(..total) else {
-                break;
-            };
-            rest = &rest[total..];
+        for bytes in split_sections(&sections) {
             let Ok(section) = Section::parse(bytes, bytes.len()) else {
                 continue;
             };

@@ -184,19 +184,7 @@ fn check_sections(bytes: &[u8], table_id: u8) -> Result<(), EcmError> {
     if bytes.is_empty() {
         return Err(EcmError::Invalid("empty ECM".to_owned()));
     }
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let total = crate::ts::section::section_total_len(rest)
-            .ok_or_else(|| EcmError::Invalid("truncated section header".to_owned()))?;
-        if rest[0] != table_id {
-            return Err(EcmError::Invalid(format!(
-                "table_id {:#04x}, expected {table_id:#04x}",
-                rest[0]
-            )));
-        }
-        rest = rest
-            .get(total..)
-            .ok_or_else(|| EcmError::Invalid("truncated section".to_owned()))?;
-    }
-    Ok(())
+    crate::ts::section::check_sections(bytes, table_id..=table_id)
+        .map(|_| ())
+        .map_err(|e| EcmError::Invalid(e.to_string()))
 }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use super::insert::InsertQueue;
-use crate::ts::packet::{Packet, PACKET_SIZE};
-use crate::ts::section::section_total_len;
+use crate::ts::packet::{is_whole_packets, Packet, PACKET_SIZE};
+use crate::ts::section::check_sections;
 use crate::ts::{PacketMut, PacketRef, Packetizer, Pid};
 
 /// What an [`EmmSource`] handed over.
@@ -113,11 +113,7 @@ impl EmmInserter {
                     .is_ok()
             }
             EmmData::TsPackets => {
-                if self.scratch.is_empty() || !self.scratch.len().is_multiple_of(PACKET_SIZE) {
-                    return false;
-                }
-                let all_ok = self.scratch.chunks_exact(PACKET_SIZE).all(|c| c[0] == 0x47);
-                if !all_ok {
+                if !is_whole_packets(&self.scratch) {
                     return false;
                 }
                 let pid = self.packetizer.pid();
@@ -154,20 +150,7 @@ impl EmmInserter {
 
 /// Whether `bytes` are whole private sections with an EMM table_id (0x82..=0x8F).
 fn are_emm_sections(bytes: &[u8]) -> bool {
-    let mut rest = bytes;
-    if rest.is_empty() {
-        return false;
-    }
-    while !rest.is_empty() {
-        let Some(total) = section_total_len(rest) else {
-            return false;
-        };
-        if !(0x82..=0x8F).contains(&rest[0]) || total > rest.len() {
-            return false;
-        }
-        rest = &rest[total..];
-    }
-    true
+    !bytes.is_empty() && check_sections(bytes, 0x82..=0x8F).is_ok()
 }
 
 /// A source that never has anything: for tests and for a configured EMM PID whose EMMs

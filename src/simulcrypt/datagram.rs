@@ -1,7 +1,6 @@
 //! ECM/EMM datagrams as sections or TS packets (section_TSpkt_flag): conversion both ways.
 
 use crate::ts::packet::PACKET_SIZE;
-use crate::ts::section::section_total_len;
 use crate::ts::{Packet, Packetizer, Pid, SectionAssembler};
 
 /// The PID written in datagram packets an ECMG/EMMG sends; the mux puts its own PID and
@@ -13,7 +12,7 @@ pub const DATAGRAM_PID: Pid = Pid::NULL;
 pub enum DatagramError {
     /// Not a whole number of sections.
     #[error("not whole sections: {0}")]
-    BadSections(&'static str),
+    BadSections(String),
     /// Not a whole number of 188-byte packets, or packets that give no section.
     #[error("not whole TS packets carrying sections: {0}")]
     BadPackets(String),
@@ -22,24 +21,10 @@ pub enum DatagramError {
 /// Check that `bytes` are whole sections (at least one) and return their count.
 pub fn check_sections(bytes: &[u8]) -> Result<usize, DatagramError> {
     if bytes.is_empty() {
-        return Err(DatagramError::BadSections("empty"));
+        return Err(DatagramError::BadSections("empty".to_owned()));
     }
-    let mut n = 0;
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        if rest[0] == 0xFF {
-            return Err(DatagramError::BadSections(
-                "stuffing where a section should start",
-            ));
-        }
-        let total =
-            section_total_len(rest).ok_or(DatagramError::BadSections("truncated header"))?;
-        rest = rest
-            .get(total..)
-            .ok_or(DatagramError::BadSections("truncated section"))?;
-        n += 1;
-    }
-    Ok(n)
+    crate::ts::section::check_sections(bytes, 0x00..=0xFE)
+        .map_err(|e| DatagramError::BadSections(e.to_string()))
 }
 
 /// Append `sections` as TS packets on [`DATAGRAM_PID`] to `out`.

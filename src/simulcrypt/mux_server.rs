@@ -26,8 +26,8 @@ use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
 use super::tlv::{frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
 use super::types::{EmmgErrorStatus as E, EmmgParam};
 use crate::scramble::emm::{EmmData, EmmSource};
-use crate::ts::packet::PACKET_SIZE;
-use crate::ts::section::section_total_len;
+use crate::ts::packet::{is_whole_packets, PACKET_SIZE};
+use crate::ts::section::{check_sections, split_sections};
 
 /// Settings of the EMMG<->MUX server. `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -229,29 +229,17 @@ impl MuxShared {
 fn split_chunks(kind: EmmData, d: &[u8]) -> Option<Vec<Vec<u8>>> {
     match kind {
         EmmData::TsPackets => {
-            if d.is_empty()
-                || !d.len().is_multiple_of(PACKET_SIZE)
-                || d.chunks_exact(PACKET_SIZE).any(|p| p[0] != 0x47)
-            {
+            if !is_whole_packets(d) {
                 return None;
             }
             Some(d.chunks(21 * PACKET_SIZE).map(<[u8]>::to_vec).collect())
         }
         EmmData::Sections => {
-            let mut out = Vec::new();
-            let mut rest = d;
-            if rest.is_empty() {
+            if d.is_empty() || check_sections(d, 0x82..=0x8F).is_err() {
                 return None;
             }
-            while !rest.is_empty() {
-                let total = section_total_len(rest)?;
-                if !(0x82..=0x8F).contains(&rest[0]) || total > rest.len() || total > 4096 {
-                    return None;
-                }
-                out.push(rest[..total].to_vec());
-                rest = &rest[total..];
-            }
-            Some(out)
+            let out: Vec<Vec<u8>> = split_sections(d).map(<[u8]>::to_vec).collect();
+            out.iter().all(|s| s.len() <= 4096).then_some(out)
         }
     }
 }

@@ -35,7 +35,7 @@ use crate::scramble::cw::Cw;
 use crate::scramble::{PacketStage, ScrambleError};
 use crate::ts::packet::{Packet, PACKET_SIZE};
 use crate::ts::psi::{TABLE_ID_PAT, TABLE_ID_PMT};
-use crate::ts::section::section_total_len;
+use crate::ts::section::split_sections;
 use crate::ts::{Cat, PacketRef, Pat, Pid, Pmt, Section, SectionAssembler};
 
 /// Longest the output is held back waiting for the card's first answer.
@@ -323,12 +323,7 @@ impl CardPlayer {
     }
 
     fn each_section(&mut self, bytes: &[u8], mut f: impl FnMut(&mut Self, &Section<'_>)) {
-        let mut rest = bytes;
-        while let Some(total) = section_total_len(rest) {
-            let Some(one) = rest.get(..total) else {
-                return;
-            };
-            rest = &rest[total..];
+        for one in split_sections(bytes) {
             if let Ok(s) = Section::parse(one, one.len()) {
                 f(self, &s);
             }

@@ -191,6 +191,13 @@ pub enum Stuffing {
     Padding,
 }
 
+/// Whether `bytes` are one or more whole 188-byte packets, each starting with the sync byte.
+pub fn is_whole_packets(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.len().is_multiple_of(PACKET_SIZE)
+        && bytes.chunks_exact(PACKET_SIZE).all(|p| p[0] == SYNC_BYTE)
+}
+
 /// A null packet (PID 0x1FFF, payload only, 0xFF payload).
 pub fn null_packet() -> Packet {
     let mut p = [0xFF; PACKET_SIZE];

@@ -95,21 +95,7 @@ impl Packetizer {
 
 /// Check that `sections` is a whole number of sections, none starting with 0xFF.
 fn check_sections(sections: &[u8]) -> Result<(), TsError> {
-    let mut rest = sections;
-    while !rest.is_empty() {
-        if rest[0] == 0xFF {
-            return Err(TsError::WrongTableId {
-                expected: 0x00,
-                got: 0xFF,
-            });
-        }
-        let total = section_total_len(rest).ok_or(TsError::SectionTooShort(rest.len()))?;
-        rest = rest.get(total..).ok_or(TsError::SectionTruncated {
-            need: total,
-            have: rest.len(),
-        })?;
-    }
-    Ok(())
+    super::section::check_sections(sections, 0x00..=0xFE).map(|_| ())
 }
 
 /// Split checked `sections` into packet payloads: (pointer_field, bytes, PUSI) per packet.

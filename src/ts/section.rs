@@ -24,6 +24,43 @@ pub fn section_total_len(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// Check that `bytes` are whole sections back to back, each with a table_id in
+/// `table_ids` (0xFF, stuffing, is never one); returns how many there are.
+pub fn check_sections(
+    bytes: &[u8],
+    table_ids: std::ops::RangeInclusive<u8>,
+) -> Result<usize, TsError> {
+    let mut n = 0;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest[0] == 0xFF || !table_ids.contains(&rest[0]) {
+            return Err(TsError::WrongTableId {
+                expected: *table_ids.start(),
+                got: rest[0],
+            });
+        }
+        let total = section_total_len(rest).ok_or(TsError::SectionTooShort(rest.len()))?;
+        rest = rest.get(total..).ok_or(TsError::SectionTruncated {
+            need: total,
+            have: rest.len(),
+        })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The whole sections of `bytes` (sections back to back), in order; it stops at the first
+/// one that is incomplete.
+pub fn split_sections(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = bytes;
+    std::iter::from_fn(move || {
+        let total = section_total_len(rest)?;
+        let one = rest.get(..total)?;
+        rest = &rest[total..];
+        Some(one)
+    })
+}
+
 /// The long-form header fields (section_syntax_indicator = 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LongHeader {

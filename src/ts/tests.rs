@@ -900,3 +900,30 @@ fn assembler_buffer_is_reused_and_crc_field_exposed() {
     assert_eq!(crcs, vec![None, Some(0x2AB1_04B2)]);
     assert_eq!(asm.buffer_capacity(), cap);
 }
+
+#[test]
+fn sections_back_to_back_are_checked_and_split() {
+    use super::section::{check_sections, split_sections};
+    let mut two = Vec::new();
+    write_private_section(&mut two, 0x82, &[1, 2, 3]).unwrap();
+    write_private_section(&mut two, 0x83, &[4; 40]).unwrap();
+    assert_eq!(check_sections(&two, 0x82..=0x8F), Ok(2));
+    let parts: Vec<&[u8]> = split_sections(&two).collect();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[0].len() + parts[1].len(), two.len());
+    assert!(matches!(
+        check_sections(&two, 0x82..=0x82),
+        Err(TsError::WrongTableId { got: 0x83, .. })
+    ));
+    assert!(matches!(
+        check_sections(&two[..two.len() - 1], 0x82..=0x8F),
+        Err(TsError::SectionTruncated { .. })
+    ));
+    assert!(check_sections(&[0xFF, 0xFF, 0xFF], 0x00..=0xFF).is_err());
+    assert!(check_sections(&two[..9], 0x82..=0x8F).is_err());
+    // the incomplete tail is left out
+    assert_eq!(split_sections(&two[..two.len() - 1]).count(), 1);
+    assert!(super::packet::is_whole_packets(&[0x47; 376]));
+    assert!(!super::packet::is_whole_packets(&[0x47; 375]));
+    assert!(!super::packet::is_whole_packets(&[]));
+}

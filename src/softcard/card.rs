@@ -290,6 +290,24 @@ impl SoftCard {
         r
     }
 
+    /// [`SoftCard::process_emm`], then save the card to `save_to` (if given) when the EMM
+    /// changed it, so the change survives a restart. A failed save is logged: the card in
+    /// memory is current either way.
+    pub fn process_emm_and_save(
+        &mut self,
+        section: &[u8],
+        now: i64,
+        save_to: Option<&Path>,
+    ) -> Result<EmmOutcome, Refusal> {
+        let r = self.process_emm(section, now);
+        if let (Ok(EmmOutcome::Applied), Some(path)) = (&r, save_to) {
+            if let Err(e) = self.save(path) {
+                tracing::warn!(path = %path.display(), error = %e, "EMM applied but the card could not be saved");
+            }
+        }
+        r
+    }
+
     fn check_ecm(&mut self, section: &[u8], now: i64) -> Result<EcmAnswer, Refusal> {
         let ecm = EcmRef::parse(section)?;
         if ecm.ca_system_id() != self.card.ca_system_id {

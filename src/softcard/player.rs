@@ -121,15 +121,11 @@ impl CwSource for LocalCard {
     }
 
     fn submit_emm(&mut self, section: &[u8], now: i64) {
-        match self.card.process_emm(section, now) {
-            Ok(EmmOutcome::Applied) => {
-                self.emms_applied += 1;
-                if let Some(path) = &self.save_to {
-                    if let Err(e) = self.card.save(path) {
-                        tracing::warn!(error = %e, "cannot save the card after an EMM");
-                    }
-                }
-            }
+        match self
+            .card
+            .process_emm_and_save(section, now, self.save_to.as_deref())
+        {
+            Ok(EmmOutcome::Applied) => self.emms_applied += 1,
             Ok(_) => {}
             Err(r) => {
                 self.emms_refused += 1;

@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use tracing::warn;
-
 use super::backend::{CardBackend, EcmRefusal, EmmResult};
 use super::messages::CwPair;
 use crate::softcard::card::{CardError, EmmOutcome, SoftCard};
@@ -70,15 +68,11 @@ impl CardBackend for SoftCardBackend {
     }
 
     fn emm(&mut self, section: &[u8], now: i64) -> EmmResult {
-        match self.card.process_emm(section, now) {
-            Ok(EmmOutcome::Applied) => {
-                if let Some(path) = &self.save_to {
-                    if let Err(e) = self.card.save(path) {
-                        warn!("newcamd: EMM applied but the card could not be saved: {e}");
-                    }
-                }
-                EmmResult::Applied
-            }
+        match self
+            .card
+            .process_emm_and_save(section, now, self.save_to.as_deref())
+        {
+            Ok(EmmOutcome::Applied) => EmmResult::Applied,
             Ok(EmmOutcome::AlreadyApplied) => EmmResult::Unchanged,
             Ok(EmmOutcome::NotForThisCard) | Err(_) => EmmResult::Rejected,
         }

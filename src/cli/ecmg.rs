@@ -33,11 +33,7 @@ pub struct EcmgArgs {
 
 pub fn run(db: &Path, a: EcmgArgs) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = super::runtime(2)?;
     let stats = rt.block_on(serve(db, a, stop))?;
     report(&stats);
     Ok(())

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
 use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, Store};
 use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
@@ -65,10 +64,7 @@ impl EmmSource for SharedCarousel {
 
 pub fn run(db: &Path, a: EmmgArgs) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = super::runtime(0)?;
     let stats = rt.block_on(feed(db, a, stop))?;
     tracing::info!(stats = ?stats, "emmg: stopped");
     Ok(())

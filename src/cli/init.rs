@@ -4,7 +4,6 @@
 use std::future::Future;
 use std::path::Path;
 
-use anyhow::Context;
 use castmux::cas::store::DEFAULT_SERIAL_PREFIX;
 use castmux::cas::store::{time, InitOptions, Store, StoreError};
 use clap::Args;
@@ -28,10 +27,7 @@ pub struct InitArgs {
 
 /// Run a store command's future on a runtime made for it.
 pub(super) fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = super::runtime(0)?;
     Ok(rt.block_on(f))
 }
 

@@ -78,6 +78,21 @@ pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// A tokio runtime for the control plane: `workers` threads, or just the calling thread
+/// when 0.
+pub(crate) fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    b.enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("starting the tokio runtime: {e}"))
+}
+
 /// Print the `--stats` counters as JSON: on stdout, or on stderr when stdout carries the
 /// stream.
 pub(crate) fn print_stats(

@@ -226,10 +226,7 @@ struct MuxThread {
 
 impl MuxThread {
     fn start(listen: SocketAddr) -> anyhow::Result<(MuxThread, EmmQueueSource)> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the EMMG<->MUX runtime")?;
+        let rt = super::runtime(0).context("the EMMG<->MUX control thread")?;
         let (server, source) = rt
             .block_on(EmmMuxServer::bind(listen, EmmMuxConfig::default()))
             .with_context(|| format!("--emmg-listen {listen}: cannot listen (port in use?)"))?;

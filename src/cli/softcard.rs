@@ -319,11 +319,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let server = NewcamdServer::new(cfg, card);
 
     let stop = super::stop_flag()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = super::runtime(2)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(a.listen)
             .await

@@ -70,6 +70,8 @@ pub struct Demux {
     ca: Option<(u16, Pid)>,
     pat: SectionAssembler,
     pat_crc: Option<u32>,
+    /// [`Demux::ready`], kept up to date when PSI changes (it is asked for every packet).
+    ready: bool,
     programs: Vec<Program>,
     pmt_pids: Vec<PmtPid>,
     scratch: Vec<u8>,
@@ -96,6 +98,7 @@ impl Demux {
             ca,
             pat: SectionAssembler::psi(),
             pat_crc: None,
+            ready: false,
             programs: Vec::new(),
             pmt_pids: Vec::new(),
             scratch: Vec::with_capacity(4096),
@@ -111,11 +114,15 @@ impl Demux {
 
     /// True once the PAT is known and every selected program in it has a good PMT.
     pub fn ready(&self) -> bool {
-        self.pat_crc.is_some()
+        self.ready
+    }
+
+    fn update_ready(&mut self) {
+        self.ready = self.pat_crc.is_some()
             && self
                 .programs
                 .iter()
-                .all(|p| !p.selected || p.last_crc.is_some())
+                .all(|p| !p.selected || p.last_crc.is_some());
     }
 
     /// The PCR PID of the first selected program with a known PMT (drives the stream clock).
@@ -206,6 +213,7 @@ impl Demux {
             programs.push(program);
         }
         self.programs = programs;
+        self.update_ready();
         // PMT PIDs: rewritten when they carry a selected program and there is a CA_descriptor
         for i in 0..self.programs.len() {
             let pid = self.programs[i].pmt_pid;
@@ -363,6 +371,7 @@ impl Demux {
         }
         p.last_crc = section.crc32();
         self.scrambled_scratch = scrambled;
+        self.update_ready();
         Ok(())
     }
 }

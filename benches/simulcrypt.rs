@@ -2,37 +2,35 @@
 //! (CW_provision -> ECM_response latency, p50/p99/max, hdrhistogram) and EMMG data_provision
 //! ingest through the mux-side server (Mbit/s, losses). Loopback; prints a table.
 //!
-//! The ECM builder here hashes the CWs and access criteria with SHA-256 per ECM (a stand-in
-//! switching it to `RingEcmBuilder` is the next step).
+//! ECMs are built by the built-in CAS (`RingEcmBuilder`: AES-GCM sealed CWs, the content key
+//! wrapped under the package's service key), as `castmux ecmg` serves them.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use castmux::cas::{Key128, PackageBit, ServiceKey, ServiceKeyRing};
 use castmux::scramble::{Cw, EmmData, EmmSource};
 use castmux::simulcrypt::conn::FrameReader;
 use castmux::simulcrypt::{
-    run_emmg, CpCw, CwProvision, EcmBuildError, EcmBuildRequest, EcmBuilder, EcmgMessage,
-    EcmgServer, EcmgServerConfig, EmmMuxConfig, EmmMuxServer, EmmgConfig, EmmgStats,
+    run_emmg, CpCw, CwProvision, EcmgMessage, EcmgServer, EcmgServerConfig, EmmMuxConfig,
+    EmmMuxServer, EmmgConfig, EmmgStats, RingEcmBuilder,
 };
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-struct HashBuilder;
-impl EcmBuilder for HashBuilder {
-    fn build(&self, req: &EcmBuildRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmBuildError> {
-        let mut h = Sha256::new();
-        h.update(req.even.as_bytes());
-        h.update(req.odd.as_bytes());
-        h.update(req.access_criteria.0.to_be_bytes());
-        let d = h.finalize();
-        out.extend_from_slice(&[req.table_id(), 0x70, 2 + 32 + 16]);
-        out.extend_from_slice(&req.cp_number.to_be_bytes());
-        out.extend_from_slice(&d);
-        out.extend_from_slice(&[0u8; 16]);
-        Ok(())
-    }
+/// The built-in ECMG with one package (bit 0, the access criteria 00000001 the SCS sends).
+fn builtin_builder() -> RingEcmBuilder {
+    let bit = PackageBit::new(0).unwrap();
+    let keys = (1..=2).map(|version| ServiceKey {
+        bit,
+        version,
+        key: Key128::random(),
+    });
+    RingEcmBuilder::new(ServiceKeyRing::from_keys(keys).shared(), CA_SYSTEM_ID)
 }
+
+/// The CA_system_ID in the Super_CAS_id the SCS announces (0x0B00_0001).
+const CA_SYSTEM_ID: u16 = 0x0B00;
 
 const STREAMS: u16 = 100;
 const PERIODS: u16 = 10;
@@ -44,7 +42,7 @@ async fn ecm_load() -> hdrhistogram::Histogram<u64> {
             max_streams: 200,
             ..EcmgServerConfig::default()
         },
-        Arc::new(HashBuilder),
+        Arc::new(builtin_builder()),
     )
     .await
     .unwrap();

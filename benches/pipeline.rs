@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion, data: &[u8]) {
     assert!(rest.is_empty());
     g.bench_function("scrambler-memory", |b| {
         b.iter(|| {
-            let mut s = Scrambler::new(config(), None, None).expect("scrambler");
+            let mut s = Scrambler::new(config(), None, Vec::new()).expect("scrambler");
             for batch in packets.chunks(BATCH) {
                 black_box(s.process(batch).expect("process").len());
             }
@@ -85,7 +85,7 @@ fn benches(c: &mut Criterion, data: &[u8]) {
     std::fs::write(&src, data).expect("write the bench input");
     g.bench_function("scramble-file", |b| {
         b.iter(|| {
-            let mut s = Scrambler::new(config(), None, None).expect("scrambler");
+            let mut s = Scrambler::new(config(), None, Vec::new()).expect("scrambler");
             let mut input = Input::open(&InputUrl::File(src.clone()), &InputOptions::default())
                 .expect("open input");
             let mut output = Output::open(&OutputUrl::File(dst.clone()), &OutputOptions::default())

@@ -19,7 +19,7 @@ use castmux::cas::{
     derive_card_key, AccessCriteria, BuiltinEcmg, CardFile, CardSerial, Entitlements, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
-use castmux::scramble::{KeyMode, ScrambleConfig, Scrambler};
+use castmux::scramble::{CaSystem, KeyMode, ScrambleConfig, Scrambler};
 use castmux::softcard::player::{CardPlayer, LocalCard};
 use castmux::softcard::SoftCard;
 use castmux::ts::{Packet, Pid};
@@ -56,10 +56,10 @@ fn scrambled_stream() -> Vec<u8> {
     let config = ScrambleConfig {
         keys: KeyMode::Rotating,
         crypto_period: Duration::from_secs(1),
-        ecm_pid: Some(Pid::new(0x1FF0)),
+        ca_systems: vec![CaSystem::new(CAID, Pid::new(0x1FF0))],
         ..ScrambleConfig::default()
     };
-    let mut s = Scrambler::new(config, None, Some(Box::new(ecmg))).expect("scrambler");
+    let mut s = Scrambler::new(config, None, vec![Box::new(ecmg)]).expect("scrambler");
     let mut one = Vec::with_capacity(clear.len() * 2);
     for batch in pkts.chunks(256) {
         one.extend_from_slice(s.process(batch).expect("scramble"));

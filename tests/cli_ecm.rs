@@ -1,15 +1,17 @@
 //! ECM plumbing through the library: a test `EcmGenerator`, the scheduler asking it once
 //! per period, repetition every 100 ms of stream time, insertion into null packets or added,
-//! the lead time (delay_start), and degraded mode when the generator fails.
+//! the lead time (delay_start), degraded mode when the generator fails, and several CAS on
+//! one service (SimulCrypt).
 
 mod cli_support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use castmux::scramble::cw::read_cw_log;
 use castmux::scramble::{
-    CwLogWriter, EcmError, EcmGenerator, EcmRequest, ScrambleConfig, Scrambler,
+    CaSystem, CwLogWriter, EcmError, EcmGenerator, EcmRequest, ScrambleConfig, Scrambler,
 };
 use castmux::ts::psi_write::write_private_section;
 use castmux::ts::SectionAssembler;
@@ -47,14 +49,16 @@ fn run(name: &str, delay_start_ms: i64, fail_from: u64) -> Run {
     let log = dir.path().join("cw.txt");
     let config = ScrambleConfig {
         crypto_period: Duration::from_secs(1),
-        ecm_pid: Some(p(ECM_PID)),
-        delay_start_ms,
+        ca_systems: vec![CaSystem {
+            delay_start_ms,
+            ..CaSystem::new(castmux::scramble::config::DEFAULT_CA_SYSTEM_ID, p(ECM_PID))
+        }],
         ..ScrambleConfig::default()
     };
     let mut s = Scrambler::new(
         config,
         Some(CwLogWriter::create(&log).unwrap()),
-        Some(Box::new(TestEcmg { fail_from })),
+        vec![Box::new(TestEcmg { fail_from })],
     )
     .unwrap();
     let input = packets(&sample(name));
@@ -76,10 +80,15 @@ fn run(name: &str, delay_start_ms: i64, fail_from: u64) -> Run {
 
 /// (output index, table_id, period, current hex, next hex) of each ECM section.
 fn ecms(out: &[Packet]) -> Vec<(usize, u8, u64, String, String)> {
+    ecms_on(out, ECM_PID)
+}
+
+/// [`ecms`] on `ecm_pid`.
+fn ecms_on(out: &[Packet], ecm_pid: u16) -> Vec<(usize, u8, u64, String, String)> {
     let mut asm = SectionAssembler::private();
     let mut v = Vec::new();
     for (i, pk) in out.iter().enumerate() {
-        if pid(pk) != ECM_PID {
+        if pid(pk) != ecm_pid {
             continue;
         }
         asm.push(pk, |r| {
@@ -117,7 +126,11 @@ fn scrambled_periods(out: &[Packet]) -> Vec<(usize, u64)> {
 }
 
 fn check_keys_on_air_before_use(r: &Run) {
-    let ecms = ecms(&r.out);
+    check_keys_on_air_before_use_on(r, ECM_PID);
+}
+
+fn check_keys_on_air_before_use_on(r: &Run, ecm_pid: u16) {
+    let ecms = ecms_on(&r.out, ecm_pid);
     assert!(!ecms.is_empty());
     for (_, table_id, period, cur, next) in &ecms {
         assert_eq!(*table_id, if period % 2 == 0 { 0x80 } else { 0x81 });
@@ -170,9 +183,11 @@ fn ecms_are_added_when_the_input_has_no_nulls() {
     let st = r.counters.stream;
     assert!(st.ecm_packets_added > 0);
     assert_eq!(st.ecm_packets_replacing_null, 0);
+    // the log runs two periods ahead: the last ECM carries CW(N+1), and the generator is
+    // told about period N+1 (with CW(N+2)) once that ECM is on air
     assert_eq!(
         st.ecms_generated as usize,
-        r.cws.len() - 1,
+        r.cws.len() - 2,
         "one ECM per period"
     );
 }
@@ -211,5 +226,166 @@ fn failing_generator_holds_the_key_degraded() {
 fn check_keys_on_air_before_use_partial(r: &Run) {
     for (_, _, period, cur, _) in ecms(&r.out) {
         assert_eq!(cur, r.cws[period as usize]);
+    }
+}
+
+/// ('p'repare or 'g'enerate, period, current CW, next CW).
+type Call = (char, u64, String, String);
+
+/// Records what it was told ahead of time, then answers like [`TestEcmg`].
+struct PreparingEcmg {
+    inner: TestEcmg,
+    log: Arc<Mutex<Vec<Call>>>,
+}
+
+impl EcmGenerator for PreparingEcmg {
+    fn prepare(&mut self, req: &EcmRequest<'_>) {
+        let e = ('p', req.period.0, req.current.to_hex(), req.next.to_hex());
+        self.log.lock().unwrap().push(e);
+    }
+
+    fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {
+        let e = ('g', req.period.0, req.current.to_hex(), req.next.to_hex());
+        self.log.lock().unwrap().push(e);
+        self.inner.generate(req, out)
+    }
+}
+
+/// Scramble `name` with one CA system per `(ECM PID, CA_system_ID, fail_from)`.
+fn run_simulcrypt(name: &str, cas: &[(u16, u16, u64)]) -> Run {
+    let dir = tmp();
+    let log = dir.path().join("cw.txt");
+    let config = ScrambleConfig {
+        crypto_period: Duration::from_secs(1),
+        ca_systems: cas
+            .iter()
+            .map(|(ecm_pid, caid, _)| CaSystem::new(*caid, p(*ecm_pid)))
+            .collect(),
+        ..ScrambleConfig::default()
+    };
+    let generators: Vec<Box<dyn EcmGenerator>> = cas
+        .iter()
+        .map(|(_, _, fail_from)| {
+            Box::new(TestEcmg {
+                fail_from: *fail_from,
+            }) as Box<dyn EcmGenerator>
+        })
+        .collect();
+    let mut s =
+        Scrambler::new(config, Some(CwLogWriter::create(&log).unwrap()), generators).unwrap();
+    let mut out = Vec::new();
+    for batch in packets(&sample(name)).chunks(512) {
+        out.extend(packets_of(s.process(batch).unwrap()));
+    }
+    let cws = read_cw_log(&log)
+        .unwrap()
+        .iter()
+        .map(|c| c.to_hex())
+        .collect();
+    Run {
+        out,
+        cws,
+        counters: s.counters().clone(),
+    }
+}
+
+/// (CA_system_ID, ECM PID) of every CA_descriptor in the output's PMT (program 1 on 0x1000
+/// in the samples), program and component level.
+fn pmt_ca_descriptors(out: &[Packet]) -> Vec<(u16, u16)> {
+    let mut asm = SectionAssembler::psi();
+    let mut found = Vec::new();
+    for pk in out.iter().filter(|pk| pid(pk) == 0x1000) {
+        asm.push(pk, |r| {
+            if let Ok(s) = r {
+                if found.is_empty() {
+                    let pmt = castmux::ts::Pmt::parse(&s).expect("PMT");
+                    for d in pmt.descriptors.iter() {
+                        if let Ok(ca) = castmux::ts::CaDescriptor::parse(&d) {
+                            found.push((ca.ca_system_id, ca.ca_pid.value()));
+                        }
+                    }
+                }
+            }
+        });
+    }
+    found
+}
+
+#[test]
+fn several_cas_carry_the_same_cws_each_on_its_own_pid() {
+    let r = run_simulcrypt(
+        "spts.ts",
+        &[(0x1FF0, 0x4AE1, u64::MAX), (0x1FF2, 0x0B00, u64::MAX)],
+    );
+    assert_eq!(
+        pmt_ca_descriptors(&r.out),
+        vec![(0x4AE1, 0x1FF0), (0x0B00, 0x1FF2)],
+        "one CA_descriptor per CAS, in order"
+    );
+    check_keys_on_air_before_use_on(&r, 0x1FF0);
+    check_keys_on_air_before_use_on(&r, 0x1FF2);
+    let content = |pid| -> BTreeSet<(u64, String, String)> {
+        ecms_on(&r.out, pid)
+            .into_iter()
+            .map(|(_, _, p, c, n)| (p, c, n))
+            .collect()
+    };
+    assert_eq!(content(0x1FF0), content(0x1FF2), "one CW, an ECM per CAS");
+    assert!(content(0x1FF0).len() >= 4);
+    assert_eq!(cc_errors(&r.out).get(&0x1FF2), None);
+}
+
+#[test]
+fn the_key_switch_waits_for_every_cas() {
+    // the second CAS fails from period 2: the first still has ECMs, but a card of the
+    // second could not follow, so the key is held for both
+    let r = run_simulcrypt(
+        "spts.ts",
+        &[(0x1FF0, 0x4AE1, u64::MAX), (0x1FF2, 0x0B00, 2)],
+    );
+    let periods: Vec<u64> = scrambled_periods(&r.out).iter().map(|(_, p)| *p).collect();
+    assert_eq!(
+        periods.iter().max(),
+        Some(&2),
+        "held at period 2 for both CAS"
+    );
+    assert!(r.counters.stream.degraded_holds > 0);
+    assert!(r.counters.stream.ecm_failures > 0);
+    let clear_es = r
+        .out
+        .iter()
+        .filter(|pk| matches!(pid(pk), 0x100 | 0x101) && tsc(pk) == 0 && pk[3] & 0x10 != 0)
+        .count();
+    assert_eq!(clear_es, 0, "never clear while degraded");
+}
+
+#[test]
+fn the_generator_hears_of_the_next_period_a_period_early() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let config = ScrambleConfig {
+        crypto_period: Duration::from_secs(1),
+        ca_systems: vec![CaSystem::new(0x4AE1, p(ECM_PID))],
+        ..ScrambleConfig::default()
+    };
+    let g = PreparingEcmg {
+        inner: TestEcmg {
+            fail_from: u64::MAX,
+        },
+        log: log.clone(),
+    };
+    let mut s = Scrambler::new(config, None, vec![Box::new(g)]).unwrap();
+    for batch in packets(&sample("spts.ts")).chunks(512) {
+        s.process(batch).unwrap();
+    }
+    let log = log.lock().unwrap();
+    let generated: Vec<_> = log.iter().filter(|e| e.0 == 'g').collect();
+    assert!(generated.len() >= 4, "{generated:?}");
+    for g in generated.iter().skip(1) {
+        // the same period with the same CWs was announced before it was asked for
+        let asked_at = log.iter().position(|e| std::ptr::eq(e, *g)).unwrap();
+        let prepared = log[..asked_at]
+            .iter()
+            .any(|e| e.0 == 'p' && (e.1, &e.2, &e.3) == (g.1, &g.2, &g.3));
+        assert!(prepared, "period {} asked for without being announced", g.1);
     }
 }

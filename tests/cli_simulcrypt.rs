@@ -28,6 +28,11 @@ struct Head {
 
 impl Head {
     fn new() -> Head {
+        Head::with_ca_system_id("0x4AE1")
+    }
+
+    /// A store whose cards and ECMs carry `ca_system_id` (hex).
+    fn with_ca_system_id(ca_system_id: &str) -> Head {
         let dir = tmp();
         let db = dir.path().join("castmux.db");
         let card = dir.path().join("card.json");
@@ -37,7 +42,7 @@ impl Head {
             card,
             serial: String::new(),
         };
-        h.ok(&["init"]);
+        h.ok(&["init", "--ca-system-id", ca_system_id]);
         h.ok(&["package", "add", "sport"]);
         let out = h.ok(&["card", "add", "--packages", "sport"]);
         let serial = out
@@ -208,20 +213,30 @@ fn json(text: &str) -> serde_json::Value {
 /// Descramble with the exported card; require every ES packet back, byte for byte.
 fn check_descrambles(h: &Head, scrambled: &Path) -> serde_json::Value {
     let clear = h.path("clear.ts");
+    check_descrambles_with(h, &h.card, scrambled, &clear)
+}
+
+/// [`check_descrambles`] with the card file `card`, writing the clear stream to `clear`.
+fn check_descrambles_with(
+    h: &Head,
+    card: &Path,
+    scrambled: &Path,
+    clear: &Path,
+) -> serde_json::Value {
     let stats = h.ok(&[
         "descramble",
         "--card",
-        s(&h.card),
+        s(card),
         "-i",
         s(scrambled),
         "-o",
-        s(&clear),
+        s(clear),
         "--stats",
     ]);
     let input = packets(&sample("spts.ts"));
     let es: BTreeSet<u16> = psi(&input).es.keys().copied().collect();
     let want = on_pids(&input, &es);
-    let got = on_pids(&packets(&clear), &es);
+    let got = on_pids(&packets(clear), &es);
     assert_eq!(got.len(), want.len(), "ES packet count");
     let first_bad = got.iter().zip(&want).position(|(a, b)| a != b);
     assert_eq!(first_bad, None, "descrambled ES differs; player: {stats}");
@@ -391,6 +406,79 @@ fn ecmg_killed_and_restarted_mid_run() {
     );
     let player = check_descrambles(&h, &out);
     assert_eq!(player["no_key"].as_u64(), Some(0), "{player}");
+}
+
+/// Real SimulCrypt: the built-in CAS and two external ECMGs (other stores, other
+/// CA_system_IDs, one speaking version 2) on one service at once. One CW per period goes to
+/// all three; the PMT names three ECM PIDs; a card of each CAS gives back every ES packet.
+#[test]
+fn three_cas_on_one_service() {
+    let a = Head::new();
+    let b = Head::with_ca_system_id("0x0B00");
+    let c = Head::with_ca_system_id("0x0B01");
+    let (_ecmg_b, addr_b) = b.ecmg("127.0.0.1:0");
+    let (_ecmg_c, addr_c) = c.ecmg("127.0.0.1:0");
+    let out = a.path("out.ts");
+    let ecmg_c = format!("{addr_c}?super_cas_id=0B010000&ecm_pid=0x1FF7&version=2&channel_id=9");
+    let mut scr = a.spawn(
+        &[
+            "scramble",
+            "-i",
+            "-",
+            "-o",
+            s(&out),
+            "--cas",
+            "builtin",
+            "--access-criteria",
+            "00000001",
+            "--ecmg",
+            &addr_b,
+            "--super-cas-id",
+            "0B000000",
+            "--ecmg",
+            &ecmg_c,
+            "--crypto-period",
+            "1s",
+            "--stats",
+        ],
+        true,
+    );
+    let data = std::fs::read(sample("spts.ts")).unwrap();
+    feed_paced(scr.stdin(), &data, Duration::from_secs(3), |_| {});
+    let (stats, log) = scr.finish();
+    let stream = json(&stats)["stream"].clone();
+    assert!(stream["key_switches"].as_u64().unwrap() >= 2, "{stream}");
+    assert_eq!(stream["ecm_failures"].as_u64(), Some(0), "{stream}");
+    assert_eq!(stream["degraded_holds"].as_u64(), Some(0), "{stream}");
+    assert_eq!(log.matches("simulcrypt ECMG link").count(), 2, "{log}");
+
+    let pkts = packets(&out);
+    assert!(assert_no_clear_es(&pkts) > 1000);
+    let p = psi(&pkts);
+    // builtin on --ecm-pid's default, B on the next free PID (the EMM PID 0x1FF1 skipped),
+    // C where its query put it
+    assert_eq!(
+        p.program_ca.get(&1),
+        Some(&vec![(0x4AE1, ECM_PID), (0x0B00, 0x1FF2), (0x0B01, 0x1FF7)]),
+        "{stream}"
+    );
+    assert_eq!(p.cat_ca, vec![(0x4AE1, EMM_PID)]);
+    for ecm_pid in [ECM_PID, 0x1FF2, 0x1FF7] {
+        assert!(
+            pkts.iter().any(|pk| pid(pk) == ecm_pid),
+            "no ECM on {ecm_pid:#x}"
+        );
+    }
+    for (name, h) in [("a", &a), ("b", &b), ("c", &c)] {
+        let clear = a.path(&format!("clear-{name}.ts"));
+        let player = check_descrambles_with(h, &h.card, &out, &clear);
+        assert_eq!(player["no_key"].as_u64(), Some(0), "card {name}: {player}");
+        assert_eq!(
+            player["refusals"].as_u64(),
+            Some(0),
+            "card {name}: {player}"
+        );
+    }
 }
 
 #[test]

@@ -455,7 +455,7 @@ mod startup_hold {
         PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
     };
     use castmux::io::PacketBatch;
-    use castmux::scramble::{KeyMode, PacketStage, ScrambleConfig, Scrambler};
+    use castmux::scramble::{CaSystem, KeyMode, PacketStage, ScrambleConfig, Scrambler};
     use castmux::softcard::player::{CardPlayer, CwAnswer, CwSource, LocalCard};
     use castmux::softcard::SoftCard;
     use castmux::ts::Pid;
@@ -485,10 +485,10 @@ mod startup_hold {
         let config = ScrambleConfig {
             keys: KeyMode::Rotating,
             crypto_period: Duration::from_secs(1),
-            ecm_pid: Some(Pid::new(0x1FF0)),
+            ca_systems: vec![CaSystem::new(CAID, Pid::new(0x1FF0))],
             ..ScrambleConfig::default()
         };
-        let mut s = Scrambler::new(config, None, Some(Box::new(ecmg))).unwrap();
+        let mut s = Scrambler::new(config, None, vec![Box::new(ecmg)]).unwrap();
         let mut out = Vec::new();
         for batch in packets(&sample("spts.ts")).chunks(64) {
             out.extend(packets_of(s.process(batch).unwrap()));

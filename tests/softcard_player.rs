@@ -11,7 +11,7 @@ use castmux::cas::{
     AccessCriteria, BuiltinEcmg, CardFile, CardSerial, EmmCarousel, Entitlements, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
-use castmux::scramble::{KeyMode, ScrambleConfig, Scrambler};
+use castmux::scramble::{CaSystem, KeyMode, ScrambleConfig, Scrambler};
 use castmux::softcard::player::{CardPlayer, LocalCard};
 use castmux::softcard::SoftCard;
 use castmux::ts::{Packet, Pid};
@@ -69,11 +69,12 @@ fn scramble(keys: &[ServiceKey], emm_cards: &[(CardSerial, Key128, Entitlements)
     let config = ScrambleConfig {
         keys: KeyMode::Rotating,
         crypto_period: Duration::from_secs(1),
-        ecm_pid: Some(Pid::new(0x1FF0)),
+        ca_systems: vec![CaSystem::new(CAID, Pid::new(0x1FF0))],
         emm_pid: Some(Pid::new(0x1FF1)),
+        emm_ca_system_id: CAID,
         ..ScrambleConfig::default()
     };
-    let mut s = Scrambler::new(config, None, Some(Box::new(ecmg))).unwrap();
+    let mut s = Scrambler::new(config, None, vec![Box::new(ecmg)]).unwrap();
     let mut carousel = EmmCarousel::new(200_000);
     carousel.set_service_keys(keys.to_vec());
     for (serial, key, ent) in emm_cards {

@@ -4,6 +4,7 @@ mod args;
 mod card;
 mod descramble;
 mod ecmg;
+mod ecmg_spec;
 mod emmg;
 mod event;
 mod init;

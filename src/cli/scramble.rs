@@ -7,19 +7,20 @@ use anyhow::{bail, Context};
 use castmux::cas::live::{ChannelAccess, LiveCas};
 use castmux::cas::BuiltinEcmg;
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
-use castmux::scramble::config::{DEFAULT_CA_SYSTEM_ID, DEFAULT_ECM_PID};
+use castmux::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
 
 /// The EMM PID used with --cas builtin when no --emm-pid is given.
 const DEFAULT_EMM_PID: u16 = 0x1FF1;
 use castmux::scramble::cw::parse_cw_pair;
 use castmux::scramble::{
-    run_scramble, ClockMode, CwLogWriter, KeyMode, RunOptions, ScrambleConfig, Scrambler,
+    run_scramble, CaSystem, ClockMode, CwLogWriter, EcmGenerator, KeyMode, RunOptions,
+    ScrambleConfig, Scrambler,
 };
 use castmux::ts::Pid;
 use clap::{Args, ValueEnum};
 
 use super::args;
-use super::scramble_simulcrypt::{self, SimulcryptArgs};
+use super::scramble_simulcrypt::{self, CasContext, SimulcryptArgs};
 
 /// Scrambling algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -79,6 +80,8 @@ pub struct ScrambleArgs {
     /// ECM PID named in the CA_descriptor of the scrambled PMTs. Default: 0x1FF0 when CWs
     /// rotate (no --cw), none with --cw (then the PMT is passed unchanged).
     /// No ECM content is sent until an ECM generator (CAS, SimulCrypt) is configured.
+    /// With several CAS (--cas builtin and --ecmg, or several --ecmg) this is the first
+    /// one's; the others take the next PIDs up unless their --ecmg query names one.
     #[arg(long, value_name = "PID", value_parser = args::pid)]
     ecm_pid: Option<Pid>,
     /// EMM PID named in the CAT's CA_descriptor (the CAT is made if the input has none,
@@ -118,7 +121,9 @@ pub struct ScrambleArgs {
     /// Do not set the CSA2 checksum bytes (3 and 7) of random CWs. Default: set.
     #[arg(long)]
     no_cw_checksum: bool,
-    /// CA_system_ID of the CA_descriptor, hex. Default 0x4AE1 (castmux's own id).
+    /// CA_system_ID of the CA_descriptor when no CAS is configured (and of the CAT's EMM
+    /// descriptor when neither --cas builtin nor --ecmg gives one), hex.
+    /// Default 0x4AE1 (castmux's own id).
     #[arg(long, value_name = "HEX", value_parser = args::hex_u16, default_value = "0x4AE1")]
     ca_system_id: u16,
     /// When ECM content switches relative to the key switch (SimulCrypt delay_start), e.g.
@@ -182,7 +187,7 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let ecm_pid = match (&a.ecm_pid, &keys) {
+    let first_ecm_pid = match (&a.ecm_pid, &keys) {
         (Some(p), _) => Some(*p),
         (None, KeyMode::Rotating) => Some(Pid::new(DEFAULT_ECM_PID)),
         (None, _) => None,
@@ -190,7 +195,55 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     let input_url: InputUrl = a.input.parse().context("--input")?;
     let output_url: OutputUrl = a.output.parse().context("--output")?;
     let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
-    let mut config = ScrambleConfig {
+    let emm_pid = match (&live_cas, a.emm_pid) {
+        (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
+        (_, pid) => pid,
+    };
+    // the CA systems in order: the built-in CAS first, then each --ecmg
+    let mut ca_systems: Vec<CaSystem> = Vec::new();
+    let mut ecm_generators: Vec<Box<dyn EcmGenerator>> = Vec::new();
+    if let (Some(c), Some(pid)) = (&live_cas, first_ecm_pid) {
+        ca_systems.push(CaSystem {
+            ecm_repetition: a.ecm_repetition.unwrap_or(DEFAULT_ECM_REPETITION),
+            delay_start_ms: a.delay_start.unwrap_or(0),
+            ..CaSystem::new(c.ca_system_id, pid)
+        });
+        ecm_generators.push(Box::new(BuiltinEcmg::new(
+            std::sync::Arc::clone(&c.ring),
+            c.access,
+            c.ca_system_id,
+        )));
+    }
+    let mut sc = scramble_simulcrypt::start(
+        &a.simulcrypt,
+        &CasContext {
+            access_criteria: a.access_criteria.as_deref(),
+            builtin_cas: a.cas.is_some(),
+            first_ecm_pid,
+            delay_start: a.delay_start,
+            ecm_repetition: a.ecm_repetition,
+            crypto_period: a.crypto_period,
+            emm_pid,
+        },
+        &mut ca_systems,
+    )?;
+    ecm_generators.extend(sc.ecm_generators());
+    // the CAT's EMM descriptor belongs to the CAS whose EMMs flow: the built-in one, else
+    // the (first) ECMG's system, whose EMMG feeds --emmg-listen
+    let emm_ca_system_id = ca_systems
+        .first()
+        .map_or(a.ca_system_id, |c| c.ca_system_id);
+    if ca_systems.is_empty() {
+        // no CAS: the PMT still names the ECM PID (a CAS may be added later, probe sees it)
+        if let Some(pid) = first_ecm_pid {
+            ca_systems.push(CaSystem {
+                ecm_repetition: a.ecm_repetition.unwrap_or(DEFAULT_ECM_REPETITION),
+                delay_start_ms: a.delay_start.unwrap_or(0),
+                ..CaSystem::new(a.ca_system_id, pid)
+            });
+        }
+    }
+    let config = ScrambleConfig {
         algorithm,
         keys,
         crypto_period: a.crypto_period,
@@ -199,21 +252,15 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
         scramble_audio: !a.no_audio,
         only_pids: a.only_pids.clone(),
         component_level: a.component_level,
-        ca_system_id: live_cas.as_ref().map_or(a.ca_system_id, |c| c.ca_system_id),
-        ecm_pid,
-        emm_pid: match (&live_cas, a.emm_pid) {
-            (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
-            (_, pid) => pid,
-        },
-        ecm_repetition: a.ecm_repetition.unwrap_or(Duration::from_millis(100)),
-        delay_start_ms: a.delay_start.unwrap_or(0),
+        ca_systems,
+        emm_pid,
+        emm_ca_system_id,
         clock: if live_input || a.wall_clock {
             ClockMode::Wall
         } else {
             ClockMode::Stream
         },
     };
-    debug_assert_eq!(DEFAULT_CA_SYSTEM_ID, 0x4AE1);
     if a.batch == 0 {
         bail!("--batch must be at least 1");
     }
@@ -223,25 +270,7 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
         .map(CwLogWriter::create)
         .transpose()
         .context("--cw-log")?;
-    let mut sc = scramble_simulcrypt::start(
-        &a.simulcrypt,
-        a.access_criteria.as_deref(),
-        a.cas.is_some(),
-        &mut config,
-        a.delay_start.is_some(),
-        a.ecm_repetition.is_some(),
-    )?;
-    let ecm_generator: Option<Box<dyn castmux::scramble::EcmGenerator>> =
-        match (live_cas.as_ref(), sc.ecm_generator()) {
-            (Some(_), Some(_)) => bail!("--cas builtin and --ecmg both make ECMs; give one"),
-            (Some(c), None) => Some(Box::new(BuiltinEcmg::new(
-                std::sync::Arc::clone(&c.ring),
-                c.access,
-                c.ca_system_id,
-            ))),
-            (None, g) => g,
-        };
-    let mut scrambler = Scrambler::new(config, cw_log, ecm_generator)?;
+    let mut scrambler = Scrambler::new(config, cw_log, ecm_generators)?;
     if let Some(emm) = live_cas.as_mut().and_then(LiveCas::take_emm_source) {
         if sc.has_emm() {
             bail!("--cas builtin and --emmg-listen both send EMMs; give one");

@@ -1,19 +1,21 @@
-//! The SimulCrypt options of `castmux scramble`: an external ECMG (`--ecmg`) as the ECM
-//! generator, and an EMMG<->MUX port (`--emmg-listen`) whose EMMs go out on `--emm-pid`.
+//! The SimulCrypt options of `castmux scramble`: external ECMGs (`--ecmg`, one per CAS) as
+//! ECM generators, and an EMMG<->MUX port (`--emmg-listen`) whose EMMs go out on `--emm-pid`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use castmux::scramble::{EcmError, EcmGenerator, EcmRequest, ScrambleConfig, Scrambler};
+use castmux::scramble::{CaSystem, EcmError, EcmGenerator, EcmRequest, Scrambler};
 use castmux::simulcrypt::access::parse_access_criteria_hex;
 use castmux::simulcrypt::{
     EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, ScsConfig, SimulcryptEcmg,
 };
+use castmux::ts::Pid;
 use clap::Args;
 
 use super::args;
+use super::ecmg_spec::EcmgSpec;
 
 /// How long the first ECM is waited for, so no packet is scrambled before a card can
 /// find its key (later ECMs never wait: the scrambler holds the key switch instead).
@@ -25,12 +27,19 @@ const SETUP_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Args)]
 pub struct SimulcryptArgs {
     /// SimulCrypt ECMG to get ECMs from (ECMG<->SCS, TS 103 197), HOST:PORT (TVCAS
-    /// listens on 43000, `castmux ecmg` where told). Needs --super-cas-id. delay_start and
-    /// ECM_rep_period come from its channel_status unless --delay-start / --ecm-repetition
-    /// are given; the CA_descriptor's CA_system_ID is the top 16 bits of --super-cas-id.
-    #[arg(long, value_name = "HOST:PORT", requires = "super_cas_id")]
-    ecmg: Option<String>,
+    /// listens on 43000, `castmux ecmg` where told). Repeat for several CAS on the same
+    /// service: every ECMG gets the same CWs and its own ECM PID and CA_descriptor.
+    /// Per-ECMG settings go in a query: HOST:PORT?super_cas_id=0B000001&ecm_pid=0x1FF2
+    /// (keys: super_cas_id, channel_id, stream_id, ecm_id, access_criteria, version,
+    /// ecm_pid, private_data); what a query leaves out comes from the options below.
+    /// ECM PIDs default to --ecm-pid, then the next free PIDs up (skipping --emm-pid), in
+    /// the order of the CAS (--cas builtin first). delay_start and ECM_rep_period come from each ECMG's
+    /// channel_status unless --delay-start / --ecm-repetition are given; the
+    /// CA_descriptor's CA_system_ID is the top 16 bits of its Super_CAS_id.
+    #[arg(long, value_name = "HOST:PORT[?KEY=VALUE&..]")]
+    ecmg: Vec<EcmgSpec>,
     /// Super_CAS_id, 8 hex digits: CA_system_ID then CA_subsystem_ID (e.g. 4AE10000).
+    /// Needed by each --ecmg whose query gives none.
     #[arg(long, value_name = "HEX", value_parser = hex_u32, requires = "ecmg")]
     super_cas_id: Option<u32>,
     /// ECM_channel_id. Default 1.
@@ -71,17 +80,18 @@ pub fn hex_u32(s: &str) -> Result<u32, String> {
 /// [`finish`]: SimulcryptParts::finish
 #[derive(Debug, Default)]
 pub struct SimulcryptParts {
-    ecmg: Option<SimulcryptEcmg>,
+    ecmgs: Vec<SimulcryptEcmg>,
     emm_source: Option<EmmQueueSource>,
     mux: Option<MuxThread>,
 }
 
 impl SimulcryptParts {
-    /// The ECM generator for `Scrambler::new`, if `--ecmg` was given.
-    pub fn ecm_generator(&self) -> Option<Box<dyn EcmGenerator>> {
-        self.ecmg.clone().map(|g| {
+    /// The ECM generators for `Scrambler::new`, one per `--ecmg`, in the order of the CA
+    /// systems [`start`] added.
+    pub fn ecm_generators(&self) -> impl Iterator<Item = Box<dyn EcmGenerator>> + '_ {
+        self.ecmgs.iter().map(|g| {
             Box::new(FirstEcmWait {
-                inner: g,
+                inner: g.clone(),
                 delivered: false,
             }) as Box<dyn EcmGenerator>
         })
@@ -104,10 +114,11 @@ impl SimulcryptParts {
 
     /// Stop the EMMG<->MUX server and log the SimulCrypt counters.
     pub fn finish(self) {
-        if let Some(g) = &self.ecmg {
+        for g in &self.ecmgs {
             let s = g.stats();
             let lat = g.latency();
             tracing::info!(
+                ecmg = %g.addr(),
                 setups = s.setups.load(Relaxed),
                 link_failures = s.link_failures.load(Relaxed),
                 provisions_sent = s.provisions_sent.load(Relaxed),
@@ -128,61 +139,111 @@ impl SimulcryptParts {
     }
 }
 
-/// Start what the options ask for and fit `config` to it. `access_criteria` (the shared
-/// `--access-criteria`) goes to the ECMG as the bytes of its hex digits, like Astra's
-/// "ACCESS CRITERIA (HEX)" (TVCAS: one nibble per package, rightmost = package 1);
-/// `builtin_cas` says `--cas builtin` is the one using it. `delay_start_given` and
-/// `ecm_repetition_given` say whether the command line set those (then the ECMG's
-/// channel_status does not override them).
+/// What the rest of the command line says about the CA systems the ECMGs join.
+#[derive(Debug)]
+pub struct CasContext<'a> {
+    /// The shared `--access-criteria`: sent to each ECMG as the bytes of its hex digits,
+    /// like Astra's "ACCESS CRITERIA (HEX)" (TVCAS: one nibble per package, rightmost =
+    /// package 1), unless the ECMG's query gives its own.
+    pub access_criteria: Option<&'a str>,
+    /// `--cas builtin` is given (it uses `--access-criteria` too).
+    pub builtin_cas: bool,
+    /// The ECM PID of the first CA system (`--ecm-pid`, or the default when CWs rotate).
+    pub first_ecm_pid: Option<Pid>,
+    /// `--delay-start` and `--ecm-repetition`, which override every ECMG's channel_status.
+    pub delay_start: Option<i64>,
+    pub ecm_repetition: Option<Duration>,
+    pub crypto_period: Duration,
+    /// Whether an EMM PID is configured (`--emmg-listen` needs one).
+    pub emm_pid: Option<Pid>,
+}
+
+/// Start what the options ask for: connect every `--ecmg` (in parallel) and add its CA
+/// system to `ca_systems`, after those already there (the built-in CAS).
 pub fn start(
     a: &SimulcryptArgs,
-    access_criteria: Option<&str>,
-    builtin_cas: bool,
-    config: &mut ScrambleConfig,
-    delay_start_given: bool,
-    ecm_repetition_given: bool,
+    cx: &CasContext<'_>,
+    ca_systems: &mut Vec<CaSystem>,
 ) -> anyhow::Result<SimulcryptParts> {
     let mut parts = SimulcryptParts::default();
-    if access_criteria.is_some() && !builtin_cas && a.ecmg.is_none() {
+    if cx.access_criteria.is_some() && !cx.builtin_cas && a.ecmg.is_empty() {
         bail!("--access-criteria goes with --cas builtin or --ecmg");
     }
-    if let (Some(addr), Some(super_cas_id)) = (&a.ecmg, a.super_cas_id) {
-        if config.ecm_pid.is_none() {
+    let mut started = Vec::with_capacity(a.ecmg.len());
+    for spec in &a.ecmg {
+        let Some(first_ecm_pid) = cx.first_ecm_pid else {
             bail!("--ecmg needs an ECM PID: give --ecm-pid, or drop --cw so CWs rotate");
-        }
-        let mut sc = ScsConfig::new(addr.clone(), super_cas_id);
-        sc.version = a.ecmg_version;
-        sc.channel_id = a.channel_id;
-        sc.stream_id = a.stream_id;
-        sc.ecm_id = a.ecm_id;
-        sc.crypto_period = config.crypto_period;
-        if let Some(text) = access_criteria {
+        };
+        let super_cas_id = spec.super_cas_id.or(a.super_cas_id).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--ecmg {}: no Super_CAS_id; give --super-cas-id HEX or {}?super_cas_id=HEX",
+                spec.addr,
+                spec.addr
+            )
+        })?;
+        let ecm_pid = match spec.ecm_pid {
+            Some(p) => p,
+            None => {
+                // the lowest PID from --ecm-pid up that no other CA stream uses
+                let taken = |v: u16| {
+                    let pid = Pid::new(v);
+                    cx.emm_pid == Some(pid)
+                        || ca_systems.iter().any(|c| c.ecm_pid == pid)
+                        || started
+                            .iter()
+                            .any(|(_, _, c): &(_, _, CaSystem)| c.ecm_pid == pid)
+                        || a.ecmg.iter().any(|e| e.ecm_pid == Some(pid))
+                };
+                let free = (first_ecm_pid.value()..Pid::NULL.value()).find(|v| !taken(*v));
+                match free {
+                    Some(v) => Pid::new(v),
+                    None => bail!(
+                        "--ecmg {}: no ECM PID left from --ecm-pid {first_ecm_pid} up; give ?ecm_pid=PID",
+                        spec.addr
+                    ),
+                }
+            }
+        };
+        let mut sc = ScsConfig::new(spec.addr.clone(), super_cas_id);
+        sc.version = spec.version.unwrap_or(a.ecmg_version);
+        sc.channel_id = spec.channel_id.unwrap_or(a.channel_id);
+        sc.stream_id = spec.stream_id.unwrap_or(a.stream_id);
+        sc.ecm_id = spec.ecm_id.unwrap_or(a.ecm_id);
+        sc.crypto_period = cx.crypto_period;
+        if let Some(text) = spec.access_criteria.as_deref().or(cx.access_criteria) {
             sc.access_criteria = parse_access_criteria_hex(text).with_context(|| {
                 format!("--access-criteria {text:?}: expected up to 64 hex digits, e.g. 00000001")
             })?;
         }
-        let ecmg = SimulcryptEcmg::start(sc).context("--ecmg")?;
-        let status = ecmg.wait_ready(SETUP_WAIT).context("--ecmg")?;
+        let ecmg = SimulcryptEcmg::start(sc).with_context(|| format!("--ecmg {}", spec.addr))?;
+        let mut ca = CaSystem::new(ecmg.ca_system_id(), ecm_pid);
+        ca.private_data = spec.private_data.clone().unwrap_or_default();
+        started.push((spec, ecmg, ca));
+    }
+    // every link sets up at once; then each is waited for
+    for (spec, ecmg, mut ca) in started {
+        let status = ecmg
+            .wait_ready(SETUP_WAIT)
+            .with_context(|| format!("--ecmg {}", spec.addr))?;
         tracing::info!(
-            ecmg = %addr,
-            super_cas_id = %format!("{super_cas_id:08X}"),
+            ecmg = %spec.addr,
+            super_cas_id = %format!("{:08X}", ecmg.super_cas_id()),
+            ecm_pid = %ca.ecm_pid,
             delay_start_ms = status.delay_start,
             ecm_rep_period_ms = status.ecm_rep_period,
             max_comp_time_ms = status.max_comp_time,
             section_tspkt_flag = status.section_tspkt_flag,
             "simulcrypt: ECMG channel and stream set up"
         );
-        config.ca_system_id = ecmg.ca_system_id();
-        if !delay_start_given {
-            config.delay_start_ms = i64::from(status.delay_start);
-        }
-        if !ecm_repetition_given {
-            config.ecm_repetition = Duration::from_millis(u64::from(status.ecm_rep_period.max(10)));
-        }
-        parts.ecmg = Some(ecmg);
+        ca.delay_start_ms = cx.delay_start.unwrap_or(i64::from(status.delay_start));
+        ca.ecm_repetition = cx.ecm_repetition.unwrap_or(Duration::from_millis(u64::from(
+            status.ecm_rep_period.max(10),
+        )));
+        ca_systems.push(ca);
+        parts.ecmgs.push(ecmg);
     }
     if let Some(listen) = a.emmg_listen {
-        if config.emm_pid.is_none() {
+        if cx.emm_pid.is_none() {
             bail!("--emmg-listen needs --emm-pid (the PID the EMMs go out on)");
         }
         let (mux, source) = MuxThread::start(listen)?;
@@ -200,6 +261,10 @@ struct FirstEcmWait {
 }
 
 impl EcmGenerator for FirstEcmWait {
+    fn prepare(&mut self, req: &EcmRequest<'_>) {
+        self.inner.prepare(req);
+    }
+
     fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {
         let deadline = Instant::now() + FIRST_ECM_WAIT;
         loop {

@@ -14,6 +14,8 @@ pub const DEFAULT_CA_SYSTEM_ID: u16 = 0x4AE1;
 pub const DEFAULT_ECM_PID: u16 = 0x1FF0;
 /// Default crypto period.
 pub const DEFAULT_CRYPTO_PERIOD: Duration = Duration::from_secs(10);
+/// The most CA systems one run announces (CA_descriptors per PMT, ECM streams).
+pub const MAX_CA_SYSTEMS: usize = 8;
 /// Default ECM repetition interval.
 pub const DEFAULT_ECM_REPETITION: Duration = Duration::from_millis(100);
 
@@ -37,6 +39,37 @@ pub enum ClockMode {
     Stream,
 }
 
+/// One conditional-access system on the scrambled services: a CA_descriptor in their PMTs
+/// naming its ECM PID, and (when it has an ECM generator) its ECMs on that PID. Several CAS
+/// on one service share its CWs (SimulCrypt): each carries the same CW in its own ECM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaSystem {
+    /// CA_system_ID of the CA_descriptor.
+    pub ca_system_id: u16,
+    /// The ECM PID named in the PMT, where this system's ECMs go.
+    pub ecm_pid: Pid,
+    /// private_data_byte values of the CA_descriptor (most systems need none).
+    pub private_data: Vec<u8>,
+    /// ECM repetition interval. Default 100 ms.
+    pub ecm_repetition: Duration,
+    /// When ECM content switches relative to the key switch, in ms (SimulCrypt delay_start);
+    /// negative = before. Default 0.
+    pub delay_start_ms: i64,
+}
+
+impl CaSystem {
+    /// A system with the default repetition and delay_start.
+    pub fn new(ca_system_id: u16, ecm_pid: Pid) -> Self {
+        CaSystem {
+            ca_system_id,
+            ecm_pid,
+            private_data: Vec::new(),
+            ecm_repetition: DEFAULT_ECM_REPETITION,
+            delay_start_ms: 0,
+        }
+    }
+}
+
 /// Settings of a scrambling run. `ScrambleConfig::default()` gives the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ScrambleConfig {
@@ -56,17 +89,13 @@ pub struct ScrambleConfig {
     pub only_pids: Vec<Pid>,
     /// Put the CA_descriptor in each scrambled ES_info loop instead of program_info. Default false.
     pub component_level: bool,
-    /// CA_system_ID of the CA_descriptors. Default [`DEFAULT_CA_SYSTEM_ID`].
-    pub ca_system_id: u16,
-    /// The ECM PID named in the PMT (and where ECMs go if a generator is set). Default none.
-    pub ecm_pid: Option<Pid>,
-    /// The EMM PID named in the CAT (hook for the EMMG; no EMM flows yet). Default none.
+    /// The CA systems announced in the scrambled PMTs, one CA_descriptor and ECM PID each.
+    /// Default none (the PMT is passed unchanged).
+    pub ca_systems: Vec<CaSystem>,
+    /// The EMM PID named in the CAT, where EMMs go when a source is set. Default none.
     pub emm_pid: Option<Pid>,
-    /// ECM repetition interval. Default 100 ms.
-    pub ecm_repetition: Duration,
-    /// When ECM content switches relative to the key switch, in ms (SimulCrypt delay_start);
-    /// negative = before. Default 0.
-    pub delay_start_ms: i64,
+    /// CA_system_ID of the CAT's EMM CA_descriptor. Default [`DEFAULT_CA_SYSTEM_ID`].
+    pub emm_ca_system_id: u16,
     /// Time base of crypto periods. Default stream time.
     pub clock: ClockMode,
 }
@@ -82,11 +111,9 @@ impl Default for ScrambleConfig {
             scramble_audio: true,
             only_pids: Vec::new(),
             component_level: false,
-            ca_system_id: DEFAULT_CA_SYSTEM_ID,
-            ecm_pid: None,
+            ca_systems: Vec::new(),
             emm_pid: None,
-            ecm_repetition: DEFAULT_ECM_REPETITION,
-            delay_start_ms: 0,
+            emm_ca_system_id: DEFAULT_CA_SYSTEM_ID,
             clock: ClockMode::Stream,
         }
     }

@@ -14,7 +14,7 @@ use crate::ts::psi_write::{rewrite_pmt, CaPlacement};
 use crate::ts::section::{split_sections, Section};
 use crate::ts::{CaDescriptor, EsKind, Packetizer, Pat, Pid, Pmt, SectionAssembler};
 
-use super::config::ScrambleConfig;
+use super::config::{CaSystem, ScrambleConfig, MAX_CA_SYSTEMS};
 use super::stats::StreamCounters;
 
 /// What the pipeline does with a PID.
@@ -66,8 +66,8 @@ pub struct Demux {
     scramble_audio: bool,
     only_pids: Vec<Pid>,
     component_level: bool,
-    /// (CA_system_ID, ECM PID) of the CA_descriptor, when there is one to add.
-    ca: Option<(u16, Pid)>,
+    /// The CA_descriptors to add to scrambled PMTs, one per CA system.
+    ca: Vec<CaSystem>,
     pat: SectionAssembler,
     pat_crc: Option<u32>,
     /// [`Demux::ready`], kept up to date when PSI changes (it is asked for every packet).
@@ -79,14 +79,15 @@ pub struct Demux {
 }
 
 impl Demux {
-    /// A demux for `config`; `ca` is the CA_descriptor to add to scrambled PMTs, if any.
-    pub fn new(config: &ScrambleConfig, ca: Option<(u16, Pid)>) -> Self {
+    /// A demux for `config`; scrambled PMTs get a CA_descriptor per `config.ca_systems`.
+    pub fn new(config: &ScrambleConfig) -> Self {
         let mut roles = vec![Role::Unknown; 0x2000];
         for r in roles.iter_mut().take(0x20) {
             *r = Role::Psi;
         }
         roles[usize::from(Pid::NULL.value())] = Role::Null;
-        for p in [config.ecm_pid, config.emm_pid].into_iter().flatten() {
+        let ecm_pids = config.ca_systems.iter().map(|c| c.ecm_pid);
+        for p in ecm_pids.chain(config.emm_pid) {
             roles[usize::from(p.value())] = Role::Ours;
         }
         Demux {
@@ -95,7 +96,7 @@ impl Demux {
             scramble_audio: config.scramble_audio,
             only_pids: config.only_pids.clone(),
             component_level: config.component_level,
-            ca,
+            ca: config.ca_systems.clone(),
             pat: SectionAssembler::psi(),
             pat_crc: None,
             ready: false,
@@ -218,7 +219,7 @@ impl Demux {
         for i in 0..self.programs.len() {
             let pid = self.programs[i].pmt_pid;
             let rewrite =
-                self.ca.is_some() && self.programs.iter().any(|p| p.pmt_pid == pid && p.selected);
+                !self.ca.is_empty() && self.programs.iter().any(|p| p.pmt_pid == pid && p.selected);
             let role = if rewrite { Role::Pmt } else { Role::PmtPass };
             if matches!(
                 self.role(pid),
@@ -345,13 +346,23 @@ impl Demux {
         let p = &mut self.programs[pi];
         p.pcr_pid = Some(pmt.pcr_pid);
         p.section.clear();
-        match (self.ca, selected && !scrambled.is_empty()) {
-            (Some((ca_system_id, ecm_pid)), true) => {
-                let ca = [CaDescriptor {
-                    ca_system_id,
-                    ca_pid: ecm_pid,
+        match (self.ca.is_empty(), selected && !scrambled.is_empty()) {
+            (false, true) => {
+                // at most a handful of systems: a small array, not a per-PMT allocation
+                let mut ca = [CaDescriptor {
+                    ca_system_id: 0,
+                    ca_pid: Pid::NULL,
                     private_data: &[],
-                }];
+                }; MAX_CA_SYSTEMS];
+                let n = self.ca.len().min(MAX_CA_SYSTEMS);
+                for (d, c) in ca.iter_mut().zip(&self.ca) {
+                    *d = CaDescriptor {
+                        ca_system_id: c.ca_system_id,
+                        ca_pid: c.ecm_pid,
+                        private_data: &c.private_data,
+                    };
+                }
+                let ca = &ca[..n];
                 let mut version = (pmt.header.version + 1) & 0x1F;
                 if p.out_version == Some(version) {
                     version = (version + 1) & 0x1F;
@@ -361,7 +372,7 @@ impl Demux {
                 } else {
                     CaPlacement::Program
                 };
-                rewrite_pmt(&mut p.section, pmt, &ca, placement, version)?;
+                rewrite_pmt(&mut p.section, pmt, ca, placement, version)?;
                 p.out_version = Some(version);
             }
             _ => {

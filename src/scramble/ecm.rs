@@ -61,6 +61,12 @@ pub enum EcmError {
 pub trait EcmGenerator: Send {
     /// Append the complete ECM section(s) for `req` to `out` (table_id [`EcmRequest::table_id`]).
     fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError>;
+
+    /// `req` will be asked for next (about a crypto period from now): a generator that
+    /// answers slowly (a SimulCrypt ECMG) can start on it now. Must not block.
+    fn prepare(&mut self, req: &EcmRequest<'_>) {
+        let _ = req;
+    }
 }
 
 /// Repeats the current ECM on the ECM PID and queues its packets for insertion.
@@ -145,6 +151,19 @@ impl EcmInserter {
         self.section_period = Some(period);
         self.next_due = now; // new content goes out at once
         Ok(())
+    }
+
+    /// Tell the generator that `period` (CWs `current`, `next`) comes next.
+    pub fn prepare(&mut self, period: CryptoPeriod, current: &Cw, next: &Cw) {
+        let req = EcmRequest {
+            period,
+            parity: period.parity(),
+            current,
+            next,
+            ecm_pid: self.pid,
+            ca_system_id: self.ca_system_id,
+        };
+        self.generator.prepare(&req);
     }
 
     /// Queue a repetition if one is due at `now`.

@@ -31,7 +31,7 @@ pub mod run;
 pub mod scrambler;
 pub mod stats;
 
-pub use config::{ClockMode, KeyMode, ScrambleConfig};
+pub use config::{CaSystem, ClockMode, KeyMode, ScrambleConfig};
 pub use cw::{Cw, CwLogWriter};
 pub use descrambler::{DescrambleKeys, Descrambler};
 pub use ecm::{EcmError, EcmGenerator, EcmRequest};

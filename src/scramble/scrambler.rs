@@ -9,10 +9,13 @@
 //! once and re-bases the schedule), because a descrambler reading the CW log counts
 //! parity flips to find its line.
 //!
-//! With an ECM generator, the ECM of period N (CW(N) current, CW(N+1) next) goes on air
-//! at start(N) + delay_start. A switch to N+1 needs CW(N+1) on air in some ECM; if the
-//! generator failed, the switch is held (degraded mode: the current key stays, the
-//! hold is counted and logged once) until an ECM carrying it is out.
+//! With ECM generators, the ECM of period N (CW(N) current, CW(N+1) next) goes on air
+//! at start(N) + delay_start of its CA system; once it is, the generator is told about
+//! period N+1 ahead of time ([`EcmGenerator::prepare`]), so a SimulCrypt ECMG has a whole
+//! period to answer. A switch to N+1 needs CW(N+1) on air in an ECM of *every* CA system
+//! (SimulCrypt: one CW, an ECM per CAS); if a generator failed, the switch is held
+//! (degraded mode: the current key stays, the hold is counted and logged once) until
+//! each system has an ECM carrying it out.
 //!
 //! # Batches
 //!
@@ -27,7 +30,7 @@ use csa::{payload_offset, KeyContext, Parity};
 
 use super::cat::CatWriter;
 use super::clock::Clock;
-use super::config::{ClockMode, ScrambleConfig};
+use super::config::{ClockMode, ScrambleConfig, MAX_CA_SYSTEMS};
 use super::cw::CwLogWriter;
 use super::demux::{Demux, Role};
 use super::ecm::{EcmGenerator, EcmInserter};
@@ -48,6 +51,23 @@ struct Warned {
     no_ecm_generator: bool,
 }
 
+/// The ECMs of one CA system: its inserter and when its content switches.
+#[derive(Debug)]
+struct EcmStream {
+    inserter: EcmInserter,
+    delay_start_ms: i64,
+    /// The period announced to the generator ahead of time.
+    prepared: Option<CryptoPeriod>,
+}
+
+impl EcmStream {
+    /// Whether an ECM carrying the CW of `period` is on air.
+    fn covers(&self, period: CryptoPeriod) -> bool {
+        // the ECM of period N carries CW(N) and CW(N+1)
+        self.inserter.on_air().is_some_and(|p| p.0 + 1 >= period.0)
+    }
+}
+
 /// Scrambles a transport stream, batch by batch.
 #[derive(Debug)]
 pub struct Scrambler {
@@ -60,13 +80,11 @@ pub struct Scrambler {
     period_len: Duration,
     /// When the next period starts; None with one fixed key.
     next_switch: Option<Duration>,
-    ecm: Option<EcmInserter>,
+    /// One ECM stream per CA system (empty without generators).
+    ecms: Vec<EcmStream>,
     cat: Option<CatWriter>,
     emm: Option<EmmInserter>,
     emm_pid: Option<Pid>,
-    delay_start_ms: i64,
-    /// Highest period whose CW is in an ECM on air.
-    ecm_covers: Option<u64>,
     counters: Counters,
     out: Vec<u8>,
     sel: Vec<bool>,
@@ -78,20 +96,17 @@ pub struct Scrambler {
 }
 
 impl Scrambler {
-    /// A scrambler for `config`, logging CWs to `cw_log` and asking `ecm` for ECMs (both optional).
+    /// A scrambler for `config`, logging CWs to `cw_log` (optional). `ecm` holds the ECM
+    /// generators, one per entry of `config.ca_systems` in the same order, or none at all
+    /// (the PMTs then name the ECM PIDs but no ECM is sent).
     pub fn new(
         config: ScrambleConfig,
         cw_log: Option<CwLogWriter>,
-        ecm: Option<Box<dyn EcmGenerator>>,
+        ecm: Vec<Box<dyn EcmGenerator>>,
     ) -> Result<Self, ScrambleError> {
         if config.crypto_period < Duration::from_millis(100) {
             return Err(ScrambleError::Config(
                 "the crypto period must be at least 100 ms".to_owned(),
-            ));
-        }
-        if config.delay_start_ms.unsigned_abs() as u128 >= config.crypto_period.as_millis() {
-            return Err(ScrambleError::Config(
-                "delay_start must be shorter than the crypto period".to_owned(),
             ));
         }
         for pid in config.only_pids.iter().copied() {
@@ -101,18 +116,7 @@ impl Scrambler {
                 )));
             }
         }
-        for pid in [config.ecm_pid, config.emm_pid].into_iter().flatten() {
-            if pid.is_psi_reserved() || pid == Pid::NULL {
-                return Err(ScrambleError::Config(format!(
-                    "PID {pid} cannot carry ECM/EMM (reserved or null)"
-                )));
-            }
-        }
-        if ecm.is_some() && config.ecm_pid.is_none() {
-            return Err(ScrambleError::Config(
-                "an ECM generator needs an ECM PID".to_owned(),
-            ));
-        }
+        check_ca_config(&config, ecm.len())?;
         let mut keys = KeySource::new(
             config.keys.clone(),
             config.algorithm,
@@ -124,20 +128,19 @@ impl Scrambler {
             let odd = keys.cw(CryptoPeriod(1))?.clone();
             KeyContext::from_bytes(config.algorithm, even.as_bytes(), odd.as_bytes())?
         };
-        let ca = config.ecm_pid.map(|p| (config.ca_system_id, p));
-        let ecm = match (ecm, config.ecm_pid) {
-            (Some(g), Some(pid)) => Some(EcmInserter::new(
-                g,
-                pid,
-                config.ca_system_id,
-                config.ecm_repetition,
-            )),
-            _ => None,
-        };
+        let no_ecm_generator = !config.ca_systems.is_empty() && ecm.is_empty();
+        let ecms = ecm
+            .into_iter()
+            .zip(&config.ca_systems)
+            .map(|(g, ca)| EcmStream {
+                inserter: EcmInserter::new(g, ca.ecm_pid, ca.ca_system_id, ca.ecm_repetition),
+                delay_start_ms: ca.delay_start_ms,
+                prepared: None,
+            })
+            .collect();
         let single = keys.is_single_fixed();
-        let no_ecm_generator = config.ecm_pid.is_some() && ecm.is_none();
         Ok(Scrambler {
-            demux: Demux::new(&config, ca),
+            demux: Demux::new(&config),
             clock: Clock::new(config.clock),
             keys,
             ctx,
@@ -145,14 +148,12 @@ impl Scrambler {
             period: CryptoPeriod(0),
             period_len: config.crypto_period,
             next_switch: (!single).then_some(config.crypto_period),
-            ecm,
+            ecms,
             cat: config
                 .emm_pid
-                .map(|pid| CatWriter::new(config.ca_system_id, pid)),
+                .map(|pid| CatWriter::new(config.emm_ca_system_id, pid)),
             emm: None,
             emm_pid: config.emm_pid,
-            delay_start_ms: config.delay_start_ms,
-            ecm_covers: None,
             counters: Counters::default(),
             out: Vec::with_capacity(600 * PACKET_SIZE),
             sel: Vec::with_capacity(600),
@@ -283,9 +284,9 @@ impl Scrambler {
         };
         match self.demux.role(pid) {
             Role::Null => {
-                if let Some(e) = self.ecm.as_mut().and_then(|e| e.take_for_null(now)) {
+                if let Some((e, ecm_pid)) = self.take_ecm_for_null(now) {
                     self.push(&e, false);
-                    self.count_ecm(true);
+                    self.count_ecm(ecm_pid, true);
                     self.counters.pid_mut(pid).replaced_null += 1;
                 } else if let Some(m) = self.take_mux_packet(now, true) {
                     self.push(&m, false);
@@ -391,9 +392,12 @@ impl Scrambler {
         if self.demux.ready() {
             self.tick_inserters(now);
         }
-        while let Some(e) = self.ecm.as_mut().and_then(|e| e.take_to_add(now)) {
-            self.push(&e, false);
-            self.count_ecm(false);
+        for i in 0..self.ecms.len() {
+            while let Some(e) = self.ecms[i].inserter.take_to_add(now) {
+                self.push(&e, false);
+                let ecm_pid = self.ecms[i].inserter.pid();
+                self.count_ecm(ecm_pid, false);
+            }
         }
         while let Some(m) = self.take_mux_packet(now, false) {
             self.push(&m, false);
@@ -402,8 +406,8 @@ impl Scrambler {
     }
 
     fn tick_inserters(&mut self, now: Duration) {
-        if let Some(ecm) = &mut self.ecm {
-            ecm.tick(now);
+        for ecm in &mut self.ecms {
+            ecm.inserter.tick(now);
         }
         if let Some(cat) = &mut self.cat {
             cat.tick(now);
@@ -432,10 +436,16 @@ impl Scrambler {
         Some(pkt)
     }
 
-    fn count_ecm(&mut self, replacing_null: bool) {
-        if let Some(pid) = self.ecm.as_ref().map(|e| e.pid()) {
-            self.counters.pid_mut(pid).inserted += 1;
-        }
+    /// An ECM packet waiting for a null slot, with its PID (the systems take turns in order).
+    fn take_ecm_for_null(&mut self, now: Duration) -> Option<(Packet, Pid)> {
+        self.ecms.iter_mut().find_map(|e| {
+            let pid = e.inserter.pid();
+            e.inserter.take_for_null(now).map(|p| (p, pid))
+        })
+    }
+
+    fn count_ecm(&mut self, ecm_pid: Pid, replacing_null: bool) {
+        self.counters.pid_mut(ecm_pid).inserted += 1;
         if replacing_null {
             self.counters.stream.ecm_packets_replacing_null += 1;
         } else {
@@ -470,13 +480,14 @@ impl Scrambler {
                 return Ok(());
             }
             let next = self.period.next();
-            if self.ecm.is_some() && self.ecm_covers.is_none_or(|c| c < next.0) {
+            if self.ecms.iter().any(|e| !e.covers(next)) {
                 self.counters.stream.degraded_holds += 1;
                 if !self.warned.degraded {
                     self.warned.degraded = true;
                     tracing::warn!(
                         period = next.0,
-                        "degraded mode: the ECM with the next CW is not on air; holding the current CW"
+                        "degraded mode: the ECM with the next CW is not on air for every CA system; \
+                         holding the current CW"
                     );
                 }
                 return Ok(());
@@ -499,38 +510,52 @@ impl Scrambler {
         }
     }
 
-    /// Put the ECM of the right period on air (start(N) + delay_start).
+    /// Put the ECM of the right period on air (start(N) + delay_start) for each CA system.
     fn update_ecm(&mut self, now: Duration) -> Result<(), ScrambleError> {
-        let Some(ecm) = &mut self.ecm else {
-            return Ok(());
-        };
-        let delay = Duration::from_millis(self.delay_start_ms.unsigned_abs());
+        for i in 0..self.ecms.len() {
+            self.update_one_ecm(i, now)?;
+        }
+        Ok(())
+    }
+
+    fn update_one_ecm(&mut self, i: usize, now: Duration) -> Result<(), ScrambleError> {
+        let delay_start_ms = self.ecms[i].delay_start_ms;
+        let delay = Duration::from_millis(delay_start_ms.unsigned_abs());
         let mut target = self.period;
         if let Some(switch_at) = self.next_switch {
-            if self.delay_start_ms < 0 && now + delay >= switch_at {
+            if delay_start_ms < 0 && now + delay >= switch_at {
                 target = self.period.next();
-            } else if self.delay_start_ms > 0 && self.period.0 > 0 {
+            } else if delay_start_ms > 0 && self.period.0 > 0 {
                 let period_start = switch_at.saturating_sub(self.period_len);
                 if now < period_start + delay {
                     target = CryptoPeriod(self.period.0 - 1);
                 }
             }
         }
-        if ecm.on_air().is_some_and(|p| p >= target) {
+        if self.ecms[i].inserter.on_air().is_some_and(|p| p >= target) {
             return Ok(());
         }
         let current = self.keys.cw(target)?.clone();
         let next = self.keys.cw(target.next())?.clone();
-        match ecm.set_period(target, &current, &next, now) {
+        let ecm = &mut self.ecms[i];
+        match ecm.inserter.set_period(target, &current, &next, now) {
             Ok(()) => {
                 self.counters.stream.ecms_generated += 1;
-                self.ecm_covers = Some(self.ecm_covers.unwrap_or(0).max(target.0 + 1));
+                // announce the period after while this one is on air
+                let ahead = target.next();
+                if ecm.prepared.is_none_or(|p| p < ahead) {
+                    ecm.prepared = Some(ahead);
+                    let after = self.keys.cw(ahead.next())?.clone();
+                    let ecm = &mut self.ecms[i];
+                    ecm.inserter.prepare(ahead, &next, &after);
+                }
             }
             Err(e) => {
                 self.counters.stream.ecm_failures += 1;
                 if !self.warned.ecm_failure {
                     self.warned.ecm_failure = true;
-                    tracing::warn!(error = %e, period = target.0, "ECM generator failed");
+                    let pid = self.ecms[i].inserter.pid();
+                    tracing::warn!(error = %e, period = target.0, ecm_pid = %pid, "ECM generator failed");
                 }
             }
         }
@@ -550,4 +575,48 @@ impl Scrambler {
     pub fn parity(&self) -> Parity {
         self.period.parity()
     }
+}
+
+/// Check the CA systems of `config` against `generators` ECM generators.
+fn check_ca_config(config: &ScrambleConfig, generators: usize) -> Result<(), ScrambleError> {
+    let cas = &config.ca_systems;
+    if cas.len() > MAX_CA_SYSTEMS {
+        return Err(ScrambleError::Config(format!(
+            "{} CA systems asked for; at most {MAX_CA_SYSTEMS} are supported",
+            cas.len()
+        )));
+    }
+    if generators != 0 && generators != cas.len() {
+        return Err(ScrambleError::Config(format!(
+            "{generators} ECM generators for {} CA systems: give one per CA system (each needs an ECM PID)",
+            cas.len()
+        )));
+    }
+    let ecm_pids = cas.iter().map(|c| c.ecm_pid);
+    for (i, pid) in ecm_pids.clone().chain(config.emm_pid).enumerate() {
+        if pid.is_psi_reserved() || pid == Pid::NULL {
+            return Err(ScrambleError::Config(format!(
+                "PID {pid} cannot carry ECM/EMM (reserved or null)"
+            )));
+        }
+        if ecm_pids.clone().take(i).any(|p| p == pid) {
+            return Err(ScrambleError::Config(format!(
+                "PID {pid} is given to two CA streams: each CA system needs its own ECM PID, apart from the EMM PID"
+            )));
+        }
+    }
+    for c in cas {
+        if c.delay_start_ms.unsigned_abs() as u128 >= config.crypto_period.as_millis() {
+            return Err(ScrambleError::Config(format!(
+                "delay_start {} ms of CA system {:#06x} must be shorter than the crypto period",
+                c.delay_start_ms, c.ca_system_id
+            )));
+        }
+        if c.private_data.len() > 200 {
+            return Err(ScrambleError::Config(
+                "CA_descriptor private data is at most 200 bytes".to_owned(),
+            ));
+        }
+    }
+    Ok(())
 }

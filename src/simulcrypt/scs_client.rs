@@ -261,6 +261,16 @@ impl SimulcryptEcmg {
         lock(&self.shared.state).status
     }
 
+    /// The ECMG's address as configured.
+    pub fn addr(&self) -> &str {
+        &self.config.ecmg
+    }
+
+    /// The Super_CAS_id the channel is set up with.
+    pub fn super_cas_id(&self) -> u32 {
+        self.config.super_cas_id
+    }
+
     /// CA_system_ID for the CA_descriptor (high 16 bits of Super_CAS_id).
     pub fn ca_system_id(&self) -> u16 {
         (self.config.super_cas_id >> 16) as u16
@@ -365,6 +375,10 @@ impl EcmGenerator for SimulcryptEcmg {
         }
         self.shared.stats.ecms_delivered.fetch_add(1, Relaxed);
         Ok(())
+    }
+
+    fn prepare(&mut self, req: &EcmRequest<'_>) {
+        self.provision(req.period.0, req.current, req.next);
     }
 }
 

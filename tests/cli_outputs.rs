@@ -205,3 +205,122 @@ fn stdout_at_most_once_and_an_output_is_required() {
         "clap names the missing option"
     );
 }
+
+/// A castmux process with its log lines on a channel.
+struct Proc {
+    child: std::process::Child,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(db: &Path, args: &[&str], stdin: bool) -> Proc {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_castmux"))
+            .arg("--db")
+            .arg(db)
+            .args(args)
+            .env("CASTMUX_LOG", "info")
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn castmux");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, log }
+    }
+
+    /// The first log line containing `what` (60 s at most).
+    fn wait_for(&self, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("no {what:?} in the log:\n{}", seen.join("\n")),
+            }
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn emms_from_an_emmg_reach_every_output() {
+    use std::io::Write;
+    let dir = tmp();
+    let d = dir.path();
+    let db = store(d);
+    let (a, b) = (d.join("a.ts"), d.join("b.ts"));
+    let (udp, rx) = udp_receiver();
+    let mut scr = Proc::spawn(
+        &db,
+        &[
+            "scramble",
+            "-i",
+            "-",
+            "-o",
+            s(&a),
+            "-o",
+            s(&b),
+            "-o",
+            &udp,
+            "--cw",
+            "0102030405060708",
+            "--emm-pid",
+            "0x1FF1",
+            "--emmg-listen",
+            "127.0.0.1:0",
+        ],
+        true,
+    );
+    let line = scr.wait_for("EMMG<->MUX listening");
+    let mux = line[line.find("listen=").expect("listen=") + 7..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let emmg = Proc::spawn(&db, &["emmg", "--mux", &mux, "--bandwidth", "200k"], false);
+    emmg.wait_for("EMMG stream set up");
+    // feed over ~2 s so the EMMG's EMMs (paced at 200 kbit/s) meet the packets
+    let data = std::fs::read(sample("spts.ts")).unwrap();
+    let mut stdin = scr.child.stdin.take().unwrap();
+    for c in data.chunks(188 * 100) {
+        stdin.write_all(c).unwrap();
+        std::thread::sleep(Duration::from_millis(35));
+    }
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = scr.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "scramble did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let (fa, fb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let got_udp = rx.join().unwrap();
+    assert!(fa == fb, "the two files differ");
+    assert!(got_udp == fa, "UDP differs from the files");
+    let emms = count_on(&packets_of(&fa), EMM_PID);
+    assert!(emms > 0, "no EMM packet from the EMMG");
+}

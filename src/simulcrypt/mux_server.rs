@@ -167,7 +167,7 @@ enum Provided {
 
 impl MuxShared {
     /// Police and queue the datagrams of one data_provision.
-    fn provide(&self, key: StreamKey, data_id: u16, datagrams: Vec<Vec<u8>>) -> Provided {
+    fn provide(&self, key: StreamKey, data_id: u16, datagrams: &[Vec<u8>]) -> Provided {
         self.stats.data_provisions.fetch_add(1, Relaxed);
         let now = Instant::now();
         let mut streams = lock(&self.streams);
@@ -190,13 +190,11 @@ impl MuxShared {
         };
         let mut over = false;
         for d in datagrams {
-            let air = air_bytes(kind, d.len());
-            // the datagram's own buffer, shared by its chunks and every subscriber's copy
-            let Some(chunks) = split_chunks(kind, Bytes::from(d)) else {
+            let Some(chunks) = split_chunks(kind, d) else {
                 self.stats.rejected.fetch_add(1, Relaxed);
                 continue;
             };
-            if !st.bucket.take(air, now) {
+            if !st.bucket.take(air_bytes(kind, d.len()), now) {
                 self.stats.dropped_over_bandwidth.fetch_add(1, Relaxed);
                 over = true;
                 continue;
@@ -223,23 +221,28 @@ impl MuxShared {
 }
 
 /// Split a datagram into chunks the EMM inserter takes (whole EMM sections of at most 4096
-/// bytes, or at most 21 whole packets); None if it is neither.
-fn split_chunks(kind: EmmData, d: Bytes) -> Option<Vec<Bytes>> {
+/// bytes, or at most 21 whole packets); None if it is neither. Each chunk gets a buffer of
+/// its own (so a queued chunk never holds a whole datagram), shared by every subscriber.
+fn split_chunks(kind: EmmData, d: &[u8]) -> Option<Vec<Bytes>> {
     match kind {
         EmmData::TsPackets => {
-            if !is_whole_packets(&d) {
+            if !is_whole_packets(d) {
                 return None;
             }
-            Some(d.chunks(21 * PACKET_SIZE).map(|c| d.slice_ref(c)).collect())
+            Some(
+                d.chunks(21 * PACKET_SIZE)
+                    .map(Bytes::copy_from_slice)
+                    .collect(),
+            )
         }
         EmmData::Sections => {
-            if d.is_empty() || check_sections(&d, 0x82..=0x8F).is_err() {
+            if d.is_empty() || check_sections(d, 0x82..=0x8F).is_err() {
                 return None;
             }
-            if split_sections(&d).any(|s| s.len() > 4096) {
+            if split_sections(d).any(|s| s.len() > 4096) {
                 return None;
             }
-            Some(split_sections(&d).map(|s| d.slice_ref(s)).collect())
+            Some(split_sections(d).map(Bytes::copy_from_slice).collect())
         }
     }
 }
@@ -381,7 +384,7 @@ async fn udp_loop(sock: UdpSocket, shared: Arc<MuxShared>) {
                     datagrams,
                 },
             )) => {
-                let _ = shared.provide((client_id, ch, st), data_id, datagrams);
+                let _ = shared.provide((client_id, ch, st), data_id, &datagrams);
             }
             _ => {
                 shared.stats.udp_bad.fetch_add(1, Relaxed);
@@ -581,7 +584,7 @@ impl MuxConnection {
                 match self.shared.provide(
                     (client_id, channel_id, ids.stream_id),
                     data_id,
-                    datagrams,
+                    &datagrams,
                 ) {
                     Provided::Ok | Provided::OverBandwidth { tell: false } => {}
                     Provided::OverBandwidth { tell: true } => {

@@ -1,5 +1,6 @@
 //! EMMG<->MUX through real sockets: castmux's EMMG client against castmux's mux-side server,
-//! TCP and UDP, versions 2 and 3; an EMMG flooding above its allocation; malformed messages.
+//! TCP and UDP, versions 2 and 3; an EMMG flooding above its allocation; malformed messages;
+//! EMM clone (every subscribed pipeline gets every EMM, a stalled one loses only its own).
 
 mod simulcrypt_support;
 
@@ -10,8 +11,8 @@ use std::time::Duration;
 use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::emmg_messages::ChannelIds;
 use castmux::simulcrypt::{
-    run_emmg, EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmgConfig, EmmgMessage,
-    EmmgStats, StreamIds,
+    run_emmg, EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers, EmmgConfig,
+    EmmgMessage, EmmgStats, StreamIds,
 };
 use simulcrypt_support::*;
 
@@ -345,4 +346,183 @@ fn malformed_messages_get_the_right_error_codes() {
     // the channel was freed: a new connection may take it again
     let mut r = Raw::connect(addr);
     setup(&mut r, 10);
+}
+
+/// Bind a mux with `extra` more subscribers than the first: one subscribed before `run`,
+/// the others through the handle while it runs.
+fn start_mux_with(
+    rt: &tokio::runtime::Runtime,
+    cfg: EmmMuxConfig,
+    extra: usize,
+) -> (
+    std::net::SocketAddr,
+    Arc<EmmMuxStats>,
+    EmmSubscribers,
+    Vec<EmmQueueSource>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (server, first) = rt
+        .block_on(EmmMuxServer::bind("127.0.0.1:0".parse().unwrap(), cfg))
+        .unwrap();
+    let mut sources = vec![first];
+    if extra > 0 {
+        sources.push(server.subscribe());
+    }
+    let addr = server.local_addr().unwrap();
+    let stats = server.stats();
+    let handle = server.subscriber_handle();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    rt.spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    while sources.len() < extra + 1 {
+        sources.push(handle.subscribe());
+    }
+    (addr, stats, handle, sources, tx)
+}
+
+#[test]
+fn emm_clone_gives_every_subscriber_the_same_emms_from_one_emmg() {
+    let rt = runtime();
+    for (n, udp) in [(2usize, false), (3, false), (3, true)] {
+        let (addr, mux_stats, handle, mut sources, stop) = start_mux_with(
+            &rt,
+            EmmMuxConfig {
+                client_id: Some(CLIENT),
+                max_bandwidth_kbps: 400,
+                ..EmmMuxConfig::default()
+            },
+            n - 1,
+        );
+        assert_eq!(handle.len(), n);
+        let mut cfg = EmmgConfig::new(addr.to_string(), CLIENT);
+        cfg.udp = udp;
+        cfg.bandwidth_kbps = 400;
+        let stats = Arc::new(EmmgStats::default());
+        let (quit, quit_rx) = tokio::sync::oneshot::channel::<()>();
+        let st = stats.clone();
+        let job = rt.spawn(async move {
+            let mut source = Numbered { n: 0, max: 300 };
+            run_emmg(cfg, &mut source, st, async move {
+                let _ = quit_rx.await;
+            })
+            .await;
+        });
+        let mut got = vec![Vec::new(); n];
+        assert!(
+            wait_until(Duration::from_secs(30), || {
+                for (s, g) in sources.iter_mut().zip(&mut got) {
+                    drain(s, g);
+                }
+                got.iter().all(|g| g.len() >= 300)
+            }),
+            "{n} subscribers, udp={udp}: got {:?} EMMs, mux {mux_stats:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        let want: Vec<u32> = (0..300).collect();
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(g, &want, "subscriber {i} of {n}: every EMM, in order");
+        }
+        for s in &sources {
+            assert_eq!((s.delivered, s.dropped()), (300, 0));
+        }
+        // policed once: 300 accepted chunks, not 300 per subscriber
+        assert_eq!(mux_stats.queued.load(Relaxed), 300);
+        assert_eq!(mux_stats.queued_bytes.load(Relaxed), 300 * 100);
+        assert_eq!(mux_stats.dropped_queue_full.load(Relaxed), 0);
+        assert_eq!(mux_stats.dropped_over_bandwidth.load(Relaxed), 0);
+        let _ = quit.send(());
+        let _ = rt.block_on(job);
+        let _ = stop.send(());
+    }
+}
+
+/// Send EMMs `from..to` in one data_provision and wait until the mux has handled it (the
+/// stream_test after it is answered in order on the same connection).
+fn provide(r: &mut Raw, from: u32, to: u32) {
+    r.send_emmg(
+        3,
+        &EmmgMessage::DataProvision {
+            client_id: CLIENT,
+            channel_id: Some(3),
+            stream_id: Some(4),
+            data_id: 9,
+            datagrams: (from..to).map(emm).collect(),
+        },
+    );
+    r.send_emmg(3, &EmmgMessage::StreamTest(ids()));
+    assert!(matches!(
+        r.read_emmg(),
+        Some(EmmgMessage::StreamStatus { .. })
+    ));
+}
+
+#[test]
+fn a_subscriber_never_polled_overflows_alone_and_is_counted() {
+    let rt = runtime();
+    let cfg = EmmMuxConfig {
+        queue_len: 64,
+        ..EmmMuxConfig::default()
+    };
+    let (addr, stats, _handle, mut sources, _stop) = start_mux_with(&rt, cfg, 1);
+    let mut stalled = sources.pop().unwrap();
+    let mut live = sources.pop().unwrap();
+    let mut r = Raw::connect(addr);
+    setup(&mut r, 1000); // a burst of 62500 bytes: the 200 EMMs below pass policing
+    let mut got = Vec::new();
+    for round in 0..10u32 {
+        provide(&mut r, round * 20, round * 20 + 20);
+        drain(&mut live, &mut got);
+    }
+    assert_eq!(
+        got,
+        (0..200).collect::<Vec<_>>(),
+        "the live one loses nothing"
+    );
+    assert_eq!(live.dropped(), 0);
+    assert_eq!(stalled.dropped(), 200 - 64);
+    assert_eq!(stats.dropped_queue_full.load(Relaxed), 200 - 64);
+    assert_eq!(stats.queued.load(Relaxed), 200);
+    // what the stalled one kept is the head of the stream, in order
+    let mut kept = Vec::new();
+    drain(&mut stalled, &mut kept);
+    assert_eq!(kept, (0..64).collect::<Vec<_>>());
+    // the EMMG link never noticed
+    assert_eq!(stats.errors_sent.load(Relaxed), 0);
+}
+
+#[test]
+fn dropping_a_subscriber_mid_stream_unsubscribes_it() {
+    let rt = runtime();
+    let (addr, stats, handle, mut sources, _stop) = start_mux_with(&rt, EmmMuxConfig::default(), 2);
+    let mut r = Raw::connect(addr);
+    setup(&mut r, 1000);
+    let mut got = vec![Vec::new(); 3];
+    provide(&mut r, 0, 50);
+    for (s, g) in sources.iter_mut().zip(&mut got) {
+        drain(s, g);
+    }
+    let gone = sources.remove(1);
+    drop(gone);
+    got.remove(1);
+    assert_eq!(handle.len(), 2);
+    provide(&mut r, 50, 100);
+    for (s, g) in sources.iter_mut().zip(&mut got) {
+        drain(s, g);
+        assert_eq!(g, &(0..100).collect::<Vec<_>>());
+    }
+    assert_eq!(stats.dropped_queue_full.load(Relaxed), 0);
+    // a pipeline joining late gets what comes from then on
+    let mut late = handle.subscribe();
+    provide(&mut r, 100, 110);
+    let mut late_got = Vec::new();
+    drain(&mut late, &mut late_got);
+    assert_eq!(late_got, (100..110).collect::<Vec<_>>());
+    // with nobody left, accepted EMMs are counted as going nowhere
+    sources.clear();
+    drop(late);
+    assert!(handle.is_empty());
+    provide(&mut r, 110, 115);
+    assert_eq!(stats.dropped_no_subscriber.load(Relaxed), 5);
+    assert_eq!(stats.queued.load(Relaxed), 110);
 }

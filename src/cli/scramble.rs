@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use castmux::cas::live::{ChannelAccess, LiveCas};
 use castmux::cas::BuiltinEcmg;
-use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
+use castmux::io::{Input, InputOptions, InputUrl, OutputOptions, OutputSet, OutputUrl};
 use castmux::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
 
 /// The EMM PID used with --cas builtin when no --emm-pid is given.
@@ -57,9 +57,11 @@ pub struct ScrambleArgs {
     /// Input: udp://[SRC@]GROUP:PORT[?iface=ADDR], srt://HOST:PORT[?mode=..], a file, or - for stdin.
     #[arg(short, long)]
     input: String,
-    /// Output: udp://HOST:PORT[?ttl=N&pkt=7], srt://..., a file, or - for stdout.
-    #[arg(short, long)]
-    output: String,
+    /// Output: udp://HOST:PORT[?ttl=N&pkt=7], srt://..., a file, or - for stdout (at most
+    /// once). Repeat for several: each gets the same packets; one that fails is closed and
+    /// logged while the others go on, the run fails only when all have failed.
+    #[arg(short, long, required = true)]
+    output: Vec<String>,
     /// Service (program_number) to scramble; repeat for several. Default: every service in the PAT.
     #[arg(long = "service", value_name = "ID", value_parser = args::u16_number)]
     services: Vec<u16>,
@@ -193,7 +195,11 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
         (None, _) => None,
     };
     let input_url: InputUrl = a.input.parse().context("--input")?;
-    let output_url: OutputUrl = a.output.parse().context("--output")?;
+    let output_urls = a
+        .output
+        .iter()
+        .map(|o| o.parse().with_context(|| format!("--output {o}")))
+        .collect::<anyhow::Result<Vec<OutputUrl>>>()?;
     let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
     let emm_pid = match (&live_cas, a.emm_pid) {
         (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
@@ -280,8 +286,8 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     sc.attach_emm(&mut scrambler)?;
     let mut input = Input::open(&input_url, &InputOptions::default())
         .with_context(|| format!("opening input {}", a.input))?;
-    let mut output = Output::open(&output_url, &OutputOptions::default())
-        .with_context(|| format!("opening output {}", a.output))?;
+    let mut output = OutputSet::open(&output_urls, &OutputOptions::default())
+        .with_context(|| format!("opening output {}", a.output.join(", ")))?;
     let opts = RunOptions {
         batch_packets: a.batch,
         idle_timeout: a.idle_timeout,
@@ -290,13 +296,18 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     };
     tracing::info!(
         input = %a.input,
-        output = %a.output,
+        output = %a.output.join(", "),
         scrambling = algorithm.name(),
         "scrambling"
     );
     let res = run_scramble(&mut input, &mut output, &mut scrambler, &opts);
     if let Ok(end) = &res {
         tracing::info!(?end, "run ended");
+    }
+    for o in output.status() {
+        tracing::info!(output = %o.name, packets_out = o.stats.packets_out,
+            send_errors = o.stats.send_errors, queue_drops = o.stats.queue_drops,
+            failed = o.error.as_deref().unwrap_or("no"), "output");
     }
     let close = output.close(Duration::from_secs(2));
     let io = input.stats().snapshot();
@@ -309,7 +320,8 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
         "input"
     );
     sc.finish();
-    report(&scrambler, a.stats, matches!(output_url, OutputUrl::Stdout))?;
+    let to_stdout = output_urls.iter().any(|u| matches!(u, OutputUrl::Stdout));
+    report(&scrambler, a.stats, to_stdout)?;
     res?;
     close?;
     Ok(())

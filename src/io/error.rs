@@ -88,6 +88,13 @@ pub enum IoError {
     #[error("{url}: a batch of {len} bytes is not whole 188-byte TS packets")]
     PartialPacket { url: String, len: usize },
 
+    #[error("every one of the {count} outputs failed; the last: {last}")]
+    AllOutputsFailed {
+        count: usize,
+        /// Shown in the message (not as a source, so chains print it once).
+        last: Box<IoError>,
+    },
+
     #[error("cannot start the I/O thread for {url}: {source}")]
     Thread {
         url: String,

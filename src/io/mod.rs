@@ -15,6 +15,9 @@
 //!   counted. RTP-wrapped TS is detected per datagram and unwrapped.
 //! - Inputs and outputs are enums (no `Box<dyn>` in the loop). Counters live
 //!   in an [`IoStats`] of atomics that can be shared through an `Arc`.
+//! - Several outputs of one run form an [`OutputSet`]: every output gets every
+//!   packet; one that fails is closed and the others go on. The run loop writes
+//!   to any [`PacketSink`] (an [`Output`] or an [`OutputSet`]).
 //! - A live input returns [`ReadStatus::TimedOut`] when nothing arrived in
 //!   time, so the caller can flush; files and stdin end with
 //!   [`ReadStatus::EndOfStream`].
@@ -22,7 +25,9 @@
 pub mod batch;
 pub mod error;
 pub mod file;
+pub mod output_set;
 pub mod rtp;
+pub mod sink;
 pub mod srt;
 pub mod stats;
 pub mod sync;
@@ -35,6 +40,8 @@ use std::time::Duration;
 
 pub use batch::{PacketBatch, TS_PACKET_SIZE, TS_SYNC_BYTE};
 pub use error::{IoError, IoResult};
+pub use output_set::{OutputSet, OutputStatus};
+pub use sink::PacketSink;
 pub use stats::{IoStats, IoStatsSnapshot};
 pub use sync::Resync;
 pub use url::{InputUrl, OutputUrl, SrtMode, SrtUrl, UdpInputUrl, UdpOutputUrl, UrlError};

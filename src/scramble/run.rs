@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::io::{Input, IoError, Output, PacketBatch, ReadStatus};
+use crate::io::{Input, IoError, PacketBatch, PacketSink, ReadStatus};
 
 use super::descrambler::Descrambler;
 use super::error::ScrambleError;
@@ -126,10 +126,11 @@ enum OutMsg {
     Flush,
 }
 
-/// Scramble `input` into `output` until the input ends (or idles out, or is stopped).
+/// Scramble `input` into `output` (an `Output`, or an `OutputSet` for several) until the
+/// input ends (or idles out, or is stopped).
 pub fn run_scramble(
     input: &mut Input,
-    output: &mut Output,
+    output: &mut impl PacketSink,
     scrambler: &mut Scrambler,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
@@ -139,7 +140,7 @@ pub fn run_scramble(
 /// Descramble `input` into `output` until the input ends (or idles out, or is stopped).
 pub fn run_descramble(
     input: &mut Input,
-    output: &mut Output,
+    output: &mut impl PacketSink,
     descrambler: &mut Descrambler,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
@@ -149,7 +150,7 @@ pub fn run_descramble(
 /// Run `stage` from `input` to `output` until the input ends (or idles out, or is stopped).
 pub fn run_stage(
     input: &mut Input,
-    output: &mut Output,
+    output: &mut impl PacketSink,
     stage: &mut dyn PacketStage,
     opts: &RunOptions,
 ) -> Result<RunEnd, ScrambleError> {
@@ -312,7 +313,7 @@ fn send_within<T>(tx: &SyncSender<T>, mut msg: T, limit: Duration) -> Result<(),
 }
 
 fn write_loop(
-    output: &mut Output,
+    output: &mut impl PacketSink,
     out_rx: Receiver<OutMsg>,
     free_buf_tx: SyncSender<Vec<u8>>,
 ) -> Result<(), IoError> {

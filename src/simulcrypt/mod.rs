@@ -8,7 +8,8 @@
 //! - [`datagram`]: ECM/EMM datagrams as sections or TS packets;
 //! - [`ecmg_server`]: the ECMG side (`castmux ecmg`), ECMs made by an [`EcmBuilder`];
 //! - [`scs_client`]: the mux side, [`SimulcryptEcmg`] (an `EcmGenerator` that never blocks);
-//! - [`mux_server`]: the MUX side of EMMG<->MUX, EMMs to the pipeline as an `EmmSource`;
+//! - [`mux_server`]: the MUX side of EMMG<->MUX, EMMs to the pipeline as an `EmmSource`,
+//!   cloned to every subscribed pipeline (`emm_fanout`);
 //! - [`emmg_client`]: the EMMG side (`castmux emmg`), paced at the allocated bandwidth.
 //!
 //! The control plane runs on tokio; the data path only ever reads what a control task has
@@ -21,6 +22,7 @@ pub mod conn;
 pub mod datagram;
 pub mod ecmg_messages;
 pub mod ecmg_server;
+pub mod emm_fanout;
 pub mod emmg_client;
 pub mod emmg_messages;
 pub mod mux_server;
@@ -35,7 +37,7 @@ pub use ecmg_server::{
 };
 pub use emmg_client::{run_emmg, EmmgConfig, EmmgStats};
 pub use emmg_messages::{ChannelIds, EmmgMessage, StreamIds};
-pub use mux_server::{EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource};
+pub use mux_server::{EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers};
 pub use scs_client::{ScsConfig, ScsError, ScsStats, SimulcryptEcmg};
 pub use tlv::{CodecError, MAX_MESSAGE_LEN};
 pub use types::{EcmgErrorStatus, EcmgParam, EmmgErrorStatus, EmmgParam, MessageType};

@@ -4,28 +4,31 @@
 //!
 //! Each stream is policed at its allocated bandwidth (a token bucket counting the bytes the
 //! EMMs take on air): datagrams above it are dropped and counted, and the EMMG is told with a
-//! stream_error "exceeded bandwidth" at most once a second. Accepted EMMs go into one bounded
-//! queue; the pipeline drains it through [`EmmQueueSource`] (an [`EmmSource`]) onto the EMM
-//! PID. A full queue drops and counts too. Nothing here ever waits on the data path.
+//! stream_error "exceeded bandwidth" at most once a second. Policing happens once, here at
+//! ingest; accepted EMMs then go to every subscribed pipeline ("EMM clone", see
+//! [`super::emm_fanout`]), each draining a bounded queue of its own through an
+//! [`EmmQueueSource`] onto its EMM PID. A full queue drops and counts too. Nothing here ever
+//! waits on the data path.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
 use super::accept::{accept_loop, AcceptCounters};
 use super::conn::{FrameReader, LinkError};
+pub use super::emm_fanout::{EmmQueueSource, EmmSubscribers};
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
 use super::tlv::{frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
 use super::types::{EmmgErrorStatus as E, EmmgParam};
-use crate::scramble::emm::{EmmData, EmmSource};
+use crate::scramble::emm::EmmData;
 use crate::ts::packet::{is_whole_packets, PACKET_SIZE};
 use crate::ts::section::{check_sections, split_sections};
 
@@ -37,7 +40,7 @@ pub struct EmmMuxConfig {
     /// Most bandwidth a stream gets, kbit/s (allocation = min(request, this)); also the
     /// allocation before any request. Default 1000.
     pub max_bandwidth_kbps: u16,
-    /// EMM chunks the queue to the pipeline holds. Default 1024.
+    /// EMM chunks each subscriber's queue to its pipeline holds. Default 1024.
     pub queue_len: usize,
     /// Also take data_provision over UDP on the same address. Default true.
     pub udp: bool,
@@ -72,14 +75,18 @@ pub struct EmmMuxStats {
     pub connections_refused: AtomicU64,
     /// data_provision messages taken (TCP and UDP).
     pub data_provisions: AtomicU64,
-    /// EMM chunks queued for the EMM PID.
+    /// EMM chunks accepted and queued for at least one subscriber (counted once however
+    /// many subscribers took it).
     pub queued: AtomicU64,
-    /// Bytes queued.
+    /// Bytes of those chunks.
     pub queued_bytes: AtomicU64,
     /// Datagrams dropped for exceeding the allocated bandwidth.
     pub dropped_over_bandwidth: AtomicU64,
-    /// Chunks dropped because the queue to the pipeline was full.
+    /// Copies of chunks dropped because a subscriber's queue was full (total over all
+    /// subscribers; each [`EmmQueueSource::dropped`] has its own share).
     pub dropped_queue_full: AtomicU64,
+    /// Accepted chunks dropped because no pipeline was subscribed.
+    pub dropped_no_subscriber: AtomicU64,
     /// Datagrams rejected (not EMM sections / whole packets, unknown stream).
     pub rejected: AtomicU64,
     /// channel_error/stream_error sent.
@@ -145,7 +152,7 @@ type StreamKey = (u32, u16, u16);
 struct MuxShared {
     config: EmmMuxConfig,
     stats: Arc<EmmMuxStats>,
-    tx: SyncSender<(EmmData, Vec<u8>)>,
+    subscribers: EmmSubscribers,
     /// Channels in use: (client_id, channel_id) -> section_TSpkt_flag.
     channels: Mutex<HashMap<(u32, u16), bool>>,
     streams: Mutex<HashMap<StreamKey, StreamState>>,
@@ -192,18 +199,7 @@ impl MuxShared {
                 over = true;
                 continue;
             }
-            for c in chunks {
-                let len = c.len() as u64;
-                match self.tx.try_send((kind, c)) {
-                    Ok(()) => {
-                        self.stats.queued.fetch_add(1, Relaxed);
-                        self.stats.queued_bytes.fetch_add(len, Relaxed);
-                    }
-                    Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                        self.stats.dropped_queue_full.fetch_add(1, Relaxed);
-                    }
-                }
-            }
+            self.subscribers.publish(kind, &chunks);
         }
         if over {
             let tell = st
@@ -225,51 +221,34 @@ impl MuxShared {
 }
 
 /// Split a datagram into chunks the EMM inserter takes (whole EMM sections of at most 4096
-/// bytes, or at most 21 whole packets); None if it is neither.
-fn split_chunks(kind: EmmData, d: &[u8]) -> Option<Vec<Vec<u8>>> {
+/// bytes, or at most 21 whole packets); None if it is neither. Each chunk gets a buffer of
+/// its own (so a queued chunk never holds a whole datagram), shared by every subscriber.
+fn split_chunks(kind: EmmData, d: &[u8]) -> Option<Vec<Bytes>> {
     match kind {
         EmmData::TsPackets => {
             if !is_whole_packets(d) {
                 return None;
             }
-            Some(d.chunks(21 * PACKET_SIZE).map(<[u8]>::to_vec).collect())
+            Some(
+                d.chunks(21 * PACKET_SIZE)
+                    .map(Bytes::copy_from_slice)
+                    .collect(),
+            )
         }
         EmmData::Sections => {
             if d.is_empty() || check_sections(d, 0x82..=0x8F).is_err() {
                 return None;
             }
-            let out: Vec<Vec<u8>> = split_sections(d).map(<[u8]>::to_vec).collect();
-            out.iter().all(|s| s.len() <= 4096).then_some(out)
+            if split_sections(d).any(|s| s.len() > 4096) {
+                return None;
+            }
+            Some(split_sections(d).map(Bytes::copy_from_slice).collect())
         }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The pipeline's end of the EMM queue: an [`EmmSource`] handing over one chunk per poll.
-pub struct EmmQueueSource {
-    rx: Receiver<(EmmData, Vec<u8>)>,
-    /// Chunks handed to the pipeline.
-    pub delivered: u64,
-}
-
-impl std::fmt::Debug for EmmQueueSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmmQueueSource")
-            .field("delivered", &self.delivered)
-            .finish_non_exhaustive()
-    }
-}
-
-impl EmmSource for EmmQueueSource {
-    fn poll(&mut self, _now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
-        let (kind, bytes) = self.rx.try_recv().ok()?;
-        out.extend_from_slice(&bytes);
-        self.delivered += 1;
-        Some(kind)
-    }
 }
 
 /// The EMMG<->MUX server.
@@ -289,7 +268,7 @@ impl std::fmt::Debug for EmmMuxServer {
 
 impl EmmMuxServer {
     /// Listen on `addr` (TCP, and UDP on the same port when configured); gives the server
-    /// and the pipeline's end of its EMM queue.
+    /// and a first subscriber (the single pipeline's end of its EMM queue).
     pub async fn bind(
         addr: SocketAddr,
         config: EmmMuxConfig,
@@ -301,11 +280,13 @@ impl EmmMuxServer {
         } else {
             None
         };
-        let (tx, rx) = sync_channel(config.queue_len.max(1));
+        let stats = Arc::<EmmMuxStats>::default();
+        let subscribers = EmmSubscribers::new(config.queue_len, stats.clone());
+        let first = subscribers.subscribe();
         let shared = Arc::new(MuxShared {
             config,
-            stats: Arc::default(),
-            tx,
+            stats,
+            subscribers,
             channels: Mutex::default(),
             streams: Mutex::default(),
         });
@@ -315,8 +296,19 @@ impl EmmMuxServer {
                 udp,
                 shared,
             },
-            EmmQueueSource { rx, delivered: 0 },
+            first,
         ))
+    }
+
+    /// One more pipeline end getting every EMM accepted from now on (EMM clone); each has
+    /// its own queue of `queue_len` chunks.
+    pub fn subscribe(&self) -> EmmQueueSource {
+        self.shared.subscribers.subscribe()
+    }
+
+    /// A handle to subscribe pipelines while the server runs.
+    pub fn subscriber_handle(&self) -> EmmSubscribers {
+        self.shared.subscribers.clone()
     }
 
     /// The TCP (and UDP) address.

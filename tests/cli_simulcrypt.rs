@@ -159,6 +159,18 @@ impl Proc {
         }
     }
 
+    /// Wait until every one of `what` has appeared in the log, in any order.
+    fn wait_for_all(&mut self, what: &[&str]) {
+        let deadline = Instant::now() + WAIT;
+        while !what.iter().all(|w| self.seen.iter().any(|l| l.contains(w))) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.log.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("not all of {what:?} in the log:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
     fn stdin(&mut self) -> ChildStdin {
         self.child.stdin.take().expect("stdin")
     }
@@ -478,6 +490,108 @@ fn three_cas_on_one_service() {
             Some(0),
             "card {name}: {player}"
         );
+    }
+}
+
+/// The EMM sections on `pid`, in order.
+fn emm_sections(pkts: &[Packet], emm_pid: u16) -> Vec<Vec<u8>> {
+    let mut asm = castmux::ts::SectionAssembler::private();
+    let mut v = Vec::new();
+    for pk in pkts.iter().filter(|pk| pid(pk) == emm_pid) {
+        asm.push(pk, |r| {
+            v.push(r.expect("good EMM section").bytes().to_vec())
+        });
+    }
+    v
+}
+
+/// `castmux headend`: two channels (UDP in, file out, each with its own ECMG link) share one
+/// EMMG<->MUX port; the EMMs of the one `castmux emmg` go into both (EMM clone), and the card
+/// opens both channels.
+#[test]
+fn headend_clones_emms_into_every_channel() {
+    let h = Head::new();
+    let (_ecmg, ecmg_addr) = h.ecmg("127.0.0.1:0");
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let outs = [h.path("sport.ts"), h.path("news.ts")];
+    let channel = |name: &str, port: u16, out: &Path, channel_id: &str| {
+        format!(
+            "[[channel]]\nname = \"{name}\"\nargs = [\"-i\", \"udp://127.0.0.1:{port}\", \"-o\", \"{}\", \
+             \"--ecmg\", \"{ecmg_addr}\", \"--super-cas-id\", \"4AE10000\", \"--channel-id\", \"{channel_id}\", \
+             \"--access-criteria\", \"00000001\", \"--crypto-period\", \"1s\", \"--idle-timeout\", \"2s\"]\n",
+            out.display()
+        )
+    };
+    let config = h.path("headend.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[emmg]\nlisten = \"127.0.0.1:0\"\nemm_pid = \"0x1FF1\"\n\n{}\n{}",
+            channel("sport", ports[0], &outs[0], "1"),
+            channel("news", ports[1], &outs[1], "2")
+        ),
+    )
+    .unwrap();
+    h.ok(&["headend", "--config", s(&config), "--check"]);
+    let mut he = h.spawn(&["headend", "--config", s(&config)], false);
+    let mux = field(&he.wait_for("EMMG<->MUX listening"), "listen=");
+    let mut emmg = h.spawn(&["emmg", "--mux", &mux, "--bandwidth", "200k"], false);
+    emmg.wait_for("EMMG stream set up");
+    // both channels have their ECMG link and their input socket
+    let inputs: Vec<String> = ports
+        .iter()
+        .map(|p| format!("input=udp://127.0.0.1:{p}"))
+        .collect();
+    he.wait_for_all(&[&inputs[0], &inputs[1]]);
+    std::thread::sleep(Duration::from_millis(300));
+    let input = packets(&sample("spts.ts"));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for chunk in input.chunks(7) {
+        let d = chunk.concat();
+        for port in &ports {
+            sock.send_to(&d, ("127.0.0.1", *port)).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let (_, log) = he.finish();
+    drop(emmg);
+
+    let emms: Vec<Vec<Vec<u8>>> = outs
+        .iter()
+        .map(|o| {
+            let pkts = packets(o);
+            assert!(assert_no_clear_es(&pkts) > 1000, "{}", o.display());
+            let p = psi(&pkts);
+            assert_eq!(p.cat_ca, vec![(0x4AE1, EMM_PID)], "{}", o.display());
+            emm_sections(&pkts, EMM_PID)
+        })
+        .collect();
+    // both channels took every EMM from the start, in order: one sequence is the start of
+    // the other (a channel may end with a few still queued)
+    let (short, long) = if emms[0].len() <= emms[1].len() {
+        (&emms[0], &emms[1])
+    } else {
+        (&emms[1], &emms[0])
+    };
+    assert!(short.len() >= 5, "{} EMMs; {log}", short.len());
+    assert_eq!(
+        short[..],
+        long[..short.len()],
+        "the same EMMs in both channels"
+    );
+    for (i, out) in outs.iter().enumerate() {
+        let clear = h.path(&format!("clear-{i}.ts"));
+        let player = check_descrambles_with(&h, &h.card, out, &clear);
+        assert_eq!(player["no_key"].as_u64(), Some(0), "{player}");
+        assert!(player["emms"].as_u64().unwrap() > 0, "{player}");
     }
 }
 

@@ -7,6 +7,7 @@ mod ecmg;
 mod ecmg_spec;
 mod emmg;
 mod event;
+mod headend;
 mod init;
 mod keys;
 mod package;
@@ -43,6 +44,8 @@ pub struct Cli {
 enum Command {
     /// Scramble the services of a transport stream under rotating or fixed control words.
     Scramble(scramble::ScrambleArgs),
+    /// Run several scrambling channels from a TOML file, sharing one EMMG port (EMM clone).
+    Headend(headend::HeadendArgs),
     /// Descramble a transport stream with fixed control words or a CW log.
     Descramble(descramble::DescrambleArgs),
     /// Describe a transport stream: programs, PIDs, bitrates, scrambling, CA descriptors.
@@ -123,6 +126,7 @@ pub fn main() -> ExitCode {
         .init();
     let res = match cli.command {
         Command::Scramble(a) => scramble::run(a, &cli.db),
+        Command::Headend(a) => headend::run(a, &cli.db),
         Command::Descramble(a) => descramble::run(a),
         Command::Probe(a) => probe::run(a),
         Command::Softcard(a) => softcard::run(a),

@@ -16,8 +16,11 @@ use castmux::scramble::{
     run_scramble, CaSystem, ClockMode, CwLogWriter, EcmGenerator, KeyMode, RunOptions,
     ScrambleConfig, Scrambler,
 };
+use castmux::simulcrypt::EmmQueueSource;
 use castmux::ts::Pid;
 use clap::{Args, ValueEnum};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use super::args;
 use super::scramble_simulcrypt::{self, CasContext, SimulcryptArgs};
@@ -153,7 +156,27 @@ pub struct ScrambleArgs {
     simulcrypt: SimulcryptArgs,
 }
 
+/// What `castmux headend` gives one of its channels on top of the channel's own options.
+#[derive(Debug, Default)]
+pub struct ChannelExtras {
+    /// EMMs cloned from the head-end's EMMG<->MUX port (Astra's "EMM Clone").
+    pub emm: Option<EmmQueueSource>,
+    /// The EMM PID for them when the channel's options name none.
+    pub emm_pid: Option<Pid>,
+    /// The head-end's stop flag (a lone `scramble` installs its own signal handlers).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
 pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
+    run_channel(a, db, ChannelExtras::default())
+}
+
+/// `castmux scramble`, or one channel of `castmux headend` with `extras`.
+pub fn run_channel(
+    a: ScrambleArgs,
+    db: &std::path::Path,
+    extras: ChannelExtras,
+) -> anyhow::Result<()> {
     let algorithm = a.scrambling.algorithm();
     let keys = match &a.cw {
         None => KeyMode::Rotating,
@@ -203,6 +226,7 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
     let emm_pid = match (&live_cas, a.emm_pid) {
         (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
+        (_, None) if extras.emm.is_some() => extras.emm_pid,
         (_, pid) => pid,
     };
     // the CA systems in order: the built-in CAS first, then each --ecmg
@@ -284,6 +308,16 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
         scrambler.set_emm_source(Box::new(emm))?;
     }
     sc.attach_emm(&mut scrambler)?;
+    if let Some(clone) = extras.emm {
+        if live_cas.is_some() || a.simulcrypt.emmg_listen().is_some() {
+            bail!(
+                "this channel makes its own EMMs (--cas builtin or --emmg-listen): set emm_clone = false for it"
+            );
+        }
+        scrambler
+            .set_emm_source(Box::new(clone))
+            .context("the cloned EMMs")?;
+    }
     let mut input = Input::open(&input_url, &InputOptions::default())
         .with_context(|| format!("opening input {}", a.input))?;
     let mut output = OutputSet::open(&output_urls, &OutputOptions::default())
@@ -291,7 +325,10 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     let opts = RunOptions {
         batch_packets: a.batch,
         idle_timeout: a.idle_timeout,
-        stop: super::stop_flag()?,
+        stop: match extras.stop {
+            Some(stop) => stop,
+            None => super::stop_flag()?,
+        },
         ..RunOptions::default()
     };
     tracing::info!(

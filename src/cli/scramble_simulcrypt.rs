@@ -9,7 +9,8 @@ use anyhow::{bail, Context};
 use castmux::scramble::{CaSystem, EcmError, EcmGenerator, EcmRequest, Scrambler};
 use castmux::simulcrypt::access::parse_access_criteria_hex;
 use castmux::simulcrypt::{
-    EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, ScsConfig, SimulcryptEcmg,
+    EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers, ScsConfig,
+    SimulcryptEcmg,
 };
 use castmux::ts::Pid;
 use clap::Args;
@@ -58,6 +59,13 @@ pub struct SimulcryptArgs {
     /// EMMG connects to 41000 in its guide); their EMMs go out on --emm-pid.
     #[arg(long, value_name = "ADDR:PORT")]
     emmg_listen: Option<SocketAddr>,
+}
+
+impl SimulcryptArgs {
+    /// The `--emmg-listen` address, if given.
+    pub fn emmg_listen(&self) -> Option<SocketAddr> {
+        self.emmg_listen
+    }
 }
 
 /// A u32 in hex, with or without `0x` (Super_CAS_id, client_id).
@@ -283,20 +291,24 @@ impl EcmGenerator for FirstEcmWait {
 
 /// The EMMG<->MUX server on a thread of its own.
 #[derive(Debug)]
-struct MuxThread {
+pub struct MuxThread {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     stats: std::sync::Arc<EmmMuxStats>,
+    /// More pipelines can take every EMM from here (EMM clone).
+    pub subscribers: EmmSubscribers,
 }
 
 impl MuxThread {
-    fn start(listen: SocketAddr) -> anyhow::Result<(MuxThread, EmmQueueSource)> {
+    /// Listen on `listen`; gives the thread and the first pipeline's EMM queue.
+    pub fn start(listen: SocketAddr) -> anyhow::Result<(MuxThread, EmmQueueSource)> {
         let rt = super::runtime(0).context("the EMMG<->MUX control thread")?;
         let (server, source) = rt
             .block_on(EmmMuxServer::bind(listen, EmmMuxConfig::default()))
             .with_context(|| format!("--emmg-listen {listen}: cannot listen (port in use?)"))?;
         let local = server.local_addr()?;
         let stats = server.stats();
+        let subscribers = server.subscriber_handle();
         // the line a script (or a test) waits for: where EMMGs connect
         tracing::info!(listen = %local, "simulcrypt: EMMG<->MUX listening");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -313,12 +325,14 @@ impl MuxThread {
                 stop: Some(tx),
                 thread: Some(thread),
                 stats,
+                subscribers,
             },
             source,
         ))
     }
 
-    fn stop(mut self) {
+    /// Stop the server and log its counters.
+    pub fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }

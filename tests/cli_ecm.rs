@@ -45,25 +45,35 @@ struct Run {
 }
 
 fn run(name: &str, delay_start_ms: i64, fail_from: u64) -> Run {
+    let ca = CaSystem {
+        delay_start_ms,
+        ..CaSystem::new(castmux::scramble::config::DEFAULT_CA_SYSTEM_ID, p(ECM_PID))
+    };
+    scramble_with(name, vec![(ca, fail_from)])
+}
+
+/// Scramble `name` with 1 s periods, each CA system's ECMs from a [`TestEcmg`] failing from
+/// its period.
+fn scramble_with(name: &str, cas: Vec<(CaSystem, u64)>) -> Run {
     let dir = tmp();
     let log = dir.path().join("cw.txt");
+    let generators: Vec<Box<dyn EcmGenerator>> = cas
+        .iter()
+        .map(|(_, fail_from)| {
+            Box::new(TestEcmg {
+                fail_from: *fail_from,
+            }) as Box<dyn EcmGenerator>
+        })
+        .collect();
     let config = ScrambleConfig {
         crypto_period: Duration::from_secs(1),
-        ca_systems: vec![CaSystem {
-            delay_start_ms,
-            ..CaSystem::new(castmux::scramble::config::DEFAULT_CA_SYSTEM_ID, p(ECM_PID))
-        }],
+        ca_systems: cas.into_iter().map(|(ca, _)| ca).collect(),
         ..ScrambleConfig::default()
     };
-    let mut s = Scrambler::new(
-        config,
-        Some(CwLogWriter::create(&log).unwrap()),
-        vec![Box::new(TestEcmg { fail_from })],
-    )
-    .unwrap();
-    let input = packets(&sample(name));
+    let mut s =
+        Scrambler::new(config, Some(CwLogWriter::create(&log).unwrap()), generators).unwrap();
     let mut out = Vec::new();
-    for batch in input.chunks(512) {
+    for batch in packets(&sample(name)).chunks(512) {
         out.extend(packets_of(s.process(batch).unwrap()));
     }
     let cws = read_cw_log(&log)
@@ -253,44 +263,15 @@ impl EcmGenerator for PreparingEcmg {
 
 /// Scramble `name` with one CA system per `(ECM PID, CA_system_ID, fail_from)`.
 fn run_simulcrypt(name: &str, cas: &[(u16, u16, u64)]) -> Run {
-    let dir = tmp();
-    let log = dir.path().join("cw.txt");
-    let config = ScrambleConfig {
-        crypto_period: Duration::from_secs(1),
-        ca_systems: cas
-            .iter()
-            .map(|(ecm_pid, caid, _)| CaSystem::new(*caid, p(*ecm_pid)))
-            .collect(),
-        ..ScrambleConfig::default()
-    };
-    let generators: Vec<Box<dyn EcmGenerator>> = cas
+    let cas = cas
         .iter()
-        .map(|(_, _, fail_from)| {
-            Box::new(TestEcmg {
-                fail_from: *fail_from,
-            }) as Box<dyn EcmGenerator>
-        })
+        .map(|(ecm_pid, caid, fail_from)| (CaSystem::new(*caid, p(*ecm_pid)), *fail_from))
         .collect();
-    let mut s =
-        Scrambler::new(config, Some(CwLogWriter::create(&log).unwrap()), generators).unwrap();
-    let mut out = Vec::new();
-    for batch in packets(&sample(name)).chunks(512) {
-        out.extend(packets_of(s.process(batch).unwrap()));
-    }
-    let cws = read_cw_log(&log)
-        .unwrap()
-        .iter()
-        .map(|c| c.to_hex())
-        .collect();
-    Run {
-        out,
-        cws,
-        counters: s.counters().clone(),
-    }
+    scramble_with(name, cas)
 }
 
-/// (CA_system_ID, ECM PID) of every CA_descriptor in the output's PMT (program 1 on 0x1000
-/// in the samples), program and component level.
+/// (CA_system_ID, ECM PID) of every program-level CA_descriptor in the output's PMT
+/// (program 1 on 0x1000 in the samples).
 fn pmt_ca_descriptors(out: &[Packet]) -> Vec<(u16, u16)> {
     let mut asm = SectionAssembler::psi();
     let mut found = Vec::new();

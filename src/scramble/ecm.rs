@@ -135,14 +135,7 @@ impl EcmInserter {
         next: &Cw,
         now: Duration,
     ) -> Result<(), EcmError> {
-        let req = EcmRequest {
-            period,
-            parity: period.parity(),
-            current,
-            next,
-            ecm_pid: self.pid,
-            ca_system_id: self.ca_system_id,
-        };
+        let req = self.request(period, current, next);
         self.scratch.clear();
         let res = self.generator.generate(&req, &mut self.scratch);
         res.and_then(|()| check_sections(&self.scratch, req.table_id()))?;
@@ -155,15 +148,19 @@ impl EcmInserter {
 
     /// Tell the generator that `period` (CWs `current`, `next`) comes next.
     pub fn prepare(&mut self, period: CryptoPeriod, current: &Cw, next: &Cw) {
-        let req = EcmRequest {
+        let req = self.request(period, current, next);
+        self.generator.prepare(&req);
+    }
+
+    fn request<'a>(&self, period: CryptoPeriod, current: &'a Cw, next: &'a Cw) -> EcmRequest<'a> {
+        EcmRequest {
             period,
             parity: period.parity(),
             current,
             next,
             ecm_pid: self.pid,
             ca_system_id: self.ca_system_id,
-        };
-        self.generator.prepare(&req);
+        }
     }
 
     /// Queue a repetition if one is due at `now`.

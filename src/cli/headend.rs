@@ -144,6 +144,24 @@ fn plan(path: &Path) -> anyhow::Result<Plan> {
         }
         let line = ChannelLine::try_parse_from(c.args.words())
             .map_err(|e| anyhow::anyhow!("channel {:?}: {}", c.name, e.render()))?;
+        // one process has one stdin and one stdout
+        let (stdin, stdout) = line.scramble.uses_stdio();
+        let (stdin_taken, stdout_taken) = channels
+            .iter()
+            .map(|o| o.args.uses_stdio())
+            .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
+        if stdin && stdin_taken {
+            bail!(
+                "channel {:?}: another channel already reads stdin (-i -)",
+                c.name
+            );
+        }
+        if stdout && stdout_taken {
+            bail!(
+                "channel {:?}: another channel already writes stdout (-o -)",
+                c.name
+            );
+        }
         let emm_clone = c.emm_clone.unwrap_or(emmg.is_some());
         if emm_clone && emmg.is_none() {
             bail!(
@@ -288,6 +306,11 @@ mod tests {
         assert!(format!("{e:#}").contains("[emmg]"), "{e:#}");
         let e = plan_of("[emmg]\nlisten = \"x\"\nemm_pid = 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("ADDR:PORT"), "{e:#}");
+        let e = plan_of(
+            "[[channel]]\nname = \"a\"\nargs = \"-i - -o a.ts\"\n[[channel]]\nname = \"b\"\nargs = \"-i - -o b.ts\"\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("stdin"), "{e:#}");
         let e = plan_of("colour = 1\n").unwrap_err();
         assert!(format!("{e:#}").contains("colour"), "{e:#}");
         let e = plan_of("").unwrap_err();

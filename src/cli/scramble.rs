@@ -156,6 +156,13 @@ pub struct ScrambleArgs {
     simulcrypt: SimulcryptArgs,
 }
 
+impl ScrambleArgs {
+    /// Whether the channel reads stdin / writes stdout (`-`): one process has one of each.
+    pub fn uses_stdio(&self) -> (bool, bool) {
+        (self.input == "-", self.output.iter().any(|o| o == "-"))
+    }
+}
+
 /// What `castmux headend` gives one of its channels on top of the channel's own options.
 #[derive(Debug, Default)]
 pub struct ChannelExtras {

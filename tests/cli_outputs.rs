@@ -154,9 +154,24 @@ fn a_failing_output_is_closed_and_the_others_finish() {
         &udp,
         "--emm-pid",
         "0x1FF1",
+        "--stats",
     ]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
+    // --stats has each output's counters and state, and the input's
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--stats JSON");
+    let outputs = stats["outputs"].as_array().expect("outputs in --stats");
+    assert_eq!(outputs.len(), 3, "{stats}");
+    assert!(outputs[0]["error"].is_string(), "/dev/full failed: {stats}");
+    assert!(
+        outputs[1]["error"].is_null() && outputs[2]["error"].is_null(),
+        "{stats}"
+    );
+    assert_eq!(
+        outputs[1]["stats"]["packets_out"], stats["stream"]["packets_out"],
+        "{stats}"
+    );
+    assert!(stats["input"]["bytes_in"].as_u64().unwrap() > 0, "{stats}");
     assert!(
         log.contains("output failed and was closed") && log.contains("/dev/full"),
         "the failure is logged with the output's name: {log}"

@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use castmux::cas::live::{ChannelAccess, LiveCas};
 use castmux::cas::BuiltinEcmg;
-use castmux::io::{Input, InputOptions, InputUrl, OutputOptions, OutputSet, OutputUrl};
+use castmux::io::{
+    Input, InputOptions, InputUrl, IoStatsSnapshot, OutputOptions, OutputSet, OutputStatus,
+    OutputUrl,
+};
 use castmux::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
 
 /// The EMM PID used with --cas builtin when no --emm-pid is given.
@@ -348,7 +351,8 @@ pub fn run_channel(
     if let Ok(end) = &res {
         tracing::info!(?end, "run ended");
     }
-    for o in output.status() {
+    let outputs = output.status();
+    for o in &outputs {
         tracing::info!(output = %o.name, packets_out = o.stats.packets_out,
             send_errors = o.stats.send_errors, queue_drops = o.stats.queue_drops,
             failed = o.error.as_deref().unwrap_or("no"), "output");
@@ -365,13 +369,27 @@ pub fn run_channel(
     );
     sc.finish();
     let to_stdout = output_urls.iter().any(|u| matches!(u, OutputUrl::Stdout));
-    report(&scrambler, a.stats, to_stdout)?;
+    report(&scrambler, a.stats.then_some((io, &outputs[..])), to_stdout)?;
     res?;
     close?;
     Ok(())
 }
 
-fn report(s: &Scrambler, json: bool, output_is_stdout: bool) -> anyhow::Result<()> {
+/// The `--stats` JSON: the scrambler's counters, the input's and each output's.
+#[derive(serde::Serialize)]
+struct RunReport<'a> {
+    #[serde(flatten)]
+    counters: castmux::scramble::stats::Report,
+    input: IoStatsSnapshot,
+    outputs: &'a [OutputStatus],
+}
+
+/// Log the counters; print them as JSON when `json` gives the I/O counters.
+fn report(
+    s: &Scrambler,
+    json: Option<(IoStatsSnapshot, &[OutputStatus])>,
+    output_is_stdout: bool,
+) -> anyhow::Result<()> {
     let c = s.counters();
     let t = c.totals();
     let st = &c.stream;
@@ -394,8 +412,13 @@ fn report(s: &Scrambler, json: bool, output_is_stdout: bool) -> anyhow::Result<(
     if st.packets_in > 0 && t.scrambled == 0 {
         tracing::warn!("no packet was scrambled (no selected service or ES found)");
     }
-    if json {
-        super::print_stats(&c.report(), output_is_stdout)?;
+    if let Some((input, outputs)) = json {
+        let r = RunReport {
+            counters: c.report(),
+            input,
+            outputs,
+        };
+        super::print_stats(&r, output_is_stdout)?;
     }
     Ok(())
 }

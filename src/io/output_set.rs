@@ -34,7 +34,7 @@ struct Slot {
 }
 
 /// One output's state, for reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OutputStatus {
     /// The output as given (passphrases masked).
     pub name: String,

@@ -35,7 +35,7 @@ pub struct IoStats {
 }
 
 /// A plain copy of [`IoStats`] at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct IoStatsSnapshot {
     pub packets_in: u64,
     pub packets_out: u64,

@@ -90,6 +90,10 @@ impl PacketStage for Scrambler {
         batch: &mut PacketBatch,
         out: &mut Vec<u8>,
     ) -> Result<(), ScrambleError> {
+        if out.is_empty() {
+            // the usual case (the run loop hands over an empty buffer): no copy
+            return self.process_into(batch.packets(), out);
+        }
         out.extend_from_slice(self.process(batch.packets())?);
         Ok(())
     }

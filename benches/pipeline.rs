@@ -5,7 +5,8 @@
 //! - `scrambler-memory`: `Scrambler::process` on the same batches (PSI tracking, PMT
 //!   rewrite, ES selection, crypto periods, counters; one thread, no I/O);
 //! - `scramble-file`: `run_scramble` from a file to a file in /dev/shm, the real threaded
-//!   data path (input thread, cipher thread, output thread).
+//!   data path (input thread, cipher thread, output thread), over the previous output;
+//! - `scramble-new-file`: the same into a file that does not exist yet (no truncation).
 //!
 //! The table at the end gives Gbit/s and each pipeline's share of raw-csa (target ≥ 80 %).
 //!
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
 use castmux::scramble::{run_scramble, KeyMode, RunOptions, ScrambleConfig, Scrambler};
-use criterion::{Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput};
 use csa::{ControlWord, KeyContext};
 
 const TARGET_BYTES: usize = 200 * 1000 * 1000;
@@ -83,16 +84,27 @@ fn benches(c: &mut Criterion, data: &[u8]) {
     let src = dir.join(format!("castmux-bench-{}.ts", std::process::id()));
     let dst = dir.join(format!("castmux-bench-{}.out", std::process::id()));
     std::fs::write(&src, data).expect("write the bench input");
-    g.bench_function("scramble-file", |b| {
-        b.iter(|| {
-            let mut s = Scrambler::new(config(), None, Vec::new()).expect("scrambler");
-            let mut input = Input::open(&InputUrl::File(src.clone()), &InputOptions::default())
-                .expect("open input");
-            let mut output = Output::open(&OutputUrl::File(dst.clone()), &OutputOptions::default())
-                .expect("open output");
-            run_scramble(&mut input, &mut output, &mut s, &RunOptions::default()).expect("run");
-            output.close(Duration::from_secs(1)).expect("close");
-        })
+    let scramble_file = || {
+        let mut s = Scrambler::new(config(), None, Vec::new()).expect("scrambler");
+        let mut input = Input::open(&InputUrl::File(src.clone()), &InputOptions::default())
+            .expect("open input");
+        let mut output = Output::open(&OutputUrl::File(dst.clone()), &OutputOptions::default())
+            .expect("open output");
+        run_scramble(&mut input, &mut output, &mut s, &RunOptions::default()).expect("run");
+        output.close(Duration::from_secs(1)).expect("close");
+    };
+    // overwrites the previous iteration's output: opening it truncates 200 MB (the kernel
+    // frees its pages, ~11 ms in /dev/shm), as a run over an existing file does
+    g.bench_function("scramble-file", |b| b.iter(scramble_file));
+    // the same into a new file: the previous output is deleted before, untimed
+    g.bench_function("scramble-new-file", |b| {
+        b.iter_batched(
+            || {
+                let _ = std::fs::remove_file(&dst);
+            },
+            |()| scramble_file(),
+            BatchSize::PerIteration,
+        )
     });
     g.finish();
     let _ = std::fs::remove_file(&src);
@@ -104,7 +116,7 @@ fn summary() {
     support::print_table(&rows);
     let find = |name: &str| support::find(&rows, "pipeline", name);
     if let Some(raw) = find("raw-csa") {
-        for name in ["scrambler-memory", "scramble-file"] {
+        for name in ["scrambler-memory", "scramble-file", "scramble-new-file"] {
             if let Some(v) = find(name) {
                 println!(
                     "{name:<18} {:>5.1} % of raw-csa (target >= 80 %)",

@@ -116,6 +116,56 @@ fn damaged_file_resyncs() {
     assert_eq!(s.packets_in * 188 + s.dropped_bytes, bytes.len() as u64);
 }
 
+/// Damage far past the first read, where a locked regular file is read straight into the
+/// batch: every batch size gives the packets and counters the resync gives.
+#[test]
+fn damage_deep_in_a_file_resyncs_at_every_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("deep.ts");
+    let mut bytes = b"junk".to_vec();
+    let mut want = Vec::new();
+    let mut dropped = 4u64;
+    let mut next = 0u32;
+    let good = |bytes: &mut Vec<u8>, want: &mut Vec<u32>, next: &mut u32, n: u32| {
+        for _ in 0..n {
+            bytes.extend_from_slice(&packet(*next));
+            want.push(*next);
+            *next += 1;
+        }
+    };
+    good(&mut bytes, &mut want, &mut next, 1500);
+    // a packet cut short (its 100 bytes dropped) and 700 bytes of garbage
+    bytes.extend_from_slice(&packet(99_999)[..100]);
+    bytes.extend(std::iter::repeat_n(0x00u8, 700));
+    dropped += 800;
+    good(&mut bytes, &mut want, &mut next, 2100);
+    // a bad sync byte in the middle of a run: that packet is dropped, and the one before
+    // it too (taken as cut short, its successor's sync byte being wrong)
+    want.pop();
+    dropped += 188;
+    let mut bad = packet(99_998);
+    bad[0] = 0x48;
+    bytes.extend_from_slice(&bad);
+    dropped += 188;
+    good(&mut bytes, &mut want, &mut next, 1777);
+    bytes.extend_from_slice(&[0x47, 1, 2, 3, 4]); // truncated tail
+    dropped += 5;
+    std::fs::write(&path, &bytes).unwrap();
+
+    for cap in [1, 7, 127, 128, 200, 512, 1000, 4096] {
+        let opts = InputOptions::default();
+        let mut input = Input::open(&InputUrl::File(path.clone()), &opts).unwrap();
+        let got = read_all(&mut input, cap);
+        println!("batch of {cap}");
+        check_seq(&got, want.iter().copied());
+        let s = opts.stats.snapshot();
+        assert_eq!(s.sync_losses, 2, "batch of {cap}");
+        assert_eq!(s.dropped_bytes, dropped, "batch of {cap}");
+        assert_eq!(s.bytes_in, bytes.len() as u64, "batch of {cap}");
+        assert_eq!(s.packets_in, want.len() as u64, "batch of {cap}");
+    }
+}
+
 #[test]
 fn missing_file_names_the_path() {
     let err = Input::open(

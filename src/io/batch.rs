@@ -93,6 +93,18 @@ impl PacketBatch {
         Some(slot)
     }
 
+    /// The free slots, for a reader to fill in place; [`PacketBatch::commit`] then counts
+    /// the ones it filled.
+    pub fn spare_mut(&mut self) -> &mut [[u8; TS_PACKET_SIZE]] {
+        &mut self.buf[self.len..]
+    }
+
+    /// Count the first `packets` free slots as in use (at most the free slots), after
+    /// filling them through [`PacketBatch::spare_mut`].
+    pub fn commit(&mut self, packets: usize) {
+        self.len += packets.min(self.remaining());
+    }
+
     /// Copy as many whole packets from `bytes` as fit; returns bytes consumed
     /// (a multiple of 188). Sync bytes are not checked here.
     pub fn extend_from_bytes(&mut self, bytes: &[u8]) -> usize {
@@ -133,6 +145,22 @@ mod tests {
         b.clear();
         assert!(b.is_empty());
         assert_eq!(PacketBatch::with_capacity(0).capacity(), 1);
+    }
+
+    #[test]
+    fn fill_in_place() {
+        let mut b = PacketBatch::with_capacity(4);
+        b.push(&[1u8; TS_PACKET_SIZE]);
+        assert_eq!(b.spare_mut().len(), 3);
+        b.spare_mut()[0][0] = 2;
+        b.spare_mut()[1][0] = 3;
+        b.commit(2);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b.packets()[1][0], 2);
+        assert_eq!(b.packets()[2][0], 3);
+        b.commit(10);
+        assert!(b.is_full());
+        assert!(b.spare_mut().is_empty());
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Files and pipes: file/stdin inputs and file/stdout outputs.
 //!
 //! Inputs read large chunks into one reused buffer and resynchronise them
-//! (files may start mid-packet or carry junk). Stdin is polled, so a live
+//! (files may start mid-packet or carry junk). Once a regular file is locked
+//! and aligned, it is read straight into the batch instead (one read() per
+//! batch, no copy), with the resync's checks applied in place. Stdin is polled, so a live
 //! pipe (`ffmpeg ... -f mpegts - | castmux`) still honours read timeouts.
 //! Outputs are buffered; a reader that goes away (EPIPE) is reported as
 //! [`IoError::Closed`].
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
-use super::batch::{PacketBatch, TS_PACKET_SIZE};
+use super::batch::{PacketBatch, TS_PACKET_SIZE, TS_SYNC_BYTE};
 use super::error::{IoError, IoResult};
 use super::stats::IoStats;
 use super::sync::Resync;
@@ -23,8 +25,16 @@ use super::ReadStatus;
 
 /// Bytes read per read() call (a multiple of 188).
 pub const READ_CHUNK: usize = 348 * TS_PACKET_SIZE; // 65,424 bytes
+/// Free slots (packets) a batch needs for a regular file to be read straight into it.
+/// The last packet of each read has no successor to check its length against (see
+/// [`Resync`]), so reads stay long: at least this, as `READ_CHUNK` is for the buffer.
+pub const DIRECT_READ_MIN: usize = 128;
 /// Output buffer size.
 pub const WRITE_BUFFER: usize = 256 * 1024;
+/// Writes of at least this many bytes (a file's whole batch) skip the buffer: one
+/// write() straight from the caller's bytes, no copy. Smaller ones (live batches of a
+/// few packets) are gathered in the buffer.
+pub const DIRECT_WRITE: usize = 64 * 1024;
 
 /// A byte-stream input: a file, or stdin.
 #[derive(Debug)]
@@ -114,6 +124,14 @@ impl StreamInput {
                 }
                 break;
             }
+            if !self.poll
+                && self.resync.is_locked()
+                && self.resync.pending() == 0
+                && batch.remaining() >= DIRECT_READ_MIN
+            {
+                self.read_direct(batch)?;
+                continue;
+            }
             if self.poll {
                 let ms = if batch.is_empty() && !waited {
                     u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX)
@@ -159,6 +177,54 @@ impl StreamInput {
         }
         IoStats::add(&self.stats.packets_in, batch.len() as u64);
         Ok(ReadStatus::Packets(batch.len()))
+    }
+
+    /// Read a regular file straight into the free slots of `batch`, one read() for the
+    /// rest of the batch and no copy through `buf`: used once the resync is locked with
+    /// nothing held back. Packets pass the checks of the resync's own fast path (sync byte
+    /// here, and at the next packet when that byte was read); from the first that fails,
+    /// and for a split packet at the end, the bytes go through `buf` and the resync as
+    /// usual.
+    fn read_direct(&mut self, batch: &mut PacketBatch) -> IoResult<()> {
+        let room = batch.spare_mut().as_flattened_mut();
+        let n = match self.file.read(room) {
+            Ok(0) => {
+                self.eof = true;
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => return Ok(()),
+            Err(source) => {
+                return Err(IoError::Read {
+                    url: self.url.clone(),
+                    source,
+                })
+            }
+        };
+        IoStats::add(&self.stats.bytes_in, n as u64);
+        let got = &room[..n];
+        let good = got
+            .chunks_exact(TS_PACKET_SIZE)
+            .enumerate()
+            .take_while(|(i, p)| {
+                p[0] == TS_SYNC_BYTE
+                    && got
+                        .get((i + 1) * TS_PACKET_SIZE)
+                        .is_none_or(|b| *b == TS_SYNC_BYTE)
+            })
+            .count();
+        let rest = &got[good * TS_PACKET_SIZE..];
+        if !rest.is_empty() {
+            // at most the batch's size: bounded by the run options, not by the input
+            if self.buf.len() < rest.len() {
+                self.buf.resize(rest.len(), 0);
+            }
+            self.buf[..rest.len()].copy_from_slice(rest);
+            self.start = 0;
+            self.end = rest.len();
+        }
+        batch.commit(good);
+        Ok(())
     }
 }
 
@@ -216,9 +282,17 @@ impl StreamOutput {
         }
     }
 
-    /// Buffer (and write when the buffer fills) whole packets.
+    /// Buffer (and write when the buffer fills) whole packets; large writes go out at once.
     pub fn write(&mut self, bytes: &[u8]) -> IoResult<()> {
-        if let Err(e) = self.out.write_all(bytes) {
+        let res = if bytes.len() >= DIRECT_WRITE {
+            // what is buffered goes first, to keep the order
+            self.out
+                .flush()
+                .and_then(|()| self.out.get_mut().write_all(bytes))
+        } else {
+            self.out.write_all(bytes)
+        };
+        if let Err(e) = res {
             IoStats::add(&self.stats.send_errors, 1);
             return Err(self.map_err(e));
         }

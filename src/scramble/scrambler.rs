@@ -203,6 +203,30 @@ impl Scrambler {
 
     /// Scramble `packets`; returns the output packets (valid until the next call).
     pub fn process(&mut self, packets: &[Packet]) -> Result<&[u8], ScrambleError> {
+        self.process_batch(packets)?;
+        Ok(&self.out)
+    }
+
+    /// Scramble `packets` into `out` (its contents replaced), without the copy out of the
+    /// scrambler's own buffer that [`Scrambler::process`] leaves to its caller: `out` is
+    /// swapped in as the working buffer, and the previous working buffer is kept for reuse.
+    /// On an error `out` is left empty.
+    pub fn process_into(
+        &mut self,
+        packets: &[Packet],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScrambleError> {
+        std::mem::swap(&mut self.out, out);
+        let res = self.process_batch(packets);
+        std::mem::swap(&mut self.out, out);
+        if res.is_err() {
+            out.clear();
+        }
+        res
+    }
+
+    /// Process `packets` into `self.out`.
+    fn process_batch(&mut self, packets: &[Packet]) -> Result<(), ScrambleError> {
         self.out.clear();
         self.sel.clear();
         self.seg_start = 0;
@@ -240,7 +264,7 @@ impl Scrambler {
                 tracing::warn!(?missing, "services asked for are not in the PAT");
             }
         }
-        Ok(&self.out)
+        Ok(())
     }
 
     fn push(&mut self, pkt: &Packet, scramble: bool) {

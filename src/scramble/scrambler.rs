@@ -56,8 +56,6 @@ struct Warned {
 struct EcmStream {
     inserter: EcmInserter,
     delay_start_ms: i64,
-    /// The period announced to the generator ahead of time.
-    prepared: Option<CryptoPeriod>,
 }
 
 impl EcmStream {
@@ -135,7 +133,6 @@ impl Scrambler {
             .map(|(g, ca)| EcmStream {
                 inserter: EcmInserter::new(g, ca.ecm_pid, ca.ca_system_id, ca.ecm_repetition),
                 delay_start_ms: ca.delay_start_ms,
-                prepared: None,
             })
             .collect();
         let single = keys.is_single_fixed();
@@ -565,14 +562,11 @@ impl Scrambler {
         match ecm.inserter.set_period(target, &current, &next, now) {
             Ok(()) => {
                 self.counters.stream.ecms_generated += 1;
-                // announce the period after while this one is on air
+                // announce the period after while this one is on air (once: the period on
+                // air only moves forward, so each success is a new period)
                 let ahead = target.next();
-                if ecm.prepared.is_none_or(|p| p < ahead) {
-                    ecm.prepared = Some(ahead);
-                    let after = self.keys.cw(ahead.next())?.clone();
-                    let ecm = &mut self.ecms[i];
-                    ecm.inserter.prepare(ahead, &next, &after);
-                }
+                let after = self.keys.cw(ahead.next())?.clone();
+                self.ecms[i].inserter.prepare(ahead, &next, &after);
             }
             Err(e) => {
                 self.counters.stream.ecm_failures += 1;

@@ -85,10 +85,14 @@ fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
     if !t.len().is_multiple_of(2) || t.len() > 400 {
         return Err("expected an even number of hex digits, at most 200 bytes".to_owned());
     }
-    (0..t.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| format!("'{t}' is not hex digits"))
+    // by bytes, not str slices: a non-ASCII character must be an error, not a panic
+    t.as_bytes()
+        .chunks_exact(2)
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("'{t}' is not hex digits"))
         })
         .collect()
 }
@@ -132,6 +136,9 @@ mod tests {
         assert!(e.contains("version=4"), "{e}");
         let e = "h:1?private_data=123".parse::<EcmgSpec>().unwrap_err();
         assert!(e.contains("even number"), "{e}");
+        // 'é' is two bytes: a slice at byte 2 would fall inside it
+        let e = "h:1?private_data=a\u{e9}b".parse::<EcmgSpec>().unwrap_err();
+        assert!(e.contains("not hex digits"), "{e}");
         let e = "h:1?ecm_pid".parse::<EcmgSpec>().unwrap_err();
         assert!(e.contains("key=value"), "{e}");
     }

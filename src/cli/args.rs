@@ -50,14 +50,29 @@ pub fn u16_number(s: &str) -> Result<u16, String> {
     r.map_err(|_| format!("'{s}' is not a number (decimal or 0x hex, up to 65535)"))
 }
 
+/// `s` trimmed and without a leading `0x` / `0X`: the digits of a hex value.
+pub fn hex_digits(s: &str) -> &str {
+    let t = s.trim();
+    t.strip_prefix("0x")
+        .or_else(|| t.strip_prefix("0X"))
+        .unwrap_or(t)
+}
+
 /// A u16 in hex, with or without `0x` (CA_system_ID).
 pub fn hex_u16(s: &str) -> Result<u16, String> {
-    let t = s.trim();
-    let h = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
+    let h = hex_digits(s);
     u16::from_str_radix(h, 16).map_err(|_| format!("'{s}' is not a 16-bit hex number"))
+}
+
+/// A u32 in hex, with or without `0x` (Super_CAS_id, client_id).
+pub fn hex_u32(s: &str) -> Result<u32, String> {
+    let h = hex_digits(s);
+    if h.is_empty() || h.len() > 8 {
+        return Err(format!(
+            "'{s}' is not a 32-bit hex number (up to 8 hex digits)"
+        ));
+    }
+    u32::from_str_radix(h, 16).map_err(|_| format!("'{s}' is not a 32-bit hex number"))
 }
 
 /// A PID in decimal or `0x` hex, 0..=8191.
@@ -102,5 +117,14 @@ mod tests {
         assert_eq!(pid("0x100").unwrap().value(), 256);
         assert!(pid("9000").is_err());
         assert_eq!(hex_u16("4AE1").unwrap(), 0x4AE1);
+    }
+
+    #[test]
+    fn hex_u32_parses_super_cas_ids() {
+        assert_eq!(hex_u32("4AE10000").unwrap(), 0x4AE1_0000);
+        assert_eq!(hex_u32("0x0B000001").unwrap(), 0x0B00_0001);
+        assert!(hex_u32("123456789").is_err());
+        assert!(hex_u32("").is_err());
+        assert!(hex_u32("xyz").is_err());
     }
 }

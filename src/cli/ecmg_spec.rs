@@ -8,7 +8,6 @@
 use castmux::ts::Pid;
 
 use super::args;
-use super::scramble_simulcrypt::hex_u32;
 
 /// What one `--ecmg` value says; `None` means "take the shared option".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -56,7 +55,7 @@ impl std::str::FromStr for EcmgSpec {
                 .ok_or_else(|| format!("'{pair}' is not key=value (keys: {KEYS})"))?;
             let bad = |e: String| format!("{key}={value}: {e}");
             match key {
-                "super_cas_id" => spec.super_cas_id = Some(hex_u32(value).map_err(bad)?),
+                "super_cas_id" => spec.super_cas_id = Some(args::hex_u32(value).map_err(bad)?),
                 "channel_id" => spec.channel_id = Some(args::u16_number(value).map_err(bad)?),
                 "stream_id" => spec.stream_id = Some(args::u16_number(value).map_err(bad)?),
                 "ecm_id" => spec.ecm_id = Some(args::u16_number(value).map_err(bad)?),
@@ -77,18 +76,18 @@ impl std::str::FromStr for EcmgSpec {
 
 /// Bytes from hex digits (an even count, at most 200 bytes: a CA_descriptor's room).
 fn hex_bytes(s: &str) -> Result<Vec<u8>, String> {
-    let t = s.trim();
-    let t = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
+    let t = args::hex_digits(s);
     if !t.len().is_multiple_of(2) || t.len() > 400 {
         return Err("expected an even number of hex digits, at most 200 bytes".to_owned());
     }
-    (0..t.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&t[i..i + 2], 16).map_err(|_| format!("'{t}' is not hex digits"))
+    // by bytes, not str slices: a non-ASCII character must be an error, not a panic
+    t.as_bytes()
+        .chunks_exact(2)
+        .map(|p| {
+            std::str::from_utf8(p)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| format!("'{t}' is not hex digits"))
         })
         .collect()
 }
@@ -132,6 +131,9 @@ mod tests {
         assert!(e.contains("version=4"), "{e}");
         let e = "h:1?private_data=123".parse::<EcmgSpec>().unwrap_err();
         assert!(e.contains("even number"), "{e}");
+        // 'é' is two bytes: a slice at byte 2 would fall inside it
+        let e = "h:1?private_data=a\u{e9}b".parse::<EcmgSpec>().unwrap_err();
+        assert!(e.contains("not hex digits"), "{e}");
         let e = "h:1?ecm_pid".parse::<EcmgSpec>().unwrap_err();
         assert!(e.contains("key=value"), "{e}");
     }

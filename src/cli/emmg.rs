@@ -13,7 +13,6 @@ use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
 use clap::Args;
 
 use super::init::open;
-use super::scramble_simulcrypt::hex_u32;
 
 /// How often the store is asked for changed cards and keys.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -28,7 +27,7 @@ pub struct EmmgArgs {
     #[arg(long)]
     udp: bool,
     /// client_id, hex. Default: the store's CA_system_ID followed by 0000.
-    #[arg(long, value_name = "HEX", value_parser = hex_u32)]
+    #[arg(long, value_name = "HEX", value_parser = super::args::hex_u32)]
     client_id: Option<u32>,
     /// data_id. Default 1.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = super::args::u16_number)]

@@ -195,6 +195,17 @@ pub fn run_channel(
             (even, Some(odd)) => KeyMode::FixedPair(even, odd),
         },
     };
+    // the checks that cost nothing come before the store is opened and the ECMGs connected
+    if a.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    let input_url: InputUrl = a.input.parse().context("--input")?;
+    let output_urls = a
+        .output
+        .iter()
+        .map(|o| o.parse().with_context(|| format!("--output {o}")))
+        .collect::<anyhow::Result<Vec<OutputUrl>>>()?;
+    let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
     let mut live_cas = match a.cas {
         Some(Cas::Builtin) => {
             let access = if !a.packages.is_empty() {
@@ -227,27 +238,22 @@ pub fn run_channel(
         (None, KeyMode::Rotating) => Some(Pid::new(DEFAULT_ECM_PID)),
         (None, _) => None,
     };
-    let input_url: InputUrl = a.input.parse().context("--input")?;
-    let output_urls = a
-        .output
-        .iter()
-        .map(|o| o.parse().with_context(|| format!("--output {o}")))
-        .collect::<anyhow::Result<Vec<OutputUrl>>>()?;
-    let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
     let emm_pid = match (&live_cas, a.emm_pid) {
         (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
         (_, None) if extras.emm.is_some() => extras.emm_pid,
         (_, pid) => pid,
     };
+    // castmux's own CA_descriptor entry: --ecm-repetition and --delay-start, else the defaults
+    let own_ca_system = |ca_system_id, pid| CaSystem {
+        ecm_repetition: a.ecm_repetition.unwrap_or(DEFAULT_ECM_REPETITION),
+        delay_start_ms: a.delay_start.unwrap_or(0),
+        ..CaSystem::new(ca_system_id, pid)
+    };
     // the CA systems in order: the built-in CAS first, then each --ecmg
     let mut ca_systems: Vec<CaSystem> = Vec::new();
     let mut ecm_generators: Vec<Box<dyn EcmGenerator>> = Vec::new();
     if let (Some(c), Some(pid)) = (&live_cas, first_ecm_pid) {
-        ca_systems.push(CaSystem {
-            ecm_repetition: a.ecm_repetition.unwrap_or(DEFAULT_ECM_REPETITION),
-            delay_start_ms: a.delay_start.unwrap_or(0),
-            ..CaSystem::new(c.ca_system_id, pid)
-        });
+        ca_systems.push(own_ca_system(c.ca_system_id, pid));
         ecm_generators.push(Box::new(BuiltinEcmg::new(
             std::sync::Arc::clone(&c.ring),
             c.access,
@@ -276,11 +282,7 @@ pub fn run_channel(
     if ca_systems.is_empty() {
         // no CAS: the PMT still names the ECM PID (a CAS may be added later, probe sees it)
         if let Some(pid) = first_ecm_pid {
-            ca_systems.push(CaSystem {
-                ecm_repetition: a.ecm_repetition.unwrap_or(DEFAULT_ECM_REPETITION),
-                delay_start_ms: a.delay_start.unwrap_or(0),
-                ..CaSystem::new(a.ca_system_id, pid)
-            });
+            ca_systems.push(own_ca_system(a.ca_system_id, pid));
         }
     }
     let config = ScrambleConfig {
@@ -301,9 +303,6 @@ pub fn run_channel(
             ClockMode::Stream
         },
     };
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
     let cw_log = a
         .cw_log
         .as_deref()

@@ -41,7 +41,7 @@ pub struct SimulcryptArgs {
     ecmg: Vec<EcmgSpec>,
     /// Super_CAS_id, 8 hex digits: CA_system_ID then CA_subsystem_ID (e.g. 4AE10000).
     /// Needed by each --ecmg whose query gives none.
-    #[arg(long, value_name = "HEX", value_parser = hex_u32, requires = "ecmg")]
+    #[arg(long, value_name = "HEX", value_parser = args::hex_u32, requires = "ecmg")]
     super_cas_id: Option<u32>,
     /// ECM_channel_id. Default 1.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = args::u16_number)]
@@ -66,21 +66,6 @@ impl SimulcryptArgs {
     pub fn emmg_listen(&self) -> Option<SocketAddr> {
         self.emmg_listen
     }
-}
-
-/// A u32 in hex, with or without `0x` (Super_CAS_id, client_id).
-pub fn hex_u32(s: &str) -> Result<u32, String> {
-    let t = s.trim();
-    let h = t
-        .strip_prefix("0x")
-        .or_else(|| t.strip_prefix("0X"))
-        .unwrap_or(t);
-    if h.is_empty() || h.len() > 8 {
-        return Err(format!(
-            "'{s}' is not a 32-bit hex number (up to 8 hex digits)"
-        ));
-    }
-    u32::from_str_radix(h, 16).map_err(|_| format!("'{s}' is not a 32-bit hex number"))
 }
 
 /// What the SimulCrypt options started; keep it for the whole run, then call [`finish`].
@@ -340,19 +325,5 @@ impl MuxThread {
             let _ = t.join();
         }
         tracing::info!(stats = ?self.stats, "simulcrypt: EMMG<->MUX stopped");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hex_u32_parses_super_cas_ids() {
-        assert_eq!(hex_u32("4AE10000").unwrap(), 0x4AE1_0000);
-        assert_eq!(hex_u32("0x0B000001").unwrap(), 0x0B00_0001);
-        assert!(hex_u32("123456789").is_err());
-        assert!(hex_u32("").is_err());
-        assert!(hex_u32("xyz").is_err());
     }
 }

@@ -207,6 +207,20 @@ pub(super) async fn fetch_cards<'q>(
     Ok(out)
 }
 
+/// The card `serial` without its event grants; `None` when there is no such card.
+async fn card_by_serial(
+    tx: &mut Transaction<'_, Sqlite>,
+    serial: CardSerial,
+) -> Result<Option<CardRecord>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {CARD_COLUMNS} FROM cards WHERE serial = ?"
+    ))
+    .bind(serial.0 as i64)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(card_from_row).transpose()
+}
+
 /// Attach event grants to cards.
 pub(super) async fn attach_events(
     tx: &mut Transaction<'_, Sqlite>,
@@ -435,15 +449,10 @@ impl Store {
     /// One card.
     pub async fn card(&self, serial: CardSerial) -> Result<CardRecord, StoreError> {
         let mut tx = self.read_tx().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {CARD_COLUMNS} FROM cards WHERE serial = ?"
-        ))
-        .bind(serial.0 as i64)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?
-        .ok_or(StoreError::SmartcardNotFound(serial))?;
-        let mut card = [card_from_row(&row).map_err(|e| self.err(e))?];
+        let mut card = [card_by_serial(&mut tx, serial)
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::SmartcardNotFound(serial))?];
         attach_events(&mut tx, &mut card, Some(serial))
             .await
             .map_err(|e| self.err(e))?;
@@ -509,15 +518,10 @@ impl Store {
             check_text("info", i)?;
         }
         let mut tx = self.write_tx().await?;
-        let row = sqlx::query(&format!(
-            "SELECT {CARD_COLUMNS} FROM cards WHERE serial = ?"
-        ))
-        .bind(serial.0 as i64)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?
-        .ok_or(StoreError::SmartcardNotFound(serial))?;
-        let mut card = card_from_row(&row).map_err(|e| self.err(e))?;
+        let mut card = card_by_serial(&mut tx, serial)
+            .await
+            .map_err(|e| self.err(e))?
+            .ok_or(StoreError::SmartcardNotFound(serial))?;
         let mut what = Vec::new();
         if let Some(n) = &changes.name {
             card.name = n.clone();

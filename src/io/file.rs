@@ -21,7 +21,7 @@ use super::batch::{PacketBatch, TS_PACKET_SIZE, TS_SYNC_BYTE};
 use super::error::{IoError, IoResult};
 use super::stats::IoStats;
 use super::sync::Resync;
-use super::ReadStatus;
+use super::{poll_timeout, ReadStatus};
 
 /// Bytes read per read() call (a multiple of 188).
 pub const READ_CHUNK: usize = 348 * TS_PACKET_SIZE; // 65,424 bytes
@@ -124,14 +124,14 @@ impl StreamInput {
                 continue;
             }
             if self.poll {
-                let ms = if batch.is_empty() && !waited {
-                    u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX)
+                let wait = if batch.is_empty() && !waited {
+                    poll_timeout(timeout)
                 } else {
-                    0
+                    PollTimeout::ZERO
                 };
                 let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
                 waited = true;
-                match poll(&mut fds, PollTimeout::from(ms)) {
+                match poll(&mut fds, wait) {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,

@@ -21,7 +21,7 @@ use super::batch::{PacketBatch, TS_PACKET_SIZE, TS_SYNC_BYTE};
 use super::error::{IoError, IoResult};
 use super::stats::IoStats;
 use super::sync::Resync;
-use super::ReadStatus;
+use super::{poll_timeout, ReadStatus};
 
 /// Bytes read per read() call (a multiple of 188).
 pub const READ_CHUNK: usize = 348 * TS_PACKET_SIZE; // 65,424 bytes
@@ -65,30 +65,21 @@ impl StreamInput {
             url: url.clone(),
             source,
         })?;
-        let poll = !file.metadata().map(|m| m.is_file()).unwrap_or(false);
-        Ok(Self::new(url, file, poll, stats))
+        Ok(Self::new(url, file, stats))
     }
 
     /// Read standard input (a duplicate of fd 0, read without std's buffer).
     pub fn stdin(stats: Arc<IoStats>) -> IoResult<Self> {
         let url = "- (stdin)".to_owned();
-        let fd = std::io::stdin()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| IoError::Open {
-                url: url.clone(),
-                source,
-            })?;
-        let file = File::from(fd);
-        let poll = !file.metadata().map(|m| m.is_file()).unwrap_or(false);
-        Ok(Self::new(url, file, poll, stats))
+        let file = dup_std(std::io::stdin(), &url)?;
+        Ok(Self::new(url, file, stats))
     }
 
-    fn new(url: String, file: File, poll: bool, stats: Arc<IoStats>) -> Self {
+    fn new(url: String, file: File, stats: Arc<IoStats>) -> Self {
         Self {
             url,
+            poll: !file.metadata().map(|m| m.is_file()).unwrap_or(false),
             file,
-            poll,
             buf: vec![0u8; READ_CHUNK],
             start: 0,
             end: 0,
@@ -133,14 +124,14 @@ impl StreamInput {
                 continue;
             }
             if self.poll {
-                let ms = if batch.is_empty() && !waited {
-                    u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX)
+                let wait = if batch.is_empty() && !waited {
+                    poll_timeout(timeout)
                 } else {
-                    0
+                    PollTimeout::ZERO
                 };
                 let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
                 waited = true;
-                match poll(&mut fds, PollTimeout::from(ms)) {
+                match poll(&mut fds, wait) {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
@@ -254,16 +245,10 @@ impl StreamOutput {
     /// Write to standard output (a duplicate of fd 1, bypassing std's line buffer).
     pub fn stdout(stats: Arc<IoStats>) -> IoResult<Self> {
         let url = "- (stdout)".to_owned();
-        let fd = std::io::stdout()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|source| IoError::Open {
-                url: url.clone(),
-                source,
-            })?;
+        let file = dup_std(std::io::stdout(), &url)?;
         Ok(Self {
             url,
-            out: BufWriter::with_capacity(WRITE_BUFFER, File::from(fd)),
+            out: BufWriter::with_capacity(WRITE_BUFFER, file),
             stats,
         })
     }
@@ -311,4 +296,17 @@ impl StreamOutput {
             self.map_err(e)
         })
     }
+}
+
+/// A `File` on a duplicate of the standard stream `stream` (read or written without std's
+/// buffer), named `url` in errors.
+fn dup_std(stream: impl AsFd, url: &str) -> IoResult<File> {
+    let fd = stream
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| IoError::Open {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(File::from(fd))
 }

@@ -50,6 +50,14 @@ use file::{StreamInput, StreamOutput};
 use srt::{SrtConfig, SrtInput, SrtOutput};
 use udp::{UdpInput, UdpInputConfig, UdpOutput, UdpOutputConfig};
 
+/// A poll() timeout for `wait`, rounded up to whole milliseconds so a 0.3 ms wait does not
+/// become a busy loop (at most u16::MAX ms).
+fn poll_timeout(wait: Duration) -> nix::poll::PollTimeout {
+    u16::try_from(wait.as_micros().div_ceil(1000))
+        .unwrap_or(u16::MAX)
+        .into()
+}
+
 /// What one [`Input::read_batch`] call produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadStatus {

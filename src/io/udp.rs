@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{
     recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
 };
@@ -35,7 +35,7 @@ use super::rtp::{parse_rtp_ts, RtpTracker};
 use super::stats::IoStats;
 use super::sync::Resync;
 use super::url::{UdpInputUrl, UdpOutputUrl};
-use super::ReadStatus;
+use super::{poll_timeout, ReadStatus};
 
 /// Datagrams per recvmmsg call.
 pub const RECV_DATAGRAMS: usize = 64;
@@ -244,10 +244,8 @@ impl UdpInput {
         let mut truncated = [false; RECV_DATAGRAMS];
         let mut n = self.recv_nowait(&mut lens, &mut truncated)?;
         if n == 0 && !wait.is_zero() {
-            // Round up so a 0.3 ms wait does not become a busy loop.
-            let ms = u16::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
             let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
+            match poll(&mut fds, poll_timeout(wait)) {
                 Ok(0) | Err(Errno::EINTR) => return Ok(0),
                 Ok(_) => {}
                 Err(e) => return Err(self.read_err(e)),

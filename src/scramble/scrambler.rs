@@ -88,8 +88,6 @@ pub struct Scrambler {
     sel: Vec<bool>,
     seg_start: usize,
     null: Packet,
-    started: bool,
-    batch_now: Duration,
     warned: Warned,
 }
 
@@ -156,8 +154,6 @@ impl Scrambler {
             sel: Vec::with_capacity(600),
             seg_start: 0,
             null: null_packet(),
-            started: false,
-            batch_now: Duration::ZERO,
             warned: Warned {
                 no_ecm_generator: !no_ecm_generator,
                 ..Warned::default()
@@ -227,21 +223,17 @@ impl Scrambler {
         self.out.clear();
         self.sel.clear();
         self.seg_start = 0;
-        let batch_now = self.clock.now();
-        if !self.started {
-            self.started = true;
-            if !self.warned.no_ecm_generator {
-                self.warned.no_ecm_generator = true;
-                tracing::warn!(
-                    "an ECM PID is set but no ECM generator is configured: the PMT names the \
-                     ECM PID, no ECM is sent"
-                );
-            }
+        if !self.warned.no_ecm_generator {
+            self.warned.no_ecm_generator = true;
+            tracing::warn!(
+                "an ECM PID is set but no ECM generator is configured: the PMT names the \
+                 ECM PID, no ECM is sent"
+            );
         }
-        self.batch_now = batch_now;
+        let batch_now = self.clock.now();
         self.advance(batch_now)?;
         for pkt in packets {
-            self.one_packet(pkt)?;
+            self.one_packet(pkt, batch_now)?;
         }
         self.flush_segment()?;
         let n_out = (self.out.len() / PACKET_SIZE) as u64;
@@ -269,7 +261,8 @@ impl Scrambler {
         self.sel.push(scramble);
     }
 
-    fn one_packet(&mut self, pkt: &Packet) -> Result<(), ScrambleError> {
+    /// `batch_now`: the clock read at the start of the batch.
+    fn one_packet(&mut self, pkt: &Packet, batch_now: Duration) -> Result<(), ScrambleError> {
         let p = PacketRef::new(pkt);
         self.counters.stream.packets_in += 1;
         if !p.sync_ok() {
@@ -301,7 +294,7 @@ impl Scrambler {
             self.clock.now()
         } else {
             // wall clock: read once per batch (the batch is at most a few ms)
-            self.batch_now
+            batch_now
         };
         match self.demux.role(pid) {
             Role::Null => {

@@ -28,6 +28,7 @@ pub use super::emm_fanout::{EmmQueueSource, EmmSubscribers};
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
 use super::tlv::{frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
 use super::types::{EmmgErrorStatus as E, EmmgParam};
+use crate::cas::emmg::section_air_bytes;
 use crate::scramble::emm::EmmData;
 use crate::ts::packet::{is_whole_packets, PACKET_SIZE};
 use crate::ts::section::{check_sections, split_sections};
@@ -99,7 +100,7 @@ pub struct EmmMuxStats {
 fn air_bytes(kind: EmmData, len: usize) -> u64 {
     match kind {
         EmmData::TsPackets => len as u64,
-        EmmData::Sections => (len as u64 + 1).div_ceil(184) * PACKET_SIZE as u64,
+        EmmData::Sections => section_air_bytes(len),
     }
 }
 

@@ -26,9 +26,9 @@ use super::datagram::sections_to_packets;
 use super::ecmg_messages::{ChannelStatus, CwProvision, EcmgMessage};
 use super::tlv::{peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
 use super::types::{EcmgErrorStatus as E, EcmgParam};
+use crate::cas::ecm::ecm_table_id;
 use crate::cas::AccessCriteria;
 use crate::scramble::Cw;
-use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
 
 /// What an ECM is built from: one crypto period's CWs and the stream's access criteria.
 #[derive(Debug)]
@@ -54,11 +54,7 @@ pub struct EcmBuildRequest<'a> {
 impl EcmBuildRequest<'_> {
     /// table_id of the ECM section: 0x80 for an even CP, 0x81 for an odd one.
     pub fn table_id(&self) -> u8 {
-        if self.cp_number.is_multiple_of(2) {
-            TABLE_ID_ECM_EVEN
-        } else {
-            TABLE_ID_ECM_ODD
-        }
+        ecm_table_id(u64::from(self.cp_number))
     }
 }
 

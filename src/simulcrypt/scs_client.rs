@@ -32,9 +32,9 @@ use super::conn::{FrameReader, LinkError};
 use super::datagram::{check_sections, packets_to_sections};
 use super::ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
 use super::types::{error_status_name, EcmgErrorStatus};
+use crate::cas::ecm::ecm_table_id;
 use crate::scramble::ecm::{EcmError, EcmGenerator, EcmRequest};
 use crate::scramble::Cw;
-use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
 
 /// Settings of one ECMG connection. [`ScsConfig::new`] fills the documented defaults.
 #[derive(Debug, Clone)]
@@ -756,11 +756,7 @@ impl Session<'_> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        let want = if p.provision.period.is_multiple_of(2) {
-            TABLE_ID_ECM_EVEN
-        } else {
-            TABLE_ID_ECM_ODD
-        };
+        let want = ecm_table_id(p.provision.period);
         let ok = ok.and_then(|()| {
             if sections.first() == Some(&want) {
                 Ok(())

@@ -24,7 +24,7 @@ use super::access::access_criteria_from_bytes;
 use super::conn::{FrameReader, LinkError};
 use super::datagram::sections_to_packets;
 use super::ecmg_messages::{ChannelStatus, CwProvision, EcmgMessage};
-use super::tlv::{peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
+use super::tlv::{error_information, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
 use super::types::{EcmgErrorStatus as E, EcmgParam};
 use crate::cas::ecm::ecm_table_id;
 use crate::cas::AccessCriteria;
@@ -528,10 +528,7 @@ impl Connection {
         self.send(&EcmgMessage::ChannelError {
             channel_id,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 
@@ -541,10 +538,7 @@ impl Connection {
             channel_id,
             stream_id,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 

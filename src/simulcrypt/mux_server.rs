@@ -26,7 +26,9 @@ use super::accept::{accept_loop, AcceptCounters};
 use super::conn::{FrameReader, LinkError};
 pub use super::emm_fanout::{EmmQueueSource, EmmSubscribers};
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
-use super::tlv::{frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
+use super::tlv::{
+    error_information, frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS,
+};
 use super::types::{EmmgErrorStatus as E, EmmgParam};
 use crate::cas::emmg::section_air_bytes;
 use crate::scramble::emm::EmmData;
@@ -735,10 +737,7 @@ impl MuxConnection {
         self.send(&EmmgMessage::ChannelError {
             ids,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 
@@ -747,10 +746,7 @@ impl MuxConnection {
         self.send(&EmmgMessage::StreamError {
             ids,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 

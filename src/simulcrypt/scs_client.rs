@@ -31,6 +31,7 @@ use tokio::sync::mpsc;
 use super::conn::{FrameReader, LinkError};
 use super::datagram::{check_sections, packets_to_sections};
 use super::ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
+use super::tlv::error_information;
 use super::types::{error_status_name, EcmgErrorStatus};
 use crate::cas::ecm::ecm_table_id;
 use crate::scramble::ecm::{EcmError, EcmGenerator, EcmRequest};
@@ -680,11 +681,7 @@ impl Session<'_> {
                 let m = EcmgMessage::ChannelError {
                     channel_id: self.config.channel_id,
                     status: vec![e.ecmg_status().value()],
-                    info: e
-                        .parameter()
-                        .map(|p| p.to_be_bytes().to_vec())
-                        .into_iter()
-                        .collect(),
+                    info: error_information(e.parameter()),
                 };
                 self.send(wr, &m).await?;
                 return Ok(());

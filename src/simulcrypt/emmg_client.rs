@@ -15,7 +15,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use super::conn::{FrameReader, LinkError};
 use super::datagram::packets_to_sections;
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
-use super::types::error_status_name;
+use super::types::error_status_names;
 use crate::cas::emmg::section_air_bytes;
 use crate::scramble::emm::{EmmData, EmmSource};
 
@@ -165,11 +165,7 @@ async fn expect<R: tokio::io::AsyncRead + Unpin>(
 }
 
 fn describe(status: &[u16]) -> String {
-    status
-        .iter()
-        .map(|s| error_status_name(false, *s))
-        .collect::<Vec<_>>()
-        .join(", ")
+    error_status_names(false, status)
 }
 
 async fn session(

@@ -32,7 +32,7 @@ use super::conn::{FrameReader, LinkError};
 use super::datagram::{check_sections, packets_to_sections};
 use super::ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
 use super::tlv::error_information;
-use super::types::{error_status_name, EcmgErrorStatus};
+use super::types::{error_status_names, EcmgErrorStatus};
 use crate::cas::ecm::ecm_table_id;
 use crate::scramble::ecm::{EcmError, EcmGenerator, EcmRequest};
 use crate::scramble::Cw;
@@ -796,9 +796,5 @@ impl Session<'_> {
 }
 
 fn describe(status: &[u16]) -> String {
-    status
-        .iter()
-        .map(|s| error_status_name(true, *s))
-        .collect::<Vec<_>>()
-        .join(", ")
+    error_status_names(true, status)
 }

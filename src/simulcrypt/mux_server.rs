@@ -174,18 +174,12 @@ impl MuxShared {
         self.stats.data_provisions.fetch_add(1, Relaxed);
         let now = Instant::now();
         let mut streams = lock(&self.streams);
-        let Some(st) = streams.get_mut(&key) else {
+        let Some(st) = streams.get_mut(&key).filter(|st| st.data_id == data_id) else {
             self.stats
                 .rejected
                 .fetch_add(datagrams.len() as u64, Relaxed);
             return Provided::UnknownStream;
         };
-        if st.data_id != data_id {
-            self.stats
-                .rejected
-                .fetch_add(datagrams.len() as u64, Relaxed);
-            return Provided::UnknownStream;
-        }
         let kind = if st.tspkt {
             EmmData::TsPackets
         } else {

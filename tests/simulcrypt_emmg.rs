@@ -63,6 +63,29 @@ fn start_mux(
     (addr, stats, source, tx)
 }
 
+/// Run castmux's EMMG with `cfg` feeding EMMs 0..300 until the sender is used; its counters,
+/// the sender and the task.
+fn spawn_emmg(
+    rt: &tokio::runtime::Runtime,
+    cfg: EmmgConfig,
+) -> (
+    Arc<EmmgStats>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let stats = Arc::new(EmmgStats::default());
+    let (quit, quit_rx) = tokio::sync::oneshot::channel::<()>();
+    let st = stats.clone();
+    let job = rt.spawn(async move {
+        let mut source = Numbered { n: 0, max: 300 };
+        run_emmg(cfg, &mut source, st, async move {
+            let _ = quit_rx.await;
+        })
+        .await;
+    });
+    (stats, quit, job)
+}
+
 /// Drain the pipeline's end: the numbers of the EMMs, in order.
 fn drain(src: &mut EmmQueueSource, into: &mut Vec<u32>) {
     let mut out = Vec::new();
@@ -92,16 +115,7 @@ fn emmg_client_feeds_the_mux_over_tcp_and_udp_in_both_versions() {
             cfg.version = version;
             cfg.udp = udp;
             cfg.bandwidth_kbps = 1000; // more than the mux gives: allocation is 400
-            let stats = Arc::new(EmmgStats::default());
-            let (quit, quit_rx) = tokio::sync::oneshot::channel::<()>();
-            let st = stats.clone();
-            let job = rt.spawn(async move {
-                let mut source = Numbered { n: 0, max: 300 };
-                run_emmg(cfg, &mut source, st, async move {
-                    let _ = quit_rx.await;
-                })
-                .await;
-            });
+            let (stats, quit, job) = spawn_emmg(&rt, cfg);
             let mut got = Vec::new();
             assert!(
                 wait_until(Duration::from_secs(30), || {
@@ -398,16 +412,7 @@ fn emm_clone_gives_every_subscriber_the_same_emms_from_one_emmg() {
         let mut cfg = EmmgConfig::new(addr.to_string(), CLIENT);
         cfg.udp = udp;
         cfg.bandwidth_kbps = 400;
-        let stats = Arc::new(EmmgStats::default());
-        let (quit, quit_rx) = tokio::sync::oneshot::channel::<()>();
-        let st = stats.clone();
-        let job = rt.spawn(async move {
-            let mut source = Numbered { n: 0, max: 300 };
-            run_emmg(cfg, &mut source, st, async move {
-                let _ = quit_rx.await;
-            })
-            .await;
-        });
+        let (_stats, quit, job) = spawn_emmg(&rt, cfg);
         let mut got = vec![Vec::new(); n];
         assert!(
             wait_until(Duration::from_secs(30), || {

@@ -207,6 +207,23 @@ fn tshark(pcap: &std::path::Path, port: u16, fields: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Every message's protocol_version (the first field of each line) is `version`.
+fn assert_version_everywhere(lines: &[String], version: u8) {
+    // one TCP segment may carry several messages: tshark then lists each field's values
+    // comma-separated
+    let want = format!("0x{version:02x}");
+    assert!(
+        lines.iter().all(|l| l
+            .split('|')
+            .next()
+            .unwrap_or("")
+            .split(',')
+            .all(|v| v == want)),
+        "{}",
+        lines.join("\n")
+    );
+}
+
 #[test]
 fn tshark_decodes_ecmg_scs_traffic_of_both_versions() {
     if !have_tshark() {
@@ -289,18 +306,7 @@ fn tshark_decodes_ecmg_scs_traffic_of_both_versions() {
                 "v{version}: message type {t:#06x} not decoded:\n{all}"
             );
         }
-        // one TCP segment may carry several messages: tshark then lists each field's values
-        // comma-separated
-        let want = format!("0x{version:02x}");
-        assert!(
-            lines.iter().all(|l| l
-                .split('|')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .all(|v| v == want)),
-            "{all}"
-        );
+        assert_version_everywhere(&lines, version);
         assert!(all.contains("0x0b000001"), "Super_CAS_id:\n{all}");
         assert!(all.contains("00000001"), "access criteria:\n{all}");
         // the CW_provision / ECM_response pairs for CPs 0, 1, 2
@@ -396,18 +402,7 @@ fn tshark_decodes_emmg_mux_traffic_of_both_versions() {
         ] {
             assert!(all.contains(t), "v{version}: {t} not decoded:\n{all}");
         }
-        // one TCP segment may carry several messages: tshark then lists each field's values
-        // comma-separated
-        let want = format!("0x{version:02x}");
-        assert!(
-            lines.iter().all(|l| l
-                .split('|')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .all(|v| v == want)),
-            "{all}"
-        );
+        assert_version_everywhere(&lines, version);
         assert!(all.contains("184549377"), "client_id 0x0B000001:\n{all}");
         assert!(all.contains("|96|"), "bandwidth:\n{all}");
         assert!(

@@ -2,6 +2,7 @@
 //! the access criteria each SCS stream sends (rather than one channel's fixed criteria).
 
 use super::ecmg_server::{EcmBuildError, EcmBuildRequest, EcmBuilder};
+use crate::cas::ecmg::unix_now;
 use crate::cas::{build_ecm_with_ring, EcmParams, SharedKeyRing};
 
 /// [`EcmBuilder`] of `castmux ecmg`: the castmux ECM format (docs/cas-formats.md).
@@ -38,10 +39,4 @@ impl EcmBuilder for RingEcmBuilder {
         };
         build_ecm_with_ring(&self.keys, &params, out).map_err(|e| EcmBuildError(e.to_string()))
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -313,16 +313,7 @@ impl EcmgMessage {
         let p = Params(&raw.params);
         let ch = || p.u16(P::EcmChannelId as u16);
         let st = || p.u16(P::EcmStreamId as u16);
-        let errs = || -> (Vec<u16>, Vec<Vec<u8>>) {
-            (
-                p.all(P::ErrorStatus as u16)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                    .collect(),
-                p.all(P::ErrorInformation as u16)
-                    .map(|b| b.to_vec())
-                    .collect(),
-            )
-        };
+        let errs = || p.errors(P::ErrorStatus as u16, P::ErrorInformation as u16);
         let msg = match mt {
             M::EcmgChannelSetup => EcmgMessage::ChannelSetup {
                 channel_id: ch()?,
@@ -528,12 +519,12 @@ impl EcmgMessage {
 }
 
 fn put_errors(e: &mut Encoder<'_>, status: &[u16], info: &[Vec<u8>]) {
-    for s in status {
-        e.u16(P::ErrorStatus as u16, *s);
-    }
-    for i in info {
-        e.bytes(P::ErrorInformation as u16, i);
-    }
+    e.errors(
+        P::ErrorStatus as u16,
+        P::ErrorInformation as u16,
+        status,
+        info,
+    );
 }
 
 #[cfg(test)]

@@ -24,11 +24,11 @@ use super::access::access_criteria_from_bytes;
 use super::conn::{FrameReader, LinkError};
 use super::datagram::sections_to_packets;
 use super::ecmg_messages::{ChannelStatus, CwProvision, EcmgMessage};
-use super::tlv::{peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
+use super::tlv::{error_information, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
 use super::types::{EcmgErrorStatus as E, EcmgParam};
+use crate::cas::ecm::ecm_table_id;
 use crate::cas::AccessCriteria;
 use crate::scramble::Cw;
-use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
 
 /// What an ECM is built from: one crypto period's CWs and the stream's access criteria.
 #[derive(Debug)]
@@ -54,11 +54,7 @@ pub struct EcmBuildRequest<'a> {
 impl EcmBuildRequest<'_> {
     /// table_id of the ECM section: 0x80 for an even CP, 0x81 for an odd one.
     pub fn table_id(&self) -> u8 {
-        if self.cp_number.is_multiple_of(2) {
-            TABLE_ID_ECM_EVEN
-        } else {
-            TABLE_ID_ECM_ODD
-        }
+        ecm_table_id(u64::from(self.cp_number))
     }
 }
 
@@ -532,10 +528,7 @@ impl Connection {
         self.send(&EcmgMessage::ChannelError {
             channel_id,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 
@@ -545,10 +538,7 @@ impl Connection {
             channel_id,
             stream_id,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 

@@ -15,7 +15,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use super::conn::{FrameReader, LinkError};
 use super::datagram::packets_to_sections;
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
-use super::types::error_status_name;
+use super::types::error_status_names;
+use crate::cas::emmg::section_air_bytes;
 use crate::scramble::emm::{EmmData, EmmSource};
 
 /// Settings of the EMMG client. [`EmmgConfig::new`] fills the documented defaults.
@@ -164,11 +165,7 @@ async fn expect<R: tokio::io::AsyncRead + Unpin>(
 }
 
 fn describe(status: &[u16]) -> String {
-    status
-        .iter()
-        .map(|s| error_status_name(false, *s))
-        .collect::<Vec<_>>()
-        .join(", ")
+    error_status_names(false, status)
 }
 
 async fn session(
@@ -317,7 +314,7 @@ async fn session(
                         }
                     };
                     // the bytes the EMM takes on air once packetized
-                    tokens -= ((bytes.len() + 1).div_ceil(184) * 188) as f64;
+                    tokens -= section_air_bytes(bytes.len()) as f64;
                     size += bytes.len() + 4;
                     datagrams.push(bytes);
                     if size >= MESSAGE_BUDGET {

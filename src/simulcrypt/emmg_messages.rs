@@ -215,16 +215,7 @@ impl EmmgMessage {
                 stream_id: p.u16(P::DataStreamId as u16)?,
             })
         };
-        let errs = || -> (Vec<u16>, Vec<Vec<u8>>) {
-            (
-                p.all(P::ErrorStatus as u16)
-                    .map(|b| u16::from_be_bytes([b[0], b[1]]))
-                    .collect(),
-                p.all(P::ErrorInformation as u16)
-                    .map(<[u8]>::to_vec)
-                    .collect(),
-            )
-        };
+        let errs = || p.errors(P::ErrorStatus as u16, P::ErrorInformation as u16);
         let flag = || p.flag(P::SectionTspktFlag as u16);
         let msg = match mt {
             M::EmmgChannelSetup => EmmgMessage::ChannelSetup {
@@ -299,12 +290,12 @@ impl EmmgMessage {
                 .u16(P::DataStreamId as u16, ids.stream_id);
         };
         let errs = |e: &mut Encoder<'_>, status: &[u16], info: &[Vec<u8>]| {
-            for s in status {
-                e.u16(P::ErrorStatus as u16, *s);
-            }
-            for i in info {
-                e.bytes(P::ErrorInformation as u16, i);
-            }
+            e.errors(
+                P::ErrorStatus as u16,
+                P::ErrorInformation as u16,
+                status,
+                info,
+            );
         };
         match self {
             EmmgMessage::ChannelSetup {

@@ -26,11 +26,14 @@ use super::accept::{accept_loop, AcceptCounters};
 use super::conn::{FrameReader, LinkError};
 pub use super::emm_fanout::{EmmQueueSource, EmmSubscribers};
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
-use super::tlv::{frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS};
+use super::tlv::{
+    error_information, frame_len, peek_header, CodecError, RawMessage, SUPPORTED_VERSIONS,
+};
 use super::types::{EmmgErrorStatus as E, EmmgParam};
+use crate::cas::emmg::section_air_bytes;
 use crate::scramble::emm::EmmData;
 use crate::ts::packet::{is_whole_packets, PACKET_SIZE};
-use crate::ts::section::{check_sections, split_sections};
+use crate::ts::section::{check_sections, split_sections, MAX_PRIVATE_SECTION};
 
 /// Settings of the EMMG<->MUX server. `Default` gives the documented values.
 #[derive(Debug, Clone)]
@@ -99,7 +102,7 @@ pub struct EmmMuxStats {
 fn air_bytes(kind: EmmData, len: usize) -> u64 {
     match kind {
         EmmData::TsPackets => len as u64,
-        EmmData::Sections => (len as u64 + 1).div_ceil(184) * PACKET_SIZE as u64,
+        EmmData::Sections => section_air_bytes(len),
     }
 }
 
@@ -171,18 +174,12 @@ impl MuxShared {
         self.stats.data_provisions.fetch_add(1, Relaxed);
         let now = Instant::now();
         let mut streams = lock(&self.streams);
-        let Some(st) = streams.get_mut(&key) else {
+        let Some(st) = streams.get_mut(&key).filter(|st| st.data_id == data_id) else {
             self.stats
                 .rejected
                 .fetch_add(datagrams.len() as u64, Relaxed);
             return Provided::UnknownStream;
         };
-        if st.data_id != data_id {
-            self.stats
-                .rejected
-                .fetch_add(datagrams.len() as u64, Relaxed);
-            return Provided::UnknownStream;
-        }
         let kind = if st.tspkt {
             EmmData::TsPackets
         } else {
@@ -239,10 +236,10 @@ fn split_chunks(kind: EmmData, d: &[u8]) -> Option<Vec<Bytes>> {
             if d.is_empty() || check_sections(d, 0x82..=0x8F).is_err() {
                 return None;
             }
-            if split_sections(d).any(|s| s.len() > 4096) {
-                return None;
-            }
-            Some(split_sections(d).map(Bytes::copy_from_slice).collect())
+            // one pass: a section over the private-section limit makes the whole datagram None
+            split_sections(d)
+                .map(|s| (s.len() <= MAX_PRIVATE_SECTION).then(|| Bytes::copy_from_slice(s)))
+                .collect()
         }
     }
 }
@@ -734,10 +731,7 @@ impl MuxConnection {
         self.send(&EmmgMessage::ChannelError {
             ids,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 
@@ -746,10 +740,7 @@ impl MuxConnection {
         self.send(&EmmgMessage::StreamError {
             ids,
             status: vec![status.value()],
-            info: param
-                .map(|p| p.to_be_bytes().to_vec())
-                .into_iter()
-                .collect(),
+            info: error_information(param),
         });
     }
 
@@ -788,5 +779,43 @@ fn msg_channel(m: &EmmgMessage, own_channel: u16) -> ChannelIds {
             // over TCP the channel may be left out: it is the connection's
             channel_id: channel_id.unwrap_or(own_channel),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(table_id: u8, total: usize) -> Vec<u8> {
+        let len = total - 3;
+        let mut s = vec![table_id, 0x70 | (len >> 8) as u8, len as u8];
+        s.resize(total, 0xAB);
+        s
+    }
+
+    #[test]
+    fn split_chunks_takes_whole_emm_sections_up_to_4096_bytes_and_whole_packets() {
+        let mut d = section(0x82, 4096);
+        d.extend(section(0x83, 10));
+        let chunks = split_chunks(EmmData::Sections, &d).unwrap();
+        assert_eq!(
+            chunks.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [4096, 10]
+        );
+        let mut over = section(0x82, 10);
+        over.extend(section(0x82, 4097));
+        assert!(split_chunks(EmmData::Sections, &over).is_none());
+        assert!(split_chunks(EmmData::Sections, &section(0x80, 10)).is_none());
+        assert!(split_chunks(EmmData::Sections, &[]).is_none());
+        let mut pk = vec![0u8; 22 * PACKET_SIZE];
+        for p in pk.chunks_mut(PACKET_SIZE) {
+            p[0] = 0x47;
+        }
+        let chunks = split_chunks(EmmData::TsPackets, &pk).unwrap();
+        assert_eq!(
+            chunks.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [21 * PACKET_SIZE, PACKET_SIZE]
+        );
+        assert!(split_chunks(EmmData::TsPackets, &pk[1..]).is_none());
     }
 }

@@ -31,10 +31,11 @@ use tokio::sync::mpsc;
 use super::conn::{FrameReader, LinkError};
 use super::datagram::{check_sections, packets_to_sections};
 use super::ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
-use super::types::{error_status_name, EcmgErrorStatus};
+use super::tlv::error_information;
+use super::types::{error_status_names, EcmgErrorStatus};
+use crate::cas::ecm::ecm_table_id;
 use crate::scramble::ecm::{EcmError, EcmGenerator, EcmRequest};
 use crate::scramble::Cw;
-use crate::ts::psi::{TABLE_ID_ECM_EVEN, TABLE_ID_ECM_ODD};
 
 /// Settings of one ECMG connection. [`ScsConfig::new`] fills the documented defaults.
 #[derive(Debug, Clone)]
@@ -680,11 +681,7 @@ impl Session<'_> {
                 let m = EcmgMessage::ChannelError {
                     channel_id: self.config.channel_id,
                     status: vec![e.ecmg_status().value()],
-                    info: e
-                        .parameter()
-                        .map(|p| p.to_be_bytes().to_vec())
-                        .into_iter()
-                        .collect(),
+                    info: error_information(e.parameter()),
                 };
                 self.send(wr, &m).await?;
                 return Ok(());
@@ -756,11 +753,7 @@ impl Session<'_> {
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         };
-        let want = if p.provision.period.is_multiple_of(2) {
-            TABLE_ID_ECM_EVEN
-        } else {
-            TABLE_ID_ECM_ODD
-        };
+        let want = ecm_table_id(p.provision.period);
         let ok = ok.and_then(|()| {
             if sections.first() == Some(&want) {
                 Ok(())
@@ -803,9 +796,5 @@ impl Session<'_> {
 }
 
 fn describe(status: &[u16]) -> String {
-    status
-        .iter()
-        .map(|s| error_status_name(true, *s))
-        .collect::<Vec<_>>()
-        .join(", ")
+    error_status_names(true, status)
 }

@@ -327,6 +327,25 @@ impl<'a> Params<'_, 'a> {
             }),
         }
     }
+
+    /// Every error_status (two bytes each, checked by the rules) and error_information value
+    /// of a channel_error or stream_error.
+    pub fn errors(&self, status_ptype: u16, info_ptype: u16) -> (Vec<u16>, Vec<Vec<u8>>) {
+        (
+            self.all(status_ptype)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .collect(),
+            self.all(info_ptype).map(<[u8]>::to_vec).collect(),
+        )
+    }
+}
+
+/// The error_information of an error reply: the offending parameter_type, when there is one.
+pub fn error_information(param: Option<u16>) -> Vec<Vec<u8>> {
+    param
+        .map(|p| p.to_be_bytes().to_vec())
+        .into_iter()
+        .collect()
 }
 
 /// Big-endian unsigned value of 1, 2 or 4 bytes (lengths were checked by the rules).
@@ -381,6 +400,23 @@ impl<'b> Encoder<'b> {
     /// A four-byte parameter.
     pub fn u32(&mut self, ptype: u16, v: u32) -> &mut Self {
         self.bytes(ptype, &v.to_be_bytes())
+    }
+
+    /// The error_status and error_information parameters of a channel_error or stream_error.
+    pub fn errors(
+        &mut self,
+        status_ptype: u16,
+        info_ptype: u16,
+        status: &[u16],
+        info: &[Vec<u8>],
+    ) -> &mut Self {
+        for s in status {
+            self.u16(status_ptype, *s);
+        }
+        for i in info {
+            self.bytes(info_ptype, i);
+        }
+        self
     }
 
     /// Fill in message_length. Fails if the body is over [`MAX_MESSAGE_LEN`] (the message is

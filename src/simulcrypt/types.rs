@@ -303,6 +303,15 @@ pub fn error_status_name(ecmg: bool, v: u16) -> String {
     }
 }
 
+/// Names of a list of error_status values (a channel_error or stream_error), for logs.
+pub fn error_status_names(ecmg: bool, status: &[u16]) -> String {
+    status
+        .iter()
+        .map(|s| error_status_name(ecmg, *s))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +335,9 @@ mod tests {
         assert_eq!(EmmgErrorStatus::ClientIdInUse.value(), 0x0014);
         assert!(error_status_name(true, 0x000B).contains("control words"));
         assert!(error_status_name(false, 0x1234).contains("0x1234"));
+        assert_eq!(
+            error_status_names(false, &[0x000F, 0x1234]),
+            "exceeded bandwidth (0x000f), error 0x1234"
+        );
     }
 }

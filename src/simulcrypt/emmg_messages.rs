@@ -4,7 +4,8 @@
 use super::tlv::{check_params, CodecError, Encoder, Len, ParamRule, Params, RawMessage};
 use super::types::{EmmgParam as P, MessageType as M};
 
-/// The longest datagram parameter accepted (a 4096-byte section, or 22 TS packets).
+/// The longest datagram parameter accepted: a 4096-byte section, or the 23 TS packets that
+/// carry one, with a few packets to spare (25 at most).
 pub const MAX_EMM_DATAGRAM: usize = 4096 + 4 * 188;
 /// Most datagram parameters in one data_provision.
 pub const MAX_DATAGRAMS_PER_MESSAGE: usize = 256;

@@ -357,7 +357,7 @@ fn emm_pid_puts_a_cat_with_the_emm_descriptor_on_air() {
         ca_pid: p(0x0101),
         private_data: &[],
     };
-    castmux::ts::psi_write::write_cat(&mut sec, None, &[other], 9).unwrap();
+    castmux::ts::psi_write::write_cat(&mut sec, &[], &[other], 9).unwrap();
     let mut pz = castmux::ts::Packetizer::new(p(1));
     let mut with_cat = Vec::new();
     for (i, pk) in input.iter().enumerate() {

@@ -118,10 +118,18 @@ pub struct ScrambleArgs {
     /// Leave audio PIDs clear. Default: audio is scrambled.
     #[arg(long)]
     no_audio: bool,
-    /// Scramble only this ES PID (any stream kind); repeat for several. Default: every
-    /// video, audio, subtitle and teletext PID of the selected services.
+    /// Scramble only this ES PID (any stream kind); repeat for several. Default: every ES
+    /// PID of the selected services, whatever its stream type.
     #[arg(long = "only-pid", value_name = "PID", value_parser = args::pid)]
     only_pids: Vec<Pid>,
+    /// Leave this ES PID of a selected service clear; repeat for several. Default: none
+    /// (every ES is scrambled, whatever its stream type).
+    #[arg(long = "exclude-pid", value_name = "PID", value_parser = args::pid, conflicts_with = "only_pids")]
+    exclude_pids: Vec<Pid>,
+    /// Exit 0 even when nothing was scrambled or a --service is not in the PAT. Default: such
+    /// a run fails (status 1) with the reason.
+    #[arg(long)]
+    allow_unscrambled: bool,
     /// Put the CA_descriptor in the ES_info loop of each scrambled component instead of
     /// the program_info loop. Default: program level.
     #[arg(long)]
@@ -293,6 +301,7 @@ pub fn run_channel(
         services: a.services.clone(),
         scramble_audio: !a.no_audio,
         only_pids: a.only_pids.clone(),
+        exclude_pids: a.exclude_pids.clone(),
         component_level: a.component_level,
         ca_systems,
         emm_pid,
@@ -371,7 +380,37 @@ pub fn run_channel(
     report(&scrambler, a.stats.then_some((io, &outputs[..])), to_stdout)?;
     res?;
     close?;
+    if !a.allow_unscrambled {
+        nothing_scrambled(&scrambler)?;
+    }
     Ok(())
+}
+
+/// Fail a run that scrambled nothing, or that was asked for a service the PAT lacks: an
+/// operator who asked for scrambling must not get a clear stream and a status of 0.
+fn nothing_scrambled(s: &Scrambler) -> anyhow::Result<()> {
+    let missing = s.missing_services();
+    if !missing.is_empty() {
+        bail!(
+            "service(s) {missing:?} asked for with --service are not in the input's PAT \
+             (castmux probe INPUT lists the programs; --allow-unscrambled accepts this)"
+        );
+    }
+    let c = s.counters();
+    if c.totals().scrambled > 0 {
+        return Ok(());
+    }
+    let why = if c.stream.packets_in == 0 {
+        "no packet came in"
+    } else if !s.pat_known() {
+        "no complete PAT was found in the input"
+    } else if s.scrambled_pids().is_empty() {
+        "the selected services have no elementary stream to scramble (see --only-pid, \
+         --exclude-pid, --no-audio)"
+    } else {
+        "the elementary streams carried no clear payload (already scrambled, or no payload)"
+    };
+    bail!("nothing was scrambled: {why} (--allow-unscrambled accepts this)")
 }
 
 /// The `--stats` JSON: the scrambler's counters, the input's and each output's.
@@ -407,9 +446,6 @@ fn report(
     );
     for r in c.report().pids {
         tracing::debug!(pid = r.pid, counters = ?r.counters, "pid");
-    }
-    if st.packets_in > 0 && t.scrambled == 0 {
-        tracing::warn!("no packet was scrambled (no selected service or ES found)");
     }
     if let Some((input, outputs)) = json {
         let r = RunReport {

@@ -1,5 +1,7 @@
-//! The CAT the mux sends: the input's CAT with castmux's EMM CA_descriptor merged in
-//! (same CA_system_ID replaced), or one of its own when the input has none.
+//! The CAT the mux sends once anything is scrambled: the input's CAT (every section of it)
+//! with castmux's EMM CA_descriptor merged in when there is an EMM PID (same CA_system_ID
+//! replaced), or one of its own when the input has none (empty without an EMM PID: a
+//! scrambled stream needs a CAT, ETR 290 2.6 CAT_error).
 //!
 //! Input CAT packets are replaced in place by ours, so the input's repetition rate is kept.
 //! Without an input CAT (none for a second), ours repeats every [`CAT_REPETITION`] through
@@ -14,7 +16,7 @@ use crate::ts::packet::Packet;
 use crate::ts::psi::{Cat, TABLE_ID_CAT};
 use crate::ts::psi_write::write_cat;
 use crate::ts::section::{split_sections, Section, SectionAssembler};
-use crate::ts::{Packetizer, Pid};
+use crate::ts::{Packetizer, Pid, TableSections};
 
 /// How often the mux sends its own CAT when the input has none.
 pub const CAT_REPETITION: Duration = Duration::from_millis(500);
@@ -24,7 +26,7 @@ const INPUT_CAT_GONE: Duration = Duration::from_secs(1);
 /// Counters of the CAT writer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CatCounters {
-    /// Input CAT sections with new content merged.
+    /// Input CATs (all sections) with new content merged.
     pub input_updates: u64,
     /// Input CAT sections rejected (syntax, CRC); the last good merge stays.
     pub input_errors: u64,
@@ -34,17 +36,19 @@ pub struct CatCounters {
     pub queued: u64,
 }
 
-/// Writes the CAT with the EMM CA_descriptor.
+/// Writes the CAT, with the EMM CA_descriptor when there is one.
 #[derive(Debug)]
 pub struct CatWriter {
-    ca_system_id: u16,
-    emm_pid: Pid,
+    /// (CA_system_ID, EMM PID) announced, if any.
+    emm: Option<(u16, Pid)>,
     assembler: SectionAssembler,
+    table: TableSections,
     packetizer: Packetizer,
     version: u8,
-    input_crc: Option<u32>,
     section: Vec<u8>,
     scratch: Vec<u8>,
+    /// CA PIDs (EMM PIDs) named by the input CAT.
+    input_ca_pids: Vec<Pid>,
     last_input: Option<Duration>,
     next_due: Duration,
     queue: InsertQueue,
@@ -52,24 +56,24 @@ pub struct CatWriter {
 }
 
 impl CatWriter {
-    /// A writer announcing `emm_pid` under `ca_system_id`.
-    pub fn new(ca_system_id: u16, emm_pid: Pid) -> Self {
+    /// A writer announcing `emm` = (CA_system_ID, EMM PID), or no EMM stream.
+    pub fn new(emm: Option<(u16, Pid)>) -> Self {
         let mut w = CatWriter {
-            ca_system_id,
-            emm_pid,
+            emm,
             assembler: SectionAssembler::psi(),
+            table: TableSections::new(),
             packetizer: Packetizer::new(Pid::CAT),
             version: 0,
-            input_crc: None,
             section: Vec::with_capacity(256),
             scratch: Vec::with_capacity(1024),
+            input_ca_pids: Vec::new(),
             last_input: None,
             next_due: Duration::ZERO,
             // wait up to 100 ms for a null slot, well within one repetition
             queue: InsertQueue::new(8, Duration::from_millis(100)),
             counters: CatCounters::default(),
         };
-        w.rebuild(None);
+        w.rebuild(false);
         w
     }
 
@@ -80,23 +84,52 @@ impl CatWriter {
         c
     }
 
-    fn rebuild(&mut self, input: Option<&Cat<'_>>) -> bool {
-        let ca = CaDescriptor {
-            ca_system_id: self.ca_system_id,
-            ca_pid: self.emm_pid,
+    /// The CA PIDs (EMM PIDs of other CA systems) the last complete input CAT names.
+    pub fn input_ca_pids(&self) -> &[Pid] {
+        &self.input_ca_pids
+    }
+
+    /// Build our section from the input CAT (`with_input`: the complete table collected).
+    fn rebuild(&mut self, with_input: bool) -> bool {
+        let ca = self.emm.map(|(ca_system_id, pid)| CaDescriptor {
+            ca_system_id,
+            ca_pid: pid,
             private_data: &[],
+        });
+        let ca = ca.as_slice();
+        let cats: Vec<Cat<'_>> = match with_input {
+            true => self
+                .table
+                .sections()
+                .filter_map(|b| Section::parse(b, b.len()).ok())
+                .filter_map(|s| Cat::parse(&s).ok())
+                .collect(),
+            false => Vec::new(),
         };
+        let descriptors: Vec<_> = cats.iter().map(|c| c.descriptors).collect();
         let mut out = Vec::with_capacity(256);
-        if write_cat(&mut out, input, &[ca], self.version).is_err() {
+        if write_cat(&mut out, &descriptors, ca, self.version).is_err() {
             return false;
+        }
+        self.input_ca_pids.clear();
+        for d in descriptors.iter().flat_map(|d| d.ca_descriptors()) {
+            if !self.input_ca_pids.contains(&d.ca_pid) {
+                self.input_ca_pids.push(d.ca_pid);
+            }
         }
         self.section = out;
         true
     }
 
     /// An input CAT packet at `now`: it is replaced; our packets, if a section ended in it,
-    /// go to `emit`.
-    pub fn on_input_packet(&mut self, pkt: &Packet, now: Duration, emit: &mut impl FnMut(&Packet)) {
+    /// go to `emit`. Returns true when the input CAT's content changed (see
+    /// [`CatWriter::input_ca_pids`]).
+    pub fn on_input_packet(
+        &mut self,
+        pkt: &Packet,
+        now: Duration,
+        emit: &mut impl FnMut(&Packet),
+    ) -> bool {
         let mut sections = std::mem::take(&mut self.scratch);
         sections.clear();
         let mut errors = 0;
@@ -106,28 +139,33 @@ impl CatWriter {
             Err(_) => errors += 1,
         });
         self.counters.input_errors += errors;
+        let mut changed = false;
         for bytes in split_sections(&sections) {
-            let cat = Section::parse(bytes, bytes.len())
+            let section = Section::parse(bytes, bytes.len())
                 .ok()
-                .and_then(|s| Cat::parse(&s).ok().map(|c| (c, s.crc32())));
-            let Some((cat, crc)) = cat else {
+                .filter(|s| Cat::parse(s).is_ok());
+            let Some(section) = section else {
                 self.counters.input_errors += 1;
                 continue;
             };
-            if !cat.header.current_next {
+            if !section.long_header().is_some_and(|h| h.current_next) {
                 continue;
             }
             self.last_input = Some(now);
             self.queue.clear();
-            if self.input_crc != crc {
+            if self.table.push(&section) {
                 self.version = (self.version + 1) & 0x1F;
-                if self.rebuild(Some(&cat)) {
-                    self.input_crc = crc;
+                if self.rebuild(true) {
                     self.counters.input_updates += 1;
+                    changed = true;
                 } else {
                     // too big to merge: keep the last good CAT
                     self.counters.input_errors += 1;
                 }
+            }
+            if !self.table.is_complete() {
+                // until the whole input CAT is in, the input's sections are not passed on
+                continue;
             }
             let mut n = 0;
             let _ = self.packetizer.packetize(&self.section, |p| {
@@ -137,6 +175,7 @@ impl CatWriter {
             self.counters.replaced += n;
         }
         self.scratch = sections;
+        changed
     }
 
     /// Queue our CAT if the input has none and one is due at `now`.
@@ -191,7 +230,7 @@ mod tests {
 
     #[test]
     fn own_cat_without_input_cat_repeats() {
-        let mut w = CatWriter::new(0x4AE1, Pid::new(0x1FF1));
+        let mut w = CatWriter::new(Some((0x4AE1, Pid::new(0x1FF1))));
         w.tick(Duration::ZERO);
         // waits one window for a null slot, then is added
         assert!(w.take_to_add(Duration::ZERO).is_none());
@@ -220,13 +259,13 @@ mod tests {
             ca_pid: Pid::new(0x102),
             private_data: &[],
         };
-        write_cat(&mut sec, None, &[other, stale], 7).unwrap();
+        write_cat(&mut sec, &[], &[other, stale], 7).unwrap();
         let mut input = Vec::new();
         let mut pz = Packetizer::new(Pid::CAT);
         for _ in 0..3 {
             pz.packetize(&sec, |p| input.push(*p)).unwrap();
         }
-        let mut w = CatWriter::new(0x4AE1, Pid::new(0x1FF1));
+        let mut w = CatWriter::new(Some((0x4AE1, Pid::new(0x1FF1))));
         let mut out = Vec::new();
         w.on_input_packet(&input[0], Duration::ZERO, &mut |p| out.push(*p));
         let mut got = parse_cat(&out);
@@ -244,5 +283,61 @@ mod tests {
         w.on_input_packet(&input[2], Duration::from_millis(800), &mut |p| out.push(*p));
         assert_eq!(w.counters().input_updates, 1);
         assert_eq!(w.counters().replaced, 2);
+    }
+
+    #[test]
+    fn a_cat_in_two_sections_is_merged_whole_and_without_an_emm_pid_passed_on() {
+        use crate::ts::psi_write::SectionWriter;
+        use crate::ts::section::{LongHeader, MAX_PSI_SECTION};
+        // two sections, a CAS in each
+        let section = |n: u8, ca: CaDescriptor<'_>| {
+            let mut out = Vec::new();
+            let h = LongHeader {
+                table_id: TABLE_ID_CAT,
+                table_id_extension: 0xFFFF,
+                version: 4,
+                current_next: true,
+                section_number: n,
+                last_section_number: 1,
+            };
+            let mut w = SectionWriter::long(&mut out, &h, MAX_PSI_SECTION);
+            w.put_ca(&ca).unwrap();
+            w.finish().unwrap();
+            out
+        };
+        let a = CaDescriptor {
+            ca_system_id: 0x0B00,
+            ca_pid: Pid::new(0x101),
+            private_data: &[],
+        };
+        let b = CaDescriptor {
+            ca_system_id: 0x0500,
+            ca_pid: Pid::new(0x102),
+            private_data: &[],
+        };
+        let mut pz = Packetizer::new(Pid::CAT);
+        let mut input = Vec::new();
+        for (n, ca) in [(0, a), (1, b)] {
+            pz.packetize(&section(n, ca), |p| input.push(*p)).unwrap();
+        }
+        let mut w = CatWriter::new(None);
+        let mut out = Vec::new();
+        assert!(!w.on_input_packet(&input[0], Duration::ZERO, &mut |p| out.push(*p)));
+        assert!(out.is_empty(), "half a CAT is not passed on");
+        assert!(w.on_input_packet(&input[1], Duration::ZERO, &mut |p| out.push(*p)));
+        let mut got = parse_cat(&out);
+        got.sort();
+        assert_eq!(got, vec![(0x0500, 0x102), (0x0B00, 0x101)]);
+        assert_eq!(w.input_ca_pids(), &[Pid::new(0x101), Pid::new(0x102)]);
+    }
+
+    #[test]
+    fn without_an_emm_pid_our_own_cat_is_empty() {
+        let mut w = CatWriter::new(None);
+        w.tick(Duration::ZERO);
+        let p = w
+            .take_to_add(Duration::from_millis(100))
+            .expect("a CAT packet");
+        assert_eq!(parse_cat(&[p]), vec![]);
     }
 }

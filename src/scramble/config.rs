@@ -87,6 +87,9 @@ pub struct ScrambleConfig {
     pub scramble_audio: bool,
     /// If not empty, scramble only these ES PIDs. Default empty.
     pub only_pids: Vec<Pid>,
+    /// ES PIDs of the selected services left clear (every other ES is scrambled, whatever
+    /// its stream type). Default empty.
+    pub exclude_pids: Vec<Pid>,
     /// Put the CA_descriptor in each scrambled ES_info loop instead of program_info. Default false.
     pub component_level: bool,
     /// The CA systems announced in the scrambled PMTs, one CA_descriptor and ECM PID each.
@@ -110,6 +113,7 @@ impl Default for ScrambleConfig {
             services: Vec::new(),
             scramble_audio: true,
             only_pids: Vec::new(),
+            exclude_pids: Vec::new(),
             component_level: false,
             ca_systems: Vec::new(),
             emm_pid: None,

@@ -1,18 +1,34 @@
-//! PSI tracking and ES selection: follows the PAT and the PMTs of the input, decides which
-//! PIDs are scrambled, and rewrites the PMT of each scrambled program with a CA_descriptor.
+//! PSI tracking and ES selection: follows the PAT (all its sections), the PMTs and the
+//! CAT of the input, decides what every PID is, and rewrites the PMT of each scrambled
+//! program with a CA_descriptor.
 //!
-//! - A PID once scrambled stays scrambled for the run (fail closed: a PMT change never
-//!   turns a scrambled PID clear).
+//! Fail closed, by construction:
+//! - Every ES of a selected service is scrambled whatever its stream type (private PES,
+//!   AV1, JPEG 2000, SMPTE 302M, data, ...), unless the operator excludes it (`--no-audio`,
+//!   an exclusion list, or an explicit `--only-pid` list). Never scrambled: PSI/SI, PMT
+//!   PIDs, PCR-only PIDs, ECM/EMM PIDs, null packets.
+//! - A PID that no current PSI names ([`Role::Unknown`]) is never sent as it is: its
+//!   packets become null packets and are counted, before PSI is complete and after (an ES
+//!   that shows up before the PMT naming it, a PID moved mid-stream). A PID is passed clear
+//!   only when the current PSI says it belongs to no selected service (an ES of another
+//!   service, an excluded ES, a PCR-only PID, another CAS's ECM/EMM PID).
+//! - A table is complete only with all its sections ([`TableSections`]).
+//! - A PID once scrambled stays scrambled for the run (a PMT change never turns it clear).
 //! - A PMT with a bad CRC or syntax is counted and ignored; the last good one stays.
 //! - The input packets of a rewritten PMT PID are dropped; our sections are packetized
 //!   where an input section ends, so the PMT keeps the input's repetition rate, and the
 //!   [`Packetizer`] keeps the continuity counter of the PID continuous.
+//!
+//! Roles are recomputed from the current PSI whenever it changes (rare), so the per-packet
+//! lookup stays one table read.
 
 use crate::ts::packet::Packet;
-use crate::ts::psi::TABLE_ID_PMT;
+use crate::ts::psi::{TABLE_ID_PAT, TABLE_ID_PMT};
 use crate::ts::psi_write::{rewrite_pmt, CaPlacement};
 use crate::ts::section::{split_sections, Section};
-use crate::ts::{CaDescriptor, EsKind, Packetizer, Pat, Pid, Pmt, SectionAssembler};
+use crate::ts::{
+    CaDescriptor, EsKind, Packetizer, Pat, PatEntry, Pid, Pmt, SectionAssembler, TableSections,
+};
 
 use super::config::{CaSystem, ScrambleConfig, MAX_CA_SYSTEMS};
 use super::stats::StreamCounters;
@@ -20,9 +36,9 @@ use super::stats::StreamCounters;
 /// What the pipeline does with a PID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Not (yet) described by the PSI of a selected service.
+    /// Named by no current PSI: never passed as it is (nulled, counted).
     Unknown,
-    /// PAT, CAT, SI, or a PMT we pass as it is: never scrambled, passed.
+    /// PAT, CAT, SI, a network PID: never scrambled, passed.
     Psi,
     /// A PMT PID we rewrite: input packets dropped, our packets inserted.
     Pmt,
@@ -30,7 +46,8 @@ pub enum Role {
     PmtPass,
     /// An elementary stream we scramble.
     Scrambled,
-    /// An elementary stream of a service we leave clear.
+    /// Named by the PSI and not ours to scramble: an ES of another service or excluded by
+    /// the operator, a PCR-only PID, another CAS's ECM or EMM PID. Passed.
     Clear,
     /// Null packets.
     Null,
@@ -49,6 +66,10 @@ struct Program {
     /// The section we send for this program (rewritten or as received).
     section: Vec<u8>,
     pcr_pid: Option<Pid>,
+    /// The ES of the last good PMT, each with whether it is scrambled.
+    streams: Vec<(Pid, bool)>,
+    /// ECM PIDs of other CA systems named by the input PMT.
+    other_ca_pids: Vec<Pid>,
 }
 
 #[derive(Debug)]
@@ -58,20 +79,28 @@ struct PmtPid {
     packetizer: Packetizer,
 }
 
-/// Follows PAT and PMTs and owns the PID role table.
+/// Follows PAT, PMTs and CAT, and owns the PID role table.
 #[derive(Debug)]
 pub struct Demux {
     roles: Vec<Role>,
     services: Vec<u16>,
     scramble_audio: bool,
     only_pids: Vec<Pid>,
+    exclude_pids: Vec<Pid>,
     component_level: bool,
     /// The CA_descriptors to add to scrambled PMTs, one per CA system.
     ca: Vec<CaSystem>,
+    /// The PIDs the mux writes (ECM, EMM).
+    ours: Vec<Pid>,
     pat: SectionAssembler,
-    pat_crc: Option<u32>,
+    pat_table: TableSections,
+    /// Network PIDs (program 0) of the current PAT.
+    nit_pids: Vec<Pid>,
+    /// EMM PIDs of the input CAT (other CA systems').
+    emm_pids: Vec<Pid>,
     /// [`Demux::ready`], kept up to date when PSI changes (it is asked for every packet).
     ready: bool,
+    any_scrambled: bool,
     programs: Vec<Program>,
     pmt_pids: Vec<PmtPid>,
     scratch: Vec<u8>,
@@ -81,30 +110,30 @@ pub struct Demux {
 impl Demux {
     /// A demux for `config`; scrambled PMTs get a CA_descriptor per `config.ca_systems`.
     pub fn new(config: &ScrambleConfig) -> Self {
-        let mut roles = vec![Role::Unknown; 0x2000];
-        for r in roles.iter_mut().take(0x20) {
-            *r = Role::Psi;
-        }
-        roles[usize::from(Pid::NULL.value())] = Role::Null;
-        let ecm_pids = config.ca_systems.iter().map(|c| c.ecm_pid);
-        for p in ecm_pids.chain(config.emm_pid) {
-            roles[usize::from(p.value())] = Role::Ours;
-        }
-        Demux {
-            roles,
+        let mut d = Demux {
+            roles: vec![Role::Unknown; 0x2000],
             services: config.services.clone(),
             scramble_audio: config.scramble_audio,
             only_pids: config.only_pids.clone(),
+            exclude_pids: config.exclude_pids.clone(),
             component_level: config.component_level,
             ca: config.ca_systems.clone(),
+            ours: (config.ca_systems.iter().map(|c| c.ecm_pid))
+                .chain(config.emm_pid)
+                .collect(),
             pat: SectionAssembler::psi(),
-            pat_crc: None,
+            pat_table: TableSections::new(),
+            nit_pids: Vec::new(),
+            emm_pids: Vec::new(),
             ready: false,
+            any_scrambled: false,
             programs: Vec::new(),
             pmt_pids: Vec::new(),
             scratch: Vec::with_capacity(4096),
             scrambled_scratch: Vec::new(),
-        }
+        };
+        d.recompute_roles();
+        d
     }
 
     /// The role of `pid`.
@@ -113,13 +142,18 @@ impl Demux {
         self.roles[usize::from(pid.value())]
     }
 
-    /// True once the PAT is known and every selected program in it has a good PMT.
+    /// True once the whole PAT is known and every selected program in it has a good PMT.
     pub fn ready(&self) -> bool {
         self.ready
     }
 
+    /// True once any PID has been given the scrambled role.
+    pub fn any_scrambled(&self) -> bool {
+        self.any_scrambled
+    }
+
     fn update_ready(&mut self) {
-        self.ready = self.pat_crc.is_some()
+        self.ready = self.pat_table.is_complete()
             && self
                 .programs
                 .iter()
@@ -134,9 +168,14 @@ impl Demux {
             .find_map(|p| p.pcr_pid)
     }
 
+    /// Whether the whole PAT has been seen.
+    pub fn pat_known(&self) -> bool {
+        self.pat_table.is_complete()
+    }
+
     /// Services named in the configuration that the PAT does not list.
     pub fn missing_services(&self) -> Vec<u16> {
-        if self.pat_crc.is_none() {
+        if !self.pat_table.is_complete() {
             return Vec::new();
         }
         self.services
@@ -163,7 +202,7 @@ impl Demux {
         let Demux { pat, scratch, .. } = self;
         scratch.clear();
         pat.push(pkt, |r| match r {
-            Ok(s) if s.table_id() == 0x00 => scratch.extend_from_slice(s.bytes()),
+            Ok(s) if s.table_id() == TABLE_ID_PAT => scratch.extend_from_slice(s.bytes()),
             Ok(_) => {}
             Err(_) => counters.psi_errors += 1,
         });
@@ -171,27 +210,45 @@ impl Demux {
             return;
         }
         let sections = std::mem::take(&mut self.scratch);
+        let mut complete = false;
         for bytes in split_sections(&sections) {
-            if let Ok(section) = Section::parse(bytes, bytes.len()) {
-                match Pat::parse(&section) {
-                    Ok(pat) => self.apply_pat(&pat, section.crc32()),
-                    Err(_) => counters.psi_errors += 1,
-                }
+            let Ok(section) = Section::parse(bytes, bytes.len()) else {
+                counters.psi_errors += 1;
+                continue;
+            };
+            if Pat::parse(&section).is_err() {
+                counters.psi_errors += 1;
+                continue;
             }
+            complete |= self.pat_table.push(&section);
         }
         self.scratch = sections;
+        if complete {
+            // every section parsed when it was pushed; a PSI change, so collecting is fine
+            let entries: Vec<PatEntry> = self
+                .pat_table
+                .sections()
+                .filter_map(|b| Section::parse(b, b.len()).ok())
+                .filter_map(|s| Pat::parse(&s).ok().map(|p| p.entries().collect::<Vec<_>>()))
+                .flatten()
+                .collect();
+            self.apply_pat(&entries);
+        }
     }
 
-    fn apply_pat(&mut self, pat: &Pat<'_>, crc: Option<u32>) {
-        if !pat.header.current_next || crc == self.pat_crc {
-            return;
-        }
-        self.pat_crc = crc;
+    fn apply_pat(&mut self, entries: &[PatEntry]) {
         let mut programs = Vec::new();
-        for e in pat.entries() {
+        self.nit_pids.clear();
+        for e in entries {
             if e.program_number == 0 {
-                // network PID: SI, never scrambled
-                self.set_role_if_free(e.pid, Role::Psi);
+                self.nit_pids.push(e.pid);
+                continue;
+            }
+            if programs
+                .iter()
+                .any(|p: &Program| p.number == e.program_number)
+            {
+                // a program listed twice: the first entry counts
                 continue;
             }
             let selected = self.is_selected(e.program_number);
@@ -209,39 +266,89 @@ impl Demux {
                     out_version: None,
                     section: Vec::new(),
                     pcr_pid: None,
+                    streams: Vec::new(),
+                    other_ca_pids: Vec::new(),
                 },
             };
             programs.push(program);
         }
         self.programs = programs;
+        for p in &self.programs {
+            if !self.pmt_pids.iter().any(|x| x.pid == p.pmt_pid) {
+                self.pmt_pids.push(PmtPid {
+                    pid: p.pmt_pid,
+                    assembler: SectionAssembler::psi(),
+                    packetizer: Packetizer::new(p.pmt_pid),
+                });
+            }
+        }
+        self.recompute_roles();
         self.update_ready();
-        // PMT PIDs: rewritten when they carry a selected program and there is a CA_descriptor
+    }
+
+    /// The EMM PIDs the input CAT names (other CA systems'): passed clear from now on.
+    pub fn set_input_emm_pids(&mut self, pids: &[Pid]) {
+        if self.emm_pids != pids {
+            self.emm_pids.clear();
+            self.emm_pids.extend_from_slice(pids);
+            self.recompute_roles();
+        }
+    }
+
+    /// Give every PID its role from the current PSI. In order of precedence: the fixed roles
+    /// (PSI range, null, our ECM/EMM PIDs), scrambled (once scrambled, always), PMT PIDs,
+    /// the ES of selected services, network PIDs, then what the PSI names as not ours to
+    /// scramble; everything else is unknown.
+    fn recompute_roles(&mut self) {
+        for (i, r) in self.roles.iter_mut().enumerate() {
+            *r = match (i, *r) {
+                (0..=0x1F, _) => Role::Psi,
+                (0x1FFF, _) => Role::Null,
+                (_, Role::Scrambled) => Role::Scrambled,
+                _ => Role::Unknown,
+            };
+        }
+        for p in &self.ours {
+            self.roles[usize::from(p.value())] = Role::Ours;
+        }
         for i in 0..self.programs.len() {
             let pid = self.programs[i].pmt_pid;
             let rewrite =
                 !self.ca.is_empty() && self.programs.iter().any(|p| p.pmt_pid == pid && p.selected);
-            let role = if rewrite { Role::Pmt } else { Role::PmtPass };
-            if matches!(
-                self.role(pid),
-                Role::Unknown | Role::Clear | Role::Pmt | Role::PmtPass
-            ) {
-                self.roles[usize::from(pid.value())] = role;
-            }
-            if !self.pmt_pids.iter().any(|p| p.pid == pid) {
-                self.pmt_pids.push(PmtPid {
-                    pid,
-                    assembler: SectionAssembler::psi(),
-                    packetizer: Packetizer::new(pid),
-                });
+            let r = &mut self.roles[usize::from(pid.value())];
+            if matches!(*r, Role::Unknown | Role::PmtPass) {
+                // PmtPass: another program on the same PMT PID was seen first
+                *r = if rewrite { Role::Pmt } else { Role::PmtPass };
             }
         }
-    }
-
-    fn set_role_if_free(&mut self, pid: Pid, role: Role) {
-        let r = &mut self.roles[usize::from(pid.value())];
-        if matches!(*r, Role::Unknown | Role::Clear) {
-            *r = role;
+        for p in self.programs.iter().filter(|p| p.selected) {
+            for (pid, scrambled) in &p.streams {
+                let r = &mut self.roles[usize::from(pid.value())];
+                if *scrambled && *r == Role::Unknown {
+                    *r = Role::Scrambled;
+                }
+            }
         }
+        for pid in &self.nit_pids {
+            let r = &mut self.roles[usize::from(pid.value())];
+            if *r == Role::Unknown {
+                *r = Role::Psi;
+            }
+        }
+        let named = self.programs.iter().flat_map(|p| {
+            p.streams
+                .iter()
+                .map(|(pid, _)| *pid)
+                .chain(p.pcr_pid)
+                .chain(p.other_ca_pids.iter().copied())
+        });
+        for pid in named.chain(self.emm_pids.iter().copied()) {
+            let r = &mut self.roles[usize::from(pid.value())];
+            if *r == Role::Unknown {
+                *r = Role::Clear;
+            }
+        }
+        self.any_scrambled = self.roles.contains(&Role::Scrambled);
     }
 
     /// Feed a packet of a PMT PID. Returns true if the caller passes the input packet
@@ -306,6 +413,17 @@ impl Demux {
         !rewrite
     }
 
+    /// Whether the operator's settings scramble `pid` of a selected service, of `kind`.
+    fn wanted(&self, pid: Pid, kind: EsKind) -> bool {
+        if !self.only_pids.is_empty() {
+            return self.only_pids.contains(&pid);
+        }
+        if self.exclude_pids.contains(&pid) {
+            return false;
+        }
+        kind != EsKind::Audio || self.scramble_audio
+    }
+
     fn apply_pmt(
         &mut self,
         pi: usize,
@@ -315,74 +433,87 @@ impl Demux {
         let selected = self.programs[pi].selected;
         let mut scrambled = std::mem::take(&mut self.scrambled_scratch);
         scrambled.clear();
-        if selected {
-            for s in pmt.streams() {
-                let pid = s.elementary_pid;
-                if pid.is_psi_reserved() || pid == Pid::NULL {
-                    continue;
-                }
-                let role = self.role(pid);
-                if matches!(role, Role::Ours | Role::Pmt | Role::PmtPass | Role::Psi) {
-                    continue;
-                }
-                let kind = s.kind();
-                let want = if self.only_pids.is_empty() {
-                    match kind {
-                        EsKind::Video | EsKind::Subtitle | EsKind::Teletext => true,
-                        EsKind::Audio => self.scramble_audio,
-                        EsKind::Data | EsKind::Other => false,
-                    }
-                } else {
-                    self.only_pids.contains(&pid)
-                };
-                if want || role == Role::Scrambled {
-                    self.roles[usize::from(pid.value())] = Role::Scrambled;
-                    scrambled.push(pid);
-                } else {
-                    self.roles[usize::from(pid.value())] = Role::Clear;
-                }
+        let mut streams = Vec::new();
+        for s in pmt.streams() {
+            let pid = s.elementary_pid;
+            if pid.is_psi_reserved() || pid == Pid::NULL {
+                continue;
             }
+            // a PID that is already scrambled stays so whatever this PMT says
+            let want =
+                selected && (self.wanted(pid, s.kind()) || self.role(pid) == Role::Scrambled);
+            if want {
+                scrambled.push(pid);
+            }
+            streams.push((pid, want));
         }
-        let p = &mut self.programs[pi];
-        p.pcr_pid = Some(pmt.pcr_pid);
-        p.section.clear();
-        match (self.ca.is_empty(), selected && !scrambled.is_empty()) {
-            (false, true) => {
-                // at most a handful of systems: a small array, not a per-PMT allocation
-                let mut ca = [CaDescriptor {
-                    ca_system_id: 0,
-                    ca_pid: Pid::NULL,
-                    private_data: &[],
-                }; MAX_CA_SYSTEMS];
-                let n = self.ca.len().min(MAX_CA_SYSTEMS);
-                for (d, c) in ca.iter_mut().zip(&self.ca) {
-                    *d = CaDescriptor {
-                        ca_system_id: c.ca_system_id,
-                        ca_pid: c.ecm_pid,
-                        private_data: &c.private_data,
-                    };
-                }
-                let ca = &ca[..n];
-                let mut version = (pmt.header.version + 1) & 0x1F;
-                if p.out_version == Some(version) {
-                    version = (version + 1) & 0x1F;
-                }
-                let placement = if self.component_level {
-                    CaPlacement::Components(&scrambled)
-                } else {
-                    CaPlacement::Program
-                };
-                rewrite_pmt(&mut p.section, pmt, ca, placement, version)?;
-                p.out_version = Some(version);
-            }
-            _ => {
-                // as received (its own version; we own the PID's CC, not its content)
-                p.section.extend_from_slice(section.bytes());
-            }
-        }
-        p.last_crc = section.crc32();
+        let mut other_ca_pids: Vec<Pid> = pmt
+            .descriptors
+            .ca_descriptors()
+            .chain(pmt.streams().flat_map(|s| s.descriptors.ca_descriptors()))
+            .filter(|d| !self.ca.iter().any(|c| c.ca_system_id == d.ca_system_id))
+            .map(|d| d.ca_pid)
+            .collect();
+        other_ca_pids.dedup();
+        // a PSI change: a new buffer, so a failed rewrite leaves the last good section
+        let mut out = Vec::with_capacity(section.bytes().len() + 64);
+        let res = self.write_section(pi, pmt, section, &scrambled, &mut out);
         self.scrambled_scratch = scrambled;
+        // on an error the last good PMT stays in force (its roles and section)
+        res?;
+        let p = &mut self.programs[pi];
+        p.section = out;
+        p.pcr_pid = Some(pmt.pcr_pid);
+        p.streams = streams;
+        p.other_ca_pids = other_ca_pids;
+        p.last_crc = section.crc32();
+        self.recompute_roles();
         self.update_ready();
+        Ok(())
+    }
+
+    /// Write the section we send for program `pi` into `out`: rewritten with our
+    /// CA_descriptors when it has scrambled ES, else as received.
+    fn write_section(
+        &mut self,
+        pi: usize,
+        pmt: &Pmt<'_>,
+        section: &Section<'_>,
+        scrambled: &[Pid],
+        out: &mut Vec<u8>,
+    ) -> Result<(), crate::ts::TsError> {
+        if self.ca.is_empty() || scrambled.is_empty() {
+            // as received (its own version; we own the PID's CC, not its content)
+            out.extend_from_slice(section.bytes());
+            return Ok(());
+        }
+        // at most a handful of systems: a small array, not a per-PMT allocation
+        let mut ca = [CaDescriptor {
+            ca_system_id: 0,
+            ca_pid: Pid::NULL,
+            private_data: &[],
+        }; MAX_CA_SYSTEMS];
+        let n = self.ca.len().min(MAX_CA_SYSTEMS);
+        for (d, c) in ca.iter_mut().zip(&self.ca) {
+            *d = CaDescriptor {
+                ca_system_id: c.ca_system_id,
+                ca_pid: c.ecm_pid,
+                private_data: &c.private_data,
+            };
+        }
+        let ca = &ca[..n];
+        let p = &mut self.programs[pi];
+        let mut version = (pmt.header.version + 1) & 0x1F;
+        if p.out_version == Some(version) {
+            version = (version + 1) & 0x1F;
+        }
+        let placement = if self.component_level {
+            CaPlacement::Components(scrambled)
+        } else {
+            CaPlacement::Program
+        };
+        rewrite_pmt(out, pmt, ca, placement, version)?;
+        p.out_version = Some(version);
         Ok(())
     }
 }

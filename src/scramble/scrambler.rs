@@ -49,6 +49,7 @@ struct Warned {
     ours_in_input: bool,
     missing_services: bool,
     no_ecm_generator: bool,
+    unreferenced: bool,
 }
 
 /// The ECMs of one CA system: its inserter and when its content switches.
@@ -80,7 +81,9 @@ pub struct Scrambler {
     next_switch: Option<Duration>,
     /// One ECM stream per CA system (empty without generators).
     ecms: Vec<EcmStream>,
-    cat: Option<CatWriter>,
+    /// The CAT: the input's (with our EMM CA_descriptor merged when there is an EMM PID) or
+    /// ours, sent once anything is scrambled (ETR 290 2.6: scrambled packets need a CAT).
+    cat: CatWriter,
     emm: Option<EmmInserter>,
     emm_pid: Option<Pid>,
     counters: Counters,
@@ -144,9 +147,7 @@ impl Scrambler {
             period_len: config.crypto_period,
             next_switch: (!single).then_some(config.crypto_period),
             ecms,
-            cat: config
-                .emm_pid
-                .map(|pid| CatWriter::new(config.emm_ca_system_id, pid)),
+            cat: CatWriter::new(config.emm_pid.map(|pid| (config.emm_ca_system_id, pid))),
             emm: None,
             emm_pid: config.emm_pid,
             counters: Counters::default(),
@@ -178,6 +179,16 @@ impl Scrambler {
     /// The PIDs being scrambled.
     pub fn scrambled_pids(&self) -> Vec<Pid> {
         self.demux.scrambled_pids()
+    }
+
+    /// Services asked for that the (complete) PAT does not list.
+    pub fn missing_services(&self) -> Vec<u16> {
+        self.demux.missing_services()
+    }
+
+    /// Whether a complete PAT has been seen.
+    pub fn pat_known(&self) -> bool {
+        self.demux.pat_known()
     }
 
     /// The current crypto period.
@@ -240,9 +251,7 @@ impl Scrambler {
         self.counters.stream.packets_out += n_out;
         self.counters.stream.random_failures = self.keys.random_failures;
         self.counters.stream.pcr_discontinuities = self.clock.discontinuities();
-        if let Some(cat) = &self.cat {
-            self.counters.stream.cat = cat.counters();
-        }
+        self.counters.stream.cat = self.cat.counters();
         if let Some(emm) = &self.emm {
             self.counters.stream.emm = emm.counters();
         }
@@ -251,6 +260,13 @@ impl Scrambler {
             let missing = self.demux.missing_services();
             if !missing.is_empty() {
                 tracing::warn!(?missing, "services asked for are not in the PAT");
+            }
+            if !self.demux.any_scrambled() {
+                // a head-end channel in this state is not on air as a scrambled service
+                tracing::warn!(
+                    "not on air: PSI is complete and the selected services have no \
+                     elementary stream to scramble"
+                );
             }
         }
         Ok(())
@@ -310,16 +326,17 @@ impl Scrambler {
                     self.counters.pid_mut(pid).passed += 1;
                 }
             }
-            Role::Psi if pid == Pid::CAT && self.cat.is_some() => {
+            Role::Psi if pid == Pid::CAT => {
                 let mut n = 0u64;
-                if let Some(cat) = &mut self.cat {
-                    let out = &mut self.out;
-                    let sel = &mut self.sel;
-                    cat.on_input_packet(pkt, now, &mut |pk: &Packet| {
-                        out.extend_from_slice(pk);
-                        sel.push(false);
-                        n += 1;
-                    });
+                let out = &mut self.out;
+                let sel = &mut self.sel;
+                let changed = self.cat.on_input_packet(pkt, now, &mut |pk: &Packet| {
+                    out.extend_from_slice(pk);
+                    sel.push(false);
+                    n += 1;
+                });
+                if changed {
+                    self.demux.set_input_emm_pids(self.cat.input_ca_pids());
                 }
                 let c = self.counters.pid_mut(pid);
                 c.dropped += 1;
@@ -381,14 +398,22 @@ impl Scrambler {
                 self.counters.pid_mut(pid).passed += 1;
             }
             Role::Unknown => {
+                // fail closed: a PID no current PSI names may be an ES of a selected service
+                // whose PMT is still to come (at start, or moved mid-stream)
+                let null = self.null;
+                self.push(&null, false);
+                self.counters.pid_mut(pid).dropped += 1;
                 if self.demux.ready() {
-                    self.push(pkt, false);
-                    self.counters.pid_mut(pid).passed += 1;
+                    self.counters.stream.nulled_unreferenced += 1;
+                    if !self.warned.unreferenced {
+                        self.warned.unreferenced = true;
+                        tracing::warn!(
+                            %pid,
+                            "a PID that no PMT names: its packets are nulled until a PMT names it \
+                             (logged once; counted as nulled_unreferenced)"
+                        );
+                    }
                 } else {
-                    // fail closed: this PID may belong to a service still to be discovered
-                    let null = self.null;
-                    self.push(&null, false);
-                    self.counters.pid_mut(pid).dropped += 1;
                     self.counters.stream.nulled_before_psi += 1;
                 }
             }
@@ -423,8 +448,8 @@ impl Scrambler {
         for ecm in &mut self.ecms {
             ecm.inserter.tick(now);
         }
-        if let Some(cat) = &mut self.cat {
-            cat.tick(now);
+        if self.demux.any_scrambled() {
+            self.cat.tick(now);
         }
         if let Some(emm) = &mut self.emm {
             emm.tick(now);
@@ -433,10 +458,10 @@ impl Scrambler {
 
     /// A CAT or EMM packet waiting, for a null slot (`for_null`) or to add; counted on its PID.
     fn take_mux_packet(&mut self, now: Duration, for_null: bool) -> Option<Packet> {
-        let cat = self.cat.as_mut().and_then(|c| match for_null {
-            true => c.take_for_null(now),
-            false => c.take_to_add(now),
-        });
+        let cat = match for_null {
+            true => self.cat.take_for_null(now),
+            false => self.cat.take_to_add(now),
+        };
         let emm = match (&cat, self.emm.as_mut()) {
             (None, Some(e)) => match for_null {
                 true => e.take_for_null(now),

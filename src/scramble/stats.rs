@@ -53,6 +53,9 @@ pub struct StreamCounters {
     pub ecm_packets_added: u64,
     /// Packets nulled because their PID was not yet known while PSI was being discovered.
     pub nulled_before_psi: u64,
+    /// Packets nulled, once PSI was complete, because no current PMT named their PID (an ES
+    /// ahead of its PMT, a PID moved mid-stream, a PID of no service).
+    pub nulled_unreferenced: u64,
     /// PCR discontinuities seen by the stream clock.
     pub pcr_discontinuities: u64,
     /// Packets that came in.

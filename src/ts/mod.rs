@@ -10,6 +10,7 @@
 //! - [`descriptor`]: descriptor loops and the CA_descriptor.
 //! - [`psi`]: PAT, PMT and CAT views.
 //! - [`psi_write`]: section writer, PAT/PMT/CAT builders, PMT CA rewrite, CAT merge.
+//! - [`table`]: whole tables from their sections (a PAT in several sections).
 //! - [`packetizer`]: sections into packets for one PID, owning its continuity counter.
 
 pub mod descriptor;
@@ -19,6 +20,7 @@ pub mod packetizer;
 pub mod psi;
 pub mod psi_write;
 pub mod section;
+pub mod table;
 mod types;
 
 pub use descriptor::{CaDescriptor, Descriptor, Descriptors};
@@ -27,6 +29,7 @@ pub use packet::{Packet, PacketMut, PacketRef};
 pub use packetizer::Packetizer;
 pub use psi::{Cat, Pat, PatEntry, Pmt, PmtStream};
 pub use section::{LongHeader, Section, SectionAssembler};
+pub use table::TableSections;
 pub use types::{ContinuityCounter, EsKind, Pid, StreamType, TransportScramblingControl};
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use super::descriptor::{is_ca_for, CaDescriptor, Descriptor, Descriptors};
 use super::error::TsError;
-use super::psi::{Cat, PatEntry, Pmt, PmtStream, TABLE_ID_CAT, TABLE_ID_PAT, TABLE_ID_PMT};
+use super::psi::{PatEntry, Pmt, PmtStream, TABLE_ID_CAT, TABLE_ID_PAT, TABLE_ID_PMT};
 use super::section::{crc32_mpeg2, LongHeader, MAX_PRIVATE_SECTION, MAX_PSI_SECTION};
 use super::types::Pid;
 
@@ -245,16 +245,18 @@ pub fn rewrite_pmt(
     w.finish()
 }
 
-/// Append a CAT holding `cas`, merged into `input` if given (same CA_system_ID replaced).
+/// Append a CAT holding `cas`, merged into the descriptor loops of `input` (the sections of
+/// the input CAT, if any; same CA_system_ID replaced).
 pub fn write_cat(
     out: &mut Vec<u8>,
-    input: Option<&Cat<'_>>,
+    input: &[Descriptors<'_>],
     cas: &[CaDescriptor<'_>],
     version: u8,
 ) -> Result<usize, TsError> {
     let mut w = SectionWriter::long(out, &header(TABLE_ID_CAT, 0xFFFF, version), MAX_PSI_SECTION);
-    if let Some(cat) = input {
-        copy_without_cas(&mut w, &cat.descriptors, cas)?;
+    // the descriptor loops of every section of the input CAT, merged into one section
+    for descriptors in input {
+        copy_without_cas(&mut w, descriptors, cas)?;
     }
     for c in cas {
         w.put_ca(c)?;

@@ -287,7 +287,7 @@ fn two_sections_in_one_packet() {
     )
     .unwrap();
     let first = secs.len();
-    write_cat(&mut secs, None, &[ca(0x4AE1, 0x20, &[])], 0).unwrap();
+    write_cat(&mut secs, &[], &[ca(0x4AE1, 0x20, &[])], 0).unwrap();
     let mut pz = Packetizer::new(Pid::new(0x30));
     let mut packets = Vec::new();
     assert_eq!(pz.packetize_into(&secs, &mut packets).unwrap(), 1);
@@ -568,7 +568,7 @@ fn pmt_rewrite_component_level() {
 #[test]
 fn cat_built_fresh_and_merged() {
     let mut fresh = Vec::new();
-    write_cat(&mut fresh, None, &[ca(0x4AE1, 0x0600, &[1])], 2).unwrap();
+    write_cat(&mut fresh, &[], &[ca(0x4AE1, 0x0600, &[1])], 2).unwrap();
     let s = Section::parse(&fresh, 1024).unwrap();
     let cat = Cat::parse(&s).unwrap();
     assert_eq!(cat.header.version, 2);
@@ -597,7 +597,13 @@ fn cat_built_fresh_and_merged() {
     let si = Section::parse(&input, 1024).unwrap();
     let cin = Cat::parse(&si).unwrap();
     let mut merged = Vec::new();
-    write_cat(&mut merged, Some(&cin), &[ca(0x4AE1, 0x0600, &[])], 10).unwrap();
+    write_cat(
+        &mut merged,
+        &[cin.descriptors],
+        &[ca(0x4AE1, 0x0600, &[])],
+        10,
+    )
+    .unwrap();
     let sm = Section::parse(&merged, 1024).unwrap();
     let cm = Cat::parse(&sm).unwrap();
     assert_eq!(cm.header.version, 10);
@@ -741,7 +747,7 @@ fn garbage_never_panics() {
             }
             if let Ok(t) = Cat::parse(&s) {
                 let mut out = Vec::new();
-                let _ = write_cat(&mut out, Some(&t), &[ca(1, 2, &[3])], 1);
+                let _ = write_cat(&mut out, &[t.descriptors], &[ca(1, 2, &[3])], 1);
             }
         }
         if let Ok(d) = Descriptors::new(&buf) {

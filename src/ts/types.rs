@@ -181,9 +181,11 @@ impl StreamType {
                 }
                 // registration_descriptor: format_identifier
                 0x05 => match d.data.get(..4) {
-                    Some(b"AC-3" | b"EAC3" | b"DTS1" | b"DTS2" | b"DTS3" | b"Opus" | b"AC-4") => {
-                        return EsKind::Audio
-                    }
+                    // BSSD: SMPTE 302M (AES3 PCM)
+                    Some(
+                        b"AC-3" | b"EAC3" | b"DTS1" | b"DTS2" | b"DTS3" | b"Opus" | b"AC-4"
+                        | b"BSSD",
+                    ) => return EsKind::Audio,
                     Some(b"HEVC" | b"VC-1" | b"AVSV") => return EsKind::Video,
                     _ => {}
                 },

@@ -231,10 +231,17 @@ fn fixed_cw_scrambles_and_the_same_cw_descrambles() {
     assert_ne!(on_pids(&packets(&wrong), &es), on_pids(&input, &es));
     ok(&["descramble", "-i", s(&scr), "-o", s(&clr), "--cw", cw]);
     assert_eq!(on_pids(&packets(&clr), &es), on_pids(&input, &es));
-    assert_eq!(
-        std::fs::read(&clr).unwrap(),
-        std::fs::read(sample("spts.ts")).unwrap()
-    );
+    // the input back, but for the CAT a scrambled output carries (in null slots or added)
+    assert_eq!(without_cat(&packets(&clr)), without_cat(&input));
+    assert!(psi(&out).cat_sections > 0);
+}
+
+/// The packets but CAT and null ones, in order.
+fn without_cat(pkts: &[Packet]) -> Vec<Packet> {
+    pkts.iter()
+        .filter(|p| !matches!(pid(p), 0x0001 | 0x1FFF))
+        .copied()
+        .collect()
 }
 
 #[test]
@@ -259,8 +266,8 @@ fn fixed_pair_alternates_parity_and_descrambles() {
     assert_eq!(parities, BTreeSet::from([2, 3]));
     ok(&["descramble", "-i", s(&scr), "-o", s(&clr), "--cw", pair]);
     assert_eq!(
-        std::fs::read(&clr).unwrap(),
-        std::fs::read(sample("mpts.ts")).unwrap()
+        without_cat(&packets(&clr)),
+        without_cat(&packets(&sample("mpts.ts")))
     );
 }
 

@@ -50,6 +50,8 @@ pub struct CatWriter {
     /// CA PIDs (EMM PIDs) named by the input CAT.
     input_ca_pids: Vec<Pid>,
     last_input: Option<Duration>,
+    /// The first tick (when the mux started sending).
+    first_tick: Option<Duration>,
     next_due: Duration,
     queue: InsertQueue,
     counters: CatCounters,
@@ -68,6 +70,7 @@ impl CatWriter {
             scratch: Vec::with_capacity(1024),
             input_ca_pids: Vec::new(),
             last_input: None,
+            first_tick: None,
             next_due: Duration::ZERO,
             // wait up to 100 ms for a null slot, well within one repetition
             queue: InsertQueue::new(8, Duration::from_millis(100)),
@@ -111,14 +114,27 @@ impl CatWriter {
         if write_cat(&mut out, &descriptors, ca, self.version).is_err() {
             return false;
         }
+        self.section = out;
+        if with_input {
+            self.read_input_pids();
+        }
+        true
+    }
+
+    /// Note the CA PIDs the collected input CAT names.
+    fn read_input_pids(&mut self) {
         self.input_ca_pids.clear();
-        for d in descriptors.iter().flat_map(|d| d.ca_descriptors()) {
-            if !self.input_ca_pids.contains(&d.ca_pid) {
-                self.input_ca_pids.push(d.ca_pid);
+        let sections = self
+            .table
+            .sections()
+            .filter_map(|b| Section::parse(b, b.len()).ok());
+        for cat in sections.filter_map(|s| Cat::parse(&s).ok()) {
+            for d in cat.descriptors.ca_descriptors() {
+                if !self.input_ca_pids.contains(&d.ca_pid) {
+                    self.input_ca_pids.push(d.ca_pid);
+                }
             }
         }
-        self.section = out;
-        true
     }
 
     /// An input CAT packet at `now`: it is replaced; our packets, if a section ended in it,
@@ -153,6 +169,26 @@ impl CatWriter {
             }
             self.last_input = Some(now);
             self.queue.clear();
+            if self.emm.is_none() {
+                // nothing of ours to merge: the input's sections go out as they are, through
+                // our packetizer so the CC stays continuous if ours ever takes over
+                if self.table.push(&section) {
+                    let v = section.long_header().map_or(0, |h| h.version);
+                    // our own CAT, if the input's goes, is a new version to receivers
+                    self.version = (v + 1) & 0x1F;
+                    self.read_input_pids();
+                    self.rebuild(false);
+                    self.counters.input_updates += 1;
+                    changed = true;
+                }
+                let mut n = 0;
+                let _ = self.packetizer.packetize(section.bytes(), |p| {
+                    n += 1;
+                    emit(p)
+                });
+                self.counters.replaced += n;
+                continue;
+            }
             if self.table.push(&section) {
                 self.version = (self.version + 1) & 0x1F;
                 if self.rebuild(true) {
@@ -183,7 +219,11 @@ impl CatWriter {
         let input_alive = self
             .last_input
             .is_some_and(|t| now.saturating_sub(t) < INPUT_CAT_GONE);
-        if input_alive || now < self.next_due {
+        // with nothing of ours to announce, give the input one window to show its own CAT
+        // first, so an input that has one is passed as it is
+        let first = *self.first_tick.get_or_insert(now);
+        let waiting = self.emm.is_none() && now.saturating_sub(first) < INPUT_CAT_GONE;
+        if input_alive || waiting || now < self.next_due {
             return;
         }
         self.queue.clear();
@@ -286,7 +326,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cat_in_two_sections_is_merged_whole_and_without_an_emm_pid_passed_on() {
+    fn a_cat_in_two_sections_is_merged_whole_or_without_an_emm_pid_passed_on() {
         use crate::ts::psi_write::SectionWriter;
         use crate::ts::section::{LongHeader, MAX_PSI_SECTION};
         // two sections, a CAS in each
@@ -320,14 +360,26 @@ mod tests {
         for (n, ca) in [(0, a), (1, b)] {
             pz.packetize(&section(n, ca), |p| input.push(*p)).unwrap();
         }
-        let mut w = CatWriter::new(None);
+        // with an EMM stream: merged once whole, into one section of ours
+        let mut w = CatWriter::new(Some((0x4AE1, Pid::new(0x1FF1))));
         let mut out = Vec::new();
         assert!(!w.on_input_packet(&input[0], Duration::ZERO, &mut |p| out.push(*p)));
-        assert!(out.is_empty(), "half a CAT is not passed on");
+        assert!(out.is_empty(), "half a CAT is not merged");
         assert!(w.on_input_packet(&input[1], Duration::ZERO, &mut |p| out.push(*p)));
         let mut got = parse_cat(&out);
         got.sort();
-        assert_eq!(got, vec![(0x0500, 0x102), (0x0B00, 0x101)]);
+        assert_eq!(
+            got,
+            vec![(0x0500, 0x102), (0x0B00, 0x101), (0x4AE1, 0x1FF1)]
+        );
+        assert_eq!(w.input_ca_pids(), &[Pid::new(0x101), Pid::new(0x102)]);
+
+        // without: the input's sections go out as they are
+        let mut w = CatWriter::new(None);
+        let mut out = Vec::new();
+        assert!(!w.on_input_packet(&input[0], Duration::ZERO, &mut |p| out.push(*p)));
+        assert!(w.on_input_packet(&input[1], Duration::ZERO, &mut |p| out.push(*p)));
+        assert_eq!(out, input);
         assert_eq!(w.input_ca_pids(), &[Pid::new(0x101), Pid::new(0x102)]);
     }
 
@@ -335,8 +387,14 @@ mod tests {
     fn without_an_emm_pid_our_own_cat_is_empty() {
         let mut w = CatWriter::new(None);
         w.tick(Duration::ZERO);
+        w.tick(Duration::from_millis(900));
+        assert!(
+            w.take_to_add(Duration::from_millis(900)).is_none(),
+            "the input's CAT may come"
+        );
+        w.tick(INPUT_CAT_GONE);
         let p = w
-            .take_to_add(Duration::from_millis(100))
+            .take_to_add(INPUT_CAT_GONE + Duration::from_millis(100))
             .expect("a CAT packet");
         assert_eq!(parse_cat(&[p]), vec![]);
     }

@@ -95,6 +95,8 @@ pub struct EmmMuxStats {
     pub errors_sent: AtomicU64,
     /// UDP datagrams that were not valid messages.
     pub udp_bad: AtomicU64,
+    /// UDP receives that failed (each followed by a pause, doubling up to half a second).
+    pub udp_recv_errors: AtomicU64,
 }
 
 /// Bytes a chunk takes on air (sections are packetized: 184 payload bytes per 188).
@@ -353,11 +355,42 @@ impl EmmMuxServer {
     }
 }
 
+/// The first pause after a failed UDP receive; each further failure in a row doubles it up
+/// to [`UDP_BACKOFF_MAX`], so an error that lasts costs a couple of wake-ups a second, not a
+/// spinning core. A good receive starts over.
+const UDP_BACKOFF_FIRST: Duration = Duration::from_millis(1);
+/// The longest pause between UDP receives after failures: short enough that EMMs flow again
+/// soon after the error clears (the EMMG's data is paced, not lost, while TCP is untouched).
+const UDP_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A failing UDP receive is logged at most this often (the counter counts each).
+const UDP_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The pause after one more failed receive, given the last one (zero after a success).
+fn next_backoff(last: Duration) -> Duration {
+    (last * 2).clamp(UDP_BACKOFF_FIRST, UDP_BACKOFF_MAX)
+}
+
 async fn udp_loop(sock: UdpSocket, shared: Arc<MuxShared>) {
     let mut buf = vec![0u8; 65536];
+    let mut backoff = Duration::ZERO;
+    let mut logged: Option<Instant> = None;
     loop {
-        let Ok((n, _peer)) = sock.recv_from(&mut buf).await else {
-            continue;
+        let n = match sock.recv_from(&mut buf).await {
+            Ok((n, _peer)) => {
+                backoff = Duration::ZERO;
+                n
+            }
+            Err(e) => {
+                let errors = shared.stats.udp_recv_errors.fetch_add(1, Relaxed) + 1;
+                backoff = next_backoff(backoff);
+                if logged.is_none_or(|t| t.elapsed() >= UDP_ERROR_LOG_EVERY) {
+                    logged = Some(Instant::now());
+                    tracing::warn!(error = %e, udp_recv_errors = errors, pause = ?backoff,
+                        "EMMG port: UDP receive failed; pausing before the next");
+                }
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         };
         let frame = &buf[..n];
         // one message per UDP datagram
@@ -785,6 +818,27 @@ fn msg_channel(m: &EmmgMessage, own_channel: u16) -> ChannelIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_backoff_doubles_from_the_first_pause_to_the_cap_and_stays() {
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..14 {
+            d = next_backoff(d);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(
+            seen,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 500, 500, 500, 500, 500]
+        );
+    }
+
+    fn section(table_id: u8, total: usize) -> Vec<u8> {
+        let len = total - 3;
+        let mut s = vec![table_id, 0x70 | (len >> 8) as u8, len as u8];
+        s.resize(total, 0xAB);
+        s
+    }
 
     #[test]
     fn split_chunks_takes_whole_emm_sections_up_to_4096_bytes_and_whole_packets() {

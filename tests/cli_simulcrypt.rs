@@ -896,7 +896,7 @@ fn emmg_port_silent_connections_cannot_lock_it_out() {
         .parse()
         .unwrap();
     let t0 = Instant::now();
-    let mut silent = vec![
+    let mut silent = [
         connect_from("127.0.0.2", mux),
         connect_from("127.0.0.2", mux),
     ];

@@ -607,12 +607,17 @@ mod tests {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         drop(Handshake(Some(done_tx)));
         let t0 = Instant::now();
-        let out = guard(
-            std::future::pending::<()>(),
-            done_rx,
-            Duration::from_millis(200),
+        // bounded, so a guard that ignores its deadline fails here instead of hanging
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            guard(
+                std::future::pending::<()>(),
+                done_rx,
+                Duration::from_millis(200),
+            ),
         )
-        .await;
+        .await
+        .expect("the deadline ends a connection whose handshake was dropped");
         assert!(matches!(out, Outcome::HandshakeTimeout));
         assert!(t0.elapsed() >= Duration::from_millis(200));
         // done in time: the connection runs past the deadline

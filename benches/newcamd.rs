@@ -14,6 +14,7 @@ use castmux::cas::{
     build_ecm, derive_card_key, AccessCriteria, CardFile, CardSerial, Entitlements, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
+use castmux::net::AcceptLimits;
 use castmux::softcard::newcamd::{
     DesKey14, NewcamdClient, NewcamdServer, ServerConfig, SoftCardBackend, Users,
 };
@@ -77,7 +78,10 @@ fn main() {
     users.add_flag("bench:bench").expect("user");
     let mut cfg = ServerConfig::new(DesKey14::from_hex(key_hex).expect("key"), users);
     cfg.max_services = clients + 1;
-    cfg.max_clients = clients + 16;
+    // every bench client connects from 127.0.0.1, all logging in at once: that address may
+    // take every slot, and the logins get time on a busy machine
+    cfg.accept = AcceptLimits::new(clients + 16, Some(clients + 16), Duration::from_secs(30))
+        .expect("connection limits");
     let server = Arc::new(NewcamdServer::new(cfg, card()));
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()

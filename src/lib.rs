@@ -3,10 +3,13 @@
 //! The modules follow the data path, one way:
 //! `io` (inputs) -> `ts` (packets, PSI) -> `scramble` (crypto periods, CWs,
 //! batches) -> `ts` (PSI rewrite, ECM/EMM insertion) -> `io` (outputs).
+//! Beside it, the control plane's servers (`simulcrypt`, `softcard`) share `net`'s
+//! accept loop.
 #![forbid(unsafe_code)]
 
 pub mod cas;
 pub mod io;
+pub mod net;
 pub mod scramble;
 pub mod simulcrypt;
 pub mod softcard;

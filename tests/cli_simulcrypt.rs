@@ -4,15 +4,20 @@
 //! gives back every ES packet. Fault: the ECMG killed mid-run and restarted.
 
 mod cli_support;
+mod simulcrypt_support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use castmux::scramble::Cw;
+use castmux::simulcrypt::{CpCw, CwProvision, EcmgMessage};
 use cli_support::*;
+use simulcrypt_support::Raw;
 
 const ECM_PID: u16 = 0x1FF0;
 const EMM_PID: u16 = 0x1FF1;
@@ -668,11 +673,7 @@ fn emmg_sends_changed_cards_first_and_stops_on_sigint() {
     emmg.wait_for("emmg: cards changed; sent first");
     // the changed card's EMM goes out within a couple of seconds at 50 kbit/s
     std::thread::sleep(Duration::from_secs(2));
-    let st = Command::new("kill")
-        .args(["-INT", &emmg.child.id().to_string()])
-        .status()
-        .expect("kill -INT");
-    assert!(st.success());
+    interrupt(&emmg);
     let (_, log) = emmg.finish();
     let urgent: u64 = field(
         log.lines()
@@ -690,4 +691,254 @@ fn emmg_sends_changed_cards_first_and_stops_on_sigint() {
     let (stats, _) = scr.finish();
     let stream = json(&stats)["stream"].clone();
     assert!(stream["emm"]["taken"].as_u64().unwrap() >= 1, "{stream}");
+}
+
+/// Send SIGINT to a castmux process (it stops cleanly and logs its counters).
+fn interrupt(p: &Proc) {
+    let st = Command::new("kill")
+        .args(["-INT", &p.child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(st.success());
+}
+
+/// One CW_provision for period `cp` of stream 1 on channel 1, package 1 ("sport"); the
+/// ECM_response must come back.
+fn scs_gets_an_ecm(scs: &mut Raw, cp: u16) {
+    let cw = || Cw::random(csa::Algorithm::Csa2, true).unwrap();
+    scs.send_ecmg(
+        3,
+        &EcmgMessage::CwProvision(CwProvision {
+            channel_id: 1,
+            stream_id: 1,
+            cp_number: cp,
+            cw_encryption: None,
+            cp_cw: vec![
+                CpCw {
+                    cp_number: cp,
+                    cw: cw(),
+                },
+                CpCw {
+                    cp_number: cp + 1,
+                    cw: cw(),
+                },
+            ],
+            cp_duration: Some(10),
+            access_criteria: Some(vec![0, 0, 0, 1]),
+        }),
+    );
+    match scs.read_ecmg() {
+        Some(EcmgMessage::EcmResponse {
+            cp_number,
+            datagram,
+            ..
+        }) => {
+            assert_eq!(cp_number, cp);
+            assert!(!datagram.is_empty());
+        }
+        other => panic!("expected ECM_response, got {other:?}"),
+    }
+}
+
+/// Channel 1 and stream 1 set up on a fresh SCS connection.
+fn scs_setup(scs: &mut Raw) {
+    scs.send_ecmg(
+        3,
+        &EcmgMessage::ChannelSetup {
+            channel_id: 1,
+            super_cas_id: 0x4AE1_0000,
+        },
+    );
+    assert!(
+        matches!(scs.read_ecmg(), Some(EcmgMessage::ChannelStatus(s)) if s.channel_id == 1),
+        "channel_status"
+    );
+    scs.send_ecmg(
+        3,
+        &EcmgMessage::StreamSetup {
+            channel_id: 1,
+            stream_id: 1,
+            ecm_id: 1,
+            nominal_cp_duration: 10,
+        },
+    );
+    assert!(
+        matches!(
+            scs.read_ecmg(),
+            Some(EcmgMessage::StreamStatus { stream_id: 1, .. })
+        ),
+        "stream_status"
+    );
+}
+
+/// Issue 17: sockets that connect and say nothing cannot lock `castmux ecmg` out. One
+/// address gets at most --max-connections-per-address slots, a full server refuses, and a
+/// socket without an accepted channel_setup is closed after --handshake-timeout (not
+/// before); a real SCS from another address sets up and gets ECMs meanwhile, and after.
+#[test]
+fn ecmg_silent_connections_cannot_lock_it_out() {
+    let h = Head::new();
+    let handshake = Duration::from_secs(4);
+    let mut ecmg = h.spawn(
+        &[
+            "ecmg",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "4",
+            "--max-connections-per-address",
+            "2",
+            "--handshake-timeout",
+            "4s",
+        ],
+        false,
+    );
+    let addr: SocketAddr = field(&ecmg.wait_for("ecmg: serving"), "listen=")
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    // one host floods: its share is two, the third is closed at once
+    let mut silent = vec![
+        connect_from("127.0.0.2", addr),
+        connect_from("127.0.0.2", addr),
+    ];
+    let mut over = connect_from("127.0.0.2", addr);
+    assert!(
+        closed_within(&mut over, WAIT),
+        "third from 127.0.0.2 refused"
+    );
+    // the real SCS (127.0.0.1) is served while the flood holds its slots
+    let mut scs = Raw::connect(addr);
+    scs_setup(&mut scs);
+    scs_gets_an_ecm(&mut scs, 10);
+    // a fourth host fills the server; a fifth is refused
+    silent.push(connect_from("127.0.0.3", addr));
+    let mut full = connect_from("127.0.0.4", addr);
+    assert!(
+        closed_within(&mut full, WAIT),
+        "over --max-connections refused"
+    );
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            still_open(s),
+            "silent connection {i} closed before the timeout"
+        );
+    }
+    // the silent ones go once their time is up
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(closed_within(s, WAIT), "silent connection {i} never closed");
+    }
+    assert!(t0.elapsed() >= handshake, "closed after {:?}", t0.elapsed());
+    // the SCS keeps its channel; the flooding host may connect again and set up
+    scs_gets_an_ecm(&mut scs, 11);
+    let mut again = Raw {
+        sock: connect_from("127.0.0.2", addr),
+        sent: Vec::new(),
+        received: Vec::new(),
+    };
+    again.sock.set_read_timeout(Some(WAIT)).unwrap();
+    scs_setup(&mut again);
+    interrupt(&ecmg);
+    let (_, log) = ecmg.finish();
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("ecmg: stopped"))
+        .unwrap_or_else(|| panic!("no counters in the log:\n{log}"));
+    for want in [
+        "accepted: 5,",
+        "refused_full: 1,",
+        "refused_per_address: 1,",
+        "handshake_timeouts: 3,",
+    ] {
+        assert!(stopped.contains(want), "{want} not in {stopped}");
+    }
+    for want in [
+        "all connection slots taken",
+        "too many connections from this address",
+        "no valid first message in time",
+    ] {
+        assert!(log.contains(want), "{want:?} not logged:\n{log}");
+    }
+}
+
+/// Issue 17 on the `scramble --emmg-listen` port: a host flooding silent connections gets
+/// its share of the slots and loses them after --emmg-handshake-timeout, while a real
+/// `castmux emmg` from another address sets up its stream and its EMMs go on air.
+#[test]
+fn emmg_port_silent_connections_cannot_lock_it_out() {
+    let h = Head::new();
+    // long enough to start `castmux emmg` on a busy machine before it runs out
+    let handshake = Duration::from_secs(6);
+    let mut scr = h.spawn(
+        &[
+            "scramble",
+            "-i",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cw",
+            "0102030405060708",
+            "--emm-pid",
+            "0x1FF1",
+            "--emmg-listen",
+            "127.0.0.1:0",
+            "--emmg-max-connections",
+            "3",
+            "--emmg-max-connections-per-address",
+            "2",
+            "--emmg-handshake-timeout",
+            "6s",
+            "--stats",
+        ],
+        true,
+    );
+    let mux: SocketAddr = field(&scr.wait_for("EMMG<->MUX listening"), "listen=")
+        .parse()
+        .unwrap();
+    let t0 = Instant::now();
+    let mut silent = [
+        connect_from("127.0.0.2", mux),
+        connect_from("127.0.0.2", mux),
+    ];
+    let mut over = connect_from("127.0.0.2", mux);
+    assert!(
+        closed_within(&mut over, WAIT),
+        "third from 127.0.0.2 refused"
+    );
+    let mut emmg = h.spawn(&["emmg", "--mux", &mux.to_string()], false);
+    emmg.wait_for("EMMG stream set up");
+    let mut full = connect_from("127.0.0.3", mux);
+    assert!(
+        closed_within(&mut full, WAIT),
+        "over --emmg-max-connections refused"
+    );
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            still_open(s),
+            "silent connection {i} closed before the timeout"
+        );
+    }
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(closed_within(s, WAIT), "silent connection {i} never closed");
+    }
+    assert!(t0.elapsed() >= handshake, "closed after {:?}", t0.elapsed());
+    // the EMMG's EMMs wait in the queue until packets flow, then go out
+    let data = std::fs::read(sample("spts.ts")).unwrap();
+    feed_paced(scr.stdin(), &data, Duration::from_millis(500), |_| {});
+    let (stats, log) = scr.finish();
+    drop(emmg);
+    let stream = json(&stats)["stream"].clone();
+    assert!(stream["emm"]["taken"].as_u64().unwrap() >= 1, "{stream}");
+    let stopped = log
+        .lines()
+        .find(|l| l.contains("EMMG<->MUX stopped"))
+        .unwrap_or_else(|| panic!("no counters in the log:\n{log}"));
+    for want in [
+        "accepted: 3,",
+        "refused_full: 1,",
+        "refused_per_address: 1,",
+        "handshake_timeouts: 2,",
+    ] {
+        assert!(stopped.contains(want), "{want} not in {stopped}");
+    }
 }

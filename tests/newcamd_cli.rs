@@ -1,6 +1,7 @@
 //! `castmux softcard serve` as a process: a card.json served over newcamd, real castmux
 //! ECMs and EMMs sent by the document-derived test client.
 
+mod cli_support;
 mod newcamd_support;
 
 use std::io::{BufRead, BufReader};
@@ -8,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use castmux::cas::ecm::EcmParams;
 use castmux::cas::emm::build_emm;
@@ -16,6 +17,7 @@ use castmux::cas::{
     build_ecm, derive_card_key, AccessCriteria, CardFile, CardSerial, Entitlements, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
+use cli_support::{closed_within, connect_from, still_open};
 use newcamd_support::*;
 
 const CAID: u16 = 0x4AE1;
@@ -284,4 +286,80 @@ fn users_file_and_clean_stop() {
     assert!(stopped.contains("ecm_answered=1"), "{stopped}");
     let status = srv.child.wait().unwrap();
     assert!(status.success());
+}
+
+/// Issue 17: sockets that connect and never log in cannot lock `softcard serve` out. One
+/// address gets at most --max-clients-per-address slots, a full server refuses, and a
+/// socket that has not logged in is closed after --login-timeout (not before); a real
+/// client from another address logs in and gets CWs meanwhile, and after.
+#[test]
+fn silent_connections_cannot_lock_the_server_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.json");
+    write_card(&card, 1 << 2, vec![service_key(2)]);
+    let login = Duration::from_secs(4);
+    let mut srv = serve(
+        &card,
+        &[
+            "--max-clients",
+            "4",
+            "--max-clients-per-address",
+            "2",
+            "--login-timeout",
+            "4s",
+        ],
+    );
+    let wait = Duration::from_secs(30);
+    let t0 = Instant::now();
+    let mut silent = vec![
+        connect_from("127.0.0.2", srv.addr),
+        connect_from("127.0.0.2", srv.addr),
+    ];
+    let mut over = connect_from("127.0.0.2", srv.addr);
+    assert!(
+        closed_within(&mut over, wait),
+        "third from 127.0.0.2 refused"
+    );
+    let (mut c, _) = TestClient::login_ok(srv.addr, "alice", "secret");
+    assert_eq!(
+        c.ecm(&ecm(2, 4), 9).len(),
+        19,
+        "CWs while the flood holds its slots"
+    );
+    silent.push(connect_from("127.0.0.3", srv.addr));
+    let mut full = connect_from("127.0.0.4", srv.addr);
+    assert!(closed_within(&mut full, wait), "over --max-clients refused");
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(
+            still_open(s),
+            "silent connection {i} closed before the timeout"
+        );
+    }
+    for (i, s) in silent.iter_mut().enumerate() {
+        assert!(closed_within(s, wait), "silent connection {i} never closed");
+    }
+    assert!(t0.elapsed() >= login, "closed after {:?}", t0.elapsed());
+    // the logged-in client stays; its slot was never at risk
+    assert_eq!(c.ecm(&ecm(2, 5), 9).len(), 19);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(srv.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut stopped = String::new();
+    while let Ok(l) = srv.log.recv_timeout(wait) {
+        if l.contains("newcamd: stopped") {
+            stopped = l;
+            break;
+        }
+    }
+    for want in [
+        "accepted=4 ",
+        "refused_full=1 ",
+        "refused_per_address=1 ",
+        "handshake_timeouts=3 ",
+    ] {
+        assert!(stopped.contains(want), "{want} not in {stopped:?}");
+    }
+    assert!(srv.child.wait().unwrap().success());
 }

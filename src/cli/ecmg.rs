@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use castmux::cas::{ServiceKeyRing, SharedKeyRing, Store};
+use castmux::net::AcceptLimits;
 use castmux::simulcrypt::{EcmgServer, EcmgServerConfig, EcmgServerStats, RingEcmBuilder};
 use clap::Args;
 
@@ -29,6 +30,17 @@ pub struct EcmgArgs {
     /// Default: the store's.
     #[arg(long, value_name = "HEX", value_parser = args::hex_u16)]
     ca_system_id: Option<u16>,
+    /// SCS connections (one per ECM channel) open at once; one more is refused.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    max_connections: usize,
+    /// Connections from one IP address at once, so one host cannot take every slot.
+    /// Default: three quarters of --max-connections (48 of 64), the rest stays for others.
+    #[arg(long, value_name = "N")]
+    max_connections_per_address: Option<usize>,
+    /// Close a connection whose channel_setup has not been accepted this long after it
+    /// connected (silent sockets give their slot back).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::duration)]
+    handshake_timeout: Duration,
 }
 
 pub fn run(db: &Path, a: EcmgArgs) -> anyhow::Result<()> {
@@ -44,11 +56,21 @@ async fn serve(
     a: EcmgArgs,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<Arc<EcmgServerStats>> {
+    let accept = AcceptLimits::new(
+        a.max_connections,
+        a.max_connections_per_address,
+        a.handshake_timeout,
+    )
+    .context("--max-connections, --max-connections-per-address, --handshake-timeout")?;
+    let config = EcmgServerConfig {
+        accept,
+        ..EcmgServerConfig::default()
+    };
     let store = open(db).await?;
     let ca_system_id = a.ca_system_id.unwrap_or(store.ca_system_id());
     let ring: SharedKeyRing = ServiceKeyRing::from_keys(store.service_keys().await?).shared();
     let builder = RingEcmBuilder::new(ring.clone(), ca_system_id);
-    let server = EcmgServer::bind(a.listen, EcmgServerConfig::default(), Arc::new(builder))
+    let server = EcmgServer::bind(a.listen, config, Arc::new(builder))
         .await
         .with_context(|| format!("--listen {}: cannot listen (port in use?)", a.listen))?;
     let local = server.local_addr()?;

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use castmux::net::AcceptLimits;
 use castmux::ts::Pid;
 use clap::{Args, Parser};
 use serde::Deserialize;
@@ -51,6 +52,32 @@ struct EmmgPort {
     /// The PID the cloned EMMs go out on in every channel that names none (a number or a
     /// string such as "0x1FF1").
     emm_pid: PidValue,
+    /// EMMG connections at once. Default 16.
+    max_connections: Option<usize>,
+    /// EMMG connections from one IP address at once. Default three quarters of
+    /// max_connections.
+    max_connections_per_address: Option<usize>,
+    /// Time from connect to an accepted channel_setup, e.g. "5s". Default 5 s.
+    handshake_timeout: Option<String>,
+}
+
+impl EmmgPort {
+    /// The connection bounds the table asks for, checked.
+    fn accept_limits(&self) -> anyhow::Result<AcceptLimits> {
+        let defaults = castmux::simulcrypt::EmmMuxConfig::default().accept;
+        let handshake = match &self.handshake_timeout {
+            Some(t) => {
+                args::duration(t).map_err(|e| anyhow::anyhow!("[emmg] handshake_timeout: {e}"))?
+            }
+            None => defaults.handshake_timeout(),
+        };
+        AcceptLimits::new(
+            self.max_connections.unwrap_or(defaults.max_connections()),
+            self.max_connections_per_address,
+            handshake,
+        )
+        .map_err(|e| anyhow::anyhow!("[emmg]: {e}"))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +132,7 @@ struct Channel {
 /// What the file asks for, checked.
 #[derive(Debug)]
 struct Plan {
-    emmg: Option<(SocketAddr, Pid)>,
+    emmg: Option<(SocketAddr, Pid, AcceptLimits)>,
     channels: Vec<Channel>,
 }
 
@@ -125,7 +152,7 @@ fn plan(path: &Path) -> anyhow::Result<Plan> {
                 PidValue::Text(t) => args::pid(t),
             }
             .map_err(|e| anyhow::anyhow!("[emmg] emm_pid: {e}"))?;
-            Some((listen, pid))
+            Some((listen, pid, e.accept_limits()?))
         }
     };
     if file.channels.is_empty() {
@@ -196,12 +223,12 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     let mut mux = None;
     let mut first_source = None;
-    if let Some((listen, _)) = plan.emmg {
-        let (m, src) = MuxThread::start(listen).context("[emmg] listen")?;
+    if let Some((listen, _, accept)) = plan.emmg {
+        let (m, src) = MuxThread::start(listen, accept).context("[emmg] listen")?;
         mux = Some(m);
         first_source = Some(src);
     }
-    let emm_pid = plan.emmg.map(|(_, pid)| pid);
+    let emm_pid = plan.emmg.map(|(_, pid, _)| pid);
     let mut threads = Vec::with_capacity(plan.channels.len());
     for ch in plan.channels {
         let emm = match (ch.emm_clone, &mux) {
@@ -285,11 +312,53 @@ mod tests {
         .unwrap();
         assert_eq!(
             p.emmg,
-            Some(("127.0.0.1:41000".parse().unwrap(), Pid::new(0x1FF1)))
+            Some((
+                "127.0.0.1:41000".parse().unwrap(),
+                Pid::new(0x1FF1),
+                AcceptLimits::with_max(16)
+            ))
         );
         assert_eq!(p.channels.len(), 2);
         assert!(p.channels[0].emm_clone);
         assert!(!p.channels[1].emm_clone);
+    }
+
+    #[test]
+    fn emmg_connection_bounds_come_from_the_table_and_are_checked() {
+        let table = |extra: &str| {
+            format!(
+                "[emmg]\nlisten = \"127.0.0.1:0\"\nemm_pid = 0x1FF1\n{extra}\n\
+                 [[channel]]\nname = \"a\"\nargs = \"-i x.ts -o y.ts\"\n"
+            )
+        };
+        let p = plan_of(&table(
+            "max_connections = 8\nmax_connections_per_address = 2\nhandshake_timeout = \"1500ms\"",
+        ))
+        .unwrap();
+        let limits = p.emmg.unwrap().2;
+        assert_eq!(
+            (
+                limits.max_connections(),
+                limits.max_per_address(),
+                limits.handshake_timeout()
+            ),
+            (8, 2, std::time::Duration::from_millis(1500))
+        );
+        let p = plan_of(&table("max_connections = 8")).unwrap();
+        assert_eq!(p.emmg.unwrap().2.max_per_address(), 6);
+        for (bad, says) in [
+            ("max_connections = 0", "at least 1"),
+            (
+                "max_connections_per_address = 17",
+                "above the connection limit",
+            ),
+            ("handshake_timeout = \"0s\"", "above zero"),
+            ("handshake_timeout = \"soon\"", "handshake_timeout"),
+        ] {
+            let e = plan_of(&table(bad)).unwrap_err();
+            let e = format!("{e:#}");
+            assert!(e.contains("[emmg]") && e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use castmux::net::AcceptLimits;
 use castmux::scramble::{CaSystem, EcmError, EcmGenerator, EcmRequest, Scrambler};
 use castmux::simulcrypt::access::parse_access_criteria_hex;
 use castmux::simulcrypt::{
@@ -59,12 +60,36 @@ pub struct SimulcryptArgs {
     /// EMMG connects to 41000 in its guide); their EMMs go out on --emm-pid.
     #[arg(long, value_name = "ADDR:PORT")]
     emmg_listen: Option<SocketAddr>,
+    /// EMMG connections the --emmg-listen port holds at once; one more is refused.
+    #[arg(long, value_name = "N", default_value_t = 16, requires = "emmg_listen")]
+    emmg_max_connections: usize,
+    /// EMMG connections from one IP address at once, so one host cannot take every slot.
+    /// Default: three quarters of --emmg-max-connections (12 of 16).
+    #[arg(long, value_name = "N", requires = "emmg_listen")]
+    emmg_max_connections_per_address: Option<usize>,
+    /// Close an EMMG connection whose channel_setup has not been accepted this long after
+    /// it connected (silent sockets give their slot back).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::duration,
+        requires = "emmg_listen")]
+    emmg_handshake_timeout: Duration,
 }
 
 impl SimulcryptArgs {
     /// The `--emmg-listen` address, if given.
     pub fn emmg_listen(&self) -> Option<SocketAddr> {
         self.emmg_listen
+    }
+
+    /// The `--emmg-*` connection bounds of the EMMG<->MUX port.
+    pub fn emmg_accept_limits(&self) -> anyhow::Result<AcceptLimits> {
+        AcceptLimits::new(
+            self.emmg_max_connections,
+            self.emmg_max_connections_per_address,
+            self.emmg_handshake_timeout,
+        )
+        .context(
+            "--emmg-max-connections, --emmg-max-connections-per-address, --emmg-handshake-timeout",
+        )
     }
 }
 
@@ -239,7 +264,7 @@ pub fn start(
         if cx.emm_pid.is_none() {
             bail!("--emmg-listen needs --emm-pid (the PID the EMMs go out on)");
         }
-        let (mux, source) = MuxThread::start(listen)?;
+        let (mux, source) = MuxThread::start(listen, a.emmg_accept_limits()?)?;
         parts.mux = Some(mux);
         parts.emm_source = Some(source);
     }
@@ -285,11 +310,19 @@ pub struct MuxThread {
 }
 
 impl MuxThread {
-    /// Listen on `listen`; gives the thread and the first pipeline's EMM queue.
-    pub fn start(listen: SocketAddr) -> anyhow::Result<(MuxThread, EmmQueueSource)> {
+    /// Listen on `listen` with the connection bounds `accept`; gives the thread and the
+    /// first pipeline's EMM queue.
+    pub fn start(
+        listen: SocketAddr,
+        accept: AcceptLimits,
+    ) -> anyhow::Result<(MuxThread, EmmQueueSource)> {
         let rt = super::runtime(0).context("the EMMG<->MUX control thread")?;
+        let config = EmmMuxConfig {
+            accept,
+            ..EmmMuxConfig::default()
+        };
         let (server, source) = rt
-            .block_on(EmmMuxServer::bind(listen, EmmMuxConfig::default()))
+            .block_on(EmmMuxServer::bind(listen, config))
             .with_context(|| format!("--emmg-listen {listen}: cannot listen (port in use?)"))?;
         let local = server.local_addr()?;
         let stats = server.stats();

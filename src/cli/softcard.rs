@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 use tracing::info;
 
 use castmux::io::{Input, InputOptions, InputUrl, Output, OutputOptions, OutputUrl};
+use castmux::net::AcceptLimits;
 use castmux::scramble::{run_stage, PacketStage, RunOptions};
 use castmux::softcard::newcamd::{
     DesKey14, NewcamdServer, ServerConfig, SoftCardBackend, StatsSnapshot, Users,
@@ -108,9 +109,17 @@ pub struct ServeArgs {
     /// Delay before answering a failed login (slows password guessing).
     #[arg(long, default_value = "1s", value_parser = duration)]
     login_fail_delay: Duration,
-    /// Sessions open at most; further connections are closed at once.
-    #[arg(long, default_value_t = 256)]
+    /// Connections open at most; further connections are closed at once.
+    #[arg(long, value_name = "N", default_value_t = 256)]
     max_clients: usize,
+    /// Connections from one IP address at once, so one host cannot take every slot.
+    /// Default: three quarters of --max-clients (192 of 256), the rest stays for others.
+    #[arg(long, value_name = "N")]
+    max_clients_per_address: Option<usize>,
+    /// Close a connection that has not logged in this long after it connected (silent
+    /// sockets give their slot back; counted as handshake_timeouts).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    login_timeout: Duration,
     /// How long a repeated ECM is answered from the cache.
     #[arg(long, default_value = "10s", value_parser = duration)]
     ecm_cache_ttl: Duration,
@@ -313,7 +322,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.service_idle = a.service_idle;
     cfg.idle_timeout = a.idle_timeout;
     cfg.login_fail_delay = a.login_fail_delay;
-    cfg.max_clients = a.max_clients.max(1);
+    cfg.accept = AcceptLimits::new(a.max_clients, a.max_clients_per_address, a.login_timeout)
+        .context("--max-clients, --max-clients-per-address, --login-timeout")?;
     cfg.ecm_cache_ttl = a.ecm_cache_ttl;
     let n_users = cfg.users.len();
     let server = NewcamdServer::new(cfg, card);
@@ -342,7 +352,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
 
 fn report(s: &StatsSnapshot) {
     info!(
-        connections = s.connections,
+        accepted = s.accept.accepted,
+        refused_full = s.accept.refused_full,
+        refused_per_address = s.accept.refused_per_address,
+        handshake_timeouts = s.accept.handshake_timeouts,
+        accept_errors = s.accept.accept_errors,
         logins = s.logins,
         login_failures = s.login_failures,
         bad_frames = s.bad_frames,
@@ -355,7 +369,6 @@ fn report(s: &StatsSnapshot) {
         emm_accepted = s.emm_accepted,
         emm_rejected = s.emm_rejected,
         emm_not_allowed = s.emm_not_allowed,
-        connections_refused = s.connections_refused,
         "newcamd: stopped"
     );
 }

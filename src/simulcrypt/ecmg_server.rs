@@ -19,7 +19,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-use super::accept::{accept_loop, AcceptCounters};
 use super::access::access_criteria_from_bytes;
 use super::conn::{FrameReader, LinkError};
 use super::datagram::sections_to_packets;
@@ -28,6 +27,7 @@ use super::tlv::{error_information, peek_header, CodecError, RawMessage, SUPPORT
 use super::types::{EcmgErrorStatus as E, EcmgParam};
 use crate::cas::ecm::ecm_table_id;
 use crate::cas::AccessCriteria;
+use crate::net::{AcceptLimits, AcceptLoop, AcceptStats, Handshake};
 use crate::scramble::Cw;
 
 /// What an ECM is built from: one crypto period's CWs and the stream's access criteria.
@@ -89,9 +89,10 @@ pub struct EcmgServerConfig {
     pub min_cp_duration: u16,
     /// max_comp_time, ms. Default 100.
     pub max_comp_time: u16,
-    /// Most simultaneous connections (channels). Default 64.
-    pub max_connections: usize,
-    /// A connection silent this long is closed. Default 5 minutes.
+    /// Connection bounds: at most 64 connections (channels), 48 from one address, and 5 s
+    /// from connect to an accepted channel_setup. Default [`AcceptLimits::with_max`]`(64)`.
+    pub accept: AcceptLimits,
+    /// A channel silent this long is closed. Default 5 minutes.
     pub idle_timeout: Duration,
 }
 
@@ -106,7 +107,7 @@ impl Default for EcmgServerConfig {
             max_streams: 128,
             min_cp_duration: 10,
             max_comp_time: 100,
-            max_connections: 64,
+            accept: AcceptLimits::with_max(64),
             idle_timeout: Duration::from_secs(300),
         }
     }
@@ -115,10 +116,8 @@ impl Default for EcmgServerConfig {
 /// Counters of the ECMG server.
 #[derive(Debug, Default)]
 pub struct EcmgServerStats {
-    /// Connections accepted.
-    pub connections: AtomicU64,
-    /// Connections refused (over max_connections).
-    pub connections_refused: AtomicU64,
+    /// Connections accepted, refused and timed out before their channel_setup.
+    pub accept: Arc<AcceptStats>,
     /// Messages received.
     pub messages: AtomicU64,
     /// ECM_responses sent.
@@ -174,38 +173,35 @@ impl EcmgServer {
 
     /// Serve until `shutdown` completes; connections are dropped then.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let counters = AcceptCounters {
-            accepted: &self.stats.connections,
-            refused: &self.stats.connections_refused,
-        };
-        accept_loop(
-            &self.listener,
-            self.config.max_connections,
-            "ECMG",
-            counters,
-            JoinSet::new(),
-            shutdown,
-            |sock, peer| {
-                let mut conn = Connection {
-                    config: self.config.clone(),
-                    builder: self.builder.clone(),
-                    stats: self.stats.clone(),
-                    channel: None,
-                    version: SUPPORTED_VERSIONS[1],
-                    streams: HashMap::new(),
-                    out: Vec::with_capacity(1024),
-                    scratch: Vec::with_capacity(1024),
-                };
-                async move {
-                    tracing::info!(%peer, "ECMG: SCS connected");
-                    match conn.serve(sock).await {
-                        Ok(()) => tracing::info!(%peer, "ECMG: SCS disconnected"),
-                        Err(e) => tracing::warn!(%peer, error = %e, "ECMG: connection closed"),
+        let acceptor = AcceptLoop::new("ECMG", self.config.accept, self.stats.accept.clone());
+        acceptor
+            .run(
+                &self.listener,
+                JoinSet::new(),
+                shutdown,
+                |sock, peer, handshake| {
+                    let mut conn = Connection {
+                        config: self.config.clone(),
+                        builder: self.builder.clone(),
+                        stats: self.stats.clone(),
+                        channel: None,
+                        version: SUPPORTED_VERSIONS[1],
+                        streams: HashMap::new(),
+                        out: Vec::with_capacity(1024),
+                        scratch: Vec::with_capacity(1024),
+                    };
+                    async move {
+                        // debug only: a flood of connections must not flood the log (the
+                        // accept loop counts them; the channel_setup is logged)
+                        tracing::debug!(%peer, "ECMG: SCS connected");
+                        match conn.serve(sock, handshake).await {
+                            Ok(()) => tracing::info!(%peer, "ECMG: SCS disconnected"),
+                            Err(e) => tracing::warn!(%peer, error = %e, "ECMG: connection closed"),
+                        }
                     }
-                }
-            },
-        )
-        .await;
+                },
+            )
+            .await;
     }
 }
 
@@ -234,7 +230,7 @@ enum Next {
 }
 
 impl Connection {
-    async fn serve(&mut self, sock: TcpStream) -> Result<(), LinkError> {
+    async fn serve(&mut self, sock: TcpStream, mut handshake: Handshake) -> Result<(), LinkError> {
         let (rd, mut wr) = sock.into_split();
         let mut reader = FrameReader::new(rd);
         loop {
@@ -254,6 +250,10 @@ impl Connection {
             self.stats.messages.fetch_add(1, Relaxed);
             self.out.clear();
             let next = self.handle(&frame);
+            // a channel set up is the SCS's first valid message: the slot is its to keep
+            if self.channel.is_some() {
+                handshake.done();
+            }
             if !self.out.is_empty() {
                 wr.write_all(&self.out).await?;
             }

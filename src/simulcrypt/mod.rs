@@ -15,7 +15,6 @@
 //! The control plane runs on tokio; the data path only ever reads what a control task has
 //! prepared (an ECM ready for a crypto period, EMM packets in a bounded queue).
 
-mod accept;
 pub mod access;
 pub mod builtin;
 pub mod conn;

@@ -22,7 +22,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 
-use super::accept::{accept_loop, AcceptCounters};
 use super::conn::{FrameReader, LinkError};
 pub use super::emm_fanout::{EmmQueueSource, EmmSubscribers};
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
@@ -31,6 +30,7 @@ use super::tlv::{
 };
 use super::types::{EmmgErrorStatus as E, EmmgParam};
 use crate::cas::emmg::section_air_bytes;
+use crate::net::{AcceptLimits, AcceptLoop, AcceptStats, Handshake};
 use crate::scramble::emm::EmmData;
 use crate::ts::packet::{is_whole_packets, PACKET_SIZE};
 use crate::ts::section::{check_sections, split_sections, MAX_PRIVATE_SECTION};
@@ -47,8 +47,9 @@ pub struct EmmMuxConfig {
     pub queue_len: usize,
     /// Also take data_provision over UDP on the same address. Default true.
     pub udp: bool,
-    /// Most simultaneous connections. Default 16.
-    pub max_connections: usize,
+    /// Connection bounds: at most 16 connections, 12 from one address, and 5 s from
+    /// connect to an accepted channel_setup. Default [`AcceptLimits::with_max`]`(16)`.
+    pub accept: AcceptLimits,
     /// Most streams per channel. Default 16.
     pub max_streams: usize,
     /// A connection silent this long is closed. Default 5 minutes.
@@ -62,7 +63,7 @@ impl Default for EmmMuxConfig {
             max_bandwidth_kbps: 1000,
             queue_len: 1024,
             udp: true,
-            max_connections: 16,
+            accept: AcceptLimits::with_max(16),
             max_streams: 16,
             idle_timeout: Duration::from_secs(300),
         }
@@ -72,10 +73,8 @@ impl Default for EmmMuxConfig {
 /// Counters of the EMMG<->MUX server (live).
 #[derive(Debug, Default)]
 pub struct EmmMuxStats {
-    /// TCP connections accepted.
-    pub connections: AtomicU64,
-    /// TCP connections refused (over max_connections).
-    pub connections_refused: AtomicU64,
+    /// TCP connections accepted, refused and timed out before their channel_setup.
+    pub accept: Arc<AcceptStats>,
     /// data_provision messages taken (TCP and UDP).
     pub data_provisions: AtomicU64,
     /// EMM chunks accepted and queued for at least one subscriber (counted once however
@@ -96,6 +95,8 @@ pub struct EmmMuxStats {
     pub errors_sent: AtomicU64,
     /// UDP datagrams that were not valid messages.
     pub udp_bad: AtomicU64,
+    /// UDP receives that failed (each followed by a pause, doubling up to half a second).
+    pub udp_recv_errors: AtomicU64,
 }
 
 /// Bytes a chunk takes on air (sections are packetized: 184 payload bytes per 188).
@@ -325,21 +326,18 @@ impl EmmMuxServer {
             let shared = self.shared.clone();
             tasks.spawn(async move { udp_loop(udp, shared).await });
         }
-        let counters = AcceptCounters {
-            accepted: &self.shared.stats.connections,
-            refused: &self.shared.stats.connections_refused,
-        };
-        accept_loop(
-            &self.listener,
-            self.shared.config.max_connections,
+        let acceptor = AcceptLoop::new(
             "EMMG port",
-            counters,
-            tasks,
-            shutdown,
-            |sock, peer| {
+            self.shared.config.accept,
+            self.shared.stats.accept.clone(),
+        );
+        acceptor
+            .run(&self.listener, tasks, shutdown, |sock, peer, handshake| {
                 let shared = self.shared.clone();
                 async move {
-                    tracing::info!(%peer, "EMMG connected");
+                    // debug only: a flood of connections must not flood the log (the
+                    // accept loop counts them; the channel_setup is logged)
+                    tracing::debug!(%peer, "EMMG connected");
                     let mut c = MuxConnection {
                         shared,
                         channel: None,
@@ -347,22 +345,52 @@ impl EmmMuxServer {
                         streams: Vec::new(),
                         out: Vec::new(),
                     };
-                    match c.serve(sock).await {
+                    match c.serve(sock, handshake).await {
                         Ok(()) => tracing::info!(%peer, "EMMG disconnected"),
                         Err(e) => tracing::warn!(%peer, error = %e, "EMMG connection closed"),
                     }
                 }
-            },
-        )
-        .await;
+            })
+            .await;
     }
+}
+
+/// The first pause after a failed UDP receive; each further failure in a row doubles it up
+/// to [`UDP_BACKOFF_MAX`], so an error that lasts costs a couple of wake-ups a second, not a
+/// spinning core. A good receive starts over.
+const UDP_BACKOFF_FIRST: Duration = Duration::from_millis(1);
+/// The longest pause between UDP receives after failures: short enough that EMMs flow again
+/// soon after the error clears (the EMMG's data is paced, not lost, while TCP is untouched).
+const UDP_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A failing UDP receive is logged at most this often (the counter counts each).
+const UDP_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// The pause after one more failed receive, given the last one (zero after a success).
+fn next_backoff(last: Duration) -> Duration {
+    (last * 2).clamp(UDP_BACKOFF_FIRST, UDP_BACKOFF_MAX)
 }
 
 async fn udp_loop(sock: UdpSocket, shared: Arc<MuxShared>) {
     let mut buf = vec![0u8; 65536];
+    let mut backoff = Duration::ZERO;
+    let mut logged: Option<Instant> = None;
     loop {
-        let Ok((n, _peer)) = sock.recv_from(&mut buf).await else {
-            continue;
+        let n = match sock.recv_from(&mut buf).await {
+            Ok((n, _peer)) => {
+                backoff = Duration::ZERO;
+                n
+            }
+            Err(e) => {
+                let errors = shared.stats.udp_recv_errors.fetch_add(1, Relaxed) + 1;
+                backoff = next_backoff(backoff);
+                if logged.is_none_or(|t| t.elapsed() >= UDP_ERROR_LOG_EVERY) {
+                    logged = Some(Instant::now());
+                    tracing::warn!(error = %e, udp_recv_errors = errors, pause = ?backoff,
+                        "EMMG port: UDP receive failed; pausing before the next");
+                }
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
         };
         let frame = &buf[..n];
         // one message per UDP datagram
@@ -410,10 +438,10 @@ impl MuxConnection {
         }
     }
 
-    async fn serve(&mut self, sock: TcpStream) -> Result<(), LinkError> {
+    async fn serve(&mut self, sock: TcpStream, mut handshake: Handshake) -> Result<(), LinkError> {
         let (rd, mut wr) = sock.into_split();
         let mut reader = FrameReader::new(rd);
-        let res = self.serve_on(&mut reader, &mut wr).await;
+        let res = self.serve_on(&mut reader, &mut wr, &mut handshake).await;
         // free the ids before the socket closes, so a reconnecting EMMG finds them free
         self.release();
         res
@@ -423,6 +451,7 @@ impl MuxConnection {
         &mut self,
         reader: &mut FrameReader<tokio::net::tcp::OwnedReadHalf>,
         wr: &mut tokio::net::tcp::OwnedWriteHalf,
+        handshake: &mut Handshake,
     ) -> Result<(), LinkError> {
         loop {
             let frame =
@@ -441,6 +470,10 @@ impl MuxConnection {
                 };
             self.out.clear();
             let close = self.handle(&frame);
+            // a channel set up is the EMMG's first valid message: the slot is its to keep
+            if self.channel.is_some() {
+                handshake.done();
+            }
             if !self.out.is_empty() {
                 wr.write_all(&self.out).await?;
             }
@@ -785,6 +818,20 @@ fn msg_channel(m: &EmmgMessage, own_channel: u16) -> ChannelIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn udp_backoff_doubles_from_the_first_pause_to_the_cap_and_stays() {
+        let mut d = Duration::ZERO;
+        let mut seen = Vec::new();
+        for _ in 0..14 {
+            d = next_backoff(d);
+            seen.push(d.as_millis());
+        }
+        assert_eq!(
+            seen,
+            [1, 2, 4, 8, 16, 32, 64, 128, 256, 500, 500, 500, 500, 500]
+        );
+    }
 
     fn section(table_id: u8, total: usize) -> Vec<u8> {
         let len = total - 3;

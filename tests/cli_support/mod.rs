@@ -2,8 +2,11 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use castmux::ts::{CaDescriptor, EsKind, Pat, Pid, Pmt, Section, SectionAssembler};
 
@@ -204,4 +207,40 @@ pub fn have(tool: &str) -> bool {
 /// Pid helper for library-level tests.
 pub fn p(v: u16) -> Pid {
     Pid::new(v)
+}
+
+/// A TCP connection to `to` from the loopback address `from`: Linux routes all of
+/// 127.0.0.0/8 to lo, so 127.0.0.2, 127.0.0.3, ... let one test be several hosts.
+pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let src: SocketAddr = format!("{from}:0").parse().expect("source address");
+    sock.bind(&src.into()).expect("bind the source address");
+    sock.connect(&to.into()).expect("connect");
+    sock.into()
+}
+
+/// Whether the server has closed `s` (EOF or reset) within `within`; what it sent before
+/// (a greeting) is read and dropped. False when it is still open at the end.
+pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let end = Instant::now() + within;
+    let mut b = [0u8; 256];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left)).expect("read timeout");
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Whether `s` is still open now: no EOF or reset waiting (data waiting is dropped).
+pub fn still_open(s: &mut TcpStream) -> bool {
+    !closed_within(s, Duration::from_millis(50))
 }

@@ -2,7 +2,9 @@
 //!
 //! Each connection runs as a tokio task: 14 random bytes, login under the login key,
 //! ACK/NAK, then requests under the session key until the peer leaves, goes idle or
-//! sends a frame that does not decrypt. The card sits behind one mutex together with
+//! sends a frame that does not decrypt. Connections come through the shared accept loop
+//! ([`crate::net::accept`]): at most `max_connections`, a share of them per address, and
+//! the login within the handshake timeout. The card sits behind one mutex together with
 //! the service limiter and the ECM cache; the lock is held only for the card call
 //! (microseconds), never across an await.
 
@@ -14,7 +16,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -27,6 +28,7 @@ use super::limits::{EcmCache, ServiceLimiter, ServiceVerdict};
 use super::messages::{self as msgs, CardData, CwPair, Login};
 use super::stats::{bump, NewcamdStats, StatsSnapshot};
 use super::users::{User, Users};
+use crate::net::{AcceptLimits, AcceptLoop, Handshake};
 
 /// Settings of a newcamd server.
 #[derive(Debug, Clone)]
@@ -41,12 +43,11 @@ pub struct ServerConfig {
     pub service_idle: Duration,
     /// A session with no message for this long is closed. Default 120 s.
     pub idle_timeout: Duration,
-    /// Time allowed between connect and the login message. Default 10 s.
-    pub login_timeout: Duration,
     /// Delay before a login refusal is sent (slows password guessing). Default 1 s.
     pub login_fail_delay: Duration,
-    /// Open sessions at most; further connections are closed at once. Default 256.
-    pub max_clients: usize,
+    /// Connection bounds: at most 256 open, 192 from one address, and 5 s from connect to
+    /// a successful login (the handshake). Default [`AcceptLimits::with_max`]`(256)`.
+    pub accept: AcceptLimits,
     /// How long an ECM answer is served from the cache. Default 10 s.
     pub ecm_cache_ttl: Duration,
     /// ECM answers the cache holds at most. Default 1024.
@@ -62,9 +63,8 @@ impl ServerConfig {
             max_services: 2,
             service_idle: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
-            login_timeout: Duration::from_secs(10),
             login_fail_delay: Duration::from_secs(1),
-            max_clients: 256,
+            accept: AcceptLimits::with_max(256),
             ecm_cache_ttl: Duration::from_secs(10),
             ecm_cache_entries: 1024,
         }
@@ -136,40 +136,19 @@ impl<B: CardBackend> NewcamdServer<B> {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), NewcamdError> {
-        let limit = Arc::new(Semaphore::new(self.shared.cfg.max_clients));
-        let mut sessions = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                // reap finished sessions so the set does not grow
-                Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
-                accepted = listener.accept() => {
-                    let (mut stream, peer) = match accepted {
-                        Ok(a) => a,
-                        Err(e) => {
-                            // e.g. out of file descriptors: back off instead of spinning
-                            warn!("newcamd: accept failed: {e}");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    bump(&self.shared.stats.connections);
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        bump(&self.shared.stats.connections_refused);
-                        warn!(%peer, max = self.shared.cfg.max_clients, "newcamd: too many sessions, connection closed");
-                        let _ = stream.shutdown().await;
-                        continue;
-                    };
-                    let sh = self.shared.clone();
-                    sessions.spawn(async move {
-                        session(sh, stream, peer).await;
-                        drop(permit);
-                    });
-                }
-            }
-        }
-        sessions.shutdown().await;
+        let acceptor = AcceptLoop::new(
+            "newcamd",
+            self.shared.cfg.accept,
+            self.shared.stats.accept.clone(),
+        );
+        acceptor
+            .run(
+                &listener,
+                JoinSet::new(),
+                shutdown,
+                |stream, peer, handshake| session(self.shared.clone(), stream, peer, handshake),
+            )
+            .await;
         Ok(())
     }
 }
@@ -181,9 +160,13 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-async fn session<B: CardBackend>(sh: Arc<Shared<B>>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
-    match serve(&sh, stream, peer).await {
+async fn session<B: CardBackend>(
+    sh: Arc<Shared<B>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handshake: Handshake,
+) {
+    match serve(&sh, stream, peer, handshake).await {
         Ok(()) => debug!(%peer, "newcamd: session closed"),
         Err(NewcamdError::Closed(_)) => debug!(%peer, "newcamd: client left"),
         Err(NewcamdError::Timeout(what)) => {
@@ -208,6 +191,7 @@ async fn serve<B: CardBackend>(
     sh: &Shared<B>,
     mut stream: TcpStream,
     peer: SocketAddr,
+    mut handshake: Handshake,
 ) -> Result<(), NewcamdError> {
     let mut nonce = [0u8; DES_KEY_LEN];
     getrandom::getrandom(&mut nonce)
@@ -215,8 +199,9 @@ async fn serve<B: CardBackend>(
     stream.write_all(&nonce).await?;
     let login_key = sh.cfg.des_key.login_key(&nonce);
 
-    let (hdr, msg) = match read_frame(&mut stream, &login_key, sh.cfg.login_timeout, "login").await
-    {
+    // the accept loop closes a connection that has not logged in within the handshake
+    // timeout; the idle timeout here only backs it up
+    let (hdr, msg) = match read_frame(&mut stream, &login_key, sh.cfg.idle_timeout, "login").await {
         Ok(f) => f,
         Err(
             e @ (NewcamdError::Checksum | NewcamdError::FrameLength(_) | NewcamdError::Frame(_)),
@@ -250,6 +235,7 @@ async fn serve<B: CardBackend>(
     };
     let ack = Message::new(msgs::MSG_CLIENT_2_SERVER_LOGIN_ACK, 0, &[])?;
     write_frame(&mut stream, &reply_hdr, &ack, &login_key).await?;
+    handshake.done();
     bump(&sh.stats.logins);
     let user_id = if user.au {
         1

@@ -1,18 +1,26 @@
 //! Counters of the newcamd server: one for every connection, request, refusal and limit.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::net::{AcceptSnapshot, AcceptStats};
 
 macro_rules! counters {
     ($($(#[$doc:meta])* $name:ident,)*) => {
         /// Live counters, shared by all sessions.
         #[derive(Debug, Default)]
         pub struct NewcamdStats {
+            /// Connections accepted, refused (all slots taken, or too many from one
+            /// address) and closed for not logging in within the handshake timeout.
+            pub accept: Arc<AcceptStats>,
             $($(#[$doc])* pub $name: AtomicU64,)*
         }
 
         /// A copy of the counters at one moment.
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
         pub struct StatsSnapshot {
+            /// See [`NewcamdStats::accept`].
+            pub accept: AcceptSnapshot,
             $($(#[$doc])* pub $name: u64,)*
         }
 
@@ -20,6 +28,7 @@ macro_rules! counters {
             /// Read every counter.
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot {
+                    accept: self.accept.snapshot(),
                     $($name: self.$name.load(Ordering::Relaxed),)*
                 }
             }
@@ -28,10 +37,6 @@ macro_rules! counters {
 }
 
 counters! {
-    /// TCP connections accepted.
-    connections,
-    /// Connections closed at once because `max_clients` sessions were open.
-    connections_refused,
     /// Successful logins.
     logins,
     /// Logins refused (unknown user or wrong password), each delayed.
@@ -39,7 +44,8 @@ counters! {
     /// Frames that failed to decrypt or parse (wrong DES key, garbage, bad checksum,
     /// oversize length); the connection is closed.
     bad_frames,
-    /// Sessions closed for idleness (or a login that never came).
+    /// Sessions closed for idleness after their login (a login that never came is an
+    /// `accept.handshake_timeouts`).
     idle_timeouts,
     /// ECM requests received.
     ecm_requests,

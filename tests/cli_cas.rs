@@ -141,8 +141,8 @@ fn builtin_cas_entitled_card_descrambles_and_others_are_refused() {
     ));
     let out = packets(&scrambled);
     let psi_out = psi(&out);
-    assert_eq!(psi_out.program_ca.get(&1), Some(&vec![(0x4AE1, 0x1FF0)]));
-    assert_eq!(psi_out.cat_ca, vec![(0x4AE1, 0x1FF1)]);
+    assert_eq!(psi_out.program_ca.get(&1), Some(&vec![(0x5510, 0x1FF0)]));
+    assert_eq!(psi_out.cat_ca, vec![(0x5510, 0x1FF1)]);
     let es = BTreeSet::from([0x100u16, 0x101]);
     let want = on_pids(&packets(&input), &es);
     assert!(on_pids(&out, &es)

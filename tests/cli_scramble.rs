@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use cli_support::*;
 
 const DEFAULT_ECM_PID: u16 = 0x1FF0;
-const DEFAULT_CA_SYSTEM_ID: u16 = 0x4AE1;
+const DEFAULT_CA_SYSTEM_ID: u16 = 0x5510;
 
 /// Scramble `name` with rotating CWs (1 s periods) and a CW log; returns (input, scrambled, log).
 fn scramble_sample(

@@ -510,6 +510,53 @@ fn old_ecms_spliced_into_the_stream_are_refused_and_every_es_packet_comes_back()
 }
 
 #[test]
+fn full_cw_plays_a_stream_scrambled_with_64_bit_keys() {
+    let f = fixture();
+    let full = f.dir.join("full.ts");
+    ok(&[
+        "--db",
+        s(&f.db),
+        "scramble",
+        "-i",
+        s(&sample("spts.ts")),
+        "-o",
+        s(&full),
+        "--cas",
+        "builtin",
+        "--packages",
+        "news",
+        "--crypto-period",
+        "1s",
+        "--no-cw-checksum",
+    ]);
+    let want = want_es();
+    let wrong_es = |path: &Path| {
+        let got = on_pids(&packets(path), &es_pids());
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(&want).filter(|(g, w)| g != w).count()
+    };
+    // by default the CWs are reduced as a CAM does: not this stream's keys
+    let reduced = f.dir.join("full.reduced.ts");
+    let out = play_file(&Cws::Local(&f.card_a), &full, s(&reduced));
+    succeeded(&out, "softcard play (reduced CWs)");
+    assert!(
+        wrong_es(&reduced) > 1000,
+        "reduced CWs descrambled a 64-bit-key stream"
+    );
+    // --full-cw uses them as the ECMs carry them
+    let clear = f.dir.join("full.clear.ts");
+    let mut args = play_args(&Cws::Local(&f.card_a), s(&full), s(&clear));
+    args.push("--full-cw".into());
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(&args)
+        .env("CASTMUX_LOG", "warn")
+        .output()
+        .unwrap();
+    succeeded(&out, "softcard play --full-cw");
+    assert_eq!(wrong_es(&clear), 0);
+}
+
+#[test]
 fn play_to_udp_as_vlc_gets_it() {
     let f = fixture();
     let sock = socket2::Socket::new(

@@ -457,7 +457,7 @@ fn export_key_writes_a_private_card_file_with_the_derived_key() {
     }
     let card: CardFile = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     assert_eq!(card.serial, CardSerial(2100000000));
-    assert_eq!(card.ca_system_id, 0x4AE1);
+    assert_eq!(card.ca_system_id, 0x5510);
     let (root, keys, changed) = db.store(async |s| {
         (
             s.root_key().clone(),

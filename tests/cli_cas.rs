@@ -17,7 +17,9 @@ fn db_args<'a>(db: &'a Path, args: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// Descramble `input` with `card`; returns (output packets, --stats JSON).
+/// Descramble `input` with `card`; returns (output packets, --stats JSON). Cards that
+/// are refused leave packets scrambled, which is an error without --allow-scrambled
+/// (tests/softcard_play.rs checks that exit status); here the counters are checked.
 fn play(dir: &Path, card: &Path, input: &Path, name: &str) -> (Vec<Packet>, serde_json::Value) {
     let out = dir.join(format!("{name}.clear.ts"));
     let res = castmux(&[
@@ -29,6 +31,7 @@ fn play(dir: &Path, card: &Path, input: &Path, name: &str) -> (Vec<Packet>, serd
         "-o",
         s(&out),
         "--stats",
+        "--allow-scrambled",
     ]);
     assert!(
         res.status.success(),
@@ -141,8 +144,8 @@ fn builtin_cas_entitled_card_descrambles_and_others_are_refused() {
     ));
     let out = packets(&scrambled);
     let psi_out = psi(&out);
-    assert_eq!(psi_out.program_ca.get(&1), Some(&vec![(0x4AE1, 0x1FF0)]));
-    assert_eq!(psi_out.cat_ca, vec![(0x4AE1, 0x1FF1)]);
+    assert_eq!(psi_out.program_ca.get(&1), Some(&vec![(0x5510, 0x1FF0)]));
+    assert_eq!(psi_out.cat_ca, vec![(0x5510, 0x1FF1)]);
     let es = BTreeSet::from([0x100u16, 0x101]);
     let want = on_pids(&packets(&input), &es);
     assert!(on_pids(&out, &es)

@@ -122,7 +122,7 @@ fn two_files_and_udp_get_the_same_stream_with_ecms_and_emms() {
         let pkts = packets_of(data);
         assert!(count_on(&pkts, EMM_PID) > 0, "{name}: no EMM packet");
         assert!(count_on(&pkts, ECM_PID) > 0, "{name}: no ECM packet");
-        assert_eq!(psi(&pkts).cat_ca, vec![(0x4AE1, EMM_PID)], "{name}: CAT");
+        assert_eq!(psi(&pkts).cat_ca, vec![(0x5510, EMM_PID)], "{name}: CAT");
         let av = av_pids(&psi(&pkts));
         assert!(
             on_pids(&pkts, &av)
@@ -185,7 +185,7 @@ fn a_failing_output_is_closed_and_the_others_finish() {
     );
     assert!(rx.join().unwrap() == fa, "UDP got the same as a.ts");
     // the CAT naming the EMM PID reaches the survivors
-    assert_eq!(psi(&packets_of(&fa)).cat_ca, vec![(0x4AE1, EMM_PID)]);
+    assert_eq!(psi(&packets_of(&fa)).cat_ca, vec![(0x5510, EMM_PID)]);
 }
 
 #[test]

@@ -59,7 +59,7 @@ fn probe_scrambled_shows_ca_descriptors_and_scrambling_state() {
     let v = probe_json(&out, &["--duration", "60s"]);
     let prog = &v["programs"][0];
     assert_eq!(prog["ca"][0]["pid"], 0x1234);
-    assert_eq!(prog["ca"][0]["ca_system_id"], "0x4ae1");
+    assert_eq!(prog["ca"][0]["ca_system_id"], "0x5510");
     assert_eq!(prog["pmt_version"], 1);
     let video = pid_entry(&v, 0x100);
     assert_eq!(video["scrambling"], "scrambled");

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use cli_support::*;
 
 const DEFAULT_ECM_PID: u16 = 0x1FF0;
-const DEFAULT_CA_SYSTEM_ID: u16 = 0x4AE1;
+const DEFAULT_CA_SYSTEM_ID: u16 = 0x5510;
 
 /// Scramble `name` with rotating CWs (1 s periods) and a CW log; returns (input, scrambled, log).
 fn scramble_sample(
@@ -34,6 +34,75 @@ fn scramble_sample(
     args.extend_from_slice(extra);
     ok(&args);
     (packets(&sample(name)), packets(&out))
+}
+
+/// Run castmux, require success, return its stdout.
+fn stdout_of(args: &[&str]) -> String {
+    let out = castmux(args);
+    assert!(
+        out.status.success(),
+        "castmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn descramble_reads_tsducks_spaced_cw_file_and_prints_stats() {
+    let dir = tmp();
+    let name = "spts.ts";
+    let (input, _) = scramble_sample(dir.path(), name, &[]);
+    // the same CWs as TSDuck's --output-cw-file writes them: "01 23 45 67 89 ab cd ef"
+    let log = std::fs::read_to_string(dir.path().join(format!("{name}.cw"))).unwrap();
+    let spaced: String = log
+        .lines()
+        .map(|l| {
+            let bytes: Vec<&str> = (0..l.len()).step_by(2).map(|i| &l[i..i + 2]).collect();
+            bytes.join(" ").to_uppercase() + "\n"
+        })
+        .collect();
+    assert!(spaced.starts_with(&format!("{} ", &log[..2].to_uppercase())));
+    let tsduck_log = dir.path().join("tsduck.cw");
+    std::fs::write(&tsduck_log, &spaced).unwrap();
+    let clear = dir.path().join("tsduck.clr");
+    let stdout = stdout_of(&[
+        "descramble",
+        "-i",
+        s(&dir.path().join(format!("{name}.scr"))),
+        "-o",
+        s(&clear),
+        "--cw-log",
+        s(&tsduck_log),
+        "--stats",
+    ]);
+    let es: BTreeSet<u16> = psi(&input).es.keys().copied().collect();
+    let got = on_pids(&packets(&clear), &es);
+    assert!(got == on_pids(&input, &es), "descrambled ES differs");
+    // --stats gives the counters, as the other modes do
+    let st: serde_json::Value = serde_json::from_str(&stdout).expect("--stats JSON");
+    let n = packets(&clear).len() as u64;
+    assert_eq!(st["counters"]["stream"]["packets_in"], n, "{st}");
+    let scrambled: u64 = st["counters"]["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["scrambled"].as_u64().unwrap())
+        .sum();
+    assert!(scrambled > 1000, "{st}");
+    assert_eq!(st["missing_cws"], 0, "{st}");
+    // and with fixed CWs too
+    let fixed = stdout_of(&[
+        "descramble",
+        "-i",
+        s(&dir.path().join(format!("{name}.scr"))),
+        "-o",
+        s(&dir.path().join("fixed.clr")),
+        "--cw",
+        "0000000000000000",
+        "--stats",
+    ]);
+    let st: serde_json::Value = serde_json::from_str(&fixed).expect("--stats JSON (--cw)");
+    assert_eq!(st["counters"]["stream"]["packets_in"], n, "{st}");
 }
 
 #[test]

@@ -20,7 +20,7 @@ use castmux::cas::{
 use cli_support::{closed_within, connect_from, still_open};
 use newcamd_support::*;
 
-const CAID: u16 = 0x4AE1;
+const CAID: u16 = castmux::scramble::config::DEFAULT_CA_SYSTEM_ID;
 const SERIAL: u64 = 2_100_000_042;
 
 fn now() -> i64 {
@@ -66,8 +66,17 @@ fn write_card(path: &Path, access: u64, keys: Vec<ServiceKey>) {
     std::fs::write(path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
 }
 
-/// An ECM for package `bit`, CWs 0xE1.. / 0x0D.., stamped now.
+/// The CWs of [`ecm`]: CSA2 CWs with their checksum bytes, as castmux makes them.
+const EVEN: [u8; 8] = [0xE1, 0xE2, 0xE3, 0xA6, 0xE5, 0xE6, 0xE7, 0xB2];
+const ODD: [u8; 8] = [0x0D, 0x0E, 0x0F, 0x2A, 0x01, 0x02, 0x03, 0x06];
+
+/// An ECM for package `bit`, CWs [`EVEN`] / [`ODD`], stamped now.
 fn ecm(bit: u32, period: u64) -> Vec<u8> {
+    ecm_at(bit, period, now())
+}
+
+/// An ECM for package `bit` made at `timestamp`.
+fn ecm_at(bit: u32, period: u64, timestamp: i64) -> Vec<u8> {
     let ring = ServiceKeyRing::from_keys([service_key(bit)]);
     let mut out = Vec::new();
     build_ecm(
@@ -76,9 +85,9 @@ fn ecm(bit: u32, period: u64) -> Vec<u8> {
             ca_system_id: CAID,
             access: AccessCriteria(1 << bit),
             period,
-            timestamp: now(),
-            even: &[0xE1, 0xE2, 0xE3, 0xC6, 0xE5, 0xE6, 0xE7, 0xB2],
-            odd: &[0x0D, 0x0E, 0x0F, 0x2A, 0x01, 0x02, 0x03, 0x06],
+            timestamp,
+            even: &EVEN,
+            odd: &ODD,
         },
         &mut out,
     )
@@ -163,11 +172,8 @@ fn serves_a_card_file_over_newcamd() {
         let a = c.ecm(&sec, 0x0101);
         assert_eq!(a[0], sec[0], "answer carries the ECM's table id");
         assert_eq!(a[2], 16);
-        assert_eq!(&a[3..11], &[0xE1, 0xE2, 0xE3, 0xC6, 0xE5, 0xE6, 0xE7, 0xB2]);
-        assert_eq!(
-            &a[11..19],
-            &[0x0D, 0x0E, 0x0F, 0x2A, 0x01, 0x02, 0x03, 0x06]
-        );
+        assert_eq!(&a[3..11], &EVEN);
+        assert_eq!(&a[11..19], &ODD);
     }
     // package 5 is not on the card: refused, empty body
     let a = c.ecm(&ecm(5, 12), 0x0101);
@@ -213,7 +219,7 @@ fn serves_a_card_file_over_newcamd() {
     assert!(log.contains("login refused"), "{log}");
     assert!(log.contains("ECM refused by the card"), "{log}");
     // no CW bytes in the log, in any case
-    assert!(!log.to_ascii_lowercase().contains("e1e2e3c6"), "{log}");
+    assert!(!log.to_ascii_lowercase().contains("e1e2e3a6"), "{log}");
 }
 
 #[test]
@@ -362,4 +368,85 @@ fn silent_connections_cannot_lock_the_server_out() {
         assert!(stopped.contains(want), "{want} not in {stopped:?}");
     }
     assert!(srv.child.wait().unwrap().success());
+}
+
+/// What Cesbo Astra 4's newcamd client sends: the section with the top four bits of
+/// byte 1 cleared (it writes only the 12 length bits there).
+fn astra(section: &[u8]) -> Vec<u8> {
+    let mut s = section.to_vec();
+    s[1] &= 0x0F;
+    s
+}
+
+#[test]
+fn a_client_that_clears_the_section_flag_bits_gets_cws_and_its_emms_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.json");
+    write_card(&card, 1 << 2, vec![service_key(2)]);
+    let srv = serve(&card, &[]);
+    let (mut c, _) = TestClient::login_ok(srv.addr, "alice", "secret");
+
+    let sec = ecm(2, 30);
+    assert_eq!(sec[1] & 0xF0, 0x70);
+    let a = c.ecm(&astra(&sec), 0x0101);
+    assert_eq!(a.len(), 19, "answered: {a:?}");
+    assert_eq!(&a[3..11], &EVEN);
+    assert_eq!(&a[11..19], &ODD);
+
+    // an EMM with its flag bits cleared entitles package 5
+    let mut emm = Vec::new();
+    build_emm(
+        CardSerial(SERIAL),
+        &derive_card_key(&root(), CardSerial(SERIAL)),
+        7,
+        &entitlements((1 << 2) | (1 << 5)),
+        [&service_key(2), &service_key(5)],
+        &mut emm,
+    )
+    .unwrap();
+    c.send_section(&astra(&emm), 0);
+    assert_eq!(
+        c.recv().unwrap().msg,
+        vec![emm[0], 0x10, 0x00],
+        "EMM accepted"
+    );
+    assert_eq!(c.ecm(&astra(&ecm(5, 31)), 0x0102).len(), 19);
+
+    // a changed byte elsewhere is still refused
+    let mut bad = astra(&ecm(2, 32));
+    bad[30] ^= 0x01;
+    assert_eq!(c.ecm(&bad, 0x0101).len(), 3);
+}
+
+#[test]
+fn an_older_ecm_spliced_into_a_service_is_refused_even_from_the_answer_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let card = dir.path().join("card.json");
+    write_card(&card, 1 << 2, vec![service_key(2)]);
+    let srv = serve(&card, &[]);
+    let (mut c, _) = TestClient::login_ok(srv.addr, "alice", "secret");
+    let t = now();
+    // recorded two minutes ago: inside the time window, so answered the first time ...
+    let old = ecm_at(2, 40, t - 120);
+    assert_eq!(c.ecm(&old, 0x0101).len(), 19);
+    let live = ecm_at(2, 42, t);
+    assert_eq!(c.ecm(&live, 0x0101).len(), 19);
+    // ... but not once the service's newer even ECM is held, though its answer is cached
+    assert_eq!(c.ecm(&old, 0x0101), vec![0x80, 0, 0]);
+    assert_eq!(c.ecm(&live, 0x0101).len(), 19, "the live ECM still is");
+    // another service of the session (or another session) is its own stream
+    assert_eq!(c.ecm(&old, 0x0102).len(), 19);
+    let (mut other, _) = TestClient::login_ok(srv.addr, "alice", "secret");
+    assert_eq!(other.ecm(&old, 0x0101).len(), 19);
+    let mut lines = Vec::new();
+    while let Ok(l) = srv.log.recv_timeout(Duration::from_millis(500)) {
+        lines.push(l);
+    }
+    let log = lines.join("\n");
+    assert!(log.contains("replay"), "{log}");
+    assert_eq!(
+        log.matches("ECM refused as a replay").count(),
+        1,
+        "the card says it once: {log}"
+    );
 }

@@ -30,6 +30,7 @@ const SAMPLE_SECS: f64 = 5.0;
 struct Fixture {
     _dir: tempfile::TempDir,
     dir: PathBuf,
+    db: PathBuf,
     card_a: PathBuf,
     card_b: PathBuf,
     scrambled: PathBuf,
@@ -64,12 +65,27 @@ fn fixture() -> Fixture {
     db_ok(&["card", "export-key", "2100000001", "-o", s(&card_a)]);
     db_ok(&["card", "export-key", "2100000002", "-o", s(&card_b)]);
     let scrambled = d.join("out.ts");
-    db_ok(&[
+    scramble_news(&db, &scrambled);
+    Fixture {
+        _dir: dir,
+        dir: d,
+        db,
+        card_a,
+        card_b,
+        scrambled,
+    }
+}
+
+/// Scramble the sample for `news` with 1 s crypto periods, ECMs from the store in `db`.
+fn scramble_news(db: &Path, out: &Path) {
+    ok(&[
+        "--db",
+        s(db),
         "scramble",
         "-i",
         s(&sample("spts.ts")),
         "-o",
-        s(&scrambled),
+        s(out),
         "--cas",
         "builtin",
         "--packages",
@@ -77,13 +93,6 @@ fn fixture() -> Fixture {
         "--crypto-period",
         "1s",
     ]);
-    Fixture {
-        _dir: dir,
-        dir: d,
-        card_a,
-        card_b,
-        scrambled,
-    }
 }
 
 fn es_pids() -> BTreeSet<u16> {
@@ -371,7 +380,13 @@ fn a_card_not_entitled_over_newcamd_descrambles_nothing() {
     let srv = serve(&f.card_b);
     let out_path = f.dir.join("b.ts");
     let out = play_paced(&Cws::Newcamd(srv.addr), &f.scrambled, s(&out_path));
-    succeeded(&out, "softcard play --newcamd (card B)");
+    // packets left scrambled: the exit status says so
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("were left scrambled") && err.contains("--allow-scrambled"),
+        "{err}"
+    );
     let st = stats_of(&out.stdout);
     assert_eq!(counter(&st, "descrambled"), 0, "{st}");
     assert_eq!(counter(&st, "answers"), 0, "{st}");
@@ -384,6 +399,161 @@ fn a_card_not_entitled_over_newcamd_descrambles_nothing() {
         got.iter().all(|p| tsc(p) != 0 || !has_payload(p)),
         "a clear ES packet with a card not entitled"
     );
+}
+
+#[test]
+fn packets_left_scrambled_fail_the_run_unless_allowed() {
+    let f = fixture();
+    // descramble --card and softcard play --card share the rule
+    for cmd in [&["descramble"][..], &["softcard", "play"]] {
+        let out_path = f.dir.join("b-local.ts");
+        let mut args: Vec<&str> = cmd.to_vec();
+        args.extend([
+            "-i",
+            s(&f.scrambled),
+            "-o",
+            s(&out_path),
+            "--card",
+            s(&f.card_b),
+        ]);
+        let out = castmux(&args);
+        assert_eq!(out.status.code(), Some(1), "{cmd:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("were left scrambled"), "{cmd:?}: {err}");
+        assert!(
+            err.contains("not entitled"),
+            "{cmd:?}: names the refusal: {err}"
+        );
+        args.push("--allow-scrambled");
+        let out = castmux(&args);
+        succeeded(&out, "--allow-scrambled");
+        // the stream still went out, scrambled, whole
+        assert_eq!(packets(&out_path).len(), packets(&f.scrambled).len());
+    }
+}
+
+#[test]
+fn play_over_newcamd_from_a_file_waits_for_every_answer() {
+    let f = fixture();
+    let srv = serve(&f.card_a);
+    let out_path = f.dir.join("newcamd-file.ts");
+    // read at full speed: far faster than the round trips to the server
+    let out = play_file(&Cws::Newcamd(srv.addr), &f.scrambled, s(&out_path));
+    succeeded(&out, "softcard play --newcamd -i FILE");
+    let st = stats_of(&out.stdout);
+    assert_eq!(counter(&st, "no_key"), 0, "{st}");
+    assert_eq!(counter(&st, "answer_timeouts"), 0, "{st}");
+    assert!(counter(&st, "answers") >= 5, "{st}");
+    assert_eq!(assert_es_clear(&packets(&out_path), "newcamd, file"), 0);
+}
+
+/// Put the ECM packets of `old` (an earlier run, other CWs) into `live` after the first
+/// parity flip, each where it stood in its own run, with the ECM PID's continuity
+/// counters renumbered as a splicer would.
+fn splice_old_ecms(live: &[Packet], old: &[Packet]) -> (Vec<Packet>, usize) {
+    const ECM_PID: u16 = 0x1FF0;
+    let flip = live
+        .iter()
+        .position(|p| es_pids().contains(&pid(p)) && tsc(p) == 0b11)
+        .expect("a second crypto period");
+    let mut out = Vec::with_capacity(live.len() + old.len() / 10);
+    let mut spliced = 0;
+    for (i, p) in live.iter().enumerate() {
+        out.push(*p);
+        if i > flip && i < old.len() && pid(&old[i]) == ECM_PID {
+            out.push(old[i]);
+            spliced += 1;
+        }
+    }
+    let mut cc = 0u8;
+    for p in out.iter_mut().filter(|p| pid(p) == ECM_PID) {
+        p[3] = (p[3] & 0xF0) | cc;
+        cc = (cc + 1) & 0x0F;
+    }
+    (out, spliced)
+}
+
+#[test]
+fn old_ecms_spliced_into_the_stream_are_refused_and_every_es_packet_comes_back() {
+    let f = fixture();
+    // the same channel scrambled again (new CWs, ECMs stamped later)
+    std::thread::sleep(Duration::from_millis(1100));
+    let live_path = f.dir.join("live.ts");
+    scramble_news(&f.db, &live_path);
+    let (spliced, n) = splice_old_ecms(&packets(&live_path), &packets(&f.scrambled));
+    assert!(n >= 20, "{n} old ECM packets spliced in");
+    let spliced_path = f.dir.join("spliced.ts");
+    std::fs::write(&spliced_path, spliced.as_flattened()).unwrap();
+
+    let local = f.dir.join("spliced.local.ts");
+    let out = play_file(&Cws::Local(&f.card_a), &spliced_path, s(&local));
+    succeeded(&out, "softcard play --card (spliced)");
+    let st = stats_of(&out.stdout);
+    assert!(counter(&st, "replays_refused") >= 5, "{st}");
+    assert_eq!(
+        counter(&st, "replays_refused"),
+        counter(&st, "refusals"),
+        "{st}"
+    );
+    assert_eq!(counter(&st, "no_key"), 0, "{st}");
+    assert_eq!(assert_es_clear(&packets(&local), "spliced, local card"), 0);
+
+    // the same through a card server: the old ECMs share a service with the live ones
+    let srv = serve(&f.card_a);
+    let remote = f.dir.join("spliced.newcamd.ts");
+    let out = play_file(&Cws::Newcamd(srv.addr), &spliced_path, s(&remote));
+    succeeded(&out, "softcard play --newcamd (spliced)");
+    let st = stats_of(&out.stdout);
+    assert!(counter(&st, "refusals") >= 5, "{st}");
+    assert_eq!(counter(&st, "no_key"), 0, "{st}");
+    assert_eq!(assert_es_clear(&packets(&remote), "spliced, newcamd"), 0);
+}
+
+#[test]
+fn full_cw_plays_a_stream_scrambled_with_64_bit_keys() {
+    let f = fixture();
+    let full = f.dir.join("full.ts");
+    ok(&[
+        "--db",
+        s(&f.db),
+        "scramble",
+        "-i",
+        s(&sample("spts.ts")),
+        "-o",
+        s(&full),
+        "--cas",
+        "builtin",
+        "--packages",
+        "news",
+        "--crypto-period",
+        "1s",
+        "--no-cw-checksum",
+    ]);
+    let want = want_es();
+    let wrong_es = |path: &Path| {
+        let got = on_pids(&packets(path), &es_pids());
+        assert_eq!(got.len(), want.len());
+        got.iter().zip(&want).filter(|(g, w)| g != w).count()
+    };
+    // by default the CWs are reduced as a CAM does: not this stream's keys
+    let reduced = f.dir.join("full.reduced.ts");
+    let out = play_file(&Cws::Local(&f.card_a), &full, s(&reduced));
+    succeeded(&out, "softcard play (reduced CWs)");
+    assert!(
+        wrong_es(&reduced) > 1000,
+        "reduced CWs descrambled a 64-bit-key stream"
+    );
+    // --full-cw uses them as the ECMs carry them
+    let clear = f.dir.join("full.clear.ts");
+    let mut args = play_args(&Cws::Local(&f.card_a), s(&full), s(&clear));
+    args.push("--full-cw".into());
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(&args)
+        .env("CASTMUX_LOG", "warn")
+        .output()
+        .unwrap();
+    succeeded(&out, "softcard play --full-cw");
+    assert_eq!(wrong_es(&clear), 0);
 }
 
 #[test]
@@ -462,7 +632,7 @@ mod startup_hold {
 
     use super::*;
 
-    const CAID: u16 = 0x4AE1;
+    const CAID: u16 = castmux::scramble::config::DEFAULT_CA_SYSTEM_ID;
 
     fn now() -> i64 {
         SystemTime::now()
@@ -504,11 +674,12 @@ mod startup_hold {
     }
 
     impl CwSource for Gated {
-        fn submit_ecm(&mut self, section: &[u8], now: i64) {
-            self.card.submit_ecm(section, now);
+        fn submit_ecm(&mut self, section: &[u8], now: i64) -> bool {
+            let taken = self.card.submit_ecm(section, now);
             while let Some(a) = self.card.poll() {
                 self.waiting.push(a);
             }
+            taken
         }
         fn submit_emm(&mut self, section: &[u8], now: i64) {
             self.card.submit_emm(section, now);

@@ -11,12 +11,14 @@ use castmux::cas::{
     AccessCriteria, BuiltinEcmg, CardFile, CardSerial, EmmCarousel, Entitlements, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
-use castmux::scramble::{CaSystem, KeyMode, ScrambleConfig, Scrambler};
+use castmux::scramble::{
+    CaSystem, Cw, EcmError, EcmGenerator, EcmRequest, KeyMode, ScrambleConfig, Scrambler,
+};
 use castmux::softcard::player::{CardPlayer, LocalCard};
-use castmux::softcard::SoftCard;
+use castmux::softcard::{CwReduction, SoftCard};
 use castmux::ts::{Packet, Pid};
 
-const CAID: u16 = 0x4AE1;
+const CAID: u16 = castmux::scramble::config::DEFAULT_CA_SYSTEM_ID;
 const DAY: i64 = 86_400;
 
 fn now() -> i64 {
@@ -65,7 +67,18 @@ fn entitlements(access: u64, start: i64, finish: i64, enabled: bool) -> Entitlem
 /// the EMM carousel with `emm_cards` on PID 0x1FF1.
 fn scramble(keys: &[ServiceKey], emm_cards: &[(CardSerial, Key128, Entitlements)]) -> Vec<Packet> {
     let ring = ServiceKeyRing::from_keys(keys.iter().cloned()).shared();
-    let ecmg = BuiltinEcmg::new(ring, AccessCriteria(1), CAID);
+    scramble_with(
+        Box::new(BuiltinEcmg::new(ring, AccessCriteria(1), CAID)),
+        keys,
+        emm_cards,
+    )
+}
+
+fn scramble_with(
+    ecmg: Box<dyn EcmGenerator>,
+    keys: &[ServiceKey],
+    emm_cards: &[(CardSerial, Key128, Entitlements)],
+) -> Vec<Packet> {
     let config = ScrambleConfig {
         keys: KeyMode::Rotating,
         crypto_period: Duration::from_secs(1),
@@ -74,7 +87,7 @@ fn scramble(keys: &[ServiceKey], emm_cards: &[(CardSerial, Key128, Entitlements)
         emm_ca_system_id: CAID,
         ..ScrambleConfig::default()
     };
-    let mut s = Scrambler::new(config, None, vec![Box::new(ecmg)]).unwrap();
+    let mut s = Scrambler::new(config, None, vec![ecmg]).unwrap();
     let mut carousel = EmmCarousel::new(200_000);
     carousel.set_service_keys(keys.to_vec());
     for (serial, key, ent) in emm_cards {
@@ -111,12 +124,22 @@ fn play(
     card: SoftCard,
     scrambled: &[Packet],
 ) -> (Vec<Packet>, castmux::softcard::player::PlayerCounters) {
+    play_reduced(card, scrambled, CwReduction::Reduce)
+}
+
+fn play_reduced(
+    mut card: SoftCard,
+    scrambled: &[Packet],
+    reduction: CwReduction,
+) -> (Vec<Packet>, castmux::softcard::player::PlayerCounters) {
+    card.set_cw_reduction(reduction);
     let mut p = CardPlayer::new(
         csa::Algorithm::Csa2,
         CAID,
         Box::new(LocalCard::new(card, None)),
     )
     .unwrap();
+    p.set_cw_reduction(reduction);
     let mut out = scrambled.to_vec();
     for batch in out.chunks_mut(256) {
         p.process(batch).unwrap();
@@ -216,4 +239,52 @@ fn a_card_with_no_keys_learns_them_from_its_emm() {
         "descrambled ES differs"
     );
     assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+}
+
+/// TSDuck's scrambler by default: the ECMG gets the full 64-bit CW, the packets are
+/// scrambled with its reduced form (bytes 3 and 7 = checksums). Here the scrambler's CWs
+/// (which have their checksums) go to the built-in ECMG with bytes 3 and 7 changed, so the
+/// ECMs carry a full CW whose reduction is the key in use.
+struct FullCwEcmg(BuiltinEcmg);
+
+impl EcmGenerator for FullCwEcmg {
+    fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {
+        let unreduce = |cw: &Cw| {
+            let mut b = cw.as_bytes().to_vec();
+            b[3] ^= 0x5A;
+            b[7] ^= 0xA5;
+            Cw::from_slice(&b).unwrap()
+        };
+        let (current, next) = (unreduce(req.current), unreduce(req.next));
+        self.0.generate(
+            &EcmRequest {
+                current: &current,
+                next: &next,
+                ..*req
+            },
+            out,
+        )
+    }
+}
+
+#[test]
+fn full_cws_in_the_ecm_descramble_as_a_cam_would_and_full_keys_stay_an_option() {
+    let keys = service_keys();
+    let ring = ServiceKeyRing::from_keys(keys.iter().cloned()).shared();
+    let ecmg = FullCwEcmg(BuiltinEcmg::new(ring, AccessCriteria(1), CAID));
+    let scrambled = scramble_with(Box::new(ecmg), &keys, &[]);
+    let ent = entitlements(1, now() - DAY, now() + DAY, true);
+    let (clear, c) = play(card(2100000007, ent.clone(), keys.clone()), &scrambled);
+    assert_eq!((c.no_key, c.refusals), (0, 0), "{c:?}");
+    assert!(es(&clear) == es(&sample()), "reduced CWs: ES differs");
+    // full 64-bit keys are not what this stream was scrambled with: nothing comes out right
+    let (wrong, c) = play_reduced(card(2100000007, ent, keys), &scrambled, CwReduction::Full);
+    assert!(c.descrambled > 1000, "{c:?}");
+    let want = es(&sample());
+    let same = es(&wrong)
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| g[3] >> 6 == 0 && g[4..] == w[4..] && w[3] & 0x20 == 0)
+        .count();
+    assert!(same < 10, "{same} ES packets came out right with full keys");
 }

@@ -44,6 +44,17 @@ pub struct DescrambleArgs {
     /// Print the counters as JSON on stdout at the end (stderr when the output is stdout).
     #[arg(long)]
     stats: bool,
+    /// With --card: how CWs become keys, and whether packets left scrambled are an error.
+    #[command(flatten)]
+    card_opts: super::softcard::CardPlayOptions,
+}
+
+/// The `--stats` JSON of a descramble with fixed CWs or a CW log.
+#[derive(serde::Serialize)]
+struct DescrambleReport {
+    counters: castmux::scramble::stats::Report,
+    /// Crypto periods past the end of the CW log (their packets used the last keys).
+    missing_cws: u64,
 }
 
 pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
@@ -55,7 +66,7 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         ..RunOptions::default()
     };
     if let Some(path) = &a.card {
-        let (source, caid) = super::softcard::local_card(path)?;
+        let (source, caid) = super::softcard::local_card(path, a.card_opts)?;
         return super::softcard::play_stream(
             source,
             caid,
@@ -64,6 +75,7 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
             &a.output,
             &opts,
             a.stats,
+            a.card_opts,
         );
     }
     let keys = match (&a.cw, &a.cw_log) {
@@ -88,6 +100,13 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         missing_cws = d.missing_cws,
         "done"
     );
+    if a.stats {
+        let report = DescrambleReport {
+            counters: d.counters().report(),
+            missing_cws: d.missing_cws,
+        };
+        super::print_stats(&report, matches!(output_url, OutputUrl::Stdout))?;
+    }
     res?;
     close?;
     Ok(())

@@ -16,8 +16,9 @@ pub struct InitArgs {
     /// First card serial to allocate (TVCAS numbering). Default 2100000000.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_SERIAL_PREFIX)]
     serial_prefix: u64,
-    /// CA_system_ID written into the PMT/CAT CA descriptors and card.json, hex. Default 0x4AE1.
-    #[arg(long, value_name = "HEX", default_value = "0x4AE1", value_parser = args::hex_u16)]
+    /// CA_system_ID written into the PMT/CAT CA descriptors and card.json, hex. Default
+    /// 0x5510 (unallocated in ETSI TS 101 162; docs/newcamd.md says how receivers treat it).
+    #[arg(long, value_name = "HEX", default_value = "0x5510", value_parser = args::hex_u16)]
     ca_system_id: u16,
     /// Rotate every package's service key this often (`30d`, `12h`, `off`); the running
     /// mux does it. Default off: rotate with `castmux keys rotate`.

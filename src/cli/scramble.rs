@@ -139,8 +139,8 @@ pub struct ScrambleArgs {
     no_cw_checksum: bool,
     /// CA_system_ID of the CA_descriptor when no CAS is configured (and of the CAT's EMM
     /// descriptor when neither --cas builtin nor --ecmg gives one), hex.
-    /// Default 0x4AE1 (castmux's own id).
-    #[arg(long, value_name = "HEX", value_parser = args::hex_u16, default_value = "0x4AE1")]
+    /// Default 0x5510 (castmux's default; a store's own id with --cas builtin).
+    #[arg(long, value_name = "HEX", value_parser = args::hex_u16, default_value = "0x5510")]
     ca_system_id: u16,
     /// When ECM content switches relative to the key switch (SimulCrypt delay_start), e.g.
     /// -500ms to send it earlier. Default 0 (with --ecmg: the ECMG's).

@@ -18,7 +18,7 @@ use castmux::softcard::newcamd::{
 };
 use castmux::softcard::player::{CardPlayer, CwSource, LocalCard};
 use castmux::softcard::remote::{NewcamdLogin, NewcamdSource};
-use castmux::softcard::SoftCard;
+use castmux::softcard::{CwReduction, SoftCard};
 
 use super::args::duration;
 
@@ -74,6 +74,33 @@ pub struct PlayArgs {
     /// Print the counters as JSON at the end (stderr when the output is stdout).
     #[arg(long)]
     stats: bool,
+    #[command(flatten)]
+    card_opts: CardPlayOptions,
+}
+
+/// What `softcard play` and `descramble --card` share besides input and output.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct CardPlayOptions {
+    /// Use 8-byte CWs from the card as full 64-bit keys. Default off: bytes 3 and 7 are
+    /// replaced by their checksums, as CAMs do (see docs/cas-formats.md, "CW reduction");
+    /// only for streams scrambled with full keys (castmux scramble --no-cw-checksum,
+    /// TSDuck --no-entropy-reduction).
+    #[arg(long)]
+    full_cw: bool,
+    /// Exit 0 even when scrambled packets were left scrambled (no key from the card for
+    /// them). Default off: the exit status is 1 then, and the counters say how many.
+    #[arg(long)]
+    allow_scrambled: bool,
+}
+
+impl CardPlayOptions {
+    fn reduction(&self) -> CwReduction {
+        if self.full_cw {
+            CwReduction::Full
+        } else {
+            CwReduction::Reduce
+        }
+    }
 }
 
 /// `castmux softcard serve`.
@@ -126,6 +153,10 @@ pub struct ServeArgs {
     /// Do not write EMM updates back to the card file (they last until exit).
     #[arg(long)]
     read_only_card: bool,
+    /// Answer 8-byte CWs as the ECM carries them. Default off: bytes 3 and 7 are replaced
+    /// by their checksums, as a CAM's card does (docs/cas-formats.md, "CW reduction").
+    #[arg(long)]
+    full_cw: bool,
 }
 
 /// Run `castmux softcard ...`.
@@ -138,7 +169,7 @@ pub fn run(a: SoftcardArgs) -> anyhow::Result<()> {
 
 fn play(a: PlayArgs) -> anyhow::Result<()> {
     let (source, caid): (Box<dyn CwSource>, u16) = match (&a.card, &a.newcamd) {
-        (Some(path), _) => local_card(path)?,
+        (Some(path), _) => local_card(path, a.card_opts)?,
         (None, Some(addr)) => {
             let des = a.des_key.as_deref().unwrap_or_default();
             let login = NewcamdLogin {
@@ -170,12 +201,17 @@ fn play(a: PlayArgs) -> anyhow::Result<()> {
         &a.output,
         &opts,
         a.stats,
+        a.card_opts,
     )
 }
 
 /// The software card in `path` as a CW source (saved back after EMMs), and its CAID.
-pub(crate) fn local_card(path: &std::path::Path) -> anyhow::Result<(Box<dyn CwSource>, u16)> {
-    let card = SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
+pub(crate) fn local_card(
+    path: &std::path::Path,
+    o: CardPlayOptions,
+) -> anyhow::Result<(Box<dyn CwSource>, u16)> {
+    let mut card = SoftCard::load(path).with_context(|| format!("--card {}", path.display()))?;
+    card.set_cw_reduction(o.reduction());
     let caid = card.ca_system_id();
     info!(serial = %card.serial(), "software card loaded");
     Ok((
@@ -185,7 +221,10 @@ pub(crate) fn local_card(path: &std::path::Path) -> anyhow::Result<(Box<dyn CwSo
 }
 
 /// Descramble `input` to `output` with CWs from `source` (shared with `descramble --card`).
-/// On a terminal, a status line is kept up to date on stderr.
+/// On a terminal, a status line is kept up to date on stderr. A file or pipe waits for
+/// the card's answer to each ECM; packets left scrambled make it an error unless
+/// `card_opts.allow_scrambled`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn play_stream(
     source: Box<dyn CwSource>,
     ca_system_id: u16,
@@ -194,12 +233,16 @@ pub(crate) fn play_stream(
     output: &str,
     opts: &RunOptions,
     stats: bool,
+    card_opts: CardPlayOptions,
 ) -> anyhow::Result<()> {
     let input_url: InputUrl = input.parse().context("--input")?;
     let output_url: OutputUrl = output.parse().context("--output")?;
     let mut player = CardPlayer::new(algorithm, ca_system_id, source)?;
+    player.set_cw_reduction(card_opts.reduction());
     let mut inp = Input::open(&input_url, &InputOptions::default())
         .with_context(|| format!("opening input {input}"))?;
+    // a file or pipe is read faster than a remote card answers: wait for each answer
+    player.wait_for_answers(!inp.is_live());
     let mut out = Output::open(&output_url, &OutputOptions::default())
         .with_context(|| format!("opening output {output}"))?;
     let res = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
@@ -227,6 +270,7 @@ pub(crate) fn play_stream(
         ecms = c.ecms,
         emms = c.emms,
         refusals = c.refusals,
+        replays_refused = c.replays_refused,
         last_refusal = c.last_refusal.as_deref().unwrap_or("-"),
         "done"
     );
@@ -235,6 +279,21 @@ pub(crate) fn play_stream(
     }
     res?;
     close?;
+    if c.no_key > 0 && !card_opts.allow_scrambled {
+        let why = c
+            .last_refusal
+            .as_deref()
+            .unwrap_or(if c.answer_timeouts > 0 {
+                "the card did not answer in time"
+            } else {
+                "no ECM answered for their period"
+            });
+        anyhow::bail!(
+            "{} of {} scrambled packets were left scrambled ({why}); --allow-scrambled accepts that",
+            c.no_key,
+            c.no_key + c.descrambled
+        );
+    }
     Ok(())
 }
 
@@ -315,8 +374,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     if a.max_services == 0 {
         anyhow::bail!("--max-services must be at least 1");
     }
-    let card = SoftCardBackend::load(&a.card, !a.read_only_card)
+    let mut card = SoftCardBackend::load(&a.card, !a.read_only_card)
         .with_context(|| format!("loading the card {}", a.card.display()))?;
+    if a.full_cw {
+        card.set_cw_reduction(CwReduction::Full);
+    }
     let mut cfg = ServerConfig::new(des_key, users);
     cfg.max_services = a.max_services;
     cfg.service_idle = a.service_idle;

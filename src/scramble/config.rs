@@ -7,9 +7,15 @@ use csa::Algorithm;
 use super::cw::Cw;
 use crate::ts::Pid;
 
-/// The CA_system_ID written in CA_descriptors unless told otherwise: 0x4AE1, from the
-/// DVB range assigned to small/private systems and used by castmux as its own id.
-pub const DEFAULT_CA_SYSTEM_ID: u16 = 0x4AE1;
+/// The CA_system_ID of a new card store, written in CA_descriptors unless told otherwise.
+///
+/// 0x5510 is not allocated in ETSI TS 101 162 (its 0x55xx row is empty; castmux's earlier
+/// default, 0x4AE1, belongs to the DRE-Crypt vendor and receivers treat it as DRE-Crypt).
+/// Receivers that pick a CAS module by id handle 0x5501-0x5511 generically: Cesbo Astra 4
+/// finds the ECM PID from a CA_descriptor without private data and takes the CWs as the
+/// card gives them; tvheadend and OSCam forward its ECMs as they come. See
+/// docs/newcamd.md. Stores made earlier keep their id.
+pub const DEFAULT_CA_SYSTEM_ID: u16 = 0x5510;
 /// The ECM PID used when CWs rotate and no `--ecm-pid` is given.
 pub const DEFAULT_ECM_PID: u16 = 0x1FF0;
 /// Default crypto period.

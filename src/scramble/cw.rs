@@ -3,7 +3,9 @@
 //! The CW log is one control word per line, one line per crypto period in order,
 //! as hex (16 digits for CSA2, 32 for the AES modes): the format TSDuck's
 //! descrambler reads with `--cw-file`. Lines that are empty or start with `#`
-//! are ignored when reading.
+//! are ignored when reading, and spaces or tabs between the digits are too: TSDuck's
+//! scrambler writes its `--output-cw-file` as hex bytes separated by spaces
+//! (`01 23 45 67 89 ab cd ef`).
 
 use std::fmt;
 use std::fs::File;
@@ -209,11 +211,14 @@ pub fn read_cw_log(path: &Path) -> Result<Vec<Cw>, ScrambleError> {
         if t.is_empty() || t.starts_with('#') {
             continue;
         }
-        let cw = Cw::from_hex(t).map_err(|e| ScrambleError::CwLogLine {
+        let digits: String = t.chars().filter(|c| *c != ' ' && *c != '\t').collect();
+        let cw = Cw::from_hex(&digits).map_err(|e| ScrambleError::CwLogLine {
             path: name.clone(),
             line: i + 1,
             reason: e.to_string(),
         })?;
+        // wipe the text copy of the key
+        digits.into_bytes().fill(0);
         cws.push(cw);
     }
     if cws.is_empty() {
@@ -258,6 +263,31 @@ mod tests {
         assert_eq!(b[3], b[0].wrapping_add(b[1]).wrapping_add(b[2]));
         assert_eq!(b[7], b[4].wrapping_add(b[5]).wrapping_add(b[6]));
         assert_eq!(Cw::random(Algorithm::Cissa, true).unwrap().len(), 16);
+    }
+
+    #[test]
+    fn cw_log_reads_tsduck_spaced_hex_and_plain_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cw.txt");
+        std::fs::write(
+            &path,
+            "# comment\n01 23 45 69 89 AB CD 42\n\n0123456789abcdef\n\t00 11 22 33 44 55 66 77 88 99 aa bb cc dd ee ff \r\n",
+        )
+        .unwrap();
+        let cws = read_cw_log(&path).unwrap();
+        let hex: Vec<String> = cws.iter().map(Cw::to_hex).collect();
+        assert_eq!(
+            hex,
+            [
+                "0123456989abcd42",
+                "0123456789abcdef",
+                "00112233445566778899aabbccddeeff"
+            ]
+        );
+        // a digit short is still refused, and the line is named
+        std::fs::write(&path, "01 23 45 67 89 ab cd e\n").unwrap();
+        let err = read_cw_log(&path).unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
     }
 
     #[test]

@@ -29,6 +29,35 @@ pub const KEY_VERSIONS_KEPT: usize = 3;
 /// Largest `card.json` read (a card with every package and many events is a few KiB).
 const MAX_CARD_FILE: u64 = 1 << 20;
 
+/// ECM streams a card remembers the newest ECM of (see [`EcmStream`]). A newcamd card
+/// serves at most a few services per client; past this the least recently used stream
+/// is forgotten, and its ECMs are then only held to the time window.
+pub const MAX_ECM_STREAMS: usize = 256;
+
+/// Largest section the card copies to normalise its header (the private-section limit).
+const MAX_SECTION: usize = crate::ts::section::MAX_PRIVATE_SECTION;
+
+/// One stream of ECMs (one service of one client): the card refuses an ECM older than
+/// the newest it accepted for the same parity on the same stream, so an old ECM spliced
+/// into a live stream cannot replace the keys in use. `EcmStream::default()` is the one
+/// stream of a card that descrambles a single service (the player).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct EcmStream(pub u64);
+
+/// How the card hands out 8-byte (CSA2) control words.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CwReduction {
+    /// Replace bytes 3 and 7 by the checksums of the three bytes before each (b3 = b0+b1+b2,
+    /// b7 = b4+b5+b6, mod 256), as CAMs do with every CSA2 CW. A head-end that puts the full
+    /// 64-bit CW into its ECMs and scrambles with the reduced one (TSDuck's default) is then
+    /// descrambled right, and a CW that already has its checksums is unchanged. Default.
+    #[default]
+    Reduce,
+    /// Hand out the CW as the ECM carries it: for streams scrambled with full 64-bit keys
+    /// (`castmux scramble --no-cw-checksum`, TSDuck `--no-entropy-reduction`).
+    Full,
+}
+
 /// The control words of an ECM the card was entitled to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcmAnswer {
@@ -36,6 +65,8 @@ pub struct EcmAnswer {
     pub period: u64,
     /// Parity of that period.
     pub parity: Parity,
+    /// When the ECM was made (its authenticated timestamp), Unix seconds.
+    pub timestamp: i64,
     /// CW length, 8 (CSA2) or 16 (AES modes).
     pub cw_len: usize,
     /// The even CW.
@@ -114,6 +145,14 @@ struct CardState {
     newest_ecm_time: Option<i64>,
 }
 
+/// The newest ECM a stream got accepted, per parity: (timestamp, period number).
+#[derive(Debug, Clone, Copy, Default)]
+struct StreamState {
+    held: [Option<(i64, u64)>; 2],
+    /// When the stream was last used (the card's use counter), for eviction.
+    used: u64,
+}
+
 /// The saved card: `card.json` plus the card's state (readers of plain `CardFile` ignore it).
 #[derive(Serialize, Deserialize)]
 struct SavedCard {
@@ -128,6 +167,10 @@ pub struct SoftCard {
     card: CardFile,
     state: CardState,
     replay_tolerance: i64,
+    cw_reduction: CwReduction,
+    streams: Vec<(EcmStream, StreamState)>,
+    uses: u64,
+    replay_logged: bool,
     counters: CardCounters,
 }
 
@@ -156,6 +199,10 @@ impl SoftCard {
             card,
             state: CardState::default(),
             replay_tolerance: DEFAULT_REPLAY_TOLERANCE_SECS,
+            cw_reduction: CwReduction::default(),
+            streams: Vec::new(),
+            uses: 0,
+            replay_logged: false,
             counters: CardCounters::default(),
         };
         c.trim_keys();
@@ -268,19 +315,34 @@ impl SoftCard {
         self.replay_tolerance = secs.max(0);
     }
 
-    /// Answer an ECM section at card time `now` (Unix seconds).
+    /// Choose how 8-byte CWs are handed out (default [`CwReduction::Reduce`]).
+    pub fn set_cw_reduction(&mut self, r: CwReduction) {
+        self.cw_reduction = r;
+    }
+
+    /// Answer an ECM section of the card's single stream at card time `now` (Unix seconds).
     pub fn process_ecm(&mut self, section: &[u8], now: i64) -> Result<EcmAnswer, Refusal> {
-        let r = self.check_ecm(section, now);
+        self.process_ecm_on(EcmStream::default(), section, now)
+    }
+
+    /// Answer an ECM section of `stream` at card time `now` (Unix seconds).
+    pub fn process_ecm_on(
+        &mut self,
+        stream: EcmStream,
+        section: &[u8],
+        now: i64,
+    ) -> Result<EcmAnswer, Refusal> {
+        let r = with_castmux_header(section, |s| self.check_ecm(stream, s, now));
         match &r {
             Ok(_) => self.counters.ecm_answered += 1,
-            Err(e) => self.counters.refusals.count(e),
+            Err(e) => self.count_refusal(e),
         }
         r
     }
 
     /// Apply an EMM section at card time `now` (Unix seconds).
     pub fn process_emm(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
-        let r = self.apply_emm(section, now);
+        let r = with_castmux_header(section, |s| self.apply_emm(s, now));
         match &r {
             Ok(EmmOutcome::Applied) => self.counters.emm_applied += 1,
             Ok(EmmOutcome::AlreadyApplied) => self.counters.emm_already_applied += 1,
@@ -308,7 +370,12 @@ impl SoftCard {
         r
     }
 
-    fn check_ecm(&mut self, section: &[u8], now: i64) -> Result<EcmAnswer, Refusal> {
+    fn check_ecm(
+        &mut self,
+        stream: EcmStream,
+        section: &[u8],
+        now: i64,
+    ) -> Result<EcmAnswer, Refusal> {
         let ecm = EcmRef::parse(section)?;
         if ecm.ca_system_id() != self.card.ca_system_id {
             return Err(Refusal::WrongCaSystem {
@@ -356,12 +423,8 @@ impl SoftCard {
         };
 
         let ts = content.timestamp;
-        let oldest_fresh = now.saturating_sub(self.replay_tolerance);
-        let newest = self.state.newest_ecm_time;
-        if ts < oldest_fresh || newest.is_some_and(|n| ts < n.saturating_sub(self.replay_tolerance))
-        {
-            return Err(Refusal::Replay);
-        }
+        let slot = self.fresh(stream, content.parity, ts, content.period, now)?;
+        let ent = &self.card.entitlements;
         if ts < ent.start {
             return Err(Refusal::NotYetValid);
         }
@@ -379,14 +442,116 @@ impl SoftCard {
                 });
             }
         }
-        self.state.newest_ecm_time = Some(newest.map_or(ts, |n| n.max(ts)));
+        self.hold(stream, slot, ts, content.period);
+        let (mut even, mut odd) = (content.even, content.odd);
+        if self.cw_reduction == CwReduction::Reduce {
+            // a no-op on 16-byte CWs
+            even.apply_checksum();
+            odd.apply_checksum();
+        }
         Ok(EcmAnswer {
             period: content.period,
             parity: content.parity,
-            cw_len: content.even.len(),
-            even: content.even,
-            odd: content.odd,
+            timestamp: ts,
+            cw_len: even.len(),
+            even,
+            odd,
         })
+    }
+
+    /// The replay rules (docs/cas-formats.md, card rule 7) for an authentic ECM of
+    /// `stream` made at `ts` for `period`: its slot (parity index) if it may be answered.
+    fn fresh(
+        &mut self,
+        stream: EcmStream,
+        parity: Parity,
+        ts: i64,
+        period: u64,
+        now: i64,
+    ) -> Result<usize, Refusal> {
+        let oldest_fresh = now.saturating_sub(self.replay_tolerance);
+        let newest = self.state.newest_ecm_time;
+        if ts < oldest_fresh || newest.is_some_and(|n| ts < n.saturating_sub(self.replay_tolerance))
+        {
+            return Err(Refusal::Replay);
+        }
+        // Per stream and parity, never go back: an ECM made before the one whose keys are
+        // in use is a recording played again. Timestamps are whole seconds, so within one
+        // second (a file scrambled faster than real time) the period number decides; a
+        // repeat of the held ECM is equal, and answered.
+        let slot = match parity {
+            Parity::Even => 0,
+            Parity::Odd => 1,
+        };
+        if self.stream(stream).held[slot].is_some_and(|held| (ts, period) < held) {
+            return Err(Refusal::Replay);
+        }
+        Ok(slot)
+    }
+
+    /// Remember an answered ECM as the newest of its stream and parity.
+    fn hold(&mut self, stream: EcmStream, slot: usize, ts: i64, period: u64) {
+        let newest = self.state.newest_ecm_time;
+        self.state.newest_ecm_time = Some(newest.map_or(ts, |n| n.max(ts)));
+        let held = &mut self.stream(stream).held[slot];
+        *held = Some(held.map_or((ts, period), |h| h.max((ts, period))));
+    }
+
+    /// Apply the replay rules to an ECM this card answered before (made at `timestamp`
+    /// for `period`), now asked again on `stream`: a server's answer cache calls this so
+    /// a cached answer never bypasses them. Refusals are counted as for
+    /// [`SoftCard::process_ecm_on`].
+    pub fn admit_answered(
+        &mut self,
+        stream: EcmStream,
+        parity: Parity,
+        timestamp: i64,
+        period: u64,
+        now: i64,
+    ) -> Result<(), Refusal> {
+        let r = self
+            .fresh(stream, parity, timestamp, period, now)
+            .map(|slot| self.hold(stream, slot, timestamp, period));
+        if let Err(e) = &r {
+            self.count_refusal(e);
+        }
+        r
+    }
+
+    fn count_refusal(&mut self, e: &Refusal) {
+        self.counters.refusals.count(e);
+        if *e == Refusal::Replay && !self.replay_logged {
+            // counted every time; one line is enough to tell the operator
+            self.replay_logged = true;
+            tracing::warn!(
+                serial = %self.card.serial,
+                "ECM refused as a replay (older than the one the card holds for its \
+                 parity, or outside the time window); the keys in use are kept"
+            );
+        }
+    }
+
+    /// The state of `stream`, made (evicting the least recently used) if new.
+    fn stream(&mut self, stream: EcmStream) -> &mut StreamState {
+        self.uses += 1;
+        let uses = self.uses;
+        let i = match self.streams.iter().position(|(s, _)| *s == stream) {
+            Some(i) => i,
+            None => {
+                if self.streams.len() >= MAX_ECM_STREAMS {
+                    if let Some(oldest) =
+                        (0..self.streams.len()).min_by_key(|&i| self.streams[i].1.used)
+                    {
+                        self.streams.swap_remove(oldest);
+                    }
+                }
+                self.streams.push((stream, StreamState::default()));
+                self.streams.len() - 1
+            }
+        };
+        let st = &mut self.streams[i].1;
+        st.used = uses;
+        st
     }
 
     fn apply_emm(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
@@ -466,6 +631,27 @@ impl SoftCard {
             }
         }
         *keys = kept;
+    }
+}
+
+/// Run `f` on `section` with the top four bits of byte 1 set as castmux writes them
+/// (`0111`: no section_syntax_indicator, private_indicator set, reserved bits set).
+///
+/// newcamd carries only the 12 length bits of that byte, and clients differ in what they
+/// put above them (Cesbo Astra 4 clears them, OSCam and tvheadend keep them). The AEAD
+/// covers the section as castmux wrote it, so the card checks it in that form; the four
+/// bits carry nothing a castmux card reads. Oversized input is left as it is, for the
+/// parser to refuse.
+fn with_castmux_header<T>(section: &[u8], f: impl FnOnce(&[u8]) -> T) -> T {
+    match section.get(1) {
+        Some(&b) if b & 0xF0 != 0x70 && section.len() <= MAX_SECTION => {
+            let mut buf = [0u8; MAX_SECTION];
+            let copy = &mut buf[..section.len()];
+            copy.copy_from_slice(section);
+            copy[1] = 0x70 | (b & 0x0F);
+            f(copy)
+        }
+        _ => f(section),
     }
 }
 

@@ -11,6 +11,6 @@ pub mod remote;
 
 pub use crate::cas::{Refusal, RefusalCounts};
 pub use card::{
-    CardCounters, CardError, EcmAnswer, EmmOutcome, SoftCard, DEFAULT_REPLAY_TOLERANCE_SECS,
-    KEY_VERSIONS_KEPT,
+    CardCounters, CardError, CwReduction, EcmAnswer, EcmStream, EmmOutcome, SoftCard,
+    DEFAULT_REPLAY_TOLERANCE_SECS, KEY_VERSIONS_KEPT, MAX_ECM_STREAMS,
 };

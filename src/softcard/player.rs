@@ -20,6 +20,20 @@
 //! back, at most [`HOLD_MAX_TIME`] and [`HOLD_MAX_BYTES`]; on the answer, the held packets
 //! of the run of the current parity are descrambled with the key now known and sent.
 //! Packets of an earlier period stay scrambled: the answer's keys are not theirs.
+//!
+//! # Inputs that are not live
+//!
+//! A file or a pipe is read as fast as it goes, far faster than a remote card answers;
+//! the player would reach the next crypto period before the answer for it came. With
+//! [`CardPlayer::wait_for_answers`] (set for every input that is not live) the player
+//! stops at each ECM it hands over until the card answers it, at most [`ANSWER_WAIT`].
+//! A live input cannot wait; what it could not descramble is counted in `no_key`.
+//!
+//! # CW reduction
+//!
+//! CAMs use CSA2 CWs with bytes 3 and 7 set to the checksums of the bytes before them,
+//! whatever the ECM carried ([`CwReduction`]); the player does the same to every answer
+//! (a CW that has its checksums is unchanged), unless told to use full 64-bit keys.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -28,7 +42,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use csa::{Algorithm, KeyContext, Parity};
 use serde::Serialize;
 
-use super::card::{EmmOutcome, SoftCard};
+use super::card::{CwReduction, EmmOutcome, SoftCard};
 use crate::cas::Refusal;
 use crate::io::PacketBatch;
 use crate::scramble::cw::Cw;
@@ -42,6 +56,10 @@ use crate::ts::{Cat, PacketRef, Pat, Pid, Pmt, Section, SectionAssembler};
 pub const HOLD_MAX_TIME: Duration = Duration::from_secs(2);
 /// Most bytes held back waiting for the card's first answer.
 pub const HOLD_MAX_BYTES: usize = 4 << 20;
+/// Longest a player on a non-live input waits for the card's answer to one ECM: longer
+/// than a newcamd reconnect (login within 5 s), short enough that a dead server is
+/// reported instead of hanging the run.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// What a card said about an ECM.
 #[derive(Debug)]
@@ -55,19 +73,40 @@ pub enum CwAnswer {
         /// The odd CW.
         odd: Cw,
     },
-    /// The card refused (not entitled, expired, ...): why, for the log and counters.
-    Refused(String),
+    /// The card refused (not entitled, expired, ...).
+    Refused {
+        /// Why, for the log.
+        why: String,
+        /// The card took the ECM for a replay (an older ECM than the one it holds).
+        replay: bool,
+    },
+}
+
+impl CwAnswer {
+    /// A refusal that is not a replay.
+    pub fn refused(why: impl Into<String>) -> CwAnswer {
+        CwAnswer::Refused {
+            why: why.into(),
+            replay: false,
+        }
+    }
 }
 
 /// Answers ECMs and takes EMMs. Must not block: a remote card answers later, through
 /// [`CwSource::poll`].
 pub trait CwSource: Send {
-    /// A new ECM section arrived.
-    fn submit_ecm(&mut self, section: &[u8], now: i64);
+    /// A new ECM section arrived. True if it was taken: exactly one answer will follow.
+    /// False if it was dropped (a full queue): no answer comes for it.
+    fn submit_ecm(&mut self, section: &[u8], now: i64) -> bool;
     /// An EMM section arrived.
     fn submit_emm(&mut self, section: &[u8], now: i64);
     /// The next answer, if one is ready.
     fn poll(&mut self) -> Option<CwAnswer>;
+    /// The next answer, waiting at most `timeout` for it.
+    fn wait(&mut self, timeout: Duration) -> Option<CwAnswer> {
+        let _ = timeout;
+        self.poll()
+    }
     /// The service (program_number) whose ECMs follow (a card server limits services).
     fn set_service(&mut self, _service_id: u16) {}
 }
@@ -104,20 +143,24 @@ impl LocalCard {
 }
 
 impl CwSource for LocalCard {
-    fn submit_ecm(&mut self, section: &[u8], now: i64) {
+    fn submit_ecm(&mut self, section: &[u8], now: i64) -> bool {
         let answer = match self.card.process_ecm(section, now) {
             Ok(a) => CwAnswer::Cws {
                 parity: a.parity,
                 even: a.even,
                 odd: a.odd,
             },
-            Err(r) => CwAnswer::Refused(r.to_string()),
+            Err(r) => CwAnswer::Refused {
+                why: r.to_string(),
+                replay: r == Refusal::Replay,
+            },
         };
-        // bounded: only the newest answers matter
+        // the player takes the answer right after submitting; the bound is a guard
         if self.answers.len() >= 4 {
             self.answers.pop_front();
         }
         self.answers.push_back(answer);
+        true
     }
 
     fn submit_emm(&mut self, section: &[u8], now: i64) {
@@ -160,6 +203,13 @@ pub struct PlayerCounters {
     pub answers: u64,
     /// ECMs the card refused.
     pub refusals: u64,
+    /// Of those, ECMs refused as replays (older than the ECM the card holds for their
+    /// parity, or outside its time window): the keys in use were kept.
+    pub replays_refused: u64,
+    /// ECMs handed to the card and dropped on the way (its queue was full): never answered.
+    pub ecms_dropped: u64,
+    /// ECMs a non-live input waited [`ANSWER_WAIT`] for without an answer.
+    pub answer_timeouts: u64,
     /// The last refusal, if any.
     pub last_refusal: Option<String>,
     /// Parity flips seen on the scrambled PIDs.
@@ -201,6 +251,12 @@ pub struct CardPlayer {
     holding: bool,
     held: Vec<u8>,
     held_since: Option<Instant>,
+    /// Wait for the answer to each ECM (inputs that are not live).
+    wait: bool,
+    /// ECMs handed over whose answer has not come yet.
+    pending: u32,
+    reduction: CwReduction,
+    algorithm: Algorithm,
 }
 
 impl std::fmt::Debug for CardPlayer {
@@ -254,7 +310,22 @@ impl CardPlayer {
             holding: true,
             held: Vec::new(),
             held_since: None,
+            wait: false,
+            pending: 0,
+            reduction: CwReduction::default(),
+            algorithm,
         })
+    }
+
+    /// Wait for the card's answer to each ECM before going on (for inputs that are not
+    /// live; see the module docs). Default off.
+    pub fn wait_for_answers(&mut self, wait: bool) {
+        self.wait = wait;
+    }
+
+    /// How CSA2 CWs from the card become keys (default [`CwReduction::Reduce`]).
+    pub fn set_cw_reduction(&mut self, r: CwReduction) {
+        self.reduction = r;
     }
 
     /// The counters so far.
@@ -298,7 +369,11 @@ impl CardPlayer {
                     me.last_ecm.clear();
                     me.last_ecm.extend_from_slice(s.bytes());
                     me.counters.ecms += 1;
-                    me.source.submit_ecm(s.bytes(), now);
+                    if me.source.submit_ecm(s.bytes(), now) {
+                        me.pending = me.pending.saturating_add(1);
+                    } else {
+                        me.counters.ecms_dropped += 1;
+                    }
                 }
             });
         } else if Some(pid) == self.emm_pid {
@@ -379,18 +454,53 @@ impl CardPlayer {
         }
     }
 
+    /// The next answer: waiting for it when the input is not live and one is due.
+    fn next_answer(&mut self) -> Option<CwAnswer> {
+        if let Some(a) = self.source.poll() {
+            return Some(a);
+        }
+        if !self.wait || self.pending == 0 {
+            return None;
+        }
+        let a = self.source.wait(ANSWER_WAIT);
+        if a.is_none() {
+            // the answer may still come, late; no ECM waits for it twice
+            self.pending = 0;
+            self.counters.answer_timeouts += 1;
+            if self.counters.answer_timeouts == 1 {
+                tracing::warn!(
+                    wait = ?ANSWER_WAIT,
+                    "no answer from the card to an ECM: its period stays scrambled"
+                );
+            }
+        }
+        a
+    }
+
     /// Take the card's answers; true if keys changed.
     fn take_answers(&mut self) -> Result<bool, ScrambleError> {
         let mut changed = false;
-        while let Some(a) = self.source.poll() {
+        while let Some(a) = self.next_answer() {
+            self.pending = self.pending.saturating_sub(1);
             match a {
-                CwAnswer::Cws { parity, even, odd } => {
+                CwAnswer::Cws {
+                    parity,
+                    mut even,
+                    mut odd,
+                } => {
                     self.counters.answers += 1;
+                    if self.reduction == CwReduction::Reduce && self.algorithm == Algorithm::Csa2 {
+                        even.apply_checksum();
+                        odd.apply_checksum();
+                    }
                     self.last = Some((parity, even, odd));
                     changed |= self.apply_last()?;
                 }
-                CwAnswer::Refused(why) => {
+                CwAnswer::Refused { why, replay } => {
                     self.counters.refusals += 1;
+                    if replay {
+                        self.counters.replays_refused += 1;
+                    }
                     if self.counters.last_refusal.as_deref() != Some(why.as_str()) {
                         tracing::warn!(refusal = %why, "the card refused the ECM");
                         self.counters.last_refusal = Some(why);

@@ -105,17 +105,20 @@ impl NewcamdSource {
         self.caid
     }
 
-    fn send(&mut self, r: Request) {
+    /// Queue a request; false if it was dropped (queue full or the thread gone).
+    fn send(&mut self, r: Request) -> bool {
         let tx = match r {
             Request::Ecm(..) => &self.ecms,
             Request::Emm(..) => &self.emms,
         };
         let Some(tx) = tx else {
-            return;
+            return false;
         };
         if tx.try_send(r).is_err() {
             self.dropped += 1;
+            return false;
         }
+        true
     }
 }
 
@@ -130,9 +133,9 @@ impl Drop for NewcamdSource {
 }
 
 impl CwSource for NewcamdSource {
-    fn submit_ecm(&mut self, section: &[u8], _now: i64) {
+    fn submit_ecm(&mut self, section: &[u8], _now: i64) -> bool {
         let sid = self.service_id.load(Ordering::Relaxed);
-        self.send(Request::Ecm(section.to_vec(), sid));
+        self.send(Request::Ecm(section.to_vec(), sid))
     }
 
     fn submit_emm(&mut self, section: &[u8], _now: i64) {
@@ -141,6 +144,10 @@ impl CwSource for NewcamdSource {
 
     fn poll(&mut self) -> Option<CwAnswer> {
         self.answers.try_recv().ok()
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Option<CwAnswer> {
+        self.answers.recv_timeout(timeout).ok()
     }
 
     fn set_service(&mut self, service_id: u16) {
@@ -200,7 +207,7 @@ async fn serve(
                 Err(e) => {
                     tracing::warn!(addr = %login.addr, error = %e, "newcamd: reconnect failed");
                     if matches!(req, Request::Ecm(..)) {
-                        let _ = answers.try_send(CwAnswer::Refused(format!(
+                        let _ = answers.try_send(CwAnswer::refused(format!(
                             "newcamd server {} unreachable: {e}",
                             login.addr
                         )));
@@ -225,17 +232,16 @@ async fn serve(
                         };
                         match (Cw::from_slice(&pair.even), Cw::from_slice(&pair.odd)) {
                             (Ok(even), Ok(odd)) => CwAnswer::Cws { parity, even, odd },
-                            _ => CwAnswer::Refused("newcamd answer with bad CWs".to_owned()),
+                            _ => CwAnswer::refused("newcamd answer with bad CWs"),
                         }
                     }
-                    Ok(None) => CwAnswer::Refused(
-                        "the newcamd server refused the ECM (card not entitled, expired or at its service limit)"
-                            .to_owned(),
+                    Ok(None) => CwAnswer::refused(
+                        "the newcamd server refused the ECM (card not entitled, expired, a replay, or at its service limit)",
                     ),
                     Err(e) => {
                         tracing::warn!(error = %e, "newcamd: connection lost");
                         client = None;
-                        CwAnswer::Refused(format!("newcamd: {e}"))
+                        CwAnswer::refused(format!("newcamd: {e}"))
                     }
                 };
                 let _ = answers.try_send(answer);

@@ -43,8 +43,9 @@ pub const DEFAULT_DB: &str = "castmux.db";
 /// TVCAS's first serial.
 pub const DEFAULT_SERIAL_PREFIX: u64 = 2_100_000_000;
 
-/// The CA_system_ID used when `init` is not told one.
-pub const DEFAULT_CA_SYSTEM_ID: u16 = 0x4AE1;
+/// The CA_system_ID used when `init` is not told one (the scrambler's default, and why
+/// it is that value: [`crate::scramble::config::DEFAULT_CA_SYSTEM_ID`]).
+pub const DEFAULT_CA_SYSTEM_ID: u16 = crate::scramble::config::DEFAULT_CA_SYSTEM_ID;
 
 /// How long a writer waits for another process's lock before failing with `STORE_LOCKED`.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);

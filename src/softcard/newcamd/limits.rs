@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use super::backend::EcmStamp;
 use super::messages::CwPair;
 
 /// At most `max` service ids active at once; a service stays active until it has sent
@@ -58,13 +59,23 @@ impl ServiceLimiter {
     }
 }
 
+/// A cached ECM answer: the CWs, and the card's stamp of the ECM if it gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedAnswer {
+    /// The CWs.
+    pub cws: CwPair,
+    /// When and for which period the ECM was made.
+    pub stamp: Option<EcmStamp>,
+}
+
 /// A bounded cache of ECM answers keyed by the SHA-256 of the ECM bytes. Only answers
-/// with CWs are kept (a refusal may turn into an answer after an EMM).
+/// with CWs are kept (a refusal may turn into an answer after an EMM), each with the
+/// card's stamp of the ECM so the card's replay rule can still be applied to a hit.
 #[derive(Debug)]
 pub struct EcmCache {
     ttl: Duration,
     cap: usize,
-    map: HashMap<[u8; 32], (CwPair, Instant)>,
+    map: HashMap<[u8; 32], (CachedAnswer, Instant)>,
     order: VecDeque<([u8; 32], Instant)>,
 }
 
@@ -85,7 +96,7 @@ impl EcmCache {
     }
 
     /// A cached answer for `key` that is younger than the TTL.
-    pub fn get(&self, key: &[u8; 32], now: Instant) -> Option<CwPair> {
+    pub fn get(&self, key: &[u8; 32], now: Instant) -> Option<CachedAnswer> {
         self.map
             .get(key)
             .filter(|(_, at)| now.saturating_duration_since(*at) < self.ttl)
@@ -93,7 +104,7 @@ impl EcmCache {
     }
 
     /// Keep `cws` as the answer for `key`, dropping expired and (when full) the oldest entries.
-    pub fn insert(&mut self, key: [u8; 32], cws: CwPair, now: Instant) {
+    pub fn insert(&mut self, key: [u8; 32], cws: CachedAnswer, now: Instant) {
         while let Some((k, at)) = self.order.front().copied() {
             let expired = now.saturating_duration_since(at) >= self.ttl;
             if !expired && self.map.len() < self.cap {
@@ -152,7 +163,10 @@ mod tests {
     #[test]
     fn cache_expires_and_stays_bounded() {
         let t0 = Instant::now();
-        let cw = CwPair::from_bytes(&[7; 16]);
+        let cw = CachedAnswer {
+            cws: CwPair::from_bytes(&[7; 16]),
+            stamp: None,
+        };
         let mut c = EcmCache::new(3, Duration::from_secs(5));
         let k = |i: u8| EcmCache::key(&[0x80, 0, 1, i]);
         c.insert(k(1), cw.clone(), t0);

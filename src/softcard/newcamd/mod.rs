@@ -25,7 +25,7 @@ mod soft_backend;
 pub mod stats;
 pub mod users;
 
-pub use backend::{CardBackend, EcmRefusal, EmmResult};
+pub use backend::{CardBackend, EcmRefusal, EcmStamp, EmmResult};
 pub use client::NewcamdClient;
 pub use crypto::DesKey14;
 pub use error::NewcamdError;

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use super::conn::{read_frame, write_frame};
 use super::crypto::{DesKey14, DES_KEY_LEN};
 use super::error::NewcamdError;
 use super::frame::{FrameHeader, Message};
-use super::limits::{EcmCache, ServiceLimiter, ServiceVerdict};
+use super::limits::{CachedAnswer, EcmCache, ServiceLimiter, ServiceVerdict};
 use super::messages::{self as msgs, CardData, CwPair, Login};
 use super::stats::{bump, NewcamdStats, StatsSnapshot};
 use super::users::{User, Users};
@@ -89,6 +89,8 @@ struct Shared<B> {
     serial: u64,
     providers: Vec<u32>,
     session_no: AtomicU32,
+    /// Numbers the logged-in sessions; with the service id it names an ECM stream.
+    sessions: AtomicU64,
 }
 
 /// A newcamd server for one card.
@@ -121,6 +123,7 @@ impl<B: CardBackend> NewcamdServer<B> {
                 serial,
                 providers,
                 session_no: AtomicU32::new(0),
+                sessions: AtomicU64::new(0),
             }),
         }
     }
@@ -244,10 +247,11 @@ async fn serve<B: CardBackend>(
         10 + (sh.session_no.fetch_add(1, Ordering::Relaxed) % 240) as u8
     };
     info!(%peer, user = %user.name, au = user.au, "newcamd: login");
+    let session = sh.sessions.fetch_add(1, Ordering::Relaxed);
     let key = sh.cfg.des_key.session_key(user.crypt_password().as_bytes());
     loop {
         let (hdr, msg) = read_frame(&mut stream, &key, sh.cfg.idle_timeout, "idle session").await?;
-        if let Some(answer) = handle(sh, &user, user_id, &hdr, &msg, peer)? {
+        if let Some(answer) = handle(sh, &user, user_id, session, &hdr, &msg, peer)? {
             let h = FrameHeader {
                 msg_id: hdr.msg_id,
                 ..FrameHeader::default()
@@ -262,13 +266,14 @@ fn handle<B: CardBackend>(
     sh: &Shared<B>,
     user: &User,
     user_id: u8,
+    session: u64,
     hdr: &FrameHeader,
     msg: &Message,
     peer: SocketAddr,
 ) -> Result<Option<Message>, NewcamdError> {
     let tag = msg.tag();
     if msgs::is_ecm(tag) {
-        let cws = ecm(sh, hdr.service_id, msg.as_bytes(), user, peer);
+        let cws = ecm(sh, session, hdr.service_id, msg.as_bytes(), user, peer);
         return msgs::ecm_answer(tag, cws.as_ref()).map(Some);
     }
     if msgs::is_emm(tag) {
@@ -326,6 +331,7 @@ fn lock<B>(m: &Mutex<CardState<B>>) -> std::sync::MutexGuard<'_, CardState<B>> {
 /// Decide one ECM: service limit, cache, then the card.
 fn ecm<B: CardBackend>(
     sh: &Shared<B>,
+    session: u64,
     service_id: u16,
     section: &[u8],
     user: &User,
@@ -351,15 +357,34 @@ fn ecm<B: CardBackend>(
         }
         return None;
     }
+    // one stream per service of a session: the card never lets an ECM older than the
+    // one it last answered there replace the keys in use
+    let stream = (session << 16) | u64::from(service_id);
     let key = EcmCache::key(section);
-    if let Some(cws) = st.cache.get(&key, now) {
+    if let Some(hit) = st.cache.get(&key, now) {
+        let admitted = match &hit.stamp {
+            Some(stamp) => st.card.admit_cached(stream, stamp, unix_now()),
+            None => Ok(()),
+        };
+        if let Err(why) = admitted {
+            bump(&sh.stats.ecm_refused_card);
+            info!(%peer, user = %user.name, service_id, "newcamd: ECM refused by the card: {why}");
+            return None;
+        }
         bump(&sh.stats.ecm_cache_hits);
         bump(&sh.stats.ecm_answered);
-        return Some(cws);
+        return Some(hit.cws);
     }
-    match st.card.ecm(section, unix_now()) {
-        Ok(cws) => {
-            st.cache.insert(key, cws.clone(), now);
+    match st.card.ecm_on(stream, section, unix_now()) {
+        Ok((cws, stamp)) => {
+            st.cache.insert(
+                key,
+                CachedAnswer {
+                    cws: cws.clone(),
+                    stamp,
+                },
+                now,
+            );
             bump(&sh.stats.ecm_answered);
             debug!(%peer, service_id, "newcamd: ECM answered");
             Some(cws)

@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::backend::{CardBackend, EcmRefusal, EmmResult};
+use super::backend::{CardBackend, EcmRefusal, EcmStamp, EmmResult};
 use super::messages::CwPair;
-use crate::softcard::card::{CardError, EmmOutcome, SoftCard};
+use crate::softcard::card::{CardError, CwReduction, EcmStream, EmmOutcome, SoftCard};
 
 /// A [`SoftCard`], optionally saved back to its card.json after each applied EMM so
 /// new keys and entitlements survive a restart.
@@ -34,6 +34,11 @@ impl SoftCardBackend {
     pub fn card(&self) -> &SoftCard {
         &self.card
     }
+
+    /// How the card hands out CSA2 CWs (default: reduced, as CAMs use them).
+    pub fn set_cw_reduction(&mut self, r: CwReduction) {
+        self.card.set_cw_reduction(r);
+    }
 }
 
 impl CardBackend for SoftCardBackend {
@@ -51,9 +56,30 @@ impl CardBackend for SoftCardBackend {
     }
 
     fn ecm(&mut self, section: &[u8], now: i64) -> Result<CwPair, EcmRefusal> {
+        self.ecm_on(0, section, now).map(|(cws, _)| cws)
+    }
+
+    fn admit_cached(&mut self, stream: u64, stamp: &EcmStamp, now: i64) -> Result<(), EcmRefusal> {
+        self.card
+            .admit_answered(
+                EcmStream(stream),
+                stamp.parity,
+                stamp.timestamp,
+                stamp.period,
+                now,
+            )
+            .map_err(|r| EcmRefusal(r.to_string()))
+    }
+
+    fn ecm_on(
+        &mut self,
+        stream: u64,
+        section: &[u8],
+        now: i64,
+    ) -> Result<(CwPair, Option<EcmStamp>), EcmRefusal> {
         let a = self
             .card
-            .process_ecm(section, now)
+            .process_ecm_on(EcmStream(stream), section, now)
             .map_err(|r| EcmRefusal(r.to_string()))?;
         let (Ok(even), Ok(odd)) = (
             <[u8; 8]>::try_from(a.even.as_bytes()),
@@ -64,7 +90,12 @@ impl CardBackend for SoftCardBackend {
                 a.cw_len
             )));
         };
-        Ok(CwPair { even, odd })
+        let stamp = EcmStamp {
+            parity: a.parity,
+            timestamp: a.timestamp,
+            period: a.period,
+        };
+        Ok((CwPair { even, odd }, Some(stamp)))
     }
 
     fn emm(&mut self, section: &[u8], now: i64) -> EmmResult {

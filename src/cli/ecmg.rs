@@ -8,15 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use castmux::cas::{ServiceKeyRing, SharedKeyRing, Store};
+use castmux::cas::{FollowerStats, RingOnly, SharedKeyRing, StoreFollower};
 use castmux::simulcrypt::{EcmgServer, EcmgServerConfig, EcmgServerStats, RingEcmBuilder};
 use clap::Args;
 
 use super::args;
 use super::init::open;
-
-/// How often the key ring is read again from the store (keys rotate).
-const RING_REFRESH: Duration = Duration::from_secs(3);
 
 /// Options of `castmux ecmg`.
 #[derive(Debug, Args)]
@@ -34,8 +31,8 @@ pub struct EcmgArgs {
 pub fn run(db: &Path, a: EcmgArgs) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     let rt = super::runtime(2)?;
-    let stats = rt.block_on(serve(db, a, stop))?;
-    report(&stats);
+    let (stats, follower) = rt.block_on(serve(db, a, stop))?;
+    report(&stats, &follower);
     Ok(())
 }
 
@@ -43,10 +40,14 @@ async fn serve(
     db: &Path,
     a: EcmgArgs,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<Arc<EcmgServerStats>> {
+) -> anyhow::Result<(Arc<EcmgServerStats>, Arc<FollowerStats>)> {
     let store = open(db).await?;
     let ca_system_id = a.ca_system_id.unwrap_or(store.ca_system_id());
-    let ring: SharedKeyRing = ServiceKeyRing::from_keys(store.service_keys().await?).shared();
+    // the same follower as `scramble --cas builtin`: scheduled rotation included, so keys
+    // rotate when this process is the only one serving the store
+    let (follower, _) = StoreFollower::start(store.clone(), false).await?;
+    let ring = follower.ring();
+    let follower_stats = follower.stats();
     let builder = RingEcmBuilder::new(ring.clone(), ca_system_id);
     let server = EcmgServer::bind(a.listen, EcmgServerConfig::default(), Arc::new(builder))
         .await
@@ -60,40 +61,18 @@ async fn serve(
         packages = %ring_packages(&ring),
         "ecmg: serving"
     );
-    let refresher = tokio::spawn(refresh(store.clone(), ring.clone(), stop.clone()));
-    server
-        .run(async {
-            while !stop.load(Relaxed) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await;
-    refresher.abort();
-    store.close().await;
-    Ok(stats)
-}
-
-/// Re-read the service keys now and then; a failed read keeps the ring it had (logged).
-async fn refresh(store: Store, ring: SharedKeyRing, stop: Arc<AtomicBool>) {
-    let mut failures = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(RING_REFRESH).await;
-        match store.service_keys().await {
-            Ok(keys) => {
-                let new = ServiceKeyRing::from_keys(keys);
-                let mut w = ring.write().unwrap_or_else(|e| e.into_inner());
-                if *w != new {
-                    *w = new;
-                    drop(w);
-                    tracing::info!(packages = %ring_packages(&ring), "ecmg: service keys reloaded");
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, failures, "ecmg: cannot read the service keys; keeping the ones loaded");
-            }
+    let stopped = || async {
+        while !stop.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
+    };
+    let mut ring_only = RingOnly;
+    tokio::join!(
+        server.run(stopped()),
+        follower.run(&mut ring_only, stopped())
+    );
+    store.close().await;
+    Ok((stats, follower_stats))
 }
 
 fn ring_packages(ring: &SharedKeyRing) -> String {
@@ -101,6 +80,6 @@ fn ring_packages(ring: &SharedKeyRing) -> String {
     r.packages().to_string()
 }
 
-fn report(s: &EcmgServerStats) {
-    tracing::info!(stats = ?s, "ecmg: stopped");
+fn report(s: &EcmgServerStats, follower: &FollowerStats) {
+    tracing::info!(stats = ?s, store = ?follower, "ecmg: stopped");
 }

@@ -49,7 +49,13 @@ async fn serve(
     let ring = follower.ring();
     let follower_stats = follower.stats();
     let builder = RingEcmBuilder::new(ring.clone(), ca_system_id);
-    let server = EcmgServer::bind(a.listen, EcmgServerConfig::default(), Arc::new(builder))
+    // a Super_CAS_id of another CA system is refused at channel_setup (unknown
+    // Super_CAS_id value), not accepted and then failed at every CW_provision
+    let config = EcmgServerConfig {
+        ca_system_id: Some(ca_system_id),
+        ..EcmgServerConfig::default()
+    };
+    let server = EcmgServer::bind(a.listen, config, Arc::new(builder))
         .await
         .with_context(|| format!("--listen {}: cannot listen (port in use?)", a.listen))?;
     let local = server.local_addr()?;

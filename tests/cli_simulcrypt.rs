@@ -974,3 +974,72 @@ fn ecmg_alone_rotates_keys_on_schedule() {
         "the card exported before two rotations has no key for it"
     );
 }
+
+/// The same refusing ECMG under a live (UDP) input: the run does not stop; the key is held
+/// (degraded, counted), nothing goes out clear, and the ECMG is asked again and again.
+#[test]
+fn a_live_run_holds_the_key_while_the_ecmg_refuses() {
+    let rt = simulcrypt_support::runtime();
+    let addr = simulcrypt_support::fake_ecmg(
+        &rt,
+        simulcrypt_support::FakeEcmg {
+            version: 3,
+            refuse_cw: Some(0x000D),
+        },
+    )
+    .to_string();
+    let h = Head::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = h.path("out.ts");
+    let input_url = format!("udp://127.0.0.1:{port}");
+    let mut scr = h.spawn(
+        &[
+            "scramble",
+            "-i",
+            &input_url,
+            "-o",
+            s(&out),
+            "--ecmg",
+            &addr,
+            "--super-cas-id",
+            "4AE10000",
+            "--crypto-period",
+            "1s",
+            "--idle-timeout",
+            "1s",
+            "--stats",
+        ],
+        false,
+    );
+    scr.wait_for("ECMG channel and stream set up");
+    std::thread::sleep(Duration::from_millis(300));
+    let input = packets(&sample("spts.ts"));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // about 7 s of wall clock: several crypto periods and retries of the refused one
+    let chunks: Vec<_> = input.chunks(7).collect();
+    let step = Duration::from_secs(7) / chunks.len() as u32;
+    for chunk in chunks {
+        sock.send_to(&chunk.concat(), ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(step);
+    }
+    let (stats, log) = scr.finish();
+    let stream = json(&stats)["stream"].clone();
+    assert!(stream["degraded_holds"].as_u64().unwrap() >= 1, "{stream}");
+    assert!(stream["ecm_failures"].as_u64().unwrap() >= 1, "{stream}");
+    assert_eq!(stream["key_switches"].as_u64(), Some(0), "{stream}");
+    assert!(assert_no_clear_es(&packets(&out)) > 100);
+    let link = log
+        .lines()
+        .find(|l| l.contains("simulcrypt ECMG link"))
+        .expect("link counters");
+    let refused: u64 = field(link, "refused=").parse().unwrap();
+    assert!(refused >= 2, "asked again after a refusal: {link}");
+    assert!(
+        log.contains("ECMG out of computational resources (0x000d)"),
+        "the ECMG's error by name: {log}"
+    );
+}

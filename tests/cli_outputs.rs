@@ -1,6 +1,7 @@
 //! `castmux scramble` with several `-o`: every output carries the same stream (scrambled
 //! packets, ECMs, EMMs, CAT), byte for byte, through the real binary, files and a UDP socket;
-//! an output that fails (/dev/full: ENOSPC) is closed while the others go on.
+//! an output that fails (/dev/full: ENOSPC) is closed while the others go on, and so is an
+//! SRT caller that cannot reach its listener at start.
 
 mod cli_support;
 
@@ -186,6 +187,59 @@ fn a_failing_output_is_closed_and_the_others_finish() {
     assert!(rx.join().unwrap() == fa, "UDP got the same as a.ts");
     // the CAT naming the EMM PID reaches the survivors
     assert_eq!(psi(&packets_of(&fa)).cat_ca, vec![(0x5510, EMM_PID)]);
+}
+
+/// A UDP port on 127.0.0.1 with nothing behind it (bound, then freed).
+fn closed_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn an_srt_output_that_cannot_connect_at_start_fails_alone() {
+    let dir = tmp();
+    let a = dir.path().join("a.ts");
+    let input = sample("spts.ts");
+    let srt = format!("srt://127.0.0.1:{}?mode=caller", closed_udp_port());
+    let out = castmux(&[
+        "scramble",
+        "-i",
+        s(&input),
+        "-o",
+        &srt,
+        "-o",
+        s(&a),
+        "--stats",
+    ]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--stats JSON");
+    let outputs = stats["outputs"].as_array().expect("outputs in --stats");
+    assert_eq!(outputs.len(), 2, "{stats}");
+    let srt_error = outputs[0]["error"].as_str().unwrap_or_default();
+    assert!(srt_error.contains("SRT connection"), "{stats}");
+    assert_eq!(outputs[0]["stats"]["packets_out"], 0, "{stats}");
+    assert!(outputs[1]["error"].is_null(), "{stats}");
+    assert!(
+        log.contains("output failed and was closed") && log.contains(&srt),
+        "the failure is logged with the output's name: {log}"
+    );
+    let n_in = packets(&input).len();
+    let got = std::fs::read(&a).unwrap().len() / 188;
+    assert!(got >= n_in, "a.ts is complete: {got} of {n_in}");
+    assert_eq!(
+        outputs[1]["stats"]["packets_out"], stats["stream"]["packets_out"],
+        "{stats}"
+    );
+
+    // alone, it is still the run's error, as before
+    let out = castmux(&["scramble", "-i", s(&input), "-o", &srt]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(log.contains("SRT connection"), "{log}");
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! SimulCrypt on the command line, real processes and sockets: `castmux ecmg` serves the card
 //! store's ECMs to `castmux scramble --ecmg`, `castmux emmg` feeds the scrambler's
 //! `--emmg-listen` port, and `castmux descramble --card` (a card exported from the same store)
-//! gives back every ES packet. Fault: the ECMG killed mid-run and restarted.
+//! gives back every ES packet. Fault: the ECMG killed mid-run and restarted. What an ECMG
+//! says is passed on: a Super_CAS_id refused at setup, an ECMG that speaks only version 2,
+//! an ECMG refusing CW_provisions (a file run stops with its message). `castmux ecmg` alone
+//! rotates keys on the store's schedule.
 
 mod cli_support;
 mod simulcrypt_support;
@@ -941,4 +944,352 @@ fn emmg_port_silent_connections_cannot_lock_it_out() {
     ] {
         assert!(stopped.contains(want), "{want} not in {stopped}");
     }
+}
+
+/// Run castmux with `args` at info level; gives (success, stdout, stderr, how long it took).
+fn run_timed(h: &Head, args: &[&str]) -> (bool, String, String, Duration) {
+    let t = Instant::now();
+    let o = h
+        .cmd()
+        .args(args)
+        .env("CASTMUX_LOG", "info")
+        .output()
+        .expect("run castmux");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        t.elapsed(),
+    )
+}
+
+/// `castmux ecmg` refuses a Super_CAS_id of another CA system at channel_setup with
+/// `unknown Super_CAS_id value` (0x0005); `scramble --ecmg` fails at once with that name,
+/// not after the 10 s setup wait, and not with ECM errors later.
+#[test]
+fn a_foreign_super_cas_id_is_refused_at_setup_by_name() {
+    let h = Head::new();
+    let (mut ecmg, addr) = h.ecmg("127.0.0.1:0");
+    let input = sample("spts.ts");
+    let out = h.path("out.ts");
+    let (ok, _, log, took) = run_timed(
+        &h,
+        &[
+            "scramble",
+            "-i",
+            s(&input),
+            "-o",
+            s(&out),
+            "--ecmg",
+            &addr,
+            "--super-cas-id",
+            "0B000001",
+            "--access-criteria",
+            "00000001",
+        ],
+    );
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("refused the channel: unknown Super_CAS_id value (0x0005)"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}: {log}");
+    ecmg.wait_for("does not serve; refused");
+}
+
+/// An ECMG that speaks only version 2 (TSDuck's tsecmg by default): castmux asks in 3, gets
+/// `unsupported protocol version`, sets up again in 2 and the file scrambles with every ECM.
+/// The same ECMG with `--ecmg-version 3` given fails at once, saying what the ECMG said.
+#[test]
+fn an_ecmg_that_speaks_only_version_2_gets_version_2() {
+    let rt = simulcrypt_support::runtime();
+    let addr = simulcrypt_support::fake_ecmg(
+        &rt,
+        simulcrypt_support::FakeEcmg {
+            version: 2,
+            refuse_cw: None,
+        },
+    )
+    .to_string();
+    let h = Head::new();
+    let input = sample("spts.ts");
+    let out = h.path("out.ts");
+    let base = [
+        "scramble",
+        "-i",
+        s(&input),
+        "-o",
+        s(&out),
+        "--ecmg",
+        &addr,
+        "--super-cas-id",
+        "4AE10000",
+        "--crypto-period",
+        "1s",
+    ];
+    let (ok, stats, log, _) = run_timed(&h, &[&base[..], &["--stats"]].concat());
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("refused ECMG<->SCS version 3; setting up again in version 2"),
+        "{log}"
+    );
+    let link = log
+        .lines()
+        .find(|l| l.contains("simulcrypt ECMG link"))
+        .expect("link counters");
+    assert!(
+        link.contains("version=2") && link.contains("version_fallbacks=1"),
+        "{link}"
+    );
+    let stats = json(&stats);
+    let stream = &stats["stream"];
+    assert_eq!(stream["ecm_failures"].as_u64(), Some(0), "{stream}");
+    assert!(stream["ecms_generated"].as_u64().unwrap() >= 3, "{stream}");
+    assert!(stream["key_switches"].as_u64().unwrap() >= 2, "{stream}");
+    assert!(
+        packets(&out).iter().any(|p| pid(p) == ECM_PID),
+        "the ECMG's ECMs are on air"
+    );
+
+    let (ok, _, log, took) = run_timed(&h, &[&base[..], &["--ecmg-version", "3"]].concat());
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("unsupported protocol version (0x0002) to ECMG<->SCS version 3"),
+        "{log}"
+    );
+    assert!(log.contains("--ecmg-version 2"), "the hint: {log}");
+    assert!(took < Duration::from_secs(8), "took {took:?}: {log}");
+}
+
+/// An ECMG that answers every CW_provision with a stream_error: a file run stops with the
+/// ECMG's error_status by name instead of crawling on under a held key.
+#[test]
+fn a_file_run_stops_with_the_ecmgs_refusal() {
+    let rt = simulcrypt_support::runtime();
+    let addr = simulcrypt_support::fake_ecmg(
+        &rt,
+        simulcrypt_support::FakeEcmg {
+            version: 3,
+            refuse_cw: Some(0x000D),
+        },
+    )
+    .to_string();
+    let h = Head::new();
+    let input = sample("spts.ts");
+    let (ok, _, log, took) = run_timed(
+        &h,
+        &[
+            "scramble",
+            "-i",
+            s(&input),
+            "-o",
+            s(&h.path("out.ts")),
+            "--ecmg",
+            &addr,
+            "--super-cas-id",
+            "4AE10000",
+        ],
+    );
+    assert!(!ok, "{log}");
+    assert!(
+        log.contains("the ECM generator refused")
+            && log.contains("ECMG out of computational resources (0x000d)"),
+        "{log}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}: {log}");
+}
+
+/// The current key version of bit 0 as `keys status` prints it.
+fn current_version(h: &Head) -> u32 {
+    let status = h.ok(&["keys", "status"]);
+    let line = status
+        .lines()
+        .find(|l| l.contains("sport"))
+        .unwrap_or_else(|| panic!("no sport line in {status}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix('v'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no version in {line}"))
+}
+
+/// Set up a channel and stream on `castmux ecmg` with a raw SCS; gives the peer.
+fn scs_to(addr: &str) -> simulcrypt_support::Raw {
+    use castmux::simulcrypt::EcmgMessage;
+    let mut r = simulcrypt_support::Raw::connect(addr.parse().unwrap());
+    r.send_ecmg(
+        3,
+        &EcmgMessage::ChannelSetup {
+            channel_id: 1,
+            super_cas_id: 0x4AE1_0000,
+        },
+    );
+    assert!(matches!(r.read_ecmg(), Some(EcmgMessage::ChannelStatus(_))));
+    r.send_ecmg(
+        3,
+        &EcmgMessage::StreamSetup {
+            channel_id: 1,
+            stream_id: 1,
+            ecm_id: 1,
+            nominal_cp_duration: 100,
+        },
+    );
+    assert!(matches!(
+        r.read_ecmg(),
+        Some(EcmgMessage::StreamStatus { .. })
+    ));
+    r
+}
+
+/// One ECM for crypto period `cp` (package sport's access criteria).
+fn ecm_from(r: &mut simulcrypt_support::Raw, cp: u16) -> Vec<u8> {
+    use castmux::scramble::Cw;
+    use castmux::simulcrypt::{CpCw, CwProvision, EcmgMessage};
+    let cw = |b: u8| Cw::from_hex(&format!("{b:02x}").repeat(8)).unwrap();
+    r.send_ecmg(
+        3,
+        &EcmgMessage::CwProvision(CwProvision {
+            channel_id: 1,
+            stream_id: 1,
+            cp_number: cp,
+            cw_encryption: None,
+            cp_cw: vec![
+                CpCw {
+                    cp_number: cp,
+                    cw: cw(1),
+                },
+                CpCw {
+                    cp_number: cp + 1,
+                    cw: cw(2),
+                },
+            ],
+            cp_duration: Some(100),
+            access_criteria: Some(vec![0, 0, 0, 1]),
+        }),
+    );
+    match r.read_ecmg() {
+        Some(EcmgMessage::EcmResponse { datagram, .. }) => datagram,
+        other => panic!("expected an ECM, got {other:?}"),
+    }
+}
+
+/// The key version bit 0's wrap in an ECM names.
+fn ecm_key_version(ecm: &[u8]) -> u32 {
+    let e = castmux::cas::EcmRef::parse(ecm).expect("a castmux ECM");
+    let w = e.wraps().next().expect("one wrap");
+    w.version
+}
+
+/// `castmux ecmg` alone serving the store (no scramble --cas builtin): `keys schedule`
+/// rotates the package key, `keys status` shows it, and the ECMs are sealed under the new
+/// key, which a card exported afterwards opens.
+#[test]
+fn ecmg_alone_rotates_keys_on_schedule() {
+    let h = Head::new();
+    let (mut ecmg, addr) = h.ecmg("127.0.0.1:0");
+    let mut scs = scs_to(&addr);
+    let before = current_version(&h);
+    assert_eq!(ecm_key_version(&ecm_from(&mut scs, 0)), before);
+
+    h.ok(&["keys", "schedule", "2s"]);
+    ecmg.wait_for("scheduled service-key rotation");
+    let deadline = Instant::now() + WAIT;
+    while current_version(&h) < before + 2 {
+        assert!(Instant::now() < deadline, "keys never rotated twice");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // stop rotating, give the follower a round to load the last keys
+    h.ok(&["keys", "schedule", "off"]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let now = current_version(&h);
+    assert!(now >= before + 2);
+    let ecm = ecm_from(&mut scs, 1);
+    assert_eq!(
+        ecm_key_version(&ecm),
+        now,
+        "the ECM is sealed under the new key"
+    );
+
+    let fresh = h.path("fresh.json");
+    h.ok(&["card", "export-key", &h.serial, "-o", s(&fresh)]);
+    let mut card = castmux::softcard::card::SoftCard::load(&fresh).unwrap();
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    card.process_ecm(&ecm, unix)
+        .expect("a card exported now opens the ECM");
+    let mut old = castmux::softcard::card::SoftCard::load(&h.card).unwrap();
+    assert!(
+        old.process_ecm(&ecm, unix).is_err(),
+        "the card exported before two rotations has no key for it"
+    );
+}
+
+/// The same refusing ECMG under a live (UDP) input: the run does not stop; the key is held
+/// (degraded, counted), nothing goes out clear, and the ECMG is asked again and again.
+#[test]
+fn a_live_run_holds_the_key_while_the_ecmg_refuses() {
+    let rt = simulcrypt_support::runtime();
+    let addr = simulcrypt_support::fake_ecmg(
+        &rt,
+        simulcrypt_support::FakeEcmg {
+            version: 3,
+            refuse_cw: Some(0x000D),
+        },
+    )
+    .to_string();
+    let h = Head::new();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = h.path("out.ts");
+    let input_url = format!("udp://127.0.0.1:{port}");
+    let mut scr = h.spawn(
+        &[
+            "scramble",
+            "-i",
+            &input_url,
+            "-o",
+            s(&out),
+            "--ecmg",
+            &addr,
+            "--super-cas-id",
+            "4AE10000",
+            "--crypto-period",
+            "1s",
+            "--idle-timeout",
+            "1s",
+            "--stats",
+        ],
+        false,
+    );
+    scr.wait_for("ECMG channel and stream set up");
+    std::thread::sleep(Duration::from_millis(300));
+    let input = packets(&sample("spts.ts"));
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    // about 7 s of wall clock: several crypto periods and retries of the refused one
+    let chunks: Vec<_> = input.chunks(7).collect();
+    let step = Duration::from_secs(7) / chunks.len() as u32;
+    for chunk in chunks {
+        sock.send_to(&chunk.concat(), ("127.0.0.1", port)).unwrap();
+        std::thread::sleep(step);
+    }
+    let (stats, log) = scr.finish();
+    let stream = json(&stats)["stream"].clone();
+    assert!(stream["degraded_holds"].as_u64().unwrap() >= 1, "{stream}");
+    assert!(stream["ecm_failures"].as_u64().unwrap() >= 1, "{stream}");
+    assert_eq!(stream["key_switches"].as_u64(), Some(0), "{stream}");
+    assert!(assert_no_clear_es(&packets(&out)) > 100);
+    let link = log
+        .lines()
+        .find(|l| l.contains("simulcrypt ECMG link"))
+        .expect("link counters");
+    let refused: u64 = field(link, "refused=").parse().unwrap();
+    assert!(refused >= 2, "asked again after a refusal: {link}");
+    assert!(
+        log.contains("ECMG out of computational resources (0x000d)"),
+        "the ECMG's error by name: {log}"
+    );
 }

@@ -600,3 +600,64 @@ fn builtin_cas_served_over_simulcrypt_seals_ecms_with_the_streams_access_criteri
             .any(|w| w == a.as_bytes() || w == b.as_bytes()));
     }
 }
+
+/// An ECMG that answers every CW_provision with a stream_error (a live run's view): each
+/// `generate` answers Refused with the status by name, at once, never an ECM; the link stays
+/// up and the period is asked again after the retry delay (the scrambler holds its key
+/// meanwhile), each answer counted.
+#[test]
+fn refused_cw_provisions_are_reported_by_name_and_asked_again() {
+    let rt = runtime();
+    let addr = fake_ecmg(
+        &rt,
+        FakeEcmg {
+            version: 3,
+            refuse_cw: Some(0x000C),
+        },
+    );
+    let mut c = client(addr, 3);
+    // the retry delay is setup_timeout, at least 1 s
+    c.setup_timeout = Duration::from_secs(1);
+    let mut g = SimulcryptEcmg::start(c).unwrap();
+    g.wait_ready(Duration::from_secs(20)).unwrap();
+    let (a, b) = (cw(), cw());
+    let req = EcmRequest {
+        period: CryptoPeriod(0),
+        parity: CryptoPeriod(0).parity(),
+        current: &a,
+        next: &b,
+        ecm_pid: Pid::new(0x100),
+        ca_system_id: 0x0B00,
+    };
+    let refused = |g: &SimulcryptEcmg| g.stats().refused.load(std::sync::atomic::Ordering::Relaxed);
+    let mut out = Vec::new();
+    let mut said = None;
+    assert!(wait_until(Duration::from_secs(20), || {
+        match g.generate(&req, &mut out) {
+            Err(EcmError::Refused(why)) => {
+                said = Some(why);
+                true
+            }
+            _ => false,
+        }
+    }));
+    let said = said.unwrap();
+    assert!(
+        said.contains("ECMG out of storage capacity (0x000c)") && said.contains("crypto period 0"),
+        "{said}"
+    );
+    assert!(out.is_empty(), "no ECM bytes on a refusal");
+    assert_eq!(refused(&g), 1);
+    // asked again after the retry delay, refused again; the link never dropped
+    assert!(wait_until(Duration::from_secs(20), || {
+        let _ = g.generate(&req, &mut out);
+        refused(&g) >= 2
+    }));
+    assert!(g.is_connected());
+    assert_eq!(
+        g.stats()
+            .link_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+}

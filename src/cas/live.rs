@@ -1,26 +1,27 @@
-//! The built-in CAS inside a running mux: a control thread keeps the ECMG's key ring and
-//! the EMM carousel current from the card store, so `castmux card ...` and `castmux keys
-//! rotate` in another terminal take effect on air (a changed card jumps the EMM queue and
-//! is on air within about 2 s: a 1 s poll plus its turn).
+//! The built-in CAS inside a running mux: a control thread runs the store follower
+//! ([`super::follow`], the same one `castmux ecmg` and `castmux emmg` run), so `castmux card
+//! ...`, `castmux keys rotate` and a `keys schedule` take effect on air (a changed card jumps
+//! the EMM queue and is on air within about 2 s: a 1 s poll plus its turn).
 //!
 //! The data path never touches the store: it reads the key ring once per crypto period
 //! (a lock, not per packet) and drains card updates from a bounded channel when the EMM
 //! inserter polls the carousel.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
 
 use super::emmg::EmmCarousel;
-use super::keyring::{ServiceKeyRing, SharedKeyRing};
+use super::follow::{FollowerStats, StoreFollower, StoreSink};
+use super::keyring::SharedKeyRing;
 use super::store::{CardKeyRecord, Store, StoreError};
 use super::types::{AccessCriteria, ServiceKey};
 use crate::scramble::{EmmData, EmmSource};
 
-/// How often the store is read for changes.
-pub const REFRESH: Duration = Duration::from_secs(1);
+pub use super::follow::REFRESH;
 /// Card updates in flight to the data path; the control thread waits when it is full.
 const UPDATES: usize = 4096;
 /// Updates applied per poll, so a burst never holds the data path long.
@@ -93,7 +94,8 @@ pub struct LiveCas {
     /// Cards in the store at start.
     pub cards: usize,
     emm: Option<LiveEmmSource>,
-    stop: Arc<AtomicBool>,
+    stats: Arc<FollowerStats>,
+    stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -109,7 +111,9 @@ impl std::fmt::Debug for LiveCas {
 
 impl Drop for LiveCas {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -121,12 +125,37 @@ struct Start {
     cards: Vec<CardKeyRecord>,
     access: AccessCriteria,
     ca_system_id: u16,
+    ring: SharedKeyRing,
+    stats: Arc<FollowerStats>,
 }
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+/// The follower's findings, sent to the data path's EMM carousel while there is one. The
+/// key ring is what the ECMs need, so following goes on without a carousel (none asked
+/// for, or the mux dropped it).
+struct ToCarousel(Option<mpsc::SyncSender<Update>>);
+
+impl ToCarousel {
+    fn send(&mut self, u: Update) {
+        if let Some(tx) = &self.0 {
+            if tx.send(u).is_err() {
+                self.0 = None;
+            }
+        }
+    }
+}
+
+impl StoreSink for ToCarousel {
+    fn keys_changed(&mut self, keys: &[ServiceKey]) -> bool {
+        self.send(Update::Keys(keys.to_vec()));
+        true
+    }
+
+    fn cards_changed(&mut self, cards: Vec<CardKeyRecord>) -> bool {
+        for c in cards {
+            self.send(Update::Card(c));
+        }
+        true
+    }
 }
 
 impl LiveCas {
@@ -139,24 +168,17 @@ impl LiveCas {
     ) -> Result<LiveCas, LiveCasError> {
         let (init_tx, init_rx) = mpsc::sync_channel::<Result<Start, LiveCasError>>(1);
         let (upd_tx, upd_rx) = mpsc::sync_channel::<Update>(UPDATES);
-        let stop = Arc::new(AtomicBool::new(false));
-        let ring = ServiceKeyRing::from_keys(Vec::new()).shared();
+        let (stop, stop_rx) = oneshot::channel();
+        let sink = ToCarousel(emm_bitrate.is_some().then_some(upd_tx));
         let db = db.to_path_buf();
-        let thread = {
-            let stop = Arc::clone(&stop);
-            let ring = Arc::clone(&ring);
-            std::thread::Builder::new()
-                .name("castmux-cas".to_owned())
-                .spawn(move || feed_thread(&db, access, init_tx, upd_tx, ring, stop))
-                .map_err(|e| LiveCasError::Thread(e.to_string()))?
-        };
+        let thread = std::thread::Builder::new()
+            .name("castmux-cas".to_owned())
+            .spawn(move || feed_thread(&db, access, init_tx, sink, stop_rx))
+            .map_err(|e| LiveCasError::Thread(e.to_string()))?;
         let start = match init_rx.recv() {
             Ok(r) => r?,
             Err(_) => return Err(LiveCasError::Thread("it ended at start".to_owned())),
         };
-        if let Ok(mut r) = ring.write() {
-            *r = ServiceKeyRing::from_keys(start.keys.iter().cloned());
-        }
         let emm = emm_bitrate.map(|bps| {
             let mut carousel = EmmCarousel::new(bps);
             carousel.set_service_keys(start.keys.clone());
@@ -169,14 +191,20 @@ impl LiveCas {
             }
         });
         Ok(LiveCas {
-            ring,
+            ring: start.ring,
             access: start.access,
             ca_system_id: start.ca_system_id,
             cards: start.cards.len(),
             emm,
-            stop,
+            stats: start.stats,
+            stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// The store follower's counters (rotations, key changes, store errors).
+    pub fn follower_stats(&self) -> &FollowerStats {
+        &self.stats
     }
 
     /// The EMM source for the mux (once).
@@ -189,9 +217,8 @@ fn feed_thread(
     db: &Path,
     access: ChannelAccess,
     init_tx: mpsc::SyncSender<Result<Start, LiveCasError>>,
-    upd_tx: mpsc::SyncSender<Update>,
-    ring: SharedKeyRing,
-    stop: Arc<AtomicBool>,
+    mut sink: ToCarousel,
+    stop: oneshot::Receiver<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -210,11 +237,10 @@ fn feed_thread(
                 ChannelAccess::Criteria(a) => *a,
                 ChannelAccess::Packages(names) => store.package_bits(names).await?,
             };
-            let keys = store.service_keys().await?;
-            let (cards, seq) = store.emm_cards().await?;
-            Ok::<_, StoreError>((store, access, keys, cards, seq))
+            let (follower, snapshot) = StoreFollower::start(store, true).await?;
+            Ok::<_, StoreError>((follower, access, snapshot))
         };
-        let (store, access, mut keys, cards, mut seq) = match start.await {
+        let (follower, access, snapshot) = match start.await {
             Ok(v) => v,
             Err(e) => {
                 let _ = init_tx.send(Err(e.into()));
@@ -222,46 +248,19 @@ fn feed_thread(
             }
         };
         let _ = init_tx.send(Ok(Start {
-            keys: keys.clone(),
-            cards,
+            keys: snapshot.keys,
+            cards: snapshot.cards,
             access,
-            ca_system_id: store.ca_system_id(),
+            ca_system_id: follower.store().ca_system_id(),
+            ring: follower.ring(),
+            stats: follower.stats(),
         }));
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(REFRESH).await;
-            if let Err(e) = store.rotate_due(unix_now()).await {
-                tracing::warn!(error = %e, "key rotation check failed; the keys on air stay");
-            }
-            match store.service_keys().await {
-                Ok(k) if k != keys => {
-                    tracing::info!("service keys changed in the store");
-                    if let Ok(mut r) = ring.write() {
-                        *r = ServiceKeyRing::from_keys(k.iter().cloned());
-                    }
-                    if upd_tx.send(Update::Keys(k.clone())).is_err() {
-                        return;
-                    }
-                    keys = k;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read service keys; the keys on air stay")
-                }
-            }
-            match store.cards_changed_since(seq).await {
-                Ok((changed, now_seq)) => {
-                    if !changed.is_empty() {
-                        tracing::info!(cards = changed.len(), "cards changed: their EMMs go first");
-                    }
-                    seq = now_seq;
-                    for c in changed {
-                        if upd_tx.send(Update::Card(c)).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read card changes"),
-            }
-        }
+        let store = follower.store().clone();
+        follower
+            .run(&mut sink, async {
+                let _ = stop.await;
+            })
+            .await;
+        store.close().await;
     });
 }

@@ -11,6 +11,7 @@ pub mod ecm;
 pub mod ecmg;
 pub mod emm;
 pub mod emmg;
+pub mod follow;
 pub mod keyring;
 pub mod live;
 pub mod refusal;
@@ -21,6 +22,7 @@ pub use ecm::{build_ecm, open_ecm, EcmBuildError, EcmContent, EcmParams, EcmRef}
 pub use ecmg::{build_ecm_with_ring, BuiltinEcmg};
 pub use emm::{build_emm, open_emm, EmmBuildError, EmmHeader, EmmPart};
 pub use emmg::{EmmCarousel, EmmCounters};
+pub use follow::{FollowerStats, RingOnly, StoreFollower, StoreSink, StoreSnapshot};
 pub use keyring::{ServiceKeyRing, SharedKeyRing};
 pub use refusal::{Refusal, RefusalCounts};
 pub use store::{CardKeyRecord, InitOptions, Store, StoreError};

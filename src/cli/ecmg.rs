@@ -8,16 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use castmux::cas::{ServiceKeyRing, SharedKeyRing, Store};
+use castmux::cas::{FollowerStats, RingOnly, SharedKeyRing, StoreFollower};
 use castmux::net::AcceptLimits;
 use castmux::simulcrypt::{EcmgServer, EcmgServerConfig, EcmgServerStats, RingEcmBuilder};
 use clap::Args;
 
 use super::args;
 use super::init::open;
-
-/// How often the key ring is read again from the store (keys rotate).
-const RING_REFRESH: Duration = Duration::from_secs(3);
 
 /// Options of `castmux ecmg`.
 #[derive(Debug, Args)]
@@ -46,8 +43,8 @@ pub struct EcmgArgs {
 pub fn run(db: &Path, a: EcmgArgs) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     let rt = super::runtime(2)?;
-    let stats = rt.block_on(serve(db, a, stop))?;
-    report(&stats);
+    let (stats, follower) = rt.block_on(serve(db, a, stop))?;
+    report(&stats, &follower);
     Ok(())
 }
 
@@ -55,21 +52,28 @@ async fn serve(
     db: &Path,
     a: EcmgArgs,
     stop: Arc<AtomicBool>,
-) -> anyhow::Result<Arc<EcmgServerStats>> {
+) -> anyhow::Result<(Arc<EcmgServerStats>, Arc<FollowerStats>)> {
     let accept = AcceptLimits::new(
         a.max_connections,
         a.max_connections_per_address,
         a.handshake_timeout,
     )
     .context("--max-connections, --max-connections-per-address, --handshake-timeout")?;
+    let store = open(db).await?;
+    let ca_system_id = a.ca_system_id.unwrap_or(store.ca_system_id());
+    // the same follower as `scramble --cas builtin`: scheduled rotation included, so keys
+    // rotate when this process is the only one serving the store
+    let (follower, _) = StoreFollower::start(store.clone(), false).await?;
+    let ring = follower.ring();
+    let follower_stats = follower.stats();
+    let builder = RingEcmBuilder::new(ring.clone(), ca_system_id);
+    // a Super_CAS_id of another CA system is refused at channel_setup (unknown
+    // Super_CAS_id value), not accepted and then failed at every CW_provision
     let config = EcmgServerConfig {
+        ca_system_id: Some(ca_system_id),
         accept,
         ..EcmgServerConfig::default()
     };
-    let store = open(db).await?;
-    let ca_system_id = a.ca_system_id.unwrap_or(store.ca_system_id());
-    let ring: SharedKeyRing = ServiceKeyRing::from_keys(store.service_keys().await?).shared();
-    let builder = RingEcmBuilder::new(ring.clone(), ca_system_id);
     let server = EcmgServer::bind(a.listen, config, Arc::new(builder))
         .await
         .with_context(|| format!("--listen {}: cannot listen (port in use?)", a.listen))?;
@@ -82,40 +86,18 @@ async fn serve(
         packages = %ring_packages(&ring),
         "ecmg: serving"
     );
-    let refresher = tokio::spawn(refresh(store.clone(), ring.clone(), stop.clone()));
-    server
-        .run(async {
-            while !stop.load(Relaxed) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        })
-        .await;
-    refresher.abort();
-    store.close().await;
-    Ok(stats)
-}
-
-/// Re-read the service keys now and then; a failed read keeps the ring it had (logged).
-async fn refresh(store: Store, ring: SharedKeyRing, stop: Arc<AtomicBool>) {
-    let mut failures = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(RING_REFRESH).await;
-        match store.service_keys().await {
-            Ok(keys) => {
-                let new = ServiceKeyRing::from_keys(keys);
-                let mut w = ring.write().unwrap_or_else(|e| e.into_inner());
-                if *w != new {
-                    *w = new;
-                    drop(w);
-                    tracing::info!(packages = %ring_packages(&ring), "ecmg: service keys reloaded");
-                }
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, failures, "ecmg: cannot read the service keys; keeping the ones loaded");
-            }
+    let stopped = || async {
+        while !stop.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    }
+    };
+    let mut ring_only = RingOnly;
+    tokio::join!(
+        server.run(stopped()),
+        follower.run(&mut ring_only, stopped())
+    );
+    store.close().await;
+    Ok((stats, follower_stats))
 }
 
 fn ring_packages(ring: &SharedKeyRing) -> String {
@@ -123,6 +105,6 @@ fn ring_packages(ring: &SharedKeyRing) -> String {
     r.packages().to_string()
 }
 
-fn report(s: &EcmgServerStats) {
-    tracing::info!(stats = ?s, "ecmg: stopped");
+fn report(s: &EcmgServerStats, follower: &FollowerStats) {
+    tracing::info!(stats = ?s, store = ?follower, "ecmg: stopped");
 }

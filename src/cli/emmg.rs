@@ -1,21 +1,20 @@
 //! `castmux emmg`: the built-in EMM carousel as a SimulCrypt EMMG (EMMG<->MUX, TS 103 197):
 //! connects to a mux's EMMG port and sends every card's EMM at the allocated bandwidth.
-//! Cards changed in the store go out first (checked every second).
+//! The store follower (the one `scramble --cas builtin` and `castmux ecmg` run, scheduled
+//! rotation included) checks the store every second: changed cards go out first, new key
+//! versions go to every card.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, Store};
+use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, StoreFollower, StoreSink};
 use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
 use clap::Args;
 
 use super::init::open;
-
-/// How often the store is asked for changed cards and keys.
-const REFRESH: Duration = Duration::from_secs(1);
 
 /// Options of `castmux emmg`.
 #[derive(Debug, Args)]
@@ -54,10 +53,39 @@ fn bandwidth(s: &str) -> Result<u64, String> {
 /// The carousel shared between the EMMG link (which polls it) and the store refresher.
 struct SharedCarousel(Arc<Mutex<EmmCarousel>>);
 
+impl SharedCarousel {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EmmCarousel> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl EmmSource for SharedCarousel {
     fn poll(&mut self, now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
-        let mut c = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        c.poll(now, out).then_some(EmmData::Sections)
+        self.lock().poll(now, out).then_some(EmmData::Sections)
+    }
+}
+
+/// The store follower's findings go into the carousel: new keys to every card, changed
+/// cards first.
+impl StoreSink for SharedCarousel {
+    fn keys_changed(&mut self, keys: &[ServiceKey]) -> bool {
+        self.lock().set_service_keys(keys.to_vec());
+        tracing::info!(keys = keys.len(), "emmg: service keys changed");
+        true
+    }
+
+    fn cards_changed(&mut self, cards: Vec<CardKeyRecord>) -> bool {
+        tracing::info!(cards = cards.len(), "emmg: cards changed; sent first");
+        let mut c = self.lock();
+        for CardKeyRecord {
+            serial,
+            card_key,
+            entitlements,
+        } in cards
+        {
+            c.upsert_card(serial, card_key, entitlements, true);
+        }
+        true
     }
 }
 
@@ -71,15 +99,14 @@ pub fn run(db: &Path, a: EmmgArgs) -> anyhow::Result<()> {
 
 async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<EmmgStats>> {
     let store = open(db).await?;
+    let (follower, snapshot) = StoreFollower::start(store.clone(), true).await?;
+    let follower_stats = follower.stats();
     let mut carousel = EmmCarousel::new(a.bandwidth);
-    let (cards, seq) = store.emm_cards().await?;
-    let n_cards = cards.len();
-    for c in cards {
+    let n_cards = snapshot.cards.len();
+    for c in snapshot.cards {
         carousel.upsert_card(c.serial, c.card_key, c.entitlements, false);
     }
-    let keys = store.service_keys().await?;
-    let versions = key_versions(&keys);
-    carousel.set_service_keys(keys);
+    carousel.set_service_keys(snapshot.keys);
     let carousel = Arc::new(Mutex::new(carousel));
 
     let client_id = a.client_id.unwrap_or(u32::from(store.ca_system_id()) << 16);
@@ -96,22 +123,19 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
         cards = n_cards,
         "emmg: feeding"
     );
-    let refresher = tokio::spawn(refresh(
-        store.clone(),
-        carousel.clone(),
-        seq,
-        versions,
-        stop.clone(),
-    ));
     let stats = Arc::new(EmmgStats::default());
     let mut source = SharedCarousel(carousel.clone());
-    run_emmg(config, &mut source, stats.clone(), async {
+    let mut sink = SharedCarousel(carousel.clone());
+    let stopped = || async {
         while !stop.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-    })
-    .await;
-    refresher.abort();
+    };
+    tokio::join!(
+        run_emmg(config, &mut source, stats.clone(), stopped()),
+        follower.run(&mut sink, stopped())
+    );
+    tracing::info!(store = ?follower_stats, "emmg: store follower");
     let counters = carousel
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -125,60 +149,6 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
     );
     store.close().await;
     Ok(stats)
-}
-
-fn key_versions(keys: &[ServiceKey]) -> Vec<(u8, u32)> {
-    let mut v: Vec<(u8, u32)> = keys.iter().map(|k| (k.bit.get(), k.version)).collect();
-    v.sort_unstable();
-    v
-}
-
-/// Every second: changed cards go out first (urgent), new service key versions to every
-/// card. A failed read is logged and tried again next time.
-async fn refresh(
-    store: Store,
-    carousel: Arc<Mutex<EmmCarousel>>,
-    mut seq: u64,
-    mut versions: Vec<(u8, u32)>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut failures = 0u64;
-    while !stop.load(Relaxed) {
-        tokio::time::sleep(REFRESH).await;
-        let res = async {
-            let changed = store.cards_changed_since(seq).await?;
-            let keys = store.service_keys().await?;
-            Ok::<_, castmux::cas::StoreError>((changed, keys))
-        }
-        .await;
-        let ((cards, now_seq), keys) = match res {
-            Ok(x) => x,
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, failures, "emmg: cannot read the store; trying again");
-                continue;
-            }
-        };
-        seq = now_seq;
-        let new_versions = key_versions(&keys);
-        let mut c = carousel.lock().unwrap_or_else(|e| e.into_inner());
-        if new_versions != versions {
-            versions = new_versions;
-            c.set_service_keys(keys);
-            tracing::info!(keys = versions.len(), "emmg: service keys changed");
-        }
-        if !cards.is_empty() {
-            tracing::info!(cards = cards.len(), "emmg: cards changed; sent first");
-        }
-        for CardKeyRecord {
-            serial,
-            card_key,
-            entitlements,
-        } in cards
-        {
-            c.upsert_card(serial, card_key, entitlements, true);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use castmux::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
 const DEFAULT_EMM_PID: u16 = 0x1FF1;
 use castmux::scramble::cw::parse_cw_pair;
 use castmux::scramble::{
-    run_scramble, CaSystem, ClockMode, CwLogWriter, EcmGenerator, KeyMode, RunOptions,
-    ScrambleConfig, Scrambler,
+    run_stage, CaSystem, ClockMode, CwLogWriter, EcmGenerator, KeyMode, RunOptions, ScrambleConfig,
+    Scrambler,
 };
 use castmux::simulcrypt::EmmQueueSource;
 use castmux::ts::Pid;
@@ -355,7 +355,12 @@ pub fn run_channel(
         scrambling = algorithm.name(),
         "scrambling"
     );
-    let res = run_scramble(&mut input, &mut output, &mut scrambler, &opts);
+    let res = run_stage(
+        &mut input,
+        &mut output,
+        &mut sc.stage(&mut scrambler, live_input),
+        &opts,
+    );
     if let Ok(end) = &res {
         tracing::info!(?end, "run ended");
     }

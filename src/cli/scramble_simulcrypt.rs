@@ -3,15 +3,19 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use castmux::io::PacketBatch;
 use castmux::net::AcceptLimits;
-use castmux::scramble::{CaSystem, EcmError, EcmGenerator, EcmRequest, Scrambler};
+use castmux::scramble::{
+    CaSystem, EcmError, EcmGenerator, EcmRequest, PacketStage, ScrambleError, Scrambler,
+};
 use castmux::simulcrypt::access::parse_access_criteria_hex;
 use castmux::simulcrypt::{
-    EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers, ScsConfig,
-    SimulcryptEcmg,
+    EcmgErrorStatus, EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers,
+    ScsConfig, ScsError, SimulcryptEcmg,
 };
 use castmux::ts::Pid;
 use clap::Args;
@@ -53,9 +57,11 @@ pub struct SimulcryptArgs {
     /// ECM_id. Default 1.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = args::u16_number)]
     ecm_id: u16,
-    /// ECMG<->SCS protocol version, 2 or 3. Default 3.
-    #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
-    ecmg_version: u8,
+    /// ECMG<->SCS protocol version, 2 or 3. Default: 3, and 2 when the ECMG refuses 3 with
+    /// `unsupported protocol version` (TSDuck's tsecmg speaks 2 unless told otherwise); a
+    /// version given here or in the --ecmg query is used as is, never changed.
+    #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(u8).range(2..=3))]
+    ecmg_version: Option<u8>,
     /// Listen for SimulCrypt EMMGs (EMMG<->MUX, TCP and UDP on the same port; TVCAS's
     /// EMMG connects to 41000 in its guide); their EMMs go out on --emm-pid.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -101,7 +107,12 @@ pub struct SimulcryptParts {
     ecmgs: Vec<SimulcryptEcmg>,
     emm_source: Option<EmmQueueSource>,
     mux: Option<MuxThread>,
+    /// The first refusal an ECMG gave the scrambler (see [`StopOnRefusal`]).
+    refusal: Refusal,
 }
+
+/// What an ECMG said when it refused a crypto period the scrambler needed.
+type Refusal = Arc<Mutex<Option<String>>>;
 
 impl SimulcryptParts {
     /// The ECM generators for `Scrambler::new`, one per `--ecmg`, in the order of the CA
@@ -111,8 +122,20 @@ impl SimulcryptParts {
             Box::new(FirstEcmWait {
                 inner: g.clone(),
                 delivered: false,
+                refusal: Arc::clone(&self.refusal),
             }) as Box<dyn EcmGenerator>
         })
+    }
+
+    /// The scrambler as the run's stage. A file or pipe run (`live` false) stops with the
+    /// ECMG's message when an ECMG refuses a crypto period: its packets cannot wait, and
+    /// holding the key would only scramble the rest of the file under the last CW with no
+    /// ECM for it. A live run holds the key (degraded, counted) and the ECMG is asked again.
+    pub fn stage<'a>(&self, scrambler: &'a mut Scrambler, live: bool) -> StopOnRefusal<'a> {
+        StopOnRefusal {
+            scrambler,
+            refusal: (!live && !self.ecmgs.is_empty()).then(|| Arc::clone(&self.refusal)),
+        }
     }
 
     /// Whether `--emmg-listen` gives EMMs.
@@ -147,6 +170,9 @@ impl SimulcryptParts {
                 timeouts = s.timeouts.load(Relaxed),
                 bad_ecms = s.bad_ecms.load(Relaxed),
                 errors_received = s.errors_received.load(Relaxed),
+                refused = s.refused.load(Relaxed),
+                version = g.version(),
+                version_fallbacks = s.version_fallbacks.load(Relaxed),
                 latency_p99_us = lat.value_at_quantile(0.99),
                 "simulcrypt ECMG link"
             );
@@ -223,7 +249,9 @@ pub fn start(
             }
         };
         let mut sc = ScsConfig::new(spec.addr.clone(), super_cas_id);
-        sc.version = spec.version.unwrap_or(a.ecmg_version);
+        let version = spec.version.or(a.ecmg_version);
+        sc.version = version.unwrap_or(3);
+        sc.version_fallback = version.is_none();
         sc.channel_id = spec.channel_id.unwrap_or(a.channel_id);
         sc.stream_id = spec.stream_id.unwrap_or(a.stream_id);
         sc.ecm_id = spec.ecm_id.unwrap_or(a.ecm_id);
@@ -240,12 +268,28 @@ pub fn start(
     }
     // every link sets up at once; then each is waited for
     for (spec, ecmg, mut ca) in started {
-        let status = ecmg
-            .wait_ready(SETUP_WAIT)
-            .with_context(|| format!("--ecmg {}", spec.addr))?;
+        let status = match ecmg.wait_ready(SETUP_WAIT) {
+            Ok(s) => s,
+            // a version chosen by the operator is never changed behind their back: say how
+            Err(e @ ScsError::Refused { .. })
+                if e.to_string()
+                    .contains(EcmgErrorStatus::UnsupportedProtocolVersion.name()) =>
+            {
+                return Err(e).with_context(|| {
+                    format!(
+                        "--ecmg {}: version {} as given; for an ECMG that speaks version 2 give \
+                         --ecmg-version 2 (or ?version=2), or neither to let castmux fall back",
+                        spec.addr,
+                        ecmg.version()
+                    )
+                });
+            }
+            Err(e) => return Err(e).with_context(|| format!("--ecmg {}", spec.addr)),
+        };
         tracing::info!(
             ecmg = %spec.addr,
             super_cas_id = %format!("{:08X}", ecmg.super_cas_id()),
+            version = ecmg.version(),
             ecm_pid = %ca.ecm_pid,
             delay_start_ms = status.delay_start,
             ecm_rep_period_ms = status.ecm_rep_period,
@@ -276,6 +320,7 @@ pub fn start(
 struct FirstEcmWait {
     inner: SimulcryptEcmg,
     delivered: bool,
+    refusal: Refusal,
 }
 
 impl EcmGenerator for FirstEcmWait {
@@ -291,11 +336,52 @@ impl EcmGenerator for FirstEcmWait {
                     self.delivered = true;
                     return Ok(());
                 }
+                Err(EcmError::Refused(why)) => {
+                    // the ECMG answered no: waiting for the first ECM cannot change that
+                    let mut r = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
+                    r.get_or_insert_with(|| why.clone());
+                    return Err(EcmError::Refused(why));
+                }
                 Err(e) if self.delivered || Instant::now() >= deadline => return Err(e),
                 // each attempt already waits a few ms for the answer
                 Err(_) => {}
             }
         }
+    }
+}
+
+/// The scrambler, stopping a file run at an ECMG's refusal ([`SimulcryptParts::stage`]).
+pub struct StopOnRefusal<'a> {
+    scrambler: &'a mut Scrambler,
+    /// Set for a file run with ECMGs.
+    refusal: Option<Refusal>,
+}
+
+impl StopOnRefusal<'_> {
+    fn check(&self) -> Result<(), ScrambleError> {
+        let Some(r) = &self.refusal else {
+            return Ok(());
+        };
+        match r.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(why) => Err(EcmError::Refused(why.clone()).into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl PacketStage for StopOnRefusal<'_> {
+    fn process_batch(
+        &mut self,
+        batch: &mut PacketBatch,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ScrambleError> {
+        self.scrambler.process_batch(batch, out)?;
+        self.check()
+    }
+
+    fn idle(&mut self) -> Result<(), ScrambleError> {
+        PacketStage::idle(self.scrambler)?;
+        self.check()
     }
 }
 

@@ -10,8 +10,12 @@
 //! - the set fails only when every output has failed: with one output, its own error
 //!   (exactly as a bare [`Output`]), with several, [`IoError::AllOutputsFailed`].
 //!
-//! Opening is all or nothing: an output that cannot be opened is a configuration error and
-//! fails the whole set, as does the same output named twice (stdout at most once).
+//! Opening is all or nothing for what the operator controls: a file that cannot be created,
+//! a UDP address that cannot be bound, or the same output named twice (stdout at most once)
+//! is a configuration error and fails the whole set. An SRT output that cannot reach its peer
+//! at start ([`IoError::SrtConnect`]) is a network failure like one during the run: it is
+//! booked failed (logged, in [`OutputSet::status`]) and the others go on; only when no
+//! output is left does the open fail.
 //! Each output counts in an [`IoStats`] of its own.
 
 use std::sync::Arc;
@@ -74,23 +78,41 @@ impl OutputSet {
             }
         }
         let mut slots = Vec::with_capacity(urls.len());
-        for u in urls {
+        let mut unreachable = Vec::new();
+        for (i, u) in urls.iter().enumerate() {
             let stats = Arc::<IoStats>::default();
             let o = OutputOptions {
                 stats: stats.clone(),
                 ..opts.clone()
             };
+            let output = match Output::open(u, &o) {
+                Ok(output) => Some(output),
+                Err(e @ IoError::SrtConnect { .. }) => {
+                    unreachable.push((i, e));
+                    None
+                }
+                Err(e) => return Err(e),
+            };
             slots.push(Slot {
                 name: u.display(),
-                output: Some(Output::open(u, &o)?),
+                output,
                 stats,
                 error: None,
             });
         }
-        Ok(OutputSet {
+        let mut set = OutputSet {
             live: slots.len(),
             slots,
-        })
+        };
+        let mut last = None;
+        for (i, e) in unreachable {
+            last = set.record_failure(i, e).or(last);
+        }
+        match last {
+            // no output left: alone, its own error (as a bare Output), else all failed
+            Some(e) => Err(e),
+            None => Ok(set),
+        }
     }
 
     /// Outputs in the set (failed ones included).

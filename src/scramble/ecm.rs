@@ -55,6 +55,10 @@ pub enum EcmError {
     /// The generator answered with something that is not an ECM section of the right parity.
     #[error("bad ECM from the generator: {0}")]
     Invalid(String),
+    /// The generator answered, and its answer was no (a SimulCrypt ECMG's error_status):
+    /// asking at once again would get the same answer.
+    #[error("the ECM generator refused: {0}")]
+    Refused(String),
 }
 
 /// Makes the ECM section of a crypto period. Called once per period, off the per-packet path.

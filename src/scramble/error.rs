@@ -38,4 +38,8 @@ pub enum ScrambleError {
     /// A table we write could not be built.
     #[error("PSI writer: {0}")]
     Psi(#[from] TsError),
+    /// An ECM generator's answer ends the run (a file run cannot wait for an ECMG that
+    /// refused its crypto period).
+    #[error(transparent)]
+    Ecm(#[from] super::ecm::EcmError),
 }

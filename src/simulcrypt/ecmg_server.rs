@@ -75,6 +75,11 @@ pub trait EcmBuilder: Send + Sync + 'static {
 pub struct EcmgServerConfig {
     /// Accept only this Super_CAS_id; None accepts any. Default None.
     pub super_cas_id: Option<u32>,
+    /// Accept only Super_CAS_ids whose CA_system_ID (top 16 bits) is this, whatever their
+    /// CA_subsystem_ID; None accepts any. Default None. An ECMG that can only seal ECMs for
+    /// one CA system sets it, so a wrong id is refused at channel_setup rather than with an
+    /// error for every CW_provision.
+    pub ca_system_id: Option<u16>,
     /// ECM_datagram as TS packets instead of sections. Default false (sections).
     pub section_tspkt_flag: bool,
     /// delay_start, ms. Default 0 (the ECM of period N carries CW(N+1) already).
@@ -100,6 +105,7 @@ impl Default for EcmgServerConfig {
     fn default() -> Self {
         EcmgServerConfig {
             super_cas_id: None,
+            ca_system_id: None,
             section_tspkt_flag: false,
             delay_start: 0,
             delay_stop: 0,
@@ -128,6 +134,8 @@ pub struct EcmgServerStats {
     pub errors_received: AtomicU64,
     /// ECMs the builder failed to make.
     pub build_failures: AtomicU64,
+    /// channel_setups refused for a Super_CAS_id not served (also in `errors_sent`).
+    pub setups_refused: AtomicU64,
 }
 
 /// The ECMG<->SCS server.
@@ -343,10 +351,14 @@ impl Connection {
             self.channel_error(channel_id, E::ChannelIdInUse, None);
             return Next::Continue;
         }
-        if self.config.super_cas_id.is_some_and(|s| s != super_cas_id) {
+        let ca_system_id = (super_cas_id >> 16) as u16;
+        if self.config.super_cas_id.is_some_and(|s| s != super_cas_id)
+            || self.config.ca_system_id.is_some_and(|c| c != ca_system_id)
+        {
+            self.stats.setups_refused.fetch_add(1, Relaxed);
             tracing::warn!(
                 super_cas_id = format_args!("{super_cas_id:08X}"),
-                "ECMG: channel_setup for a Super_CAS_id this ECMG does not serve"
+                "ECMG: channel_setup for a Super_CAS_id this ECMG does not serve; refused"
             );
             self.channel_error(
                 channel_id,

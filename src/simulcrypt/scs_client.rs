@@ -14,12 +14,26 @@
 //! On a lost link the task reconnects with exponential backoff and replays the CW_provisions
 //! of the latest periods, so ECMs resume without the pipeline doing anything.
 //!
+//! What the ECMG says is passed on, never hidden behind a timeout:
+//! - a channel_setup or stream_setup answered with an error ends [`SimulcryptEcmg::wait_ready`]
+//!   at once with [`ScsError::Refused`] naming the error_status, when the status cannot change
+//!   by trying again (unknown Super_CAS_id, a malformed message, ...); otherwise the wait goes
+//!   on and a timeout names the last refusal or link error;
+//! - version 3 refused with `unsupported protocol version` (0x0002) sets the channel up again
+//!   at once in version 2, when [`ScsConfig::version_fallback`] allows it (the version was not
+//!   chosen by the operator): TSDuck's `tsecmg` speaks version 2 unless told otherwise. The
+//!   version found is kept for every reconnection;
+//! - a CW_provision answered with a channel_error/stream_error marks its crypto period
+//!   refused: [`EcmGenerator::generate`] then answers [`EcmError::Refused`] with the ECMG's
+//!   error_status by name (counted in `refused`), so a file run can stop with that message
+//!   while a live run holds the key and asks again after a while.
+//!
 //! Several CAS on one service: one `SimulcryptEcmg` per ECMG connection, each feeding its own
 //! ECM PID (the pipeline builds one `EcmInserter` per instance; `ca_system_id()` is the
 //! CA_descriptor's id). Every instance receives the same CWs.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,6 +58,9 @@ pub struct ScsConfig {
     pub ecmg: String,
     /// Protocol version (2 or 3). Default 3.
     pub version: u8,
+    /// Set up again in version 2 when the ECMG refuses version 3 with `unsupported protocol
+    /// version`. Default true; turn it off when the operator chose the version.
+    pub version_fallback: bool,
     /// Super_CAS_id (CA_system_id << 16 | CA_subsystem_id).
     pub super_cas_id: u32,
     /// ECM_channel_id. Default 1.
@@ -74,6 +91,7 @@ impl ScsConfig {
         ScsConfig {
             ecmg: ecmg.into(),
             version: 3,
+            version_fallback: true,
             super_cas_id,
             channel_id: 1,
             stream_id: 1,
@@ -117,6 +135,11 @@ pub struct ScsStats {
     pub bad_ecms: AtomicU64,
     /// channel_error/stream_error from the ECMG.
     pub errors_received: AtomicU64,
+    /// CW_provisions the ECMG answered with an error instead of an ECM (also in
+    /// `errors_received`); their periods are asked again after a while.
+    pub refused: AtomicU64,
+    /// Setups done again in version 2 after the ECMG refused version 3.
+    pub version_fallbacks: AtomicU64,
     /// Period announcements dropped because the control queue was full.
     pub queue_full: AtomicU64,
 }
@@ -147,7 +170,13 @@ struct State {
     ready: VecDeque<ReadyEcm>,
     /// Periods announced, with when (re-announced after a while if still missing).
     asked: VecDeque<(u64, Instant)>,
+    /// Periods whose CW_provision the ECMG answered with an error, and what it said.
+    refused: VecDeque<(u64, String)>,
     status: Option<ChannelStatus>,
+    /// Why the last link attempt failed (for the message of a failed `wait_ready`).
+    last_failure: Option<String>,
+    /// The ECMG refused the setup with an error_status that trying again cannot change.
+    setup_refused: Option<String>,
 }
 
 struct Shared {
@@ -155,6 +184,8 @@ struct Shared {
     cond: Condvar,
     stats: ScsStats,
     connected: AtomicBool,
+    /// The protocol version in use: the configured one, or 2 after a fallback.
+    version: AtomicU8,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -164,9 +195,24 @@ pub enum ScsError {
     /// The runtime thread could not be started.
     #[error("cannot start the SimulCrypt control thread: {0}")]
     Runtime(std::io::Error),
-    /// No channel_status in time.
-    #[error("no channel with the ECMG at {0} within {1:?}; is it running and reachable?")]
-    NotReady(String, Duration),
+    /// No channel_status in time; `detail` says what the last attempt got.
+    #[error("no channel with the ECMG at {ecmg} within {waited:?}; {detail}")]
+    NotReady {
+        /// The ECMG.
+        ecmg: String,
+        /// How long it was given.
+        waited: Duration,
+        /// The last refusal or link error, or a hint when there was none.
+        detail: String,
+    },
+    /// The ECMG answered the setup with an error that trying again cannot change.
+    #[error("the ECMG at {ecmg} refused the channel: {reason}")]
+    Refused {
+        /// The ECMG.
+        ecmg: String,
+        /// Its error_status, by name.
+        reason: String,
+    },
 }
 
 const READY_KEPT: usize = 4;
@@ -227,6 +273,7 @@ impl SimulcryptEcmg {
             cond: Condvar::new(),
             stats: ScsStats::default(),
             connected: AtomicBool::new(false),
+            version: AtomicU8::new(config.version),
             latency: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("static histogram bounds are valid"),
@@ -267,6 +314,11 @@ impl SimulcryptEcmg {
         &self.config.ecmg
     }
 
+    /// The ECMG<->SCS version in use (2 after a fallback from 3).
+    pub fn version(&self) -> u8 {
+        self.shared.version.load(Relaxed)
+    }
+
     /// The Super_CAS_id the channel is set up with.
     pub fn super_cas_id(&self) -> u32 {
         self.config.super_cas_id
@@ -286,9 +338,23 @@ impl SimulcryptEcmg {
             if let (Some(s), true) = (st.status, self.is_connected()) {
                 return Ok(s);
             }
+            if let Some(reason) = &st.setup_refused {
+                return Err(ScsError::Refused {
+                    ecmg: self.config.ecmg.clone(),
+                    reason: reason.clone(),
+                });
+            }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ScsError::NotReady(self.config.ecmg.clone(), timeout));
+                let detail = match &st.last_failure {
+                    Some(f) => format!("the last attempt: {f}"),
+                    None => "is it running and reachable?".to_owned(),
+                };
+                return Err(ScsError::NotReady {
+                    ecmg: self.config.ecmg.clone(),
+                    waited: timeout,
+                    detail,
+                });
             }
             st = self
                 .shared
@@ -328,6 +394,9 @@ impl SimulcryptEcmg {
         };
         if self.tx.try_send(p).is_err() {
             self.shared.stats.queue_full.fetch_add(1, Relaxed);
+        } else {
+            // asked again: only the new answer counts
+            st.refused.retain(|(p, _)| *p != period);
         }
     }
 
@@ -356,6 +425,12 @@ impl EcmGenerator for SimulcryptEcmg {
             let deadline = Instant::now() + self.config.generate_wait;
             loop {
                 let now = Instant::now();
+                if let Some((_, why)) = st.refused.iter().find(|(p, _)| *p == period) {
+                    return Err(EcmError::Refused(format!(
+                        "the ECMG at {} answered the CW_provision of crypto period {period} with {why}",
+                        self.config.ecmg
+                    )));
+                }
                 if now >= deadline {
                     self.shared.stats.unavailable.fetch_add(1, Relaxed);
                     return Err(EcmError::Unavailable(format!(
@@ -400,13 +475,20 @@ async fn control(shared: Arc<Shared>, config: Arc<ScsConfig>, mut rx: mpsc::Rece
             pending: HashMap::new(),
             out: Vec::with_capacity(256),
             established: false,
+            fell_back: false,
         };
         let res = session.run(&mut rx, &mut latest).await;
         let established = session.established;
+        let fell_back = session.fell_back;
         shared.connected.store(false, Relaxed);
+        if let Err(e) = &res {
+            lock(&shared.state).last_failure = Some(e.to_string());
+        }
         shared.cond.notify_all();
         match res {
             Ok(()) => return, // every handle dropped
+            // the ECMG refused version 3: set up again in version 2 at once
+            Err(_) if fell_back => continue,
             Err(e) => {
                 shared.stats.link_failures.fetch_add(1, Relaxed);
                 if established {
@@ -457,7 +539,24 @@ struct Session<'a> {
     pending: HashMap<u16, Pending>,
     out: Vec<u8>,
     established: bool,
+    /// This session ended because the ECMG refused version 3 and the next one uses 2.
+    fell_back: bool,
 }
+
+/// error_status values of a refused setup that trying again cannot change: the ECMG does
+/// not serve this Super_CAS_id, or cannot read what castmux sends. Busy or in-use answers
+/// (too many channels, an id in use, out of resources, unknown error) may clear.
+const FINAL_SETUP_REFUSALS: [EcmgErrorStatus; 9] = [
+    EcmgErrorStatus::InvalidMessage,
+    EcmgErrorStatus::UnsupportedProtocolVersion,
+    EcmgErrorStatus::UnknownMessageType,
+    EcmgErrorStatus::UnknownSuperCasId,
+    EcmgErrorStatus::UnknownParameterType,
+    EcmgErrorStatus::InconsistentLength,
+    EcmgErrorStatus::MissingParameter,
+    EcmgErrorStatus::InvalidValue,
+    EcmgErrorStatus::UnrecoverableError,
+];
 
 impl Session<'_> {
     async fn run(
@@ -484,6 +583,18 @@ impl Session<'_> {
         let status = loop {
             match self.expect(&mut reader, "channel_status").await? {
                 EcmgMessage::ChannelStatus(s) => break s,
+                EcmgMessage::ChannelError { status, .. } if self.may_fall_back(&status) => {
+                    self.shared.stats.errors_received.fetch_add(1, Relaxed);
+                    self.shared.stats.version_fallbacks.fetch_add(1, Relaxed);
+                    self.shared.version.store(2, Relaxed);
+                    self.fell_back = true;
+                    tracing::info!(ecmg = %c.ecmg, error = %describe(&status),
+                        "the ECMG refused ECMG<->SCS version 3; setting up again in version 2");
+                    return Err(LinkError::Peer(format!(
+                        "the ECMG refused version 3: {}",
+                        describe(&status)
+                    )));
+                }
                 other => self.unexpected(other)?,
             }
         };
@@ -510,14 +621,19 @@ impl Session<'_> {
                 other => self.unexpected(other)?,
             }
         }
-        lock(&self.shared.state).status = Some(status);
+        {
+            let mut st = lock(&self.shared.state);
+            st.status = Some(status);
+            st.last_failure = None;
+            st.setup_refused = None;
+        }
         self.established = true;
         self.shared.connected.store(true, Relaxed);
         self.shared.stats.setups.fetch_add(1, Relaxed);
         self.shared.cond.notify_all();
         tracing::info!(ecmg = %c.ecmg, channel_id = c.channel_id, stream_id = c.stream_id,
-            delay_start = status.delay_start, ecm_rep_period = status.ecm_rep_period,
-            max_comp_time = status.max_comp_time, "SimulCrypt ECMG channel and stream set up");
+            version = self.shared.version.load(Relaxed), delay_start = status.delay_start,
+            ecm_rep_period = status.ecm_rep_period, max_comp_time = status.max_comp_time, "SimulCrypt ECMG channel and stream set up");
 
         // replay the latest periods so ECMs resume at once
         let replay: Vec<Provision> = latest.iter().cloned().collect();
@@ -579,14 +695,36 @@ impl Session<'_> {
             .map_err(LinkError::Codec)
     }
 
-    /// A message that ends the setup (error) or is ignored there.
+    /// Whether a channel_error answering channel_setup is the ECMG refusing version 3 and
+    /// version 2 may be tried.
+    fn may_fall_back(&self, status: &[u16]) -> bool {
+        self.config.version_fallback
+            && self.shared.version.load(Relaxed) == 3
+            && status.contains(&EcmgErrorStatus::UnsupportedProtocolVersion.value())
+    }
+
+    /// A message that ends the setup (error) or is ignored there. A refusal that trying
+    /// again cannot change is kept for `wait_ready`.
     fn unexpected(&self, m: EcmgMessage) -> Result<(), LinkError> {
         match m {
             EcmgMessage::ChannelError { status, .. } | EcmgMessage::StreamError { status, .. } => {
                 self.shared.stats.errors_received.fetch_add(1, Relaxed);
+                let mut said = describe(&status);
+                if status.contains(&EcmgErrorStatus::UnsupportedProtocolVersion.value()) {
+                    said = format!(
+                        "{said} to ECMG<->SCS version {}",
+                        self.shared.version.load(Relaxed)
+                    );
+                }
+                let is_final = status
+                    .iter()
+                    .any(|s| FINAL_SETUP_REFUSALS.iter().any(|f| f.value() == *s));
+                if is_final {
+                    lock(&self.shared.state).setup_refused = Some(said.clone());
+                    self.shared.cond.notify_all();
+                }
                 Err(LinkError::Peer(format!(
-                    "the ECMG refused the setup: {}",
-                    describe(&status)
+                    "the ECMG refused the setup: {said}"
                 )))
             }
             other => {
@@ -716,6 +854,7 @@ impl Session<'_> {
                         describe(&status)
                     )));
                 }
+                self.refuse_oldest(&status);
             }
             EcmgMessage::ChannelClose { .. } | EcmgMessage::StreamCloseRequest { .. } => {
                 return Err(LinkError::Peer("the ECMG closed the channel".to_owned()));
@@ -725,6 +864,32 @@ impl Session<'_> {
             }
         }
         Ok(())
+    }
+
+    /// An error that is not about the link answers the oldest CW_provision still waiting
+    /// (the ECMG answers in order, and an error names no CP_number): its period is refused,
+    /// not resent; `generate` reports it and asks again after a while.
+    fn refuse_oldest(&mut self, status: &[u16]) {
+        let Some(cp) = self
+            .pending
+            .iter()
+            .min_by_key(|(_, p)| p.sent)
+            .map(|(cp, _)| *cp)
+        else {
+            return;
+        };
+        let Some(p) = self.pending.remove(&cp) else {
+            return;
+        };
+        self.shared.stats.refused.fetch_add(1, Relaxed);
+        let mut st = lock(&self.shared.state);
+        st.refused.retain(|(q, _)| *q != p.provision.period);
+        if st.refused.len() >= ASKED_KEPT {
+            st.refused.pop_front();
+        }
+        st.refused.push_back((p.provision.period, describe(status)));
+        drop(st);
+        self.shared.cond.notify_all();
     }
 
     fn on_ecm(&mut self, cp: u16, datagram: &[u8], max_comp: Duration) {
@@ -771,6 +936,7 @@ impl Session<'_> {
         }
         self.shared.stats.ecms_received.fetch_add(1, Relaxed);
         let mut st = lock(&self.shared.state);
+        st.refused.retain(|(q, _)| *q != p.provision.period);
         st.ready.retain(|e| e.period != p.provision.period);
         if st.ready.len() >= READY_KEPT {
             st.ready.pop_front();
@@ -787,7 +953,7 @@ impl Session<'_> {
 
     async fn send(&mut self, wr: &mut OwnedWriteHalf, m: &EcmgMessage) -> Result<(), LinkError> {
         self.out.clear();
-        m.encode(self.config.version, &mut self.out)?;
+        m.encode(self.shared.version.load(Relaxed), &mut self.out)?;
         let res = wr.write_all(&self.out).await;
         // the buffer held CWs
         self.out.fill(0);

@@ -196,3 +196,135 @@ impl Raw {
             .map(|f| EmmgMessage::decode(&f).expect("valid message").1)
     }
 }
+
+/// How a [`fake_ecmg`] behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct FakeEcmg {
+    /// The one ECMG<->SCS version it speaks; a message in another version gets a
+    /// channel_error `unsupported protocol version` (0x0002) in this version and the
+    /// connection stays open, as TSDuck's tsecmg does (it speaks 2 by default).
+    pub version: u8,
+    /// Answer every CW_provision with a stream_error of this error_status instead of an ECM.
+    pub refuse_cw: Option<u16>,
+}
+
+/// A fake ECMG serving any number of connections, one at a time each on its own task:
+/// channel_status and stream_status as asked, ECM_responses built by [`TestBuilder`] (or
+/// the refusal of [`FakeEcmg::refuse_cw`]). Gives its address; it runs for the runtime's life.
+pub fn fake_ecmg(rt: &tokio::runtime::Runtime, fake: FakeEcmg) -> SocketAddr {
+    use castmux::cas::AccessCriteria;
+    use castmux::simulcrypt::conn::FrameReader;
+    use castmux::simulcrypt::{ChannelStatus, CwProvision};
+    use tokio::io::AsyncWriteExt;
+
+    let l = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = l.local_addr().unwrap();
+    rt.spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (rd, mut wr) = s.into_split();
+                let mut r = FrameReader::new(rd);
+                while let Ok(Some(f)) = r.next().await {
+                    let Ok((v, m)) = EcmgMessage::decode(&f) else {
+                        return;
+                    };
+                    let reply = if v != fake.version {
+                        Some(EcmgMessage::ChannelError {
+                            channel_id: m.channel_id(),
+                            status: vec![0x0002],
+                            info: Vec::new(),
+                        })
+                    } else {
+                        match m {
+                            EcmgMessage::ChannelSetup { channel_id, .. }
+                            | EcmgMessage::ChannelTest { channel_id } => {
+                                Some(EcmgMessage::ChannelStatus(ChannelStatus {
+                                    channel_id,
+                                    section_tspkt_flag: false,
+                                    ac_delay_start: None,
+                                    ac_delay_stop: None,
+                                    delay_start: 0,
+                                    delay_stop: 0,
+                                    transition_delay_start: None,
+                                    transition_delay_stop: None,
+                                    ecm_rep_period: 100,
+                                    max_streams: 1,
+                                    min_cp_duration: 10,
+                                    lead_cw: 1,
+                                    cw_per_msg: 2,
+                                    max_comp_time: 100,
+                                }))
+                            }
+                            EcmgMessage::StreamSetup {
+                                channel_id,
+                                stream_id,
+                                ecm_id,
+                                ..
+                            } => Some(EcmgMessage::StreamStatus {
+                                channel_id,
+                                stream_id,
+                                ecm_id,
+                                access_criteria_transfer_mode: false,
+                            }),
+                            EcmgMessage::CwProvision(CwProvision {
+                                channel_id,
+                                stream_id,
+                                ..
+                            }) if fake.refuse_cw.is_some() => Some(EcmgMessage::StreamError {
+                                channel_id,
+                                stream_id,
+                                status: vec![fake.refuse_cw.unwrap_or_default()],
+                                info: Vec::new(),
+                            }),
+                            EcmgMessage::CwProvision(cp) => {
+                                let cw_of = |n: u16| {
+                                    cp.cp_cw.iter().find(|x| x.cp_number == n).map(|x| &x.cw)
+                                };
+                                let (Some(cur), Some(next)) =
+                                    (cw_of(cp.cp_number), cw_of(cp.cp_number.wrapping_add(1)))
+                                else {
+                                    return;
+                                };
+                                let (even, odd) = if cp.cp_number.is_multiple_of(2) {
+                                    (cur, next)
+                                } else {
+                                    (next, cur)
+                                };
+                                let req = EcmBuildRequest {
+                                    super_cas_id: 0,
+                                    ecm_id: 1,
+                                    cp_number: cp.cp_number,
+                                    even,
+                                    odd,
+                                    access_criteria_bytes: &[],
+                                    access_criteria: AccessCriteria(0),
+                                    cp_duration: None,
+                                };
+                                let mut datagram = Vec::new();
+                                TestBuilder.build(&req, &mut datagram).unwrap();
+                                Some(EcmgMessage::EcmResponse {
+                                    channel_id: cp.channel_id,
+                                    stream_id: cp.stream_id,
+                                    cp_number: cp.cp_number,
+                                    datagram,
+                                })
+                            }
+                            EcmgMessage::ChannelClose { .. } => return,
+                            _ => None,
+                        }
+                    };
+                    if let Some(m) = reply {
+                        let mut b = Vec::new();
+                        m.encode(fake.version, &mut b).unwrap();
+                        if wr.write_all(&b).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}

@@ -123,6 +123,30 @@ async fn rotate_bit(
     Ok(next)
 }
 
+/// The bits whose current key has been current for the rotation interval at `now` (none
+/// when rotation is by hand only), read inside `tx`.
+async fn due_bits(tx: &mut Transaction<'_, Sqlite>, now: i64) -> Result<Vec<i64>, sqlx::Error> {
+    let every: i64 = sqlx::query("SELECT rotate_every FROM settings WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+    if every <= 0 {
+        return Ok(Vec::new());
+    }
+    // the current key is the second highest version; its activated_at says since when
+    sqlx::query(
+        "SELECT k.bit FROM service_keys k \
+         WHERE k.version = (SELECT MAX(version) - 1 FROM service_keys m WHERE m.bit = k.bit) \
+         AND k.activated_at <= ? ORDER BY k.bit",
+    )
+    .bind(now.saturating_sub(every))
+    .fetch_all(&mut **tx)
+    .await?
+    .iter()
+    .map(|r| r.try_get(0))
+    .collect()
+}
+
 impl Store {
     /// Current and next key of every bit that has keys, by bit then version.
     pub async fn service_keys(&self) -> Result<Vec<ServiceKey>, StoreError> {
@@ -197,25 +221,23 @@ impl Store {
 
     /// Rotate every bit whose current key has been current for the configured interval or
     /// longer; returns the bits rotated. Does nothing when rotation is by hand only.
+    ///
+    /// Several processes may call this on one store at the same moment (each follows it): a
+    /// cheap read finds whether anything is due, and only then the write transaction takes
+    /// the lock and looks again, so the second process finds the key it was going to rotate
+    /// already new and rotates nothing.
     pub async fn rotate_due(&self, now: i64) -> Result<Vec<PackageBit>, StoreError> {
-        let every = self.rotate_every().await?;
-        if every == 0 {
+        let mut rtx = self.read_tx().await?;
+        let due = due_bits(&mut rtx, now).await.map_err(|e| self.err(e))?;
+        drop(rtx);
+        if due.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.write_tx().await?;
-        // the current key is the second highest version; its activated_at says since when
-        let rows = sqlx::query(
-            "SELECT k.bit FROM service_keys k \
-             WHERE k.version = (SELECT MAX(version) - 1 FROM service_keys m WHERE m.bit = k.bit) \
-             AND k.activated_at <= ? ORDER BY k.bit",
-        )
-        .bind(now - every)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| self.err(e))?;
-        let mut out = Vec::new();
-        for r in rows {
-            let b = bit(r.try_get(0).map_err(|e| self.err(e))?).map_err(|e| self.err(e))?;
+        let due = due_bits(&mut tx, now).await.map_err(|e| self.err(e))?;
+        let mut out = Vec::with_capacity(due.len());
+        for b in due {
+            let b = bit(b).map_err(|e| self.err(e))?;
             rotate_bit(&mut tx, b, now).await.map_err(|e| self.err(e))?;
             out.push(b);
         }

@@ -474,6 +474,29 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_fails_clearly() {
             "{args:?}: {err}"
         );
     }
+
+    // the stream itself on stdout (`-o - | head -c ...`): the same two rules
+    let descramble = [
+        "descramble",
+        "-i",
+        s(&spts),
+        "-o",
+        "-",
+        "--cw",
+        "0102030405060708",
+    ];
+    let scramble = ["scramble", "-i", s(&spts), "-o", "-"];
+    for args in [&descramble[..], &scramble[..]] {
+        let o = run_into_closed_pipe(args);
+        let err = text(&o.stderr);
+        assert!(o.status.success(), "{args:?} | true: {:?}\n{err}", o.status);
+        assert!(err.is_empty(), "{args:?} ends quietly: {err}");
+
+        let o = run_into_full_device(args);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?} > /dev/full: {err}");
+        assert!(err.contains("No space left"), "{args:?}: {err}");
+    }
 }
 
 // ---- secrets off the command line --------------------------------------------------------

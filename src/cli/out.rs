@@ -1,13 +1,17 @@
 //! What the commands print on stdout goes through here, so a closed or full stdout is an
 //! error value instead of `println!`'s panic.
 //!
-//! A reader that goes away early (`castmux probe FILE | head -1`, `| true`) is the reader's
-//! choice, as it is for `cat`: the command ends quietly with status 0 (see [`super::main`]).
+//! A reader that goes away early (`castmux probe FILE | head -1`, `| true`, or
+//! `castmux descramble -o - | head -c 1M` for the stream itself) is the reader's choice, as
+//! it is for `cat`: the command ends quietly with status 0 (see [`super::main`]).
 //! Any other failure (`> /dev/full`) is an error with a non-zero status, because the output
 //! the user asked for is not there.
 
 use std::fmt;
 use std::io::Write;
+
+use castmux::io::IoError;
+use castmux::scramble::ScrambleError;
 
 /// A write to stdout failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,10 +59,16 @@ where
     Ok(())
 }
 
-/// Whether `e` is stdout closed by its reader, anywhere in its chain.
+/// Whether `e` is stdout closed by its reader, anywhere in its chain: a report printed
+/// there, or the stream written there (`-o -`).
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<StdoutError>()
             .is_some_and(StdoutError::is_closed)
+            || c.downcast_ref::<IoError>()
+                .is_some_and(IoError::is_stdout_closed)
+            // a transparent wrapper hides the IoError from the chain: look inside
+            || c.downcast_ref::<ScrambleError>()
+                .is_some_and(|e| matches!(e, ScrambleError::Io(io) if io.is_stdout_closed()))
     })
 }

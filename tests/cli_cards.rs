@@ -307,6 +307,10 @@ fn every_named_error() {
         "2030-06-01T21:00Z",
     ]);
     let before = db.csv();
+    // the export-key case writes (would write) into the test's own directory, never a
+    // system path such as /dev/null
+    let never = db.dir().join("never.json");
+    let never_s = never.to_str().expect("utf-8 path");
     let bad: &[(&[&str], &str)] = &[
         (
             &["card", "add", "--access-criteria", "0000000201"],
@@ -356,7 +360,7 @@ fn every_named_error() {
         (&["card", "enable", "2100000001"], "SMARTCARD_NOT_FOUND"),
         (&["card", "remove", "2100000001"], "SMARTCARD_NOT_FOUND"),
         (
-            &["card", "export-key", "2100000001", "-o", "/dev/null"],
+            &["card", "export-key", "2100000001", "-o", never_s],
             "SMARTCARD_NOT_FOUND",
         ),
         (
@@ -409,6 +413,12 @@ fn every_named_error() {
         db.fails(args, code);
     }
     assert_eq!(db.csv(), before, "no failed command changed a card");
+    // the failed export left no file, not even a temporary one
+    let names: Vec<String> = std::fs::read_dir(db.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("never.json")), "{names:?}");
     let pk = json(&db.ok(&["package", "list", "--json"]));
     assert_eq!(pk.as_array().unwrap().len(), 3);
 

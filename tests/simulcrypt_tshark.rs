@@ -145,8 +145,12 @@ fn write_pcap(path: &std::path::Path, port: u16, log: &[(bool, Vec<u8>)]) {
     std::fs::write(path, out).unwrap();
 }
 
-fn have_tshark() -> bool {
-    Command::new("tshark").arg("--version").output().is_ok()
+/// A missing tshark fails the test: a skip would pass without checking anything.
+fn require_tshark() {
+    assert!(
+        Command::new("tshark").arg("--version").output().is_ok(),
+        "tshark is required: scripts/test.sh installs it (apt-get install tshark)"
+    );
 }
 
 /// tshark's view: one line per SimulCrypt message with the asked fields; panics on any
@@ -226,10 +230,7 @@ fn assert_version_everywhere(lines: &[String], version: u8) {
 
 #[test]
 fn tshark_decodes_ecmg_scs_traffic_of_both_versions() {
-    if !have_tshark() {
-        eprintln!("skipped: tshark not installed");
-        return;
-    }
+    require_tshark();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     for version in [2u8, 3] {
@@ -338,10 +339,7 @@ impl EmmSource for Few {
 
 #[test]
 fn tshark_decodes_emmg_mux_traffic_of_both_versions() {
-    if !have_tshark() {
-        eprintln!("skipped: tshark not installed");
-        return;
-    }
+    require_tshark();
     let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
     for version in [2u8, 3] {

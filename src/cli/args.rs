@@ -4,7 +4,11 @@ use std::time::Duration;
 
 use castmux::ts::Pid;
 
-/// `10s`, `500ms`, `2m`, `1.5s`, or a bare number of seconds.
+/// The longest duration any option takes (30 days); larger numbers are refused here, before
+/// `Duration` arithmetic could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// `10s`, `500ms`, `2m`, `1.5s`, or a bare number of seconds, at most 30 days.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = match t.find(|c: char| c.is_ascii_alphabetic()) {
@@ -25,10 +29,96 @@ pub fn duration(s: &str) -> Result<Duration, String> {
         "h" => v * 3600.0,
         _ => return Err(format!("'{s}': unknown unit '{unit}' (ms, s, m, h)")),
     };
-    Ok(Duration::from_secs_f64(secs))
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if d <= MAX_DURATION => Ok(d),
+        _ => Err(format!(
+            "'{s}' is too long; no duration option takes more than 30 days (720h)"
+        )),
+    }
 }
 
-/// A signed duration in milliseconds: `-500ms`, `1s`, `0`.
+/// `d` as an option value is written: `100ms`, `10s`, `1h`.
+pub fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(3_600_000) && ms > 0 {
+        format!("{}h", ms / 3_600_000)
+    } else if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// A duration between `min` and `max` (inclusive); the error gives the range.
+fn duration_between(s: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < min || d > max {
+        return Err(format!(
+            "'{s}' is out of range; allowed {} to {}",
+            show_duration(min),
+            show_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+const fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+const fn secs(v: u64) -> Duration {
+    Duration::from_secs(v)
+}
+
+/// `--crypto-period`: 100ms to 1h. Below 100 ms an ECM cannot be on air before its key is
+/// used; SimulCrypt's CP_duration (100 ms units in 16 bits) ends at about 1.8 h.
+pub fn crypto_period(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(100), secs(3600))
+}
+
+/// `--ecm-repetition`: 10ms to 10s (SimulCrypt's ECM_rep_period is 16-bit milliseconds;
+/// a receiver waits at most one repetition for its key).
+pub fn ecm_repetition(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(10), secs(10))
+}
+
+/// `--idle-timeout` of a stream run: 100ms to 7 days.
+pub fn stream_idle_timeout(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(100), secs(7 * 24 * 3600))
+}
+
+/// `probe --duration`: 10ms to 30 days.
+pub fn probe_duration(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(10), MAX_DURATION)
+}
+
+/// `softcard serve --service-idle`: 100ms to 1 day.
+pub fn service_idle(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(100), secs(24 * 3600))
+}
+
+/// `softcard serve --idle-timeout`: 1s to 1 day (newcamd clients keep alive every 30 s or so).
+pub fn session_idle_timeout(s: &str) -> Result<Duration, String> {
+    duration_between(s, secs(1), secs(24 * 3600))
+}
+
+/// `softcard serve --login-fail-delay`: 0 to 60s.
+pub fn login_fail_delay(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::ZERO, secs(60))
+}
+
+/// `softcard serve --ecm-cache-ttl`: 0 (no cache) to 1h.
+pub fn ecm_cache_ttl(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::ZERO, secs(3600))
+}
+
+/// The largest `--delay-start`, either way: SimulCrypt's delay_start is a signed 16-bit
+/// number of milliseconds.
+const MAX_DELAY_START_MS: i64 = 30_000;
+
+/// A signed duration in milliseconds: `-500ms`, `1s`, `0`; -30s to 30s (`--delay-start`).
 pub fn signed_millis(s: &str) -> Result<i64, String> {
     let t = s.trim();
     let (neg, rest) = match t.strip_prefix('-') {
@@ -36,8 +126,39 @@ pub fn signed_millis(s: &str) -> Result<i64, String> {
         None => (false, t),
     };
     let d = duration(rest)?;
-    let ms = i64::try_from(d.as_millis()).map_err(|_| "too long".to_owned())?;
+    let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    if ms > MAX_DELAY_START_MS {
+        return Err(format!("'{s}' is out of range; allowed -30s to 30s"));
+    }
     Ok(if neg { -ms } else { ms })
+}
+
+/// `scramble --batch`: 1 to 16384 packets (3 MB). The batch buffer is allocated up front.
+pub fn batch_packets(s: &str) -> Result<usize, String> {
+    count_between(s, 1, 16_384)
+}
+
+/// `softcard serve --max-services`: 1 to 64.
+pub fn max_services(s: &str) -> Result<usize, String> {
+    count_between(s, 1, 64)
+}
+
+/// `softcard serve --max-clients`: 1 to 65536.
+pub fn max_clients(s: &str) -> Result<usize, String> {
+    count_between(s, 1, 65_536)
+}
+
+/// A whole number between `min` and `max` (inclusive); the error gives the range.
+fn count_between(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    let range = || format!("allowed {min} to {max}");
+    let v: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number; {}", range()))?;
+    match usize::try_from(v) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is out of range; {}", range())),
+    }
 }
 
 /// A u16 in decimal or `0x` hex.
@@ -79,6 +200,16 @@ pub fn hex_u32(s: &str) -> Result<u32, String> {
 pub fn pid(s: &str) -> Result<Pid, String> {
     let v = u16_number(s)?;
     Pid::try_new(v).ok_or_else(|| format!("PID {v} is over 8191 (0x1FFF)"))
+}
+
+/// An EMM bandwidth: `50k`, `1.5M`, `64000` bit/s, 1k to 65535k (what SimulCrypt's
+/// EMMG bandwidth field holds; the built-in carousel takes the same range).
+pub fn emm_bandwidth(s: &str) -> Result<u64, String> {
+    let bps = bitrate(s)?;
+    if !(1000..=65_535_000).contains(&bps) {
+        return Err(format!("'{s}' is out of range; allowed 1k to 65535k"));
+    }
+    Ok(bps)
 }
 
 /// A bitrate in bit/s: `50000`, `50k`, `1.5M`, `1G` (k = 1000).
@@ -126,5 +257,29 @@ mod tests {
         assert!(hex_u32("123456789").is_err());
         assert!(hex_u32("").is_err());
         assert!(hex_u32("xyz").is_err());
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused_not_panicked_on() {
+        assert!(duration("6000000000000000h").is_err());
+        assert!(duration("1e300s").is_err());
+        assert_eq!(duration("720h").unwrap(), MAX_DURATION);
+        assert!(duration("721h").is_err());
+        let e = crypto_period("50ms").unwrap_err();
+        assert!(e.contains("allowed 100ms to 1h"), "{e}");
+        assert!(crypto_period("1h").is_ok());
+        assert!(crypto_period("61m").is_err());
+        assert!(signed_millis("-30s").is_ok());
+        assert!(signed_millis("-31s").is_err());
+        assert!(signed_millis("9999999999999h").is_err());
+        assert_eq!(batch_packets("16384").unwrap(), 16_384);
+        let e = batch_packets("4000000000").unwrap_err();
+        assert!(e.contains("allowed 1 to 16384"), "{e}");
+        assert!(batch_packets("0").is_err());
+        assert!(batch_packets("99999999999999999999999").is_err());
+        assert!(emm_bandwidth("999").is_err());
+        assert!(emm_bandwidth("65535k").is_ok());
+        assert!(login_fail_delay("0").is_ok());
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
     }
 }

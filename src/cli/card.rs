@@ -10,6 +10,7 @@ use anyhow::Context;
 use castmux::cas::store::{
     fields, time, AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec, Store, StoreError,
 };
+use castmux::io::private_file::{Existing, PrivateFile};
 use clap::{Args, Subcommand};
 
 use super::init::{block_on, open};
@@ -192,7 +193,7 @@ async fn dispatch(store: &Store, cmd: CardCommand) -> anyhow::Result<()> {
             let runs = store.add_cards(count, serial, &changes, now).await?;
             let took = t0.elapsed();
             if count == 1 {
-                println!("added card {}", runs[0].0);
+                outln!("added card {}", runs[0].0)?;
             } else {
                 let spans: Vec<String> = runs
                     .iter()
@@ -204,11 +205,11 @@ async fn dispatch(store: &Store, cmd: CardCommand) -> anyhow::Result<()> {
                         }
                     })
                     .collect();
-                println!(
+                outln!(
                     "added {count} cards: {} in {:.2} s",
                     spans.join(", "),
                     took.as_secs_f64()
-                );
+                )?;
             }
         }
         CardCommand::List { json, csv, filter } => {
@@ -216,86 +217,71 @@ async fn dispatch(store: &Store, cmd: CardCommand) -> anyhow::Result<()> {
                 Some(f) => CardFilter::parse(f)?,
                 None => CardFilter::All,
             };
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // everything is read from the store first, so printing cannot fail half-way
+            // through a query
             if csv {
-                out.write_all(store.export_csv(&filter).await?.as_bytes())?;
+                let text = store.export_csv(&filter).await?;
+                super::out::text(&text)?;
             } else {
                 let cards = store.cards(&filter).await?;
                 let names = package_names(store).await?;
-                if json {
-                    let v: Vec<_> = cards.iter().map(|c| card_json(c, &names)).collect();
-                    serde_json::to_writer_pretty(&mut out, &v)?;
-                    writeln!(out)?;
-                } else {
-                    writeln!(
-                        out,
-                        "{:<12} {:<24} {:<24} {:<10} {:<4} {:<20} {:<20} STATE",
-                        "SERIAL", "NAME", "INFO", "CRITERIA", "PAIR", "START", "FINISH"
-                    )?;
-                    for c in &cards {
-                        writeln!(
-                            out,
-                            "{:<12} {:<24} {:<24} {:<10} {:<4} {:<20} {:<20} {}",
-                            c.serial,
-                            c.name,
-                            c.info,
-                            c.access.to_string(),
-                            c.pair,
-                            time::format_time(c.start),
-                            time::format_time(c.finish),
-                            state(c)
-                        )?;
+                super::out::with(|out| {
+                    if json {
+                        let v: Vec<_> = cards.iter().map(|c| card_json(c, &names)).collect();
+                        serde_json::to_writer_pretty(&mut *out, &v)?;
+                        writeln!(out)
+                    } else {
+                        print_list(out, &cards)
                     }
-                }
+                })?;
             }
-            out.flush()?;
         }
         CardCommand::Show { serial, json } => {
             let card = store.card(fields::parse_serial(&serial)?).await?;
             let names = package_names(store).await?;
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&card_json(&card, &names))?
-                );
+                )?;
             } else {
-                print_card(&card, &names);
+                print_card(&card, &names)?;
             }
         }
         CardCommand::Set { serial, fields } => {
             let serial = fields::parse_serial(&serial)?;
             let changes = fields.changes()?;
             let card = store.set_card(serial, &changes, now).await?;
-            print_card(&card, &package_names(store).await?);
+            print_card(&card, &package_names(store).await?)?;
         }
         CardCommand::Disable { serial } => {
             let s = fields::parse_serial(&serial)?;
             store.set_enabled(s, false, now).await?;
-            println!("card {s} disabled");
+            outln!("card {s} disabled")?;
         }
         CardCommand::Enable { serial } => {
             let s = fields::parse_serial(&serial)?;
             store.set_enabled(s, true, now).await?;
-            println!("card {s} enabled");
+            outln!("card {s} enabled")?;
         }
         CardCommand::Remove { serial } => {
             let s = fields::parse_serial(&serial)?;
             store.remove_card(s, now).await?;
-            println!("card {s} removed");
+            outln!("card {s} removed")?;
         }
         CardCommand::Import { file } => {
             let text = read_bounded(&file)?;
             let t0 = Instant::now();
             let label = file.display().to_string();
             let sum = store.import_csv(&text, &label, now).await?;
-            println!(
+            outln!(
                 "imported {} cards from {} ({} new, {} updated) in {:.2} s",
                 sum.inserted + sum.updated,
                 file.display(),
                 sum.inserted,
                 sum.updated,
                 t0.elapsed().as_secs_f64()
-            );
+            )?;
         }
         CardCommand::Export { file } => {
             let text = store.export_csv(&CardFilter::All).await?;
@@ -303,36 +289,66 @@ async fn dispatch(store: &Store, cmd: CardCommand) -> anyhow::Result<()> {
                 Some(path) => {
                     std::fs::write(&path, text.as_bytes())
                         .with_context(|| format!("IO_ERROR: writing {}", path.display()))?;
-                    eprintln!(
+                    // a note beside the result, not the result: a closed stderr is no failure
+                    let _ = writeln!(
+                        std::io::stderr(),
                         "exported {} cards to {}",
-                        text.lines().count() - 1,
+                        text.lines().count().saturating_sub(1),
                         path.display()
                     );
                 }
-                None => std::io::stdout().lock().write_all(text.as_bytes())?,
+                None => super::out::text(&text)?,
             }
         }
         CardCommand::ExportKey { serial, output } => {
             let serial = fields::parse_serial(&serial)?;
-            // check the output can be created before the export is audited
-            let mut f = private_file(&output)?;
+            // refuse a device, directory or symlink before the export is audited; the
+            // temporary file beside the target shows it can be created
+            let mut f = PrivateFile::create(&output, Existing::Replace)
+                .with_context(|| format!("IO_ERROR: card.json {}", output.display()))?;
             let card = store.export_card(serial, now).await?;
-            let json = serde_json::to_string_pretty(&card)?;
-            f.write_all(json.as_bytes())
-                .and_then(|_| f.write_all(b"\n"))
-                .and_then(|_| f.sync_all())
+            let mut json = serde_json::to_string_pretty(&card)?;
+            json.push('\n');
+            f.file()
+                .write_all(json.as_bytes())
                 .with_context(|| format!("IO_ERROR: writing {}", output.display()))?;
-            println!(
+            f.commit()
+                .with_context(|| format!("IO_ERROR: card.json {}", output.display()))?;
+            outln!(
                 "wrote {} for card {serial} ({} service key(s)); keep it secret",
                 output.display(),
                 card.service_keys.len()
-            );
+            )?;
         }
         CardCommand::GrantEvent { serial, event } => {
             let serial = fields::parse_serial(&serial)?;
             store.grant_event(serial, &event, now).await?;
-            println!("card {serial}: event {event} granted");
+            outln!("card {serial}: event {event} granted")?;
         }
+    }
+    Ok(())
+}
+
+/// The text table of `card list`.
+fn print_list(out: &mut dyn Write, cards: &[CardRecord]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<12} {:<24} {:<24} {:<10} {:<4} {:<20} {:<20} STATE",
+        "SERIAL", "NAME", "INFO", "CRITERIA", "PAIR", "START", "FINISH"
+    )?;
+    for c in cards {
+        writeln!(
+            out,
+            "{:<12} {:<24} {:<24} {:<10} {:<4} {:<20} {:<20} {}",
+            c.serial,
+            c.name,
+            c.info,
+            c.access.to_string(),
+            c.pair,
+            time::format_time(c.start),
+            time::format_time(c.finish),
+            state(c)
+        )?;
     }
     Ok(())
 }
@@ -384,37 +400,38 @@ fn card_json(c: &CardRecord, names: &BTreeMap<u8, String>) -> serde_json::Value 
     })
 }
 
-fn print_card(c: &CardRecord, names: &BTreeMap<u8, String>) {
-    println!("serial_no:       {}", c.serial);
-    println!("name:            {}", c.name);
-    println!("info:            {}", c.info);
-    println!(
+fn print_card(c: &CardRecord, names: &BTreeMap<u8, String>) -> Result<(), super::out::StdoutError> {
+    outln!("serial_no:       {}", c.serial)?;
+    outln!("name:            {}", c.name)?;
+    outln!("info:            {}", c.info)?;
+    outln!(
         "access_criteria: {} ({})",
         c.access,
         packages_of(c, names).join(",")
-    );
-    println!("pair:            {}", c.pair);
-    println!(
+    )?;
+    outln!("pair:            {}", c.pair)?;
+    outln!(
         "start:           {} ({})",
         c.start,
         time::format_time(c.start)
-    );
-    println!(
+    )?;
+    outln!(
         "finish:          {} ({})",
         c.finish,
         time::format_time(c.finish)
-    );
-    println!("state:           {}", state(c));
+    )?;
+    outln!("state:           {}", state(c))?;
     for e in &c.events {
-        println!(
+        outln!(
             "event:           #{} bit {} {} .. {}",
             e.id,
             e.bit.get(),
             time::format_time(e.start),
             time::format_time(e.end)
-        );
+        )?;
     }
-    println!("updated:         {}", time::format_time(c.updated_at));
+    outln!("updated:         {}", time::format_time(c.updated_at))?;
+    Ok(())
 }
 
 fn read_bounded(path: &Path) -> Result<String, StoreError> {
@@ -432,20 +449,4 @@ fn read_bounded(path: &Path) -> Result<String, StoreError> {
     let bytes = std::fs::read(path).map_err(io)?;
     String::from_utf8(bytes)
         .map_err(|e| StoreError::Csv(format!("{} is not UTF-8 text: {e}", path.display())))
-}
-
-/// Create (or truncate) `path` with mode 0600: card.json holds the card's key.
-fn private_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let f = o
-        .open(path)
-        .with_context(|| format!("IO_ERROR: creating {}", path.display()))?;
-    // an existing file keeps its old mode through open(); tighten it
-    #[cfg(unix)]
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("IO_ERROR: setting the mode of {}", path.display()))?;
-    Ok(f)
 }

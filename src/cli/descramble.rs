@@ -38,8 +38,9 @@ pub struct DescrambleArgs {
     /// Scrambling algorithm. Default csa2.
     #[arg(long, value_enum, default_value_t = Scrambling::Csa2)]
     scrambling: Scrambling,
-    /// Stop when a live input has been silent this long. Default: run until killed.
-    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    /// Stop when a live input has been silent this long (100ms to 7 days). Default: run
+    /// until killed.
+    #[arg(long, value_name = "DURATION", value_parser = args::stream_idle_timeout)]
     idle_timeout: Option<Duration>,
     /// Print the counters as JSON on stdout at the end (stderr when the output is stdout).
     #[arg(long)]

@@ -31,23 +31,13 @@ pub struct EmmgArgs {
     /// data_id. Default 1.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = super::args::u16_number)]
     data_id: u16,
-    /// Bandwidth asked for and used by the carousel: 50k, 1M, or bits per second.
-    /// Default 50k.
-    #[arg(long, value_name = "RATE", default_value = "50k", value_parser = bandwidth)]
+    /// Bandwidth asked for and used by the carousel: 50k, 1M, or bits per second;
+    /// 1k to 65535k. Default 50k.
+    #[arg(long, value_name = "RATE", default_value = "50k", value_parser = super::args::emm_bandwidth)]
     bandwidth: u64,
     /// EMMG<->MUX protocol version, 2 or 3. Default 3.
     #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     emmg_version: u8,
-}
-
-/// `50k`, `1.5M`, `64000`: bits per second, 1 kbit/s .. 65535 kbit/s (what the
-/// protocol's bandwidth field holds).
-fn bandwidth(s: &str) -> Result<u64, String> {
-    let bps = super::args::bitrate(s)?;
-    if !(1000..=65_535_000).contains(&bps) {
-        return Err(format!("'{s}': the bandwidth must be 1k .. 65535k"));
-    }
-    Ok(bps)
 }
 
 /// The carousel shared between the EMMG link (which polls it) and the store refresher.
@@ -153,7 +143,7 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::super::args::emm_bandwidth as bandwidth;
 
     #[test]
     fn bandwidths() {

@@ -54,27 +54,31 @@ pub fn run(db: &Path, a: EventArgs) -> anyhow::Result<()> {
                 })?;
                 let bit = bit.as_deref().map(parse_bit).transpose()?;
                 let bit = store.add_event(&name, start, end, bit, time::now()).await?;
-                println!(
+                outln!(
                     "event {name}: bit {} from {} to {}",
                     bit.get(),
                     time::format_time(start),
                     time::format_time(end)
-                );
+                )?;
             }
             EventCommand::List => {
-                println!(
+                outln!(
                     "{:>4}  {:<20} {:>3}  {:<20}  {:<20}",
-                    "ID", "NAME", "BIT", "START", "END"
-                );
+                    "ID",
+                    "NAME",
+                    "BIT",
+                    "START",
+                    "END"
+                )?;
                 for e in store.events().await? {
-                    println!(
+                    outln!(
                         "{:>4}  {:<20} {:>3}  {:<20}  {:<20}",
                         e.id,
                         e.name,
                         e.bit.get(),
                         time::format_time(e.start),
                         time::format_time(e.end)
-                    );
+                    )?;
                 }
             }
         }

@@ -208,7 +208,7 @@ fn plan(path: &Path) -> anyhow::Result<Plan> {
 pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
     let plan = plan(&a.config)?;
     if a.check {
-        println!(
+        outln!(
             "{}: {} channel(s){}",
             a.config.display(),
             plan.channels.len(),
@@ -217,7 +217,7 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
             } else {
                 ""
             }
-        );
+        )?;
         return Ok(());
     }
     let stop = super::stop_flag()?;

@@ -20,8 +20,8 @@ pub struct InitArgs {
     /// 0x5510 (unallocated in ETSI TS 101 162; docs/newcamd.md says how receivers treat it).
     #[arg(long, value_name = "HEX", default_value = "0x5510", value_parser = args::hex_u16)]
     ca_system_id: u16,
-    /// Rotate every package's service key this often (`30d`, `12h`, `off`); the running
-    /// mux does it. Default off: rotate with `castmux keys rotate`.
+    /// Rotate every package's service key this often (`30d`, `12h`, `off`; 1m to 3650d);
+    /// the running mux does it. Default off: rotate with `castmux keys rotate`.
     #[arg(long, value_name = "INTERVAL", default_value = "off")]
     rotate_every: String,
 }
@@ -37,27 +37,46 @@ pub(super) async fn open(db: &Path) -> Result<Store, StoreError> {
     Store::open(db).await
 }
 
-pub fn run(db: &Path, a: InitArgs) -> anyhow::Result<()> {
-    let rotate_every = time::parse_interval(&a.rotate_every).ok_or_else(|| {
+/// The longest key rotation interval taken: about ten years.
+const MAX_ROTATE_EVERY: i64 = 3650 * time::DAY;
+
+/// A key rotation interval (`30d`, `12h`, `off` = 0) from the option `option`: 1m to 3650d,
+/// or off. Shorter than a minute would rotate faster than the store is polled.
+pub(super) fn rotation_interval(option: &str, text: &str) -> Result<i64, StoreError> {
+    let secs = time::parse_interval(text).ok_or_else(|| {
         StoreError::Rotate(format!(
-            "--rotate-every {:?} is not an interval; expected like 30d, 12h, 90m or off",
-            a.rotate_every
+            "{option} {text:?} is not an interval; expected like 30d, 12h, 90m or off"
         ))
     })?;
+    if secs != 0 && !(60..=MAX_ROTATE_EVERY).contains(&secs) {
+        return Err(StoreError::Rotate(format!(
+            "{option} {text:?} is out of range; allowed 1m to 3650d, or off"
+        )));
+    }
+    Ok(secs)
+}
+
+pub fn run(db: &Path, a: InitArgs) -> anyhow::Result<()> {
+    let rotate_every = rotation_interval("--rotate-every", &a.rotate_every)?;
     let opts = InitOptions {
         serial_prefix: a.serial_prefix,
         ca_system_id: a.ca_system_id,
         rotate_every,
         now: time::now(),
     };
-    let store = block_on(Store::init(db, opts))??;
-    println!(
+    // one runtime for the store's whole life: its pool is closed where it was opened
+    let caid = block_on(async {
+        let store = Store::init(db, opts).await?;
+        let caid = store.ca_system_id();
+        store.close().await;
+        Ok::<_, StoreError>(caid)
+    })??;
+    super::out::line(format_args!(
         "created card store {} (CA_system_ID {:#06X}, serials from {}, key rotation {})",
         db.display(),
-        store.ca_system_id(),
+        caid,
         a.serial_prefix,
         time::format_interval(rotate_every)
-    );
-    block_on(store.close())?;
+    ))?;
     Ok(())
 }

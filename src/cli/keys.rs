@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use castmux::cas::store::{time, StoreError};
+use castmux::cas::store::time;
 use clap::{Args, Subcommand};
 
 use super::init::{block_on, open};
@@ -25,7 +25,7 @@ enum KeysCommand {
     },
     /// Per bit: packages/events, current and next key version, and their ages.
     Status,
-    /// Set how often the running mux rotates service keys (`30d`, `12h`, `off`).
+    /// Set how often the running mux rotates service keys (`30d`, `12h`, `off`; 1m to 3650d).
     Schedule {
         /// The interval, or `off` for rotation by hand only.
         every: String,
@@ -49,19 +49,24 @@ pub fn run(db: &Path, a: KeysArgs) -> anyhow::Result<()> {
             KeysCommand::Rotate { package } => {
                 let rotated = store.rotate_keys(package.as_deref(), now).await?;
                 for (bit, v) in &rotated {
-                    println!("bit {}: current v{v}, next v{}", bit.get(), v + 1);
+                    outln!("bit {}: current v{v}, next v{}", bit.get(), v + 1)?;
                 }
-                println!("rotated {} key(s)", rotated.len());
+                outln!("rotated {} key(s)", rotated.len())?;
             }
             KeysCommand::Status => {
                 let every = store.rotate_every().await?;
-                println!("rotation: {}", time::format_interval(every));
-                println!(
+                outln!("rotation: {}", time::format_interval(every))?;
+                outln!(
                     "{:>3}  {:<24} {:>8} {:>10} {:>8} {:>10}",
-                    "BIT", "PACKAGES/EVENTS", "CURRENT", "AGE", "NEXT", "AGE"
-                );
+                    "BIT",
+                    "PACKAGES/EVENTS",
+                    "CURRENT",
+                    "AGE",
+                    "NEXT",
+                    "AGE"
+                )?;
                 for k in store.key_status().await? {
-                    println!(
+                    outln!(
                         "{:>3}  {:<24} {:>8} {:>10} {:>8} {:>10}",
                         k.bit.get(),
                         k.names.join(","),
@@ -69,17 +74,13 @@ pub fn run(db: &Path, a: KeysArgs) -> anyhow::Result<()> {
                         age(now - k.current_since),
                         format!("v{}", k.next_version),
                         age(now - k.next_created)
-                    );
+                    )?;
                 }
             }
             KeysCommand::Schedule { every } => {
-                let secs = time::parse_interval(&every).ok_or_else(|| {
-                    StoreError::Rotate(format!(
-                        "{every:?} is not an interval; expected like 30d, 12h, 90m or off"
-                    ))
-                })?;
+                let secs = super::init::rotation_interval("keys schedule", &every)?;
                 store.set_rotate_every(secs, now).await?;
-                println!("key rotation: {}", time::format_interval(secs));
+                outln!("key rotation: {}", time::format_interval(secs))?;
             }
         }
         store.close().await;

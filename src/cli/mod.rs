@@ -1,6 +1,14 @@
 //! The command line: parse with clap, call the library, print. anyhow lives only here.
 
+/// `println!` that returns a [`out::StdoutError`] instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::out::line(format_args!($($arg)*))
+    };
+}
+
 mod args;
+mod backup;
 mod card;
 mod descramble;
 mod ecmg;
@@ -10,12 +18,14 @@ mod event;
 mod headend;
 mod init;
 mod keys;
+mod out;
 mod package;
 mod probe;
 mod scramble;
 mod scramble_simulcrypt;
 mod softcard;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -54,6 +64,8 @@ enum Command {
     Softcard(softcard::SoftcardArgs),
     /// Create the card store and the operator root key.
     Init(init::InitArgs),
+    /// Copy the card store, consistent even while it is in use, to a new file (mode 0600).
+    Backup(backup::BackupArgs),
     /// Packages: named access-criteria bits.
     Package(package::PackageArgs),
     /// Cards: add, list, show, set, enable/disable/remove, CSV import/export, card.json.
@@ -103,11 +115,13 @@ pub(crate) fn print_stats(
     counters: &impl serde::Serialize,
     output_is_stdout: bool,
 ) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(counters)?;
+    let mut text = serde_json::to_string_pretty(counters)?;
+    text.push('\n');
     if output_is_stdout {
-        eprintln!("{text}");
+        // the counters are a report, not the run's result: a closed stderr does not fail it
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
     } else {
-        println!("{text}");
+        out::text(&text)?;
     }
     Ok(())
 }
@@ -131,6 +145,7 @@ pub fn main() -> ExitCode {
         Command::Probe(a) => probe::run(a),
         Command::Softcard(a) => softcard::run(a),
         Command::Init(a) => init::run(&cli.db, a),
+        Command::Backup(a) => backup::run(&cli.db, a),
         Command::Package(a) => package::run(&cli.db, a),
         Command::Card(a) => card::run(&cli.db, a),
         Command::Event(a) => event::run(&cli.db, a),
@@ -140,8 +155,11 @@ pub fn main() -> ExitCode {
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
+        // the reader of stdout went away (`| head`): what it wanted it has; end quietly
+        Err(e) if out::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("castmux: error: {e:#}");
+            // eprintln! would panic on a closed stderr; the status still says it failed
+            let _ = writeln!(std::io::stderr(), "castmux: error: {e:#}");
             ExitCode::FAILURE
         }
     }

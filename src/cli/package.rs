@@ -54,11 +54,11 @@ pub fn run(db: &Path, a: PackageArgs) -> anyhow::Result<()> {
             PackageCommand::Add { name, bit } => {
                 let bit = bit.as_deref().map(parse_bit).transpose()?;
                 let bit = store.add_package(&name, bit, time::now()).await?;
-                println!(
+                outln!(
                     "package {name}: bit {} (access criteria {})",
                     bit.get(),
                     AccessCriteria::single(bit)
-                );
+                )?;
             }
             PackageCommand::List { json } => {
                 let list = store.packages(true).await?;
@@ -75,20 +75,23 @@ pub fn run(db: &Path, a: PackageArgs) -> anyhow::Result<()> {
                             })
                         })
                         .collect();
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    outln!("{}", serde_json::to_string_pretty(&v)?)?;
                 } else {
-                    println!(
+                    outln!(
                         "{:>3}  {:<20} {:<10} {:>8}",
-                        "BIT", "NAME", "CRITERIA", "CARDS"
-                    );
+                        "BIT",
+                        "NAME",
+                        "CRITERIA",
+                        "CARDS"
+                    )?;
                     for p in &list {
-                        println!(
+                        outln!(
                             "{:>3}  {:<20} {:<10} {:>8}",
                             p.bit.get(),
                             p.name,
                             AccessCriteria::single(p.bit).to_string(),
                             p.cards
-                        );
+                        )?;
                     }
                 }
             }

@@ -15,15 +15,19 @@ use serde::Serialize;
 
 use super::args;
 
+/// How long stdin and live inputs are probed when no --duration is given.
+const DEFAULT_LIVE_DURATION: Duration = Duration::from_secs(5);
+
 /// Options of `castmux probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Input: udp://..., srt://..., a file, or - for stdin.
     input: String,
     /// How much of the stream to look at: stream time (PCR) for files and stdin, wall
-    /// clock for live inputs. Default 5s.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::duration)]
-    duration: Duration,
+    /// clock for live inputs (udp, srt). Default: the whole file; 5s for stdin and live
+    /// inputs. The output says which it was.
+    #[arg(long, value_name = "DURATION", value_parser = args::probe_duration)]
+    duration: Option<Duration>,
     /// Print JSON instead of text. Default text.
     #[arg(long)]
     json: bool,
@@ -77,6 +81,8 @@ struct PidInfo {
 #[derive(Debug, Serialize)]
 struct ProbeReport {
     input: String,
+    /// What was read: "whole file", or the limit that stopped the read.
+    read: String,
     /// Stream time (PCR) or wall time covered, in seconds.
     duration_s: f64,
     packets: u64,
@@ -157,6 +163,13 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
     let mut input = Input::open(&url, &InputOptions::default())
         .with_context(|| format!("opening input {}", a.input))?;
     let live = input.is_live();
+    // a file is read to its end unless told otherwise; a pipe or a live input may never end
+    let limit = match (a.duration, &url) {
+        (Some(d), _) => Some(d),
+        (None, InputUrl::File(_)) => None,
+        (None, _) => Some(DEFAULT_LIVE_DURATION),
+    };
+    let mut stopped_by_limit = false;
     let mut clock = Clock::new(if live {
         ClockMode::Wall
     } else {
@@ -178,7 +191,8 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
         match input.read_batch(&mut batch, Duration::from_millis(50))? {
             ReadStatus::Packets(_) => {}
             ReadStatus::TimedOut => {
-                if started.elapsed() >= a.duration {
+                if limit.is_some_and(|l| started.elapsed() >= l) {
+                    stopped_by_limit = true;
                     break;
                 }
                 continue;
@@ -206,7 +220,8 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
             if is_psi {
                 psi_packet(pkt, pid, &mut asms, &mut tables, &mut scratch);
             }
-            if clock.now() >= a.duration {
+            if limit.is_some_and(|l| clock.now() >= l) {
+                stopped_by_limit = true;
                 break 'read;
             }
         }
@@ -247,8 +262,23 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
             p
         })
         .collect();
+    let read = match (stopped_by_limit, limit) {
+        (true, Some(l)) => format!(
+            "the first {} of {} time (--duration{}); give --duration to read more",
+            format_duration(l),
+            if live { "wall-clock" } else { "stream" },
+            if a.duration.is_none() {
+                ", the default for stdin and live inputs"
+            } else {
+                ""
+            }
+        ),
+        _ if matches!(url, InputUrl::File(_)) => "whole file".to_owned(),
+        _ => "to the end of the input".to_owned(),
+    };
     let report = ProbeReport {
         input: a.input.clone(),
+        read,
         duration_s: secs,
         packets: total,
         transport_stream_id: tables.tsid,
@@ -258,9 +288,9 @@ pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
         psi_errors: tables.errors,
     };
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print_text(&report);
+        print_text(&report)?;
     }
     Ok(())
 }
@@ -368,42 +398,46 @@ fn roles(programs: &[ProgramInfo], tables: &Tables) -> BTreeMap<u16, String> {
     m
 }
 
-fn print_text(r: &ProbeReport) {
-    println!("input: {}", r.input);
-    println!(
+fn print_text(r: &ProbeReport) -> Result<(), super::out::StdoutError> {
+    outln!("input: {} (read: {})", r.input, r.read)?;
+    outln!(
         "duration: {:.2} s, {} packets, transport_stream_id {}",
         r.duration_s,
         r.packets,
         r.transport_stream_id
             .map_or("unknown".to_owned(), |t| t.to_string())
-    );
+    )?;
     for p in &r.programs {
-        println!(
+        outln!(
             "program {} (PMT {:#06x}, PCR {}, version {})",
             p.program_number,
             p.pmt_pid,
             p.pcr_pid.map_or("?".to_owned(), |v| format!("{v:#06x}")),
             p.pmt_version.map_or("?".to_owned(), |v| v.to_string()),
-        );
+        )?;
         for c in &p.ca {
-            println!("  CA {} ECM PID {:#06x}", c.ca_system_id, c.pid);
+            outln!("  CA {} ECM PID {:#06x}", c.ca_system_id, c.pid)?;
         }
         for s in &p.streams {
-            println!("  {:#06x} {:<9} type {:#04x}", s.pid, s.kind, s.stream_type);
+            outln!("  {:#06x} {:<9} type {:#04x}", s.pid, s.kind, s.stream_type)?;
             for c in &s.ca {
-                println!("    CA {} ECM PID {:#06x}", c.ca_system_id, c.pid);
+                outln!("    CA {} ECM PID {:#06x}", c.ca_system_id, c.pid)?;
             }
         }
     }
     for c in &r.emm {
-        println!("CAT: CA {} EMM PID {:#06x}", c.ca_system_id, c.pid);
+        outln!("CAT: CA {} EMM PID {:#06x}", c.ca_system_id, c.pid)?;
     }
-    println!(
+    outln!(
         "{:>6}  {:>8}  {:>10}  {:<10}  {:>6}  role",
-        "PID", "packets", "kbit/s", "scrambling", "CC err"
-    );
+        "PID",
+        "packets",
+        "kbit/s",
+        "scrambling",
+        "CC err"
+    )?;
     for p in &r.pids {
-        println!(
+        outln!(
             "{:#06x}  {:>8}  {:>10}  {:<10}  {:>6}  {}",
             p.pid,
             p.packets,
@@ -412,9 +446,21 @@ fn print_text(r: &ProbeReport) {
             p.scrambling,
             p.cc_errors,
             p.role
-        );
+        )?;
     }
     if r.psi_errors > 0 {
-        println!("PSI errors: {}", r.psi_errors);
+        outln!("PSI errors: {}", r.psi_errors)?;
+    }
+    Ok(())
+}
+
+/// `5s`, `1.5s`, `250ms`: a limit as the user would write it.
+fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
     }
 }

@@ -77,8 +77,9 @@ pub struct ScrambleArgs {
     #[arg(long, value_name = "EVEN[:ODD]")]
     cw: Option<String>,
     /// Crypto period length (10s, 500ms, 2m). Stream time (PCR of the first scrambled
-    /// program) for files and stdin, wall-clock time for live inputs. Default 10s.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration)]
+    /// program) for files and stdin, wall-clock time for live inputs. 100ms to 1h.
+    /// Default 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::crypto_period)]
     crypto_period: Duration,
     /// Write every CW in use to FILE, one line per crypto period in order (16 hex digits,
     /// 32 for AES): the format of TSDuck's descrambler --cw-file and of `castmux descramble
@@ -112,8 +113,9 @@ pub struct ScrambleArgs {
     /// With --cas builtin: the packages the channel belongs to, by name (comma-separated).
     #[arg(long, value_name = "NAMES", requires = "cas", value_delimiter = ',')]
     packages: Vec<String>,
-    /// With --cas builtin: EMM bandwidth on the EMM PID (50k, 1M). Default 50k.
-    #[arg(long, value_name = "RATE", requires = "cas", default_value = "50k", value_parser = args::bitrate)]
+    /// With --cas builtin: EMM bandwidth on the EMM PID (50k, 1M), 1k to 65535k.
+    /// Default 50k.
+    #[arg(long, value_name = "RATE", requires = "cas", default_value = "50k", value_parser = args::emm_bandwidth)]
     emm_bitrate: u64,
     /// Leave audio PIDs clear. Default: audio is scrambled.
     #[arg(long)]
@@ -143,21 +145,23 @@ pub struct ScrambleArgs {
     #[arg(long, value_name = "HEX", value_parser = args::hex_u16, default_value = "0x5510")]
     ca_system_id: u16,
     /// When ECM content switches relative to the key switch (SimulCrypt delay_start), e.g.
-    /// -500ms to send it earlier. Default 0 (with --ecmg: the ECMG's).
+    /// -500ms to send it earlier; -30s to 30s. Default 0 (with --ecmg: the ECMG's).
     #[arg(long, value_name = "DURATION", value_parser = args::signed_millis, allow_hyphen_values = true)]
     delay_start: Option<i64>,
-    /// ECM repetition interval. Default 100ms (with --ecmg: the ECMG's ECM_rep_period).
-    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    /// ECM repetition interval, 10ms to 10s. Default 100ms (with --ecmg: the ECMG's
+    /// ECM_rep_period).
+    #[arg(long, value_name = "DURATION", value_parser = args::ecm_repetition)]
     ecm_repetition: Option<Duration>,
     /// Use wall-clock crypto periods even for a file or stdin input. Default: stream time
     /// for files and stdin, wall clock for udp and srt.
     #[arg(long)]
     wall_clock: bool,
-    /// Packets per batch handed to the cipher. Default 512.
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    /// Packets per batch handed to the cipher, 1 to 16384. Default 512.
+    #[arg(long, value_name = "N", default_value = "512", value_parser = args::batch_packets)]
     batch: usize,
-    /// Stop when a live input has been silent this long. Default: run until killed.
-    #[arg(long, value_name = "DURATION", value_parser = args::duration)]
+    /// Stop when a live input has been silent this long (100ms to 7 days). Default: run
+    /// until killed.
+    #[arg(long, value_name = "DURATION", value_parser = args::stream_idle_timeout)]
     idle_timeout: Option<Duration>,
     /// Print the counters as JSON on stdout at the end (stderr when the output is stdout).
     /// Default: counters are logged only.
@@ -204,9 +208,7 @@ pub fn run_channel(
         },
     };
     // the checks that cost nothing come before the store is opened and the ECMGs connected
-    if a.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
+    // (--batch and the durations are bounded by their parsers)
     let input_url: InputUrl = a.input.parse().context("--input")?;
     let output_urls = a
         .output

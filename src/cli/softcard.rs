@@ -20,7 +20,7 @@ use castmux::softcard::player::{CardPlayer, CwSource, LocalCard};
 use castmux::softcard::remote::{NewcamdLogin, NewcamdSource};
 use castmux::softcard::{CwReduction, SoftCard};
 
-use super::args::duration;
+use super::args;
 
 /// `castmux softcard`.
 #[derive(Debug, Args)]
@@ -53,23 +53,40 @@ pub struct PlayArgs {
     /// The software card (card.json); EMMs addressed to it update it and it is saved back.
     #[arg(long, value_name = "FILE")]
     card: Option<PathBuf>,
-    /// Take CWs from a newcamd server instead (castmux softcard serve, OSCam, ...).
-    #[arg(long, value_name = "HOST:PORT", requires_all = ["user", "password", "des_key"])]
+    /// Take CWs from a newcamd server instead (castmux softcard serve, OSCam, ...); needs
+    /// --user, a password and the DES key.
+    #[arg(long, value_name = "HOST:PORT", requires = "user")]
     newcamd: Option<String>,
     /// newcamd user.
     #[arg(long)]
     user: Option<String>,
-    /// newcamd password.
-    #[arg(long)]
+    /// newcamd password. On the command line it shows in `ps`: prefer --password-file or
+    /// the environment variable.
+    #[arg(long, env = "CASTMUX_NEWCAMD_PASSWORD", hide_env_values = true)]
     password: Option<String>,
-    /// newcamd DES key, 28 hex digits.
-    #[arg(long, value_name = "HEX")]
+    /// A file holding the newcamd password (its first line; keep it mode 0600). Wins over
+    /// --password and the variable.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// newcamd DES key, 28 hex digits. On the command line it shows in `ps`: prefer
+    /// --des-key-file or the environment variable.
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "CASTMUX_NEWCAMD_DES_KEY",
+        hide_env_values = true
+    )]
     des_key: Option<String>,
+    /// A file holding the newcamd DES key, 28 hex digits (keep it mode 0600). Wins over
+    /// --des-key and the variable.
+    #[arg(long, value_name = "FILE")]
+    des_key_file: Option<PathBuf>,
     /// Scrambling algorithm of the stream. Default csa2.
     #[arg(long, value_enum, default_value_t = super::scramble::Scrambling::Csa2)]
     scrambling: super::scramble::Scrambling,
-    /// Stop when a live input has been silent this long. Default: run until killed.
-    #[arg(long, value_name = "DURATION", value_parser = duration)]
+    /// Stop when a live input has been silent this long (100ms to 7 days). Default: run
+    /// until killed.
+    #[arg(long, value_name = "DURATION", value_parser = args::stream_idle_timeout)]
     idle_timeout: Option<Duration>,
     /// Print the counters as JSON at the end (stderr when the output is stdout).
     #[arg(long)]
@@ -113,31 +130,45 @@ pub struct ServeArgs {
     /// Address and port to listen on (one card per port, as newcamd does).
     #[arg(long, default_value = "127.0.0.1:15050")]
     listen: SocketAddr,
-    /// The newcamd DES key, 28 hex digits, shared with the clients.
-    #[arg(long, env = "CASTMUX_NEWCAMD_DES_KEY", hide_env_values = true)]
-    des_key: String,
+    /// The newcamd DES key, 28 hex digits, shared with the clients. On the command line it
+    /// shows in `ps`: prefer --des-key-file or the environment variable.
+    #[arg(
+        long,
+        value_name = "HEX",
+        env = "CASTMUX_NEWCAMD_DES_KEY",
+        hide_env_values = true
+    )]
+    des_key: Option<String>,
+    /// A file holding the newcamd DES key, 28 hex digits (keep it mode 0600). Wins over
+    /// --des-key and the variable.
+    #[arg(long, value_name = "FILE")]
+    des_key_file: Option<PathBuf>,
     /// A user allowed to log in, NAME:PASSWORD (AU: may send EMMs, sees the serial).
-    /// Repeat for more users.
+    /// Repeat for more users. On the command line passwords show in `ps`: prefer the
+    /// users file (--config).
     #[arg(long = "user", value_name = "NAME:PASSWORD")]
     users: Vec<String>,
-    /// A TOML users file: `[[user]] name = "..", password = "..", au = true|false`.
-    #[arg(long, value_name = "users.toml")]
+    /// A TOML users file: `[[user]] name = "..", password = "..", au = true|false`
+    /// (keep it mode 0600).
+    #[arg(long, value_name = "users.toml", visible_alias = "users-file")]
     config: Option<PathBuf>,
     /// Services (service ids) the card decrypts at once; a further one gets no CW until
-    /// one has been idle for --service-idle.
-    #[arg(long, default_value_t = 2)]
+    /// one has been idle for --service-idle. 1 to 64. Default 2.
+    #[arg(long, value_name = "N", default_value = "2", value_parser = args::max_services)]
     max_services: usize,
-    /// A service with no ECM for this long frees its slot.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    /// A service with no ECM for this long frees its slot. 100ms to 24h. Default 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::service_idle)]
     service_idle: Duration,
-    /// Close a session that sent nothing for this long.
-    #[arg(long, default_value = "120s", value_parser = duration)]
+    /// Close a session that sent nothing for this long. 1s to 24h. Default 120s.
+    #[arg(long, value_name = "DURATION", default_value = "120s", value_parser = args::session_idle_timeout)]
     idle_timeout: Duration,
-    /// Delay before answering a failed login (slows password guessing).
-    #[arg(long, default_value = "1s", value_parser = duration)]
+    /// Delay before answering a failed login (slows password guessing). 0 to 60s.
+    /// Default 1s.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = args::login_fail_delay)]
     login_fail_delay: Duration,
-    /// Connections open at most; further connections are closed at once.
-    #[arg(long, value_name = "N", default_value_t = 256)]
+    /// Sessions open at most; further connections are closed at once. 1 to 65536.
+    /// Default 256.
+    #[arg(long, value_name = "N", default_value = "256", value_parser = args::max_clients)]
     max_clients: usize,
     /// Connections from one IP address at once, so one host cannot take every slot.
     /// Default: three quarters of --max-clients (192 of 256), the rest stays for others.
@@ -147,8 +178,8 @@ pub struct ServeArgs {
     /// sockets give their slot back; counted as handshake_timeouts).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     login_timeout: Duration,
-    /// How long a repeated ECM is answered from the cache.
-    #[arg(long, default_value = "10s", value_parser = duration)]
+    /// How long a repeated ECM is answered from the cache. 0 (no cache) to 1h. Default 10s.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::ecm_cache_ttl)]
     ecm_cache_ttl: Duration,
     /// Do not write EMM updates back to the card file (they last until exit).
     #[arg(long)]
@@ -171,12 +202,17 @@ fn play(a: PlayArgs) -> anyhow::Result<()> {
     let (source, caid): (Box<dyn CwSource>, u16) = match (&a.card, &a.newcamd) {
         (Some(path), _) => local_card(path, a.card_opts)?,
         (None, Some(addr)) => {
-            let des = a.des_key.as_deref().unwrap_or_default();
+            let password = secret(
+                a.password.as_deref(),
+                a.password_file.as_deref(),
+                "--newcamd needs the password: --password-file FILE, CASTMUX_NEWCAMD_PASSWORD or --password",
+            )?;
+            let des_key = des_key(a.des_key.as_deref(), a.des_key_file.as_deref())?;
             let login = NewcamdLogin {
                 addr: addr.clone(),
                 user: a.user.clone().unwrap_or_default(),
-                password: a.password.clone().unwrap_or_default(),
-                des_key: DesKey14::from_hex(des).context("--des-key")?,
+                password,
+                des_key,
                 timeout: Duration::from_secs(5),
             };
             let src = NewcamdSource::connect(login)
@@ -355,8 +391,55 @@ impl PacketStage for StatusLine<'_> {
     }
 }
 
+/// The largest secret file read: a password or a key is a line, not a document.
+const MAX_SECRET_FILE: u64 = 4096;
+
+/// A secret from the command line or the environment (`value`, clap fills it from the
+/// variable) or from `file` (its first line, without the newline); `missing` when neither.
+fn secret(
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+    missing: &str,
+) -> anyhow::Result<String> {
+    let Some(path) = file else {
+        return value
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("{missing}"));
+    };
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(f, MAX_SECRET_FILE + 1), &mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        anyhow::bail!(
+            "{} is longer than {MAX_SECRET_FILE} bytes; it should hold one line",
+            path.display()
+        );
+    }
+    let line = text.lines().next().unwrap_or("").to_owned();
+    text.clear();
+    if line.is_empty() {
+        anyhow::bail!("{} is empty; its first line is the secret", path.display());
+    }
+    Ok(line)
+}
+
+/// The newcamd DES key from --des-key / CASTMUX_NEWCAMD_DES_KEY or --des-key-file.
+fn des_key(value: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Result<DesKey14> {
+    let hex = secret(
+        value,
+        file,
+        "the newcamd DES key is missing: --des-key-file FILE, CASTMUX_NEWCAMD_DES_KEY or --des-key",
+    )?;
+    let what = match file {
+        Some(p) => format!("--des-key-file {}", p.display()),
+        None => "--des-key".to_owned(),
+    };
+    DesKey14::from_hex(hex.trim()).context(what)
+}
+
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let des_key = DesKey14::from_hex(&a.des_key).context("--des-key")?;
+    let des_key = des_key(a.des_key.as_deref(), a.des_key_file.as_deref())?;
     let mut users = Users::default();
     if let Some(path) = &a.config {
         let text = std::fs::read_to_string(path)
@@ -370,9 +453,6 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     if users.is_empty() {
         anyhow::bail!("no users: give --user NAME:PASSWORD or --config users.toml");
-    }
-    if a.max_services == 0 {
-        anyhow::bail!("--max-services must be at least 1");
     }
     let mut card = SoftCardBackend::load(&a.card, !a.read_only_card)
         .with_context(|| format!("loading the card {}", a.card.display()))?;

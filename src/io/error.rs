@@ -4,6 +4,14 @@ use std::net::SocketAddr;
 
 use super::url::UrlError;
 
+impl IoError {
+    /// stdout's reader went away (EPIPE on `-o -`, as in `castmux descramble -o - | head`):
+    /// the end the pipeline chose, which a command may treat as a normal end.
+    pub fn is_stdout_closed(&self) -> bool {
+        matches!(self, IoError::Closed { url, .. } if url == super::file::STDOUT_NAME)
+    }
+}
+
 /// Everything that can go wrong opening, reading or writing an input or output.
 ///
 /// Each message names the URL (or path) and says what to check.

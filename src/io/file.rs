@@ -219,6 +219,9 @@ impl StreamInput {
     }
 }
 
+/// How stdout is named in errors and stats.
+pub(crate) const STDOUT_NAME: &str = "- (stdout)";
+
 /// A buffered byte-stream output: a file, or stdout.
 #[derive(Debug)]
 pub struct StreamOutput {
@@ -244,7 +247,7 @@ impl StreamOutput {
 
     /// Write to standard output (a duplicate of fd 1, bypassing std's line buffer).
     pub fn stdout(stats: Arc<IoStats>) -> IoResult<Self> {
-        let url = "- (stdout)".to_owned();
+        let url = STDOUT_NAME.to_owned();
         let file = dup_std(std::io::stdout(), &url)?;
         Ok(Self {
             url,

@@ -26,6 +26,7 @@ pub mod batch;
 pub mod error;
 pub mod file;
 pub mod output_set;
+pub mod private_file;
 pub mod rtp;
 pub mod sink;
 pub mod srt;

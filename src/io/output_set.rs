@@ -203,12 +203,21 @@ impl OutputSet {
     fn record_failure(&mut self, i: usize, e: IoError) -> Option<IoError> {
         self.live -= 1;
         let slot = &mut self.slots[i];
-        tracing::error!(
-            output = %slot.name,
-            error = %e,
-            working = self.live,
-            "output failed and was closed; the other outputs go on"
-        );
+        if e.is_stdout_closed() {
+            // `castmux scramble -o - | head`: the pipe's reader chose to stop; not a failure
+            tracing::info!(
+                output = %slot.name,
+                working = self.live,
+                "stdout's reader went away; the output is closed"
+            );
+        } else {
+            tracing::error!(
+                output = %slot.name,
+                error = %e,
+                working = self.live,
+                "output failed and was closed; the other outputs go on"
+            );
+        }
         slot.error = Some(e.to_string());
         if self.live > 0 {
             None

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use csa::Algorithm;
 
 use super::error::ScrambleError;
+use crate::io::private_file::open_key_log;
 
 /// The longest key of any algorithm (AES modes).
 pub const MAX_CW_LEN: usize = 16;
@@ -165,11 +166,13 @@ pub struct CwLogWriter {
 }
 
 impl CwLogWriter {
-    /// Create (truncate) the log at `path`.
+    /// Start the log at `path`: a new file of mode 0600 (it holds keys) replacing any
+    /// regular file there, or an existing FIFO / character device written as it is (see
+    /// [`crate::io::private_file::open_key_log`]).
     pub fn create(path: &Path) -> Result<Self, ScrambleError> {
-        let file = File::create(path).map_err(|source| ScrambleError::CwLog {
+        let file = open_key_log(path).map_err(|e| ScrambleError::CwLog {
             path: path.display().to_string(),
-            source,
+            source: std::io::Error::other(e),
         })?;
         Ok(CwLogWriter {
             path: path.to_owned(),

@@ -236,7 +236,7 @@ impl Scrambler {
         self.seg_start = 0;
         if !self.warned.no_ecm_generator {
             self.warned.no_ecm_generator = true;
-            tracing::warn!(
+            tracing::info!(
                 "an ECM PID is set but no ECM generator is configured: the PMT names the \
                  ECM PID, no ECM is sent"
             );

@@ -3,7 +3,6 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use csa::Parity;
@@ -15,6 +14,7 @@ use crate::cas::types::{
     AccessCriteria, CardFile, CardSerial, Entitlements, ServiceKey, CARD_FILE_FORMAT,
 };
 use crate::cas::{Refusal, RefusalCounts};
+use crate::io::private_file::{self, Existing};
 use crate::scramble::Cw;
 
 /// How far (seconds) an ECM's timestamp may lag behind the card's clock, or behind the
@@ -244,32 +244,10 @@ impl SoftCard {
             state: &self.state,
         })
         .map_err(|e| io(std::io::Error::other(e)))?;
-        let name = path.file_name().ok_or_else(|| {
-            io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a file name",
-            ))
-        })?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".tmp{}", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        let mut opts = fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        {
-            // the file holds the card key
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let written = opts.open(&tmp).and_then(|mut f| {
-            f.write_all(&json)?;
-            f.sync_all()
-        });
-        if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io(e));
-        }
+        // a new 0600 file beside it, renamed over it: never written through a symlink or
+        // into a device, never a chmod of someone else's file
+        private_file::write(path, &json, Existing::Replace)
+            .map_err(|e| io(std::io::Error::other(e)))?;
         Ok(())
     }
 

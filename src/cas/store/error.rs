@@ -116,15 +116,24 @@ pub enum StoreError {
     #[error("CSV_ERROR: {0}")]
     Csv(String),
     /// A bad value in one CSV row; nothing was written.
-    #[error("{source} (CSV line {line}, field {field}; nothing was imported)")]
+    // `reason` is shown here and is deliberately not the error's source: a source would be
+    // printed a second time by every `{:#}` chain (`... (CSV line 2 ...): ACCESS_CRITERIA_ERROR`)
+    #[error("{reason} (CSV line {line}, field {field}; nothing was imported)")]
     ImportRow {
         /// 1-based line number in the file (the header is line 1).
         line: usize,
         /// The column.
         field: &'static str,
         /// What was wrong with the value.
-        source: Box<StoreError>,
+        reason: Box<StoreError>,
     },
+    /// A key-holding file (the store, a backup) could not be created as a new private file.
+    // the inner error is shown, not chained, for the same reason as `ImportRow`
+    #[error("IO_ERROR: {0}")]
+    KeyFile(crate::io::private_file::PrivateFileError),
+    /// The store's path is not UTF-8, which SQLite's `VACUUM INTO` needs.
+    #[error("IO_ERROR: {0} is not a UTF-8 path; give a backup path in plain text")]
+    NotUtf8Path(PathBuf),
     /// A bad rotation interval.
     #[error("ROTATE_ERROR: {0}")]
     Rotate(String),
@@ -139,7 +148,9 @@ impl StoreError {
             StoreError::Corrupt { .. } | StoreError::Migrate { .. } => "STORE_ERROR",
             StoreError::Locked { .. } => "STORE_LOCKED",
             StoreError::Db { .. } => "DB_ERROR",
-            StoreError::Io { .. } => "IO_ERROR",
+            StoreError::Io { .. } | StoreError::KeyFile(_) | StoreError::NotUtf8Path(_) => {
+                "IO_ERROR"
+            }
             StoreError::AccessCriteria(_) => "ACCESS_CRITERIA_ERROR",
             StoreError::Start(_) => "START_ERROR",
             StoreError::Finish(_) => "FINISH_ERROR",
@@ -156,7 +167,7 @@ impl StoreError {
             StoreError::EventNotFound(_) => "EVENT_NOT_FOUND",
             StoreError::EventExists(_) => "EVENT_EXISTS",
             StoreError::Csv(_) => "CSV_ERROR",
-            StoreError::ImportRow { source, .. } => source.code(),
+            StoreError::ImportRow { reason, .. } => reason.code(),
             StoreError::Rotate(_) => "ROTATE_ERROR",
         }
     }

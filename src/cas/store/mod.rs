@@ -36,6 +36,7 @@ pub use keys::KeyStatus;
 pub use transfer::{ImportSummary, CSV_COLUMNS};
 
 use crate::cas::types::{CardSerial, Entitlements, Key128};
+use crate::io::private_file::{self, Existing, PrivateFile, PrivateFileError};
 
 /// The store file used when neither `--db` nor `CASTMUX_DB` is given.
 pub const DEFAULT_DB: &str = "castmux.db";
@@ -264,9 +265,68 @@ impl Store {
         self.ca_system_id
     }
 
-    /// Close the pool (checkpointing the WAL). Dropping works too, closing is tidier.
+    /// Checkpoint the WAL into the database file, then close the pool.
+    ///
+    /// After a clean close `castmux.db` alone holds every committed change, so copying that
+    /// one file is a complete copy (a copy taken while the store is open still needs
+    /// [`Store::backup`]). SQLite checkpoints when its last connection closes only if it can
+    /// take the lock at that moment; the explicit TRUNCATE checkpoint does not leave that to
+    /// chance. A checkpoint blocked by another process's reader is not an error: that
+    /// process's own close finishes it.
     pub async fn close(self) {
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(row) => {
+                let busy: i64 = row.try_get(0).unwrap_or(1);
+                if busy != 0 {
+                    tracing::debug!(
+                        path = %self.path.display(),
+                        "WAL checkpoint incomplete: another process is reading the store"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "WAL checkpoint on close failed; the -wal file beside the store holds the newest changes"
+            ),
+        }
         self.pool.close().await;
+    }
+
+    /// Write a consistent copy of the whole store to `target`, a new file (never an existing
+    /// path), mode 0600 because it holds the root key. SQLite's `VACUUM INTO` reads one
+    /// snapshot, so writers may go on meanwhile; the copy is written beside the target under
+    /// a temporary name, synced and then linked into place. Audited.
+    pub async fn backup(&self, target: &Path, now: i64) -> Result<u64, StoreError> {
+        let file = PrivateFile::create(target, Existing::Refuse).map_err(StoreError::KeyFile)?;
+        let tmp = file
+            .tmp_path()
+            .to_str()
+            .ok_or_else(|| StoreError::NotUtf8Path(target.to_owned()))?
+            .to_owned();
+        // VACUUM INTO accepts an existing empty file and keeps its inode and mode
+        sqlx::query("VACUUM INTO ?")
+            .bind(&tmp)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        let f = file.commit().map_err(StoreError::KeyFile)?;
+        let bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut tx = self.write_tx().await?;
+        audit::record(
+            &mut tx,
+            now,
+            "store.backup",
+            "settings",
+            &format!("to {} ({bytes} bytes)", target.display()),
+        )
+        .await
+        .map_err(|e| self.err(e))?;
+        tx.commit().await.map_err(|e| self.err(e))?;
+        Ok(bytes)
     }
 
     /// `PRAGMA integrity_check`: `"ok"` when the file is sound.
@@ -301,21 +361,15 @@ impl Store {
     }
 }
 
-/// Create `path` new and readable by the owner only: the store holds the root key.
+/// Create `path` new and readable by the owner only: the store holds the root key. SQLite
+/// gives the `-wal` and `-shm` files it makes beside it the same mode.
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    match o.open(path) {
+    match private_file::create_new(path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(StoreError::Exists {
+        Err(PrivateFileError::Exists { .. }) => Err(StoreError::Exists {
             path: path.to_owned(),
         }),
-        Err(e) => Err(StoreError::Io {
-            path: path.to_owned(),
-            source: e,
-        }),
+        Err(e) => Err(StoreError::KeyFile(e)),
     }
 }
 

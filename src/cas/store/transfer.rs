@@ -184,7 +184,7 @@ fn parse_import(text: &str) -> Result<Vec<ImportRow>, StoreError> {
         let row_err = |field: &'static str, e: StoreError| StoreError::ImportRow {
             line,
             field,
-            source: Box::new(e),
+            reason: Box::new(e),
         };
         let serial = parse_serial(at("serial_no")).map_err(|e| row_err("serial_no", e))?;
         if let Some(first) = seen.insert(serial.0, line) {

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install the real peers the tests run against (Debian packages), when missing:
+# libdvbcsa-dev (the reference CSA), ffmpeg/ffprobe, srt-tools (srt-live-transmit),
+# tshark, openssl. Called by scripts/test.sh, so the README's test command works on a
+# fresh Debian machine by itself. A peer that cannot be installed stops here, loudly:
+# the tests never skip a missing peer.
+set -euo pipefail
+
+need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl)
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+echo "scripts/deps.sh: installing ${missing[*]}" >&2
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "scripts/deps.sh: missing ${missing[*]} and no apt-get here; install them by hand" >&2
+  exit 1
+fi
+sudo=()
+if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "scripts/deps.sh: missing ${missing[*]}; run as root or install sudo" >&2
+    exit 1
+  fi
+  sudo=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture; answer no instead of waiting
+echo "wireshark-common wireshark-common/install-setuid boolean false" \
+  | "${sudo[@]}" debconf-set-selections 2>/dev/null || true
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+still=()
+for p in "${missing[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || still+=("$p")
+done
+if [ ${#still[@]} -gt 0 ]; then
+  echo "scripts/deps.sh: ${still[*]} did not install" >&2
+  exit 1
+fi

@@ -176,7 +176,7 @@ pub struct ServeArgs {
     max_clients_per_address: Option<usize>,
     /// Close a connection that has not logged in this long after it connected (silent
     /// sockets give their slot back; counted as handshake_timeouts).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = args::duration)]
     login_timeout: Duration,
     /// How long a repeated ECM is answered from the cache. 0 (no cache) to 1h. Default 10s.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::ecm_cache_ttl)]

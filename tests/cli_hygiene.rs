@@ -404,14 +404,14 @@ fn out_of_range_numbers_are_refused_with_the_option_and_its_range() {
     let db = dir.path().join("castmux.db");
     let err = run_fails(&["--db", s(&db), "init", "--rotate-every", "99999d"]);
     assert!(
-        err.contains("ROTATE_ERROR") && err.contains("1m to 3650d"),
+        err.contains("ROTATE_ERROR") && err.contains("1s to 3650d"),
         "{err}"
     );
     assert!(!db.exists());
     run_ok(&["--db", s(&db), "init"]);
-    let err = run_fails(&["--db", s(&db), "keys", "schedule", "10s"]);
+    let err = run_fails(&["--db", s(&db), "keys", "schedule", "4000d"]);
     assert!(
-        err.contains("ROTATE_ERROR") && err.contains("1m to 3650d"),
+        err.contains("ROTATE_ERROR") && err.contains("1s to 3650d"),
         "{err}"
     );
 }
@@ -654,7 +654,14 @@ fn the_quickstart_command_prints_no_warning() {
     assert!(!err.contains("WARN"), "{err}");
     // the PMT still names the ECM PID, as the README says
     let p = psi(&packets(&out));
-    assert_eq!(p.program_ca.get(&1), Some(&vec![(0x4AE1, 0x1FF0)]), "{p:?}");
+    assert_eq!(
+        p.program_ca.get(&1),
+        Some(&vec![(
+            castmux::scramble::config::DEFAULT_CA_SYSTEM_ID,
+            0x1FF0
+        )]),
+        "{p:?}"
+    );
 }
 
 #[test]

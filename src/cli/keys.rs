@@ -25,7 +25,7 @@ enum KeysCommand {
     },
     /// Per bit: packages/events, current and next key version, and their ages.
     Status,
-    /// Set how often the running mux rotates service keys (`30d`, `12h`, `off`; 1m to 3650d).
+    /// Set how often the running mux rotates service keys (`30d`, `12h`, `off`; 1s to 3650d).
     Schedule {
         /// The interval, or `off` for rotation by hand only.
         every: String,

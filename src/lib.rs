@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cas;
+pub mod headend;
 pub mod io;
 pub mod scramble;
 pub mod simulcrypt;

@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use castmux::headend::{HeadendFile, PidValue};
 use castmux::ts::Pid;
 use clap::{Args, Parser};
-use serde::Deserialize;
 
 use super::args;
 use super::scramble::{self, ChannelExtras, ScrambleArgs};
@@ -31,59 +31,6 @@ pub struct HeadendArgs {
     /// Check the file and every channel's options, then exit without running.
     #[arg(long)]
     check: bool,
-}
-
-/// The file, as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeadendFile {
-    emmg: Option<EmmgPort>,
-    #[serde(default, rename = "channel")]
-    channels: Vec<ChannelEntry>,
-}
-
-/// `[emmg]`: the shared EMMG<->MUX port.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmmgPort {
-    /// Where EMMGs connect (TCP, and UDP data_provision on the same port).
-    listen: String,
-    /// The PID the cloned EMMs go out on in every channel that names none (a number or a
-    /// string such as "0x1FF1").
-    emm_pid: PidValue,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PidValue {
-    Number(u16),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelEntry {
-    name: String,
-    /// The channel's `castmux scramble` options: one string split at whitespace, or a list.
-    args: ArgsValue,
-    /// Take the `[emmg]` port's EMMs. Default true when `[emmg]` is there.
-    emm_clone: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ArgsValue {
-    Line(String),
-    List(Vec<String>),
-}
-
-impl ArgsValue {
-    fn words(&self) -> Vec<String> {
-        match self {
-            ArgsValue::Line(l) => l.split_whitespace().map(str::to_owned).collect(),
-            ArgsValue::List(v) => v.clone(),
-        }
-    }
 }
 
 /// A channel's options parsed as `castmux scramble`'s.
@@ -112,7 +59,7 @@ struct Plan {
 fn plan(path: &Path) -> anyhow::Result<Plan> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the head-end file {}", path.display()))?;
-    let file: HeadendFile = toml::from_str(&text)
+    let file = HeadendFile::parse(&text)
         .with_context(|| format!("{}: not a head-end file", path.display()))?;
     let emmg = match &file.emmg {
         None => None,

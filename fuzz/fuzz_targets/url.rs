@@ -7,17 +7,15 @@
 use castmux::io::{InputUrl, OutputUrl};
 use libfuzzer_sys::fuzz_target;
 
-/// The `passphrase=VALUE` options written in `s`, i.e. right after `?` or `&` (the shown
-/// text may keep `passphrase=***`).
+/// The `passphrase=VALUE` options of `s` as the parser splits them (after the first `?`,
+/// at `&`); an empty value, or one starting with `*`, could be read into the mask (`passphrase=***`) and
+/// the text after it, so it is left out.
 fn secrets(s: &str) -> Vec<String> {
-    s.match_indices("passphrase=")
-        .filter(|(i, _)| matches!(s[..*i].chars().next_back(), Some('?' | '&')))
-        .map(|(i, k)| {
-            let v = &s[i + k.len()..];
-            let v = v.split('&').next().unwrap_or_default();
-            format!("passphrase={v}")
-        })
-        .filter(|p| !p["passphrase=".len()..].chars().all(|c| c == '*'))
+    let query = s.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .filter(|kv| kv.len() > 11 && kv.starts_with("passphrase=") && !kv[11..].starts_with('*'))
+        .map(str::to_owned)
         .collect()
 }
 
@@ -32,6 +30,16 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let secrets = secrets(s);
+    // elsewhere in the URL (an address, another option's value) the text may be shown as
+    // written, so the check takes URLs whose only `passphrase=` are real options
+    let options = s.split_once('?').map_or(0, |(_, q)| {
+        q.split('&')
+            .filter(|kv| kv.starts_with("passphrase="))
+            .count()
+    });
+    if s.matches("passphrase=").count() != options {
+        return;
+    }
     match InputUrl::parse(s) {
         // a path is shown as given: it is not a URL with options
         Ok(InputUrl::File(_) | InputUrl::Stdin) => {}

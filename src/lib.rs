@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cas;
+pub mod headend;
 pub mod io;
 pub mod net;
 pub mod scramble;

@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use castmux::headend::{EmmgPort, HeadendFile, PidValue};
 use castmux::net::AcceptLimits;
 use castmux::ts::Pid;
 use clap::{Args, Parser};
-use serde::Deserialize;
 
 use super::args;
 use super::scramble::{self, ChannelExtras, ScrambleArgs};
@@ -34,83 +34,21 @@ pub struct HeadendArgs {
     check: bool,
 }
 
-/// The file, as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeadendFile {
-    emmg: Option<EmmgPort>,
-    #[serde(default, rename = "channel")]
-    channels: Vec<ChannelEntry>,
-}
-
-/// `[emmg]`: the shared EMMG<->MUX port.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmmgPort {
-    /// Where EMMGs connect (TCP, and UDP data_provision on the same port).
-    listen: String,
-    /// The PID the cloned EMMs go out on in every channel that names none (a number or a
-    /// string such as "0x1FF1").
-    emm_pid: PidValue,
-    /// EMMG connections at once. Default 16.
-    max_connections: Option<usize>,
-    /// EMMG connections from one IP address at once. Default three quarters of
-    /// max_connections.
-    max_connections_per_address: Option<usize>,
-    /// Time from connect to an accepted channel_setup, e.g. "5s". Default 5 s.
-    handshake_timeout: Option<String>,
-}
-
-impl EmmgPort {
-    /// The connection bounds the table asks for, checked.
-    fn accept_limits(&self) -> anyhow::Result<AcceptLimits> {
-        let defaults = castmux::simulcrypt::EmmMuxConfig::default().accept;
-        let handshake = match &self.handshake_timeout {
-            Some(t) => {
-                args::duration(t).map_err(|e| anyhow::anyhow!("[emmg] handshake_timeout: {e}"))?
-            }
-            None => defaults.handshake_timeout(),
-        };
-        AcceptLimits::new(
-            self.max_connections.unwrap_or(defaults.max_connections()),
-            self.max_connections_per_address,
-            handshake,
-        )
-        .map_err(|e| anyhow::anyhow!("[emmg]: {e}"))
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum PidValue {
-    Number(u16),
-    Text(String),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChannelEntry {
-    name: String,
-    /// The channel's `castmux scramble` options: one string split at whitespace, or a list.
-    args: ArgsValue,
-    /// Take the `[emmg]` port's EMMs. Default true when `[emmg]` is there.
-    emm_clone: Option<bool>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum ArgsValue {
-    Line(String),
-    List(Vec<String>),
-}
-
-impl ArgsValue {
-    fn words(&self) -> Vec<String> {
-        match self {
-            ArgsValue::Line(l) => l.split_whitespace().map(str::to_owned).collect(),
-            ArgsValue::List(v) => v.clone(),
+/// The connection bounds `[emmg]` asks for, checked.
+fn accept_limits(port: &EmmgPort) -> anyhow::Result<AcceptLimits> {
+    let defaults = castmux::simulcrypt::EmmMuxConfig::default().accept;
+    let handshake = match &port.handshake_timeout {
+        Some(t) => {
+            args::duration(t).map_err(|e| anyhow::anyhow!("[emmg] handshake_timeout: {e}"))?
         }
-    }
+        None => defaults.handshake_timeout(),
+    };
+    AcceptLimits::new(
+        port.max_connections.unwrap_or(defaults.max_connections()),
+        port.max_connections_per_address,
+        handshake,
+    )
+    .map_err(|e| anyhow::anyhow!("[emmg]: {e}"))
 }
 
 /// A channel's options parsed as `castmux scramble`'s.
@@ -139,7 +77,7 @@ struct Plan {
 fn plan(path: &Path) -> anyhow::Result<Plan> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the head-end file {}", path.display()))?;
-    let file: HeadendFile = toml::from_str(&text)
+    let file = HeadendFile::parse(&text)
         .with_context(|| format!("{}: not a head-end file", path.display()))?;
     let emmg = match &file.emmg {
         None => None,
@@ -152,7 +90,7 @@ fn plan(path: &Path) -> anyhow::Result<Plan> {
                 PidValue::Text(t) => args::pid(t),
             }
             .map_err(|e| anyhow::anyhow!("[emmg] emm_pid: {e}"))?;
-            Some((listen, pid, e.accept_limits()?))
+            Some((listen, pid, accept_limits(e)?))
         }
     };
     if file.channels.is_empty() {

@@ -152,11 +152,10 @@ impl Resync {
             if aligned {
                 self.state = State::Locked;
                 self.drain_stage(out, stats, true);
-                if self.stage_len >= TS_PACKET_SIZE {
-                    return false;
-                }
             }
         }
+        // Only a full batch is a reason to be called again: a drain that lost sync (a tail
+        // that is no packet) would find the same stage next time, so what is left is dropped.
         if self.stage_len >= TS_PACKET_SIZE && out.is_full() && self.state == State::Locked {
             return false;
         }
@@ -277,6 +276,31 @@ mod tests {
         }
         ids.extend(out.packets().iter().map(|p| p[1]));
         ids
+    }
+
+    #[test]
+    fn finish_ends_on_a_packet_and_a_tail_that_is_not_one() {
+        // found by the rtp_sync fuzz target: one packet and a tail that does not start with
+        // 0x47 never locked, and finish() returned false on every call without handing
+        // anything out, so a file input ending that way never ended
+        let stats = IoStats::default();
+        let mut rs = Resync::new();
+        let mut out = PacketBatch::with_capacity(4);
+        let mut bytes = packet(7).to_vec();
+        bytes.extend_from_slice(&[0; 50]);
+        assert_eq!(rs.push(&bytes, &mut out, &stats), bytes.len());
+        let mut emitted = out.len();
+        out.clear();
+        let mut calls = 0;
+        while !rs.finish(&mut out, &stats) {
+            emitted += out.len();
+            out.clear();
+            calls += 1;
+            assert!(calls < 10, "finish() never ends");
+        }
+        emitted += out.len();
+        let dropped = stats.snapshot().dropped_bytes;
+        assert_eq!(emitted as u64 * 188 + dropped, bytes.len() as u64);
     }
 
     #[test]

@@ -169,7 +169,7 @@ impl InputUrl {
             Target::Scheme("udp" | "rtp", rest) => parse_udp_input(s, rest).map(InputUrl::Udp),
             Target::Scheme("srt", rest) => parse_srt(s, rest).map(InputUrl::Srt),
             Target::Scheme(scheme, _) => Err(UrlError::Scheme {
-                url: s.to_owned(),
+                url: mask(s),
                 scheme: scheme.to_owned(),
             }),
         }
@@ -195,7 +195,7 @@ impl OutputUrl {
             Target::Scheme("udp", rest) => parse_udp_output(s, rest).map(OutputUrl::Udp),
             Target::Scheme("srt", rest) => parse_srt(s, rest).map(OutputUrl::Srt),
             Target::Scheme(scheme, _) => Err(UrlError::Scheme {
-                url: s.to_owned(),
+                url: mask(s),
                 scheme: scheme.to_owned(),
             }),
         }
@@ -264,23 +264,21 @@ fn split_query(rest: &str) -> (&str, Vec<(&str, &str)>) {
 fn split_host_port<'a>(url: &str, auth: &'a str) -> Result<(&'a str, u16), UrlError> {
     let (host, port) = if let Some(after) = auth.strip_prefix('[') {
         let (h, tail) = after.split_once(']').ok_or_else(|| UrlError::BadAddress {
-            url: url.to_owned(),
+            url: mask(url),
             addr: auth.to_owned(),
             expected: "an IPv6 address in brackets needs a closing `]`, e.g. [ff15::1]:1234",
         })?;
         let p = tail
             .strip_prefix(':')
-            .ok_or_else(|| UrlError::MissingPort {
-                url: url.to_owned(),
-            })?;
+            .ok_or_else(|| UrlError::MissingPort { url: mask(url) })?;
         (h, p)
     } else {
-        let (h, p) = auth.rsplit_once(':').ok_or_else(|| UrlError::MissingPort {
-            url: url.to_owned(),
-        })?;
+        let (h, p) = auth
+            .rsplit_once(':')
+            .ok_or_else(|| UrlError::MissingPort { url: mask(url) })?;
         if h.contains(':') {
             return Err(UrlError::BadAddress {
-                url: url.to_owned(),
+                url: mask(url),
                 addr: h.to_owned(),
                 expected: "write IPv6 addresses in brackets, e.g. udp://[ff15::1]:1234",
             });
@@ -288,14 +286,12 @@ fn split_host_port<'a>(url: &str, auth: &'a str) -> Result<(&'a str, u16), UrlEr
         (h, p)
     };
     if port.is_empty() {
-        return Err(UrlError::MissingPort {
-            url: url.to_owned(),
-        });
+        return Err(UrlError::MissingPort { url: mask(url) });
     }
     match port.parse::<u16>() {
         Ok(p) => Ok((host, p)),
         _ => Err(UrlError::BadPort {
-            url: url.to_owned(),
+            url: mask(url),
             port: port.to_owned(),
         }),
     }
@@ -303,7 +299,7 @@ fn split_host_port<'a>(url: &str, auth: &'a str) -> Result<(&'a str, u16), UrlEr
 
 fn parse_ip(url: &str, s: &str, expected: &'static str) -> Result<IpAddr, UrlError> {
     s.parse::<IpAddr>().map_err(|_| UrlError::BadAddress {
-        url: url.to_owned(),
+        url: mask(url),
         addr: s.to_owned(),
         expected,
     })
@@ -336,14 +332,14 @@ fn parse_udp_input(url: &str, rest: &str) -> Result<UdpInputUrl, UrlError> {
             )?;
             if !ip.is_multicast() {
                 return Err(UrlError::BadAddress {
-                    url: url.to_owned(),
+                    url: mask(url),
                     addr: host.to_owned(),
                     expected: "a source (SOURCE@) only makes sense with a multicast group",
                 });
             }
             if sip.is_ipv4() != ip.is_ipv4() {
                 return Err(UrlError::BadAddress {
-                    url: url.to_owned(),
+                    url: mask(url),
                     addr: src.to_owned(),
                     expected: "the source and the group must both be IPv4 or both IPv6",
                 });
@@ -373,7 +369,7 @@ fn parse_udp_input(url: &str, rest: &str) -> Result<UdpInputUrl, UrlError> {
             }
             _ => {
                 return Err(UrlError::UnknownOption {
-                    url: url.to_owned(),
+                    url: mask(url),
                     key: k.to_owned(),
                     accepted: "iface",
                 })
@@ -381,7 +377,7 @@ fn parse_udp_input(url: &str, rest: &str) -> Result<UdpInputUrl, UrlError> {
         }
     }
     Ok(UdpInputUrl {
-        url: url.to_owned(),
+        url: mask(url),
         addr: SocketAddr::new(ip, port),
         source,
         iface,
@@ -402,19 +398,19 @@ fn parse_udp_output(url: &str, rest: &str) -> Result<UdpOutputUrl, UrlError> {
     let (host, port) = split_host_port(url, auth)?;
     if port == 0 {
         return Err(UrlError::BadPort {
-            url: url.to_owned(),
+            url: mask(url),
             port: "0".to_owned(),
         });
     }
     if host.is_empty() {
         return Err(UrlError::BadAddress {
-            url: url.to_owned(),
+            url: mask(url),
             addr: auth.to_owned(),
             expected: "a UDP output needs a destination host, e.g. udp://239.1.1.1:1234",
         });
     }
     let mut out = UdpOutputUrl {
-        url: url.to_owned(),
+        url: mask(url),
         host: host.to_owned(),
         port,
         ttl: None,
@@ -456,7 +452,7 @@ fn parse_udp_output(url: &str, rest: &str) -> Result<UdpOutputUrl, UrlError> {
             }
             _ => {
                 return Err(UrlError::UnknownOption {
-                    url: url.to_owned(),
+                    url: mask(url),
                     key: k.to_owned(),
                     accepted: "ttl, iface, pkt",
                 })
@@ -547,16 +543,20 @@ fn parse_srt(url: &str, rest: &str) -> Result<SrtUrl, UrlError> {
     })
 }
 
-/// Hide a passphrase in a URL kept for messages.
+/// Hide the passphrases in a URL kept for messages: every `passphrase=` value (a repeated
+/// key is as secret as the first), in errors as much as in the URL shown for a good one.
 fn mask(url: &str) -> String {
-    match url.find("passphrase=") {
-        None => url.to_owned(),
-        Some(i) => {
-            let start = i + "passphrase=".len();
-            let end = url[start..].find('&').map_or(url.len(), |e| start + e);
-            format!("{}***{}", &url[..start], &url[end..])
-        }
+    const KEY: &str = "passphrase=";
+    let mut out = String::with_capacity(url.len());
+    let mut rest = url;
+    while let Some(i) = rest.find(KEY) {
+        let start = i + KEY.len();
+        out.push_str(&rest[..start]);
+        out.push_str("***");
+        rest = &rest[rest[start..].find('&').map_or(rest.len(), |e| start + e)..];
     }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -746,5 +746,30 @@ mod tests {
         assert!(!e("srt://h:9000?passphrase=short")
             .to_string()
             .contains("short"));
+    }
+
+    #[test]
+    fn no_error_or_display_shows_a_passphrase() {
+        // found by the url fuzz target: errors kept the URL unmasked, and only the first
+        // of two passphrase= keys was masked while the last one is the one used
+        let secret = "0123456789abc";
+        for bad in [
+            "srt://h:x?passphrase=0123456789abc",
+            "rtp://h:9000?mode=caller&passphrase=0123456789abc",
+            "udp://239.1.1.1:1234?passphrase=0123456789abc",
+            "srt://h:9000?passphrase=0123456789abc&colour=red",
+        ] {
+            let e = InputUrl::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains(secret), "{e}");
+        }
+        let OutputUrl::Srt(s) =
+            OutputUrl::parse("srt://h:9000?passphrase=aaaaaaaaaa&passphrase=0123456789abc")
+                .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(s.passphrase.as_deref(), Some(secret));
+        assert!(!s.url.contains(secret), "{}", s.url);
+        assert!(!s.url.contains("aaaaaaaaaa"), "{}", s.url);
     }
 }

@@ -105,7 +105,12 @@ pub fn write_record<S: AsRef<str>>(out: &mut String, fields: &[S]) {
             out.push(',');
         }
         let f = f.as_ref();
-        if f.contains([',', '"', '\n', '\r']) || f.starts_with(' ') || f.ends_with(' ') {
+        // a leading U+FEFF is quoted too: bare at the start of a file, the reader would
+        // take it for a byte order mark and drop it
+        if f.contains([',', '"', '\n', '\r'])
+            || f.starts_with([' ', '\u{feff}'])
+            || f.ends_with(' ')
+        {
             out.push('"');
             out.push_str(&f.replace('"', "\"\""));
             out.push('"');
@@ -144,6 +149,14 @@ mod tests {
         let got = parse(text).unwrap();
         assert_eq!(got.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 2, 5]);
         assert_eq!(got[1].fields, ["x\ny", "1"]);
+    }
+
+    #[test]
+    fn a_leading_feff_in_the_first_field_survives() {
+        // found by the csv_import fuzz target: written bare, it read back as a BOM
+        let mut text = String::new();
+        write_record(&mut text, &["\u{feff}s", "t"]);
+        assert_eq!(parse(&text).unwrap()[0].fields, ["\u{feff}s", "t"]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub use cards::{AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec};
 pub use catalog::{EventInfo, PackageInfo};
 pub use error::StoreError;
 pub use keys::KeyStatus;
-pub use transfer::{ImportSummary, CSV_COLUMNS};
+pub use transfer::{check_import_csv, ImportSummary, CSV_COLUMNS};
 
 use crate::cas::types::{CardSerial, Entitlements, Key128};
 use crate::io::private_file::{self, Existing, PrivateFile, PrivateFileError};

@@ -130,6 +130,13 @@ impl Store {
     }
 }
 
+/// Check TVCAS CSV as [`Store::import_csv`] does before it writes anything (columns, every
+/// row's fields, repeated serials); returns how many cards the text holds. Writes nothing,
+/// so the CSV reading can be exercised (fuzzed) without a store.
+pub fn check_import_csv(text: &str) -> Result<usize, StoreError> {
+    parse_import(text).map(|rows| rows.len())
+}
+
 /// A checked import row.
 #[derive(Debug)]
 struct ImportRow {

@@ -68,7 +68,7 @@ fn pmt_round_trip(pmt: &Pmt<'_>, ca: &CaDescriptor<'_>, component: bool, version
 
 fn cat_round_trip(cat: &Cat<'_>, ca: &CaDescriptor<'_>, version: u8) {
     let mut out = Vec::new();
-    let Ok(_) = write_cat(&mut out, Some(cat), std::slice::from_ref(ca), version) else {
+    let Ok(_) = write_cat(&mut out, &[cat.descriptors], std::slice::from_ref(ca), version) else {
         return;
     };
     let s = Section::parse(&out, MAX_PSI_SECTION).expect("merged CAT is a good section");

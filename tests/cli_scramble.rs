@@ -305,14 +305,6 @@ fn fixed_cw_scrambles_and_the_same_cw_descrambles() {
     assert!(psi(&out).cat_sections > 0);
 }
 
-/// The packets but CAT and null ones, in order.
-fn without_cat(pkts: &[Packet]) -> Vec<Packet> {
-    pkts.iter()
-        .filter(|p| !matches!(pid(p), 0x0001 | 0x1FFF))
-        .copied()
-        .collect()
-}
-
 #[test]
 fn fixed_pair_alternates_parity_and_descrambles() {
     let dir = tmp();

@@ -3,14 +3,13 @@
 //! H.264 + SMPTE 302M stream, and the exit status of a run that scrambled nothing.
 
 mod cli_support;
-mod gen_support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use cli_support::{castmux, ok, packets, psi, s, tmp};
-use gen_support::{has_payload, pat_sections, pid, pmt_section, tsc, Es, Packet, Writer};
+use cli_support::gen::{pat_sections, pmt_section, Es, Writer};
+use cli_support::{castmux, has_payload, ok, packets, pid, psi, s, tmp, tsc, Packet};
 
 /// Clear payload packets on `pids`.
 fn clear_on(pkts: &[Packet], pids: &BTreeSet<u16>) -> usize {

@@ -3,11 +3,12 @@
 //! PMT, stream types castmux does not know), no payload packet of a selected service ever
 //! leaves the scrambler clear.
 
-mod gen_support;
+mod cli_support;
 
 use castmux::scramble::{CaSystem, Cw, KeyMode, ScrambleConfig, Scrambler};
 use castmux::ts::Pid;
-use gen_support::{has_payload, pat_sections, pid, pmt_section, tsc, Es, Packet, Rng, Writer};
+use cli_support::gen::{pat_sections, pmt_section, Es, Rng, Writer};
+use cli_support::{has_payload, pid, tsc, Packet};
 
 /// Selected services' ES PIDs come from this range, the others' from `OTHER`: a clear
 /// payload packet on a PID of `SELECTED` is a leak whatever the PSI said at the time.

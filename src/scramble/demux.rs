@@ -104,7 +104,6 @@ pub struct Demux {
     programs: Vec<Program>,
     pmt_pids: Vec<PmtPid>,
     scratch: Vec<u8>,
-    scrambled_scratch: Vec<Pid>,
 }
 
 impl Demux {
@@ -130,7 +129,6 @@ impl Demux {
             programs: Vec::new(),
             pmt_pids: Vec::new(),
             scratch: Vec::with_capacity(4096),
-            scrambled_scratch: Vec::new(),
         };
         d.recompute_roles();
         d
@@ -431,8 +429,6 @@ impl Demux {
         section: &Section<'_>,
     ) -> Result<(), crate::ts::TsError> {
         let selected = self.programs[pi].selected;
-        let mut scrambled = std::mem::take(&mut self.scrambled_scratch);
-        scrambled.clear();
         let mut streams = Vec::new();
         for s in pmt.streams() {
             let pid = s.elementary_pid;
@@ -442,9 +438,6 @@ impl Demux {
             // a PID that is already scrambled stays so whatever this PMT says
             let want =
                 selected && (self.wanted(pid, s.kind()) || self.role(pid) == Role::Scrambled);
-            if want {
-                scrambled.push(pid);
-            }
             streams.push((pid, want));
         }
         let mut other_ca_pids: Vec<Pid> = pmt
@@ -457,10 +450,9 @@ impl Demux {
         other_ca_pids.dedup();
         // a PSI change: a new buffer, so a failed rewrite leaves the last good section
         let mut out = Vec::with_capacity(section.bytes().len() + 64);
-        let res = self.write_section(pi, pmt, section, &scrambled, &mut out);
-        self.scrambled_scratch = scrambled;
+        let scrambled: Vec<Pid> = streams.iter().filter(|s| s.1).map(|s| s.0).collect();
         // on an error the last good PMT stays in force (its roles and section)
-        res?;
+        self.write_section(pi, pmt, section, &scrambled, &mut out)?;
         let p = &mut self.programs[pi];
         p.section = out;
         p.pcr_pid = Some(pmt.pcr_pid);

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use castmux::ts::{CaDescriptor, EsKind, Pat, Pid, Pmt, Section, SectionAssembler};
 
+pub mod gen;
+
 pub type Packet = [u8; 188];
 
 pub const SAMPLES: [&str; 4] = ["spts.ts", "mpts.ts", "heavy-af.ts", "nullpad.ts"];
@@ -161,6 +163,14 @@ pub fn av_pids(p: &Psi) -> BTreeSet<u16> {
 pub fn on_pids(pkts: &[Packet], pids: &BTreeSet<u16>) -> Vec<Packet> {
     pkts.iter()
         .filter(|p| pids.contains(&pid(p)))
+        .copied()
+        .collect()
+}
+
+/// The packets but CAT and null ones, in order (a scrambled output adds a CAT).
+pub fn without_cat(pkts: &[Packet]) -> Vec<Packet> {
+    pkts.iter()
+        .filter(|p| !matches!(pid(p), 0x0001 | 0x1FFF))
         .copied()
         .collect()
 }

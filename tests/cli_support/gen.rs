@@ -1,6 +1,5 @@
 //! Builds transport streams with the PSI layouts the fail-closed tests need: a PAT in
 //! several sections, PMTs with any stream types and descriptors, ES packets on any PID.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 
@@ -8,7 +7,7 @@ use castmux::ts::psi_write::SectionWriter;
 use castmux::ts::section::MAX_PSI_SECTION;
 use castmux::ts::{LongHeader, Packetizer, Pid};
 
-pub type Packet = [u8; 188];
+use super::Packet;
 
 /// A small deterministic PRNG (xorshift64*), so a failing seed can be replayed.
 #[derive(Debug, Clone)]
@@ -169,16 +168,4 @@ impl Writer {
             .flat_map(|p| p.iter().copied())
             .collect()
     }
-}
-
-pub fn pid(p: &Packet) -> u16 {
-    (u16::from(p[1] & 0x1F) << 8) | u16::from(p[2])
-}
-
-pub fn tsc(p: &Packet) -> u8 {
-    p[3] >> 6
-}
-
-pub fn has_payload(p: &Packet) -> bool {
-    p[3] & 0x10 != 0 && !(p[3] & 0x20 != 0 && p[4] >= 183)
 }

@@ -15,3 +15,4 @@ pub mod scramble;
 pub mod simulcrypt;
 pub mod softcard;
 pub mod ts;
+pub mod value;

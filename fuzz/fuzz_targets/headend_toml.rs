@@ -18,8 +18,9 @@ fuzz_target!(|data: &[u8]| {
                 let _ = e.listen.parse::<std::net::SocketAddr>();
             }
             for c in &file.channels {
-                let words = c.args.words();
-                if let ArgsValue::Line(_) = c.args {
+                let Some(args) = &c.args else { continue };
+                let words = args.words();
+                if let ArgsValue::Line(_) = args {
                     // split at whitespace: never an empty or blank word from a line
                     assert!(words
                         .iter()

@@ -1,54 +1,32 @@
 //! `castmux headend --config FILE`: several channels in one process, as Astra runs its
 //! streams, sharing one EMMG<->MUX port whose EMMs are cloned into every channel (Astra's
-//! "EMM Clone: duplicate EMM packets to all streams"). TVCAS's EMMG connects to one mux
-//! port; with a `castmux scramble` per channel only one of them could listen on it.
-//!
-//! Each channel is a `castmux scramble` command line, run on threads of its own; a channel
-//! that fails is logged and the others go on.
+//! "EMM Clone: duplicate EMM packets to all streams"), and one data plane for the UDP
+//! channels. The file is read by the head-end library; a channel written as `args = "…"`
+//! is parsed here, as `castmux scramble`'s options.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use castmux::headend::{EmmgPort, HeadendFile, PidValue};
-use castmux::net::AcceptLimits;
-use castmux::ts::Pid;
+use castmux::headend::{ChannelSpec, Headend, HeadendPlan, PlaneOptions};
 use clap::{Args, Parser};
 
-use super::args;
-use super::scramble::{self, ChannelExtras, ScrambleArgs};
-use super::scramble_simulcrypt::MuxThread;
+use super::scramble::ScrambleArgs;
 
 /// Options of `castmux headend`.
 #[derive(Debug, Args)]
 pub struct HeadendArgs {
     /// The head-end's TOML file: an optional `[emmg]` table (listen, emm_pid) and one
-    /// `[[channel]]` table per channel (name, args = the `castmux scramble` options,
-    /// emm_clone). See docs/headend.md.
+    /// `[[channel]]` table per channel (name; input, output and the other `castmux scramble`
+    /// settings as typed fields, or args = the `castmux scramble` options; emm_clone).
+    /// See docs/headend.md.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
     /// Check the file and every channel's options, then exit without running.
     #[arg(long)]
     check: bool,
-}
-
-/// The connection bounds `[emmg]` asks for, checked.
-fn accept_limits(port: &EmmgPort) -> anyhow::Result<AcceptLimits> {
-    let defaults = castmux::simulcrypt::EmmMuxConfig::default().accept;
-    let handshake = match &port.handshake_timeout {
-        Some(t) => {
-            args::duration(t).map_err(|e| anyhow::anyhow!("[emmg] handshake_timeout: {e}"))?
-        }
-        None => defaults.handshake_timeout(),
-    };
-    AcceptLimits::new(
-        port.max_connections.unwrap_or(defaults.max_connections()),
-        port.max_connections_per_address,
-        handshake,
-    )
-    .map_err(|e| anyhow::anyhow!("[emmg]: {e}"))
+    /// Data-plane worker threads serving the UDP channels. Default: one per core.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    workers: Option<u16>,
 }
 
 /// A channel's options parsed as `castmux scramble`'s.
@@ -59,88 +37,17 @@ struct ChannelLine {
     scramble: ScrambleArgs,
 }
 
-/// A channel ready to run.
-#[derive(Debug)]
-struct Channel {
-    name: String,
-    args: ScrambleArgs,
-    emm_clone: bool,
+/// An `args` channel's words as a spec.
+fn parse_args(words: &[String]) -> Result<ChannelSpec, String> {
+    ChannelLine::try_parse_from(words)
+        .map(|l| l.scramble.spec())
+        .map_err(|e| e.render().to_string())
 }
 
-/// What the file asks for, checked.
-#[derive(Debug)]
-struct Plan {
-    emmg: Option<(SocketAddr, Pid, AcceptLimits)>,
-    channels: Vec<Channel>,
-}
-
-fn plan(path: &Path) -> anyhow::Result<Plan> {
+fn plan(path: &Path) -> anyhow::Result<HeadendPlan> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the head-end file {}", path.display()))?;
-    let file = HeadendFile::parse(&text)
-        .with_context(|| format!("{}: not a head-end file", path.display()))?;
-    let emmg = match &file.emmg {
-        None => None,
-        Some(e) => {
-            let listen = e.listen.parse().map_err(|_| {
-                anyhow::anyhow!("[emmg] listen = {:?}: expected ADDR:PORT", e.listen)
-            })?;
-            let pid = match &e.emm_pid {
-                PidValue::Number(n) => args::pid(&n.to_string()),
-                PidValue::Text(t) => args::pid(t),
-            }
-            .map_err(|e| anyhow::anyhow!("[emmg] emm_pid: {e}"))?;
-            Some((listen, pid, accept_limits(e)?))
-        }
-    };
-    if file.channels.is_empty() {
-        bail!(
-            "{}: no [[channel]]; each channel needs a name and args",
-            path.display()
-        );
-    }
-    let mut channels: Vec<Channel> = Vec::with_capacity(file.channels.len());
-    for c in file.channels {
-        if c.name.trim().is_empty() {
-            bail!("a [[channel]] has an empty name");
-        }
-        if channels.iter().any(|o| o.name == c.name) {
-            bail!("two channels are named {:?}; names must differ", c.name);
-        }
-        let line = ChannelLine::try_parse_from(c.args.words())
-            .map_err(|e| anyhow::anyhow!("channel {:?}: {}", c.name, e.render()))?;
-        // one process has one stdin and one stdout
-        let (stdin, stdout) = line.scramble.uses_stdio();
-        let (stdin_taken, stdout_taken) = channels
-            .iter()
-            .map(|o| o.args.uses_stdio())
-            .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
-        if stdin && stdin_taken {
-            bail!(
-                "channel {:?}: another channel already reads stdin (-i -)",
-                c.name
-            );
-        }
-        if stdout && stdout_taken {
-            bail!(
-                "channel {:?}: another channel already writes stdout (-o -)",
-                c.name
-            );
-        }
-        let emm_clone = c.emm_clone.unwrap_or(emmg.is_some());
-        if emm_clone && emmg.is_none() {
-            bail!(
-                "channel {:?}: emm_clone needs an [emmg] table (listen, emm_pid)",
-                c.name
-            );
-        }
-        channels.push(Channel {
-            name: c.name,
-            args: line.scramble,
-            emm_clone,
-        });
-    }
-    Ok(Plan { emmg, channels })
+    HeadendPlan::from_file(&text, &parse_args).with_context(|| format!("{}", path.display()))
 }
 
 pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
@@ -159,59 +66,16 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let stop = super::stop_flag()?;
-    let mut mux = None;
-    let mut first_source = None;
-    if let Some((listen, _, accept)) = plan.emmg {
-        let (m, src) = MuxThread::start(listen, accept).context("[emmg] listen")?;
-        mux = Some(m);
-        first_source = Some(src);
+    let mut opts = PlaneOptions::default();
+    if let Some(n) = a.workers {
+        opts.workers = usize::from(n);
     }
-    let emm_pid = plan.emmg.map(|(_, pid, _)| pid);
-    let mut threads = Vec::with_capacity(plan.channels.len());
-    for ch in plan.channels {
-        let emm = match (ch.emm_clone, &mux) {
-            // every channel subscribes before any runs, so each gets every EMM from the start
-            (true, Some(m)) => Some(
-                first_source
-                    .take()
-                    .unwrap_or_else(|| m.subscribers.subscribe()),
-            ),
-            _ => None,
-        };
-        let extras = ChannelExtras {
-            emm,
-            emm_pid,
-            stop: Some(Arc::clone(&stop)),
-        };
-        let name = ch.name.clone();
-        let db = db.to_path_buf();
-        let t = std::thread::Builder::new()
-            .name(format!("channel-{name}"))
-            .spawn(move || {
-                let span = tracing::info_span!("channel", name = %ch.name);
-                let _enter = span.enter();
-                let res = scramble::run_channel(ch.args, &db, extras);
-                if let Err(e) = &res {
-                    tracing::error!(error = format!("{e:#}"), "channel failed");
-                }
-                res.is_ok()
-            })
-            .with_context(|| format!("starting channel {name:?}"))?;
-        threads.push((name, t));
-    }
-    // the first source goes unused when no channel clones: dropping it unsubscribes
-    drop(first_source);
-    tracing::info!(channels = threads.len(), "headend: running");
-    let mut failed = Vec::new();
-    for (name, t) in threads {
-        if !t.join().unwrap_or(false) {
-            failed.push(name);
-        }
-    }
-    stop.store(true, Ordering::Relaxed);
-    if let Some(m) = mux {
-        m.stop();
-    }
+    let reports = Headend::new(opts).run(plan, db, &stop)?;
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.end.is_err() || r.close.is_err())
+        .map(|r| r.name.as_str())
+        .collect();
     if !failed.is_empty() {
         bail!("channel(s) failed: {} (see the log)", failed.join(", "));
     }
@@ -221,8 +85,11 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use castmux::headend::EmmgPlan;
+    use castmux::net::AcceptLimits;
+    use castmux::ts::Pid;
 
-    fn plan_of(text: &str) -> anyhow::Result<Plan> {
+    fn plan_of(text: &str) -> anyhow::Result<HeadendPlan> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("h.toml");
         std::fs::write(&p, text).unwrap();
@@ -250,12 +117,13 @@ mod tests {
         .unwrap();
         assert_eq!(
             p.emmg,
-            Some((
-                "127.0.0.1:41000".parse().unwrap(),
-                Pid::new(0x1FF1),
-                AcceptLimits::with_max(16)
-            ))
+            Some(EmmgPlan {
+                listen: "127.0.0.1:41000".parse().unwrap(),
+                emm_pid: Pid::new(0x1FF1),
+                accept: AcceptLimits::with_max(16)
+            })
         );
+        assert_eq!(p.channels[0].spec.service, [101]);
         assert_eq!(p.channels.len(), 2);
         assert!(p.channels[0].emm_clone);
         assert!(!p.channels[1].emm_clone);
@@ -273,7 +141,7 @@ mod tests {
             "max_connections = 8\nmax_connections_per_address = 2\nhandshake_timeout = \"1500ms\"",
         ))
         .unwrap();
-        let limits = p.emmg.unwrap().2;
+        let limits = p.emmg.unwrap().accept;
         assert_eq!(
             (
                 limits.max_connections(),
@@ -283,7 +151,7 @@ mod tests {
             (8, 2, std::time::Duration::from_millis(1500))
         );
         let p = plan_of(&table("max_connections = 8")).unwrap();
-        assert_eq!(p.emmg.unwrap().2.max_per_address(), 6);
+        assert_eq!(p.emmg.unwrap().accept.max_per_address(), 6);
         for (bad, says) in [
             ("max_connections = 0", "at least 1"),
             (

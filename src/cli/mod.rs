@@ -7,12 +7,11 @@ macro_rules! outln {
     };
 }
 
-mod args;
+use castmux::value as args;
 mod backup;
 mod card;
 mod descramble;
 mod ecmg;
-mod ecmg_spec;
 mod emmg;
 mod event;
 mod headend;

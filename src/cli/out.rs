@@ -70,5 +70,7 @@ pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
             // a transparent wrapper hides the IoError from the chain: look inside
             || c.downcast_ref::<ScrambleError>()
                 .is_some_and(|e| matches!(e, ScrambleError::Io(io) if io.is_stdout_closed()))
+            || c.downcast_ref::<castmux::headend::HeadendError>()
+                .is_some_and(castmux::headend::HeadendError::is_stdout_closed)
     })
 }

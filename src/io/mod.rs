@@ -53,7 +53,7 @@ use udp::{UdpInput, UdpInputConfig, UdpOutput, UdpOutputConfig};
 
 /// A poll() timeout for `wait`, rounded up to whole milliseconds so a 0.3 ms wait does not
 /// become a busy loop (at most u16::MAX ms).
-fn poll_timeout(wait: Duration) -> nix::poll::PollTimeout {
+pub(crate) fn poll_timeout(wait: Duration) -> nix::poll::PollTimeout {
     u16::try_from(wait.as_micros().div_ceil(1000))
         .unwrap_or(u16::MAX)
         .into()
@@ -178,6 +178,15 @@ impl Input {
     /// they can be read (files, stdin).
     pub fn is_live(&self) -> bool {
         matches!(self, Input::Udp(_) | Input::Srt(_))
+    }
+
+    /// The socket to wait on for a live UDP input (the head-end's data plane multiplexes
+    /// these with epoll); None for other inputs.
+    pub fn udp_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Input::Udp(i) => Some(i.as_fd()),
+            _ => None,
+        }
     }
 
     /// The bound UDP address, or the SRT local (listener) / peer (caller) address.

@@ -186,6 +186,11 @@ impl UdpInput {
         self.local
     }
 
+    /// The socket, to wait on (epoll) for datagrams.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+
     /// Fill `batch` (cleared first). Waits up to `timeout` for the first
     /// datagram, then takes only what is already queued.
     pub fn read_batch(

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use castmux::ts::Pid;
+use crate::ts::Pid;
 
 /// The longest duration any option takes (30 days); larger numbers are refused here, before
 /// `Duration` arithmetic could overflow.

@@ -5,9 +5,9 @@
 //! `--channel-id`, ...). Keys: `super_cas_id`, `channel_id`, `stream_id`, `ecm_id`,
 //! `access_criteria`, `version`, `ecm_pid`, `private_data`.
 
-use castmux::ts::Pid;
+use crate::ts::Pid;
 
-use super::args;
+use crate::value as args;
 
 /// What one `--ecmg` value says; `None` means "take the shared option".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,0 +1,448 @@
+//! The head-end engine under load: one `castmux headend` process, many channels of live UDP
+//! on loopback, castmux pinned to one core and the sender and receiver to the other, so
+//! castmux's CPU is its own (read from /proc over the measured window).
+//!
+//! Two runs, printed side by side:
+//! - live: CHANNELS channels (default 200) × RATE Mbit/s (default 5) for SECS seconds
+//!   (default 10), each channel its own fixed CW pair (CSA2). Every datagram carries one
+//!   marker packet: an adaptation-field-only packet on the scrambled video PID (no payload,
+//!   so it passes clear like a PCR-only packet) whose private data holds the channel, a
+//!   sequence number and the send time. Loss = markers sent − received; latency = receive −
+//!   send time of each marker.
+//! - idle: IDLE channels (default 1000) configured, no input, for 5 s: CPU and memory.
+//!
+//! Targets (issue 18): live 200 × 5 Mbit/s with 0 lost, p99 ≤ 10 ms, CPU ≤ 70 % of the one
+//! core; idle 1000 channels ≤ 10 % of a core, RSS ≤ 2 MB per channel.
+//!
+//! Run: `cargo bench --bench headend` (env: CASTMUX_BENCH_CHANNELS, CASTMUX_BENCH_RATE,
+//! CASTMUX_BENCH_SECS, CASTMUX_BENCH_IDLE, CASTMUX_BENCH_WORKERS).
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use castmux::ts::psi_write::SectionWriter;
+use castmux::ts::section::MAX_PSI_SECTION;
+use castmux::ts::{LongHeader, Packetizer, Pid};
+use hdrhistogram::Histogram;
+
+const PMT_PID: u16 = 0x1000;
+const VIDEO_PID: u16 = 0x100;
+const PER_DATAGRAM: usize = 7;
+/// Markers of the first datagrams are not counted: the channel learns its PSI from them.
+const WARMUP_DATAGRAMS: u32 = 200;
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+/// PAT and PMT packets of every channel (one program, H.264 on VIDEO_PID).
+fn psi_packets() -> ([u8; 188], [u8; 188]) {
+    let section = |table_id: u8, ext: u16, body: &[u8]| {
+        let mut out = Vec::new();
+        let h = LongHeader {
+            table_id,
+            table_id_extension: ext,
+            version: 0,
+            current_next: true,
+            section_number: 0,
+            last_section_number: 0,
+        };
+        let mut w = SectionWriter::long(&mut out, &h, MAX_PSI_SECTION);
+        w.put(body);
+        w.finish().expect("section");
+        out
+    };
+    let pat = section(0, 1, &[0, 1, 0xE0 | (PMT_PID >> 8) as u8, PMT_PID as u8]);
+    let pmt = section(
+        2,
+        1,
+        &[
+            0xE0 | (VIDEO_PID >> 8) as u8,
+            VIDEO_PID as u8,
+            0xF0,
+            0,
+            0x1B,
+            0xE0 | (VIDEO_PID >> 8) as u8,
+            VIDEO_PID as u8,
+            0xF0,
+            0,
+        ],
+    );
+    let one = |pid: u16, s: &[u8]| {
+        let mut got = None;
+        Packetizer::new(Pid::new(pid))
+            .packetize(s, |p| got = Some(*p))
+            .expect("packetize");
+        got.expect("one packet")
+    };
+    (one(0, &pat), one(PMT_PID, &pmt))
+}
+
+/// One channel's stream state.
+struct Feed {
+    pat: [u8; 188],
+    pmt: [u8; 188],
+    cc_pat: u8,
+    cc_pmt: u8,
+    cc_es: u8,
+    seq: u32,
+}
+
+impl Feed {
+    /// The next datagram of `channel`, its marker stamped `t_us`.
+    fn datagram(&mut self, channel: u16, t_us: u64, out: &mut Vec<u8>) {
+        out.clear();
+        let mut n = 0;
+        if self.seq.is_multiple_of(40) {
+            for (p, cc) in [(self.pat, &mut self.cc_pat), (self.pmt, &mut self.cc_pmt)] {
+                let mut p = p;
+                p[3] = (p[3] & 0xF0) | *cc;
+                *cc = (*cc + 1) & 0x0F;
+                out.extend_from_slice(&p);
+                n += 1;
+            }
+        }
+        while n < PER_DATAGRAM - 1 {
+            let mut p = [0u8; 188];
+            p[0] = 0x47;
+            let start = self.cc_es == 0;
+            p[1] = (if start { 0x40 } else { 0 }) | (VIDEO_PID >> 8) as u8;
+            p[2] = VIDEO_PID as u8;
+            p[3] = 0x10 | self.cc_es;
+            self.cc_es = (self.cc_es + 1) & 0x0F;
+            for (i, b) in p[4..].iter_mut().enumerate() {
+                *b = (i as u8).wrapping_mul(31) ^ (self.seq as u8) | 1;
+            }
+            if start {
+                p[4..10].copy_from_slice(&[0, 0, 1, 0xE0, 0, 0]);
+            }
+            out.extend_from_slice(&p);
+            n += 1;
+        }
+        // the marker: adaptation field only (CC unchanged), private data = who and when
+        let mut m = [0xFFu8; 188];
+        m[0] = 0x47;
+        m[1] = (VIDEO_PID >> 8) as u8;
+        m[2] = VIDEO_PID as u8;
+        m[3] = 0x20 | (self.cc_es.wrapping_sub(1) & 0x0F);
+        m[4] = 183;
+        m[5] = 0x02; // transport_private_data_flag
+        m[6] = 14;
+        m[7..9].copy_from_slice(&channel.to_be_bytes());
+        m[9..13].copy_from_slice(&self.seq.to_be_bytes());
+        m[13..21].copy_from_slice(&t_us.to_be_bytes());
+        out.extend_from_slice(&m);
+        self.seq += 1;
+    }
+}
+
+/// A marker's channel, sequence number and send time.
+fn marker(p: &[u8]) -> Option<(u16, u32, u64)> {
+    let pid = u16::from_be_bytes([p[1], p[2]]) & 0x1FFF;
+    if pid != VIDEO_PID || p[3] & 0x30 != 0x20 || p[5] != 0x02 || p[6] != 14 {
+        return None;
+    }
+    Some((
+        u16::from_be_bytes([p[7], p[8]]),
+        u32::from_be_bytes(p[9..13].try_into().ok()?),
+        u64::from_be_bytes(p[13..21].try_into().ok()?),
+    ))
+}
+
+/// utime + stime of `pid`, seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // fields after the command name (which may hold spaces) start at ')'
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Ports `n` free-looking input ports from a base picked by this process's id.
+fn input_base(n: usize) -> u16 {
+    let span = 60_000 - 20_000 - n as u32;
+    (20_000 + (std::process::id() * 7919) % span) as u16
+}
+
+/// Start `castmux headend` for `channels` inputs from `base`, all writing to `out_port`,
+/// pinned to CPU 0; returns when it says it runs.
+fn start_headend(dir: &std::path::Path, channels: usize, base: u16, out_port: u16) -> Child {
+    let mut toml = String::new();
+    for i in 0..channels {
+        // each channel its own CW pair (a channel number in the key)
+        let even = format!("{:04X}{:012X}", i, 0x0102_0304_0506u64);
+        let odd = format!("{:04X}{:012X}", i, 0x1112_1314_1516u64);
+        toml.push_str(&format!(
+            "[[channel]]\nname = \"ch{i}\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{out_port}\"\ncw = \"{even}:{odd}\"\n\
+             allow_unscrambled = true\n\n",
+            base as usize + i
+        ));
+    }
+    let cfg = dir.join("headend.toml");
+    std::fs::write(&cfg, toml).expect("write headend.toml");
+    let workers = env_num("CASTMUX_BENCH_WORKERS", 1.0) as usize;
+    let mut child = Command::new("taskset")
+        .args([
+            "-c",
+            "0",
+            env!("CARGO_BIN_EXE_castmux"),
+            "headend",
+            "--config",
+        ])
+        .arg(&cfg)
+        .args(["--workers", &workers.to_string()])
+        .env("CASTMUX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn taskset castmux (util-linux taskset, cargo build --release)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut said = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !said && line.contains("headend: running") {
+                said = true;
+                let _ = tx.send(());
+            }
+            if line.contains("ERROR") {
+                eprintln!("castmux: {line}");
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("castmux headend did not start within 60 s");
+    child
+}
+
+struct Live {
+    channels: usize,
+    rate_mbps: f64,
+    achieved_mbps: f64,
+    sent: u64,
+    received: u64,
+    hist: Histogram<u64>,
+    cpu_pct: f64,
+    rss_mb: f64,
+}
+
+fn live(channels: usize, rate_mbps: f64, secs: f64) -> Live {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rx = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
+    rx.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(64 << 20);
+    let _ = nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
+    let out_port = rx.local_addr().unwrap().port();
+    let base = input_base(channels);
+    let mut child = start_headend(dir.path(), channels, base, out_port);
+    let pid = child.id();
+
+    let origin = Instant::now();
+    let done = Arc::new(AtomicBool::new(false));
+    let counted = Arc::new(AtomicU64::new(0));
+    let receiver = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            pin_to(1);
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+            let mut got = 0u64;
+            let mut buf = [0u8; 2048];
+            loop {
+                match rx.recv(&mut buf) {
+                    Ok(n) => {
+                        let now = origin.elapsed().as_micros() as u64;
+                        for p in buf[..n].chunks_exact(188) {
+                            if let Some((_, seq, t)) = marker(p) {
+                                if seq >= WARMUP_DATAGRAMS {
+                                    got += 1;
+                                    hist.saturating_record(now.saturating_sub(t).max(1));
+                                }
+                            }
+                        }
+                    }
+                    Err(_) if done.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            (got, hist)
+        })
+    };
+
+    pin_to(1);
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _ = socket2::SockRef::from(&tx).set_send_buffer_size(16 << 20);
+    let per_sec = rate_mbps * 1e6 / (PER_DATAGRAM as f64 * 188.0 * 8.0);
+    let mut feeds: Vec<Feed> = (0..channels)
+        .map(|_| {
+            let (pat, pmt) = psi_packets();
+            Feed {
+                pat,
+                pmt,
+                cc_pat: 0,
+                cc_pmt: 0,
+                cc_es: 0,
+                seq: 0,
+            }
+        })
+        .collect();
+    let warmup = WARMUP_DATAGRAMS as f64 / per_sec;
+    let total = warmup + secs;
+    let mut dgram = Vec::with_capacity(PER_DATAGRAM * 188);
+    let start = Instant::now();
+    let mut window: Option<(Instant, f64)> = None;
+    let mut sent_counted = 0u64;
+    loop {
+        let t = start.elapsed().as_secs_f64();
+        if t >= total {
+            break;
+        }
+        if window.is_none() && t >= warmup {
+            window = Some((Instant::now(), cpu_secs(pid)));
+        }
+        let due = (t * per_sec) as u32;
+        for (i, f) in feeds.iter_mut().enumerate() {
+            while f.seq < due {
+                let now = origin.elapsed().as_micros() as u64;
+                f.datagram(i as u16, now, &mut dgram);
+                if f.seq > WARMUP_DATAGRAMS {
+                    sent_counted += 1;
+                }
+                while tx.send_to(&dgram, ("127.0.0.1", base + i as u16)).is_err() {
+                    std::thread::yield_now();
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    let (w_start, cpu0) = window.unwrap_or((Instant::now(), cpu_secs(pid)));
+    let wall = w_start.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - cpu0;
+    let rss = rss_kb(pid);
+    let elapsed = start.elapsed().as_secs_f64() - warmup;
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    done.store(true, Ordering::Relaxed);
+    let (received, hist) = receiver.join().unwrap();
+    counted.store(received, Ordering::Relaxed);
+    Live {
+        channels,
+        rate_mbps,
+        achieved_mbps: sent_counted as f64 * PER_DATAGRAM as f64 * 188.0 * 8.0 / elapsed / 1e6,
+        sent: sent_counted,
+        received,
+        hist,
+        cpu_pct: 100.0 * cpu / wall,
+        rss_mb: rss as f64 / 1024.0,
+    }
+}
+
+struct Idle {
+    channels: usize,
+    cpu_pct: f64,
+    rss_mb: f64,
+}
+
+fn idle(channels: usize, secs: f64) -> Idle {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let out_port = sink.local_addr().unwrap().port();
+    let base = input_base(channels).wrapping_add(3);
+    let mut child = start_headend(dir.path(), channels, base, out_port);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    let c0 = cpu_secs(pid);
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let cpu = cpu_secs(pid) - c0;
+    let wall = t0.elapsed().as_secs_f64();
+    let rss = rss_kb(pid);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = child.wait();
+    Idle {
+        channels,
+        cpu_pct: 100.0 * cpu / wall,
+        rss_mb: rss as f64 / 1024.0,
+    }
+}
+
+fn main() {
+    let channels = env_num("CASTMUX_BENCH_CHANNELS", 200.0) as usize;
+    let rate = env_num("CASTMUX_BENCH_RATE", 5.0);
+    let secs = env_num("CASTMUX_BENCH_SECS", 10.0);
+    let idle_channels = env_num("CASTMUX_BENCH_IDLE", 1000.0) as usize;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "the bench pins castmux and the sender to different cores"
+    );
+    let l = live(channels, rate, secs);
+    let i = idle(idle_channels, 5.0);
+    println!(
+        "\n{:<34} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "run", "Mbit/s", "markers", "lost", "p50 ms", "p99 ms", "max ms", "CPU %", "RSS MB"
+    );
+    println!(
+        "{:<34} {:>10.0} {:>10} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1}",
+        format!("live {} ch x {} Mbit/s", l.channels, l.rate_mbps),
+        l.achieved_mbps,
+        l.sent,
+        l.sent.saturating_sub(l.received),
+        l.hist.value_at_quantile(0.5) as f64 / 1000.0,
+        l.hist.value_at_quantile(0.99) as f64 / 1000.0,
+        l.hist.max() as f64 / 1000.0,
+        l.cpu_pct,
+        l.rss_mb,
+    );
+    println!(
+        "{:<34} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>8.1}",
+        format!("idle {} ch", i.channels),
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        i.cpu_pct,
+        i.rss_mb,
+    );
+    println!(
+        "targets: live 0 lost, p99 <= 10 ms, CPU <= 70 % of one core; idle <= 10 % of a core, \
+         RSS <= 2 MB per channel ({:.2} MB per idle channel here)",
+        i.rss_mb / i.channels.max(1) as f64
+    );
+}

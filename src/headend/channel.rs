@@ -1,0 +1,394 @@
+//! One channel: a [`ChannelSpec`] made into its parts (input, scrambler with its CAS and
+//! SimulCrypt generators, outputs), run, and reported. `castmux scramble` is one channel;
+//! `castmux headend` runs many.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::error::{bail, Context, HeadendError};
+use super::simulcrypt::{self, CasContext, SimulcryptParts, StopOnRefusal};
+use super::spec::{CasKind, ChannelSpec};
+use crate::cas::live::{ChannelAccess, LiveCas};
+use crate::cas::BuiltinEcmg;
+use crate::io::{
+    Input, InputOptions, InputUrl, IoError, IoStatsSnapshot, OutputOptions, OutputSet,
+    OutputStatus, OutputUrl,
+};
+use crate::net::ControlPlane;
+use crate::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
+use crate::scramble::cw::parse_cw_pair;
+use crate::scramble::{
+    run_stage, CaSystem, ClockMode, CwLogWriter, EcmGenerator, KeyMode, RunEnd, RunOptions,
+    ScrambleConfig, Scrambler,
+};
+use crate::simulcrypt::EmmQueueSource;
+use crate::ts::Pid;
+
+/// The EMM PID used with the built-in CAS when the spec names none.
+pub const DEFAULT_EMM_PID: u16 = 0x1FF1;
+
+/// What the process gives a channel on top of its spec.
+#[derive(Debug)]
+pub struct ChannelEnv<'a> {
+    /// The card store (`--db`), for the built-in CAS.
+    pub db: &'a Path,
+    /// Where SimulCrypt links and EMMG ports run.
+    pub control: &'a ControlPlane,
+    /// EMMs cloned from the head-end's EMMG<->MUX port (Astra's "EMM Clone").
+    pub emm: Option<EmmQueueSource>,
+    /// The EMM PID for them when the spec names none.
+    pub emm_pid: Option<Pid>,
+}
+
+/// A channel ready to run.
+#[derive(Debug)]
+pub struct Channel {
+    name: String,
+    spec: ChannelSpec,
+    stage: StopOnRefusal,
+    input: Input,
+    output: OutputSet,
+    sc: SimulcryptParts,
+    /// Kept for the run: its thread follows the store.
+    _live_cas: Option<LiveCas>,
+    to_stdout: bool,
+}
+
+impl Channel {
+    /// Check `spec`, start its CAS and SimulCrypt parts, open its input and outputs.
+    pub fn open(
+        name: &str,
+        spec: &ChannelSpec,
+        env: ChannelEnv<'_>,
+    ) -> Result<Channel, HeadendError> {
+        spec.check().map_err(HeadendError::Config)?;
+        let a = spec;
+        let algorithm = a.scrambling.algorithm();
+        let keys = match &a.cw {
+            None => KeyMode::Rotating,
+            Some(text) => match parse_cw_pair(text).context("--cw")? {
+                (even, None) => KeyMode::Fixed(even),
+                (even, Some(odd)) => KeyMode::FixedPair(even, odd),
+            },
+        };
+        // the checks that cost nothing come before the store is opened and the ECMGs
+        // connected (the batch size and the durations are bounded by their parsers)
+        let input_url: InputUrl = a.input.parse().context("--input")?;
+        let output_urls = a
+            .output
+            .iter()
+            .map(|o| o.parse().with_context(|| format!("--output {o}")))
+            .collect::<Result<Vec<OutputUrl>, HeadendError>>()?;
+        let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
+        let mut live_cas = match a.cas {
+            Some(CasKind::Builtin) => {
+                let access = if !a.packages.is_empty() {
+                    ChannelAccess::Packages(a.packages.clone())
+                } else {
+                    let Some(text) = a.access_criteria.as_deref() else {
+                        bail!(
+                            "--cas builtin needs the channel's packages: --packages NAME[,NAME] or --access-criteria 00000001"
+                        );
+                    };
+                    ChannelAccess::Criteria(text.parse().context("--access-criteria")?)
+                };
+                let cas = LiveCas::start(env.db, access, Some(a.emm_bitrate))
+                    .with_context(|| format!("the card store {}", env.db.display()))?;
+                if cas.access.is_empty() {
+                    bail!("the channel's access criteria name no package");
+                }
+                tracing::info!(
+                    access = %cas.access,
+                    cards = cas.cards,
+                    ca_system_id = format_args!("{:#06x}", cas.ca_system_id),
+                    "built-in CAS"
+                );
+                Some(cas)
+            }
+            None => None,
+        };
+        let first_ecm_pid = match (&a.ecm_pid, &keys) {
+            (Some(p), _) => Some(*p),
+            (None, KeyMode::Rotating) => Some(Pid::new(DEFAULT_ECM_PID)),
+            (None, _) => None,
+        };
+        let emm_pid = match (&live_cas, a.emm_pid) {
+            (Some(_), None) => Some(Pid::new(DEFAULT_EMM_PID)),
+            (_, None) if env.emm.is_some() => env.emm_pid,
+            (_, pid) => pid,
+        };
+        // castmux's own CA_descriptor entry: ecm_repetition and delay_start, else the defaults
+        let own_ca_system = |ca_system_id, pid| CaSystem {
+            ecm_repetition: a.ecm_repetition.unwrap_or(DEFAULT_ECM_REPETITION),
+            delay_start_ms: a.delay_start.unwrap_or(0),
+            ..CaSystem::new(ca_system_id, pid)
+        };
+        // the CA systems in order: the built-in CAS first, then each ECMG
+        let mut ca_systems: Vec<CaSystem> = Vec::new();
+        let mut ecm_generators: Vec<Box<dyn EcmGenerator>> = Vec::new();
+        if let (Some(c), Some(pid)) = (&live_cas, first_ecm_pid) {
+            ca_systems.push(own_ca_system(c.ca_system_id, pid));
+            ecm_generators.push(Box::new(BuiltinEcmg::new(
+                Arc::clone(&c.ring),
+                c.access,
+                c.ca_system_id,
+            )));
+        }
+        let mut sc = simulcrypt::start(
+            a,
+            &CasContext {
+                access_criteria: a.access_criteria.as_deref(),
+                builtin_cas: a.cas.is_some(),
+                first_ecm_pid,
+                delay_start: a.delay_start,
+                ecm_repetition: a.ecm_repetition,
+                crypto_period: a.crypto_period,
+                emm_pid,
+                control: env.control,
+            },
+            &mut ca_systems,
+        )?;
+        ecm_generators.extend(sc.ecm_generators());
+        // the CAT's EMM descriptor belongs to the CAS whose EMMs flow: the built-in one,
+        // else the (first) ECMG's system, whose EMMG feeds the EMMG port
+        let emm_ca_system_id = ca_systems
+            .first()
+            .map_or(a.ca_system_id, |c| c.ca_system_id);
+        if ca_systems.is_empty() {
+            // no CAS: the PMT still names the ECM PID (a CAS may be added later, probe sees it)
+            if let Some(pid) = first_ecm_pid {
+                ca_systems.push(own_ca_system(a.ca_system_id, pid));
+            }
+        }
+        let config = ScrambleConfig {
+            algorithm,
+            keys,
+            crypto_period: a.crypto_period,
+            cw_checksum: !a.no_cw_checksum,
+            services: a.service.clone(),
+            scramble_audio: !a.no_audio,
+            only_pids: a.only_pid.clone(),
+            exclude_pids: a.exclude_pid.clone(),
+            component_level: a.component_level,
+            ca_systems,
+            emm_pid,
+            emm_ca_system_id,
+            clock: if live_input || a.wall_clock {
+                ClockMode::Wall
+            } else {
+                ClockMode::Stream
+            },
+        };
+        let cw_log = a
+            .cw_log
+            .as_deref()
+            .map(CwLogWriter::create)
+            .transpose()
+            .context("--cw-log")?;
+        let mut scrambler = Scrambler::new(config, cw_log, ecm_generators)?;
+        if let Some(emm) = live_cas.as_mut().and_then(LiveCas::take_emm_source) {
+            if sc.has_emm() {
+                bail!("--cas builtin and --emmg-listen both send EMMs; give one");
+            }
+            scrambler.set_emm_source(Box::new(emm))?;
+        }
+        sc.attach_emm(&mut scrambler)?;
+        if let Some(clone) = env.emm {
+            if live_cas.is_some() || a.emmg_listen.is_some() {
+                bail!(
+                    "this channel makes its own EMMs (--cas builtin or --emmg-listen): set emm_clone = false for it"
+                );
+            }
+            scrambler
+                .set_emm_source(Box::new(clone))
+                .context("the cloned EMMs")?;
+        }
+        let input = Input::open(&input_url, &InputOptions::default())
+            .with_context(|| format!("opening input {}", a.input))?;
+        let output = OutputSet::open(&output_urls, &OutputOptions::default())
+            .with_context(|| format!("opening output {}", a.output.join(", ")))?;
+        tracing::info!(
+            input = %a.input,
+            output = %a.output.join(", "),
+            scrambling = algorithm.name(),
+            "scrambling"
+        );
+        let stage = sc.stage(scrambler, live_input);
+        Ok(Channel {
+            name: name.to_owned(),
+            spec: spec.clone(),
+            stage,
+            input,
+            output,
+            sc,
+            _live_cas: live_cas,
+            to_stdout: output_urls.iter().any(|u| matches!(u, OutputUrl::Stdout)),
+        })
+    }
+
+    /// The channel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The scrambler (counters, PIDs).
+    pub fn scrambler(&self) -> &Scrambler {
+        self.stage.scrambler()
+    }
+
+    /// Whether the input is a live UDP socket (the shared data plane can serve it).
+    pub fn is_udp(&self) -> bool {
+        matches!(self.input, Input::Udp(_))
+    }
+
+    /// Whether an output is stdout (a report then goes to stderr).
+    pub fn writes_stdout(&self) -> bool {
+        self.to_stdout
+    }
+
+    /// The run loop's settings from the spec, with `stop`.
+    pub fn run_options(&self, stop: Arc<AtomicBool>) -> RunOptions {
+        RunOptions {
+            batch_packets: self.spec.batch,
+            idle_timeout: self.spec.idle_timeout,
+            stop,
+            ..RunOptions::default()
+        }
+    }
+
+    /// Run on threads of the channel's own (input, cipher, output) until the input ends,
+    /// idles out or `stop` is set.
+    pub fn run(&mut self, stop: Arc<AtomicBool>) -> Result<RunEnd, HeadendError> {
+        let opts = self.run_options(stop);
+        let end = run_stage(&mut self.input, &mut self.output, &mut self.stage, &opts)?;
+        tracing::info!(?end, "run ended");
+        Ok(end)
+    }
+
+    /// The parts the shared data plane drives.
+    pub(crate) fn parts_mut(&mut self) -> (&mut Input, &mut StopOnRefusal, &mut OutputSet) {
+        (&mut self.input, &mut self.stage, &mut self.output)
+    }
+
+    /// Close the outputs, stop the SimulCrypt parts, log the counters and report.
+    pub fn finish(self, end: Result<RunEnd, HeadendError>) -> ChannelReport {
+        let outputs = self.output.status();
+        for o in &outputs {
+            tracing::info!(output = %o.name, packets_out = o.stats.packets_out,
+                send_errors = o.stats.send_errors, queue_drops = o.stats.queue_drops,
+                failed = o.error.as_deref().unwrap_or("no"), "output");
+        }
+        let close = self.output.close(Duration::from_secs(2));
+        let io = self.input.stats().snapshot();
+        tracing::info!(
+            datagrams_in = io.datagrams_in,
+            sync_losses = io.sync_losses,
+            dropped_bytes = io.dropped_bytes,
+            rtp_gaps = io.rtp_gaps,
+            queue_drops = io.queue_drops,
+            "input"
+        );
+        self.sc.finish();
+        let s = self.stage.scrambler();
+        let c = s.counters();
+        let t = c.totals();
+        let st = &c.stream;
+        let pids: Vec<String> = s.scrambled_pids().iter().map(|p| p.to_string()).collect();
+        tracing::info!(
+            packets_in = st.packets_in,
+            packets_out = st.packets_out,
+            scrambled = t.scrambled,
+            already_scrambled = t.already_scrambled,
+            inserted = t.inserted,
+            dropped = t.dropped,
+            key_switches = st.key_switches,
+            psi_errors = st.psi_errors,
+            scrambled_pids = %pids.join(","),
+            "done"
+        );
+        for r in c.report().pids {
+            tracing::debug!(pid = r.pid, counters = ?r.counters, "pid");
+        }
+        ChannelReport {
+            name: self.name,
+            unscrambled: (!self.spec.allow_unscrambled)
+                .then(|| nothing_scrambled(s))
+                .flatten(),
+            counters: c.report(),
+            input: io,
+            outputs,
+            end,
+            close,
+            to_stdout: self.to_stdout,
+            ran: true,
+        }
+    }
+}
+
+/// How a channel's run went.
+#[derive(Debug)]
+pub struct ChannelReport {
+    pub name: String,
+    /// The scrambler's counters.
+    pub counters: crate::scramble::stats::Report,
+    pub input: IoStatsSnapshot,
+    pub outputs: Vec<OutputStatus>,
+    /// Why the run ended, or its error.
+    pub end: Result<RunEnd, HeadendError>,
+    /// Closing the outputs.
+    pub close: Result<(), IoError>,
+    /// Why a run that was to scramble did not (unless the spec allows it).
+    pub unscrambled: Option<String>,
+    /// Whether an output was stdout.
+    pub to_stdout: bool,
+    /// Whether the channel started (false: it failed while opening).
+    pub ran: bool,
+}
+
+impl ChannelReport {
+    /// The run's outcome: its error, the outputs' close error, or an unscrambled run.
+    pub fn result(&mut self) -> Result<(), HeadendError> {
+        std::mem::replace(&mut self.end, Ok(RunEnd::EndOfStream))?;
+        if let Err(e) = std::mem::replace(&mut self.close, Ok(())) {
+            return Err(HeadendError::Failed {
+                what: "closing the outputs".to_owned(),
+                source: Box::new(e),
+            });
+        }
+        match self.unscrambled.take() {
+            Some(why) => Err(HeadendError::Config(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why a run scrambled nothing, or was asked for a service the PAT lacks: an operator who
+/// asked for scrambling must not get a clear stream and a status of 0.
+fn nothing_scrambled(s: &Scrambler) -> Option<String> {
+    let missing = s.missing_services();
+    if !missing.is_empty() {
+        return Some(format!(
+            "service(s) {missing:?} asked for with --service are not in the input's PAT \
+             (castmux probe INPUT lists the programs; --allow-unscrambled accepts this)"
+        ));
+    }
+    let c = s.counters();
+    if c.totals().scrambled > 0 {
+        return None;
+    }
+    let why = if c.stream.packets_in == 0 {
+        "no packet came in"
+    } else if !s.pat_known() {
+        "no complete PAT was found in the input"
+    } else if s.scrambled_pids().is_empty() {
+        "the selected services have no elementary stream to scramble (see --only-pid, \
+         --exclude-pid, --no-audio)"
+    } else {
+        "the elementary streams carried no clear payload (already scrambled, or no payload)"
+    };
+    Some(format!(
+        "nothing was scrambled: {why} (--allow-unscrambled accepts this)"
+    ))
+}

@@ -1,0 +1,270 @@
+//! The head-end file of `castmux headend` (docs/headend.md): TOML with an optional `[emmg]`
+//! table and one `[[channel]]` table per channel. A channel is written in the typed form
+//! (the [`ChannelSpec`] fields: `input`, `output`, `service`, …) or, as files written for
+//! earlier versions do, as `args = "…"` (the `castmux scramble` options, which the command
+//! line parses into the same spec). [`HeadendPlan`] is the file checked.
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use super::error::HeadendError;
+use super::spec::ChannelSpec;
+use crate::net::AcceptLimits;
+use crate::ts::Pid;
+
+/// Why a head-end file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadendFileError {
+    /// Not TOML, or not the head-end file's shape (unknown keys are refused).
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+}
+
+/// The file, as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadendFile {
+    /// `[emmg]`: the shared EMMG<->MUX port, if any.
+    pub emmg: Option<EmmgPort>,
+    /// `[[channel]]` tables, in file order.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelEntry>,
+}
+
+impl HeadendFile {
+    /// Read a head-end file's text.
+    pub fn parse(text: &str) -> Result<HeadendFile, HeadendFileError> {
+        Ok(toml::from_str(text)?)
+    }
+}
+
+/// `[emmg]`: the shared EMMG<->MUX port.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmmgPort {
+    /// Where EMMGs connect (TCP, and UDP data_provision on the same port), as written.
+    pub listen: String,
+    /// The PID the cloned EMMs go out on in every channel that names none (a number or a
+    /// string such as "0x1FF1").
+    pub emm_pid: PidValue,
+    /// EMMG connections at once. Default 16.
+    pub max_connections: Option<usize>,
+    /// EMMG connections from one IP address at once. Default three quarters of
+    /// max_connections.
+    pub max_connections_per_address: Option<usize>,
+    /// Time from connect to an accepted channel_setup, e.g. "5s". Default 5 s.
+    pub handshake_timeout: Option<String>,
+}
+
+/// A PID as a TOML number or string, checked by the caller.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PidValue {
+    /// `emm_pid = 8177`.
+    Number(u16),
+    /// `emm_pid = "0x1FF1"`.
+    Text(String),
+}
+
+/// One `[[channel]]`.
+#[derive(Debug, Deserialize)]
+pub struct ChannelEntry {
+    /// The channel's name (log lines, errors).
+    pub name: String,
+    /// The channel's `castmux scramble` options: one string split at whitespace, or a list.
+    /// Absent in the typed form.
+    pub args: Option<ArgsValue>,
+    /// Take the `[emmg]` port's EMMs. Default true when `[emmg]` is there.
+    pub emm_clone: Option<bool>,
+    /// The typed form's fields (a [`ChannelSpec`]), checked by [`HeadendPlan::from_file`].
+    #[serde(flatten)]
+    pub fields: toml::Table,
+}
+
+/// A channel's options, as one line or as a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ArgsValue {
+    /// One string, split at whitespace (no shell quoting).
+    Line(String),
+    /// One string per word.
+    List(Vec<String>),
+}
+
+impl ArgsValue {
+    /// The words, as a command line parser takes them.
+    pub fn words(&self) -> Vec<String> {
+        match self {
+            ArgsValue::Line(l) => l.split_whitespace().map(str::to_owned).collect(),
+            ArgsValue::List(v) => v.clone(),
+        }
+    }
+}
+
+/// The `[emmg]` table, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmmgPlan {
+    pub listen: SocketAddr,
+    /// The PID the cloned EMMs go out on in channels that name none.
+    pub emm_pid: Pid,
+    pub accept: AcceptLimits,
+}
+
+/// One channel, checked.
+#[derive(Debug, Clone)]
+pub struct ChannelPlan {
+    pub name: String,
+    pub spec: ChannelSpec,
+    /// Takes the `[emmg]` port's EMMs.
+    pub emm_clone: bool,
+}
+
+/// What a head-end file asks for, checked.
+#[derive(Debug, Clone)]
+pub struct HeadendPlan {
+    pub emmg: Option<EmmgPlan>,
+    pub channels: Vec<ChannelPlan>,
+}
+
+impl HeadendPlan {
+    /// One channel and nothing else (`castmux scramble`).
+    pub fn single(name: &str, spec: ChannelSpec) -> HeadendPlan {
+        HeadendPlan {
+            emmg: None,
+            channels: vec![ChannelPlan {
+                name: name.to_owned(),
+                spec,
+                emm_clone: false,
+            }],
+        }
+    }
+
+    /// Check a head-end file's text. `parse_args` turns an `args` channel's words into a
+    /// spec (the command line's parser); the typed form is read here.
+    pub fn from_file(
+        text: &str,
+        parse_args: &dyn Fn(&[String]) -> Result<ChannelSpec, String>,
+    ) -> Result<HeadendPlan, HeadendError> {
+        let file = HeadendFile::parse(text)
+            .map_err(|e| HeadendError::Config(format!("not a head-end file: {e}")))?;
+        let emmg = file.emmg.as_ref().map(emmg_plan).transpose()?;
+        if file.channels.is_empty() {
+            return Err(HeadendError::Config(
+                "no [[channel]]; each channel needs a name, and input and output (or args)"
+                    .to_owned(),
+            ));
+        }
+        let mut channels: Vec<ChannelPlan> = Vec::with_capacity(file.channels.len());
+        for c in file.channels {
+            let bad = |e: String| HeadendError::Config(format!("channel {:?}: {e}", c.name));
+            if c.name.trim().is_empty() {
+                return Err(HeadendError::Config(
+                    "a [[channel]] has an empty name".to_owned(),
+                ));
+            }
+            if channels.iter().any(|o| o.name == c.name) {
+                return Err(HeadendError::Config(format!(
+                    "two channels are named {:?}; names must differ",
+                    c.name
+                )));
+            }
+            let spec = match (&c.args, c.fields.is_empty()) {
+                (Some(args), true) => parse_args(&args.words()).map_err(bad)?,
+                (Some(_), false) => {
+                    let keys: Vec<&str> = c.fields.keys().map(String::as_str).collect();
+                    return Err(bad(format!(
+                        "give args or the typed fields, not both (typed: {})",
+                        keys.join(", ")
+                    )));
+                }
+                (None, _) => {
+                    let spec: ChannelSpec = toml::Value::Table(c.fields.clone())
+                        .try_into()
+                        .map_err(|e: toml::de::Error| bad(e.message().to_owned()))?;
+                    spec.check().map_err(bad)?;
+                    spec
+                }
+            };
+            // one process has one stdin and one stdout
+            let (stdin, stdout) = spec.uses_stdio();
+            let (stdin_taken, stdout_taken) = channels
+                .iter()
+                .map(|o| o.spec.uses_stdio())
+                .fold((false, false), |a, b| (a.0 || b.0, a.1 || b.1));
+            if stdin && stdin_taken {
+                return Err(bad("another channel already reads stdin (-i -)".to_owned()));
+            }
+            if stdout && stdout_taken {
+                return Err(bad(
+                    "another channel already writes stdout (-o -)".to_owned()
+                ));
+            }
+            let emm_clone = c.emm_clone.unwrap_or(emmg.is_some());
+            if emm_clone && emmg.is_none() {
+                return Err(bad(
+                    "emm_clone needs an [emmg] table (listen, emm_pid)".to_owned()
+                ));
+            }
+            channels.push(ChannelPlan {
+                name: c.name,
+                spec,
+                emm_clone,
+            });
+        }
+        Ok(HeadendPlan { emmg, channels })
+    }
+}
+
+/// The `[emmg]` table checked.
+fn emmg_plan(e: &EmmgPort) -> Result<EmmgPlan, HeadendError> {
+    let bad = |what: &str, e: String| HeadendError::Config(format!("[emmg] {what}: {e}"));
+    let listen = e.listen.parse().map_err(|_| {
+        HeadendError::Config(format!(
+            "[emmg] listen = {:?}: expected ADDR:PORT",
+            e.listen
+        ))
+    })?;
+    let emm_pid = match &e.emm_pid {
+        PidValue::Number(n) => crate::value::pid(&n.to_string()),
+        PidValue::Text(t) => crate::value::pid(t),
+    }
+    .map_err(|err| bad("emm_pid", err))?;
+    let defaults = crate::simulcrypt::EmmMuxConfig::default().accept;
+    let handshake = match &e.handshake_timeout {
+        Some(t) => crate::value::duration(t).map_err(|err| bad("handshake_timeout", err))?,
+        None => defaults.handshake_timeout(),
+    };
+    let accept = AcceptLimits::new(
+        e.max_connections.unwrap_or(defaults.max_connections()),
+        e.max_connections_per_address,
+        handshake,
+    )
+    .map_err(|err| HeadendError::Config(format!("[emmg]: {err}")))?;
+    Ok(EmmgPlan {
+        listen,
+        emm_pid,
+        accept,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_both_args_forms_and_refuses_unknown_keys() {
+        let f = HeadendFile::parse(
+            "[emmg]\nlisten = \"127.0.0.1:1\"\nemm_pid = 8177\n\
+             [[channel]]\nname = \"a\"\nargs = \" -i  x \"\n\
+             [[channel]]\nname = \"b\"\nargs = [\"-o\", \"a b\"]\nemm_clone = false\n",
+        )
+        .unwrap();
+        assert!(matches!(f.emmg.unwrap().emm_pid, PidValue::Number(8177)));
+        assert_eq!(f.channels[0].args.as_ref().unwrap().words(), ["-i", "x"]);
+        assert_eq!(f.channels[1].args.as_ref().unwrap().words(), ["-o", "a b"]);
+        assert_eq!(f.channels[1].emm_clone, Some(false));
+        let e = HeadendFile::parse("colour = 1\n").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,305 @@
+//! The shared data plane: a fixed set of worker threads serves every channel whose input
+//! is a UDP socket, instead of three threads per channel.
+//!
+//! Each worker owns a share of the channels and waits on all their sockets at once with
+//! epoll. A wake-up reads what every ready socket holds (recvmmsg, into the channel's
+//! batch), runs it through the channel's scrambler and writes it to the channel's outputs.
+//! An idle channel costs nothing: no thread, no timer, no poll of its own. A channel whose
+//! outputs keep a short datagram back gets it sent once the channel has been quiet for the
+//! flush interval, so the added latency is bounded. A channel that fails (its outputs all
+//! gone, its ECMG refusing a file run) leaves the epoll set; the others go on.
+
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+
+use super::channel::Channel;
+use super::error::{Context, HeadendError};
+use crate::io::{PacketBatch, ReadStatus};
+use crate::scramble::{PacketStage, RunEnd};
+
+/// Batches one channel may take per wake-up before the others get their turn (its socket
+/// stays ready, so the next wake-up comes back to it).
+const ROUNDS_PER_WAKE: usize = 4;
+/// The longest sleep, so the stop flag and idle timeouts are seen.
+const TICK: Duration = Duration::from_millis(100);
+/// Events taken per epoll_wait.
+const EVENTS: usize = 256;
+
+/// Settings of the data plane.
+#[derive(Debug, Clone)]
+pub struct PlaneOptions {
+    /// Worker threads. Default: the cores.
+    pub workers: usize,
+    /// Longest time a short output datagram is held while its channel is quiet. Default 2 ms.
+    pub flush_interval: Duration,
+}
+
+impl Default for PlaneOptions {
+    fn default() -> Self {
+        PlaneOptions {
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            flush_interval: Duration::from_millis(2),
+        }
+    }
+}
+
+/// A channel on a worker, with its buffers.
+struct Slot {
+    ch: Channel,
+    batch: PacketBatch,
+    out: Vec<u8>,
+    last_data: Instant,
+    /// Written since the last flush.
+    dirty: bool,
+    idle_timeout: Option<Duration>,
+    end: Option<Result<RunEnd, HeadendError>>,
+}
+
+/// Run `channels` (each with a UDP input) on the shared workers until every one has ended
+/// (idle timeout, failure) or `stop` is set. Gives each channel back with how it ended.
+pub fn run(
+    channels: Vec<Channel>,
+    opts: &PlaneOptions,
+    stop: &Arc<AtomicBool>,
+    log_failures: bool,
+) -> Vec<(Channel, Result<RunEnd, HeadendError>)> {
+    if channels.is_empty() {
+        return Vec::new();
+    }
+    let workers = opts.workers.clamp(1, channels.len());
+    let mut shares: Vec<Vec<Channel>> = (0..workers).map(|_| Vec::new()).collect();
+    for (i, ch) in channels.into_iter().enumerate() {
+        shares[i % workers].push(ch);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(w, share)| {
+                let stop = Arc::clone(stop);
+                let flush = opts.flush_interval;
+                std::thread::Builder::new()
+                    .name(format!("castmux-plane-{w}"))
+                    .spawn_scoped(scope, move || worker(share, flush, &stop, log_failures))
+            })
+            .collect();
+        let mut ended = Vec::new();
+        for h in handles {
+            match h {
+                Ok(h) => match h.join() {
+                    Ok(v) => ended.extend(v),
+                    // the channels of a panicked worker are lost with it: say so
+                    Err(_) => tracing::error!("a data-plane worker panicked"),
+                },
+                Err(e) => tracing::error!(error = %e, "cannot start a data-plane worker"),
+            }
+        }
+        ended
+    })
+}
+
+fn worker(
+    channels: Vec<Channel>,
+    flush_interval: Duration,
+    stop: &AtomicBool,
+    log_failures: bool,
+) -> Vec<(Channel, Result<RunEnd, HeadendError>)> {
+    let now = Instant::now();
+    let mut slots: Vec<Slot> = channels
+        .into_iter()
+        .map(|ch| {
+            let batch_packets = ch.run_options(Arc::default()).batch_packets.max(1);
+            let idle_timeout = ch.run_options(Arc::default()).idle_timeout;
+            Slot {
+                ch,
+                batch: PacketBatch::with_capacity(batch_packets),
+                // a batch plus what the mux adds to it (PMT, ECM, CAT, EMM packets)
+                out: Vec::with_capacity((batch_packets + 64) * 188),
+                last_data: now,
+                dirty: false,
+                idle_timeout,
+                end: None,
+            }
+        })
+        .collect();
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create") {
+        Ok(e) => Some(e),
+        Err(e) => {
+            let msg = e.to_string();
+            for s in &mut slots {
+                s.end = Some(Err(HeadendError::Config(msg.clone())));
+            }
+            None
+        }
+    };
+    if let Some(epoll) = &epoll {
+        for (i, s) in slots.iter_mut().enumerate() {
+            let added = match s.ch.parts_mut().0.udp_fd() {
+                Some(fd) => epoll
+                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+                    .context("epoll_ctl"),
+                None => Err(HeadendError::Config(
+                    "the data plane serves UDP inputs only".to_owned(),
+                )),
+            };
+            if let Err(e) = added {
+                s.end = Some(Err(e));
+            }
+        }
+        serve(epoll, &mut slots, flush_interval, stop, log_failures);
+    }
+    slots
+        .into_iter()
+        .map(|s| {
+            let end = s.end.unwrap_or(Ok(RunEnd::Stopped));
+            (s.ch, end)
+        })
+        .collect()
+}
+
+fn serve(
+    epoll: &Epoll,
+    slots: &mut [Slot],
+    flush_interval: Duration,
+    stop: &AtomicBool,
+    log_failures: bool,
+) {
+    let mut events = [EpollEvent::empty(); EVENTS];
+    let mut last_tick = Instant::now();
+    let mut dirty: Vec<usize> = Vec::with_capacity(slots.len());
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            for s in slots.iter_mut().filter(|s| s.end.is_none()) {
+                finish_output(s);
+                s.end = Some(Ok(RunEnd::Stopped));
+            }
+            return;
+        }
+        if slots.iter().all(|s| s.end.is_some()) {
+            return;
+        }
+        let wait = if dirty.is_empty() {
+            TICK
+        } else {
+            flush_interval
+        };
+        let n = match epoll.wait(&mut events, crate::io::poll_timeout(wait)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "epoll_wait failed; the worker's channels stop");
+                for s in slots.iter_mut().filter(|s| s.end.is_none()) {
+                    s.end = Some(Err(HeadendError::Config(format!("epoll_wait: {e}"))));
+                }
+                return;
+            }
+        };
+        let now = Instant::now();
+        for ev in &events[..n] {
+            let i = ev.data() as usize;
+            let Some(s) = slots.get_mut(i) else { continue };
+            if s.end.is_some() {
+                continue;
+            }
+            if let Err(e) = pump(s, now) {
+                fail(epoll, s, e, log_failures);
+                continue;
+            }
+            if s.dirty && !dirty.contains(&i) {
+                dirty.push(i);
+            }
+        }
+        // channels quiet for the flush interval: move their clocks on, send what is held
+        dirty.retain(|&i| {
+            let s = &mut slots[i];
+            if s.end.is_some() {
+                return false;
+            }
+            if now.duration_since(s.last_data) < flush_interval {
+                return true;
+            }
+            let (_, stage, output) = s.ch.parts_mut();
+            let res = stage
+                .idle()
+                .map_err(HeadendError::from)
+                .and_then(|()| output.flush().context("output"));
+            s.dirty = false;
+            if let Err(e) = res {
+                fail(epoll, s, e, log_failures);
+            }
+            false
+        });
+        if now.duration_since(last_tick) >= TICK {
+            last_tick = now;
+            for s in slots.iter_mut().filter(|s| s.end.is_none()) {
+                if s.idle_timeout
+                    .is_some_and(|limit| now.duration_since(s.last_data) >= limit)
+                {
+                    finish_output(s);
+                    let _ = s.ch.parts_mut().0.udp_fd().map(|fd| epoll.delete(fd));
+                    s.end = Some(Ok(RunEnd::Idle));
+                }
+            }
+        }
+    }
+}
+
+/// Read what the channel's socket holds, scramble it, write it out.
+fn pump(s: &mut Slot, now: Instant) -> Result<(), HeadendError> {
+    for _ in 0..ROUNDS_PER_WAKE {
+        let (input, stage, output) = s.ch.parts_mut();
+        let status = input
+            .read_batch(&mut s.batch, Duration::ZERO)
+            .context("input")?;
+        match status {
+            ReadStatus::Packets(_) => {
+                s.last_data = now;
+                s.out.clear();
+                stage.process_batch(&mut s.batch, &mut s.out)?;
+                output.write_batch(&s.out).context("output")?;
+                s.dirty = true;
+                if !s.batch.is_full() {
+                    return Ok(());
+                }
+            }
+            ReadStatus::TimedOut | ReadStatus::EndOfStream => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+fn finish_output(s: &mut Slot) {
+    if let Err(e) = s.ch.parts_mut().2.flush() {
+        tracing::debug!(error = %e, "flush at the end");
+    }
+}
+
+fn fail(epoll: &Epoll, s: &mut Slot, e: HeadendError, log: bool) {
+    if log {
+        tracing::error!(channel = %s.ch.name(), error = %ErrorChain(&e), "channel failed");
+    }
+    if let Some(fd) = s.ch.parts_mut().0.udp_fd() {
+        let _ = epoll.delete(fd.as_fd());
+    }
+    s.end = Some(Err(e));
+}
+
+/// An error with its causes, `a: b: c`.
+pub(crate) struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(e) = src {
+            write!(f, ": {e}")?;
+            src = e.source();
+        }
+        Ok(())
+    }
+}

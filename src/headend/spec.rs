@@ -1,0 +1,446 @@
+//! The typed channel spec: everything one scrambled channel is (what `castmux scramble`'s
+//! options say, field for field), as the head-end file's typed `[[channel]]` form and as
+//! the command line's options become it. Values are checked here, by the same parsers the
+//! command line uses, so a file and a command line accept and refuse the same things.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::ecmg_spec::EcmgSpec;
+use crate::scramble::config::{DEFAULT_CA_SYSTEM_ID, DEFAULT_CRYPTO_PERIOD};
+use crate::ts::Pid;
+use crate::value;
+
+/// The scrambling algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scrambling {
+    /// DVB-CSA2, 8-byte CWs.
+    #[default]
+    Csa2,
+    /// DVB-CISSA (AES-128-CBC), 16-byte CWs.
+    Cissa,
+    /// ATIS-IDSA (AES-128-CBC), 16-byte CWs.
+    Idsa,
+}
+
+impl Scrambling {
+    /// The engine's algorithm.
+    pub fn algorithm(self) -> csa::Algorithm {
+        match self {
+            Scrambling::Csa2 => csa::Algorithm::Csa2,
+            Scrambling::Cissa => csa::Algorithm::Cissa,
+            Scrambling::Idsa => csa::Algorithm::Idsa,
+        }
+    }
+}
+
+/// Where ECMs and EMMs come from besides SimulCrypt ECMGs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CasKind {
+    /// castmux's own CAS: ECMs under the store's service keys, EMMs for every card.
+    Builtin,
+}
+
+/// One channel: input, outputs, what is scrambled and how, where ECMs and EMMs come from.
+/// `Default` gives `castmux scramble`'s defaults (no input or output yet).
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// `udp://…`, `srt://…`, a file, or `-` for stdin.
+    pub input: String,
+    /// One or more outputs; each gets the same packets.
+    #[serde(deserialize_with = "one_or_many")]
+    pub output: Vec<String>,
+    /// Services (program_number) to scramble; empty: every service in the PAT.
+    #[serde(deserialize_with = "u16_list")]
+    pub service: Vec<u16>,
+    /// Fixed control word(s), hex EVEN or EVEN:ODD (a secret: never printed).
+    pub cw: Option<String>,
+    #[serde(deserialize_with = "crypto_period")]
+    pub crypto_period: Duration,
+    /// Where every CW in use is written, one line per period.
+    pub cw_log: Option<PathBuf>,
+    #[serde(deserialize_with = "opt_pid")]
+    pub ecm_pid: Option<Pid>,
+    #[serde(deserialize_with = "opt_pid")]
+    pub emm_pid: Option<Pid>,
+    pub scrambling: Scrambling,
+    pub cas: Option<CasKind>,
+    /// TVCAS-style access criteria (0/1 digits, or 0x + hex); with an ECMG, its hex bytes.
+    pub access_criteria: Option<String>,
+    /// With `cas = "builtin"`: the channel's packages by name.
+    pub packages: Vec<String>,
+    /// With `cas = "builtin"`: EMM bandwidth in bit/s.
+    #[serde(deserialize_with = "emm_bitrate")]
+    pub emm_bitrate: u64,
+    pub no_audio: bool,
+    #[serde(deserialize_with = "pid_list")]
+    pub only_pid: Vec<Pid>,
+    #[serde(deserialize_with = "pid_list")]
+    pub exclude_pid: Vec<Pid>,
+    pub allow_unscrambled: bool,
+    pub component_level: bool,
+    pub no_cw_checksum: bool,
+    #[serde(deserialize_with = "hex_u16")]
+    pub ca_system_id: u16,
+    /// SimulCrypt delay_start in ms (negative: ECM content before the key switch).
+    #[serde(deserialize_with = "opt_signed_millis")]
+    pub delay_start: Option<i64>,
+    #[serde(deserialize_with = "opt_ecm_repetition")]
+    pub ecm_repetition: Option<Duration>,
+    pub wall_clock: bool,
+    /// Packets per batch handed to the cipher.
+    #[serde(deserialize_with = "batch")]
+    pub batch: usize,
+    #[serde(deserialize_with = "opt_idle_timeout")]
+    pub idle_timeout: Option<Duration>,
+    /// SimulCrypt ECMGs, one per CAS: `HOST:PORT[?key=value&…]`.
+    #[serde(deserialize_with = "ecmg_list")]
+    pub ecmg: Vec<EcmgSpec>,
+    #[serde(deserialize_with = "opt_hex_u32")]
+    pub super_cas_id: Option<u32>,
+    #[serde(deserialize_with = "u16_value")]
+    pub channel_id: u16,
+    #[serde(deserialize_with = "u16_value")]
+    pub stream_id: u16,
+    #[serde(deserialize_with = "u16_value")]
+    pub ecm_id: u16,
+    pub ecmg_version: Option<u8>,
+    /// Listen for SimulCrypt EMMGs (EMMG<->MUX) for this channel alone.
+    pub emmg_listen: Option<SocketAddr>,
+    pub emmg_max_connections: usize,
+    pub emmg_max_connections_per_address: Option<usize>,
+    #[serde(deserialize_with = "duration")]
+    pub emmg_handshake_timeout: Duration,
+}
+
+impl Default for ChannelSpec {
+    fn default() -> Self {
+        ChannelSpec {
+            input: String::new(),
+            output: Vec::new(),
+            service: Vec::new(),
+            cw: None,
+            crypto_period: DEFAULT_CRYPTO_PERIOD,
+            cw_log: None,
+            ecm_pid: None,
+            emm_pid: None,
+            scrambling: Scrambling::Csa2,
+            cas: None,
+            access_criteria: None,
+            packages: Vec::new(),
+            emm_bitrate: 50_000,
+            no_audio: false,
+            only_pid: Vec::new(),
+            exclude_pid: Vec::new(),
+            allow_unscrambled: false,
+            component_level: false,
+            no_cw_checksum: false,
+            ca_system_id: DEFAULT_CA_SYSTEM_ID,
+            delay_start: None,
+            ecm_repetition: None,
+            wall_clock: false,
+            batch: 512,
+            idle_timeout: None,
+            ecmg: Vec::new(),
+            super_cas_id: None,
+            channel_id: 1,
+            stream_id: 1,
+            ecm_id: 1,
+            ecmg_version: None,
+            emmg_listen: None,
+            emmg_max_connections: 16,
+            emmg_max_connections_per_address: None,
+            emmg_handshake_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl std::fmt::Debug for ChannelSpec {
+    // the CW is a key: Debug names whether one is set, never its value
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSpec")
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .field("service", &self.service)
+            .field("cw", &self.cw.as_ref().map(|_| "<set>"))
+            .field("crypto_period", &self.crypto_period)
+            .field("cas", &self.cas)
+            .field(
+                "ecmg",
+                &self.ecmg.iter().map(|e| &e.addr).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChannelSpec {
+    /// Check what serde cannot: the relations between fields (the command line's clap
+    /// rules, for a file). The message names the field.
+    pub fn check(&self) -> Result<(), String> {
+        if self.input.trim().is_empty() {
+            return Err("input is missing (udp://…, srt://…, a file or -)".to_owned());
+        }
+        if self.output.is_empty() {
+            return Err("output is missing (one or a list)".to_owned());
+        }
+        if self.cas.is_some() && self.cw.is_some() {
+            return Err("cas and cw exclude each other (a CAS rotates the CWs)".to_owned());
+        }
+        if self.access_criteria.is_some() && !self.packages.is_empty() {
+            return Err("give access_criteria or packages, not both".to_owned());
+        }
+        if !self.packages.is_empty() && self.cas.is_none() {
+            return Err("packages needs cas = \"builtin\"".to_owned());
+        }
+        if !self.only_pid.is_empty() && !self.exclude_pid.is_empty() {
+            return Err("only_pid and exclude_pid exclude each other".to_owned());
+        }
+        if self.super_cas_id.is_some() && self.ecmg.is_empty() {
+            return Err("super_cas_id needs ecmg".to_owned());
+        }
+        if self.ecmg_version.is_some_and(|v| !(2..=3).contains(&v)) {
+            return Err("ecmg_version is 2 or 3".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The `emmg_*` connection bounds of the channel's own EMMG<->MUX port.
+    pub fn emmg_accept_limits(&self) -> Result<crate::net::AcceptLimits, super::HeadendError> {
+        crate::net::AcceptLimits::new(
+            self.emmg_max_connections,
+            self.emmg_max_connections_per_address,
+            self.emmg_handshake_timeout,
+        )
+        .map_err(|e| {
+            super::HeadendError::Config(format!(
+                "--emmg-max-connections, --emmg-max-connections-per-address, \
+                 --emmg-handshake-timeout: {e}"
+            ))
+        })
+    }
+
+    /// Whether the channel reads stdin / writes stdout (`-`): one process has one of each.
+    pub fn uses_stdio(&self) -> (bool, bool) {
+        (self.input == "-", self.output.iter().any(|o| o == "-"))
+    }
+}
+
+/// A TOML value written as a number or a string.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Word {
+    Number(i64),
+    Text(String),
+}
+
+impl Word {
+    fn text(self) -> String {
+        match self {
+            Word::Number(n) => n.to_string(),
+            Word::Text(t) => t,
+        }
+    }
+}
+
+fn parsed<'de, D, T>(d: D, parse: impl Fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let w = Word::deserialize(d)?;
+    parse(&w.text()).map_err(de::Error::custom)
+}
+
+fn parsed_opt<'de, D, T>(
+    d: D,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    parsed(d, parse).map(Some)
+}
+
+fn parsed_list<'de, D, T>(
+    d: D,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<Word>),
+        One(Word),
+    }
+    let words = match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(w) => vec![w],
+    };
+    words
+        .into_iter()
+        .map(|w| parse(&w.text()).map_err(de::Error::custom))
+        .collect()
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    parsed_list(d, |s| Ok(s.to_owned()))
+}
+
+fn u16_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    parsed_list(d, value::u16_number)
+}
+
+fn pid_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pid>, D::Error> {
+    parsed_list(d, value::pid)
+}
+
+fn ecmg_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EcmgSpec>, D::Error> {
+    parsed_list(d, str::parse)
+}
+
+fn opt_pid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pid>, D::Error> {
+    parsed_opt(d, value::pid)
+}
+
+fn crypto_period<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parsed(d, value::crypto_period)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    parsed(d, value::duration)
+}
+
+fn emm_bitrate<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    parsed(d, value::emm_bandwidth)
+}
+
+fn hex_u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    // a TOML number is the value itself (0x5510 in TOML is hex already)
+    let w = Word::deserialize(d)?;
+    match w {
+        Word::Number(n) => {
+            u16::try_from(n).map_err(|_| de::Error::custom(format!("{n} is over 0xFFFF")))
+        }
+        Word::Text(t) => value::hex_u16(&t).map_err(de::Error::custom),
+    }
+}
+
+fn opt_hex_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let w = Word::deserialize(d)?;
+    match w {
+        Word::Number(n) => u32::try_from(n)
+            .map(Some)
+            .map_err(|_| de::Error::custom(format!("{n} is over 0xFFFFFFFF"))),
+        Word::Text(t) => value::hex_u32(&t).map(Some).map_err(de::Error::custom),
+    }
+}
+
+fn u16_value<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    parsed(d, value::u16_number)
+}
+
+fn opt_signed_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    parsed_opt(d, value::signed_millis)
+}
+
+fn opt_ecm_repetition<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed_opt(d, value::ecm_repetition)
+}
+
+fn opt_idle_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed_opt(d, value::stream_idle_timeout)
+}
+
+fn batch<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    parsed(d, value::batch_packets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(text: &str) -> Result<ChannelSpec, String> {
+        toml::from_str::<ChannelSpec>(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn values_are_read_as_the_command_line_reads_them() {
+        let s = spec(
+            r#"
+            input = "udp://239.1.1.1:1234"
+            output = "udp://239.2.2.1:1234"
+            service = [101, "0x66"]
+            crypto_period = "500ms"
+            ecm_pid = "0x1FF0"
+            emm_pid = 8177
+            ca_system_id = 0x4AE1
+            delay_start = "-500ms"
+            ecmg = "127.0.0.1:43000?super_cas_id=4AE10000"
+            only_pid = 256
+            emm_bitrate = "1M"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.output, ["udp://239.2.2.1:1234"]);
+        assert_eq!(s.service, [101, 0x66]);
+        assert_eq!(s.crypto_period, Duration::from_millis(500));
+        assert_eq!(s.ecm_pid, Some(Pid::new(0x1FF0)));
+        assert_eq!(s.emm_pid, Some(Pid::new(0x1FF1)));
+        assert_eq!(s.ca_system_id, 0x4AE1);
+        assert_eq!(s.delay_start, Some(-500));
+        assert_eq!(s.ecmg[0].super_cas_id, Some(0x4AE1_0000));
+        assert_eq!(s.only_pid, [Pid::new(256)]);
+        assert_eq!(s.emm_bitrate, 1_000_000);
+        assert_eq!(s.batch, 512);
+        s.check().unwrap();
+    }
+
+    #[test]
+    fn bad_values_and_relations_are_refused_by_name() {
+        for (text, says) in [
+            ("crypto_period = \"10ms\"", "out of range"),
+            ("ecm_pid = 9000", "over 8191"),
+            ("colour = 1", "colour"),
+            ("scrambling = \"des\"", "des"),
+            ("ecmg = \"nohost\"", "HOST:PORT"),
+        ] {
+            let e = spec(text).unwrap_err();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        let base = "input = \"a.ts\"\noutput = \"b.ts\"\n";
+        for (extra, says) in [
+            ("cas = \"builtin\"\ncw = \"0102030405060708\"", "exclude"),
+            ("packages = [\"a\"]", "builtin"),
+            ("only_pid = 1\nexclude_pid = 2", "exclude"),
+        ] {
+            let e = spec(&format!("{base}{extra}"))
+                .unwrap()
+                .check()
+                .unwrap_err();
+            assert!(e.contains(says), "{extra}: {e}");
+        }
+        assert!(spec("output = \"b.ts\"")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .contains("input"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_cw() {
+        let s = ChannelSpec {
+            cw: Some("0102030405060708".to_owned()),
+            ..ChannelSpec::default()
+        };
+        let d = format!("{s:?}");
+        assert!(!d.contains("0102") && d.contains("<set>"), "{d}");
+    }
+}

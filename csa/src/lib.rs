@@ -11,6 +11,8 @@
 //!   change, batches of 188-byte packets processed in place;
 //! - all `unsafe` lives in `kernel.rs` (FFI) and `reference.rs` (libdvbcsa).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod aes_modes;
 pub mod batch;
 mod hex;

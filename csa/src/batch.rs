@@ -440,7 +440,7 @@ const MAX_LANES: usize = 512;
 
 /// The storage of a lane set: payload pointers, lengths and keys waiting for
 /// a kernel call. It holds no borrow itself: only a [`Lanes`] writes and reads
-/// it, and `Lanes::new` empties it, so a store can be kept across runs.
+/// it, and `Lanes::new` empties it, so a [`MultiBatch`] keeps one across runs.
 struct LaneStore {
     ptrs: [*mut u8; MAX_LANES],
     lens: [u8; MAX_LANES],
@@ -555,5 +555,171 @@ fn scalar_payload(scramble: bool, key: &ExpandedKey, payload: &mut [u8]) {
         scalar::scramble_payload(key, payload);
     } else {
         scalar::descramble_payload(key, payload);
+    }
+}
+
+/// Scrambles and descrambles packets of many key contexts in one pass, so the
+/// CSA kernel sees full lane sets whatever key each payload uses: the batch
+/// for a worker thread that serves many channels, each handing over a few
+/// packets per wake-up.
+///
+/// `MultiBatch` is the reusable storage (two lane sets of pointers, lengths
+/// and keys, about 17 KB, allocated once in [`MultiBatch::new`]); each pass is
+/// a [`MultiRun`] from [`MultiBatch::begin`], which borrows the packet buffers
+/// and key contexts pushed into it until it ends:
+///
+/// ```
+/// # use csa::{ControlWord, KeyContext, MultiBatch, Parity};
+/// let cw = |b| ControlWord::from_bytes([b; 8]);
+/// let channels = [KeyContext::csa2(&cw(1), &cw(2)), KeyContext::csa2(&cw(3), &cw(4))];
+/// let mut buffers = vec![vec![0u8; 188 * 8], vec![0u8; 188 * 12]];
+/// for buf in &mut buffers {
+///     for p in buf.chunks_exact_mut(188) {
+///         p[0] = 0x47;
+///         p[3] = 0x10;
+///     }
+/// }
+/// let mut batch = MultiBatch::new(); // once per worker thread
+/// let mut run = batch.begin(); // once per wake-up
+/// for (ctx, buf) in channels.iter().zip(&mut buffers) {
+///     let packets = buf.len() / 188;
+///     let stats = run.scramble(ctx, buf, Parity::Even).unwrap(); // counted now, ciphered later
+///     assert_eq!(stats.processed as usize, packets);
+/// }
+/// let total = run.finish(); // the last, partial lane set
+/// assert_eq!(total.processed, 20);
+/// ```
+///
+/// The per-packet rules are [`KeyContext`]'s (the same code): whole 188-byte
+/// packets, the payload after the adaptation field, TSC set or cleared,
+/// short payloads left clear, bad sync / no payload / already scrambled
+/// skipped and counted. Each push returns its own [`BatchStats`] at once; the
+/// CSA cipher runs when a lane set is full and at [`MultiRun::finish`] (or
+/// when the run is dropped), so the kernel is called `ceil(payloads / lanes)`
+/// times per direction. AES contexts (CISSA, IDSA) are processed at the push,
+/// payload by payload. The batch's backend is used for every context (a
+/// context's own [`KeyContext::with_backend`] is not consulted).
+pub struct MultiBatch {
+    backend: Option<Backend>,
+    /// The scramble and the descramble lane sets.
+    stores: Box<[LaneStore; 2]>,
+}
+
+impl std::fmt::Debug for MultiBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiBatch")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MultiBatch {
+    fn default() -> Self {
+        MultiBatch::new()
+    }
+}
+
+impl MultiBatch {
+    /// A batch on the process-wide backend ([`crate::selected_backend`]).
+    pub fn new() -> Self {
+        MultiBatch {
+            backend: None,
+            stores: Box::new([LaneStore::new(), LaneStore::new()]),
+        }
+    }
+
+    /// Pins the batch to one CSA backend (tests and benches); None = the process-wide choice.
+    pub fn with_backend(mut self, backend: Option<Backend>) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Payloads per kernel call on this batch's backend (1 for the scalar path).
+    pub fn lanes(&self) -> usize {
+        resolve_backend(self.backend).0.lanes()
+    }
+
+    /// Starts a pass. Everything pushed into it stays borrowed until it ends.
+    pub fn begin(&mut self) -> MultiRun<'_> {
+        let [enc, dec] = &mut *self.stores;
+        MultiRun {
+            scramble: Lanes::new(enc, self.backend, true),
+            descramble: Lanes::new(dec, self.backend, false),
+            stats: BatchStats::default(),
+        }
+    }
+}
+
+/// One pass of a [`MultiBatch`]: packet buffers and key contexts pushed for
+/// `'a`, their CSA payloads run in full lane sets. End it with
+/// [`MultiRun::finish`] (dropping it does the same). Leaking it with
+/// `mem::forget` leaves the payloads of the last partial sets unprocessed
+/// with their TSC already set or cleared.
+pub struct MultiRun<'a> {
+    scramble: Lanes<'a>,
+    descramble: Lanes<'a>,
+    stats: BatchStats,
+}
+
+impl std::fmt::Debug for MultiRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiRun")
+            .field("backend", &self.scramble.backend)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> MultiRun<'a> {
+    /// Scrambles every clear packet with payload of `packets` under `ctx`'s key of `parity`.
+    pub fn scramble(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+        parity: Parity,
+    ) -> Result<BatchStats, Error> {
+        self.scramble_selected(ctx, packets, |_| Some(parity))
+    }
+
+    /// As [`KeyContext::scramble_selected`]: the packets `parity_of` selects (by index in
+    /// `packets`) are scrambled under `ctx`'s key of the parity it returns, the others are
+    /// left untouched and counted as `clear`.
+    pub fn scramble_selected(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+        parity_of: impl FnMut(usize) -> Option<Parity>,
+    ) -> Result<BatchStats, Error> {
+        let stats = ctx.push_packets(packets, &mut self.scramble, scramble_rule(parity_of))?;
+        self.stats += stats;
+        Ok(stats)
+    }
+
+    /// Descrambles every scrambled packet of `packets` with `ctx`'s key its TSC names.
+    pub fn descramble(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+    ) -> Result<BatchStats, Error> {
+        self.descramble_selected(ctx, packets, |_| true)
+    }
+
+    /// As [`KeyContext::descramble_selected`]: only the scrambled packets `select` picks.
+    pub fn descramble_selected(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+        select: impl FnMut(usize) -> bool,
+    ) -> Result<BatchStats, Error> {
+        let stats = ctx.push_packets(packets, &mut self.descramble, descramble_rule(select))?;
+        self.stats += stats;
+        Ok(stats)
+    }
+
+    /// Runs the partial lane sets and returns the pass's stats (the sum of every push's).
+    pub fn finish(mut self) -> BatchStats {
+        self.scramble.flush();
+        self.descramble.flush();
+        self.stats
     }
 }

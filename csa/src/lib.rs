@@ -27,7 +27,9 @@ pub mod scalar;
 pub mod tables;
 
 pub use aes_modes::{AesKey, AesMode};
-pub use batch::{payload_offset, Algorithm, BatchStats, KeyContext, Parity, PACKET_SIZE};
+pub use batch::{
+    payload_offset, Algorithm, BatchStats, KeyContext, MultiBatch, MultiRun, Parity, PACKET_SIZE,
+};
 pub use kernel::{
     force_backend, kernel_block_sbox, kernel_stream_sbox_truth_tables, selected_backend, Backend,
     BACKEND_ENV,

@@ -617,25 +617,34 @@ static void key_rows(const struct castmux_csa_key *const *keys, size_t n, uint8_
     }
 }
 
-/* XORs the keystream into rows 8.. of every lane, seeded by rows 0..7 (the first
- * block). The CW is `cw` in every lane, or each lane's own from key rows 0..7. */
-static void stream_xor_rows(struct scratch *sc, const uint8_t *cw, const uint8_t (*krows)[LANES],
-                            unsigned max_len) {
-    struct stream_state st;
+/* XORs the keystream into rows 8.. of every lane, seeded by rows 0..7 (the
+ * first block), from registers loaded with the CW. */
+static inline __attribute__((always_inline)) void
+stream_run(struct scratch *sc, struct stream_state *st, unsigned max_len) {
     W iv[8][8], ks[8][8];
-    if (krows) {
-        W bits[8][8];
-        for (int i = 0; i < 8; i++) row_to_bits(krows[i], bits[i]);
-        stream_load_bits(&st, bits);
-    } else {
-        stream_load_key(&st, cw);
-    }
     for (int j = 0; j < 8; j++) row_to_bits(sc->rows[j], iv[j]);
-    stream_init(&st, iv);
+    stream_init(st, iv);
     for (unsigned pos = 8; pos < max_len; pos += 8) {
-        stream_generate(&st, ks);
+        stream_generate(st, ks);
         for (int j = 0; j < 8; j++) bits_xor_row(ks[j], sc->rows[pos + j]);
     }
+}
+
+/* The one CW `cw` in every lane. */
+static void stream_xor_rows(struct scratch *sc, const uint8_t cw[8], unsigned max_len) {
+    struct stream_state st;
+    stream_load_key(&st, cw);
+    stream_run(sc, &st, max_len);
+}
+
+/* Each lane's own CW, from key rows 0..7. */
+static void stream_xor_rows_keyed(struct scratch *sc, const uint8_t (*krows)[LANES],
+                                  unsigned max_len) {
+    struct stream_state st;
+    W bits[8][8];
+    for (int i = 0; i < 8; i++) row_to_bits(krows[i], bits[i]);
+    stream_load_bits(&st, bits);
+    stream_run(sc, &st, max_len);
 }
 
 /* The two drivers. `key` is the one key of every lane, or NULL with `krows`
@@ -665,7 +674,10 @@ scramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES],
             for (int j = 0; j < 8; j++) store_group(sc.rows[8 * k + j], g, MUX(here, r[j], old[j]));
         }
     }
-    stream_xor_rows(&sc, krows ? NULL : key->cw, krows, max_len);
+    if (krows)
+        stream_xor_rows_keyed(&sc, krows, max_len);
+    else
+        stream_xor_rows(&sc, key->cw, max_len);
     scatter(&sc, data, len, n, max_len);
 }
 
@@ -678,7 +690,10 @@ descramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES
     const unsigned max_len = gather(&sc, data, len, n);
     const int blocks = (int)(max_len / 8);
     const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
-    stream_xor_rows(&sc, krows ? NULL : key->cw, krows, max_len);
+    if (krows)
+        stream_xor_rows_keyed(&sc, krows, max_len);
+    else
+        stream_xor_rows(&sc, key->cw, max_len);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
     for (int k = 0; k < blocks; k++) {
         for (int g = 0; g < ngroups; g++) {

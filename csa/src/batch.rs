@@ -655,6 +655,20 @@ impl MultiBatch {
 /// [`MultiRun::finish`] (dropping it does the same). Leaking it with
 /// `mem::forget` leaves the payloads of the last partial sets unprocessed
 /// with their TSC already set or cleared.
+///
+/// A pushed buffer stays borrowed until the pass ends, so it can be neither
+/// pushed twice nor read before its payloads have run:
+///
+/// ```compile_fail
+/// # use csa::{ControlWord, KeyContext, MultiBatch, Parity};
+/// # let ctx = KeyContext::csa2(&ControlWord::from_bytes([1; 8]), &ControlWord::from_bytes([2; 8]));
+/// let mut buf = vec![0u8; 188];
+/// let mut batch = MultiBatch::new();
+/// let mut run = batch.begin();
+/// run.scramble(&ctx, &mut buf, Parity::Even).unwrap();
+/// let peek = buf[4]; // error: `buf` is still borrowed by the pass
+/// run.finish();
+/// ```
 pub struct MultiRun<'a> {
     scramble: Lanes<'a>,
     descramble: Lanes<'a>,

@@ -475,6 +475,9 @@ struct Lanes<'a> {
     pinned: bool,
     lanes: usize,
     scramble: bool,
+    /// Kernel calls made, and the payloads they ran.
+    calls: u64,
+    payloads: u64,
     /// The store's pointers come from these borrows.
     _borrows: PhantomData<(&'a mut [u8], &'a ExpandedKey)>,
 }
@@ -489,6 +492,8 @@ impl<'a> Lanes<'a> {
             pinned,
             lanes: backend.lanes().min(MAX_LANES),
             scramble,
+            calls: 0,
+            payloads: 0,
             _borrows: PhantomData,
         }
     }
@@ -532,14 +537,18 @@ impl<'a> Lanes<'a> {
                 )
             };
             scalar_payload(self.scramble, key, payload);
-        } else if keys.iter().all(|&k| std::ptr::eq(k, keys[0])) {
-            // SAFETY: as above for every entry: disjoint payloads (each was an
-            // exclusive borrow) of 8..=184 bytes, live keys; `self.backend` is
-            // supported (`resolve_backend`).
-            unsafe { kernel::run(self.backend, self.scramble, &*keys[0], ptrs, lens) }
         } else {
-            // SAFETY: as for `kernel::run` above.
-            unsafe { kernel::run_keyed(self.backend, self.scramble, keys, ptrs, lens) }
+            if keys.iter().all(|&k| std::ptr::eq(k, keys[0])) {
+                // SAFETY: as above for every entry: disjoint payloads (each was an
+                // exclusive borrow) of 8..=184 bytes, live keys; `self.backend` is
+                // supported (`resolve_backend`).
+                unsafe { kernel::run(self.backend, self.scramble, &*keys[0], ptrs, lens) }
+            } else {
+                // SAFETY: as for `kernel::run` above.
+                unsafe { kernel::run_keyed(self.backend, self.scramble, keys, ptrs, lens) }
+            }
+            self.calls += 1;
+            self.payloads += n as u64;
         }
     }
 }
@@ -586,8 +595,9 @@ fn scalar_payload(scramble: bool, key: &ExpandedKey, payload: &mut [u8]) {
 ///     let stats = run.scramble(ctx, buf, Parity::Even).unwrap(); // counted now, ciphered later
 ///     assert_eq!(stats.processed as usize, packets);
 /// }
-/// let total = run.finish(); // the last, partial lane set
-/// assert_eq!(total.processed, 20);
+/// let pass = run.finish(); // the last, partial lane set
+/// assert_eq!(pass.packets.processed, 20);
+/// assert!(pass.kernel_calls <= 1); // 20 payloads, 64 lanes or more (0 on the scalar path)
 /// ```
 ///
 /// The per-packet rules are [`KeyContext`]'s (the same code): whole 188-byte
@@ -730,10 +740,27 @@ impl<'a> MultiRun<'a> {
         Ok(stats)
     }
 
-    /// Runs the partial lane sets and returns the pass's stats (the sum of every push's).
-    pub fn finish(mut self) -> BatchStats {
+    /// Runs the partial lane sets and says what the pass did.
+    pub fn finish(mut self) -> PassStats {
         self.scramble.flush();
         self.descramble.flush();
-        self.stats
+        let (enc, dec) = (&self.scramble, &self.descramble);
+        PassStats {
+            packets: self.stats,
+            kernel_calls: enc.calls + dec.calls,
+            kernel_payloads: enc.payloads + dec.payloads,
+        }
     }
+}
+
+/// What a [`MultiRun`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// The packets: the sum of every push's stats.
+    pub packets: BatchStats,
+    /// CSA kernel calls (a lone payload run by the scalar path is not one).
+    pub kernel_calls: u64,
+    /// The payloads those calls ran: the lanes filled, out of
+    /// `kernel_calls * MultiBatch::lanes()`.
+    pub kernel_payloads: u64,
 }

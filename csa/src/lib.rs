@@ -31,7 +31,8 @@ pub mod tables;
 
 pub use aes_modes::{AesKey, AesMode};
 pub use batch::{
-    payload_offset, Algorithm, BatchStats, KeyContext, MultiBatch, MultiRun, Parity, PACKET_SIZE,
+    payload_offset, Algorithm, BatchStats, KeyContext, MultiBatch, MultiRun, Parity, PassStats,
+    PACKET_SIZE,
 };
 pub use kernel::{
     force_backend, kernel_block_sbox, kernel_stream_sbox_truth_tables, selected_backend, Backend,

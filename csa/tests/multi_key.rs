@@ -108,9 +108,11 @@ fn channel(rng: &mut SmallRng, algorithm: Algorithm, n: usize) -> Channel {
 }
 
 /// Scrambles every channel in one `MultiBatch` pass, checks each against its
-/// expectation and `KeyContext::scramble_selected` (bytes and stats), then
-/// descrambles them all in a second pass and checks the clear packets came back.
-fn check(batch: &mut MultiBatch, channels: &[Channel], what: &str) {
+/// expectation and `KeyContext::scramble_selected` (bytes and stats) and the
+/// number of kernel calls (`pinned`: the backend the batch was pinned to),
+/// then descrambles them all in a second pass and checks the clear packets
+/// came back.
+fn check(batch: &mut MultiBatch, pinned: Option<Backend>, channels: &[Channel], what: &str) {
     let mut bufs: Vec<Vec<u8>> = channels.iter().map(|c| c.clear.clone()).collect();
     let mut stats = Vec::new();
     let mut run = batch.begin();
@@ -118,8 +120,9 @@ fn check(batch: &mut MultiBatch, channels: &[Channel], what: &str) {
         let plan = &ch.plan;
         stats.push(run.scramble_selected(&ch.ctx, buf, |i| plan[i]).unwrap());
     }
-    let total = run.finish();
+    let pass = run.finish();
     let mut sum = BatchStats::default();
+    let mut csa_payloads = 0;
     for (c, ((ch, buf), st)) in channels.iter().zip(&bufs).zip(&stats).enumerate() {
         let expect = ch.expected();
         for i in 0..ch.packets() {
@@ -137,8 +140,25 @@ fn check(batch: &mut MultiBatch, channels: &[Channel], what: &str) {
         assert_eq!(*st, st_one, "{what}: channel {c} stats");
         assert!(one == *buf, "{what}: channel {c}: KeyContext differs");
         sum += *st;
+        if ch.algorithm == Algorithm::Csa2 {
+            csa_payloads += st.processed;
+        }
     }
-    assert_eq!(total, sum, "{what}: pass stats");
+    assert_eq!(pass.packets, sum, "{what}: pass stats");
+    // Full lane sets whatever the keys: ceil(payloads / lanes) calls, except
+    // that without a pinned backend a lone last payload goes the scalar way.
+    let lanes = batch.lanes() as u64;
+    let (calls, payloads) = match pinned {
+        Some(Backend::Scalar) => (0, 0),
+        Some(_) => (csa_payloads.div_ceil(lanes), csa_payloads),
+        None if csa_payloads % lanes == 1 => (csa_payloads / lanes, csa_payloads - 1),
+        None => (csa_payloads.div_ceil(lanes), csa_payloads),
+    };
+    assert_eq!(
+        (pass.kernel_calls, pass.kernel_payloads),
+        (calls, payloads),
+        "{what}: kernel calls for {csa_payloads} payloads on {lanes} lanes"
+    );
 
     let selects: Vec<Vec<bool>> = channels.iter().map(Channel::descramble_select).collect();
     let mut run = batch.begin();
@@ -194,7 +214,12 @@ fn many_csa_keys_match_scalar_on_every_backend() {
                 .iter()
                 .map(|&n| channel(&mut rng, Algorithm::Csa2, n))
                 .collect();
-            check(&mut batch, &channels, &format!("{backend:?} {name}"));
+            check(
+                &mut batch,
+                Some(backend),
+                &channels,
+                &format!("{backend:?} {name}"),
+            );
         }
     }
 }
@@ -209,7 +234,7 @@ fn automatic_backend_matches_scalar() {
             .iter()
             .map(|&n| channel(&mut rng, Algorithm::Csa2, n))
             .collect();
-        check(&mut batch, &channels, &format!("auto {counts:?}"));
+        check(&mut batch, None, &channels, &format!("auto {counts:?}"));
     }
 }
 
@@ -232,7 +257,12 @@ fn shared_keys_distinct_and_same_context() {
                 *p = p.map(|_| Parity::Even);
             }
         }
-        check(&mut batch, &channels, &format!("{backend:?} same CWs"));
+        check(
+            &mut batch,
+            Some(backend),
+            &channels,
+            &format!("{backend:?} same CWs"),
+        );
 
         // One context, many buffers.
         let ctx = &channels[0].ctx;
@@ -264,6 +294,7 @@ fn aes_and_csa_channels_in_one_pass() {
             .collect();
         check(
             &mut batch,
+            Some(backend),
             &channels,
             &format!("{backend:?} mixed algorithms"),
         );
@@ -342,7 +373,7 @@ fn not_whole_packets_is_an_error_and_touches_nothing() {
         run.scramble(&ch.ctx, &mut buf, Parity::Even),
         Err(csa::Error::NotPacketMultiple { .. })
     ));
-    assert_eq!(run.finish(), BatchStats::default());
+    assert_eq!(run.finish(), csa::PassStats::default());
     assert!(buf == ch.clear[..188 * 2 + 7]);
 }
 

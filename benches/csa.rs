@@ -9,7 +9,7 @@
 mod support;
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use csa::{Backend, ControlWord, KeyContext, Parity};
+use csa::{Backend, ControlWord, KeyContext, MultiBatch, Parity};
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -176,7 +176,94 @@ fn batch_curve(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, engines, batch_curve);
+/// Channels in the many-channels case, and packets each hands over per wake-up.
+const CHANNELS: usize = 200;
+const PER_CHANNEL: usize = 8;
+
+/// A head-end worker's wake-up: 200 channels with their own CWs hand over 8
+/// packets each. One `MultiBatch` pass (full lane sets whatever the key) vs
+/// 200 separate `KeyContext` calls vs one 1600-packet call under one key; and
+/// the keyed kernel with every lane on the same key (200 contexts, one CW pair)
+/// vs the one-key kernel (one context for all 200 buffers), both through the
+/// batch. The best backend, pinned.
+fn many_channels(c: &mut Criterion) {
+    let best = Backend::best();
+    let name = |case: &str| format!("castmux-{}-{case}", best.name());
+    let cw = |i: usize, parity: u8| {
+        let mut b = CW;
+        b[0] = i as u8;
+        b[1] = (i >> 8) as u8;
+        b[2] = parity;
+        ControlWord::from_bytes(b).with_checksum()
+    };
+    let distinct: Vec<KeyContext> = (0..CHANNELS)
+        .map(|i| KeyContext::csa2(&cw(i, 0), &cw(i, 1)).with_backend(Some(best)))
+        .collect();
+    let same_cw: Vec<KeyContext> = (0..CHANNELS).map(|_| ctx(best)).collect();
+    let one = ctx(best);
+    for (group_name, scramble) in [("scramble", true), ("descramble", false)] {
+        let mut g = c.benchmark_group(format!("csa-channels-{group_name}"));
+        g.sample_size(10)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(300));
+        g.throughput(Throughput::Bytes((CHANNELS * PER_CHANNEL * 188) as u64));
+        let tsc = if scramble { 0 } else { 0x80 };
+        let reset = |buf: &mut [u8]| {
+            for p in buf.chunks_exact_mut(188) {
+                p[3] = (p[3] & 0x3f) | tsc;
+            }
+        };
+        let mut bufs: Vec<Vec<u8>> = (0..CHANNELS).map(|_| packets(PER_CHANNEL, 0)).collect();
+        let mut batch = MultiBatch::new().with_backend(Some(best));
+        let contexts: [(&str, Vec<&KeyContext>); 3] = [
+            ("multi-200x8", distinct.iter().collect()),
+            ("multi-200x8-same-cw", same_cw.iter().collect()),
+            ("multi-200x8-one-ctx", vec![&one; CHANNELS]),
+        ];
+        for (case, ctxs) in &contexts {
+            g.bench_function(name(case), |b| {
+                b.iter(|| {
+                    let mut run = batch.begin();
+                    for (k, buf) in ctxs.iter().zip(bufs.iter_mut()) {
+                        reset(buf);
+                        if scramble {
+                            run.scramble(k, black_box(buf), Parity::Even).unwrap();
+                        } else {
+                            run.descramble(k, black_box(buf)).unwrap();
+                        }
+                    }
+                    run.finish()
+                })
+            });
+        }
+        g.bench_function(name("separate-200x8"), |b| {
+            b.iter(|| {
+                for (k, buf) in distinct.iter().zip(bufs.iter_mut()) {
+                    reset(buf);
+                    if scramble {
+                        k.scramble(black_box(buf), Parity::Even).unwrap();
+                    } else {
+                        k.descramble(black_box(buf)).unwrap();
+                    }
+                }
+            })
+        });
+        let mut all = packets(CHANNELS * PER_CHANNEL, 0);
+        g.bench_function(name("single-key-1600"), |b| {
+            b.iter(|| {
+                reset(&mut all);
+                if scramble {
+                    one.scramble(black_box(&mut all), Parity::Even).unwrap();
+                } else {
+                    one.descramble(black_box(&mut all)).unwrap();
+                }
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, engines, batch_curve, many_channels);
 
 /// Reads criterion's estimates back and prints Gbit/s side by side.
 fn summary() {
@@ -198,6 +285,36 @@ fn summary() {
         ratio("csa-descramble", "rcsa-avx2"),
         ratio("csa-descramble", "libdvbcsa-bitslice")
     );
+    println!("\n{CHANNELS} channels x {PER_CHANNEL} packets, {best} (Gbit/s):");
+    let cases = [
+        "multi-200x8",
+        "separate-200x8",
+        "single-key-1600",
+        "multi-200x8-same-cw",
+        "multi-200x8-one-ctx",
+    ];
+    println!(
+        "{:<12}{}",
+        "",
+        cases.iter().map(|c| format!("{c:>22}")).collect::<String>()
+    );
+    for dir in ["scramble", "descramble"] {
+        let group = format!("csa-channels-{dir}");
+        let cell = |case: &str| match find(&group, &format!("{best}-{case}")) {
+            Some(v) => format!("{v:>22.3}"),
+            None => format!("{:>22}", "n/a"),
+        };
+        println!(
+            "{dir:<12}{}",
+            cases.iter().map(|c| cell(c)).collect::<String>()
+        );
+        if let (Some(multi), Some(sep)) = (
+            find(&group, &format!("{best}-multi-200x8")),
+            find(&group, &format!("{best}-separate-200x8")),
+        ) {
+            println!("{:<12}one pass vs separate calls: {:.1}x", "", multi / sep);
+        }
+    }
 }
 
 fn main() {

@@ -19,6 +19,14 @@
  * blocks are chained through the block cipher, everything after the first
  * block is XORed with the stream cipher, a trailing partial block gets the
  * stream only.
+ *
+ * Two pairs of entry points: scramble/descramble with one key for every
+ * payload (the key schedule byte broadcast to all lanes, the CW bits to all
+ * words), and scramble_keyed/descramble_keyed with a key per payload, so one
+ * call fills its lanes from many channels: the keys are byte-sliced like the
+ * payloads (key_rows), the block cipher loads each round key as a row of
+ * lanes, and the stream cipher takes its CW bits per lane from those rows.
+ * Both pairs are the same drivers, inlined with or without the key rows.
  */
 #include <stddef.h>
 #include <stdint.h>
@@ -134,18 +142,27 @@ struct stream_state {
     W p, q, r;
 };
 
-static void stream_load_key(struct stream_state *s, const uint8_t cw[8]) {
+/* Loads the CW into the registers: bits[i][b] holds bit b of CW byte i, per lane. */
+static void stream_load_bits(struct stream_state *s, W bits[8][8]) {
     memset(s, 0, sizeof *s);
     for (int i = 0; i < 4; i++) {
-        const uint8_t ah = cw[i] >> 4, al = cw[i] & 15, bh = cw[4 + i] >> 4, bl = cw[4 + i] & 15;
         for (int bit = 0; bit < 4; bit++) {
-            /* register k (1-based) at index 31 + k */
-            s->a[32 + 2 * i][bit] = ((ah >> bit) & 1) ? w_ones() : w_zero();
-            s->a[33 + 2 * i][bit] = ((al >> bit) & 1) ? w_ones() : w_zero();
-            s->b[32 + 2 * i][bit] = ((bh >> bit) & 1) ? w_ones() : w_zero();
-            s->b[33 + 2 * i][bit] = ((bl >> bit) & 1) ? w_ones() : w_zero();
+            /* register k (1-based) at index 31 + k; A from CW bytes 0..3, B from 4..7,
+             * the high nibble first */
+            s->a[32 + 2 * i][bit] = bits[i][4 + bit];
+            s->a[33 + 2 * i][bit] = bits[i][bit];
+            s->b[32 + 2 * i][bit] = bits[4 + i][4 + bit];
+            s->b[33 + 2 * i][bit] = bits[4 + i][bit];
         }
     }
+}
+
+/* One CW for every lane. */
+static void stream_load_key(struct stream_state *s, const uint8_t cw[8]) {
+    W bits[8][8];
+    for (int i = 0; i < 8; i++)
+        for (int b = 0; b < 8; b++) bits[i][b] = ((cw[i] >> b) & 1) ? w_ones() : w_zero();
+    stream_load_bits(s, bits);
 }
 
 /* One clock. `k` is the window base: register n is a[k + n]. With `init`,
@@ -396,12 +413,36 @@ static inline W key_broadcast(uint8_t k) {
 #define KEY_BROADCAST(k) key_broadcast(k)
 #endif
 
+static inline W load_group(const uint8_t *row, int g) { return w_load(row + g * WBYTES); }
+static inline void store_group(uint8_t *row, int g, W w) { w_store(row + g * WBYTES, w); }
+
+/* A struct castmux_csa_key per lane, byte-sliced by key_rows(): rows[r][lane] is
+ * byte r of the lane's key, rows 0..7 its CW and rows 8..63 its schedule. */
+#define KEY_ROWS 64
+#define KEY_ROW_KK 8
+_Static_assert(sizeof(struct castmux_csa_key) == KEY_ROWS, "castmux_csa_key is cw[8] + kk[56]");
+
+/* The round keys of one group of WBYTES lanes: the one key's schedule broadcast
+ * (rows == NULL), or each lane's own from the byte-sliced key rows. The drivers
+ * are inlined with rows a constant NULL in the one-key entry points, so those
+ * keep the broadcast and never test rows. */
+struct round_keys {
+    const uint8_t *kk;
+    const uint8_t (*rows)[LANES];
+    int g;
+};
+
+static inline __attribute__((always_inline)) W round_key(const struct round_keys *k, int i) {
+    return k->rows ? load_group(k->rows[KEY_ROW_KK + i], k->g) : KEY_BROADCAST(k->kk[i]);
+}
+
 /* r[0..8] are R1..R8 (byte j of the block in r[j]). */
-static inline void block_encrypt_group(const struct block_tables *t, const uint8_t kk[56], W r[8]) {
+static inline __attribute__((always_inline)) void
+block_encrypt_group(const struct block_tables *t, const struct round_keys *k, W r[8]) {
     W r1 = r[0], r2 = r[1], r3 = r[2], r4 = r[3], r5 = r[4], r6 = r[5], r7 = r[6], r8 = r[7];
     for (int i = 0; i < 56; i++) {
         W s, p;
-        block_sbox(t, KEY_BROADCAST(kk[i]) ^ r8, &s, &p);
+        block_sbox(t, round_key(k, i) ^ r8, &s, &p);
         const W n8 = r1 ^ s, n7 = r8, n6 = r7 ^ p, n5 = r6, n4 = r5 ^ r1, n3 = r4 ^ r1,
                 n2 = r3 ^ r1, n1 = r2;
         r1 = n1; r2 = n2; r3 = n3; r4 = n4; r5 = n5; r6 = n6; r7 = n7; r8 = n8;
@@ -409,11 +450,12 @@ static inline void block_encrypt_group(const struct block_tables *t, const uint8
     r[0] = r1; r[1] = r2; r[2] = r3; r[3] = r4; r[4] = r5; r[5] = r6; r[6] = r7; r[7] = r8;
 }
 
-static inline void block_decrypt_group(const struct block_tables *t, const uint8_t kk[56], W r[8]) {
+static inline __attribute__((always_inline)) void
+block_decrypt_group(const struct block_tables *t, const struct round_keys *k, W r[8]) {
     W r1 = r[0], r2 = r[1], r3 = r[2], r4 = r[3], r5 = r[4], r6 = r[5], r7 = r[6], r8 = r[7];
     for (int i = 55; i >= 0; i--) {
         W s, p;
-        block_sbox(t, KEY_BROADCAST(kk[i]) ^ r7, &s, &p);
+        block_sbox(t, round_key(k, i) ^ r7, &s, &p);
         const W tt = r8 ^ s;
         const W n1 = tt, n2 = r1, n3 = r2 ^ tt, n4 = r3 ^ tt, n5 = r4 ^ tt, n6 = r5, n7 = r6 ^ p,
                 n8 = r7;
@@ -559,29 +601,60 @@ static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len
     }
 }
 
-static inline W load_group(const uint8_t *row, int g) { return w_load(row + g * WBYTES); }
-static inline void store_group(uint8_t *row, int g, W w) { w_store(row + g * WBYTES, w); }
+/* Each lane's key, byte-sliced into rows[KEY_ROWS][LANES] with 8x8 byte
+ * transposes (the same as gather() does for payloads). Lanes past n get zeros. */
+static void key_rows(const struct castmux_csa_key *const *keys, size_t n, uint8_t (*rows)[LANES]) {
+    for (size_t m = 0; m < LANES / 8; m++) {
+        for (int q = 0; q < KEY_ROWS / 8; q++) {
+            uint64_t x[8] = {0};
+            for (int i = 0; i < 8; i++) {
+                const size_t l = 8 * m + i;
+                if (l < n) memcpy(&x[i], (const uint8_t *)keys[l] + 8 * q, 8);
+            }
+            transpose8x8_bytes(x);
+            for (int j = 0; j < 8; j++) memcpy(&rows[8 * q + j][8 * m], &x[j], 8);
+        }
+    }
+}
 
-static void stream_xor_rows(struct scratch *sc, const uint8_t cw[8], unsigned max_len) {
-    struct stream_state st;
+/* XORs the keystream into rows 8.. of every lane, seeded by rows 0..7 (the
+ * first block), from registers loaded with the CW. */
+static inline __attribute__((always_inline)) void
+stream_run(struct scratch *sc, struct stream_state *st, unsigned max_len) {
     W iv[8][8], ks[8][8];
-    stream_load_key(&st, cw);
     for (int j = 0; j < 8; j++) row_to_bits(sc->rows[j], iv[j]);
-    stream_init(&st, iv);
+    stream_init(st, iv);
     for (unsigned pos = 8; pos < max_len; pos += 8) {
-        stream_generate(&st, ks);
+        stream_generate(st, ks);
         for (int j = 0; j < 8; j++) bits_xor_row(ks[j], sc->rows[pos + j]);
     }
 }
 
-size_t CSA_FN(lanes)(void) { return LANES; }
+/* The one CW `cw` in every lane. */
+static void stream_xor_rows(struct scratch *sc, const uint8_t cw[8], unsigned max_len) {
+    struct stream_state st;
+    stream_load_key(&st, cw);
+    stream_run(sc, &st, max_len);
+}
 
-void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
-                      size_t n) {
+/* Each lane's own CW, from key rows 0..7. */
+static void stream_xor_rows_keyed(struct scratch *sc, const uint8_t (*krows)[LANES],
+                                  unsigned max_len) {
+    struct stream_state st;
+    W bits[8][8];
+    for (int i = 0; i < 8; i++) row_to_bits(krows[i], bits[i]);
+    stream_load_bits(&st, bits);
+    stream_run(sc, &st, max_len);
+}
+
+/* The two drivers. `key` is the one key of every lane, or NULL with `krows`
+ * holding a key per lane (key_rows()). Inlined into each entry point, so the
+ * one-key entry points are compiled with krows a constant NULL. */
+static inline __attribute__((always_inline)) void
+scramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES], uint8_t *const *data,
+               const uint8_t *len, size_t n) {
     struct scratch sc; /* ~110 KB at 512 lanes: on the stack, not per-thread TLS */
     struct block_tables t;
-    if (n == 0) return;
-    if (n > LANES) n = LANES;
     block_tables_init(&t);
     const unsigned max_len = gather(&sc, data, len, n);
     const int blocks = (int)(max_len / 8);
@@ -589,6 +662,7 @@ void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, c
     /* Block cipher, chained from the last block to the first. */
     for (int k = blocks - 1; k >= 0; k--) {
         for (int g = 0; g < ngroups; g++) {
+            const struct round_keys rk = {krows ? NULL : key->kk, krows, g};
             const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
             W r[8], old[8];
             for (int j = 0; j < 8; j++) {
@@ -596,32 +670,38 @@ void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, c
                 W chained = k + 1 < blocks ? load_group(sc.rows[8 * (k + 1) + j], g) & next : w_zero();
                 r[j] = old[j] ^ chained;
             }
-            block_encrypt_group(&t, key->kk, r);
+            block_encrypt_group(&t, &rk, r);
             for (int j = 0; j < 8; j++) store_group(sc.rows[8 * k + j], g, MUX(here, r[j], old[j]));
         }
     }
-    stream_xor_rows(&sc, key->cw, max_len);
+    if (krows)
+        stream_xor_rows_keyed(&sc, krows, max_len);
+    else
+        stream_xor_rows(&sc, key->cw, max_len);
     scatter(&sc, data, len, n, max_len);
 }
 
-void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
-                        size_t n) {
+static inline __attribute__((always_inline)) void
+descramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES],
+                 uint8_t *const *data, const uint8_t *len, size_t n) {
     struct scratch sc; /* ~110 KB at 512 lanes: on the stack, not per-thread TLS */
     struct block_tables t;
-    if (n == 0) return;
-    if (n > LANES) n = LANES;
     block_tables_init(&t);
     const unsigned max_len = gather(&sc, data, len, n);
     const int blocks = (int)(max_len / 8);
     const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
-    stream_xor_rows(&sc, key->cw, max_len);
+    if (krows)
+        stream_xor_rows_keyed(&sc, krows, max_len);
+    else
+        stream_xor_rows(&sc, key->cw, max_len);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
     for (int k = 0; k < blocks; k++) {
         for (int g = 0; g < ngroups; g++) {
+            const struct round_keys rk = {krows ? NULL : key->kk, krows, g};
             const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
             W r[8], old[8];
             for (int j = 0; j < 8; j++) r[j] = old[j] = load_group(sc.rows[8 * k + j], g);
-            block_decrypt_group(&t, key->kk, r);
+            block_decrypt_group(&t, &rk, r);
             for (int j = 0; j < 8; j++) {
                 W chained = k + 1 < blocks ? load_group(sc.rows[8 * (k + 1) + j], g) & next : w_zero();
                 store_group(sc.rows[8 * k + j], g, MUX(here, r[j] ^ chained, old[j]));
@@ -629,4 +709,40 @@ void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data,
         }
     }
     scatter(&sc, data, len, n, max_len);
+}
+
+size_t CSA_FN(lanes)(void) { return LANES; }
+
+/* One key for every payload. */
+void CSA_FN(scramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
+                      size_t n) {
+    if (n == 0) return;
+    scramble_lanes(key, NULL, data, len, n > LANES ? LANES : n);
+}
+
+void CSA_FN(descramble)(const struct castmux_csa_key *key, uint8_t *const *data, const uint8_t *len,
+                        size_t n) {
+    if (n == 0) return;
+    descramble_lanes(key, NULL, data, len, n > LANES ? LANES : n);
+}
+
+/* A key per payload: keys[i] for data[i]. The keys are byte-sliced once per
+ * call (16 KB at 256 lanes, 32 KB at 512); the cipher then loads a round key
+ * row where the one-key path broadcasts a byte. */
+void CSA_FN(scramble_keyed)(const struct castmux_csa_key *const *keys, uint8_t *const *data,
+                            const uint8_t *len, size_t n) {
+    uint8_t krows[KEY_ROWS][LANES] __attribute__((aligned(64)));
+    if (n == 0) return;
+    if (n > LANES) n = LANES;
+    key_rows(keys, n, krows);
+    scramble_lanes(NULL, (const uint8_t (*)[LANES])krows, data, len, n);
+}
+
+void CSA_FN(descramble_keyed)(const struct castmux_csa_key *const *keys, uint8_t *const *data,
+                              const uint8_t *len, size_t n) {
+    uint8_t krows[KEY_ROWS][LANES] __attribute__((aligned(64)));
+    if (n == 0) return;
+    if (n > LANES) n = LANES;
+    key_rows(keys, n, krows);
+    descramble_lanes(NULL, (const uint8_t (*)[LANES])krows, data, len, n);
 }

@@ -10,6 +10,7 @@ use crate::aes_modes::{self, AesKey, AesMode};
 use crate::kernel::{self, Backend};
 use crate::key::{ControlWord, ExpandedKey};
 use crate::{scalar, Error};
+use std::marker::PhantomData;
 
 /// TS packet size.
 pub const PACKET_SIZE: usize = 188;
@@ -262,13 +263,6 @@ impl KeyContext {
         self
     }
 
-    fn backend(&self) -> Backend {
-        match self.backend {
-            Some(b) if b.is_supported() => b,
-            _ => kernel::selected_backend(),
-        }
-    }
-
     /// Scrambles every clear packet with payload under the key of `parity`.
     pub fn scramble(&self, packets: &mut [u8], parity: Parity) -> Result<BatchStats, Error> {
         self.scramble_with(packets, |_| parity)
@@ -296,13 +290,9 @@ impl KeyContext {
     pub fn scramble_selected(
         &self,
         packets: &mut [u8],
-        mut parity_of: impl FnMut(usize) -> Option<Parity>,
+        parity_of: impl FnMut(usize) -> Option<Parity>,
     ) -> Result<BatchStats, Error> {
-        self.run(packets, true, |i, tsc| match parity_of(i) {
-            None => Err(Skip::Clear),
-            Some(p) if tsc == 0 => Ok(p),
-            Some(_) => Err(Skip::AlreadyScrambled),
-        })
+        self.run(packets, true, scramble_rule(parity_of))
     }
 
     /// Descrambles only the scrambled packets `select` picks (by index in the batch), each
@@ -311,33 +301,43 @@ impl KeyContext {
     pub fn descramble_selected(
         &self,
         packets: &mut [u8],
-        mut select: impl FnMut(usize) -> bool,
+        select: impl FnMut(usize) -> bool,
     ) -> Result<BatchStats, Error> {
-        self.run(packets, false, |i, tsc| match tsc {
-            _ if !select(i) => Err(Skip::Clear),
-            0b10 => Ok(Parity::Even),
-            0b11 => Ok(Parity::Odd),
-            0b00 => Err(Skip::Clear),
-            _ => Err(Skip::Reserved),
-        })
+        self.run(packets, false, descramble_rule(select))
     }
 
     /// Descrambles every scrambled packet with the key its TSC bits name and clears the TSC.
     pub fn descramble(&self, packets: &mut [u8]) -> Result<BatchStats, Error> {
-        self.run(packets, false, |_, tsc| match tsc {
-            0b10 => Ok(Parity::Even),
-            0b11 => Ok(Parity::Odd),
-            0b00 => Err(Skip::Clear),
-            _ => Err(Skip::Reserved),
-        })
+        self.run(packets, false, descramble_rule(|_| true))
     }
 
+    /// One batch call: the packets are gathered into lane sets of this
+    /// context's backend, flushed when full and once more at the end.
     fn run(
         &self,
         packets: &mut [u8],
         scramble: bool,
+        decide: impl FnMut(usize, u8) -> Result<Parity, Skip>,
+    ) -> Result<BatchStats, Error> {
+        let mut store = LaneStore::new();
+        let mut lanes = Lanes::new(&mut store, self.backend, scramble);
+        let stats = self.push_packets(packets, &mut lanes, decide)?;
+        lanes.flush();
+        Ok(stats)
+    }
+
+    /// Applies the packet rules (sync byte, `decide` on the TSC bits, payload
+    /// after the adaptation field, short payloads left clear), sets or clears
+    /// the TSC, and hands each payload to the cipher: AES right away, CSA to
+    /// `lanes`, which runs it when its lane set is full or flushed. The bytes
+    /// stay borrowed by `lanes` until then.
+    fn push_packets<'a>(
+        &'a self,
+        packets: &'a mut [u8],
+        lanes: &mut Lanes<'a>,
         mut decide: impl FnMut(usize, u8) -> Result<Parity, Skip>,
     ) -> Result<BatchStats, Error> {
+        let scramble = lanes.scramble;
         if !packets.len().is_multiple_of(PACKET_SIZE) {
             return Err(Error::NotPacketMultiple { len: packets.len() });
         }
@@ -346,7 +346,6 @@ impl KeyContext {
             Keys::Csa { .. } => 8,
             Keys::Aes { .. } => 16,
         };
-        let mut lanes = LaneSets::new(self.backend(), self.backend.is_some());
         for (i, pkt) in packets.chunks_exact_mut(PACKET_SIZE).enumerate() {
             let pkt: &mut [u8; PACKET_SIZE] = pkt.try_into().expect("chunks of 188");
             if pkt[0] != 0x47 {
@@ -389,22 +388,8 @@ impl KeyContext {
                         aes_modes::descramble_payload(*mode, key, payload);
                     }
                 }
-                Keys::Csa { expanded } => {
-                    if lanes.backend == Backend::Scalar {
-                        let key = &expanded[parity.index()];
-                        if scramble {
-                            scalar::scramble_payload(key, payload);
-                        } else {
-                            scalar::descramble_payload(key, payload);
-                        }
-                    } else {
-                        lanes.push(parity, payload, scramble, expanded);
-                    }
-                }
+                Keys::Csa { expanded } => lanes.push(payload, &expanded[parity.index()]),
             }
-        }
-        if let Keys::Csa { expanded } = &self.keys {
-            lanes.flush_all(scramble, expanded);
         }
         Ok(stats)
     }
@@ -416,81 +401,366 @@ enum Skip {
     Reserved,
 }
 
+/// The scramble rule: a packet `parity_of` selects is scrambled if it is clear.
+fn scramble_rule(
+    mut parity_of: impl FnMut(usize) -> Option<Parity>,
+) -> impl FnMut(usize, u8) -> Result<Parity, Skip> {
+    move |i, tsc| match parity_of(i) {
+        None => Err(Skip::Clear),
+        Some(p) if tsc == 0 => Ok(p),
+        Some(_) => Err(Skip::AlreadyScrambled),
+    }
+}
+
+/// The descramble rule: a packet `select` picks is descrambled with the key its TSC names.
+fn descramble_rule(
+    mut select: impl FnMut(usize) -> bool,
+) -> impl FnMut(usize, u8) -> Result<Parity, Skip> {
+    move |i, tsc| match tsc {
+        _ if !select(i) => Err(Skip::Clear),
+        0b10 => Ok(Parity::Even),
+        0b11 => Ok(Parity::Odd),
+        0b00 => Err(Skip::Clear),
+        _ => Err(Skip::Reserved),
+    }
+}
+
+/// The backend a batch uses, and whether the caller pinned it: a pinned
+/// backend runs every payload (no scalar shortcut for a lone payload); one the
+/// CPU cannot run falls back to the process-wide choice.
+fn resolve_backend(choice: Option<Backend>) -> (Backend, bool) {
+    match choice {
+        Some(b) if b.is_supported() => (b, true),
+        _ => (kernel::selected_backend(), choice.is_some()),
+    }
+}
+
 /// Max lanes of any backend.
 const MAX_LANES: usize = 512;
 
-/// Payload pointers gathered per parity until a kernel call is full.
-struct LaneSets {
-    backend: Backend,
-    /// The caller chose the backend: every payload goes through it.
-    pinned: bool,
-    lanes: usize,
-    ptrs: [[*mut u8; MAX_LANES]; 2],
-    lens: [[u8; MAX_LANES]; 2],
-    count: [usize; 2],
+/// The storage of a lane set: payload pointers, lengths and keys waiting for
+/// a kernel call. It holds no borrow itself: only a [`Lanes`] writes and reads
+/// it, and `Lanes::new` empties it, so a [`MultiBatch`] keeps one across runs.
+struct LaneStore {
+    ptrs: [*mut u8; MAX_LANES],
+    lens: [u8; MAX_LANES],
+    keys: [*const ExpandedKey; MAX_LANES],
+    n: usize,
 }
 
-impl LaneSets {
-    fn new(backend: Backend, pinned: bool) -> Self {
-        LaneSets {
+// SAFETY: the pointers are only dereferenced by the `Lanes` that stored them,
+// while it holds the borrows they came from; outside such a run they are stale
+// and never read (`Lanes::new` resets `n`). Moving the store to another thread
+// between runs moves nothing that can be reached.
+unsafe impl Send for LaneStore {}
+
+impl LaneStore {
+    fn new() -> Self {
+        LaneStore {
+            ptrs: [std::ptr::null_mut(); MAX_LANES],
+            lens: [0; MAX_LANES],
+            keys: [std::ptr::null(); MAX_LANES],
+            n: 0,
+        }
+    }
+}
+
+/// A lane set in use: payloads and their keys, borrowed for `'a`, gathered
+/// whatever their key until a kernel call is full. A full set runs at once;
+/// the rest runs at [`Lanes::flush`] or on drop, so no payload outlives its
+/// borrow unprocessed.
+struct Lanes<'a> {
+    store: &'a mut LaneStore,
+    backend: Backend,
+    pinned: bool,
+    lanes: usize,
+    scramble: bool,
+    /// Kernel calls made, and the payloads they ran.
+    calls: u64,
+    payloads: u64,
+    /// The store's pointers come from these borrows.
+    _borrows: PhantomData<(&'a mut [u8], &'a ExpandedKey)>,
+}
+
+impl<'a> Lanes<'a> {
+    fn new(store: &'a mut LaneStore, backend: Option<Backend>, scramble: bool) -> Self {
+        let (backend, pinned) = resolve_backend(backend);
+        store.n = 0;
+        Lanes {
+            store,
             backend,
             pinned,
             lanes: backend.lanes().min(MAX_LANES),
-            ptrs: [[std::ptr::null_mut(); MAX_LANES]; 2],
-            lens: [[0; MAX_LANES]; 2],
-            count: [0; 2],
+            scramble,
+            calls: 0,
+            payloads: 0,
+            _borrows: PhantomData,
         }
     }
 
-    /// Records a payload; its bytes are processed by the next flush, before
-    /// the batch call returns (the packets stay mutably borrowed until then).
-    fn push(
-        &mut self,
-        parity: Parity,
-        payload: &mut [u8],
-        scramble: bool,
-        keys: &[ExpandedKey; 2],
-    ) {
-        let p = parity.index();
-        let n = self.count[p];
-        self.ptrs[p][n] = payload.as_mut_ptr();
-        self.lens[p][n] = payload.len() as u8;
-        self.count[p] = n + 1;
-        if n + 1 == self.lanes {
-            self.flush(p, scramble, keys);
+    /// Queues a payload (8..=184 bytes) under `key`; runs the set when it is full.
+    fn push(&mut self, payload: &'a mut [u8], key: &'a ExpandedKey) {
+        debug_assert!((8..=184).contains(&payload.len()));
+        if self.backend == Backend::Scalar {
+            scalar_payload(self.scramble, key, payload);
+            return;
+        }
+        let s = &mut *self.store;
+        s.ptrs[s.n] = payload.as_mut_ptr();
+        s.lens[s.n] = payload.len() as u8;
+        s.keys[s.n] = key;
+        s.n += 1;
+        if s.n == self.lanes {
+            self.flush();
         }
     }
 
-    fn flush(&mut self, p: usize, scramble: bool, keys: &[ExpandedKey; 2]) {
-        let n = self.count[p];
+    /// Runs the queued payloads in one kernel call: the one-key kernel when
+    /// they all share a key, the keyed one otherwise; a lone payload goes the
+    /// scalar way unless the backend is pinned.
+    fn flush(&mut self) {
+        let s = &mut *self.store;
+        let n = std::mem::take(&mut s.n);
+        if n == 0 {
+            return;
+        }
+        let (ptrs, lens, keys) = (&s.ptrs[..n], &s.lens[..n], &s.keys[..n]);
         if n == 1 && !self.pinned {
-            // One payload: the scalar path is cheaper than a full-width kernel
-            // call (unless a backend is pinned, as tests and benches do).
-            // SAFETY: the pointer and length were taken from a live `&mut [u8]`
-            // in `push` whose packet stays mutably borrowed by the batch call
-            // until this flush returns, and no other reference to it exists.
-            let payload = unsafe {
-                std::slice::from_raw_parts_mut(self.ptrs[p][0], self.lens[p][0] as usize)
+            // SAFETY: the pointer, length and key were taken in `push` from a
+            // `&'a mut [u8]` and a `&'a ExpandedKey`; `self` lives within 'a, so
+            // both are alive, and the payload was moved into `push`, so nothing
+            // else reaches its bytes.
+            let (payload, key) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(ptrs[0], lens[0] as usize),
+                    &*keys[0],
+                )
             };
-            if scramble {
-                scalar::scramble_payload(&keys[p], payload);
+            scalar_payload(self.scramble, key, payload);
+        } else {
+            if keys.iter().all(|&k| std::ptr::eq(k, keys[0])) {
+                // SAFETY: as above for every entry: disjoint payloads (each was an
+                // exclusive borrow) of 8..=184 bytes, live keys; `self.backend` is
+                // supported (`resolve_backend`).
+                unsafe { kernel::run(self.backend, self.scramble, &*keys[0], ptrs, lens) }
             } else {
-                scalar::descramble_payload(&keys[p], payload);
+                // SAFETY: as for `kernel::run` above.
+                unsafe { kernel::run_keyed(self.backend, self.scramble, keys, ptrs, lens) }
             }
-        } else if n > 0 {
-            kernel::run(
-                self.backend,
-                scramble,
-                &keys[p],
-                &self.ptrs[p][..n],
-                &self.lens[p][..n],
-            );
+            self.calls += 1;
+            self.payloads += n as u64;
         }
-        self.count[p] = 0;
+    }
+}
+
+impl Drop for Lanes<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn scalar_payload(scramble: bool, key: &ExpandedKey, payload: &mut [u8]) {
+    if scramble {
+        scalar::scramble_payload(key, payload);
+    } else {
+        scalar::descramble_payload(key, payload);
+    }
+}
+
+/// Scrambles and descrambles packets of many key contexts in one pass, so the
+/// CSA kernel sees full lane sets whatever key each payload uses: the batch
+/// for a worker thread that serves many channels, each handing over a few
+/// packets per wake-up.
+///
+/// `MultiBatch` is the reusable storage (two lane sets of pointers, lengths
+/// and keys, about 17 KB, allocated once in [`MultiBatch::new`]); each pass is
+/// a [`MultiRun`] from [`MultiBatch::begin`], which borrows the packet buffers
+/// and key contexts pushed into it until it ends:
+///
+/// ```
+/// # use csa::{ControlWord, KeyContext, MultiBatch, Parity};
+/// let cw = |b| ControlWord::from_bytes([b; 8]);
+/// let channels = [KeyContext::csa2(&cw(1), &cw(2)), KeyContext::csa2(&cw(3), &cw(4))];
+/// let mut buffers = vec![vec![0u8; 188 * 8], vec![0u8; 188 * 12]];
+/// for buf in &mut buffers {
+///     for p in buf.chunks_exact_mut(188) {
+///         p[0] = 0x47;
+///         p[3] = 0x10;
+///     }
+/// }
+/// let mut batch = MultiBatch::new(); // once per worker thread
+/// let mut run = batch.begin(); // once per wake-up
+/// for (ctx, buf) in channels.iter().zip(&mut buffers) {
+///     let packets = buf.len() / 188;
+///     let stats = run.scramble(ctx, buf, Parity::Even).unwrap(); // counted now, ciphered later
+///     assert_eq!(stats.processed as usize, packets);
+/// }
+/// let pass = run.finish(); // the last, partial lane set
+/// assert_eq!(pass.packets.processed, 20);
+/// assert!(pass.kernel_calls <= 1); // 20 payloads, 64 lanes or more (0 on the scalar path)
+/// ```
+///
+/// The per-packet rules are [`KeyContext`]'s (the same code): whole 188-byte
+/// packets, the payload after the adaptation field, TSC set or cleared,
+/// short payloads left clear, bad sync / no payload / already scrambled
+/// skipped and counted. Each push returns its own [`BatchStats`] at once; the
+/// CSA cipher runs when a lane set is full and at [`MultiRun::finish`] (or
+/// when the run is dropped), so the kernel is called `ceil(payloads / lanes)`
+/// times per direction. AES contexts (CISSA, IDSA) are processed at the push,
+/// payload by payload. The batch's backend is used for every context (a
+/// context's own [`KeyContext::with_backend`] is not consulted).
+pub struct MultiBatch {
+    backend: Option<Backend>,
+    /// The scramble and the descramble lane sets.
+    stores: Box<[LaneStore; 2]>,
+}
+
+impl std::fmt::Debug for MultiBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiBatch")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MultiBatch {
+    fn default() -> Self {
+        MultiBatch::new()
+    }
+}
+
+impl MultiBatch {
+    /// A batch on the process-wide backend ([`crate::selected_backend`]).
+    pub fn new() -> Self {
+        MultiBatch {
+            backend: None,
+            stores: Box::new([LaneStore::new(), LaneStore::new()]),
+        }
     }
 
-    fn flush_all(&mut self, scramble: bool, keys: &[ExpandedKey; 2]) {
-        self.flush(0, scramble, keys);
-        self.flush(1, scramble, keys);
+    /// Pins the batch to one CSA backend (tests and benches); None = the process-wide choice.
+    pub fn with_backend(mut self, backend: Option<Backend>) -> Self {
+        self.backend = backend;
+        self
     }
+
+    /// Payloads per kernel call on this batch's backend (1 for the scalar path).
+    pub fn lanes(&self) -> usize {
+        resolve_backend(self.backend).0.lanes()
+    }
+
+    /// Starts a pass. Everything pushed into it stays borrowed until it ends.
+    pub fn begin(&mut self) -> MultiRun<'_> {
+        let [enc, dec] = &mut *self.stores;
+        MultiRun {
+            scramble: Lanes::new(enc, self.backend, true),
+            descramble: Lanes::new(dec, self.backend, false),
+            stats: BatchStats::default(),
+        }
+    }
+}
+
+/// One pass of a [`MultiBatch`]: packet buffers and key contexts pushed for
+/// `'a`, their CSA payloads run in full lane sets. End it with
+/// [`MultiRun::finish`] (dropping it does the same). Leaking it with
+/// `mem::forget` leaves the payloads of the last partial sets unprocessed
+/// with their TSC already set or cleared.
+///
+/// A pushed buffer stays borrowed until the pass ends, so it can be neither
+/// pushed twice nor read before its payloads have run:
+///
+/// ```compile_fail
+/// # use csa::{ControlWord, KeyContext, MultiBatch, Parity};
+/// # let ctx = KeyContext::csa2(&ControlWord::from_bytes([1; 8]), &ControlWord::from_bytes([2; 8]));
+/// let mut buf = vec![0u8; 188];
+/// let mut batch = MultiBatch::new();
+/// let mut run = batch.begin();
+/// run.scramble(&ctx, &mut buf, Parity::Even).unwrap();
+/// let peek = buf[4]; // error: `buf` is still borrowed by the pass
+/// run.finish();
+/// ```
+pub struct MultiRun<'a> {
+    scramble: Lanes<'a>,
+    descramble: Lanes<'a>,
+    stats: BatchStats,
+}
+
+impl std::fmt::Debug for MultiRun<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MultiRun")
+            .field("backend", &self.scramble.backend)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> MultiRun<'a> {
+    /// Scrambles every clear packet with payload of `packets` under `ctx`'s key of `parity`.
+    pub fn scramble(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+        parity: Parity,
+    ) -> Result<BatchStats, Error> {
+        self.scramble_selected(ctx, packets, |_| Some(parity))
+    }
+
+    /// As [`KeyContext::scramble_selected`]: the packets `parity_of` selects (by index in
+    /// `packets`) are scrambled under `ctx`'s key of the parity it returns, the others are
+    /// left untouched and counted as `clear`.
+    pub fn scramble_selected(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+        parity_of: impl FnMut(usize) -> Option<Parity>,
+    ) -> Result<BatchStats, Error> {
+        let stats = ctx.push_packets(packets, &mut self.scramble, scramble_rule(parity_of))?;
+        self.stats += stats;
+        Ok(stats)
+    }
+
+    /// Descrambles every scrambled packet of `packets` with `ctx`'s key its TSC names.
+    pub fn descramble(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+    ) -> Result<BatchStats, Error> {
+        self.descramble_selected(ctx, packets, |_| true)
+    }
+
+    /// As [`KeyContext::descramble_selected`]: only the scrambled packets `select` picks.
+    pub fn descramble_selected(
+        &mut self,
+        ctx: &'a KeyContext,
+        packets: &'a mut [u8],
+        select: impl FnMut(usize) -> bool,
+    ) -> Result<BatchStats, Error> {
+        let stats = ctx.push_packets(packets, &mut self.descramble, descramble_rule(select))?;
+        self.stats += stats;
+        Ok(stats)
+    }
+
+    /// Runs the partial lane sets and says what the pass did.
+    pub fn finish(mut self) -> PassStats {
+        self.scramble.flush();
+        self.descramble.flush();
+        let (enc, dec) = (&self.scramble, &self.descramble);
+        PassStats {
+            packets: self.stats,
+            kernel_calls: enc.calls + dec.calls,
+            kernel_payloads: enc.payloads + dec.payloads,
+        }
+    }
+}
+
+/// What a [`MultiRun`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// The packets: the sum of every push's stats.
+    pub packets: BatchStats,
+    /// CSA kernel calls (a lone payload run by the scalar path is not one).
+    pub kernel_calls: u64,
+    /// The payloads those calls ran: the lanes filled, out of
+    /// `kernel_calls * MultiBatch::lanes()`.
+    pub kernel_payloads: u64,
 }

@@ -9,10 +9,31 @@ use crate::key::ExpandedKey;
 type CKey = ExpandedKey;
 
 type KernelFn = unsafe extern "C" fn(*const CKey, *const *mut u8, *const u8, usize);
+type KeyedKernelFn = unsafe extern "C" fn(*const *const CKey, *const *mut u8, *const u8, usize);
+
+/// One backend's entry points: one key for every payload, or a key per payload.
+struct Kernels {
+    scramble: KernelFn,
+    descramble: KernelFn,
+    scramble_keyed: KeyedKernelFn,
+    descramble_keyed: KeyedKernelFn,
+}
 
 extern "C" {
     fn castmux_csa_u64_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
     fn castmux_csa_u64_descramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
+    fn castmux_csa_u64_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_u64_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
     pub(crate) static castmux_csa_stream_sbox_truth_tables: [u32; 14];
     pub(crate) static castmux_csa_block_sbox: [u8; 256];
 }
@@ -26,9 +47,33 @@ extern "C" {
         len: *const u8,
         n: usize,
     );
+    fn castmux_csa_sse2_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_sse2_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
     fn castmux_csa_avx2_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
     fn castmux_csa_avx2_descramble(
         key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx2_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx2_descramble_keyed(
+        keys: *const *const CKey,
         data: *const *mut u8,
         len: *const u8,
         n: usize,
@@ -41,6 +86,18 @@ extern "C" {
     );
     fn castmux_csa_avx512_descramble(
         key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512_descramble_keyed(
+        keys: *const *const CKey,
         data: *const *mut u8,
         len: *const u8,
         n: usize,
@@ -136,16 +193,36 @@ impl Backend {
             .unwrap_or(Backend::Scalar)
     }
 
-    fn kernels(self) -> Option<(KernelFn, KernelFn)> {
+    fn kernels(self) -> Option<Kernels> {
         match self {
             Backend::Scalar => None,
-            Backend::U64 => Some((castmux_csa_u64_scramble, castmux_csa_u64_descramble)),
+            Backend::U64 => Some(Kernels {
+                scramble: castmux_csa_u64_scramble,
+                descramble: castmux_csa_u64_descramble,
+                scramble_keyed: castmux_csa_u64_scramble_keyed,
+                descramble_keyed: castmux_csa_u64_descramble_keyed,
+            }),
             #[cfg(csa_x86_backends)]
-            Backend::Sse2 => Some((castmux_csa_sse2_scramble, castmux_csa_sse2_descramble)),
+            Backend::Sse2 => Some(Kernels {
+                scramble: castmux_csa_sse2_scramble,
+                descramble: castmux_csa_sse2_descramble,
+                scramble_keyed: castmux_csa_sse2_scramble_keyed,
+                descramble_keyed: castmux_csa_sse2_descramble_keyed,
+            }),
             #[cfg(csa_x86_backends)]
-            Backend::Avx2 => Some((castmux_csa_avx2_scramble, castmux_csa_avx2_descramble)),
+            Backend::Avx2 => Some(Kernels {
+                scramble: castmux_csa_avx2_scramble,
+                descramble: castmux_csa_avx2_descramble,
+                scramble_keyed: castmux_csa_avx2_scramble_keyed,
+                descramble_keyed: castmux_csa_avx2_descramble_keyed,
+            }),
             #[cfg(csa_x86_backends)]
-            Backend::Avx512 => Some((castmux_csa_avx512_scramble, castmux_csa_avx512_descramble)),
+            Backend::Avx512 => Some(Kernels {
+                scramble: castmux_csa_avx512_scramble,
+                descramble: castmux_csa_avx512_descramble,
+                scramble_keyed: castmux_csa_avx512_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512_descramble_keyed,
+            }),
             #[cfg(not(csa_x86_backends))]
             _ => None,
         }
@@ -198,28 +275,29 @@ fn store(b: Backend) {
     SELECTED.store(idx as u8 + 1, Ordering::Relaxed);
 }
 
-/// Runs one kernel call over up to `backend.lanes()` payloads.
+/// Runs one kernel call over up to `backend.lanes()` payloads, all under `key`.
 ///
-/// `ptrs[i]` must point at `lens[i]` writable bytes (8..=184) that no other
-/// live reference aliases; the callers build them from disjoint packets.
-pub(crate) fn run(
+/// # Safety
+/// `ptrs[i]` must point at `lens[i]` writable bytes (8..=184), valid for the
+/// whole call, that nothing else reads or writes meanwhile and that no two
+/// entries overlap; `backend` must be supported (a forced backend is checked
+/// with [`Backend::is_supported`] before it gets here).
+pub(crate) unsafe fn run(
     backend: Backend,
     scramble: bool,
     key: &ExpandedKey,
     ptrs: &[*mut u8],
     lens: &[u8],
 ) {
-    debug_assert_eq!(ptrs.len(), lens.len());
-    debug_assert!(ptrs.len() <= backend.lanes());
-    debug_assert!(lens.iter().all(|&l| (8..=184).contains(&l)));
-    let Some((enc, dec)) = backend.kernels() else {
+    check_lanes(backend, ptrs.len(), lens);
+    let Some(k) = backend.kernels() else {
         return;
     };
-    let f = if scramble { enc } else { dec };
+    let f = if scramble { k.scramble } else { k.descramble };
     // SAFETY: the kernel reads `n` pointers and lengths from the two arrays,
-    // touches exactly `lens[i]` bytes behind `ptrs[i]` (the caller's contract
-    // above), reads 64 bytes of key, and was compiled for a CPU feature set
-    // that `backend.kernels()` is only reached with after `is_supported()`.
+    // touches exactly `lens[i]` bytes behind `ptrs[i]` (the caller's contract),
+    // reads the 64 bytes of `key` (`#[repr(C)]`, the C struct's layout), and
+    // runs on a CPU that supports `backend` (the caller's contract).
     unsafe {
         f(
             key,
@@ -228,6 +306,41 @@ pub(crate) fn run(
             ptrs.len().min(lens.len()),
         )
     }
+}
+
+/// Runs one kernel call over up to `backend.lanes()` payloads, payload `i`
+/// under `keys[i]`.
+///
+/// # Safety
+/// As for [`run`]; besides, `keys` has an entry per payload and each points
+/// at an [`ExpandedKey`] that stays alive and unchanged for the whole call.
+pub(crate) unsafe fn run_keyed(
+    backend: Backend,
+    scramble: bool,
+    keys: &[*const ExpandedKey],
+    ptrs: &[*mut u8],
+    lens: &[u8],
+) {
+    check_lanes(backend, ptrs.len(), lens);
+    debug_assert_eq!(keys.len(), ptrs.len());
+    let Some(k) = backend.kernels() else {
+        return;
+    };
+    let f = if scramble {
+        k.scramble_keyed
+    } else {
+        k.descramble_keyed
+    };
+    let n = ptrs.len().min(lens.len()).min(keys.len());
+    // SAFETY: as in `run`; besides, the kernel reads `n` key pointers, each
+    // at a live 64-byte `#[repr(C)]` key for the whole call (the caller's contract).
+    unsafe { f(keys.as_ptr(), ptrs.as_ptr(), lens.as_ptr(), n) }
+}
+
+fn check_lanes(backend: Backend, n: usize, lens: &[u8]) {
+    debug_assert_eq!(n, lens.len());
+    debug_assert!(n <= backend.lanes());
+    debug_assert!(lens.iter().all(|&l| (8..=184).contains(&l)));
 }
 
 /// The S-box truth tables the C kernel was built with (checked against tables.rs in tests).

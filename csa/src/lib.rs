@@ -8,8 +8,13 @@
 //! - the C kernel is one source built per lane width; [`Backend`] picks one
 //!   from the CPU, `CASTMUX_CSA_BACKEND` or [`force_backend`] force one;
 //! - the safe API is [`KeyContext`]: even and odd keys expanded once per CW
-//!   change, batches of 188-byte packets processed in place;
-//! - all `unsafe` lives in `kernel.rs` (FFI) and `reference.rs` (libdvbcsa).
+//!   change, batches of 188-byte packets processed in place; [`MultiBatch`]
+//!   runs the packets of many contexts in one pass, a key per kernel lane;
+//! - all `unsafe` lives in `kernel.rs` (FFI), the lane sets of `batch.rs`
+//!   (payload and key pointers held for one kernel call) and `reference.rs`
+//!   (libdvbcsa).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod aes_modes;
 pub mod batch;
@@ -25,7 +30,10 @@ pub mod scalar;
 pub mod tables;
 
 pub use aes_modes::{AesKey, AesMode};
-pub use batch::{payload_offset, Algorithm, BatchStats, KeyContext, Parity, PACKET_SIZE};
+pub use batch::{
+    payload_offset, Algorithm, BatchStats, KeyContext, MultiBatch, MultiRun, Parity, PassStats,
+    PACKET_SIZE,
+};
 pub use kernel::{
     force_backend, kernel_block_sbox, kernel_stream_sbox_truth_tables, selected_backend, Backend,
     BACKEND_ENV,

@@ -3,7 +3,11 @@
 //!
 //! Each worker owns a share of the channels and waits on all their sockets at once with
 //! epoll. A wake-up reads what every ready socket holds (recvmmsg, into the channel's
-//! batch), runs it through the channel's scrambler and writes it to the channel's outputs.
+//! batch) and runs it through the channel's scrambler, which leaves the cipher work undone
+//! (deferred mode); then one engine pass scrambles the packets of every channel of the
+//! wake-up together, each under its own key (`csa::MultiBatch`), so the SIMD kernel sees
+//! full lane sets even though each channel brings a datagram's worth; then every output
+//! is written. Nothing is written before its pass has run.
 //! An idle channel costs nothing: no thread, no timer, no poll of its own. A channel whose
 //! outputs keep a short datagram back gets it sent once the channel has been quiet for the
 //! flush interval, so the added latency is bounded. A channel that fails (its outputs all
@@ -17,14 +21,14 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 
+use csa::MultiBatch;
+
 use super::channel::Channel;
 use super::error::{Context, HeadendError};
 use crate::io::{PacketBatch, ReadStatus};
 use crate::scramble::{PacketStage, RunEnd};
+use crate::ts::packet::PACKET_SIZE;
 
-/// Batches one channel may take per wake-up before the others get their turn (its socket
-/// stays ready, so the next wake-up comes back to it).
-const ROUNDS_PER_WAKE: usize = 4;
 /// The longest sleep, so the stop flag and idle timeouts are seen.
 const TICK: Duration = Duration::from_millis(100);
 /// Events taken per epoll_wait.
@@ -58,6 +62,13 @@ struct Slot {
     dirty: bool,
     idle_timeout: Option<Duration>,
     end: Option<Result<RunEnd, HeadendError>>,
+    /// `out` waits for this wake-up's cipher pass.
+    in_pass: bool,
+    /// The pass refused this channel's batch: it must not be written.
+    cipher_failed: bool,
+    /// Its last read filled the batch: the input may hold more than the socket shows
+    /// (datagrams already received), so it is read again without waiting for epoll.
+    more: bool,
 }
 
 /// Run `channels` (each with a UDP input) on the shared workers until every one has ended
@@ -112,7 +123,8 @@ fn worker(
     let now = Instant::now();
     let mut slots: Vec<Slot> = channels
         .into_iter()
-        .map(|ch| {
+        .map(|mut ch| {
+            ch.parts_mut().1.scrambler_mut().set_deferred(true);
             let batch_packets = ch.run_options(Arc::default()).batch_packets.max(1);
             let idle_timeout = ch.run_options(Arc::default()).idle_timeout;
             Slot {
@@ -124,6 +136,9 @@ fn worker(
                 dirty: false,
                 idle_timeout,
                 end: None,
+                in_pass: false,
+                cipher_failed: false,
+                more: false,
             }
         })
         .collect();
@@ -170,8 +185,11 @@ fn serve(
     log_failures: bool,
 ) {
     let mut events = [EpollEvent::empty(); EVENTS];
+    let multi = &mut MultiBatch::new();
     let mut last_tick = Instant::now();
     let mut dirty: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut more: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut again: Vec<usize> = Vec::with_capacity(slots.len());
     loop {
         if stop.load(Ordering::Relaxed) {
             for s in slots.iter_mut().filter(|s| s.end.is_none()) {
@@ -183,7 +201,9 @@ fn serve(
         if slots.iter().all(|s| s.end.is_some()) {
             return;
         }
-        let wait = if dirty.is_empty() {
+        let wait = if !more.is_empty() {
+            Duration::ZERO
+        } else if dirty.is_empty() {
             TICK
         } else {
             flush_interval
@@ -200,18 +220,48 @@ fn serve(
             }
         };
         let now = Instant::now();
-        for ev in &events[..n] {
-            let i = ev.data() as usize;
+        let mut any = false;
+        let ready = events[..n].iter().map(|ev| ev.data() as usize);
+        again.clear();
+        std::mem::swap(&mut more, &mut again);
+        for i in ready.chain(again.iter().copied()) {
             let Some(s) = slots.get_mut(i) else { continue };
-            if s.end.is_some() {
+            if s.end.is_some() || s.in_pass {
                 continue;
             }
-            if let Err(e) = pump(s, now) {
-                fail(epoll, s, e, log_failures);
-                continue;
+            match take_input(s, now) {
+                Ok(got) => {
+                    s.in_pass = got;
+                    any |= got;
+                    s.more = got && s.batch.is_full();
+                    if s.more {
+                        more.push(i);
+                    }
+                }
+                Err(e) => fail(epoll, s, e, log_failures),
             }
-            if s.dirty && !dirty.contains(&i) {
-                dirty.push(i);
+        }
+        if any {
+            cipher_pass(multi, slots);
+            for (i, s) in slots.iter_mut().enumerate().filter(|(_, s)| s.in_pass) {
+                s.in_pass = false;
+                if s.cipher_failed {
+                    // fail closed: its packets were never scrambled
+                    let e = HeadendError::Config("the cipher pass refused its batch".to_owned());
+                    fail(epoll, s, e, log_failures);
+                    continue;
+                }
+                let (_, stage, output) = s.ch.parts_mut();
+                stage.scrambler_mut().cipher_done();
+                match output.write_batch(&s.out).context("output") {
+                    Ok(()) => {
+                        s.dirty = true;
+                        if !dirty.contains(&i) {
+                            dirty.push(i);
+                        }
+                    }
+                    Err(e) => fail(epoll, s, e, log_failures),
+                }
             }
         }
         // channels quiet for the flush interval: move their clocks on, send what is held
@@ -249,28 +299,47 @@ fn serve(
     }
 }
 
-/// Read what the channel's socket holds, scramble it, write it out.
-fn pump(s: &mut Slot, now: Instant) -> Result<(), HeadendError> {
-    for _ in 0..ROUNDS_PER_WAKE {
-        let (input, stage, output) = s.ch.parts_mut();
-        let status = input
-            .read_batch(&mut s.batch, Duration::ZERO)
-            .context("input")?;
-        match status {
-            ReadStatus::Packets(_) => {
-                s.last_data = now;
-                s.out.clear();
-                stage.process_batch(&mut s.batch, &mut s.out)?;
-                output.write_batch(&s.out).context("output")?;
-                s.dirty = true;
-                if !s.batch.is_full() {
-                    return Ok(());
-                }
-            }
-            ReadStatus::TimedOut | ReadStatus::EndOfStream => return Ok(()),
+/// Read what the channel's socket holds and run it through the scrambler (its cipher
+/// deferred to the pass); true when there is output waiting for the pass.
+fn take_input(s: &mut Slot, now: Instant) -> Result<bool, HeadendError> {
+    let (input, stage, _) = s.ch.parts_mut();
+    let status = input
+        .read_batch(&mut s.batch, Duration::ZERO)
+        .context("input")?;
+    match status {
+        ReadStatus::Packets(_) => {
+            s.last_data = now;
+            s.out.clear();
+            stage.process_batch(&mut s.batch, &mut s.out)?;
+            Ok(true)
+        }
+        ReadStatus::TimedOut | ReadStatus::EndOfStream => Ok(false),
+    }
+}
+
+/// Scramble the pending packets of every channel waiting for the pass, in one engine pass.
+fn cipher_pass(multi: &mut MultiBatch, slots: &mut [Slot]) {
+    let mut run = multi.begin();
+    for s in slots.iter_mut().filter(|s| s.in_pass) {
+        let Slot {
+            ch,
+            out,
+            cipher_failed,
+            ..
+        } = s;
+        let ch: &Channel = ch;
+        let Some(p) = ch.scrambler().pending_cipher() else {
+            continue;
+        };
+        let (select, parity) = (p.select, p.parity);
+        let bytes = &mut out[p.packets.start * PACKET_SIZE..p.packets.end * PACKET_SIZE];
+        // the range is whole packets of the channel's own output: this cannot fail
+        if let Err(e) = run.scramble_selected(p.ctx, bytes, |i| select[i].then_some(parity)) {
+            tracing::error!(channel = %ch.name(), error = %e, "cipher pass refused a batch");
+            *cipher_failed = true;
         }
     }
-    Ok(())
+    run.finish();
 }
 
 fn finish_output(s: &mut Slot) {

@@ -305,6 +305,11 @@ impl StopOnRefusal {
     pub fn scrambler(&self) -> &Scrambler {
         &self.scrambler
     }
+
+    /// The scrambler, to drive its deferred cipher.
+    pub fn scrambler_mut(&mut self) -> &mut Scrambler {
+        &mut self.scrambler
+    }
 }
 
 impl PacketStage for StopOnRefusal {

@@ -39,5 +39,5 @@ pub use emm::{EmmData, EmmSource};
 pub use error::ScrambleError;
 pub use keys::CryptoPeriod;
 pub use run::{run_descramble, run_scramble, run_stage, PacketStage, RunEnd, RunOptions};
-pub use scrambler::Scrambler;
+pub use scrambler::{PendingCipher, Scrambler};
 pub use stats::Counters;

@@ -393,4 +393,73 @@ mod tests {
             "the file path differs from the scrambler in memory"
         );
     }
+
+    /// Deferred cipher (the data plane's mode): the output with the pending segments
+    /// scrambled by a shared engine pass is the output of the ordinary mode, byte for byte,
+    /// with key switches inside batches; and a batch whose pending segment was not
+    /// scrambled stops the next one.
+    #[test]
+    fn deferred_cipher_gives_the_same_bytes() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let one = std::fs::read(root.join("samples/spts.ts")).unwrap();
+        let data = one[..one.len() / PACKET_SIZE * PACKET_SIZE].repeat(2);
+        let (packets, _) = data.as_chunks::<PACKET_SIZE>();
+        let mut want = Vec::new();
+        let mut s = Scrambler::new(config(), None, Vec::new()).unwrap();
+        for batch in packets.chunks(37) {
+            want.extend_from_slice(s.process(batch).unwrap());
+        }
+        let mut d = Scrambler::new(config(), None, Vec::new()).unwrap();
+        d.set_deferred(true);
+        assert!(d.is_deferred());
+        let mut multi = csa::MultiBatch::new();
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        let mut pending_seen = 0;
+        for batch in packets.chunks(37) {
+            d.process_into(batch, &mut out).unwrap();
+            {
+                let mut run = multi.begin();
+                if let Some(p) = d.pending_cipher() {
+                    pending_seen += 1;
+                    let (sel, parity) = (p.select, p.parity);
+                    let bytes =
+                        &mut out[p.packets.start * PACKET_SIZE..p.packets.end * PACKET_SIZE];
+                    run.scramble_selected(p.ctx, bytes, |i| sel[i].then_some(parity))
+                        .unwrap();
+                }
+                run.finish();
+            }
+            d.cipher_done();
+            got.extend_from_slice(&out);
+        }
+        assert!(s.counters().stream.key_switches > 10 && pending_seen > 100);
+        assert_eq!(
+            d.counters().stream.key_switches,
+            s.counters().stream.key_switches
+        );
+        assert!(
+            got == want,
+            "deferred cipher differs from the ordinary mode"
+        );
+
+        // a pending segment nobody scrambled: the next batch is refused
+        let mut d = Scrambler::new(config(), None, Vec::new()).unwrap();
+        d.set_deferred(true);
+        let mut out = Vec::new();
+        let mut refused = false;
+        for batch in packets.chunks(37) {
+            match d.process_into(batch, &mut out) {
+                Ok(()) => {}
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(
+            refused,
+            "an unscrambled pending batch must stop the scrambler"
+        );
+    }
 }

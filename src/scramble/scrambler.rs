@@ -90,8 +90,24 @@ pub struct Scrambler {
     out: Vec<u8>,
     sel: Vec<bool>,
     seg_start: usize,
+    /// Deferred cipher (the head-end's data plane): the last segment of a batch is left to
+    /// the caller, who scrambles it together with other channels' (see [`Scrambler::set_deferred`]).
+    deferred: bool,
+    /// The segment left: packets `from..to` of the output, under `parity`.
+    pending: Option<(usize, usize, Parity)>,
     null: Packet,
     warned: Warned,
+}
+
+/// The cipher work a batch left in deferred mode: the packets of the output buffer to
+/// scramble (`packets`, by index; `select[i]` says whether packet i is), with `ctx` under
+/// `parity`. Valid until the scrambler is next used.
+#[derive(Debug)]
+pub struct PendingCipher<'a> {
+    pub ctx: &'a KeyContext,
+    pub parity: Parity,
+    pub packets: std::ops::Range<usize>,
+    pub select: &'a [bool],
 }
 
 impl Scrambler {
@@ -154,6 +170,8 @@ impl Scrambler {
             out: Vec::with_capacity(600 * PACKET_SIZE),
             sel: Vec::with_capacity(600),
             seg_start: 0,
+            deferred: false,
+            pending: None,
             null: null_packet(),
             warned: Warned {
                 no_ecm_generator: !no_ecm_generator,
@@ -169,6 +187,38 @@ impl Scrambler {
         })?;
         self.emm = Some(EmmInserter::new(source, pid));
         Ok(())
+    }
+
+    /// Deferred cipher, for a caller that scrambles many channels' packets in one engine
+    /// pass (CSA2 only; the AES modes run per payload anyway). A batch then leaves its last
+    /// segment (everything after the last key switch in it: usually the whole batch)
+    /// unscrambled in the output, described by [`Scrambler::pending_cipher`]; the caller
+    /// must scramble it before the output leaves, and call [`Scrambler::cipher_done`].
+    /// Segments before a key switch inside the batch are scrambled at once, as usual, so the
+    /// key context the caller gets is the one in force for the pending segment.
+    pub fn set_deferred(&mut self, on: bool) {
+        self.deferred = on && self.ctx.algorithm() == csa::Algorithm::Csa2;
+    }
+
+    /// Whether deferred cipher is on.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
+    }
+
+    /// The cipher work the last batch left (deferred mode), if any.
+    pub fn pending_cipher(&self) -> Option<PendingCipher<'_>> {
+        let (from, to, parity) = self.pending?;
+        Some(PendingCipher {
+            ctx: &self.ctx,
+            parity,
+            packets: from..to,
+            select: &self.sel[from..to],
+        })
+    }
+
+    /// The caller has scrambled the pending segment.
+    pub fn cipher_done(&mut self) {
+        self.pending = None;
     }
 
     /// The counters so far.
@@ -231,6 +281,14 @@ impl Scrambler {
 
     /// Process `packets` into `self.out`.
     fn process_batch(&mut self, packets: &[Packet]) -> Result<(), ScrambleError> {
+        if self.pending.is_some() {
+            // fail closed: the previous batch's packets were handed out unscrambled and
+            // nobody said they were scrambled since; that output must not be trusted
+            return Err(ScrambleError::Config(
+                "deferred cipher: the previous batch was not scrambled (cipher_done not called)"
+                    .to_owned(),
+            ));
+        }
         self.out.clear();
         self.sel.clear();
         self.seg_start = 0;
@@ -246,7 +304,15 @@ impl Scrambler {
         for pkt in packets {
             self.one_packet(pkt, batch_now)?;
         }
-        self.flush_segment()?;
+        if self.deferred {
+            let (from, to) = (self.seg_start, self.sel.len());
+            if to > from && self.sel[from..to].iter().any(|s| *s) {
+                self.pending = Some((from, to, self.period.parity()));
+            }
+            self.seg_start = to;
+        } else {
+            self.flush_segment()?;
+        }
         let n_out = (self.out.len() / PACKET_SIZE) as u64;
         self.counters.stream.packets_out += n_out;
         self.counters.stream.random_failures = self.keys.random_failures;
@@ -515,7 +581,8 @@ impl Scrambler {
             let Some(switch_at) = self.next_switch else {
                 return Ok(());
             };
-            if now < switch_at {
+            if now < switch_at || self.pending.is_some() {
+                // (a deferred segment still to scramble needs the key in force for it)
                 return Ok(());
             }
             let next = self.period.next();

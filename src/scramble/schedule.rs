@@ -28,9 +28,11 @@
 //!
 //! A switch to N+1 needs CW(N+1) on air in an ECM of *every* CA system (SimulCrypt: one
 //! CW, an ECM per CAS). If a generator failed, the switch is held: the current key stays
-//! in force (the service stays scrambled, never clear), each hold is counted, and it is
-//! logged once when the hold starts. When each system has an ECM carrying the next CW
-//! the switch happens.
+//! in force (the service stays scrambled, never clear). That is degraded mode. Each
+//! episode is logged when it starts (a warning naming the ECM PIDs without the next CW)
+//! and when it ends (the held switch happens once every system has an ECM carrying the
+//! next CW), and counted: `degraded_episodes` once per episode, `degraded_holds` at each
+//! time the schedule found the switch due and held it.
 //!
 //! # Use
 //!
@@ -67,6 +69,8 @@ pub struct ScheduleCounters {
     pub key_switches: u64,
     /// Times a key switch was held back because the ECM naming the next CW was not on air.
     pub degraded_holds: u64,
+    /// Times degraded mode was entered (each episode ends with the held key switch).
+    pub degraded_episodes: u64,
     /// ECM sections obtained from the generators.
     pub ecms_generated: u64,
     /// ECM generator failures.
@@ -93,8 +97,15 @@ impl EcmStream {
 /// Once-only warnings.
 #[derive(Debug, Default)]
 struct Warned {
-    degraded: bool,
     ecm_failure: bool,
+}
+
+/// A degraded-mode episode: a key switch held since `since`.
+#[derive(Debug, Clone, Copy)]
+struct Degraded {
+    since: Duration,
+    /// `degraded_holds` when the episode started.
+    holds_before: u64,
 }
 
 /// The crypto-period state machine of one scrambled stream.
@@ -110,6 +121,8 @@ pub struct Schedule {
     switch_due: bool,
     /// One ECM stream per CA system (empty without generators).
     ecms: Vec<EcmStream>,
+    /// The degraded-mode episode under way, if any.
+    degraded: Option<Degraded>,
     counters: ScheduleCounters,
     warned: Warned,
 }
@@ -151,6 +164,7 @@ impl Schedule {
             next_switch: (!single).then_some(config.crypto_period),
             switch_due: false,
             ecms,
+            degraded: None,
             counters: ScheduleCounters::default(),
             warned: Warned::default(),
         })
@@ -169,6 +183,11 @@ impl Schedule {
     /// The keys: CW(N) and CW(N+1) under their parities.
     pub fn key_context(&self) -> &KeyContext {
         &self.ctx
+    }
+
+    /// Whether a key switch is being held (degraded mode).
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.is_some()
     }
 
     /// The counters so far.
@@ -206,15 +225,26 @@ impl Schedule {
         }
         let next = self.period.next();
         if self.ecms.iter().any(|e| !e.covers(next)) {
-            self.counters.degraded_holds += 1;
-            if !self.warned.degraded {
-                self.warned.degraded = true;
+            if self.degraded.is_none() {
+                self.degraded = Some(Degraded {
+                    since: now,
+                    holds_before: self.counters.degraded_holds,
+                });
+                self.counters.degraded_episodes += 1;
+                let missing: Vec<String> = self
+                    .ecms
+                    .iter()
+                    .filter(|e| !e.covers(next))
+                    .map(|e| e.inserter.pid().to_string())
+                    .collect();
                 tracing::warn!(
                     period = next.0,
-                    "degraded mode: the ECM with the next CW is not on air for every CA system; \
-                     holding the current CW"
+                    ecm_pids = %missing.join(","),
+                    "degraded mode entered: the ECM with the next CW is not on air for every CA \
+                     system; holding the current CW (the service stays scrambled)"
                 );
             }
+            self.counters.degraded_holds += 1;
             return Ok(Step::Steady);
         }
         self.switch_due = true;
@@ -241,6 +271,15 @@ impl Schedule {
         } else {
             switch_at + self.period_len
         });
+        if let Some(d) = self.degraded.take() {
+            tracing::info!(
+                period = self.period.0,
+                held_ms = now.saturating_sub(d.since).as_millis() as u64,
+                holds = self.counters.degraded_holds - d.holds_before,
+                "degraded mode left: every CA system has the ECM with the new CW on air; \
+                 key switched"
+            );
+        }
         Ok(())
     }
 

@@ -468,6 +468,7 @@ impl Scrambler {
         let st = &mut self.counters.stream;
         st.key_switches = c.key_switches;
         st.degraded_holds = c.degraded_holds;
+        st.degraded_episodes = c.degraded_episodes;
         st.ecms_generated = c.ecms_generated;
         st.ecm_failures = c.ecm_failures;
         st.random_failures = c.random_failures;

@@ -356,7 +356,7 @@ fn ecmg_that_answers_late_is_counted_and_the_ecm_still_used() {
         ecm_pid: Pid::new(0x100),
         ca_system_id: 0x0B00,
     };
-    // the first call cannot have it: 180 ms > the few ms generate waits
+    // the first call cannot have it: generate never waits, and the ECMG takes 180 ms
     assert!(matches!(
         g.generate(&req, &mut out),
         Err(EcmError::Unavailable(_))

@@ -34,6 +34,21 @@
 //! next CW), and counted: `degraded_episodes` once per episode, `degraded_holds` at each
 //! time the schedule found the switch due and held it.
 //!
+//! # ECMs from prepared slots
+//!
+//! The schedule never waits on a generator on a live run: it announces a period ahead
+//! ([`EcmGenerator::prepare`]; period 0 in [`Schedule::start`], before the first packet),
+//! and at the period's content switch it takes the ECM if it is ready ([`EcmGenerator::generate`]
+//! never blocks); if not, the previous ECM stays on air, the failure is counted, and it
+//! asks again at the next advance. An ECM that comes late only delays the key switch
+//! (degraded mode above), never lets a packet out clear.
+//!
+//! Where time is the stream's (a file or a pipe, processed faster than real time), the
+//! ECMG's answer time would otherwise hold every switch: there the schedule may wait
+//! ([`Schedule::set_ecm_wait`]) up to a bound for an ECM it needs, as long as the generator
+//! has been answering (after a wait that ran out it stops waiting until an ECM comes again,
+//! so a dead ECMG costs one wait, not one per batch).
+//!
 //! # Use
 //!
 //! The owner (the scrambling stage) calls [`Schedule::advance`] with the time now; when
@@ -51,6 +66,11 @@ use super::ecm::{EcmGenerator, EcmInserter};
 use super::error::ScrambleError;
 use super::keys::{CryptoPeriod, KeySource};
 use crate::ts::Pid;
+
+/// How long the ECMs of period 0 are waited for in [`Schedule::start`], and the bound of
+/// each wait on a run that may wait ([`Schedule::set_ecm_wait`]). An ECMG answers within
+/// its max_comp_time (typically well under a second).
+pub const ECM_WAIT: Duration = Duration::from_secs(2);
 
 /// What the schedule says after [`Schedule::advance`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +104,9 @@ pub struct ScheduleCounters {
 struct EcmStream {
     inserter: EcmInserter,
     delay_start_ms: i64,
+    /// Its generator's last answer was an ECM (or none asked yet): on a run that may wait,
+    /// the next one is waited for.
+    answering: bool,
 }
 
 impl EcmStream {
@@ -121,6 +144,8 @@ pub struct Schedule {
     switch_due: bool,
     /// One ECM stream per CA system (empty without generators).
     ecms: Vec<EcmStream>,
+    /// How long a needed ECM may be waited for; None (live runs): never.
+    ecm_wait: Option<Duration>,
     /// The degraded-mode episode under way, if any.
     degraded: Option<Degraded>,
     counters: ScheduleCounters,
@@ -153,6 +178,7 @@ impl Schedule {
             .map(|(g, ca)| EcmStream {
                 inserter: EcmInserter::new(g, ca.ecm_pid, ca.ca_system_id, ca.ecm_repetition),
                 delay_start_ms: ca.delay_start_ms,
+                answering: true,
             })
             .collect();
         let single = keys.is_single_fixed();
@@ -164,10 +190,38 @@ impl Schedule {
             next_switch: (!single).then_some(config.crypto_period),
             switch_due: false,
             ecms,
+            ecm_wait: None,
             degraded: None,
             counters: ScheduleCounters::default(),
             warned: Warned::default(),
         })
+    }
+
+    /// Let the schedule wait up to `wait` for an ECM it needs (None: never wait). For runs
+    /// whose clock is the stream's: waiting there delays output, not the schedule.
+    pub fn set_ecm_wait(&mut self, wait: Option<Duration>) {
+        self.ecm_wait = wait;
+    }
+
+    /// Before the first packet: announce period 0 to every generator and give them up to
+    /// `within` (together) to have its ECM ready, so that the first scrambled packet finds
+    /// it on air. The data path has not started, so this wait stalls nothing.
+    pub fn start(&mut self, within: Duration) -> Result<(), ScrambleError> {
+        if self.ecms.is_empty() {
+            return Ok(());
+        }
+        let first = self.period;
+        let current = self.keys.cw(first)?.clone();
+        let next = self.keys.cw(first.next())?.clone();
+        for e in &mut self.ecms {
+            e.inserter.prepare(first, &current, &next);
+        }
+        let deadline = std::time::Instant::now() + within;
+        for e in &mut self.ecms {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            e.inserter.wait_for(first, &current, &next, left);
+        }
+        Ok(())
     }
 
     /// The crypto period in force.
@@ -317,7 +371,12 @@ impl Schedule {
         let current = self.keys.cw(target)?.clone();
         let next = self.keys.cw(target.next())?.clone();
         let ecm = &mut self.ecms[i];
-        match ecm.inserter.set_period(target, &current, &next, now) {
+        if let (Some(within), true) = (self.ecm_wait, ecm.answering) {
+            ecm.inserter.wait_for(target, &current, &next, within);
+        }
+        let res = ecm.inserter.set_period(target, &current, &next, now);
+        ecm.answering = res.is_ok();
+        match res {
             Ok(()) => {
                 self.counters.ecms_generated += 1;
                 // announce the period after while this one is on air (once: the period on

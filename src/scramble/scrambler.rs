@@ -25,7 +25,7 @@ use super::ecm::EcmGenerator;
 use super::emm::{EmmInserter, EmmSource};
 use super::error::ScrambleError;
 use super::keys::CryptoPeriod;
-use super::schedule::{Schedule, Step};
+use super::schedule::{Schedule, Step, ECM_WAIT};
 use super::stats::Counters;
 use crate::ts::packet::{null_packet, Packet, PACKET_SIZE};
 use crate::ts::{PacketRef, Pid};
@@ -64,6 +64,12 @@ impl Scrambler {
     /// A scrambler for `config`, logging CWs to `cw_log` (optional). `ecm` holds the ECM
     /// generators, one per entry of `config.ca_systems` in the same order, or none at all
     /// (the PMTs then name the ECM PIDs but no ECM is sent).
+    ///
+    /// The generators are told about period 0 here, and given up to
+    /// [`ECM_WAIT`](super::schedule::ECM_WAIT) to have its ECM ready (a SimulCrypt ECMG
+    /// answers within its max_comp_time): before the first packet, so a live input never
+    /// waits. With the stream clock (files, pipes) the schedule may also wait, bounded, for
+    /// an ECM it needs later; with the wall clock it never does.
     pub fn new(
         config: ScrambleConfig,
         cw_log: Option<CwLogWriter>,
@@ -83,7 +89,9 @@ impl Scrambler {
         }
         check_ca_config(&config, ecm.len())?;
         let no_ecm_generator = !config.ca_systems.is_empty() && ecm.is_empty();
-        let schedule = Schedule::new(&config, cw_log, ecm)?;
+        let mut schedule = Schedule::new(&config, cw_log, ecm)?;
+        schedule.set_ecm_wait((config.clock == ClockMode::Stream).then_some(ECM_WAIT));
+        schedule.start(ECM_WAIT)?;
         Ok(Scrambler {
             demux: Demux::new(&config),
             clock: Clock::new(config.clock),

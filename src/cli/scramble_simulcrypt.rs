@@ -323,8 +323,8 @@ impl EcmGenerator for NoteRefusal {
         self.inner.prepare(req);
     }
 
-    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) {
-        self.inner.wait_for_ecm(req, within);
+    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) -> bool {
+        self.inner.wait_for_ecm(req, within)
     }
 
     fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {

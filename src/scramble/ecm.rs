@@ -84,12 +84,13 @@ pub trait EcmGenerator: Send {
     }
 
     /// Wait up to `within` until [`EcmGenerator::generate`] can answer `req` at once (with
-    /// the ECM or a refusal), asking for it if need be. Only called where waiting stalls
-    /// nothing live: before the first packet, and on runs whose clock is the stream's
-    /// (files, pipes). Default: returns at once (a generator that builds ECMs in place is
-    /// always ready).
-    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) {
+    /// the ECM or a refusal), asking for it if need be; false if the time ran out. Only
+    /// called where waiting stalls nothing live: before the first packet, and on runs whose
+    /// clock is the stream's (files, pipes). Default: true at once (a generator that builds
+    /// ECMs in place is always ready).
+    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) -> bool {
         let _ = (req, within);
+        true
     }
 }
 
@@ -177,10 +178,16 @@ impl EcmInserter {
     }
 
     /// Give the generator up to `within` to have the ECM of `period` ready (blocks; see
-    /// [`EcmGenerator::wait_for_ecm`] for where that is allowed).
-    pub fn wait_for(&mut self, period: CryptoPeriod, current: &Cw, next: &Cw, within: Duration) {
+    /// [`EcmGenerator::wait_for_ecm`] for where that is allowed); false if the time ran out.
+    pub fn wait_for(
+        &mut self,
+        period: CryptoPeriod,
+        current: &Cw,
+        next: &Cw,
+        within: Duration,
+    ) -> bool {
         let req = self.request(period, current, next);
-        self.generator.wait_for_ecm(&req, within);
+        self.generator.wait_for_ecm(&req, within)
     }
 
     fn request<'a>(&self, period: CryptoPeriod, current: &'a Cw, next: &'a Cw) -> EcmRequest<'a> {

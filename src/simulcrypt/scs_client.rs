@@ -453,17 +453,20 @@ impl EcmGenerator for SimulcryptEcmg {
         self.provision(req.period.0, req.current, req.next);
     }
 
-    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) {
+    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         let mut st = lock(&self.shared.state);
         if Self::answered(&st, req) {
-            return;
+            return true;
         }
         self.ask(&mut st, req.period.0, req.current, req.next);
         loop {
+            if Self::answered(&st, req) {
+                return true;
+            }
             let now = Instant::now();
-            if Self::answered(&st, req) || now >= deadline {
-                return;
+            if now >= deadline {
+                return false;
             }
             st = self
                 .shared

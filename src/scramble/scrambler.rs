@@ -1,9 +1,9 @@
 //! The scrambling stage: packets in, packets out (scrambled ES, rewritten PMT, ECMs).
 //!
-//! Crypto periods, key switches, ECM content and degraded mode are the
-//! [`Schedule`](super::schedule::Schedule)'s: this stage asks it to advance to the time now
-//! (once per batch, and at each PCR with the stream clock), scrambles under the parity it
-//! says is in force, and flushes the packets marked so far when it says the key switches.
+//! Crypto periods, key switches, ECM content and degraded mode are the [`Schedule`]'s:
+//! this stage asks it to advance to the time now (once per batch, and at each PCR with the
+//! stream clock), scrambles under the parity it says is in force, and flushes the packets
+//! marked so far when it says the key switches.
 //!
 //! # Batches
 //!
@@ -65,11 +65,11 @@ impl Scrambler {
     /// generators, one per entry of `config.ca_systems` in the same order, or none at all
     /// (the PMTs then name the ECM PIDs but no ECM is sent).
     ///
-    /// The generators are told about period 0 here, and given up to
-    /// [`ECM_WAIT`](super::schedule::ECM_WAIT) to have its ECM ready (a SimulCrypt ECMG
-    /// answers within its max_comp_time): before the first packet, so a live input never
-    /// waits. With the stream clock (files, pipes) the schedule may also wait, bounded, for
-    /// an ECM it needs later; with the wall clock it never does.
+    /// The generators are told about period 0 here, and given up to [`ECM_WAIT`] to have
+    /// its ECM ready (a SimulCrypt ECMG answers within its max_comp_time): before the first
+    /// packet, so a live input never waits. With the stream clock (files, pipes) the
+    /// schedule may also wait, bounded, for an ECM it needs later; with the wall clock it
+    /// never does.
     pub fn new(
         config: ScrambleConfig,
         cw_log: Option<CwLogWriter>,

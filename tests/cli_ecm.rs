@@ -229,6 +229,10 @@ fn failing_generator_holds_the_key_degraded() {
         "held at the last period whose CW is on air"
     );
     assert!(r.counters.stream.degraded_holds > 0);
+    assert_eq!(
+        r.counters.stream.degraded_episodes, 1,
+        "one hold, never left"
+    );
     assert!(r.counters.stream.ecm_failures > 0);
     check_keys_on_air_before_use_partial(&r);
 }

@@ -405,6 +405,13 @@ fn ecmg_killed_and_restarted_mid_run() {
         stream["degraded_holds"].as_u64().unwrap() > 0,
         "no hold counted: {stream}"
     );
+    // the outage is one episode, entered and left, each logged once
+    assert!(
+        stream["degraded_episodes"].as_u64().unwrap() >= 1,
+        "no episode counted: {stream}"
+    );
+    assert!(log.contains("degraded mode entered"), "{log}");
+    assert!(log.contains("degraded mode left"), "{log}");
     assert!(log.contains("setups=2"), "no reconnection: {log}");
 
     let pkts = packets(&out);

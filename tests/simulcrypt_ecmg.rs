@@ -356,14 +356,53 @@ fn ecmg_that_answers_late_is_counted_and_the_ecm_still_used() {
         ecm_pid: Pid::new(0x100),
         ca_system_id: 0x0B00,
     };
-    // the first call cannot have it: 180 ms > the few ms generate waits
+    // the first call cannot have it: generate never waits, and the ECMG takes 180 ms
+    let t = std::time::Instant::now();
     assert!(matches!(
         g.generate(&req, &mut out),
         Err(EcmError::Unavailable(_))
     ));
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "generate waited {:?} for the ECMG",
+        t.elapsed()
+    );
     let sec = ecm_for(&mut g, 4, &a, &b, Duration::from_secs(20)).unwrap();
     assert_eq!(sec, [0x80, 0x70, 2, 0xAB, 0xCD]);
     assert!(g.stats().late.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+
+    // where waiting is allowed (before the first packet, a file run), wait_for_ecm waits
+    // for the answer, and generate then takes it at once
+    let (c, d) = (cw(), cw());
+    let req = EcmRequest {
+        period: CryptoPeriod(5),
+        parity: CryptoPeriod(5).parity(),
+        current: &c,
+        next: &d,
+        ecm_pid: Pid::new(0x100),
+        ca_system_id: 0x0B00,
+    };
+    let t = std::time::Instant::now();
+    assert!(g.wait_for_ecm(&req, Duration::from_secs(20)));
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    out.clear();
+    g.generate(&req, &mut out).unwrap();
+    assert_eq!(out[0], 0x81);
+    // and gives up when the bound runs out
+    let (e, f) = (cw(), cw());
+    let req = EcmRequest {
+        period: CryptoPeriod(6),
+        parity: CryptoPeriod(6).parity(),
+        current: &e,
+        next: &f,
+        ecm_pid: Pid::new(0x100),
+        ca_system_id: 0x0B00,
+    };
+    assert!(!g.wait_for_ecm(&req, Duration::from_millis(20)));
 }
 
 fn status_of(m: Option<EcmgMessage>) -> (u16, Option<u16>, Vec<u16>) {

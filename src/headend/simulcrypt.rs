@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::io::PacketBatch;
 use crate::net::AcceptLimits;
@@ -23,9 +23,6 @@ use super::error::{bail, Context, HeadendError};
 use super::spec::ChannelSpec;
 use crate::net::ControlPlane;
 
-/// How long the first ECM is waited for, so no packet is scrambled before a card can
-/// find its key (later ECMs never wait: the scrambler holds the key switch instead).
-const FIRST_ECM_WAIT: Duration = Duration::from_secs(2);
 /// How long the ECMG gets to set up channel and stream at start.
 const SETUP_WAIT: Duration = Duration::from_secs(10);
 
@@ -49,9 +46,8 @@ impl SimulcryptParts {
     /// systems [`start`] added.
     pub fn ecm_generators(&self) -> impl Iterator<Item = Box<dyn EcmGenerator>> + '_ {
         self.ecmgs.iter().map(|g| {
-            Box::new(FirstEcmWait {
+            Box::new(NoteRefusal {
                 inner: g.clone(),
-                delivered: false,
                 refusal: Arc::clone(&self.refusal),
             }) as Box<dyn EcmGenerator>
         })
@@ -247,38 +243,29 @@ pub fn start(
     Ok(parts)
 }
 
-/// Waits for the first ECM (the ECMG answers within max_comp_time); later periods go
-/// straight to the client, which never blocks the data path for long.
-struct FirstEcmWait {
+/// The ECMG client, keeping the first refusal for [`StopOnRefusal`]. (The first ECM is
+/// waited for by the scrambler's schedule, before the first packet.)
+struct NoteRefusal {
     inner: SimulcryptEcmg,
-    delivered: bool,
     refusal: Refusal,
 }
 
-impl EcmGenerator for FirstEcmWait {
+impl EcmGenerator for NoteRefusal {
     fn prepare(&mut self, req: &EcmRequest<'_>) {
         self.inner.prepare(req);
     }
 
+    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) -> bool {
+        self.inner.wait_for_ecm(req, within)
+    }
+
     fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {
-        let deadline = Instant::now() + FIRST_ECM_WAIT;
-        loop {
-            match self.inner.generate(req, out) {
-                Ok(()) => {
-                    self.delivered = true;
-                    return Ok(());
-                }
-                Err(EcmError::Refused(why)) => {
-                    // the ECMG answered no: waiting for the first ECM cannot change that
-                    let mut r = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
-                    r.get_or_insert_with(|| why.clone());
-                    return Err(EcmError::Refused(why));
-                }
-                Err(e) if self.delivered || Instant::now() >= deadline => return Err(e),
-                // each attempt already waits a few ms for the answer
-                Err(_) => {}
-            }
+        let res = self.inner.generate(req, out);
+        if let Err(EcmError::Refused(why)) = &res {
+            let mut r = self.refusal.lock().unwrap_or_else(|e| e.into_inner());
+            r.get_or_insert_with(|| why.clone());
         }
+        res
     }
 }
 

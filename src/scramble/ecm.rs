@@ -1,12 +1,18 @@
 //! ECM plumbing: the [`EcmGenerator`] trait the built-in ECMG and SimulCrypt implement, and
 //! the inserter that repeats the current ECM on the ECM PID.
 //!
-//! Timing (see the scheduler in `scrambler.rs`): the ECM of crypto period N carries CW(N)
+//! Timing (see the schedule in `schedule.rs`): the ECM of crypto period N carries CW(N)
 //! and CW(N+1) and has table_id 0x80 when N is even, 0x81 when odd. Its content goes on air
 //! at start(N) + delay_start (negative delay_start: before the key switch), so the key of
 //! period N+1 is on air a whole period before it is used. The section is asked for once
 //! per period and repeated every `ecm_repetition` (default 100 ms). Packets go into null
 //! packets of the input where there are any, else they are added; both are counted.
+//!
+//! ECMs come from a prepared slot: a generator is told about a period ahead of time
+//! ([`EcmGenerator::prepare`]); one that answers asynchronously (a SimulCrypt ECMG) puts the
+//! answer aside, and [`EcmGenerator::generate`] only takes what is ready, so the data path
+//! never waits on the control plane. Waiting ([`EcmGenerator::wait_for_ecm`]) is for where
+//! it stalls nothing live: before the first packet, and runs on stream time (files, pipes).
 
 use std::time::Duration;
 
@@ -61,15 +67,30 @@ pub enum EcmError {
     Refused(String),
 }
 
-/// Makes the ECM section of a crypto period. Called once per period, off the per-packet path.
+/// Makes the ECM section of a crypto period. Called once per period (and again while it
+/// fails), off the per-packet path but on the data-path thread: no method but
+/// [`EcmGenerator::wait_for_ecm`] may block.
 pub trait EcmGenerator: Send {
     /// Append the complete ECM section(s) for `req` to `out` (table_id [`EcmRequest::table_id`]).
+    /// Must not block: a generator that answers asynchronously gives the ECM it has ready,
+    /// else asks for it (if not yet asked) and answers [`EcmError::Unavailable`]; the
+    /// schedule keeps the previous ECM on air and asks again on its next batch.
     fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError>;
 
     /// `req` will be asked for next (about a crypto period from now): a generator that
     /// answers slowly (a SimulCrypt ECMG) can start on it now. Must not block.
     fn prepare(&mut self, req: &EcmRequest<'_>) {
         let _ = req;
+    }
+
+    /// Wait up to `within` until [`EcmGenerator::generate`] can answer `req` at once (with
+    /// the ECM or a refusal), asking for it if need be; false if the time ran out. Only
+    /// called where waiting stalls nothing live: before the first packet, and on runs whose
+    /// clock is the stream's (files, pipes). Default: true at once (a generator that builds
+    /// ECMs in place is always ready).
+    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) -> bool {
+        let _ = (req, within);
+        true
     }
 }
 
@@ -154,6 +175,19 @@ impl EcmInserter {
     pub fn prepare(&mut self, period: CryptoPeriod, current: &Cw, next: &Cw) {
         let req = self.request(period, current, next);
         self.generator.prepare(&req);
+    }
+
+    /// Give the generator up to `within` to have the ECM of `period` ready (blocks; see
+    /// [`EcmGenerator::wait_for_ecm`] for where that is allowed); false if the time ran out.
+    pub fn wait_for(
+        &mut self,
+        period: CryptoPeriod,
+        current: &Cw,
+        next: &Cw,
+        within: Duration,
+    ) -> bool {
+        let req = self.request(period, current, next);
+        self.generator.wait_for_ecm(&req, within)
     }
 
     fn request<'a>(&self, period: CryptoPeriod, current: &'a Cw, next: &'a Cw) -> EcmRequest<'a> {

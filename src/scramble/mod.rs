@@ -11,6 +11,7 @@
 //! - [`emm`]: the [`EmmSource`] trait and EMM insertion on the EMM PID;
 //! - [`cat`]: the CAT with the EMM CA_descriptor (merged or our own);
 //! - [`insert`]: the bounded queue of mux packets (null slots first, else added);
+//! - [`schedule`]: crypto periods, key switches, ECM content, degraded mode;
 //! - [`scrambler`]: the stage that ties them together, batch by batch;
 //! - [`descrambler`]: the reverse stage (fixed CWs or a CW log);
 //! - [`stats`]: counters per PID and per stream;
@@ -28,6 +29,7 @@ mod error;
 pub mod insert;
 pub mod keys;
 pub mod run;
+pub mod schedule;
 pub mod scrambler;
 pub mod stats;
 

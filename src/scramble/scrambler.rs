@@ -1,21 +1,9 @@
 //! The scrambling stage: packets in, packets out (scrambled ES, rewritten PMT, ECMs).
 //!
-//! # Crypto periods
-//!
-//! Period N uses CW(N) under parity N mod 2 (even: TSC 10, odd: TSC 11). The key
-//! context always holds CW(N) and CW(N+1), so when period N+1 starts nothing has to be
-//! computed: the slot of N is then refilled with CW(N+2). Periods are consecutive
-//! whatever happens to time (a PCR jump or a stalled input starts the next period at
-//! once and re-bases the schedule), because a descrambler reading the CW log counts
-//! parity flips to find its line.
-//!
-//! With ECM generators, the ECM of period N (CW(N) current, CW(N+1) next) goes on air
-//! at start(N) + delay_start of its CA system; once it is, the generator is told about
-//! period N+1 ahead of time ([`EcmGenerator::prepare`]), so a SimulCrypt ECMG has a whole
-//! period to answer. A switch to N+1 needs CW(N+1) on air in an ECM of *every* CA system
-//! (SimulCrypt: one CW, an ECM per CAS); if a generator failed, the switch is held
-//! (degraded mode: the current key stays, the hold is counted and logged once) until
-//! each system has an ECM carrying it out.
+//! Crypto periods, key switches, ECM content and degraded mode are the [`Schedule`]'s:
+//! this stage asks it to advance to the time now (once per batch, and at each PCR with the
+//! stream clock), scrambles under the parity it says is in force, and flushes the packets
+//! marked so far when it says the key switches.
 //!
 //! # Batches
 //!
@@ -26,17 +14,18 @@
 
 use std::time::Duration;
 
-use csa::{payload_offset, KeyContext, Parity};
+use csa::{payload_offset, Parity};
 
 use super::cat::CatWriter;
 use super::clock::Clock;
 use super::config::{ClockMode, ScrambleConfig, MAX_CA_SYSTEMS};
 use super::cw::CwLogWriter;
 use super::demux::{Demux, Role};
-use super::ecm::{EcmGenerator, EcmInserter};
+use super::ecm::EcmGenerator;
 use super::emm::{EmmInserter, EmmSource};
 use super::error::ScrambleError;
-use super::keys::{CryptoPeriod, KeySource};
+use super::keys::CryptoPeriod;
+use super::schedule::{Schedule, Step, ECM_WAIT};
 use super::stats::Counters;
 use crate::ts::packet::{null_packet, Packet, PACKET_SIZE};
 use crate::ts::{PacketRef, Pid};
@@ -44,27 +33,10 @@ use crate::ts::{PacketRef, Pid};
 /// Once-only warnings, so a repeated data-path problem is logged once.
 #[derive(Debug, Default)]
 struct Warned {
-    degraded: bool,
-    ecm_failure: bool,
     ours_in_input: bool,
     missing_services: bool,
     no_ecm_generator: bool,
     unreferenced: bool,
-}
-
-/// The ECMs of one CA system: its inserter and when its content switches.
-#[derive(Debug)]
-struct EcmStream {
-    inserter: EcmInserter,
-    delay_start_ms: i64,
-}
-
-impl EcmStream {
-    /// Whether an ECM carrying the CW of `period` is on air.
-    fn covers(&self, period: CryptoPeriod) -> bool {
-        // the ECM of period N carries CW(N) and CW(N+1)
-        self.inserter.on_air().is_some_and(|p| p.0 + 1 >= period.0)
-    }
 }
 
 /// Scrambles a transport stream, batch by batch.
@@ -72,15 +44,9 @@ impl EcmStream {
 pub struct Scrambler {
     demux: Demux,
     clock: Clock,
-    keys: KeySource,
-    ctx: KeyContext,
+    /// Crypto periods, keys, ECM content (one ECM stream per CA system).
+    schedule: Schedule,
     min_payload: usize,
-    period: CryptoPeriod,
-    period_len: Duration,
-    /// When the next period starts; None with one fixed key.
-    next_switch: Option<Duration>,
-    /// One ECM stream per CA system (empty without generators).
-    ecms: Vec<EcmStream>,
     /// The CAT: the input's (with our EMM CA_descriptor merged when there is an EMM PID) or
     /// ours, sent once anything is scrambled (ETR 290 2.6: scrambled packets need a CAT).
     cat: CatWriter,
@@ -104,7 +70,7 @@ pub struct Scrambler {
 /// `parity`. Valid until the scrambler is next used.
 #[derive(Debug)]
 pub struct PendingCipher<'a> {
-    pub ctx: &'a KeyContext,
+    pub ctx: &'a csa::KeyContext,
     pub parity: Parity,
     pub packets: std::ops::Range<usize>,
     pub select: &'a [bool],
@@ -114,6 +80,12 @@ impl Scrambler {
     /// A scrambler for `config`, logging CWs to `cw_log` (optional). `ecm` holds the ECM
     /// generators, one per entry of `config.ca_systems` in the same order, or none at all
     /// (the PMTs then name the ECM PIDs but no ECM is sent).
+    ///
+    /// The generators are told about period 0 here, and given up to [`ECM_WAIT`] to have
+    /// its ECM ready (a SimulCrypt ECMG answers within its max_comp_time): before the first
+    /// packet, so a live input never waits. With the stream clock (files, pipes) the
+    /// schedule may also wait, bounded, for an ECM it needs later; with the wall clock it
+    /// never does.
     pub fn new(
         config: ScrambleConfig,
         cw_log: Option<CwLogWriter>,
@@ -132,37 +104,15 @@ impl Scrambler {
             }
         }
         check_ca_config(&config, ecm.len())?;
-        let mut keys = KeySource::new(
-            config.keys.clone(),
-            config.algorithm,
-            config.cw_checksum,
-            cw_log,
-        )?;
-        let ctx = {
-            let even = keys.cw(CryptoPeriod(0))?.clone();
-            let odd = keys.cw(CryptoPeriod(1))?.clone();
-            KeyContext::from_bytes(config.algorithm, even.as_bytes(), odd.as_bytes())?
-        };
         let no_ecm_generator = !config.ca_systems.is_empty() && ecm.is_empty();
-        let ecms = ecm
-            .into_iter()
-            .zip(&config.ca_systems)
-            .map(|(g, ca)| EcmStream {
-                inserter: EcmInserter::new(g, ca.ecm_pid, ca.ca_system_id, ca.ecm_repetition),
-                delay_start_ms: ca.delay_start_ms,
-            })
-            .collect();
-        let single = keys.is_single_fixed();
+        let mut schedule = Schedule::new(&config, cw_log, ecm)?;
+        schedule.set_ecm_wait((config.clock == ClockMode::Stream).then_some(ECM_WAIT));
+        schedule.start(ECM_WAIT)?;
         Ok(Scrambler {
             demux: Demux::new(&config),
             clock: Clock::new(config.clock),
-            keys,
-            ctx,
+            schedule,
             min_payload: config.algorithm.key_len(),
-            period: CryptoPeriod(0),
-            period_len: config.crypto_period,
-            next_switch: (!single).then_some(config.crypto_period),
-            ecms,
             cat: CatWriter::new(config.emm_pid.map(|pid| (config.emm_ca_system_id, pid))),
             emm: None,
             emm_pid: config.emm_pid,
@@ -197,7 +147,7 @@ impl Scrambler {
     /// Segments before a key switch inside the batch are scrambled at once, as usual, so the
     /// key context the caller gets is the one in force for the pending segment.
     pub fn set_deferred(&mut self, on: bool) {
-        self.deferred = on && self.ctx.algorithm() == csa::Algorithm::Csa2;
+        self.deferred = on && self.schedule.key_context().algorithm() == csa::Algorithm::Csa2;
     }
 
     /// Whether deferred cipher is on.
@@ -209,7 +159,7 @@ impl Scrambler {
     pub fn pending_cipher(&self) -> Option<PendingCipher<'_>> {
         let (from, to, parity) = self.pending?;
         Some(PendingCipher {
-            ctx: &self.ctx,
+            ctx: self.schedule.key_context(),
             parity,
             packets: from..to,
             select: &self.sel[from..to],
@@ -243,7 +193,7 @@ impl Scrambler {
 
     /// The current crypto period.
     pub fn period(&self) -> CryptoPeriod {
-        self.period
+        self.schedule.period()
     }
 
     /// Whether the clock follows the wall clock.
@@ -307,7 +257,7 @@ impl Scrambler {
         if self.deferred {
             let (from, to) = (self.seg_start, self.sel.len());
             if to > from && self.sel[from..to].iter().any(|s| *s) {
-                self.pending = Some((from, to, self.period.parity()));
+                self.pending = Some((from, to, self.schedule.parity()));
             }
             self.seg_start = to;
         } else {
@@ -315,7 +265,7 @@ impl Scrambler {
         }
         let n_out = (self.out.len() / PACKET_SIZE) as u64;
         self.counters.stream.packets_out += n_out;
-        self.counters.stream.random_failures = self.keys.random_failures;
+        self.sync_schedule_counters();
         self.counters.stream.pcr_discontinuities = self.clock.discontinuities();
         self.counters.stream.cat = self.cat.counters();
         if let Some(emm) = &self.emm {
@@ -497,10 +447,10 @@ impl Scrambler {
         if self.demux.ready() {
             self.tick_inserters(now);
         }
-        for i in 0..self.ecms.len() {
-            while let Some(e) = self.ecms[i].inserter.take_to_add(now) {
+        for i in 0..self.schedule.ecm_streams() {
+            while let Some(e) = self.schedule.ecm_inserter(i).take_to_add(now) {
                 self.push(&e, false);
-                let ecm_pid = self.ecms[i].inserter.pid();
+                let ecm_pid = self.schedule.ecm_inserter(i).pid();
                 self.count_ecm(ecm_pid, false);
             }
         }
@@ -511,8 +461,8 @@ impl Scrambler {
     }
 
     fn tick_inserters(&mut self, now: Duration) {
-        for ecm in &mut self.ecms {
-            ecm.inserter.tick(now);
+        for ecm in self.schedule.ecm_inserters() {
+            ecm.tick(now);
         }
         if self.demux.any_scrambled() {
             self.cat.tick(now);
@@ -543,9 +493,9 @@ impl Scrambler {
 
     /// An ECM packet waiting for a null slot, with its PID (the systems take turns in order).
     fn take_ecm_for_null(&mut self, now: Duration) -> Option<(Packet, Pid)> {
-        self.ecms.iter_mut().find_map(|e| {
-            let pid = e.inserter.pid();
-            e.inserter.take_for_null(now).map(|p| (p, pid))
+        self.schedule.ecm_inserters().find_map(|e| {
+            let pid = e.pid();
+            e.take_for_null(now).map(|p| (p, pid))
         })
     }
 
@@ -563,9 +513,10 @@ impl Scrambler {
         let from = self.seg_start;
         let to = self.sel.len();
         if to > from && self.sel[from..to].iter().any(|s| *s) {
-            let parity = self.period.parity();
+            let parity = self.schedule.parity();
             let sel = &self.sel[from..to];
-            self.ctx
+            self.schedule
+                .key_context()
                 .scramble_selected(&mut self.out[from * PACKET_SIZE..to * PACKET_SIZE], |i| {
                     sel[i].then_some(parity)
                 })?;
@@ -574,95 +525,31 @@ impl Scrambler {
         Ok(())
     }
 
-    /// Bring ECM content and the key period up to `now`.
+    /// Bring ECM content and the key period up to `now`: packets marked so far are
+    /// scrambled under the old key when the schedule switches.
     fn advance(&mut self, now: Duration) -> Result<(), ScrambleError> {
-        loop {
-            self.update_ecm(now)?;
-            let Some(switch_at) = self.next_switch else {
-                return Ok(());
-            };
-            if now < switch_at || self.pending.is_some() {
-                // (a deferred segment still to scramble needs the key in force for it)
-                return Ok(());
-            }
-            let next = self.period.next();
-            if self.ecms.iter().any(|e| !e.covers(next)) {
-                self.counters.stream.degraded_holds += 1;
-                if !self.warned.degraded {
-                    self.warned.degraded = true;
-                    tracing::warn!(
-                        period = next.0,
-                        "degraded mode: the ECM with the next CW is not on air for every CA system; \
-                         holding the current CW"
-                    );
-                }
-                return Ok(());
-            }
-            // packets so far in this batch belong to the old period
-            self.flush_segment()?;
-            self.period = next;
-            self.counters.stream.key_switches += 1;
-            let after = self.period.next();
-            let cw = self.keys.cw(after)?.clone();
-            self.ctx.set_key(after.parity(), cw.as_bytes())?;
-            if self.period.0 >= 1 {
-                self.keys.forget_before(CryptoPeriod(self.period.0 - 1));
-            }
-            self.next_switch = Some(if now >= switch_at + self.period_len {
-                now + self.period_len
-            } else {
-                switch_at + self.period_len
-            });
-        }
-    }
-
-    /// Put the ECM of the right period on air (start(N) + delay_start) for each CA system.
-    fn update_ecm(&mut self, now: Duration) -> Result<(), ScrambleError> {
-        for i in 0..self.ecms.len() {
-            self.update_one_ecm(i, now)?;
-        }
-        Ok(())
-    }
-
-    fn update_one_ecm(&mut self, i: usize, now: Duration) -> Result<(), ScrambleError> {
-        let delay_start_ms = self.ecms[i].delay_start_ms;
-        let delay = Duration::from_millis(delay_start_ms.unsigned_abs());
-        let mut target = self.period;
-        if let Some(switch_at) = self.next_switch {
-            if delay_start_ms < 0 && now + delay >= switch_at {
-                target = self.period.next();
-            } else if delay_start_ms > 0 && self.period.0 > 0 {
-                let period_start = switch_at.saturating_sub(self.period_len);
-                if now < period_start + delay {
-                    target = CryptoPeriod(self.period.0 - 1);
-                }
-            }
-        }
-        if self.ecms[i].inserter.on_air().is_some_and(|p| p >= target) {
+        if self.pending.is_some() {
+            // a deferred segment still to scramble needs the key in force for it
             return Ok(());
         }
-        let current = self.keys.cw(target)?.clone();
-        let next = self.keys.cw(target.next())?.clone();
-        let ecm = &mut self.ecms[i];
-        match ecm.inserter.set_period(target, &current, &next, now) {
-            Ok(()) => {
-                self.counters.stream.ecms_generated += 1;
-                // announce the period after while this one is on air (once: the period on
-                // air only moves forward, so each success is a new period)
-                let ahead = target.next();
-                let after = self.keys.cw(ahead.next())?.clone();
-                self.ecms[i].inserter.prepare(ahead, &next, &after);
-            }
-            Err(e) => {
-                self.counters.stream.ecm_failures += 1;
-                if !self.warned.ecm_failure {
-                    self.warned.ecm_failure = true;
-                    let pid = self.ecms[i].inserter.pid();
-                    tracing::warn!(error = %e, period = target.0, ecm_pid = %pid, "ECM generator failed");
-                }
-            }
+        while self.schedule.advance(now)? == Step::Switch {
+            // packets so far in this batch belong to the old period
+            self.flush_segment()?;
+            self.schedule.switch(now)?;
         }
         Ok(())
+    }
+
+    /// Copy the schedule's counters into the stream counters.
+    fn sync_schedule_counters(&mut self) {
+        let c = self.schedule.counters();
+        let st = &mut self.counters.stream;
+        st.key_switches = c.key_switches;
+        st.degraded_holds = c.degraded_holds;
+        st.degraded_episodes = c.degraded_episodes;
+        st.ecms_generated = c.ecms_generated;
+        st.ecm_failures = c.ecm_failures;
+        st.random_failures = c.random_failures;
     }
 
     /// Wall-clock mode: call between batches when no packet came, so periods and ECMs go on.
@@ -670,13 +557,14 @@ impl Scrambler {
         if !self.clock.is_stream() {
             let now = self.clock.now();
             self.advance(now)?;
+            self.sync_schedule_counters();
         }
         Ok(())
     }
 
     /// Parity in use now.
     pub fn parity(&self) -> Parity {
-        self.period.parity()
+        self.schedule.parity()
     }
 }
 

@@ -37,6 +37,9 @@ pub struct StreamCounters {
     pub key_switches: u64,
     /// Times a key switch was held back because the ECM naming the next CW was not on air.
     pub degraded_holds: u64,
+    /// Degraded-mode episodes: times a key switch started being held (each ends when the
+    /// ECMs with the next CW are on air and the key switches).
+    pub degraded_episodes: u64,
     /// Random CW generation failures (the previous CW was held).
     pub random_failures: u64,
     /// PMT sections accepted with new content (each bumps our version).

@@ -3,13 +3,15 @@
 //!
 //! The data path never waits on the network. A control task on tokio owns the connection:
 //! channel_setup/stream_setup, channel_test keepalive, CW_provision for every period the
-//! pipeline announces, ECM_responses stored as "ready". The pipeline's
-//! [`EcmGenerator::generate`] (once per crypto period) announces the period if it is new,
-//! waits a few milliseconds at most, and takes the ready ECM; when there is none yet it
-//! returns [`EcmError::Unavailable`] (counted) and the previous ECM and key stay on air —
-//! the scrambler holds the current CW until an ECM with the next one is out (fail closed),
-//! and asks again on its next batch. [`SimulcryptEcmg::provision`] lets a caller announce a
-//! period ahead of time so the ECM is ready when asked for.
+//! pipeline announces, ECM_responses stored as "ready" (the prepared slot). The pipeline's
+//! [`EcmGenerator::generate`] (once per crypto period) takes the ready ECM without waiting;
+//! when there is none yet it announces the period if it is new and returns
+//! [`EcmError::Unavailable`] (counted) and the previous ECM and key stay on air — the
+//! scrambler holds the current CW until an ECM with the next one is out (fail closed), and
+//! asks again on its next batch. [`EcmGenerator::prepare`] / [`SimulcryptEcmg::provision`]
+//! announce a period ahead of time so the ECM is ready when asked for;
+//! [`EcmGenerator::wait_for_ecm`] waits for it where waiting stalls nothing live (before the
+//! first packet, or a file run).
 //!
 //! On a lost link the task reconnects with exponential backoff and replays the CW_provisions
 //! of the latest periods, so ECMs resume without the pipeline doing anything.
@@ -77,8 +79,6 @@ pub struct ScsConfig {
     pub keepalive: Duration,
     /// Time allowed for connecting and each setup answer. Default 5 s.
     pub setup_timeout: Duration,
-    /// How long `generate` may wait for an ECM it just asked for. Default 5 ms.
-    pub generate_wait: Duration,
     /// First reconnect delay; doubles up to `backoff_max`. Default 200 ms.
     pub backoff_min: Duration,
     /// Longest reconnect delay. Default 10 s.
@@ -100,7 +100,6 @@ impl ScsConfig {
             crypto_period: Duration::from_secs(10),
             keepalive: Duration::from_secs(5),
             setup_timeout: Duration::from_secs(5),
-            generate_wait: Duration::from_millis(5),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
         }
@@ -400,6 +399,16 @@ impl SimulcryptEcmg {
         }
     }
 
+    /// Whether `generate` can answer `req` at once: its ECM is ready, or it was refused.
+    fn answered(st: &State, req: &EcmRequest<'_>) -> bool {
+        let period = req.period.0;
+        st.refused.iter().any(|(p, _)| *p == period)
+            || st
+                .ready
+                .iter()
+                .any(|e| e.period == period && e.current == *req.current && e.next == *req.next)
+    }
+
     /// The ready ECM of `period` with exactly these CWs, appended to `out`.
     fn take_ready(st: &State, period: u64, current: &Cw, next: &Cw, out: &mut Vec<u8>) -> bool {
         match st
@@ -417,44 +426,55 @@ impl SimulcryptEcmg {
 }
 
 impl EcmGenerator for SimulcryptEcmg {
+    /// Never waits: the ready ECM, else the ECMG's refusal, else Unavailable (the period
+    /// asked for, if it was not lately).
     fn generate(&mut self, req: &EcmRequest<'_>, out: &mut Vec<u8>) -> Result<(), EcmError> {
         let period = req.period.0;
         let mut st = lock(&self.shared.state);
-        if !Self::take_ready(&st, period, req.current, req.next, out) {
-            self.ask(&mut st, period, req.current, req.next);
-            let deadline = Instant::now() + self.config.generate_wait;
-            loop {
-                let now = Instant::now();
-                if let Some((_, why)) = st.refused.iter().find(|(p, _)| *p == period) {
-                    return Err(EcmError::Refused(format!(
-                        "the ECMG at {} answered the CW_provision of crypto period {period} with {why}",
-                        self.config.ecmg
-                    )));
-                }
-                if now >= deadline {
-                    self.shared.stats.unavailable.fetch_add(1, Relaxed);
-                    return Err(EcmError::Unavailable(format!(
-                        "no ECM from the ECMG at {} for crypto period {period} yet",
-                        self.config.ecmg
-                    )));
-                }
-                st = self
-                    .shared
-                    .cond
-                    .wait_timeout(st, deadline - now)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|e| e.into_inner().0);
-                if Self::take_ready(&st, period, req.current, req.next, out) {
-                    break;
-                }
-            }
+        if Self::take_ready(&st, period, req.current, req.next, out) {
+            self.shared.stats.ecms_delivered.fetch_add(1, Relaxed);
+            return Ok(());
         }
-        self.shared.stats.ecms_delivered.fetch_add(1, Relaxed);
-        Ok(())
+        self.ask(&mut st, period, req.current, req.next);
+        if let Some((_, why)) = st.refused.iter().find(|(p, _)| *p == period) {
+            return Err(EcmError::Refused(format!(
+                "the ECMG at {} answered the CW_provision of crypto period {period} with {why}",
+                self.config.ecmg
+            )));
+        }
+        self.shared.stats.unavailable.fetch_add(1, Relaxed);
+        Err(EcmError::Unavailable(format!(
+            "no ECM from the ECMG at {} for crypto period {period} yet",
+            self.config.ecmg
+        )))
     }
 
     fn prepare(&mut self, req: &EcmRequest<'_>) {
         self.provision(req.period.0, req.current, req.next);
+    }
+
+    fn wait_for_ecm(&mut self, req: &EcmRequest<'_>, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut st = lock(&self.shared.state);
+        if Self::answered(&st, req) {
+            return true;
+        }
+        self.ask(&mut st, req.period.0, req.current, req.next);
+        loop {
+            if Self::answered(&st, req) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 }
 

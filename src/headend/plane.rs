@@ -66,9 +66,8 @@ struct Slot {
     in_pass: bool,
     /// The pass refused this channel's batch: it must not be written.
     cipher_failed: bool,
-    /// Its last read filled the batch: the input may hold more than the socket shows
-    /// (datagrams already received), so it is read again without waiting for epoll.
-    more: bool,
+    /// In the worker's list of channels to read.
+    queued: bool,
 }
 
 /// Run `channels` (each with a UDP input) on the shared workers until every one has ended
@@ -138,7 +137,8 @@ fn worker(
                 end: None,
                 in_pass: false,
                 cipher_failed: false,
-                more: false,
+                // (an edge-triggered add reports a socket that already holds datagrams)
+                queued: false,
             }
         })
         .collect();
@@ -156,7 +156,10 @@ fn worker(
         for (i, s) in slots.iter_mut().enumerate() {
             let added = match s.ch.parts_mut().0.udp_fd() {
                 Some(fd) => epoll
-                    .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, i as u64))
+                    .add(
+                        fd,
+                        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, i as u64),
+                    )
                     .context("epoll_ctl"),
                 None => Err(HeadendError::Config(
                     "the data plane serves UDP inputs only".to_owned(),
@@ -185,13 +188,29 @@ fn serve(
     log_failures: bool,
 ) {
     let mut events = [EpollEvent::empty(); EVENTS];
-    let multi = &mut MultiBatch::new();
+    let mut engines = Engines::calibrate();
     let mut last_tick = Instant::now();
     let mut dirty: Vec<usize> = Vec::with_capacity(slots.len());
-    let mut more: Vec<usize> = Vec::with_capacity(slots.len());
-    let mut again: Vec<usize> = Vec::with_capacity(slots.len());
+    // channels that may have input to read: epoll said so (edge-triggered), or their last
+    // read filled the batch, or they were skipped while their batch waited for the pass
+    let mut ready: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut next_ready: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut in_pass: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut pass_payloads = 0usize;
+    let mut pass_since: Option<Instant> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
+            if !in_pass.is_empty() {
+                finish_pass(
+                    epoll,
+                    slots,
+                    &mut engines,
+                    &mut in_pass,
+                    &mut dirty,
+                    pass_payloads,
+                    log_failures,
+                );
+            }
             for s in slots.iter_mut().filter(|s| s.end.is_none()) {
                 finish_output(s);
                 s.end = Some(Ok(RunEnd::Stopped));
@@ -201,8 +220,12 @@ fn serve(
         if slots.iter().all(|s| s.end.is_some()) {
             return;
         }
-        let wait = if !more.is_empty() {
+        let now = Instant::now();
+        let takeable = ready.iter().any(|&i| !slots[i].in_pass);
+        let wait = if takeable {
             Duration::ZERO
+        } else if let Some(t) = pass_since {
+            flush_interval.saturating_sub(now.duration_since(t))
         } else if dirty.is_empty() {
             TICK
         } else {
@@ -219,50 +242,64 @@ fn serve(
                 return;
             }
         };
+        for ev in &events[..n] {
+            let i = ev.data() as usize;
+            if let Some(s) = slots.get_mut(i) {
+                if !s.queued {
+                    s.queued = true;
+                    ready.push(i);
+                }
+            }
+        }
         let now = Instant::now();
-        let mut any = false;
-        let ready = events[..n].iter().map(|ev| ev.data() as usize);
-        again.clear();
-        std::mem::swap(&mut more, &mut again);
-        for i in ready.chain(again.iter().copied()) {
-            let Some(s) = slots.get_mut(i) else { continue };
-            if s.end.is_some() || s.in_pass {
+        next_ready.clear();
+        for &i in &ready {
+            let s = &mut slots[i];
+            if s.end.is_some() {
+                s.queued = false;
+                continue;
+            }
+            if s.in_pass {
+                // its batch waits for the pass; read it after
+                next_ready.push(i);
                 continue;
             }
             match take_input(s, now) {
-                Ok(got) => {
-                    s.in_pass = got;
-                    any |= got;
-                    s.more = got && s.batch.is_full();
-                    if s.more {
-                        more.push(i);
+                Ok(Some(payloads)) => {
+                    s.in_pass = true;
+                    in_pass.push(i);
+                    pass_payloads += payloads;
+                    pass_since.get_or_insert(now);
+                    if s.batch.is_full() {
+                        // the input may hold more than the socket shows
+                        next_ready.push(i);
+                    } else {
+                        s.queued = false;
                     }
                 }
-                Err(e) => fail(epoll, s, e, log_failures),
+                Ok(None) => s.queued = false,
+                Err(e) => {
+                    s.queued = false;
+                    fail(epoll, s, e, log_failures);
+                }
             }
         }
-        if any {
-            cipher_pass(multi, slots);
-            for (i, s) in slots.iter_mut().enumerate().filter(|(_, s)| s.in_pass) {
-                s.in_pass = false;
-                if s.cipher_failed {
-                    // fail closed: its packets were never scrambled
-                    let e = HeadendError::Config("the cipher pass refused its batch".to_owned());
-                    fail(epoll, s, e, log_failures);
-                    continue;
-                }
-                let (_, stage, output) = s.ch.parts_mut();
-                stage.scrambler_mut().cipher_done();
-                match output.write_batch(&s.out).context("output") {
-                    Ok(()) => {
-                        s.dirty = true;
-                        if !dirty.contains(&i) {
-                            dirty.push(i);
-                        }
-                    }
-                    Err(e) => fail(epoll, s, e, log_failures),
-                }
-            }
+        std::mem::swap(&mut ready, &mut next_ready);
+        // one engine pass for every channel waiting: once there are enough payloads to
+        // fill the engine, or the oldest has waited the flush interval
+        let due = pass_since.is_some_and(|t| now.duration_since(t) >= flush_interval);
+        if !in_pass.is_empty() && (pass_payloads >= engines.target || due) {
+            finish_pass(
+                epoll,
+                slots,
+                &mut engines,
+                &mut in_pass,
+                &mut dirty,
+                pass_payloads,
+                log_failures,
+            );
+            pass_payloads = 0;
+            pass_since = None;
         }
         // channels quiet for the flush interval: move their clocks on, send what is held
         dirty.retain(|&i| {
@@ -270,7 +307,7 @@ fn serve(
             if s.end.is_some() {
                 return false;
             }
-            if now.duration_since(s.last_data) < flush_interval {
+            if s.in_pass || now.duration_since(s.last_data) < flush_interval {
                 return true;
             }
             let (_, stage, output) = s.ch.parts_mut();
@@ -286,7 +323,7 @@ fn serve(
         });
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
-            for s in slots.iter_mut().filter(|s| s.end.is_none()) {
+            for s in slots.iter_mut().filter(|s| s.end.is_none() && !s.in_pass) {
                 if s.idle_timeout
                     .is_some_and(|limit| now.duration_since(s.last_data) >= limit)
                 {
@@ -299,9 +336,113 @@ fn serve(
     }
 }
 
+/// Run the engine pass over every channel in `in_pass`, then write their outputs.
+fn finish_pass(
+    epoll: &Epoll,
+    slots: &mut [Slot],
+    engines: &mut Engines,
+    in_pass: &mut Vec<usize>,
+    dirty: &mut Vec<usize>,
+    payloads: usize,
+    log_failures: bool,
+) {
+    cipher_pass(engines.for_payloads(payloads), slots);
+    for &i in in_pass.iter() {
+        let s = &mut slots[i];
+        s.in_pass = false;
+        if s.cipher_failed {
+            // fail closed: its packets were never scrambled
+            let e = HeadendError::Config("the cipher pass refused its batch".to_owned());
+            fail(epoll, s, e, log_failures);
+            continue;
+        }
+        let (_, stage, output) = s.ch.parts_mut();
+        stage.scrambler_mut().cipher_done();
+        match output.write_batch(&s.out).context("output") {
+            Ok(()) => {
+                if !s.dirty {
+                    s.dirty = true;
+                    dirty.push(i);
+                }
+            }
+            Err(e) => fail(epoll, s, e, log_failures),
+        }
+    }
+    in_pass.clear();
+}
+
+/// The engine's backends this CPU has, each with what one kernel call costs here, so a
+/// pass of a few payloads takes the narrow backend that does them cheapest (a call costs
+/// about the same for 1 payload as for a full lane set).
+struct Engines {
+    /// (lanes, cost of a call in ns, its batch), narrowest first.
+    backends: Vec<(usize, u64, MultiBatch)>,
+    /// Payloads worth waiting for: the lanes of the backend cheapest per payload.
+    target: usize,
+}
+
+impl Engines {
+    fn calibrate() -> Engines {
+        let mut backends = Vec::new();
+        let ctx = csa::KeyContext::csa2(
+            // a timing key, nothing is scrambled with it
+            &csa::ControlWord::from_bytes([1, 2, 3, 6, 5, 6, 7, 18]),
+            &csa::ControlWord::from_bytes([17, 18, 19, 54, 21, 22, 23, 66]),
+        );
+        for b in csa::Backend::supported() {
+            if b == csa::Backend::Scalar {
+                continue;
+            }
+            let mut multi = MultiBatch::new().with_backend(Some(b));
+            let lanes = multi.lanes();
+            let mut packets = vec![0u8; lanes * PACKET_SIZE];
+            let mut best = u64::MAX;
+            for _ in 0..4 {
+                for p in packets.chunks_exact_mut(PACKET_SIZE) {
+                    p.fill(0x5A);
+                    p[0] = 0x47;
+                    p[3] = 0x10;
+                }
+                let t = Instant::now();
+                let mut run = multi.begin();
+                let _ = run.scramble(&ctx, &mut packets, csa::Parity::Even);
+                run.finish();
+                best = best.min(t.elapsed().as_nanos() as u64);
+            }
+            backends.push((lanes, best.max(1), multi));
+        }
+        if backends.is_empty() {
+            backends.push((1, 1, MultiBatch::new()));
+        }
+        backends.sort_by_key(|b| b.0);
+        let target = backends
+            .iter()
+            .min_by_key(|b| b.1 * 1024 / b.0 as u64)
+            .map_or(1, |b| b.0);
+        tracing::debug!(
+            backends = ?backends.iter().map(|b| (b.0, b.1)).collect::<Vec<_>>(),
+            target,
+            "data plane: engine calls calibrated (lanes, ns)"
+        );
+        Engines { backends, target }
+    }
+
+    /// The batch that scrambles `payloads` payloads cheapest.
+    fn for_payloads(&mut self, payloads: usize) -> &mut MultiBatch {
+        let n = payloads.max(1);
+        let best = self
+            .backends
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, b)| n.div_ceil(b.0) as u64 * b.1)
+            .map_or(0, |(i, _)| i);
+        &mut self.backends[best].2
+    }
+}
+
 /// Read what the channel's socket holds and run it through the scrambler (its cipher
-/// deferred to the pass); true when there is output waiting for the pass.
-fn take_input(s: &mut Slot, now: Instant) -> Result<bool, HeadendError> {
+/// deferred to the pass); gives the payloads left for the pass when a batch came.
+fn take_input(s: &mut Slot, now: Instant) -> Result<Option<usize>, HeadendError> {
     let (input, stage, _) = s.ch.parts_mut();
     let status = input
         .read_batch(&mut s.batch, Duration::ZERO)
@@ -311,9 +452,13 @@ fn take_input(s: &mut Slot, now: Instant) -> Result<bool, HeadendError> {
             s.last_data = now;
             s.out.clear();
             stage.process_batch(&mut s.batch, &mut s.out)?;
-            Ok(true)
+            let payloads = stage
+                .scrambler()
+                .pending_cipher()
+                .map_or(0, |p| p.select.iter().filter(|x| **x).count());
+            Ok(Some(payloads))
         }
-        ReadStatus::TimedOut | ReadStatus::EndOfStream => Ok(false),
+        ReadStatus::TimedOut | ReadStatus::EndOfStream => Ok(None),
     }
 }
 

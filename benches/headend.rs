@@ -15,7 +15,10 @@
 //! core; idle 1000 channels ≤ 10 % of a core, RSS ≤ 2 MB per channel.
 //!
 //! Run: `cargo bench --bench headend` (env: CASTMUX_BENCH_CHANNELS, CASTMUX_BENCH_RATE,
-//! CASTMUX_BENCH_SECS, CASTMUX_BENCH_IDLE, CASTMUX_BENCH_WORKERS).
+//! CASTMUX_BENCH_SECS, CASTMUX_BENCH_IDLE, CASTMUX_BENCH_WORKERS). With
+//! CASTMUX_BENCH_OTHER=/path/to/castmux the same two runs are made against that binary too
+//! (e.g. a build of an earlier commit) and printed beside this one's; channels are written
+//! in the `args = "…"` form every version reads.
 
 use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
@@ -184,40 +187,45 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Ports `n` free-looking input ports from a base picked by this process's id.
+/// The first of `n` input ports, from a base picked by this process's id.
 fn input_base(n: usize) -> u16 {
-    let span = 60_000 - 20_000 - n as u32;
-    (20_000 + (std::process::id() * 7919) % span) as u16
+    // below the kernel's ephemeral range (32768 up), where the outputs' own sockets bind
+    let span = 32_000 - 10_000 - n as u32;
+    (10_000 + (std::process::id() * 7919) % span) as u16
 }
 
 /// Start `castmux headend` for `channels` inputs from `base`, all writing to `out_port`,
 /// pinned to CPU 0; returns when it says it runs.
-fn start_headend(dir: &std::path::Path, channels: usize, base: u16, out_port: u16) -> Child {
+fn start_headend(
+    bin: &Bin,
+    dir: &std::path::Path,
+    channels: usize,
+    base: u16,
+    out_port: u16,
+) -> Child {
     let mut toml = String::new();
     for i in 0..channels {
         // each channel its own CW pair (a channel number in the key)
         let even = format!("{:04X}{:012X}", i, 0x0102_0304_0506u64);
         let odd = format!("{:04X}{:012X}", i, 0x1112_1314_1516u64);
         toml.push_str(&format!(
-            "[[channel]]\nname = \"ch{i}\"\ninput = \"udp://127.0.0.1:{}\"\n\
-             output = \"udp://127.0.0.1:{out_port}\"\ncw = \"{even}:{odd}\"\n\
-             allow_unscrambled = true\n\n",
+            "[[channel]]\nname = \"ch{i}\"\nargs = \"-i udp://127.0.0.1:{} \
+             -o udp://127.0.0.1:{out_port} --cw {even}:{odd} --allow-unscrambled\"\n\n",
             base as usize + i
         ));
     }
     let cfg = dir.join("headend.toml");
     std::fs::write(&cfg, toml).expect("write headend.toml");
     let workers = env_num("CASTMUX_BENCH_WORKERS", 1.0) as usize;
-    let mut child = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            env!("CARGO_BIN_EXE_castmux"),
-            "headend",
-            "--config",
-        ])
-        .arg(&cfg)
-        .args(["--workers", &workers.to_string()])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(&bin.path)
+        .args(["headend", "--config"])
+        .arg(&cfg);
+    if bin.workers {
+        cmd.args(["--workers", &workers.to_string()]);
+    }
+    let mut child = cmd
         .env("CASTMUX_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -253,7 +261,15 @@ struct Live {
     rss_mb: f64,
 }
 
-fn live(channels: usize, rate_mbps: f64, secs: f64) -> Live {
+/// A castmux binary to measure.
+struct Bin {
+    name: String,
+    path: std::path::PathBuf,
+    /// It has `headend --workers`.
+    workers: bool,
+}
+
+fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
     let dir = tempfile::tempdir().expect("tempdir");
     let rx = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
     rx.set_read_timeout(Some(Duration::from_millis(100)))
@@ -262,7 +278,7 @@ fn live(channels: usize, rate_mbps: f64, secs: f64) -> Live {
     let _ = nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
     let out_port = rx.local_addr().unwrap().port();
     let base = input_base(channels);
-    let mut child = start_headend(dir.path(), channels, base, out_port);
+    let mut child = start_headend(bin, dir.path(), channels, base, out_port);
     let pid = child.id();
 
     let origin = Instant::now();
@@ -374,12 +390,12 @@ struct Idle {
     rss_mb: f64,
 }
 
-fn idle(channels: usize, secs: f64) -> Idle {
+fn idle(bin: &Bin, channels: usize, secs: f64) -> Idle {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = UdpSocket::bind("127.0.0.1:0").unwrap();
     let out_port = sink.local_addr().unwrap().port();
     let base = input_base(channels).wrapping_add(3);
-    let mut child = start_headend(dir.path(), channels, base, out_port);
+    let mut child = start_headend(bin, dir.path(), channels, base, out_port);
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
@@ -410,39 +426,56 @@ fn main() {
         cpus >= 2,
         "the bench pins castmux and the sender to different cores"
     );
-    let l = live(channels, rate, secs);
-    let i = idle(idle_channels, 5.0);
+    let mut bins = vec![Bin {
+        name: "this".to_owned(),
+        path: env!("CARGO_BIN_EXE_castmux").into(),
+        workers: true,
+    }];
+    if let Ok(other) = std::env::var("CASTMUX_BENCH_OTHER") {
+        bins.push(Bin {
+            name: "other".to_owned(),
+            path: other.into(),
+            workers: false,
+        });
+    }
+    let mut rows = Vec::new();
+    for b in &bins {
+        let l = live(b, channels, rate, secs);
+        let i = idle(b, idle_channels, 5.0);
+        rows.push((b.name.clone(), l, i));
+    }
     println!(
-        "\n{:<34} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "\n{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
         "run", "Mbit/s", "markers", "lost", "p50 ms", "p99 ms", "max ms", "CPU %", "RSS MB"
     );
-    println!(
-        "{:<34} {:>10.0} {:>10} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>9.1} {:>8.1}",
-        format!("live {} ch x {} Mbit/s", l.channels, l.rate_mbps),
-        l.achieved_mbps,
-        l.sent,
-        l.sent.saturating_sub(l.received),
-        l.hist.value_at_quantile(0.5) as f64 / 1000.0,
-        l.hist.value_at_quantile(0.99) as f64 / 1000.0,
-        l.hist.max() as f64 / 1000.0,
-        l.cpu_pct,
-        l.rss_mb,
-    );
-    println!(
-        "{:<34} {:>10} {:>10} {:>8} {:>8} {:>8} {:>8} {:>9.1} {:>8.1}",
-        format!("idle {} ch", i.channels),
-        "-",
-        "-",
-        "-",
-        "-",
-        "-",
-        "-",
-        i.cpu_pct,
-        i.rss_mb,
-    );
+    for (name, l, i) in &rows {
+        println!(
+            "{:<40} {:>8.0} {:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7.1} {:>8.1}",
+            format!("{name}: live {} ch x {} Mbit/s", l.channels, l.rate_mbps),
+            l.achieved_mbps,
+            l.sent,
+            l.sent.saturating_sub(l.received),
+            l.hist.value_at_quantile(0.5) as f64 / 1000.0,
+            l.hist.value_at_quantile(0.99) as f64 / 1000.0,
+            l.hist.max() as f64 / 1000.0,
+            l.cpu_pct,
+            l.rss_mb,
+        );
+        println!(
+            "{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>8.1}",
+            format!("{name}: idle {} ch", i.channels),
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            i.cpu_pct,
+            i.rss_mb,
+        );
+    }
     println!(
         "targets: live 0 lost, p99 <= 10 ms, CPU <= 70 % of one core; idle <= 10 % of a core, \
-         RSS <= 2 MB per channel ({:.2} MB per idle channel here)",
-        i.rss_mb / i.channels.max(1) as f64
+         RSS <= 2 MB per channel"
     );
 }

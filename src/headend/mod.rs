@@ -90,9 +90,10 @@ impl Headend {
         let mut reports = Vec::new();
         let mut on_plane = Vec::new();
         let mut own_threads = Vec::new();
+        // every channel subscribes before any runs, so each gets every EMM from the start
+        let mut to_open = Vec::with_capacity(plan.channels.len());
         for c in plan.channels {
             let emm = match (c.emm_clone, &port) {
-                // every channel subscribes before any runs, so each gets every EMM from the start
                 (true, Some(p)) => Some(
                     first_source
                         .take()
@@ -100,22 +101,19 @@ impl Headend {
                 ),
                 _ => None,
             };
-            let span = tracing::info_span!("channel", name = %c.name);
-            let _enter = span.enter();
-            let env = ChannelEnv {
-                db,
-                control,
-                emm,
-                emm_pid,
-            };
-            match Channel::open(&c.name, &c.spec, env) {
+            to_open.push((c, emm));
+        }
+        for (name, opened) in open_all(to_open, db, control, emm_pid) {
+            match opened {
                 Ok(ch) if ch.is_udp() && !ch.writes_stdout() => on_plane.push(ch),
                 Ok(ch) => own_threads.push(ch),
                 Err(e) => {
                     if log_failures {
+                        let span = tracing::info_span!("channel", name = %name);
+                        let _enter = span.enter();
                         tracing::error!(error = %plane::ErrorChain(&e), "channel failed");
                     }
-                    reports.push(ChannelReport::failed(&c.name, e));
+                    reports.push(ChannelReport::failed(&name, e));
                 }
             }
         }
@@ -171,6 +169,66 @@ impl Headend {
         }
         Ok(reports)
     }
+}
+
+/// Channels opened at once at most: opening one may wait on its ECMGs (channel setup, the
+/// first ECM) or its store, so a head-end of hundreds does not start one after another.
+const OPENERS: usize = 16;
+
+/// Open every channel, [`OPENERS`] at a time; results in the plan's order.
+fn open_all(
+    to_open: Vec<(ChannelPlan, Option<crate::simulcrypt::EmmQueueSource>)>,
+    db: &Path,
+    control: &ControlPlane,
+    emm_pid: Option<crate::ts::Pid>,
+) -> Vec<(String, Result<Channel, HeadendError>)> {
+    let n = to_open.len();
+    let openers = OPENERS.min(n).max(1);
+    let mut shares: Vec<Vec<(usize, ChannelPlan, Option<_>)>> =
+        (0..openers).map(|_| Vec::new()).collect();
+    for (i, (c, emm)) in to_open.into_iter().enumerate() {
+        shares[i % openers].push((i, c, emm));
+    }
+    let mut opened: Vec<(usize, String, Result<Channel, HeadendError>)> =
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = shares
+                .into_iter()
+                .map(|share| {
+                    scope.spawn(move || {
+                        share
+                            .into_iter()
+                            .map(|(i, c, emm)| {
+                                let span = tracing::info_span!("channel", name = %c.name);
+                                let _enter = span.enter();
+                                let env = ChannelEnv {
+                                    db,
+                                    control,
+                                    emm,
+                                    emm_pid,
+                                };
+                                let res = Channel::open(&c.name, &c.spec, env);
+                                (i, c.name, res)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| match h.join() {
+                    Ok(v) => v,
+                    Err(_) => {
+                        tracing::error!("a channel opener panicked; its channels are not running");
+                        Vec::new()
+                    }
+                })
+                .collect()
+        });
+    opened.sort_by_key(|o| o.0);
+    opened
+        .into_iter()
+        .map(|(_, name, res)| (name, res))
+        .collect()
 }
 
 impl ChannelReport {

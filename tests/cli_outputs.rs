@@ -189,21 +189,12 @@ fn a_failing_output_is_closed_and_the_others_finish() {
     assert_eq!(psi(&packets_of(&fa)).cat_ca, vec![(0x5510, EMM_PID)]);
 }
 
-/// A UDP port on 127.0.0.1 with nothing behind it (bound, then freed).
-fn closed_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn an_srt_output_that_cannot_connect_at_start_fails_alone() {
     let dir = tmp();
     let a = dir.path().join("a.ts");
     let input = sample("spts.ts");
-    let srt = format!("srt://127.0.0.1:{}?mode=caller", closed_udp_port());
+    let srt = format!("srt://127.0.0.1:{}?mode=caller", free_udp_port());
     let out = castmux(&[
         "scramble",
         "-i",

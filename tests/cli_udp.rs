@@ -10,14 +10,6 @@ use std::time::Duration;
 
 use cli_support::*;
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_castmux"))
         .args(args)
@@ -31,7 +23,7 @@ fn spawn(args: &[&str]) -> Child {
 #[test]
 fn udp_loopback_round_trip_with_wall_clock_periods() {
     let dir = tmp();
-    let (p_in, p_mid) = (free_port(), free_port());
+    let (p_in, p_mid) = (free_udp_port(), free_udp_port());
     let log = dir.path().join("cw.txt");
     let clear = dir.path().join("clear.ts");
     let in_url = format!("udp://127.0.0.1:{p_in}");
@@ -88,7 +80,7 @@ fn udp_loopback_round_trip_with_wall_clock_periods() {
 #[test]
 fn ctrl_c_stops_cleanly_and_prints_the_counters() {
     let dir = tmp();
-    let p_in = free_port();
+    let p_in = free_udp_port();
     let out = dir.path().join("out.ts");
     let child = Command::new(env!("CARGO_BIN_EXE_castmux"))
         .args([

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cli_support::gen::{pat_sections, pmt_section, Es, Writer};
-use cli_support::{cc_errors, has_payload, packets_of, pid, tsc, Packet};
+use cli_support::{cc_errors, free_udp_port, has_payload, packets_of, pid, tsc, Packet};
 use csa::{ControlWord, KeyContext};
 
 const CHANNELS: usize = 50;
@@ -61,14 +61,6 @@ fn es_packets(pkts: &[Packet]) -> Vec<Packet> {
         .collect()
 }
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +72,7 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
             s
         })
         .collect();
-    let in_ports: Vec<u16> = (0..CHANNELS).map(|_| free_port()).collect();
+    let in_ports: Vec<u16> = (0..CHANNELS).map(|_| free_udp_port()).collect();
     let mut toml = String::new();
     for ch in 0..CHANNELS {
         let (even, odd) = keys(ch);

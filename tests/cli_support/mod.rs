@@ -198,6 +198,16 @@ pub fn cc_errors(pkts: &[Packet]) -> BTreeMap<u16, u32> {
     errs
 }
 
+/// A UDP port on 127.0.0.1 with nothing behind it (bound, then freed): an input port for
+/// castmux to bind, or an output with no receiver.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("tempdir")
 }

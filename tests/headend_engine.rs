@@ -61,10 +61,50 @@ fn es_packets(pkts: &[Packet]) -> Vec<Packet> {
         .collect()
 }
 
+/// One run of the head-end: `channels` UDP channels on `workers` workers, batches of
+/// `batch` packets; the datagrams go out `burst` rounds at a time (a round: one datagram
+/// to every channel), a `pause` after each burst.
+struct Case {
+    channels: usize,
+    workers: usize,
+    batch: usize,
+    dead_output: Option<usize>,
+    dead_input: Option<usize>,
+    burst: usize,
+    pause: Duration,
+}
+
 #[test]
 fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
+    run(&Case {
+        channels: CHANNELS,
+        workers: 2,
+        batch: 512,
+        dead_output: Some(DEAD_OUTPUT),
+        dead_input: Some(DEAD_INPUT),
+        burst: 1,
+        pause: Duration::from_millis(10),
+    });
+}
+
+/// Bursts into small batches on one worker: a read fills the batch while the input holds
+/// more datagrams than the socket shows, and every packet must still come out.
+#[test]
+fn bursts_into_small_batches_lose_nothing_on_one_worker() {
+    run(&Case {
+        channels: 3,
+        workers: 1,
+        batch: 8,
+        dead_output: None,
+        dead_input: None,
+        burst: 25,
+        pause: Duration::from_millis(150),
+    });
+}
+
+fn run(case: &Case) {
     let dir = tempfile::tempdir().unwrap();
-    let outs: Vec<UdpSocket> = (0..CHANNELS)
+    let outs: Vec<UdpSocket> = (0..case.channels)
         .map(|_| {
             let s = UdpSocket::bind("127.0.0.1:0").unwrap();
             s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
@@ -72,21 +112,28 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
             s
         })
         .collect();
-    let in_ports: Vec<u16> = (0..CHANNELS).map(|_| free_udp_port()).collect();
+    let in_ports: Vec<u16> = (0..case.channels).map(|_| free_udp_port()).collect();
     let mut toml = String::new();
-    for ch in 0..CHANNELS {
+    for ch in 0..case.channels {
         let (even, odd) = keys(ch);
         toml.push_str(&format!(
             "[[channel]]\nname = \"ch{ch}\"\ninput = \"udp://127.0.0.1:{}\"\n\
-             output = \"udp://127.0.0.1:{}\"\ncw = \"{even}:{odd}\"\ncrypto_period = \"200ms\"\n\n",
+             output = \"udp://127.0.0.1:{}\"\ncw = \"{even}:{odd}\"\ncrypto_period = \"200ms\"\n\
+             batch = {}\n\n",
             in_ports[ch],
-            outs[ch].local_addr().unwrap().port()
+            outs[ch].local_addr().unwrap().port(),
+            case.batch
         ));
     }
     let cfg = dir.path().join("headend.toml");
     std::fs::write(&cfg, toml).unwrap();
     let mut he = Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .args(["headend", "--workers", "2", "--config"])
+        .args([
+            "headend",
+            "--workers",
+            &case.workers.to_string(),
+            "--config",
+        ])
         .arg(&cfg)
         .env("CASTMUX_LOG", "info")
         .stdout(Stdio::null())
@@ -110,7 +157,9 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
         .expect("the head-end did not start");
     // the dead output: its receiver goes away before any packet is sent
     let mut outs: Vec<Option<UdpSocket>> = outs.into_iter().map(Some).collect();
-    outs[DEAD_OUTPUT] = None;
+    if let Some(d) = case.dead_output {
+        outs[d] = None;
+    }
 
     let receivers: Vec<_> = outs
         .into_iter()
@@ -130,16 +179,18 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
             })
         })
         .collect();
-    let streams: Vec<Vec<Vec<u8>>> = (0..CHANNELS).map(stream).collect();
+    let streams: Vec<Vec<Vec<u8>>> = (0..case.channels).map(stream).collect();
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     for r in 0..DATAGRAMS {
         for (ch, (stream, port)) in streams.iter().zip(&in_ports).enumerate() {
-            if ch == DEAD_INPUT && r >= STOPPED_AFTER {
+            if Some(ch) == case.dead_input && r >= STOPPED_AFTER {
                 continue;
             }
             tx.send_to(&stream[r], ("127.0.0.1", *port)).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(10));
+        if r % case.burst == case.burst - 1 {
+            std::thread::sleep(case.pause);
+        }
     }
     let outputs: Vec<Vec<u8>> = receivers.into_iter().map(|r| r.join().unwrap()).collect();
     nix::sys::signal::kill(
@@ -151,10 +202,10 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
     let log = log.join().unwrap();
     assert!(status.success(), "headend: {status:?}\n{log}");
 
-    for ch in (0..CHANNELS).filter(|c| *c != DEAD_OUTPUT) {
+    for ch in (0..case.channels).filter(|c| Some(*c) != case.dead_output) {
         let sent: Vec<u8> = streams[ch]
             .iter()
-            .take(if ch == DEAD_INPUT {
+            .take(if Some(ch) == case.dead_input {
                 STOPPED_AFTER
             } else {
                 DATAGRAMS
@@ -169,7 +220,7 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
         assert_eq!(clear, 0, "channel {ch}: {clear} ES packets in clear");
         let parities: std::collections::BTreeSet<u8> = es.iter().map(tsc).collect();
         assert!(
-            ch == DEAD_INPUT || parities.len() == 2,
+            Some(ch) == case.dead_input || parities.len() == 2,
             "channel {ch}: the key never switched ({parities:?})"
         );
         let (even, odd) = keys(ch);

@@ -198,11 +198,8 @@ impl ScrambleArgs {
 pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     let plan = HeadendPlan::single("scramble", a.spec());
-    // one channel: one data-plane worker
-    let headend = Headend::new(PlaneOptions {
-        workers: 1,
-        ..PlaneOptions::default()
-    });
+    // one channel runs on threads of its own (see Headend::run)
+    let headend = Headend::new(PlaneOptions::default());
     let mut reports = headend.run(plan, db, &stop)?;
     let Some(mut r) = reports.pop() else {
         anyhow::bail!("the channel did not run");

@@ -9,7 +9,7 @@
 //!
 //! [`Headend::run`] starts the one control plane (SimulCrypt links, the shared EMMG port),
 //! opens every channel, serves the UDP ones on the shared data plane and the others (files,
-//! pipes, SRT) on threads of their own, and reports each. A channel that fails is logged
+//! pipes, SRT; and a head-end of one channel) on threads of their own, and reports each. A channel that fails is logged
 //! and reported; the others go on.
 
 pub mod channel;
@@ -85,8 +85,11 @@ impl Headend {
             first_source = Some(src);
         }
         let emm_pid = plan.emmg.as_ref().map(|e| e.emm_pid);
-        // one channel (`castmux scramble`): its caller prints its error, once
+        // one channel (`castmux scramble`): its caller prints its error, once; and it runs
+        // on threads of its own, whose pipeline (input, cipher, output) spreads one fast
+        // stream over up to three cores, where the shared plane gives it one
         let log_failures = plan.channels.len() > 1;
+        let shared_plane = plan.channels.len() > 1;
         let mut reports = Vec::new();
         let mut on_plane = Vec::new();
         let mut own_threads = Vec::new();
@@ -105,7 +108,7 @@ impl Headend {
         }
         for (name, opened) in open_all(to_open, db, control, emm_pid) {
             match opened {
-                Ok(ch) if ch.is_udp() && !ch.writes_stdout() => on_plane.push(ch),
+                Ok(ch) if shared_plane && ch.is_udp() && !ch.writes_stdout() => on_plane.push(ch),
                 Ok(ch) => own_threads.push(ch),
                 Err(e) => {
                     if log_failures {

@@ -217,7 +217,8 @@ fn serve(
             }
             return;
         }
-        if slots.iter().all(|s| s.end.is_some()) {
+        let running = slots.iter().filter(|s| s.end.is_none()).count();
+        if running == 0 {
             return;
         }
         let now = Instant::now();
@@ -286,9 +287,11 @@ fn serve(
         }
         std::mem::swap(&mut ready, &mut next_ready);
         // one engine pass for every channel waiting: once there are enough payloads to
-        // fill the engine, or the oldest has waited the flush interval
+        // fill the engine, or the oldest has waited the flush interval, or every channel
+        // of the worker is in it already (nobody else could add to it)
         let due = pass_since.is_some_and(|t| now.duration_since(t) >= flush_interval);
-        if !in_pass.is_empty() && (pass_payloads >= engines.target || due) {
+        let all_in = in_pass.len() >= running;
+        if !in_pass.is_empty() && (pass_payloads >= engines.target || due || all_in) {
             finish_pass(
                 epoll,
                 slots,

@@ -71,10 +71,17 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
         opts.workers = usize::from(n);
     }
     let reports = Headend::new(opts).run(plan, db, &stop)?;
-    let failed: Vec<&str> = reports
+    // a channel that scrambled nothing fails the run, as `castmux scramble` does (unless
+    // its spec allows it)
+    let failed: Vec<String> = reports
         .iter()
-        .filter(|r| r.end.is_err() || r.close.is_err())
-        .map(|r| r.name.as_str())
+        .filter(|r| !r.ok())
+        .map(
+            |r| match (&r.unscrambled, r.end.is_ok() && r.close.is_ok()) {
+                (Some(why), true) => format!("{} ({why})", r.name),
+                _ => r.name.clone(),
+            },
+        )
         .collect();
     if !failed.is_empty() {
         bail!("channel(s) failed: {} (see the log)", failed.join(", "));

@@ -262,9 +262,12 @@ impl Channel {
     /// idles out or `stop` is set.
     pub fn run(&mut self, stop: Arc<AtomicBool>) -> Result<RunEnd, HeadendError> {
         let opts = self.run_options(stop);
-        let end = run_stage(&mut self.input, &mut self.output, &mut self.stage, &opts)?;
-        tracing::info!(?end, "run ended");
-        Ok(end)
+        Ok(run_stage(
+            &mut self.input,
+            &mut self.output,
+            &mut self.stage,
+            &opts,
+        )?)
     }
 
     /// The parts the shared data plane drives.
@@ -274,6 +277,9 @@ impl Channel {
 
     /// Close the outputs, stop the SimulCrypt parts, log the counters and report.
     pub fn finish(self, end: Result<RunEnd, HeadendError>) -> ChannelReport {
+        if let Ok(end) = &end {
+            tracing::info!(?end, "run ended");
+        }
         let outputs = self.output.status();
         for o in &outputs {
             tracing::info!(output = %o.name, packets_out = o.stats.packets_out,
@@ -361,6 +367,28 @@ impl ChannelReport {
             Some(why) => Err(HeadendError::Config(why)),
             None => Ok(()),
         }
+    }
+}
+
+impl ChannelReport {
+    /// The report of a channel that could not start.
+    pub fn failed(name: &str, e: HeadendError) -> ChannelReport {
+        ChannelReport {
+            name: name.to_owned(),
+            counters: crate::scramble::stats::Counters::default().report(),
+            input: Default::default(),
+            outputs: Vec::new(),
+            end: Err(e),
+            close: Ok(()),
+            unscrambled: None,
+            to_stdout: false,
+            ran: false,
+        }
+    }
+
+    /// Whether the run ended without an error.
+    pub fn ok(&self) -> bool {
+        self.end.is_ok() && self.close.is_ok() && self.unscrambled.is_none()
     }
 }
 

@@ -34,6 +34,21 @@ impl HeadendError {
     }
 }
 
+/// An error with its causes, `a: b: c`.
+pub(crate) struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(e) = src {
+            write!(f, ": {e}")?;
+            src = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// `.context("what")` for the head-end's results, as anyhow has it at the CLI edge.
 pub(crate) trait Context<T> {
     fn context(self, what: impl Into<String>) -> Result<T, HeadendError>;

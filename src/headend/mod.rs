@@ -27,13 +27,13 @@ use std::time::Duration;
 
 pub use channel::{Channel, ChannelEnv, ChannelReport};
 pub use ecmg_spec::EcmgSpec;
+use error::ErrorChain;
 pub use error::HeadendError;
 pub use file::{ArgsValue, ChannelPlan, EmmgPlan, HeadendFile, HeadendPlan};
 pub use plane::PlaneOptions;
 pub use spec::ChannelSpec;
 
 use crate::net::ControlPlane;
-use crate::scramble::RunEnd;
 use simulcrypt::EmmPort;
 
 /// Runs a [`HeadendPlan`].
@@ -88,8 +88,8 @@ impl Headend {
         // one channel (`castmux scramble`): its caller prints its error, once; and it runs
         // on threads of its own, whose pipeline (input, cipher, output) spreads one fast
         // stream over up to three cores, where the shared plane gives it one
-        let log_failures = plan.channels.len() > 1;
-        let shared_plane = plan.channels.len() > 1;
+        let several = plan.channels.len() > 1;
+        let log_failures = several;
         let mut reports = Vec::new();
         let mut on_plane = Vec::new();
         let mut own_threads = Vec::new();
@@ -108,13 +108,13 @@ impl Headend {
         }
         for (name, opened) in open_all(to_open, db, control, emm_pid) {
             match opened {
-                Ok(ch) if shared_plane && ch.is_udp() && !ch.writes_stdout() => on_plane.push(ch),
+                Ok(ch) if several && ch.is_udp() && !ch.writes_stdout() => on_plane.push(ch),
                 Ok(ch) => own_threads.push(ch),
                 Err(e) => {
                     if log_failures {
                         let span = tracing::info_span!("channel", name = %name);
                         let _enter = span.enter();
-                        tracing::error!(error = %plane::ErrorChain(&e), "channel failed");
+                        tracing::error!(error = %ErrorChain(&e), "channel failed");
                     }
                     reports.push(ChannelReport::failed(&name, e));
                 }
@@ -142,7 +142,7 @@ impl Headend {
                             let end = ch.run(stop);
                             match &end {
                                 Err(e) if log_failures && !e.is_stdout_closed() => {
-                                    tracing::error!(error = %plane::ErrorChain(e), "channel failed");
+                                    tracing::error!(error = %ErrorChain(e), "channel failed");
                                 }
                                 _ => {}
                             }
@@ -154,9 +154,6 @@ impl Headend {
             for (ch, end) in plane::run(on_plane, &self.plane, stop, log_failures) {
                 let span = tracing::info_span!("channel", name = %ch.name());
                 let _enter = span.enter();
-                if let Ok(end) = &end {
-                    tracing::info!(?end, "run ended");
-                }
                 reports.push(ch.finish(end));
             }
             for t in threads {
@@ -185,48 +182,28 @@ fn open_all(
     control: &ControlPlane,
     emm_pid: Option<crate::ts::Pid>,
 ) -> Vec<(String, Result<Channel, HeadendError>)> {
-    let n = to_open.len();
-    let openers = OPENERS.min(n).max(1);
-    let mut shares: Vec<Vec<(usize, ChannelPlan, Option<_>)>> =
-        (0..openers).map(|_| Vec::new()).collect();
-    for (i, (c, emm)) in to_open.into_iter().enumerate() {
-        shares[i % openers].push((i, c, emm));
-    }
-    let mut opened: Vec<(usize, String, Result<Channel, HeadendError>)> =
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = shares
-                .into_iter()
-                .map(|share| {
-                    scope.spawn(move || {
-                        share
-                            .into_iter()
-                            .map(|(i, c, emm)| {
-                                let span = tracing::info_span!("channel", name = %c.name);
-                                let _enter = span.enter();
-                                let env = ChannelEnv {
-                                    db,
-                                    control,
-                                    emm,
-                                    emm_pid,
-                                };
-                                let res = Channel::open(&c.name, &c.spec, env);
-                                (i, c.name, res)
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| match h.join() {
-                    Ok(v) => v,
-                    Err(_) => {
-                        tracing::error!("a channel opener panicked; its channels are not running");
-                        Vec::new()
-                    }
-                })
-                .collect()
-        });
+    let indexed: Vec<_> = to_open
+        .into_iter()
+        .enumerate()
+        .map(|(i, (c, emm))| (i, c, emm))
+        .collect();
+    let mut opened = in_threads(indexed, OPENERS, "castmux-open", |share| {
+        share
+            .into_iter()
+            .map(|(i, c, emm)| {
+                let span = tracing::info_span!("channel", name = %c.name);
+                let _enter = span.enter();
+                let env = ChannelEnv {
+                    db,
+                    control,
+                    emm,
+                    emm_pid,
+                };
+                let res = Channel::open(&c.name, &c.spec, env);
+                (i, c.name, res)
+            })
+            .collect()
+    });
     opened.sort_by_key(|o| o.0);
     opened
         .into_iter()
@@ -234,32 +211,41 @@ fn open_all(
         .collect()
 }
 
-impl ChannelReport {
-    /// The report of a channel that could not start.
-    pub fn failed(name: &str, e: HeadendError) -> ChannelReport {
-        ChannelReport {
-            name: name.to_owned(),
-            counters: crate::scramble::stats::Counters::default().report(),
-            input: Default::default(),
-            outputs: Vec::new(),
-            end: Err(e),
-            close: Ok(()),
-            unscrambled: None,
-            to_stdout: false,
-            ran: false,
+/// Share `items` round-robin among at most `threads` scoped threads (`name-N`), run `work`
+/// on each share and gather what they give back. The items of a thread that cannot start
+/// or panics are lost with it, and that is logged.
+pub(crate) fn in_threads<T: Send, R: Send>(
+    items: Vec<T>,
+    threads: usize,
+    name: &str,
+    work: impl Fn(Vec<T>) -> Vec<R> + Sync,
+) -> Vec<R> {
+    let n = threads.clamp(1, items.len().max(1));
+    let mut shares: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        shares[i % n].push(item);
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = shares
+            .into_iter()
+            .enumerate()
+            .map(|(k, share)| {
+                std::thread::Builder::new()
+                    .name(format!("{name}-{k}"))
+                    .spawn_scoped(scope, move || work(share))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in handles {
+            match h.map(|h| h.join()) {
+                Ok(Ok(v)) => out.extend(v),
+                Ok(Err(_)) => {
+                    tracing::error!(thread = name, "a thread panicked; its channels are lost")
+                }
+                Err(e) => tracing::error!(thread = name, error = %e, "cannot start a thread"),
+            }
         }
-    }
-
-    /// Whether the run ended without an error.
-    pub fn ok(&self) -> bool {
-        self.end.is_ok() && self.close.is_ok() && self.unscrambled.is_none()
-    }
-}
-
-/// `RunEnd` of a report, for logs.
-pub fn describe_end(end: &Result<RunEnd, HeadendError>) -> String {
-    match end {
-        Ok(e) => format!("{e:?}"),
-        Err(e) => plane::ErrorChain(e).to_string(),
-    }
+        out
+    })
 }

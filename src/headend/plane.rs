@@ -24,7 +24,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use csa::MultiBatch;
 
 use super::channel::Channel;
-use super::error::{Context, HeadendError};
+use super::error::{Context, ErrorChain, HeadendError};
 use crate::io::{PacketBatch, ReadStatus};
 use crate::scramble::{PacketStage, RunEnd};
 use crate::ts::packet::PACKET_SIZE;
@@ -79,37 +79,12 @@ pub fn run(
     log_failures: bool,
 ) -> Vec<(Channel, Result<RunEnd, HeadendError>)> {
     if channels.is_empty() {
+        // no worker, no engine calibration
         return Vec::new();
     }
-    let workers = opts.workers.clamp(1, channels.len());
-    let mut shares: Vec<Vec<Channel>> = (0..workers).map(|_| Vec::new()).collect();
-    for (i, ch) in channels.into_iter().enumerate() {
-        shares[i % workers].push(ch);
-    }
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = shares
-            .into_iter()
-            .enumerate()
-            .map(|(w, share)| {
-                let stop = Arc::clone(stop);
-                let flush = opts.flush_interval;
-                std::thread::Builder::new()
-                    .name(format!("castmux-plane-{w}"))
-                    .spawn_scoped(scope, move || worker(share, flush, &stop, log_failures))
-            })
-            .collect();
-        let mut ended = Vec::new();
-        for h in handles {
-            match h {
-                Ok(h) => match h.join() {
-                    Ok(v) => ended.extend(v),
-                    // the channels of a panicked worker are lost with it: say so
-                    Err(_) => tracing::error!("a data-plane worker panicked"),
-                },
-                Err(e) => tracing::error!(error = %e, "cannot start a data-plane worker"),
-            }
-        }
-        ended
+    let flush = opts.flush_interval;
+    super::in_threads(channels, opts.workers, "castmux-plane", |share| {
+        worker(share, flush, stop, log_failures)
     })
 }
 
@@ -124,8 +99,8 @@ fn worker(
         .into_iter()
         .map(|mut ch| {
             ch.parts_mut().1.scrambler_mut().set_deferred(true);
-            let batch_packets = ch.run_options(Arc::default()).batch_packets.max(1);
-            let idle_timeout = ch.run_options(Arc::default()).idle_timeout;
+            let opts = ch.run_options(Arc::default());
+            let (batch_packets, idle_timeout) = (opts.batch_packets.max(1), opts.idle_timeout);
             Slot {
                 ch,
                 batch: PacketBatch::with_capacity(batch_packets),
@@ -504,19 +479,4 @@ fn fail(epoll: &Epoll, s: &mut Slot, e: HeadendError, log: bool) {
         let _ = epoll.delete(fd.as_fd());
     }
     s.end = Some(Err(e));
-}
-
-/// An error with its causes, `a: b: c`.
-pub(crate) struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(e) = src {
-            write!(f, ": {e}")?;
-            src = e.source();
-        }
-        Ok(())
-    }
 }

@@ -319,7 +319,6 @@ impl PacketStage for StopOnRefusal {
 #[derive(Debug)]
 pub struct EmmPort {
     stats: Arc<EmmMuxStats>,
-    local: SocketAddr,
     /// More pipelines can take every EMM from here (EMM clone).
     pub subscribers: EmmSubscribers,
 }
@@ -348,19 +347,7 @@ impl EmmPort {
         tracing::info!(listen = %local, "simulcrypt: EMMG<->MUX listening");
         let signal = control.shutdown_signal();
         control.spawn("EMMG<->MUX port", server.run(signal.wait()));
-        Ok((
-            EmmPort {
-                stats,
-                local,
-                subscribers,
-            },
-            source,
-        ))
-    }
-
-    /// Where EMMGs connect.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
+        Ok((EmmPort { stats, subscribers }, source))
     }
 
     /// Log the port's counters (it stops with the control plane).

@@ -4,8 +4,7 @@
 //! raises it and waits (bounded) until each has confirmed by ending.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -20,8 +19,6 @@ pub struct ControlPlane {
     rt: tokio::runtime::Runtime,
     shutdown: watch::Sender<bool>,
     tasks: Mutex<Vec<(String, JoinHandle<()>)>>,
-    /// Tasks that did not end within the shutdown's limit.
-    unconfirmed: AtomicUsize,
 }
 
 /// What a task started on the control plane waits on: resolves once shutdown is asked.
@@ -33,11 +30,6 @@ impl Shutdown {
     pub async fn wait(mut self) {
         // an Err means the sender is gone: that is a shutdown too
         let _ = self.0.wait_for(|down| *down).await;
-    }
-
-    /// Whether shutdown has been asked.
-    pub fn is_down(&self) -> bool {
-        *self.0.borrow()
     }
 }
 
@@ -54,7 +46,6 @@ impl ControlPlane {
             rt,
             shutdown,
             tasks: Mutex::new(Vec::new()),
-            unconfirmed: AtomicUsize::new(0),
         })
     }
 
@@ -89,27 +80,27 @@ impl ControlPlane {
         let _ = self.shutdown.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         let deadline = tokio::time::Instant::now() + limit;
-        self.rt.block_on(async {
+        let n = self.rt.block_on(async {
+            let mut unconfirmed = 0;
             for (name, mut t) in tasks {
                 if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
-                    self.unconfirmed.fetch_add(1, Ordering::Relaxed);
+                    unconfirmed += 1;
                     tracing::warn!(task = %name, "control-plane task did not stop in time");
                     t.abort();
                 }
             }
+            unconfirmed
         });
-        let n = self.unconfirmed.load(Ordering::Relaxed);
         self.rt.shutdown_timeout(Duration::from_millis(100));
         n
     }
 }
 
-/// A control plane shared by the parts of one process.
-pub type SharedControl = Arc<ControlPlane>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn every_task_obeys_the_one_signal() {

@@ -19,9 +19,11 @@ use super::init::open;
 /// Options of `castmux emmg`.
 #[derive(Debug, Args)]
 pub struct EmmgArgs {
-    /// The mux's EMMG port, HOST:PORT (`castmux scramble --emmg-listen`, Astra's EMM port).
-    #[arg(long, value_name = "HOST:PORT")]
-    mux: String,
+    /// The mux's EMMG port, HOST:PORT (`castmux scramble --emmg-listen`, a head-end's
+    /// `[emmg]`, Astra's EMM port). Repeat to feed several muxes: each gets every EMM at
+    /// the bandwidth, over a link of its own that reconnects on its own.
+    #[arg(long, value_name = "HOST:PORT", required = true)]
+    mux: Vec<String>,
     /// Send data_provision over UDP to the same HOST:PORT (setup stays on TCP).
     #[arg(long)]
     udp: bool,
@@ -55,25 +57,26 @@ impl EmmSource for SharedCarousel {
     }
 }
 
-/// The store follower's findings go into the carousel: new keys to every card, changed
-/// cards first.
-impl StoreSink for SharedCarousel {
+/// The carousels of every mux link, which the store follower's findings go into: new keys
+/// to every card, changed cards first.
+struct Carousels(Vec<SharedCarousel>);
+
+impl StoreSink for Carousels {
     fn keys_changed(&mut self, keys: &[ServiceKey]) -> bool {
-        self.lock().set_service_keys(keys.to_vec());
+        for c in &self.0 {
+            c.lock().set_service_keys(keys.to_vec());
+        }
         tracing::info!(keys = keys.len(), "emmg: service keys changed");
         true
     }
 
     fn cards_changed(&mut self, cards: Vec<CardKeyRecord>) -> bool {
         tracing::info!(cards = cards.len(), "emmg: cards changed; sent first");
-        let mut c = self.lock();
-        for CardKeyRecord {
-            serial,
-            card_key,
-            entitlements,
-        } in cards
-        {
-            c.upsert_card(serial, card_key, entitlements, true);
+        for c in &self.0 {
+            let mut c = c.lock();
+            for r in &cards {
+                c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), true);
+            }
         }
         true
     }
@@ -91,52 +94,67 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
     let store = open(db).await?;
     let (follower, snapshot) = StoreFollower::start(store.clone(), true).await?;
     let follower_stats = follower.stats();
-    let mut carousel = EmmCarousel::new(a.bandwidth);
     let n_cards = snapshot.cards.len();
-    for c in snapshot.cards {
-        carousel.upsert_card(c.serial, c.card_key, c.entitlements, false);
-    }
-    carousel.set_service_keys(snapshot.keys);
-    let carousel = Arc::new(Mutex::new(carousel));
+    // one carousel per mux: each link takes every EMM at its own pace
+    let carousels: Vec<Arc<Mutex<EmmCarousel>>> = a
+        .mux
+        .iter()
+        .map(|_| {
+            let mut c = EmmCarousel::new(a.bandwidth);
+            for r in &snapshot.cards {
+                c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), false);
+            }
+            c.set_service_keys(snapshot.keys.clone());
+            Arc::new(Mutex::new(c))
+        })
+        .collect();
 
     let client_id = a.client_id.unwrap_or(u32::from(store.ca_system_id()) << 16);
-    let mut config = EmmgConfig::new(a.mux.clone(), client_id);
-    config.udp = a.udp;
-    config.version = a.emmg_version;
-    config.data_id = a.data_id;
-    config.bandwidth_kbps = (a.bandwidth / 1000).clamp(1, u64::from(u16::MAX)) as u16;
-    tracing::info!(
-        mux = %a.mux,
-        udp = a.udp,
-        client_id = %format!("{client_id:08X}"),
-        bandwidth_bps = a.bandwidth,
-        cards = n_cards,
-        "emmg: feeding"
-    );
     let stats = Arc::new(EmmgStats::default());
-    let mut source = SharedCarousel(carousel.clone());
-    let mut sink = SharedCarousel(carousel.clone());
     let stopped = || async {
         while !stop.load(Relaxed) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
+    let mut links = Vec::with_capacity(a.mux.len());
+    for (mux, carousel) in a.mux.iter().zip(&carousels) {
+        let mut config = EmmgConfig::new(mux.clone(), client_id);
+        config.udp = a.udp;
+        config.version = a.emmg_version;
+        config.data_id = a.data_id;
+        config.bandwidth_kbps = (a.bandwidth / 1000).clamp(1, u64::from(u16::MAX)) as u16;
+        tracing::info!(
+            mux = %mux,
+            udp = a.udp,
+            client_id = %format!("{client_id:08X}"),
+            bandwidth_bps = a.bandwidth,
+            cards = n_cards,
+            "emmg: feeding"
+        );
+        let (stats, stopped) = (stats.clone(), stopped());
+        let mut source = SharedCarousel(carousel.clone());
+        links.push(async move { run_emmg(config, &mut source, stats, stopped).await });
+    }
+    let mut sink = Carousels(carousels.iter().cloned().map(SharedCarousel).collect());
     tokio::join!(
-        run_emmg(config, &mut source, stats.clone(), stopped()),
+        futures::future::join_all(links),
         follower.run(&mut sink, stopped())
     );
     tracing::info!(store = ?follower_stats, "emmg: store follower");
-    let counters = carousel
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .counters();
-    tracing::info!(
-        emitted = counters.emitted,
-        urgent = counters.urgent,
-        cycles = counters.cycles,
-        build_errors = counters.build_errors,
-        "emmg: carousel"
-    );
+    for (mux, carousel) in a.mux.iter().zip(&carousels) {
+        let counters = carousel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counters();
+        tracing::info!(
+            mux = %mux,
+            emitted = counters.emitted,
+            urgent = counters.urgent,
+            cycles = counters.cycles,
+            build_errors = counters.build_errors,
+            "emmg: carousel"
+        );
+    }
     store.close().await;
     Ok(stats)
 }

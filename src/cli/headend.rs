@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use castmux::headend::{ChannelSpec, Headend, HeadendPlan, PlaneOptions};
+use castmux::headend::{ChannelSpec, Controls, Headend, HeadendPlan, PlaneOptions};
 use clap::{Args, Parser};
 
 use super::scramble::ScrambleArgs;
@@ -44,14 +44,14 @@ fn parse_args(words: &[String]) -> Result<ChannelSpec, String> {
         .map_err(|e| e.render().to_string())
 }
 
-fn plan(path: &Path) -> anyhow::Result<HeadendPlan> {
+fn read_plan(path: &Path) -> anyhow::Result<HeadendPlan> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the head-end file {}", path.display()))?;
     HeadendPlan::from_file(&text, &parse_args).with_context(|| format!("{}", path.display()))
 }
 
 pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
-    let plan = plan(&a.config)?;
+    let plan = read_plan(&a.config)?;
     if a.check {
         outln!(
             "{}: {} channel(s){}",
@@ -65,12 +65,19 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
         )?;
         return Ok(());
     }
-    let stop = super::stop_flag()?;
+    let controls = Controls {
+        stop: super::stop_flag()?,
+        reload: super::reload_flag()?,
+    };
     let mut opts = PlaneOptions::default();
     if let Some(n) = a.workers {
         opts.workers = usize::from(n);
     }
-    let reports = Headend::new(opts).run(plan, db, &stop)?;
+    // SIGHUP: the file read again; a bad one is refused and the running set kept
+    let reloader = || {
+        read_plan(&a.config).map_err(|e| castmux::headend::HeadendError::Config(format!("{e:#}")))
+    };
+    let reports = Headend::new(opts).run(plan, db, &controls, Some(&reloader))?;
     // a channel that scrambled nothing fails the run, as `castmux scramble` does (unless
     // its spec allows it)
     let failed: Vec<String> = reports
@@ -100,7 +107,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("h.toml");
         std::fs::write(&p, text).unwrap();
-        plan(&p)
+        read_plan(&p)
     }
 
     #[test]

@@ -93,6 +93,13 @@ pub(crate) fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// Set by SIGHUP: read the configuration again.
+pub(crate) fn reload_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&reload))?;
+    Ok(reload)
+}
+
 /// A tokio runtime for the control plane: `workers` threads, or just the calling thread
 /// when 0.
 pub(crate) fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {

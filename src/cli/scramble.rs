@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use castmux::headend::{spec, ChannelSpec, Headend, HeadendPlan, PlaneOptions};
+use castmux::headend::{spec, ChannelSpec, Controls, Headend, HeadendPlan, PlaneOptions};
 use castmux::io::{IoStatsSnapshot, OutputStatus};
 use castmux::ts::Pid;
 use clap::{Args, ValueEnum};
@@ -196,11 +196,14 @@ impl ScrambleArgs {
 }
 
 pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
-    let stop = super::stop_flag()?;
+    let controls = Controls {
+        stop: super::stop_flag()?,
+        ..Controls::default()
+    };
     let plan = HeadendPlan::single("scramble", a.spec());
-    // one channel runs on threads of its own (see Headend::run)
+    // one channel runs on threads of its own (see HeadendPlan::shared_plane)
     let headend = Headend::new(PlaneOptions::default());
-    let mut reports = headend.run(plan, db, &stop)?;
+    let mut reports = headend.run(plan, db, &controls, None)?;
     let Some(mut r) = reports.pop() else {
         anyhow::bail!("the channel did not run");
     };

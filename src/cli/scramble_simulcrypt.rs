@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use castmux::headend::{ChannelSpec, EcmgSpec};
+use castmux::scramble::CasPolicy;
 use clap::Args;
 
 use super::args;
@@ -14,7 +15,9 @@ use super::args;
 #[derive(Debug, Args)]
 pub struct SimulcryptArgs {
     /// SimulCrypt ECMG to get ECMs from (ECMG<->SCS, TS 103 197), HOST:PORT (TVCAS
-    /// listens on 43000, `castmux ecmg` where told). Repeat for several CAS on the same
+    /// listens on 43000, `castmux ecmg` where told). Backups of the same CAS follow after
+    /// commas, HOST:PORT,HOST2:PORT2: on link loss the next one takes over (the latest CWs
+    /// replayed), and the first comes back once it answers again. Repeat for several CAS on the same
     /// service: every ECMG gets the same CWs and its own ECM PID and CA_descriptor.
     /// Per-ECMG settings go in a query: HOST:PORT?super_cas_id=0B000001&ecm_pid=0x1FF2
     /// (keys: super_cas_id, channel_id, stream_id, ecm_id, access_criteria, version,
@@ -43,6 +46,12 @@ pub struct SimulcryptArgs {
     /// version given here or in the --ecmg query is used as is, never changed.
     #[arg(long, value_name = "2|3", value_parser = clap::value_parser!(u8).range(2..=3))]
     ecmg_version: Option<u8>,
+    /// With several CAS on the service (--cas builtin, --ecmg): `all` (default) holds each
+    /// key switch until every CAS has the ECM with the next CW on air, so one dead CAS
+    /// holds the key for all; `any` switches once one has, so the others keep rotating
+    /// (the lagging CAS's PID keeps its last ECM, counted as lagging_cas_switches).
+    #[arg(long, value_name = "all|any", default_value = "all")]
+    cas_policy: CasPolicy,
     /// Listen for SimulCrypt EMMGs (EMMG<->MUX, TCP and UDP on the same port; TVCAS's
     /// EMMG connects to 41000 in its guide); their EMMs go out on --emm-pid.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -70,6 +79,7 @@ impl SimulcryptArgs {
         spec.stream_id = self.stream_id;
         spec.ecm_id = self.ecm_id;
         spec.ecmg_version = self.ecmg_version;
+        spec.cas_policy = self.cas_policy;
         spec.emmg_listen = self.emmg_listen;
         spec.emmg_max_connections = self.emmg_max_connections;
         spec.emmg_max_connections_per_address = self.emmg_max_connections_per_address;

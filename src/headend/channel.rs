@@ -147,6 +147,8 @@ impl Channel {
                 crypto_period: a.crypto_period,
                 emm_pid,
                 control: env.control,
+                // a pipe paced in real time (ffmpeg -re … | castmux -i - --wall-clock) is live
+                live: live_input || a.wall_clock,
             },
             &mut ca_systems,
         )?;
@@ -180,6 +182,7 @@ impl Channel {
             } else {
                 ClockMode::Stream
             },
+            cas_policy: a.cas_policy,
         };
         let cw_log = a
             .cw_log

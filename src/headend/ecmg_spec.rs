@@ -1,4 +1,5 @@
-//! One `--ecmg` value of `castmux scramble`: `HOST:PORT[?key=value&...]`.
+//! One `--ecmg` value of `castmux scramble`: `HOST:PORT[,HOST2:PORT2...][?key=value&...]`,
+//! one CAS: its primary ECMG, then its backups.
 //!
 //! The query keys set what differs between the ECMGs of a SimulCrypt service (one per
 //! CAS); whatever a value leaves out comes from the shared options (`--super-cas-id`,
@@ -12,8 +13,10 @@ use crate::value as args;
 /// What one `--ecmg` value says; `None` means "take the shared option".
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EcmgSpec {
-    /// `HOST:PORT` of the ECMG.
+    /// `HOST:PORT` of the ECMG (the primary).
     pub addr: String,
+    /// Backup ECMGs of the same CAS, in the order they are tried.
+    pub backup: Vec<String>,
     pub super_cas_id: Option<u32>,
     pub channel_id: Option<u16>,
     pub stream_id: Option<u16>,
@@ -37,13 +40,20 @@ impl std::str::FromStr for EcmgSpec {
             Some((a, q)) => (a, Some(q)),
             None => (s, None),
         };
-        let addr = addr.trim();
-        match addr.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-            _ => return Err(format!("'{addr}' is not HOST:PORT (e.g. 10.0.0.5:43000)")),
+        let mut addrs = Vec::new();
+        for addr in addr.split(',').map(str::trim) {
+            match addr.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => return Err(format!("'{addr}' is not HOST:PORT (e.g. 10.0.0.5:43000)")),
+            }
+            if addrs.contains(&addr) {
+                return Err(format!("'{addr}' is listed twice"));
+            }
+            addrs.push(addr);
         }
         let mut spec = EcmgSpec {
-            addr: addr.to_owned(),
+            addr: addrs[0].to_owned(),
+            backup: addrs[1..].iter().map(|a| (*a).to_owned()).collect(),
             ..EcmgSpec::default()
         };
         for pair in query.into_iter().flat_map(|q| q.split('&')) {
@@ -101,6 +111,20 @@ mod tests {
         let s: EcmgSpec = "127.0.0.1:43000".parse().unwrap();
         assert_eq!(s.addr, "127.0.0.1:43000");
         assert_eq!(s.super_cas_id, None);
+    }
+
+    #[test]
+    fn primary_and_backups() {
+        let s: EcmgSpec = "10.0.0.5:43000, 10.0.0.6:43000,cas3:43001?super_cas_id=4AE10000"
+            .parse()
+            .unwrap();
+        assert_eq!(s.addr, "10.0.0.5:43000");
+        assert_eq!(s.backup, ["10.0.0.6:43000", "cas3:43001"]);
+        assert_eq!(s.super_cas_id, Some(0x4AE1_0000));
+        let e = "a:1,a:1".parse::<EcmgSpec>().unwrap_err();
+        assert!(e.contains("twice"), "{e}");
+        let e = "a:1,b".parse::<EcmgSpec>().unwrap_err();
+        assert!(e.contains("'b' is not HOST:PORT"), "{e}");
     }
 
     #[test]

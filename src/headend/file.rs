@@ -25,6 +25,8 @@ pub enum HeadendFileError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeadendFile {
+    /// `[headend]`: how the process runs its channels.
+    pub headend: Option<HeadendTable>,
     /// `[emmg]`: the shared EMMG<->MUX port, if any.
     pub emmg: Option<EmmgPort>,
     /// `[[channel]]` tables, in file order.
@@ -37,6 +39,14 @@ impl HeadendFile {
     pub fn parse(text: &str) -> Result<HeadendFile, HeadendFileError> {
         Ok(toml::from_str(text)?)
     }
+}
+
+/// `[headend]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadendTable {
+    /// Restart a channel that fails (backoff 1 s doubling to 30 s). Default true.
+    pub restart: Option<bool>,
 }
 
 /// `[emmg]`: the shared EMMG<->MUX port.
@@ -112,7 +122,7 @@ pub struct EmmgPlan {
 }
 
 /// One channel, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ChannelPlan {
     pub name: String,
     pub spec: ChannelSpec,
@@ -125,6 +135,12 @@ pub struct ChannelPlan {
 pub struct HeadendPlan {
     pub emmg: Option<EmmgPlan>,
     pub channels: Vec<ChannelPlan>,
+    /// Restart a channel that fails, with backoff (the head-end file's default); a
+    /// one-shot run (`castmux scramble`) reports the failure instead.
+    pub restart: bool,
+    /// UDP channels share the data plane's workers (a head-end); else each channel runs on
+    /// threads of its own (one fast stream, `castmux scramble`).
+    pub shared_plane: bool,
 }
 
 impl HeadendPlan {
@@ -137,6 +153,8 @@ impl HeadendPlan {
                 spec,
                 emm_clone: false,
             }],
+            restart: false,
+            shared_plane: false,
         }
     }
 
@@ -212,7 +230,16 @@ impl HeadendPlan {
                 emm_clone,
             });
         }
-        Ok(HeadendPlan { emmg, channels })
+        Ok(HeadendPlan {
+            emmg,
+            channels,
+            restart: file
+                .headend
+                .as_ref()
+                .and_then(|h| h.restart)
+                .unwrap_or(true),
+            shared_plane: true,
+        })
     }
 }
 

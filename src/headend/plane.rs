@@ -14,17 +14,19 @@
 //! gone, its ECMG refusing a file run) leaves the epoll set; the others go on.
 
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 
 use csa::MultiBatch;
 
 use super::channel::Channel;
 use super::error::{Context, ErrorChain, HeadendError};
+use super::supervise::Event;
 use crate::io::{PacketBatch, ReadStatus};
 use crate::scramble::{PacketStage, RunEnd};
 use crate::ts::packet::PACKET_SIZE;
@@ -54,6 +56,8 @@ impl Default for PlaneOptions {
 
 /// A channel on a worker, with its buffers.
 struct Slot {
+    /// The head-end's id of this run of the channel.
+    id: u64,
     ch: Channel,
     batch: PacketBatch,
     out: Vec<u8>,
@@ -70,111 +74,282 @@ struct Slot {
     queued: bool,
 }
 
-/// Run `channels` (each with a UDP input) on the shared workers until every one has ended
-/// (idle timeout, failure) or `stop` is set. Gives each channel back with how it ended.
-pub fn run(
-    channels: Vec<Channel>,
-    opts: &PlaneOptions,
-    stop: &Arc<AtomicBool>,
-    log_failures: bool,
-) -> Vec<(Channel, Result<RunEnd, HeadendError>)> {
-    if channels.is_empty() {
-        // no worker, no engine calibration
-        return Vec::new();
+impl Slot {
+    fn new(id: u64, mut ch: Channel, now: Instant) -> Slot {
+        ch.parts_mut().1.scrambler_mut().set_deferred(true);
+        let opts = ch.run_options(Arc::default());
+        let (batch_packets, idle_timeout) = (opts.batch_packets.max(1), opts.idle_timeout);
+        Slot {
+            id,
+            ch,
+            batch: PacketBatch::with_capacity(batch_packets),
+            // a batch plus what the mux adds to it (PMT, ECM, CAT, EMM packets)
+            out: Vec::with_capacity((batch_packets + 64) * 188),
+            last_data: now,
+            dirty: false,
+            idle_timeout,
+            end: None,
+            in_pass: false,
+            cipher_failed: false,
+            // (an edge-triggered add reports a socket that already holds datagrams)
+            queued: false,
+        }
     }
-    let flush = opts.flush_interval;
-    super::in_threads(channels, opts.workers, "castmux-plane", |share| {
-        worker(share, flush, stop, log_failures)
-    })
 }
 
-fn worker(
-    channels: Vec<Channel>,
-    flush_interval: Duration,
-    stop: &AtomicBool,
-    log_failures: bool,
-) -> Vec<(Channel, Result<RunEnd, HeadendError>)> {
-    let now = Instant::now();
-    let mut slots: Vec<Slot> = channels
-        .into_iter()
-        .map(|mut ch| {
-            ch.parts_mut().1.scrambler_mut().set_deferred(true);
-            let opts = ch.run_options(Arc::default());
-            let (batch_packets, idle_timeout) = (opts.batch_packets.max(1), opts.idle_timeout);
-            Slot {
-                ch,
-                batch: PacketBatch::with_capacity(batch_packets),
-                // a batch plus what the mux adds to it (PMT, ECM, CAT, EMM packets)
-                out: Vec::with_capacity((batch_packets + 64) * 188),
-                last_data: now,
-                dirty: false,
-                idle_timeout,
-                end: None,
-                in_pass: false,
-                cipher_failed: false,
-                // (an edge-triggered add reports a socket that already holds datagrams)
-                queued: false,
-            }
+/// A channel that left the data plane (ended, failed, removed or stopped), with how.
+pub(crate) struct Ended {
+    pub id: u64,
+    pub channel: Channel,
+    pub end: Result<RunEnd, HeadendError>,
+}
+
+/// What a worker is told.
+enum Command {
+    Add(u64, Box<Channel>),
+    Remove(u64),
+}
+
+/// A worker thread, its inbox and the eventfd that wakes it for the inbox.
+struct Worker {
+    tx: std::sync::mpsc::Sender<Command>,
+    wake: Arc<EventFd>,
+    channels: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The running data plane: channels are added and removed while it runs; each one that
+/// leaves it comes back on the `ended` sender given to [`Plane::start`].
+pub(crate) struct Plane {
+    workers: Vec<Worker>,
+    /// Which worker serves a channel id.
+    placed: std::collections::HashMap<u64, usize>,
+}
+
+/// The eventfd's token in a worker's epoll set (slot indexes are below it).
+const WAKE: u64 = u64::MAX;
+
+impl Plane {
+    /// Start `opts.workers` worker threads; they run until `stop` is set or the plane is
+    /// dropped, and give back every channel on `ended`.
+    pub(crate) fn start(
+        opts: &PlaneOptions,
+        stop: &Arc<AtomicBool>,
+        log_failures: bool,
+        ended: std::sync::mpsc::Sender<Event>,
+    ) -> Result<Plane, HeadendError> {
+        let mut workers = Vec::with_capacity(opts.workers.max(1));
+        for k in 0..opts.workers.max(1) {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let wake = Arc::new(
+                EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+                    .context("eventfd")?,
+            );
+            let channels = Arc::new(AtomicUsize::new(0));
+            let w = WorkerCx {
+                rx,
+                wake: Arc::clone(&wake),
+                channels: Arc::clone(&channels),
+                ended: ended.clone(),
+                flush_interval: opts.flush_interval,
+                stop: Arc::clone(stop),
+                log_failures,
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("castmux-plane-{k}"))
+                .spawn(move || worker(w))
+                .context("starting a data-plane worker")?;
+            workers.push(Worker {
+                tx,
+                wake,
+                channels,
+                thread: Some(thread),
+            });
+        }
+        Ok(Plane {
+            workers,
+            placed: Default::default(),
         })
-        .collect();
-    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create") {
-        Ok(e) => Some(e),
-        Err(e) => {
-            let msg = e.to_string();
-            for s in &mut slots {
-                s.end = Some(Err(HeadendError::Config(msg.clone())));
+    }
+
+    /// Serve `ch` (a UDP channel) as run `id`, on the worker with the fewest channels.
+    pub(crate) fn add(&mut self, id: u64, ch: Channel) {
+        let k = (0..self.workers.len())
+            .min_by_key(|k| self.workers[*k].channels.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let w = &self.workers[k];
+        w.channels.fetch_add(1, Ordering::Relaxed);
+        self.placed.insert(id, k);
+        // a worker that is gone has sent back what it had; this channel is lost with it
+        if w.tx.send(Command::Add(id, Box::new(ch))).is_err() {
+            tracing::error!("a data-plane worker is gone; the channel cannot start");
+        }
+        let _ = w.wake.write(1);
+    }
+
+    /// Stop run `id`: its worker gives it back on `ended` (as stopped).
+    pub(crate) fn remove(&mut self, id: u64) {
+        if let Some(k) = self.placed.remove(&id) {
+            let w = &self.workers[k];
+            let _ = w.tx.send(Command::Remove(id));
+            let _ = w.wake.write(1);
+        }
+    }
+
+    /// Run `id` has left the plane (it came back on `ended`).
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.placed.remove(&id);
+    }
+
+    /// Wait for every worker to end (after `stop` was set): each gives back its channels.
+    pub(crate) fn join(mut self) {
+        for w in &mut self.workers {
+            let _ = w.wake.write(1);
+            if let Some(t) = w.thread.take() {
+                if t.join().is_err() {
+                    tracing::error!("a data-plane worker panicked; its channels are lost");
+                }
             }
-            None
+        }
+    }
+}
+
+/// What one worker thread owns.
+struct WorkerCx {
+    rx: std::sync::mpsc::Receiver<Command>,
+    wake: Arc<EventFd>,
+    channels: Arc<AtomicUsize>,
+    ended: std::sync::mpsc::Sender<Event>,
+    flush_interval: Duration,
+    stop: Arc<AtomicBool>,
+    log_failures: bool,
+}
+
+fn worker(cx: WorkerCx) {
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).and_then(|e| {
+        e.add(
+            cx.wake.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, WAKE),
+        )?;
+        Ok(e)
+    }) {
+        Ok(e) => e,
+        Err(e) => {
+            // nothing can be served: every channel sent here goes back failed
+            tracing::error!(error = %e, "a data-plane worker cannot start epoll");
+            while let Ok(cmd) = cx.rx.recv() {
+                if let Command::Add(id, ch) = cmd {
+                    let _ = cx.ended.send(Event::Ended(Ended {
+                        id,
+                        channel: *ch,
+                        end: Err(HeadendError::Config(format!("epoll: {e}"))),
+                    }));
+                }
+            }
+            return;
         }
     };
-    if let Some(epoll) = &epoll {
-        for (i, s) in slots.iter_mut().enumerate() {
-            let added = match s.ch.parts_mut().0.udp_fd() {
-                Some(fd) => epoll
-                    .add(
-                        fd,
-                        EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, i as u64),
-                    )
-                    .context("epoll_ctl"),
-                None => Err(HeadendError::Config(
-                    "the data plane serves UDP inputs only".to_owned(),
-                )),
-            };
-            if let Err(e) = added {
-                s.end = Some(Err(e));
-            }
+    let mut slots: Vec<Option<Slot>> = Vec::new();
+    serve(&epoll, &mut slots, &cx);
+    for s in slots.iter_mut().filter_map(Option::as_mut) {
+        if s.end.is_none() {
+            finish_output(s);
+            s.end = Some(Ok(RunEnd::Stopped));
         }
-        serve(epoll, &mut slots, flush_interval, stop, log_failures);
     }
-    slots
-        .into_iter()
-        .map(|s| {
-            let end = s.end.unwrap_or(Ok(RunEnd::Stopped));
-            (s.ch, end)
-        })
-        .collect()
+    reap(&epoll, &mut slots, &cx, &mut []);
 }
 
-fn serve(
-    epoll: &Epoll,
-    slots: &mut [Slot],
-    flush_interval: Duration,
-    stop: &AtomicBool,
-    log_failures: bool,
-) {
+/// Take the commands waiting in the inbox; false when the plane is gone.
+fn take_commands(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) -> bool {
+    let _ = cx.wake.read();
+    loop {
+        match cx.rx.try_recv() {
+            Ok(Command::Add(id, ch)) => {
+                let i = slots.iter().position(Option::is_none).unwrap_or_else(|| {
+                    slots.push(None);
+                    slots.len() - 1
+                });
+                let mut s = Slot::new(id, *ch, Instant::now());
+                let added = match s.ch.parts_mut().0.udp_fd() {
+                    Some(fd) => epoll
+                        .add(
+                            fd,
+                            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, i as u64),
+                        )
+                        .context("epoll_ctl"),
+                    None => Err(HeadendError::Config(
+                        "the data plane serves UDP inputs only".to_owned(),
+                    )),
+                };
+                if let Err(e) = added {
+                    s.end = Some(Err(e));
+                }
+                slots[i] = Some(s);
+            }
+            Ok(Command::Remove(id)) => {
+                if let Some(s) = slots.iter_mut().flatten().find(|s| s.id == id) {
+                    if s.end.is_none() {
+                        finish_output(s);
+                        if let Some(fd) = s.ch.parts_mut().0.udp_fd() {
+                            let _ = epoll.delete(fd.as_fd());
+                        }
+                        s.end = Some(Ok(RunEnd::Stopped));
+                    }
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return true,
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => return false,
+        }
+    }
+}
+
+/// Give back every channel that has ended and is not waiting for a pass; its index is
+/// dropped from the lists that may still name it.
+fn reap(epoll: &Epoll, slots: &mut [Option<Slot>], cx: &WorkerCx, lists: &mut [&mut Vec<usize>]) {
+    for (i, slot) in slots.iter_mut().enumerate() {
+        if !slot.as_ref().is_some_and(|s| s.end.is_some() && !s.in_pass) {
+            continue;
+        }
+        let Some(mut s) = slot.take() else {
+            continue;
+        };
+        if let Some(fd) = s.ch.parts_mut().0.udp_fd() {
+            let _ = epoll.delete(fd.as_fd());
+        }
+        for l in lists.iter_mut() {
+            l.retain(|&k| k != i);
+        }
+        cx.channels.fetch_sub(1, Ordering::Relaxed);
+        let _ = cx.ended.send(Event::Ended(Ended {
+            id: s.id,
+            channel: s.ch,
+            end: s.end.take().unwrap_or(Ok(RunEnd::Stopped)),
+        }));
+    }
+}
+
+fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
+    let (flush_interval, log_failures) = (cx.flush_interval, cx.log_failures);
     let mut events = [EpollEvent::empty(); EVENTS];
     let mut engines = Engines::calibrate();
     let mut last_tick = Instant::now();
-    let mut dirty: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut dirty: Vec<usize> = Vec::new();
     // channels that may have input to read: epoll said so (edge-triggered), or their last
     // read filled the batch, or they were skipped while their batch waited for the pass
-    let mut ready: Vec<usize> = Vec::with_capacity(slots.len());
-    let mut next_ready: Vec<usize> = Vec::with_capacity(slots.len());
-    let mut in_pass: Vec<usize> = Vec::with_capacity(slots.len());
+    let mut ready: Vec<usize> = Vec::new();
+    let mut next_ready: Vec<usize> = Vec::new();
+    let mut in_pass: Vec<usize> = Vec::new();
     let mut pass_payloads = 0usize;
     let mut pass_since: Option<Instant> = None;
+    let mut inbox = true;
     loop {
-        if stop.load(Ordering::Relaxed) {
+        if inbox && !take_commands(epoll, slots, cx) {
+            // the plane is gone: stop as on the stop flag
+            cx.stop.store(true, Ordering::Relaxed);
+        }
+        inbox = false;
+        if cx.stop.load(Ordering::Relaxed) {
             if !in_pass.is_empty() {
                 finish_pass(
                     epoll,
@@ -186,18 +361,14 @@ fn serve(
                     log_failures,
                 );
             }
-            for s in slots.iter_mut().filter(|s| s.end.is_none()) {
-                finish_output(s);
-                s.end = Some(Ok(RunEnd::Stopped));
-            }
             return;
         }
-        let running = slots.iter().filter(|s| s.end.is_none()).count();
-        if running == 0 {
-            return;
-        }
+        reap(epoll, slots, cx, &mut [&mut ready, &mut dirty]);
+        let running = slots.iter().flatten().filter(|s| s.end.is_none()).count();
         let now = Instant::now();
-        let takeable = ready.iter().any(|&i| !slots[i].in_pass);
+        let takeable = ready
+            .iter()
+            .any(|&i| slots[i].as_ref().is_some_and(|s| !s.in_pass));
         let wait = if takeable {
             Duration::ZERO
         } else if let Some(t) = pass_since {
@@ -212,15 +383,19 @@ fn serve(
             Err(Errno::EINTR) => 0,
             Err(e) => {
                 tracing::error!(error = %e, "epoll_wait failed; the worker's channels stop");
-                for s in slots.iter_mut().filter(|s| s.end.is_none()) {
+                for s in slots.iter_mut().flatten().filter(|s| s.end.is_none()) {
                     s.end = Some(Err(HeadendError::Config(format!("epoll_wait: {e}"))));
                 }
                 return;
             }
         };
         for ev in &events[..n] {
+            if ev.data() == WAKE {
+                inbox = true;
+                continue;
+            }
             let i = ev.data() as usize;
-            if let Some(s) = slots.get_mut(i) {
+            if let Some(Some(s)) = slots.get_mut(i) {
                 if !s.queued {
                     s.queued = true;
                     ready.push(i);
@@ -230,7 +405,9 @@ fn serve(
         let now = Instant::now();
         next_ready.clear();
         for &i in &ready {
-            let s = &mut slots[i];
+            let Some(s) = slots[i].as_mut() else {
+                continue;
+            };
             if s.end.is_some() {
                 s.queued = false;
                 continue;
@@ -281,7 +458,9 @@ fn serve(
         }
         // channels quiet for the flush interval: move their clocks on, send what is held
         dirty.retain(|&i| {
-            let s = &mut slots[i];
+            let Some(s) = slots[i].as_mut() else {
+                return false;
+            };
             if s.end.is_some() {
                 return false;
             }
@@ -301,7 +480,11 @@ fn serve(
         });
         if now.duration_since(last_tick) >= TICK {
             last_tick = now;
-            for s in slots.iter_mut().filter(|s| s.end.is_none() && !s.in_pass) {
+            for s in slots
+                .iter_mut()
+                .flatten()
+                .filter(|s| s.end.is_none() && !s.in_pass)
+            {
                 if s.idle_timeout
                     .is_some_and(|limit| now.duration_since(s.last_data) >= limit)
                 {
@@ -317,7 +500,7 @@ fn serve(
 /// Run the engine pass over every channel in `in_pass`, then write their outputs.
 fn finish_pass(
     epoll: &Epoll,
-    slots: &mut [Slot],
+    slots: &mut [Option<Slot>],
     engines: &mut Engines,
     in_pass: &mut Vec<usize>,
     dirty: &mut Vec<usize>,
@@ -326,7 +509,9 @@ fn finish_pass(
 ) {
     cipher_pass(engines.for_payloads(payloads), slots);
     for &i in in_pass.iter() {
-        let s = &mut slots[i];
+        let Some(s) = slots[i].as_mut() else {
+            continue;
+        };
         s.in_pass = false;
         if s.cipher_failed {
             // fail closed: its packets were never scrambled
@@ -441,9 +626,9 @@ fn take_input(s: &mut Slot, now: Instant) -> Result<Option<usize>, HeadendError>
 }
 
 /// Scramble the pending packets of every channel waiting for the pass, in one engine pass.
-fn cipher_pass(multi: &mut MultiBatch, slots: &mut [Slot]) {
+fn cipher_pass(multi: &mut MultiBatch, slots: &mut [Option<Slot>]) {
     let mut run = multi.begin();
-    for s in slots.iter_mut().filter(|s| s.in_pass) {
+    for s in slots.iter_mut().flatten().filter(|s| s.in_pass) {
         let Slot {
             ch,
             out,

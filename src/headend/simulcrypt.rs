@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::io::PacketBatch;
 use crate::net::AcceptLimits;
+use crate::scramble::config::DEFAULT_ECM_REPETITION;
 use crate::scramble::{
     CaSystem, EcmError, EcmGenerator, EcmRequest, PacketStage, ScrambleError, Scrambler,
 };
@@ -25,6 +26,9 @@ use crate::net::ControlPlane;
 
 /// How long the ECMG gets to set up channel and stream at start.
 const SETUP_WAIT: Duration = Duration::from_secs(10);
+/// The same for a live channel, which starts without its ECMG after this (holding its
+/// scrambled services until the first ECM) rather than fail.
+const LIVE_SETUP_WAIT: Duration = Duration::from_secs(3);
 
 /// What the SimulCrypt options started; keep it for the whole run, then call [`finish`].
 ///
@@ -99,6 +103,9 @@ impl SimulcryptParts {
                 refused = s.refused.load(Relaxed),
                 version = g.version(),
                 version_fallbacks = s.version_fallbacks.load(Relaxed),
+                failovers = s.failovers.load(Relaxed),
+                returns = s.returns.load(Relaxed),
+                active = %g.active_addr(),
                 latency_p99_us = lat.value_at_quantile(0.99),
                 "simulcrypt ECMG link"
             );
@@ -128,6 +135,8 @@ pub struct CasContext<'a> {
     pub emm_pid: Option<Pid>,
     /// Where the ECMG links and the EMMG port run.
     pub control: &'a ControlPlane,
+    /// A live input: the channel starts even when an ECMG is not up yet.
+    pub live: bool,
 }
 
 /// Start what the options ask for: connect every `--ecmg` (in parallel) and add its CA
@@ -176,6 +185,7 @@ pub fn start(
             }
         };
         let mut sc = ScsConfig::new(spec.addr.clone(), super_cas_id);
+        sc.backups = spec.backup.clone();
         let version = spec.version.or(a.ecmg_version);
         sc.version = version.unwrap_or(3);
         sc.version_fallback = version.is_none();
@@ -195,9 +205,10 @@ pub fn start(
         started.push((spec, ecmg, ca));
     }
     // every link sets up at once; then each is waited for
+    let wait = if cx.live { LIVE_SETUP_WAIT } else { SETUP_WAIT };
     for (spec, ecmg, mut ca) in started {
-        let status = match ecmg.wait_ready(SETUP_WAIT) {
-            Ok(s) => s,
+        let status = match ecmg.wait_ready(wait) {
+            Ok(s) => Some(s),
             // a version chosen by the operator is never changed behind their back: say how
             Err(e @ ScsError::Refused { .. })
                 if e.to_string()
@@ -212,23 +223,38 @@ pub fn start(
                     )
                 });
             }
+            // live: on air without it; the link keeps trying, and the scrambled services
+            // are held until its first ECM (never clear)
+            Err(e @ ScsError::NotReady { .. }) if cx.live => {
+                tracing::warn!(ecmg = %spec.addr, error = %e,
+                    "ECMG not up: the channel starts without it and holds its scrambled \
+                     services until the first ECM; delay_start and the ECM repetition are \
+                     the options' or the defaults, not the ECMG's channel_status");
+                None
+            }
             Err(e) => return Err(e).with_context(|| format!("--ecmg {}", spec.addr)),
         };
-        tracing::info!(
-            ecmg = %spec.addr,
-            super_cas_id = %format!("{:08X}", ecmg.super_cas_id()),
-            version = ecmg.version(),
-            ecm_pid = %ca.ecm_pid,
-            delay_start_ms = status.delay_start,
-            ecm_rep_period_ms = status.ecm_rep_period,
-            max_comp_time_ms = status.max_comp_time,
-            section_tspkt_flag = status.section_tspkt_flag,
-            "simulcrypt: ECMG channel and stream set up"
-        );
-        ca.delay_start_ms = cx.delay_start.unwrap_or(i64::from(status.delay_start));
-        ca.ecm_repetition = cx.ecm_repetition.unwrap_or(Duration::from_millis(u64::from(
-            status.ecm_rep_period.max(10),
-        )));
+        if let Some(status) = status {
+            tracing::info!(
+                ecmg = %ecmg.active_addr(),
+                super_cas_id = %format!("{:08X}", ecmg.super_cas_id()),
+                version = ecmg.version(),
+                ecm_pid = %ca.ecm_pid,
+                delay_start_ms = status.delay_start,
+                ecm_rep_period_ms = status.ecm_rep_period,
+                max_comp_time_ms = status.max_comp_time,
+                section_tspkt_flag = status.section_tspkt_flag,
+                "simulcrypt: ECMG channel and stream set up"
+            );
+        }
+        ca.delay_start_ms = cx
+            .delay_start
+            .or(status.map(|s| i64::from(s.delay_start)))
+            .unwrap_or(0);
+        ca.ecm_repetition = cx.ecm_repetition.unwrap_or(match status {
+            Some(s) => Duration::from_millis(u64::from(s.ecm_rep_period.max(10))),
+            None => DEFAULT_ECM_REPETITION,
+        });
         ca_systems.push(ca);
         parts.ecmgs.push(ecmg);
     }

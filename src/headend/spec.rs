@@ -11,7 +11,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::ecmg_spec::EcmgSpec;
-use crate::scramble::config::{DEFAULT_CA_SYSTEM_ID, DEFAULT_CRYPTO_PERIOD};
+use crate::scramble::config::{CasPolicy, DEFAULT_CA_SYSTEM_ID, DEFAULT_CRYPTO_PERIOD};
 use crate::ts::Pid;
 use crate::value;
 
@@ -112,6 +112,8 @@ pub struct ChannelSpec {
     #[serde(deserialize_with = "u16_value")]
     pub ecm_id: u16,
     pub ecmg_version: Option<u8>,
+    /// With several CAS: a key switch waits for `all` (default) or `any` of them.
+    pub cas_policy: CasPolicy,
     /// Listen for SimulCrypt EMMGs (EMMG<->MUX) for this channel alone.
     pub emmg_listen: Option<SocketAddr>,
     pub emmg_max_connections: usize,
@@ -154,6 +156,7 @@ impl Default for ChannelSpec {
             stream_id: 1,
             ecm_id: 1,
             ecmg_version: None,
+            cas_policy: CasPolicy::All,
             emmg_listen: None,
             emmg_max_connections: 16,
             emmg_max_connections_per_address: None,

@@ -107,6 +107,33 @@ pub struct ScrambleConfig {
     pub emm_ca_system_id: u16,
     /// Time base of crypto periods. Default stream time.
     pub clock: ClockMode,
+    /// With several CA systems: what a key switch waits for. Default [`CasPolicy::All`].
+    pub cas_policy: CasPolicy,
+}
+
+/// What a key switch waits for when a service has several CA systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CasPolicy {
+    /// The ECM with the next CW on air for every CA system: one dead CAS holds the key for
+    /// all (every card keeps working, on the held key).
+    #[default]
+    All,
+    /// The ECM with the next CW on air for at least one CA system: a dead CAS no longer
+    /// holds the others; its ECM PID keeps its last ECM (counted), and its cards lose the
+    /// service once the key has moved past that ECM's CWs.
+    Any,
+}
+
+impl std::str::FromStr for CasPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(CasPolicy::All),
+            "any" => Ok(CasPolicy::Any),
+            _ => Err(format!("'{s}': the CAS policy is all or any")),
+        }
+    }
 }
 
 impl Default for ScrambleConfig {
@@ -125,6 +152,7 @@ impl Default for ScrambleConfig {
             emm_pid: None,
             emm_ca_system_id: DEFAULT_CA_SYSTEM_ID,
             clock: ClockMode::Stream,
+            cas_policy: CasPolicy::All,
         }
     }
 }

@@ -33,7 +33,7 @@ pub mod schedule;
 pub mod scrambler;
 pub mod stats;
 
-pub use config::{CaSystem, ClockMode, KeyMode, ScrambleConfig};
+pub use config::{CaSystem, CasPolicy, ClockMode, KeyMode, ScrambleConfig};
 pub use cw::{Cw, CwLogWriter};
 pub use descrambler::{DescrambleKeys, Descrambler};
 pub use ecm::{EcmError, EcmGenerator, EcmRequest};

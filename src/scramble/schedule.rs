@@ -34,6 +34,12 @@
 //! next CW), and counted: `degraded_episodes` once per episode, `degraded_holds` at each
 //! time the schedule found the switch due and held it.
 //!
+//! With several CA systems, [`CasPolicy::Any`] lets the switch go once *one* system has
+//! the next CW on air: a dead CAS then no longer holds the others. Its PID keeps its last
+//! ECM (which still carries the key of the period after it, so its cards lose the service
+//! one period later); each such switch is counted in `lagging_cas_switches`. With none on
+//! air, the switch is held as above: never clear because a CAS failed.
+//!
 //! # ECMs from prepared slots
 //!
 //! The schedule never waits on a generator on a live run: it announces a period ahead
@@ -57,6 +63,8 @@
 //! advances again.
 
 use std::time::Duration;
+
+use super::config::CasPolicy;
 
 use csa::{KeyContext, Parity};
 
@@ -91,6 +99,9 @@ pub struct ScheduleCounters {
     pub degraded_holds: u64,
     /// Times degraded mode was entered (each episode ends with the held key switch).
     pub degraded_episodes: u64,
+    /// Key switches under [`CasPolicy::Any`] past a CA system whose ECM lacked the new CW
+    /// (one per lagging system per switch).
+    pub lagging_cas_switches: u64,
     /// ECM sections obtained from the generators.
     pub ecms_generated: u64,
     /// ECM generator failures.
@@ -148,6 +159,11 @@ pub struct Schedule {
     ecm_wait: Option<Duration>,
     /// The degraded-mode episode under way, if any.
     degraded: Option<Degraded>,
+    /// What a key switch waits for.
+    policy: CasPolicy,
+    /// CA systems left behind by a switch under [`CasPolicy::Any`] (logged once each
+    /// until they catch up).
+    lagging: Vec<bool>,
     counters: ScheduleCounters,
     warned: Warned,
 }
@@ -192,6 +208,8 @@ impl Schedule {
             ecms,
             ecm_wait: None,
             degraded: None,
+            policy: config.cas_policy,
+            lagging: vec![false; config.ca_systems.len()],
             counters: ScheduleCounters::default(),
             warned: Warned::default(),
         })
@@ -239,6 +257,12 @@ impl Schedule {
         &self.ctx
     }
 
+    /// Whether an ECM carrying the key in force is on air for some CA system (always, with
+    /// no ECM stream). Before that, a receiver has nothing to open the service with.
+    pub fn ecm_on_air(&self) -> bool {
+        self.ecms.is_empty() || self.ecms.iter().any(|e| e.covers(self.period))
+    }
+
     /// Whether a key switch is being held (degraded mode).
     pub fn is_degraded(&self) -> bool {
         self.degraded.is_some()
@@ -278,7 +302,11 @@ impl Schedule {
             return Ok(Step::Steady);
         }
         let next = self.period.next();
-        if self.ecms.iter().any(|e| !e.covers(next)) {
+        let held = match self.policy {
+            CasPolicy::All => self.ecms.iter().any(|e| !e.covers(next)),
+            CasPolicy::Any => !self.ecms.is_empty() && !self.ecms.iter().any(|e| e.covers(next)),
+        };
+        if held {
             if self.degraded.is_none() {
                 self.degraded = Some(Degraded {
                     since: now,
@@ -300,6 +328,26 @@ impl Schedule {
             }
             self.counters.degraded_holds += 1;
             return Ok(Step::Steady);
+        }
+        if self.policy == CasPolicy::Any {
+            for (i, e) in self.ecms.iter().enumerate() {
+                let behind = !e.covers(next);
+                if behind {
+                    self.counters.lagging_cas_switches += 1;
+                    if !self.lagging[i] {
+                        tracing::warn!(
+                            period = next.0,
+                            ecm_pid = %e.inserter.pid(),
+                            "CAS policy any: the key switches without this CA system's ECM; \
+                             its PID keeps its last ECM and its cards lose the service until it \
+                             is back"
+                        );
+                    }
+                } else if self.lagging[i] {
+                    tracing::info!(ecm_pid = %e.inserter.pid(), "CA system caught up: its ECM carries the key again");
+                }
+                self.lagging[i] = behind;
+            }
         }
         self.switch_due = true;
         Ok(Step::Switch)

@@ -37,6 +37,7 @@ struct Warned {
     missing_services: bool,
     no_ecm_generator: bool,
     unreferenced: bool,
+    held_before_ecm: bool,
 }
 
 /// Scrambles a transport stream, batch by batch.
@@ -385,6 +386,22 @@ impl Scrambler {
                     c.dropped += 1;
                 }
             }
+            Role::Scrambled if !self.schedule.ecm_on_air() => {
+                // fail closed, and useless to a receiver: no ECM carries this key yet (an
+                // ECMG down at start), so the packet is held back as a null
+                let null = self.null;
+                self.push(&null, false);
+                self.counters.pid_mut(pid).dropped += 1;
+                self.counters.stream.held_before_ecm += 1;
+                if !self.warned.held_before_ecm {
+                    self.warned.held_before_ecm = true;
+                    tracing::warn!(
+                        %pid,
+                        "no ECM on air for the key in force: the scrambled services' packets \
+                         are held (nulled) until one is (logged once; counted as held_before_ecm)"
+                    );
+                }
+            }
             Role::Scrambled => {
                 let tsc = pkt[3] >> 6;
                 let c = self.counters.pid_mut(pid);
@@ -547,6 +564,7 @@ impl Scrambler {
         st.key_switches = c.key_switches;
         st.degraded_holds = c.degraded_holds;
         st.degraded_episodes = c.degraded_episodes;
+        st.lagging_cas_switches = c.lagging_cas_switches;
         st.ecms_generated = c.ecms_generated;
         st.ecm_failures = c.ecm_failures;
         st.random_failures = c.random_failures;

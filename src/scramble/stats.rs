@@ -40,6 +40,13 @@ pub struct StreamCounters {
     /// Degraded-mode episodes: times a key switch started being held (each ends when the
     /// ECMs with the next CW are on air and the key switches).
     pub degraded_episodes: u64,
+    /// Key switches made with `--cas-policy any` while a CA system's ECM did not carry
+    /// the new CW (one per lagging CA system per switch).
+    pub lagging_cas_switches: u64,
+    /// ES packets of scrambled services held back (nulled) because no ECM was on air yet
+    /// for the key in force (an ECMG down at start): never sent clear, never sent with no
+    /// ECM that opens them.
+    pub held_before_ecm: u64,
     /// Random CW generation failures (the previous CW was held).
     pub random_failures: u64,
     /// PMT sections accepted with new content (each bumps our version).

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
@@ -56,8 +57,14 @@ use crate::scramble::Cw;
 /// Settings of one ECMG connection. [`ScsConfig::new`] fills the documented defaults.
 #[derive(Debug, Clone)]
 pub struct ScsConfig {
-    /// The ECMG, `host:port`.
+    /// The ECMG, `host:port` (the primary when there are backups).
     pub ecmg: String,
+    /// Backup ECMGs of the same CAS, tried in order when the link to the one in use is
+    /// lost; the primary comes back once it has accepted connections for `primary_check`
+    /// twice in a row. Default none.
+    pub backups: Vec<String>,
+    /// How often the primary is probed while a backup is in use. Default 3 s.
+    pub primary_check: Duration,
     /// Protocol version (2 or 3). Default 3.
     pub version: u8,
     /// Set up again in version 2 when the ECMG refuses version 3 with `unsupported protocol
@@ -90,6 +97,8 @@ impl ScsConfig {
     pub fn new(ecmg: impl Into<String>, super_cas_id: u32) -> Self {
         ScsConfig {
             ecmg: ecmg.into(),
+            backups: Vec::new(),
+            primary_check: Duration::from_secs(3),
             version: 3,
             version_fallback: true,
             super_cas_id,
@@ -139,6 +148,10 @@ pub struct ScsStats {
     pub refused: AtomicU64,
     /// Setups done again in version 2 after the ECMG refused version 3.
     pub version_fallbacks: AtomicU64,
+    /// Links moved to the next ECMG of the list (primary -> backup, or on) after a failure.
+    pub failovers: AtomicU64,
+    /// Links moved back to the primary once it answered again.
+    pub returns: AtomicU64,
     /// Period announcements dropped because the control queue was full.
     pub queue_full: AtomicU64,
 }
@@ -185,6 +198,8 @@ struct Shared {
     connected: AtomicBool,
     /// The protocol version in use: the configured one, or 2 after a fallback.
     version: AtomicU8,
+    /// The ECMG in use: 0 the primary, then the backups in order.
+    active: std::sync::atomic::AtomicUsize,
     latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
@@ -273,6 +288,7 @@ impl SimulcryptEcmg {
             stats: ScsStats::default(),
             connected: AtomicBool::new(false),
             version: AtomicU8::new(config.version),
+            active: Default::default(),
             latency: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("static histogram bounds are valid"),
@@ -308,9 +324,17 @@ impl SimulcryptEcmg {
         lock(&self.shared.state).status
     }
 
-    /// The ECMG's address as configured.
+    /// The ECMG's address as configured (the primary).
     pub fn addr(&self) -> &str {
         &self.config.ecmg
+    }
+
+    /// The ECMG in use now: the primary or a backup.
+    pub fn active_addr(&self) -> &str {
+        match self.shared.active.load(Relaxed) {
+            0 => &self.config.ecmg,
+            i => self.config.backups.get(i - 1).unwrap_or(&self.config.ecmg),
+        }
     }
 
     /// The ECMG<->SCS version in use (2 after a fallback from 3).
@@ -485,39 +509,73 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The control task: sessions with reconnect and backoff until every handle is dropped.
 async fn control(shared: Arc<Shared>, config: Arc<ScsConfig>, mut rx: mpsc::Receiver<Provision>) {
+    let addrs: Vec<&str> = std::iter::once(config.ecmg.as_str())
+        .chain(config.backups.iter().map(String::as_str))
+        .collect();
+    let mut active = 0usize;
+    // ECMGs of the list tried since the last working link
+    let mut tried = 0usize;
     let mut latest: VecDeque<Provision> = VecDeque::with_capacity(REPLAYED + 1);
     let mut backoff = config.backoff_min;
     let mut warned_at: Option<Instant> = None;
     loop {
+        shared.active.store(active, Relaxed);
         let mut session = Session {
             shared: &shared,
             config: &config,
+            addr: addrs[active],
             pending: HashMap::new(),
             out: Vec::with_capacity(256),
             established: false,
             fell_back: false,
+            primary_back: false,
         };
         let res = session.run(&mut rx, &mut latest).await;
-        let established = session.established;
-        let fell_back = session.fell_back;
+        let (established, fell_back, primary_back) =
+            (session.established, session.fell_back, session.primary_back);
         shared.connected.store(false, Relaxed);
         if let Err(e) = &res {
-            lock(&shared.state).last_failure = Some(e.to_string());
+            if !primary_back {
+                lock(&shared.state).last_failure = Some(e.to_string());
+            }
         }
         shared.cond.notify_all();
         match res {
             Ok(()) => return, // every handle dropped
             // the ECMG refused version 3: set up again in version 2 at once
             Err(_) if fell_back => continue,
+            // the primary answers again: back to it at once (the latest CWs replayed)
+            Err(_) if primary_back => {
+                shared.stats.returns.fetch_add(1, Relaxed);
+                tracing::info!(ecmg = %addrs[0], backup = %addrs[active],
+                    "the primary ECMG answers again; the link moves back to it");
+                active = 0;
+                tried = 0;
+                continue;
+            }
             Err(e) => {
                 shared.stats.link_failures.fetch_add(1, Relaxed);
                 if established {
                     backoff = config.backoff_min;
+                    tried = 0;
+                }
+                tried += 1;
+                if addrs.len() > 1 {
+                    let from = active;
+                    active = (active + 1) % addrs.len();
+                    shared.stats.failovers.fetch_add(1, Relaxed);
+                    tracing::warn!(ecmg = %addrs[from], error = %e, next = %addrs[active],
+                        "SimulCrypt ECMG link down; the next ECMG of the list takes over");
+                    // every ECMG of the list gets a try before the backoff
+                    if tried < addrs.len() {
+                        continue;
+                    }
+                    tried = 0;
                 }
                 // one line per failure streak, then at most one a minute
                 if established || warned_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     warned_at = Some(Instant::now());
-                    tracing::warn!(ecmg = %config.ecmg, error = %e, retry_in = ?backoff,
+                    tracing::warn!(ecmg = %addrs[active], error = %e, retry_in = ?backoff,
                         "SimulCrypt ECMG link down; ECMs hold until it is back");
                 }
             }
@@ -538,6 +596,15 @@ async fn control(shared: Arc<Shared>, config: Arc<ScsConfig>, mut rx: mpsc::Rece
     }
 }
 
+/// Whether `addr` accepts a TCP connection within `within` (the primary's health probe
+/// while a backup is in use; the connection is closed at once).
+async fn accepts(addr: &str, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
+}
+
 fn remember(latest: &mut VecDeque<Provision>, p: Provision) {
     latest.retain(|q| q.period != p.period);
     latest.push_back(p);
@@ -555,12 +622,16 @@ struct Pending {
 struct Session<'a> {
     shared: &'a Shared,
     config: &'a ScsConfig,
+    /// The ECMG of this session (the primary or a backup).
+    addr: &'a str,
     /// CP_number -> what was asked.
     pending: HashMap<u16, Pending>,
     out: Vec<u8>,
     established: bool,
     /// This session ended because the ECMG refused version 3 and the next one uses 2.
     fell_back: bool,
+    /// This session (on a backup) ended because the primary answers again.
+    primary_back: bool,
 }
 
 /// error_status values of a refused setup that trying again cannot change: the ECMG does
@@ -585,7 +656,7 @@ impl Session<'_> {
         latest: &mut VecDeque<Provision>,
     ) -> Result<(), LinkError> {
         let c = self.config;
-        let sock = tokio::time::timeout(c.setup_timeout, TcpStream::connect(&c.ecmg))
+        let sock = tokio::time::timeout(c.setup_timeout, TcpStream::connect(self.addr))
             .await
             .map_err(|_| LinkError::Timeout("the TCP connection to the ECMG"))??;
         let _ = sock.set_nodelay(true);
@@ -608,7 +679,7 @@ impl Session<'_> {
                     self.shared.stats.version_fallbacks.fetch_add(1, Relaxed);
                     self.shared.version.store(2, Relaxed);
                     self.fell_back = true;
-                    tracing::info!(ecmg = %c.ecmg, error = %describe(&status),
+                    tracing::info!(ecmg = %self.addr, error = %describe(&status),
                         "the ECMG refused ECMG<->SCS version 3; setting up again in version 2");
                     return Err(LinkError::Peer(format!(
                         "the ECMG refused version 3: {}",
@@ -651,7 +722,7 @@ impl Session<'_> {
         self.shared.connected.store(true, Relaxed);
         self.shared.stats.setups.fetch_add(1, Relaxed);
         self.shared.cond.notify_all();
-        tracing::info!(ecmg = %c.ecmg, channel_id = c.channel_id, stream_id = c.stream_id,
+        tracing::info!(ecmg = %self.addr, channel_id = c.channel_id, stream_id = c.stream_id,
             version = self.shared.version.load(Relaxed), delay_start = status.delay_start,
             ecm_rep_period = status.ecm_rep_period, max_comp_time = status.max_comp_time, "SimulCrypt ECMG channel and stream set up");
 
@@ -667,6 +738,11 @@ impl Session<'_> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut last_test = Instant::now();
+        // on a backup: probes of the primary, one at a time, every primary_check
+        let on_backup = self.addr != c.ecmg;
+        let mut probe: Option<tokio::task::JoinHandle<bool>> = None;
+        let mut last_probe = Instant::now();
+        let mut primary_ok = 0u32;
         loop {
             tokio::select! {
                 p = rx.recv() => {
@@ -696,6 +772,26 @@ impl Session<'_> {
                         self.send(&mut wr, &EcmgMessage::ChannelTest { channel_id: c.channel_id }).await?;
                     }
                     self.retry(&mut wr, now, timeout).await?;
+                    if on_backup {
+                        if probe.as_ref().is_some_and(|p| p.is_finished()) {
+                            let up = probe
+                                .take()
+                                .and_then(|p| p.now_or_never())
+                                .and_then(Result::ok)
+                                .unwrap_or(false);
+                            primary_ok = if up { primary_ok + 1 } else { 0 };
+                            if primary_ok >= 2 {
+                                self.primary_back = true;
+                                return Err(LinkError::Peer("the primary ECMG answers again".to_owned()));
+                            }
+                        }
+                        if probe.is_none() && now.duration_since(last_probe) >= c.primary_check {
+                            last_probe = now;
+                            let primary = c.ecmg.clone();
+                            let within = c.setup_timeout;
+                            probe = Some(tokio::spawn(async move { accepts(&primary, within).await }));
+                        }
+                    }
                 }
             }
         }

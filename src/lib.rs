@@ -3,12 +3,13 @@
 //! The modules follow the data path, one way:
 //! `io` (inputs) -> `ts` (packets, PSI) -> `scramble` (crypto periods, CWs,
 //! batches) -> `ts` (PSI rewrite, ECM/EMM insertion) -> `io` (outputs).
-//! Beside it, the control plane's servers (`simulcrypt`, `softcard`) share `net`'s
+//! Beside it, the control plane's servers (`simulcrypt`, `softcard`, `http`) share `net`'s
 //! accept loop.
 #![forbid(unsafe_code)]
 
 pub mod cas;
 pub mod headend;
+pub mod http;
 pub mod io;
 pub mod net;
 pub mod scramble;

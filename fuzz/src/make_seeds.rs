@@ -337,7 +337,25 @@ fn rtp_seeds() {
     write("rtp_sync", "raw-split", &seed);
 }
 
+/// Keys as requests present them (first byte: 0 = X-API-Key, else Authorization) and
+/// TVCAS field text for the answer encoder.
+fn http_seeds() {
+    for (i, seed) in [
+        &b"\x00mysecretkey123"[..],
+        b"\x01Bearer mysecretkey123",
+        b"\x01Basic YmlsbGluZzpteXNlY3JldGtleTEyMw==",
+        b"\x01Basic !!",
+        "\u{2}Петрова Зинаида, Зелёная 38/5 \"a\" 😀".as_bytes(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("http_api", &format!("http-{i}"), seed);
+    }
+}
+
 fn main() {
+    http_seeds();
     ts_seeds();
     simulcrypt_seeds();
     newcamd_seeds();

@@ -22,6 +22,7 @@ mod package;
 mod probe;
 mod scramble;
 mod scramble_simulcrypt;
+mod serve;
 mod softcard;
 
 use std::io::Write;
@@ -77,6 +78,9 @@ enum Command {
     Ecmg(ecmg::EcmgArgs),
     /// Feed the built-in EMM carousel to a mux's SimulCrypt EMMG port (EMMG<->MUX).
     Emmg(emmg::EmmgArgs),
+    /// Serve the card store over HTTP: TVCAS's GET /api.php and the REST API /api/v1
+    /// (API key from CASTMUX_API_KEY or --api-key-file).
+    Serve(serve::ServeArgs),
 }
 
 /// A flag set by the first SIGINT/SIGTERM, so a run stops cleanly and reports its
@@ -158,6 +162,7 @@ pub fn main() -> ExitCode {
         Command::Keys(a) => keys::run(&cli.db, a),
         Command::Ecmg(a) => ecmg::run(&cli.db, a),
         Command::Emmg(a) => emmg::run(&cli.db, a),
+        Command::Serve(a) => serve::run(&cli.db, a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

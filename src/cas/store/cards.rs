@@ -256,6 +256,32 @@ pub(super) async fn attach_events(
     Ok(())
 }
 
+/// Attach event grants to `cards`, all of whose serials lie in `span` (first, last).
+async fn attach_events_between(
+    tx: &mut Transaction<'_, Sqlite>,
+    cards: &mut [CardRecord],
+    span: (CardSerial, CardSerial),
+) -> Result<(), sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "{GRANTS} WHERE ce.serial BETWEEN ? AND ? ORDER BY ce.serial, e.id"
+    ))
+    .bind(span.0 .0 as i64)
+    .bind(span.1 .0 as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut by_serial: HashMap<i64, Vec<EventGrant>> = HashMap::new();
+    for r in &rows {
+        let (s, g) = grant_from_row(r)?;
+        by_serial.entry(s).or_default().push(g);
+    }
+    for c in cards {
+        if let Some(g) = by_serial.remove(&(c.serial.0 as i64)) {
+            c.events = g;
+        }
+    }
+    Ok(())
+}
+
 async fn resolve_access(
     tx: &mut Transaction<'_, Sqlite>,
     spec: &AccessSpec,
@@ -463,36 +489,8 @@ impl Store {
     /// Cards matching `filter`, by serial.
     pub async fn cards(&self, filter: &CardFilter) -> Result<Vec<CardRecord>, StoreError> {
         let mut tx = self.read_tx().await?;
-        let base = format!("SELECT {CARD_COLUMNS} FROM cards");
-        let (sql, bind): (String, Option<String>) = match filter {
-            CardFilter::All => (format!("{base} ORDER BY serial"), None),
-            CardFilter::Text(t) => (
-                format!(
-                    "{base} WHERE instr(CAST(serial AS TEXT), ?1) > 0 \
-                     OR instr(lower(name), lower(?1)) > 0 OR instr(lower(info), lower(?1)) > 0 \
-                     ORDER BY serial"
-                ),
-                Some(t.clone()),
-            ),
-            CardFilter::Enabled(on) => (
-                format!("{base} WHERE state = ? ORDER BY serial"),
-                Some(if *on { "enabled" } else { "disabled" }.to_owned()),
-            ),
-            CardFilter::Package(p) => {
-                let bit = sqlx::query("SELECT bit FROM packages WHERE name = ?")
-                    .bind(p)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(|e| self.err(e))?
-                    .ok_or_else(|| StoreError::PackageNotFound(p.clone()))?
-                    .try_get::<i64, _>(0)
-                    .map_err(|e| self.err(e))?;
-                (
-                    format!("{base} WHERE (access_criteria >> {bit}) & 1 = 1 ORDER BY serial"),
-                    None,
-                )
-            }
-        };
+        let (cond, bind) = self.filter_sql(&mut tx, filter).await?;
+        let sql = format!("SELECT {CARD_COLUMNS} FROM cards WHERE {cond} ORDER BY serial");
         let mut q = sqlx::query(&sql);
         if let Some(b) = bind {
             q = q.bind(b);
@@ -502,6 +500,69 @@ impl Store {
             .await
             .map_err(|e| self.err(e))?;
         Ok(cards)
+    }
+
+    /// At most `limit` cards matching `filter` with a serial above `after`, by serial: one
+    /// page of a listing that may hold millions (the next page starts after the last serial
+    /// of this one, so pages stay right while cards are added or removed).
+    pub async fn cards_page(
+        &self,
+        filter: &CardFilter,
+        after: Option<CardSerial>,
+        limit: u32,
+    ) -> Result<Vec<CardRecord>, StoreError> {
+        let mut tx = self.read_tx().await?;
+        let (cond, bind) = self.filter_sql(&mut tx, filter).await?;
+        // the filter's own parameter is ?1, so the page bounds are numbered after it
+        let sql = format!(
+            "SELECT {CARD_COLUMNS} FROM cards WHERE ({cond}) AND serial > ?2 \
+             ORDER BY serial LIMIT ?3"
+        );
+        let q = sqlx::query(&sql)
+            .bind(bind.unwrap_or_default())
+            .bind(after.map(|s| s.0 as i64).unwrap_or(-1))
+            .bind(i64::from(limit));
+        let mut cards = fetch_cards(&mut tx, q).await.map_err(|e| self.err(e))?;
+        if let (Some(first), Some(last)) = (cards.first(), cards.last()) {
+            let span = (first.serial, last.serial);
+            attach_events_between(&mut tx, &mut cards, span)
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        Ok(cards)
+    }
+
+    /// The WHERE condition of `filter` and its one text parameter (`?1`); a package name is
+    /// resolved to its bit here.
+    async fn filter_sql(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+        filter: &CardFilter,
+    ) -> Result<(String, Option<String>), StoreError> {
+        Ok(match filter {
+            CardFilter::All => ("1 = 1".to_owned(), None),
+            CardFilter::Text(t) => (
+                "(instr(CAST(serial AS TEXT), ?1) > 0 \
+                 OR instr(lower(name), lower(?1)) > 0 OR instr(lower(info), lower(?1)) > 0)"
+                    .to_owned(),
+                Some(t.clone()),
+            ),
+            CardFilter::Enabled(on) => (
+                "state = ?1".to_owned(),
+                Some(if *on { "enabled" } else { "disabled" }.to_owned()),
+            ),
+            CardFilter::Package(p) => {
+                let bit = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+                    .bind(p)
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(|e| self.err(e))?
+                    .ok_or_else(|| StoreError::PackageNotFound(p.clone()))?
+                    .try_get::<i64, _>(0)
+                    .map_err(|e| self.err(e))?;
+                (format!("(access_criteria >> {bit}) & 1 = 1"), None)
+            }
+        })
     }
 
     /// Change fields of a card; returns it as stored afterwards.

@@ -29,6 +29,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Row, Sqlite, Transaction};
 
+pub use audit::{AuditEntry, AuditQuery};
 pub use cards::{AccessSpec, CardChanges, CardFilter, CardRecord, FinishSpec};
 pub use catalog::{EventInfo, PackageInfo};
 pub use error::StoreError;

@@ -35,6 +35,7 @@ extern "C" {
         n: usize,
     );
     pub(crate) static castmux_csa_stream_sbox_truth_tables: [u32; 14];
+    fn castmux_csa_stream_sbox_eval(out: *mut u32);
     pub(crate) static castmux_csa_block_sbox: [u8; 256];
 }
 
@@ -347,6 +348,16 @@ fn check_lanes(backend: Backend, n: usize, lens: &[u8]) {
 pub fn kernel_stream_sbox_truth_tables() -> [u32; 14] {
     // SAFETY: an immutable, initialised C array of 14 u32 defined in csa_kernel.c.
     unsafe { castmux_csa_stream_sbox_truth_tables }
+}
+
+/// The stream S-box circuits of the two-input-gate kernels (u64, SSE2, AVX2)
+/// evaluated on all 32 inputs, as truth tables like
+/// [`kernel_stream_sbox_truth_tables`] (checked against tables.rs in tests).
+pub fn kernel_stream_sbox_circuits() -> [u32; 14] {
+    let mut out = [0u32; 14];
+    // SAFETY: the C function writes exactly 14 u32 to `out` and reads nothing else.
+    unsafe { castmux_csa_stream_sbox_eval(out.as_mut_ptr()) };
+    out
 }
 
 /// The block S-box the C kernel was built with (checked against tables.rs in tests).

@@ -50,6 +50,7 @@
 #define CSA_PSHUFB
 #define WBYTES 32
 #elif defined(CSA_WIDTH_128)
+#include <emmintrin.h>
 #define WBYTES 16
 #else
 #define WBYTES 8
@@ -526,33 +527,45 @@ static inline __attribute__((always_inline)) W round_key(const struct round_keys
     return k->rows ? load_group(k->rows[KEY_ROW_KK + i], k->g) : KEY_BROADCAST(k->kk[i]);
 }
 
-/* r[0..8] are R1..R8 (byte j of the block in r[j]). */
+/* r[g][0..8] are R1..R8 of group g (byte j of the block in r[g][j]). The ng
+ * groups' rounds are interleaved: a round is a chain of dependent steps, so a
+ * group alone leaves the SIMD units idle between them. */
 static inline __attribute__((always_inline)) void
-block_encrypt_group(const struct block_tables *t, const struct round_keys *k, W r[8]) {
-    W r1 = r[0], r2 = r[1], r3 = r[2], r4 = r[3], r5 = r[4], r6 = r[5], r7 = r[6], r8 = r[7];
+block_encrypt_groups(const struct block_tables *t, const struct round_keys *k, W r[][8], const int ng) {
     for (int i = 0; i < 56; i++) {
-        W s, p;
-        block_sbox(t, round_key(k, i) ^ r8, &s, &p);
-        const W n8 = r1 ^ s, n7 = r8, n6 = r7 ^ p, n5 = r6, n4 = r5 ^ r1, n3 = r4 ^ r1,
-                n2 = r3 ^ r1, n1 = r2;
-        r1 = n1; r2 = n2; r3 = n3; r4 = n4; r5 = n5; r6 = n6; r7 = n7; r8 = n8;
+        for (int g = 0; g < ng; g++) {
+            W s, p;
+            W *q = r[g];
+            block_sbox(t, round_key(&k[g], i) ^ q[7], &s, &p);
+            const W r1 = q[0];
+            const W n8 = r1 ^ s, n7 = q[7], n6 = q[6] ^ p, n5 = q[5], n4 = q[4] ^ r1, n3 = q[3] ^ r1,
+                    n2 = q[2] ^ r1, n1 = q[1];
+            q[0] = n1; q[1] = n2; q[2] = n3; q[3] = n4; q[4] = n5; q[5] = n6; q[6] = n7; q[7] = n8;
+        }
     }
-    r[0] = r1; r[1] = r2; r[2] = r3; r[3] = r4; r[4] = r5; r[5] = r6; r[6] = r7; r[7] = r8;
 }
 
 static inline __attribute__((always_inline)) void
-block_decrypt_group(const struct block_tables *t, const struct round_keys *k, W r[8]) {
-    W r1 = r[0], r2 = r[1], r3 = r[2], r4 = r[3], r5 = r[4], r6 = r[5], r7 = r[6], r8 = r[7];
+block_decrypt_groups(const struct block_tables *t, const struct round_keys *k, W r[][8], const int ng) {
     for (int i = 55; i >= 0; i--) {
-        W s, p;
-        block_sbox(t, round_key(k, i) ^ r7, &s, &p);
-        const W tt = r8 ^ s;
-        const W n1 = tt, n2 = r1, n3 = r2 ^ tt, n4 = r3 ^ tt, n5 = r4 ^ tt, n6 = r5, n7 = r6 ^ p,
-                n8 = r7;
-        r1 = n1; r2 = n2; r3 = n3; r4 = n4; r5 = n5; r6 = n6; r7 = n7; r8 = n8;
+        for (int g = 0; g < ng; g++) {
+            W s, p;
+            W *q = r[g];
+            block_sbox(t, round_key(&k[g], i) ^ q[6], &s, &p);
+            const W tt = q[7] ^ s;
+            const W n1 = tt, n2 = q[0], n3 = q[1] ^ tt, n4 = q[2] ^ tt, n5 = q[3] ^ tt, n6 = q[4],
+                    n7 = q[5] ^ p, n8 = q[6];
+            q[0] = n1; q[1] = n2; q[2] = n3; q[3] = n4; q[4] = n5; q[5] = n6; q[6] = n7; q[7] = n8;
+        }
     }
-    r[0] = r1; r[1] = r2; r[2] = r3; r[3] = r4; r[4] = r5; r[5] = r6; r[6] = r7; r[7] = r8;
 }
+
+/* Groups the drivers run together (AVX-512 keeps one: unmeasured there). */
+#if defined(CSA_WIDTH_512)
+#define BLOCK_NG 1
+#else
+#define BLOCK_NG 2
+#endif
 
 /* ---------------------------------------------------------------------- */
 /* Batch driver.                                                          */
@@ -589,6 +602,30 @@ static inline __m512i byte_transpose_index(void) {
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 8; j++) idx[8 * j + i] = (uint8_t)(8 * i + j);
     return _mm512_loadu_si512(idx);
+}
+#endif
+
+#if defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+/* 16 lanes of 8 bytes (x[i] low half) -> 8 rows of 16 lanes (v[j] = byte j of
+ * lanes 0..15), by unpacks: bytes, words, dwords, qwords. */
+static inline void transpose_16x8(const __m128i x[16], __m128i t[8], __m128i u[8], __m128i v[8]) {
+    for (int i = 0; i < 8; i++) t[i] = _mm_unpacklo_epi8(x[2 * i], x[2 * i + 1]); /* lanes 2i,2i+1 */
+    for (int i = 0; i < 4; i++) {
+        u[2 * i] = _mm_unpacklo_epi16(t[2 * i], t[2 * i + 1]);     /* lanes 4i..4i+3, bytes 0-3 */
+        u[2 * i + 1] = _mm_unpackhi_epi16(t[2 * i], t[2 * i + 1]); /* bytes 4-7 */
+    }
+    __m128i w[8];
+    for (int h = 0; h < 2; h++) {     /* lanes 0-7, 8-15 */
+        for (int o = 0; o < 2; o++) { /* bytes 0-3, 4-7 */
+            const __m128i a = u[4 * h + o], b = u[4 * h + 2 + o];
+            w[4 * h + 2 * o] = _mm_unpacklo_epi32(a, b);     /* bytes 4o, 4o+1 of 8 lanes */
+            w[4 * h + 2 * o + 1] = _mm_unpackhi_epi32(a, b); /* bytes 4o+2, 4o+3 */
+        }
+    }
+    for (int j = 0; j < 4; j++) {
+        v[2 * j] = _mm_unpacklo_epi64(w[j], w[4 + j]);
+        v[2 * j + 1] = _mm_unpackhi_epi64(w[j], w[4 + j]);
+    }
 }
 #endif
 
@@ -630,6 +667,19 @@ static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *
             for (int j = 0; j < 8; j++) _mm512_store_si512(&sc->rows[8 * k + j][64 * g], out[j]);
         }
     }
+#elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+    for (unsigned k = 0; k < blocks; k++) {
+        for (size_t m = 0; m < (n + 15) / 16; m++) {
+            __m128i x[16], t[8], u[8], v[8];
+            for (int i = 0; i < 16; i++) {
+                const size_t l = 16 * m + i;
+                x[i] = l < n && sc->full[k][l] ? _mm_loadl_epi64((const __m128i *)(data[l] + 8 * k))
+                                                : _mm_setzero_si128();
+            }
+            transpose_16x8(x, t, u, v);
+            for (int j = 0; j < 8; j++) _mm_store_si128((__m128i *)&sc->rows[8 * k + j][16 * m], v[j]);
+        }
+    }
 #else
     for (unsigned k = 0; k < blocks; k++) {
         for (size_t m = 0; m < (n + 7) / 8; m++) {
@@ -669,6 +719,36 @@ static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len
                 const __m512i addr = _mm512_add_epi64(_mm512_load_si512(&ptrs[64 * g + 8 * q]), off);
                 const __mmask8 m = (__mmask8)(full >> (8 * q));
                 _mm512_mask_i64scatter_epi64((void *)0, m, addr, _mm512_permutexvar_epi8(perm, out[q]), 1);
+            }
+        }
+    }
+#elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+    for (unsigned k = 0; k < blocks; k++) {
+        for (size_t m = 0; m < (n + 15) / 16; m++) {
+            __m128i r[8], a[8], b[8], c[8];
+            for (int j = 0; j < 8; j++) r[j] = _mm_load_si128((const __m128i *)&sc->rows[8 * k + j][16 * m]);
+            /* bytes j of 16 lanes -> lanes (2 per register, 8 bytes each) */
+            for (int j = 0; j < 4; j++) {
+                a[2 * j] = _mm_unpacklo_epi8(r[2 * j], r[2 * j + 1]);     /* lanes 0-7, bytes 2j, 2j+1 */
+                a[2 * j + 1] = _mm_unpackhi_epi8(r[2 * j], r[2 * j + 1]); /* lanes 8-15 */
+            }
+            for (int h = 0; h < 2; h++) {
+                b[4 * h] = _mm_unpacklo_epi16(a[h], a[2 + h]);     /* lanes 8h+0..3, bytes 0-3 */
+                b[4 * h + 1] = _mm_unpackhi_epi16(a[h], a[2 + h]); /* lanes 8h+4..7, bytes 0-3 */
+                b[4 * h + 2] = _mm_unpacklo_epi16(a[4 + h], a[6 + h]); /* bytes 4-7 */
+                b[4 * h + 3] = _mm_unpackhi_epi16(a[4 + h], a[6 + h]);
+            }
+            for (int q = 0; q < 4; q++) { /* lanes 4q..4q+3 */
+                c[2 * q] = _mm_unpacklo_epi32(b[(q >> 1) * 4 + (q & 1)], b[(q >> 1) * 4 + (q & 1) + 2]);
+                c[2 * q + 1] = _mm_unpackhi_epi32(b[(q >> 1) * 4 + (q & 1)], b[(q >> 1) * 4 + (q & 1) + 2]);
+            }
+            for (int i = 0; i < 16; i++) {
+                const size_t l = 16 * m + i;
+                if (l >= n || !sc->full[k][l]) continue;
+                if (i & 1)
+                    _mm_storeh_pd((double *)(data[l] + 8 * k), _mm_castsi128_pd(c[i >> 1]));
+                else
+                    _mm_storel_epi64((__m128i *)(data[l] + 8 * k), c[i >> 1]);
             }
         }
     }
@@ -737,6 +817,52 @@ static void stream_xor_rows_keyed(struct scratch *sc, const uint8_t (*krows)[LAN
     stream_run(sc, &st, max_len);
 }
 
+/* Block k of groups g0..g0+ng in place: chained with block k + 1 (already
+ * encrypted), encrypted, kept only in lanes where it is a full block. */
+static inline __attribute__((always_inline)) void
+encrypt_block_groups(const struct block_tables *t, const struct castmux_csa_key *key,
+                     const uint8_t (*krows)[LANES], struct scratch *sc, int k, int blocks, int g0,
+                     const int ng) {
+    struct round_keys rk[BLOCK_NG];
+    W r[BLOCK_NG][8], old[BLOCK_NG][8];
+    for (int g = 0; g < ng; g++) {
+        rk[g] = (struct round_keys){krows ? NULL : key->kk, krows, g0 + g};
+        const W next = load_group(sc->full[k + 1], g0 + g);
+        for (int j = 0; j < 8; j++) {
+            old[g][j] = load_group(sc->rows[8 * k + j], g0 + g);
+            W chained = k + 1 < blocks ? load_group(sc->rows[8 * (k + 1) + j], g0 + g) & next : w_zero();
+            r[g][j] = old[g][j] ^ chained;
+        }
+    }
+    block_encrypt_groups(t, rk, r, ng);
+    for (int g = 0; g < ng; g++) {
+        const W here = load_group(sc->full[k], g0 + g);
+        for (int j = 0; j < 8; j++) store_group(sc->rows[8 * k + j], g0 + g, MUX(here, r[g][j], old[g][j]));
+    }
+}
+
+/* Block k of groups g0..g0+ng in place: decrypted, XORed with block k + 1 (still
+ * ciphertext), kept only in lanes where it is a full block. */
+static inline __attribute__((always_inline)) void
+decrypt_block_groups(const struct block_tables *t, const struct castmux_csa_key *key,
+                     const uint8_t (*krows)[LANES], struct scratch *sc, int k, int blocks, int g0,
+                     const int ng) {
+    struct round_keys rk[BLOCK_NG];
+    W r[BLOCK_NG][8], old[BLOCK_NG][8];
+    for (int g = 0; g < ng; g++) {
+        rk[g] = (struct round_keys){krows ? NULL : key->kk, krows, g0 + g};
+        for (int j = 0; j < 8; j++) r[g][j] = old[g][j] = load_group(sc->rows[8 * k + j], g0 + g);
+    }
+    block_decrypt_groups(t, rk, r, ng);
+    for (int g = 0; g < ng; g++) {
+        const W here = load_group(sc->full[k], g0 + g), next = load_group(sc->full[k + 1], g0 + g);
+        for (int j = 0; j < 8; j++) {
+            W chained = k + 1 < blocks ? load_group(sc->rows[8 * (k + 1) + j], g0 + g) & next : w_zero();
+            store_group(sc->rows[8 * k + j], g0 + g, MUX(here, r[g][j] ^ chained, old[g][j]));
+        }
+    }
+}
+
 /* The two drivers. `key` is the one key of every lane, or NULL with `krows`
  * holding a key per lane (key_rows()). Inlined into each entry point, so the
  * one-key entry points are compiled with krows a constant NULL. */
@@ -751,17 +877,11 @@ scramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES],
     const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
     /* Block cipher, chained from the last block to the first. */
     for (int k = blocks - 1; k >= 0; k--) {
-        for (int g = 0; g < ngroups; g++) {
-            const struct round_keys rk = {krows ? NULL : key->kk, krows, g};
-            const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
-            W r[8], old[8];
-            for (int j = 0; j < 8; j++) {
-                old[j] = load_group(sc.rows[8 * k + j], g);
-                W chained = k + 1 < blocks ? load_group(sc.rows[8 * (k + 1) + j], g) & next : w_zero();
-                r[j] = old[j] ^ chained;
-            }
-            block_encrypt_group(&t, &rk, r);
-            for (int j = 0; j < 8; j++) store_group(sc.rows[8 * k + j], g, MUX(here, r[j], old[j]));
+        for (int g0 = 0; g0 < ngroups; g0 += BLOCK_NG) {
+            if (g0 + BLOCK_NG <= ngroups)
+                encrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, BLOCK_NG);
+            else
+                encrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, 1);
         }
     }
     if (krows)
@@ -786,16 +906,11 @@ descramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES
         stream_xor_rows(&sc, key->cw, max_len);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
     for (int k = 0; k < blocks; k++) {
-        for (int g = 0; g < ngroups; g++) {
-            const struct round_keys rk = {krows ? NULL : key->kk, krows, g};
-            const W here = load_group(sc.full[k], g), next = load_group(sc.full[k + 1], g);
-            W r[8], old[8];
-            for (int j = 0; j < 8; j++) r[j] = old[j] = load_group(sc.rows[8 * k + j], g);
-            block_decrypt_group(&t, &rk, r);
-            for (int j = 0; j < 8; j++) {
-                W chained = k + 1 < blocks ? load_group(sc.rows[8 * (k + 1) + j], g) & next : w_zero();
-                store_group(sc.rows[8 * k + j], g, MUX(here, r[j] ^ chained, old[j]));
-            }
+        for (int g0 = 0; g0 < ngroups; g0 += BLOCK_NG) {
+            if (g0 + BLOCK_NG <= ngroups)
+                decrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, BLOCK_NG);
+            else
+                decrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, 1);
         }
     }
     scatter(&sc, data, len, n, max_len);

@@ -249,10 +249,18 @@ stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in
     W carry = s->r;
     for (int i = 0; i < 4; i++) {
         const W z = s->z[i], e = s->e[i];
-        s->d[i] = e ^ z ^ extra[i];
         /* q = 1: F = Z + E + r (nibble add); q = 0: F = E. */
+#if defined(CSA_WIDTH_512)
+        s->d[i] = e ^ z ^ extra[i];
         const W nf = e ^ (s->q & (z ^ carry));
         carry = LUT3(z, e, carry, 0xE8); /* majority */
+#else
+        /* majority(z, e, c) = z ^ ((z ^ c) & (z ^ e)), sharing both XORs */
+        const W ze = z ^ e, zc = z ^ carry;
+        s->d[i] = ze ^ extra[i];
+        const W nf = e ^ (s->q & zc);
+        carry = z ^ (zc & ze);
+#endif
         s->e[i] = s->f[i];
         s->f[i] = nf;
     }
@@ -375,6 +383,54 @@ static inline void bits_xor_row(const W in[8], uint8_t *row) {
         const __m512i bytes = _mm512_gf2p8affine_epi64_epi8(ident, q, 0);
         const __m512i r = _mm512_loadu_si512(row + 64 * g);
         _mm512_storeu_si512(row + 64 * g, _mm512_xor_si512(r, bytes));
+    }
+}
+#elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+/* 8 rows of 16 bytes (r[j] = byte j of 16 lanes) -> 16 lanes of 8 bytes, two
+ * per register (c[q]: lane 2q in the low half, 2q + 1 in the high), by
+ * unpacks: bytes, words, dwords. */
+static inline void transpose_8x16(const __m128i r[8], __m128i c[8]) {
+    __m128i a[8], b[8];
+    for (int j = 0; j < 4; j++) {
+        a[2 * j] = _mm_unpacklo_epi8(r[2 * j], r[2 * j + 1]);     /* lanes 0-7, bytes 2j, 2j+1 */
+        a[2 * j + 1] = _mm_unpackhi_epi8(r[2 * j], r[2 * j + 1]); /* lanes 8-15 */
+    }
+    for (int h = 0; h < 2; h++) {
+        b[4 * h] = _mm_unpacklo_epi16(a[h], a[2 + h]);         /* lanes 8h+0..3, bytes 0-3 */
+        b[4 * h + 1] = _mm_unpackhi_epi16(a[h], a[2 + h]);     /* lanes 8h+4..7, bytes 0-3 */
+        b[4 * h + 2] = _mm_unpacklo_epi16(a[4 + h], a[6 + h]); /* lanes 8h+0..3, bytes 4-7 */
+        b[4 * h + 3] = _mm_unpackhi_epi16(a[4 + h], a[6 + h]); /* lanes 8h+4..7, bytes 4-7 */
+    }
+    for (int q = 0; q < 4; q++) { /* lanes 4q..4q+3 */
+        const __m128i lo = b[(q >> 1) * 4 + (q & 1)], hi = b[(q >> 1) * 4 + (q & 1) + 2];
+        c[2 * q] = _mm_unpacklo_epi32(lo, hi);
+        c[2 * q + 1] = _mm_unpackhi_epi32(lo, hi);
+    }
+}
+
+/* transpose8() on both halves. */
+static inline __m128i transpose8_x2(__m128i x) {
+    __m128i t;
+    t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 7)), _mm_set1_epi64x(0x00AA00AA00AA00AAll));
+    x = _mm_xor_si128(x, _mm_xor_si128(t, _mm_slli_epi64(t, 7)));
+    t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 14)), _mm_set1_epi64x(0x0000CCCC0000CCCCll));
+    x = _mm_xor_si128(x, _mm_xor_si128(t, _mm_slli_epi64(t, 14)));
+    t = _mm_and_si128(_mm_xor_si128(x, _mm_srli_epi64(x, 28)), _mm_set1_epi64x(0x00000000F0F0F0F0ll));
+    return _mm_xor_si128(x, _mm_xor_si128(t, _mm_slli_epi64(t, 28)));
+}
+
+/* XORs 8 bit words (bit b of every lane) into one byte row: bytes m of the 8
+ * words gathered per qword (a byte transpose), then an 8x8 bit transpose per
+ * qword gives the bytes of lanes 8m..8m+7. */
+static inline void bits_xor_row(const W in[8], uint8_t *row) {
+    for (int h = 0; h < WBYTES / 16; h++) {
+        __m128i r[8], c[8];
+        for (int b = 0; b < 8; b++) r[b] = _mm_loadu_si128((const __m128i *)((const uint8_t *)&in[b] + 16 * h));
+        transpose_8x16(r, c);
+        for (int q = 0; q < 8; q++) {
+            __m128i *dst = (__m128i *)(row + 8 * (16 * h + 2 * q));
+            _mm_store_si128(dst, _mm_xor_si128(_mm_load_si128(dst), transpose8_x2(c[q])));
+        }
     }
 }
 #else
@@ -725,23 +781,9 @@ static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len
 #elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
     for (unsigned k = 0; k < blocks; k++) {
         for (size_t m = 0; m < (n + 15) / 16; m++) {
-            __m128i r[8], a[8], b[8], c[8];
+            __m128i r[8], c[8];
             for (int j = 0; j < 8; j++) r[j] = _mm_load_si128((const __m128i *)&sc->rows[8 * k + j][16 * m]);
-            /* bytes j of 16 lanes -> lanes (2 per register, 8 bytes each) */
-            for (int j = 0; j < 4; j++) {
-                a[2 * j] = _mm_unpacklo_epi8(r[2 * j], r[2 * j + 1]);     /* lanes 0-7, bytes 2j, 2j+1 */
-                a[2 * j + 1] = _mm_unpackhi_epi8(r[2 * j], r[2 * j + 1]); /* lanes 8-15 */
-            }
-            for (int h = 0; h < 2; h++) {
-                b[4 * h] = _mm_unpacklo_epi16(a[h], a[2 + h]);     /* lanes 8h+0..3, bytes 0-3 */
-                b[4 * h + 1] = _mm_unpackhi_epi16(a[h], a[2 + h]); /* lanes 8h+4..7, bytes 0-3 */
-                b[4 * h + 2] = _mm_unpacklo_epi16(a[4 + h], a[6 + h]); /* bytes 4-7 */
-                b[4 * h + 3] = _mm_unpackhi_epi16(a[4 + h], a[6 + h]);
-            }
-            for (int q = 0; q < 4; q++) { /* lanes 4q..4q+3 */
-                c[2 * q] = _mm_unpacklo_epi32(b[(q >> 1) * 4 + (q & 1)], b[(q >> 1) * 4 + (q & 1) + 2]);
-                c[2 * q + 1] = _mm_unpackhi_epi32(b[(q >> 1) * 4 + (q & 1)], b[(q >> 1) * 4 + (q & 1) + 2]);
-            }
+            transpose_8x16(r, c);
             for (int i = 0; i < 16; i++) {
                 const size_t l = 16 * m + i;
                 if (l >= n || !sc->full[k][l]) continue;

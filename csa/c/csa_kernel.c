@@ -1,16 +1,19 @@
 /*
  * castmux DVB-CSA2 batch kernel.
  *
- * One source, built once per lane width by build.rs (portable 64-bit, SSE2,
- * AVX2, AVX-512). A call processes up to LANES payloads at once:
+ * One source, built once per lane width and instruction set by build.rs
+ * (portable 64-bit, SSE2, SSSE3, AVX2, AVX-512). A call processes up to LANES
+ * payloads at once:
  *
  *  - the block cipher runs byte-sliced: byte j of every payload's block sits
- *    in one SIMD byte lane, so a round is a few XORs plus two table lookups
- *    (AVX-512: VBMI byte permutes for the S-box, GFNI for the bit permutation;
- *    elsewhere: plain table lookups);
+ *    in one SIMD byte lane, so a round is a few XORs plus the S-box and its
+ *    bit permutation (AVX-512: VBMI byte permutes for the S-box, GFNI for the
+ *    permutation; SSSE3 and AVX2: 16-entry byte shuffles; u64 and SSE2, which
+ *    have no byte shuffle: table lookups);
  *  - the stream cipher runs bit-sliced: bit l of every word belongs to
  *    payload l, so its seven 5->2 S-boxes are boolean circuits (AVX-512:
- *    vpternlog, one instruction per 3-input function).
+ *    vpternlog, one instruction per 3-input function; elsewhere circuits of
+ *    two-input gates derived by examples/stream_sbox_circuits.rs).
  *
  * Payloads are gathered into a byte-sliced scratch area (rows[pos][lane]),
  * processed there and scattered back; each lane keeps its own length, so a
@@ -50,7 +53,9 @@
 #define CSA_PSHUFB
 #define WBYTES 32
 #elif defined(CSA_WIDTH_128)
-#include <emmintrin.h>
+/* CSA_PSHUFB (build.rs): the SSSE3 and narrow AVX2 builds look the block
+ * S-box up by byte shuffles; plain SSE2 has none and keeps table lookups. */
+#include <immintrin.h>
 #define WBYTES 16
 #else
 #define WBYTES 8
@@ -322,10 +327,22 @@ static inline uint64_t transpose8(uint64_t x) {
     return x;
 }
 
-/* One byte row of LANES lanes -> 8 bit words (bit b of every lane). */
-static inline void row_to_bits(const uint8_t *row, W out[8]) {
+/* 8-lane groups of a call's `n` lanes worth converting between bytes and
+ * bits: lanes past them hold nothing anyone reads, so small calls skip them
+ * (AVX-512 converts them all, as it always has). */
+#if defined(CSA_WIDTH_512)
+#define USED_OCTETS(n) ((size_t)WBYTES)
+#else
+#define USED_OCTETS(n) (((n) + 7) / 8)
+#endif
+
+/* One byte row of LANES lanes -> 8 bit words (bit b of every lane); lanes of
+ * octets past USED_OCTETS(n) come out zero. */
+static inline void row_to_bits(const uint8_t *row, W out[8], size_t n) {
     uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
-    for (int m = 0; m < WBYTES; m++) {
+    const size_t used = USED_OCTETS(n);
+    if (used < WBYTES) memset(tmp, 0, sizeof tmp);
+    for (size_t m = 0; m < used; m++) {
         uint64_t x;
         memcpy(&x, row + 8 * m, 8);
         x = transpose8(x);
@@ -373,7 +390,8 @@ static inline __m512i bits_to_rows_index(void) {
 /* XORs 8 bit words (bit b of every lane) into one byte row of 512 lanes:
  * qword transpose, a byte shuffle, then GF2P8AFFINEQB transposes each 8x8
  * bit matrix in one instruction. */
-static inline void bits_xor_row(const W in[8], uint8_t *row) {
+static inline void bits_xor_row(const W in[8], uint8_t *row, size_t n) {
+    (void)n;
     __m512i t[8];
     transpose_qwords((const __m512i *)in, t);
     const __m512i idx = bits_to_rows_index();
@@ -422,8 +440,8 @@ static inline __m128i transpose8_x2(__m128i x) {
 /* XORs 8 bit words (bit b of every lane) into one byte row: bytes m of the 8
  * words gathered per qword (a byte transpose), then an 8x8 bit transpose per
  * qword gives the bytes of lanes 8m..8m+7. */
-static inline void bits_xor_row(const W in[8], uint8_t *row) {
-    for (int h = 0; h < WBYTES / 16; h++) {
+static inline void bits_xor_row(const W in[8], uint8_t *row, size_t n) {
+    for (size_t h = 0; h < (USED_OCTETS(n) + 15) / 16; h++) {
         __m128i r[8], c[8];
         for (int b = 0; b < 8; b++) r[b] = _mm_loadu_si128((const __m128i *)((const uint8_t *)&in[b] + 16 * h));
         transpose_8x16(r, c);
@@ -435,10 +453,10 @@ static inline void bits_xor_row(const W in[8], uint8_t *row) {
 }
 #else
 /* XORs 8 bit words (bit b of every lane) into one byte row. */
-static inline void bits_xor_row(const W in[8], uint8_t *row) {
+static inline void bits_xor_row(const W in[8], uint8_t *row, size_t n) {
     uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
     for (int b = 0; b < 8; b++) w_store(tmp[b], in[b]);
-    for (int m = 0; m < WBYTES; m++) {
+    for (size_t m = 0; m < USED_OCTETS(n); m++) {
         uint64_t x = 0, y;
         for (int b = 0; b < 8; b++) x |= (uint64_t)tmp[b][m] << (8 * b);
         x = transpose8(x);
@@ -496,7 +514,16 @@ typedef __m256i V;
 typedef __m128i V;
 #define V_TABLE(p) _mm_loadu_si128((const __m128i *)(p))
 #define V_SHUF _mm_shuffle_epi8
+#if defined(__SSE4_1__)
 #define V_BLEND _mm_blendv_epi8
+#else
+/* SSSE3 has no byte blend: a select on the mask's bit 7, spread to the byte */
+static inline __m128i v_blend_ssse3(__m128i a, __m128i b, __m128i m) {
+    const __m128i full = _mm_cmplt_epi8(m, _mm_setzero_si128());
+    return _mm_xor_si128(a, _mm_and_si128(full, _mm_xor_si128(a, b)));
+}
+#define V_BLEND v_blend_ssse3
+#endif
 #define V_SLL16 _mm_slli_epi16
 #define V_SRL16 _mm_srli_epi16
 #define V_SET1(b) _mm_set1_epi8((char)(b))
@@ -688,7 +715,9 @@ static inline void transpose_16x8(const __m128i x[16], __m128i t[8], __m128i u[8
 /* Lanes whose block k is a full 8-byte block, as a byte mask per lane. */
 static void full_masks(struct scratch *sc, const uint8_t *len, size_t n, unsigned blocks) {
     for (unsigned k = 0; k <= blocks && k <= MAX_BLOCKS; k++) {
-        for (size_t l = 0; l < LANES; l++) sc->full[k][l] = (l < n && len[l] >= 8 * k + 8) ? 0xff : 0;
+        /* up to the last group the block cipher loads */
+        const size_t lanes = (n + WBYTES - 1) / WBYTES * WBYTES;
+        for (size_t l = 0; l < lanes; l++) sc->full[k][l] = (l < n && len[l] >= 8 * k + 8) ? 0xff : 0;
     }
 }
 
@@ -832,31 +861,31 @@ static void key_rows(const struct castmux_csa_key *const *keys, size_t n, uint8_
 /* XORs the keystream into rows 8.. of every lane, seeded by rows 0..7 (the
  * first block), from registers loaded with the CW. */
 static inline __attribute__((always_inline)) void
-stream_run(struct scratch *sc, struct stream_state *st, unsigned max_len) {
+stream_run(struct scratch *sc, struct stream_state *st, unsigned max_len, size_t n) {
     W iv[8][8], ks[8][8];
-    for (int j = 0; j < 8; j++) row_to_bits(sc->rows[j], iv[j]);
+    for (int j = 0; j < 8; j++) row_to_bits(sc->rows[j], iv[j], n);
     stream_init(st, iv);
     for (unsigned pos = 8; pos < max_len; pos += 8) {
         stream_generate(st, ks);
-        for (int j = 0; j < 8; j++) bits_xor_row(ks[j], sc->rows[pos + j]);
+        for (int j = 0; j < 8; j++) bits_xor_row(ks[j], sc->rows[pos + j], n);
     }
 }
 
 /* The one CW `cw` in every lane. */
-static void stream_xor_rows(struct scratch *sc, const uint8_t cw[8], unsigned max_len) {
+static void stream_xor_rows(struct scratch *sc, const uint8_t cw[8], unsigned max_len, size_t n) {
     struct stream_state st;
     stream_load_key(&st, cw);
-    stream_run(sc, &st, max_len);
+    stream_run(sc, &st, max_len, n);
 }
 
 /* Each lane's own CW, from key rows 0..7. */
 static void stream_xor_rows_keyed(struct scratch *sc, const uint8_t (*krows)[LANES],
-                                  unsigned max_len) {
+                                  unsigned max_len, size_t n) {
     struct stream_state st;
     W bits[8][8];
-    for (int i = 0; i < 8; i++) row_to_bits(krows[i], bits[i]);
+    for (int i = 0; i < 8; i++) row_to_bits(krows[i], bits[i], n);
     stream_load_bits(&st, bits);
-    stream_run(sc, &st, max_len);
+    stream_run(sc, &st, max_len, n);
 }
 
 /* Block k of groups g0..g0+ng in place: chained with block k + 1 (already
@@ -927,9 +956,9 @@ scramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES],
         }
     }
     if (krows)
-        stream_xor_rows_keyed(&sc, krows, max_len);
+        stream_xor_rows_keyed(&sc, krows, max_len, n);
     else
-        stream_xor_rows(&sc, key->cw, max_len);
+        stream_xor_rows(&sc, key->cw, max_len, n);
     scatter(&sc, data, len, n, max_len);
 }
 
@@ -943,9 +972,9 @@ descramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES
     const int blocks = (int)(max_len / 8);
     const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
     if (krows)
-        stream_xor_rows_keyed(&sc, krows, max_len);
+        stream_xor_rows_keyed(&sc, krows, max_len, n);
     else
-        stream_xor_rows(&sc, key->cw, max_len);
+        stream_xor_rows(&sc, key->cw, max_len, n);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
     for (int k = 0; k < blocks; k++) {
         for (int g0 = 0; g0 < ngroups; g0 += BLOCK_NG) {

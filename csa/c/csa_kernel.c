@@ -560,6 +560,38 @@ block_sbox(const struct block_tables *t, W x, W *s, W *p) {
     *p = (W)V_OR(V_SHUF(t->perm_lo, V_AND(sv, nib)), V_SHUF(t->perm_hi, V_AND(V_SRL16(sv, 4), nib)));
 }
 #define KEY_BROADCAST(k) ((W)V_SET1(k))
+#elif defined(CSA_WIDTH_128)
+/* SSE2 has no byte shuffle: table lookups, 16 a round. One 16-bit table holds
+ * s | p << 8, the indexes are taken from two 64-bit halves in registers and the
+ * entries inserted as words (PINSRW), so nothing goes through memory that a
+ * vector load would have to wait for (stores of bytes read back as a vector
+ * stall). */
+struct block_tables {
+    uint16_t sp[256];
+};
+
+static void block_tables_init(struct block_tables *t) {
+    for (int i = 0; i < 256; i++)
+        t->sp[i] = (uint16_t)(castmux_csa_block_sbox[i] | castmux_csa_block_perm_sbox[i] << 8);
+}
+
+static inline __attribute__((always_inline)) void
+block_sbox(const struct block_tables *t, W x, W *s, W *p) {
+    const __m128i xv = (__m128i)x;
+    const uint64_t lo = (uint64_t)_mm_cvtsi128_si64(xv);
+    const uint64_t hi = (uint64_t)_mm_cvtsi128_si64(_mm_unpackhi_epi64(xv, xv));
+    __m128i a = _mm_setzero_si128(), b = _mm_setzero_si128();
+#define SP_INSERT(i)                                                         \
+    a = _mm_insert_epi16(a, t->sp[(lo >> (8 * (i))) & 0xff], (i));          \
+    b = _mm_insert_epi16(b, t->sp[(hi >> (8 * (i))) & 0xff], (i));
+    SP_INSERT(0) SP_INSERT(1) SP_INSERT(2) SP_INSERT(3)
+    SP_INSERT(4) SP_INSERT(5) SP_INSERT(6) SP_INSERT(7)
+#undef SP_INSERT
+    const __m128i low = _mm_set1_epi16(0xff);
+    *s = (W)_mm_packus_epi16(_mm_and_si128(a, low), _mm_and_si128(b, low));
+    *p = (W)_mm_packus_epi16(_mm_srli_epi16(a, 8), _mm_srli_epi16(b, 8));
+}
+#define KEY_BROADCAST(k) ((W)_mm_set1_epi8((char)(k)))
 #else
 /* Plain lookups in the generated tables; nothing to prepare per call. */
 struct block_tables {

@@ -91,8 +91,6 @@ fn main() {
     let mut backends: Vec<(&str, &str, &[&str])> = vec![("u64", "CSA_WIDTH_64", &[])];
     if target_arch == "x86_64" {
         backends.push(("sse2", "CSA_WIDTH_128", &["-msse2"]));
-        // The same width with byte shuffles for the block S-box (CSA_PSHUFB).
-        backends.push(("ssse3", "CSA_WIDTH_128", &["-mssse3"]));
         backends.push(("avx2", "CSA_WIDTH_256", &["-mavx2"]));
         backends.push((
             "avx512",
@@ -115,9 +113,6 @@ fn main() {
             .define(width, None);
         if name == "u64" {
             b.define("CSA_EXPORT_TABLES", None);
-        }
-        if name == "ssse3" {
-            b.define("CSA_PSHUFB", None);
         }
         for f in flags {
             b.flag(f);

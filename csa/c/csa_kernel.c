@@ -2,14 +2,14 @@
  * castmux DVB-CSA2 batch kernel.
  *
  * One source, built once per lane width and instruction set by build.rs
- * (portable 64-bit, SSE2, SSSE3, AVX2, AVX-512). A call processes up to LANES
+ * (portable 64-bit, SSE2, AVX2, AVX-512). A call processes up to LANES
  * payloads at once:
  *
  *  - the block cipher runs byte-sliced: byte j of every payload's block sits
  *    in one SIMD byte lane, so a round is a few XORs plus the S-box and its
  *    bit permutation (AVX-512: VBMI byte permutes for the S-box, GFNI for the
- *    permutation; SSSE3 and AVX2: 16-entry byte shuffles; u64 and SSE2, which
- *    have no byte shuffle: table lookups);
+ *    permutation; AVX2: 16-entry byte shuffles; u64 and SSE2: table lookups,
+ *    which at 128 bits measured as fast as SSSE3 shuffles);
  *  - the stream cipher runs bit-sliced: bit l of every word belongs to
  *    payload l, so its seven 5->2 S-boxes are boolean circuits (AVX-512:
  *    vpternlog, one instruction per 3-input function; elsewhere circuits of
@@ -53,9 +53,7 @@
 #define CSA_PSHUFB
 #define WBYTES 32
 #elif defined(CSA_WIDTH_128)
-/* CSA_PSHUFB (build.rs): the SSSE3 and narrow AVX2 builds look the block
- * S-box up by byte shuffles; plain SSE2 has none and keeps table lookups. */
-#include <immintrin.h>
+#include <emmintrin.h>
 #define WBYTES 16
 #else
 #define WBYTES 8
@@ -499,7 +497,6 @@ block_sbox(const struct block_tables *t, W x, W *s, W *p) {
  * index is set, so x picks among T[0..7] and x ^ 0x80 among T[8..15]), then
  * a tree of byte blends on bits 4, 5, 6 and an OR for bit 7. The round's bit
  * permutation is linear, so p = P(s & 0x0f) ^ P(s & 0xf0): two more shuffles. */
-#if defined(CSA_WIDTH_256)
 typedef __m256i V;
 #define V_TABLE(p) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p)))
 #define V_SHUF _mm256_shuffle_epi8
@@ -510,27 +507,6 @@ typedef __m256i V;
 #define V_XOR _mm256_xor_si256
 #define V_OR _mm256_or_si256
 #define V_AND _mm256_and_si256
-#else
-typedef __m128i V;
-#define V_TABLE(p) _mm_loadu_si128((const __m128i *)(p))
-#define V_SHUF _mm_shuffle_epi8
-#if defined(__SSE4_1__)
-#define V_BLEND _mm_blendv_epi8
-#else
-/* SSSE3 has no byte blend: a select on the mask's bit 7, spread to the byte */
-static inline __m128i v_blend_ssse3(__m128i a, __m128i b, __m128i m) {
-    const __m128i full = _mm_cmplt_epi8(m, _mm_setzero_si128());
-    return _mm_xor_si128(a, _mm_and_si128(full, _mm_xor_si128(a, b)));
-}
-#define V_BLEND v_blend_ssse3
-#endif
-#define V_SLL16 _mm_slli_epi16
-#define V_SRL16 _mm_srli_epi16
-#define V_SET1(b) _mm_set1_epi8((char)(b))
-#define V_XOR _mm_xor_si128
-#define V_OR _mm_or_si128
-#define V_AND _mm_and_si128
-#endif
 struct block_tables {
     V sbox[16];
     V perm_lo, perm_hi;

@@ -60,25 +60,6 @@ extern "C" {
         len: *const u8,
         n: usize,
     );
-    fn castmux_csa_ssse3_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
-    fn castmux_csa_ssse3_descramble(
-        key: *const CKey,
-        data: *const *mut u8,
-        len: *const u8,
-        n: usize,
-    );
-    fn castmux_csa_ssse3_scramble_keyed(
-        keys: *const *const CKey,
-        data: *const *mut u8,
-        len: *const u8,
-        n: usize,
-    );
-    fn castmux_csa_ssse3_descramble_keyed(
-        keys: *const *const CKey,
-        data: *const *mut u8,
-        len: *const u8,
-        n: usize,
-    );
     fn castmux_csa_avx2_scramble(key: *const CKey, data: *const *mut u8, len: *const u8, n: usize);
     fn castmux_csa_avx2_descramble(
         key: *const CKey,
@@ -131,11 +112,9 @@ pub enum Backend {
     Scalar,
     /// Portable 64-bit words, 64 payloads per call.
     U64,
-    /// SSE2, 128 payloads per call; the block S-box by table lookups (SSE2
-    /// has no byte shuffle): for CPUs without SSSE3.
+    /// SSE2, 128 payloads per call; the block S-box by table lookups (at this
+    /// width as fast as byte shuffles, measured).
     Sse2,
-    /// SSSE3, 128 payloads per call; the block S-box by byte shuffles.
-    Ssse3,
     /// AVX2, 256 payloads per call; the block S-box by byte shuffles.
     Avx2,
     /// AVX-512 (F, BW, VBMI, GFNI), 512 payloads per call.
@@ -144,11 +123,10 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, slowest first ([`Backend::best`] takes the last this CPU runs).
-    pub const ALL: [Backend; 6] = [
+    pub const ALL: [Backend; 5] = [
         Backend::Scalar,
         Backend::U64,
         Backend::Sse2,
-        Backend::Ssse3,
         Backend::Avx2,
         Backend::Avx512,
     ];
@@ -158,7 +136,6 @@ impl Backend {
             Backend::Scalar => "scalar",
             Backend::U64 => "u64",
             Backend::Sse2 => "sse2",
-            Backend::Ssse3 => "ssse3",
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
         }
@@ -175,7 +152,7 @@ impl Backend {
         match self {
             Backend::Scalar => 1,
             Backend::U64 => 64,
-            Backend::Sse2 | Backend::Ssse3 => 128,
+            Backend::Sse2 => 128,
             Backend::Avx2 => 256,
             Backend::Avx512 => 512,
         }
@@ -187,8 +164,6 @@ impl Backend {
             Backend::Scalar | Backend::U64 => true,
             #[cfg(csa_x86_backends)]
             Backend::Sse2 => std::is_x86_feature_detected!("sse2"),
-            #[cfg(csa_x86_backends)]
-            Backend::Ssse3 => std::is_x86_feature_detected!("ssse3"),
             #[cfg(csa_x86_backends)]
             Backend::Avx2 => std::is_x86_feature_detected!("avx2"),
             #[cfg(csa_x86_backends)]
@@ -238,13 +213,6 @@ impl Backend {
                 descramble_keyed: castmux_csa_sse2_descramble_keyed,
             }),
             #[cfg(csa_x86_backends)]
-            Backend::Ssse3 => Some(Kernels {
-                scramble: castmux_csa_ssse3_scramble,
-                descramble: castmux_csa_ssse3_descramble,
-                scramble_keyed: castmux_csa_ssse3_scramble_keyed,
-                descramble_keyed: castmux_csa_ssse3_descramble_keyed,
-            }),
-            #[cfg(csa_x86_backends)]
             Backend::Avx2 => Some(Kernels {
                 scramble: castmux_csa_avx2_scramble,
                 descramble: castmux_csa_avx2_descramble,
@@ -267,7 +235,7 @@ impl Backend {
 /// 0 = not chosen yet, else 1 + index in Backend::ALL.
 static SELECTED: AtomicU8 = AtomicU8::new(0);
 
-/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`, `ssse3`, `avx2`, `avx512`).
+/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`, `avx2`, `avx512`).
 pub const BACKEND_ENV: &str = "CASTMUX_CSA_BACKEND";
 
 /// The backend in use: forced by [`force_backend`] or `CASTMUX_CSA_BACKEND`,

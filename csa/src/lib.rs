@@ -1,5 +1,5 @@
 //! castmux's scrambling engine: DVB-CSA2 with SIMD bitslice kernels written
-//! in C (portable 64-bit, SSE2, SSSE3, AVX2, AVX-512 with VBMI and GFNI), chosen at
+//! in C (portable 64-bit, SSE2, AVX2, AVX-512 with VBMI and GFNI), chosen at
 //! run time, and the AES modes DVB-CISSA and ATIS-IDSA.
 //!
 //! Design:

@@ -214,6 +214,7 @@ stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in
     W (*A)[4] = s->a + k;
     W (*B)[4] = s->b + k;
 
+#if defined(CSA_WIDTH_512)
     /* S-box inputs in the order of tables.rs STREAM_SBOX_INPUTS (first = MSB). */
     W s1_0, s1_1, s2_0, s2_1, s3_0, s3_1, s4_0, s4_1, s5_0, s5_1, s6_0, s6_1, s7_0, s7_1;
     STREAM_SBOX(1, A[4][0], A[1][2], A[6][1], A[7][3], A[9][0], &s1_1, &s1_0);
@@ -223,6 +224,7 @@ stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in
     STREAM_SBOX(5, A[5][2], A[4][3], A[6][0], A[8][1], A[9][2], &s5_1, &s5_0);
     STREAM_SBOX(6, A[3][1], A[4][1], A[5][0], A[7][2], A[9][3], &s6_1, &s6_0);
     STREAM_SBOX(7, A[2][2], A[3][0], A[7][1], A[8][2], A[8][3], &s7_1, &s7_0);
+#endif
 
     W extra[4];
     extra[0] = B[9][2] ^ B[6][3] ^ B[3][1] ^ B[8][0];
@@ -269,11 +271,25 @@ stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in
     }
     s->r = MUX(s->q, carry, s->r);
 
+#if defined(CSA_WIDTH_512)
     s->x[0] = s1_1; s->x[1] = s2_1; s->x[2] = s3_0; s->x[3] = s4_0;
     s->y[0] = s3_1; s->y[1] = s4_1; s->y[2] = s5_0; s->y[3] = s6_0;
     s->z[0] = s5_1; s->z[1] = s6_1; s->z[2] = s1_0; s->z[3] = s2_0;
     s->p = s7_1;
     s->q = s7_0;
+#else
+    /* The S-boxes read A[1..9], which this clock has not changed, so they run
+     * once the old x, y, z, p, q are used up and write their outputs straight
+     * into them: fewer values live at once (16 registers). Inputs in the order
+     * of tables.rs STREAM_SBOX_INPUTS (first = MSB). */
+    STREAM_SBOX(1, A[4][0], A[1][2], A[6][1], A[7][3], A[9][0], &s->x[0], &s->z[2]);
+    STREAM_SBOX(2, A[2][1], A[3][2], A[6][3], A[7][0], A[9][1], &s->x[1], &s->z[3]);
+    STREAM_SBOX(3, A[1][3], A[2][0], A[5][1], A[5][3], A[6][2], &s->y[0], &s->x[2]);
+    STREAM_SBOX(4, A[3][3], A[1][1], A[2][3], A[4][2], A[8][0], &s->y[1], &s->x[3]);
+    STREAM_SBOX(5, A[5][2], A[4][3], A[6][0], A[8][1], A[9][2], &s->z[0], &s->y[2]);
+    STREAM_SBOX(6, A[3][1], A[4][1], A[5][0], A[7][2], A[9][3], &s->z[1], &s->y[3]);
+    STREAM_SBOX(7, A[2][2], A[3][0], A[7][1], A[8][2], A[8][3], &s->p, &s->q);
+#endif
 
     if (!init) {
         *o1 = s->d[2] ^ s->d[3];

@@ -455,6 +455,18 @@ static inline __m128i transpose8_x2(__m128i x) {
  * words gathered per qword (a byte transpose), then an 8x8 bit transpose per
  * qword gives the bytes of lanes 8m..8m+7. */
 static inline void bits_xor_row(const W in[8], uint8_t *row, size_t n) {
+    if (USED_OCTETS(n) <= 4) {
+        /* a few lanes: a u64 transpose per octet costs less than a 16-octet chunk */
+        for (size_t m = 0; m < USED_OCTETS(n); m++) {
+            uint64_t x = 0, y;
+            for (int b = 0; b < 8; b++) x |= (uint64_t)((const uint8_t *)&in[b])[m] << (8 * b);
+            x = transpose8(x);
+            memcpy(&y, row + 8 * m, 8);
+            y ^= x;
+            memcpy(row + 8 * m, &y, 8);
+        }
+        return;
+    }
     for (size_t h = 0; h < (USED_OCTETS(n) + 15) / 16; h++) {
         __m128i r[8], c[8];
         for (int b = 0; b < 8; b++) r[b] = _mm_loadu_si128((const __m128i *)((const uint8_t *)&in[b] + 16 * h));

@@ -604,30 +604,30 @@ block_sbox(const struct block_tables *t, W x, W *s, W *p) {
 }
 #define KEY_BROADCAST(k) ((W)_mm_set1_epi8((char)(k)))
 #else
-/* Plain lookups in the generated tables; nothing to prepare per call. */
+/* Portable 64-bit words: lookups in one 16-bit table (s | p << 8), the word
+ * built in a register; byte stores read back as a word would stall. */
 struct block_tables {
-    const uint8_t *perm_sbox;
+    uint16_t sp[256];
 };
 
-static void block_tables_init(struct block_tables *t) { t->perm_sbox = castmux_csa_block_perm_sbox; }
+static void block_tables_init(struct block_tables *t) {
+    for (int i = 0; i < 256; i++)
+        t->sp[i] = (uint16_t)(castmux_csa_block_sbox[i] | castmux_csa_block_perm_sbox[i] << 8);
+}
 
 static inline __attribute__((always_inline)) void
 block_sbox(const struct block_tables *t, W x, W *s, W *p) {
-    uint8_t xb[WBYTES], sb[WBYTES], pb[WBYTES];
-    memcpy(xb, &x, WBYTES);
-    for (int i = 0; i < WBYTES; i++) {
-        sb[i] = castmux_csa_block_sbox[xb[i]];
-        pb[i] = t->perm_sbox[xb[i]];
+    const uint64_t xv = x[0];
+    uint64_t sv = 0, pv = 0;
+    for (int i = 0; i < 8; i++) {
+        const uint64_t e = t->sp[(xv >> (8 * i)) & 0xff];
+        sv |= (e & 0xff) << (8 * i);
+        pv |= (e >> 8) << (8 * i);
     }
-    memcpy(s, sb, WBYTES);
-    memcpy(p, pb, WBYTES);
+    *s = (W){sv};
+    *p = (W){pv};
 }
-static inline W key_broadcast(uint8_t k) {
-    W v;
-    memset(&v, k, sizeof v);
-    return v;
-}
-#define KEY_BROADCAST(k) key_broadcast(k)
+#define KEY_BROADCAST(k) ((W){(uint64_t)(k) * 0x0101010101010101ull})
 #endif
 
 static inline W load_group(const uint8_t *row, int g) { return w_load(row + g * WBYTES); }

@@ -153,7 +153,7 @@ fn every_call_size_up_to_a_full_lane_set_matches_scalar() {
                 clear.extend_from_slice(&packet(&mut rng, 0x100, len));
             }
             let parity = |i: usize| {
-                if i % 3 == 0 {
+                if i.is_multiple_of(3) {
                     Parity::Odd
                 } else {
                     Parity::Even

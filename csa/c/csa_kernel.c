@@ -354,6 +354,7 @@ static inline uint64_t transpose8(uint64_t x) {
  * octets past USED_OCTETS(n) come out zero. */
 static inline void row_to_bits(const uint8_t *row, W out[8], size_t n) {
     uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
+    (void)n; /* unused where USED_OCTETS is every octet */
     const size_t used = USED_OCTETS(n);
     if (used < WBYTES) memset(tmp, 0, sizeof tmp);
     for (size_t m = 0; m < used; m++) {

@@ -51,6 +51,22 @@ fn generate_tables(out: &Path) {
         "castmux_csa_block_perm_sbox",
         &mut tables::BLOCK_SBOX.iter().map(|&s| tables::perm_byte(s)),
     );
+    // The bit permutation of a low nibble (0..16) and of a high nibble (16..32):
+    // it is linear, so P(s) = P(s & 0x0f) ^ P(s & 0xf0), two 16-entry shuffles.
+    let nibbles: Vec<String> = (0..32u8)
+        .map(|i| {
+            format!(
+                "0x{:02x}",
+                tables::perm_byte(if i < 16 { i } else { (i - 16) << 4 })
+            )
+        })
+        .collect();
+    writeln!(
+        c,
+        "const uint8_t castmux_csa_block_perm_nibbles[32] = {{\n{}\n}};",
+        nibbles.join(", ")
+    )
+    .unwrap();
     std::fs::write(out.join("csa_tables.c"), c).unwrap();
 }
 

@@ -35,6 +35,7 @@ extern "C" {
         n: usize,
     );
     pub(crate) static castmux_csa_stream_sbox_truth_tables: [u32; 14];
+    fn castmux_csa_stream_sbox_eval(out: *mut u32);
     pub(crate) static castmux_csa_block_sbox: [u8; 256];
 }
 
@@ -111,15 +112,17 @@ pub enum Backend {
     Scalar,
     /// Portable 64-bit words, 64 payloads per call.
     U64,
-    /// SSE2, 128 payloads per call.
+    /// SSE2, 128 payloads per call; the block S-box by table lookups (at this
+    /// width as fast as byte shuffles, measured).
     Sse2,
-    /// AVX2, 256 payloads per call.
+    /// AVX2, 256 payloads per call; the block S-box by byte shuffles.
     Avx2,
     /// AVX-512 (F, BW, VBMI, GFNI), 512 payloads per call.
     Avx512,
 }
 
 impl Backend {
+    /// Every backend, slowest first ([`Backend::best`] takes the last this CPU runs).
     pub const ALL: [Backend; 5] = [
         Backend::Scalar,
         Backend::U64,
@@ -347,6 +350,16 @@ fn check_lanes(backend: Backend, n: usize, lens: &[u8]) {
 pub fn kernel_stream_sbox_truth_tables() -> [u32; 14] {
     // SAFETY: an immutable, initialised C array of 14 u32 defined in csa_kernel.c.
     unsafe { castmux_csa_stream_sbox_truth_tables }
+}
+
+/// The stream S-box circuits of the two-input-gate kernels (u64, SSE2, AVX2)
+/// evaluated on all 32 inputs, as truth tables like
+/// [`kernel_stream_sbox_truth_tables`] (checked against tables.rs in tests).
+pub fn kernel_stream_sbox_circuits() -> [u32; 14] {
+    let mut out = [0u32; 14];
+    // SAFETY: the C function writes exactly 14 u32 to `out` and reads nothing else.
+    unsafe { castmux_csa_stream_sbox_eval(out.as_mut_ptr()) };
+    out
 }
 
 /// The block S-box the C kernel was built with (checked against tables.rs in tests).

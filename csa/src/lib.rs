@@ -35,8 +35,8 @@ pub use batch::{
     PACKET_SIZE,
 };
 pub use kernel::{
-    force_backend, kernel_block_sbox, kernel_stream_sbox_truth_tables, selected_backend, Backend,
-    BACKEND_ENV,
+    force_backend, kernel_block_sbox, kernel_stream_sbox_circuits, kernel_stream_sbox_truth_tables,
+    selected_backend, Backend, BACKEND_ENV,
 };
 pub use key::{ControlWord, ExpandedKey};
 

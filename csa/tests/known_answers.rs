@@ -120,4 +120,6 @@ fn kernel_tables_match_the_rust_tables() {
         }
     }
     assert_eq!(csa::kernel_stream_sbox_truth_tables(), tt);
+    // The derived circuits (c/csa_stream_sboxes.h), compiled, on all 32 inputs.
+    assert_eq!(csa::kernel_stream_sbox_circuits(), tt);
 }

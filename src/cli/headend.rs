@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use castmux::headend::{ChannelSpec, Controls, Headend, HeadendPlan, PlaneOptions};
+use castmux::headend::{ChannelSpec, Controls, Headend, HeadendPlan, HttpSetup, PlaneOptions};
+use castmux::http::HttpLimits;
 use clap::{Args, Parser};
 
 use super::scramble::ScrambleArgs;
@@ -77,7 +78,19 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
     let reloader = || {
         read_plan(&a.config).map_err(|e| castmux::headend::HeadendError::Config(format!("{e:#}")))
     };
-    let reports = Headend::new(opts).run(plan, db, &controls, Some(&reloader))?;
+    let mut headend = Headend::new(opts);
+    if let Some(h) = &plan.http {
+        let key =
+            super::serve::api_key(h.api_key_file.as_deref()).context("[http] needs the API key")?;
+        let limits = HttpLimits::new(h.max_connections, h.max_connections_per_address)?;
+        headend = headend.with_http(HttpSetup {
+            listen: h.listen,
+            key,
+            limits,
+            auth_fail_delay: castmux::http::DEFAULT_AUTH_FAIL_DELAY,
+        });
+    }
+    let reports = headend.run(plan, db, &controls, Some(&reloader))?;
     // a channel that scrambled nothing fails the run, as `castmux scramble` does (unless
     // its spec allows it)
     let failed: Vec<String> = reports

@@ -49,7 +49,7 @@ pub struct ServeArgs {
 }
 
 /// The key from --api-key-file or CASTMUX_API_KEY: exactly one of them.
-fn api_key(file: Option<&Path>) -> anyhow::Result<ApiKey> {
+pub(crate) fn api_key(file: Option<&Path>) -> anyhow::Result<ApiKey> {
     let env = std::env::var(KEY_ENV).ok().filter(|v| !v.is_empty());
     match (file, env) {
         (Some(_), Some(_)) => anyhow::bail!(

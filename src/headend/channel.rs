@@ -54,6 +54,8 @@ pub struct Channel {
     /// Kept for the run: its thread follows the store.
     _live_cas: Option<LiveCas>,
     to_stdout: bool,
+    /// (CA_system_ID, ECM PID) of each CA system, in the PMT's order.
+    ca_systems: Vec<(u16, u16)>,
 }
 
 impl Channel {
@@ -164,6 +166,10 @@ impl Channel {
                 ca_systems.push(own_ca_system(a.ca_system_id, pid));
             }
         }
+        let ca_list: Vec<(u16, u16)> = ca_systems
+            .iter()
+            .map(|c| (c.ca_system_id, c.ecm_pid.value()))
+            .collect();
         let config = ScrambleConfig {
             algorithm,
             keys,
@@ -228,7 +234,21 @@ impl Channel {
             sc,
             _live_cas: live_cas,
             to_stdout: output_urls.iter().any(|u| matches!(u, OutputUrl::Stdout)),
+            ca_systems: ca_list,
         })
+    }
+
+    /// The live parts a monitor reads while the channel runs (the data path publishes its
+    /// counters into them from now on).
+    pub fn live(&mut self) -> super::status::ChannelLive {
+        super::status::ChannelLive {
+            input_url: self.spec.input.clone(),
+            input: Arc::clone(self.input.stats()),
+            outputs: self.output.stats_handles(),
+            counters: self.stage.scrambler_mut().live_counters(),
+            ecmgs: self.sc.ecmg_handles(),
+            ca_systems: self.ca_systems.clone(),
+        }
     }
 
     /// The channel's name.

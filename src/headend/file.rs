@@ -29,6 +29,8 @@ pub struct HeadendFile {
     pub headend: Option<HeadendTable>,
     /// `[emmg]`: the shared EMMG<->MUX port, if any.
     pub emmg: Option<EmmgPort>,
+    /// `[http]`: the HTTP API (status, control, metrics, cards).
+    pub http: Option<HttpTable>,
     /// `[[channel]]` tables, in file order.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelEntry>,
@@ -47,6 +49,29 @@ impl HeadendFile {
 pub struct HeadendTable {
     /// Restart a channel that fails (backoff 1 s doubling to 30 s). Default true.
     pub restart: Option<bool>,
+}
+
+/// `[http]`: the head-end's HTTP server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTable {
+    /// Where to listen. Default 127.0.0.1:8000.
+    pub listen: Option<String>,
+    /// The API key's file; without it the key comes from CASTMUX_API_KEY.
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Connections at once. Default 256.
+    pub max_connections: Option<usize>,
+    /// Connections from one address. Default three quarters of max_connections.
+    pub max_connections_per_address: Option<usize>,
+}
+
+/// The `[http]` table, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpPlan {
+    pub listen: SocketAddr,
+    pub api_key_file: Option<std::path::PathBuf>,
+    pub max_connections: usize,
+    pub max_connections_per_address: Option<usize>,
 }
 
 /// `[emmg]`: the shared EMMG<->MUX port.
@@ -134,6 +159,8 @@ pub struct ChannelPlan {
 #[derive(Debug, Clone)]
 pub struct HeadendPlan {
     pub emmg: Option<EmmgPlan>,
+    /// `[http]`, if any.
+    pub http: Option<HttpPlan>,
     pub channels: Vec<ChannelPlan>,
     /// Restart a channel that fails, with backoff (the head-end file's default); a
     /// one-shot run (`castmux scramble`) reports the failure instead.
@@ -148,6 +175,7 @@ impl HeadendPlan {
     pub fn single(name: &str, spec: ChannelSpec) -> HeadendPlan {
         HeadendPlan {
             emmg: None,
+            http: None,
             channels: vec![ChannelPlan {
                 name: name.to_owned(),
                 spec,
@@ -167,6 +195,7 @@ impl HeadendPlan {
         let file = HeadendFile::parse(text)
             .map_err(|e| HeadendError::Config(format!("not a head-end file: {e}")))?;
         let emmg = file.emmg.as_ref().map(emmg_plan).transpose()?;
+        let http = file.http.as_ref().map(http_plan).transpose()?;
         if file.channels.is_empty() {
             return Err(HeadendError::Config(
                 "no [[channel]]; each channel needs a name, and input and output (or args)"
@@ -232,6 +261,7 @@ impl HeadendPlan {
         }
         Ok(HeadendPlan {
             emmg,
+            http,
             channels,
             restart: file
                 .headend
@@ -272,6 +302,27 @@ fn emmg_plan(e: &EmmgPort) -> Result<EmmgPlan, HeadendError> {
         listen,
         emm_pid,
         accept,
+    })
+}
+
+/// Check `[http]`.
+fn http_plan(h: &HttpTable) -> Result<HttpPlan, HeadendError> {
+    let listen = h.listen.as_deref().unwrap_or(crate::http::DEFAULT_LISTEN);
+    let listen = listen.parse().map_err(|_| {
+        HeadendError::Config(format!(
+            "[http] listen = {listen:?}: expected ADDR:PORT, e.g. 127.0.0.1:8000"
+        ))
+    })?;
+    let max_connections = h
+        .max_connections
+        .unwrap_or(crate::http::DEFAULT_MAX_CONNECTIONS);
+    crate::http::HttpLimits::new(max_connections, h.max_connections_per_address)
+        .map_err(|e| HeadendError::Config(format!("[http]: {e}")))?;
+    Ok(HttpPlan {
+        listen,
+        api_key_file: h.api_key_file.clone(),
+        max_connections,
+        max_connections_per_address: h.max_connections_per_address,
     })
 }
 

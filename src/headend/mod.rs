@@ -19,10 +19,12 @@ pub mod channel;
 pub mod ecmg_spec;
 pub mod error;
 pub mod file;
+pub mod http;
 pub mod notify;
 pub mod plane;
 pub mod simulcrypt;
 pub mod spec;
+pub mod status;
 pub mod supervise;
 
 use std::path::Path;
@@ -32,11 +34,12 @@ use std::time::Duration;
 pub use channel::{Channel, ChannelEnv, ChannelReport};
 pub use ecmg_spec::EcmgSpec;
 pub use error::HeadendError;
-pub use file::{ArgsValue, ChannelPlan, EmmgPlan, HeadendFile, HeadendPlan};
+pub use file::{ArgsValue, ChannelPlan, EmmgPlan, HeadendFile, HeadendPlan, HttpPlan};
 pub use plane::PlaneOptions;
 pub use spec::ChannelSpec;
+pub use status::Registry;
 use supervise::Supervisor;
-pub use supervise::{Controls, Reloader, SupervisorStats};
+pub use supervise::{Command, Controls, Event, Reloader, SupervisorStats};
 
 use crate::net::ControlPlane;
 use simulcrypt::EmmPort;
@@ -46,15 +49,41 @@ use simulcrypt::EmmPort;
 pub struct Headend {
     plane: PlaneOptions,
     stats: Arc<SupervisorStats>,
+    registry: Arc<Registry>,
+    http: Option<HttpSetup>,
+}
+
+/// The head-end's HTTP server: the card API (`castmux serve`'s) plus the channels' status,
+/// control and `/metrics`.
+#[derive(Debug)]
+pub struct HttpSetup {
+    pub listen: std::net::SocketAddr,
+    pub key: crate::http::ApiKey,
+    pub limits: crate::http::HttpLimits,
+    pub auth_fail_delay: Duration,
 }
 
 impl Headend {
     /// A head-end whose UDP channels share `plane`'s workers.
     pub fn new(plane: PlaneOptions) -> Headend {
+        let stats: Arc<SupervisorStats> = Arc::default();
         Headend {
             plane,
-            stats: Arc::default(),
+            registry: Arc::new(Registry::new(Arc::clone(&stats))),
+            stats,
+            http: None,
         }
+    }
+
+    /// Serve HTTP while the head-end runs.
+    pub fn with_http(mut self, http: HttpSetup) -> Headend {
+        self.http = Some(http);
+        self
+    }
+
+    /// The channels' status, for a monitor.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
     }
 
     /// The supervisor's counters (restarts, reloads).
@@ -102,6 +131,10 @@ impl Headend {
             port = Some(p);
             first_source = Some(src);
         }
+        let events = std::sync::mpsc::channel::<Event>();
+        if let Some(h) = &self.http {
+            self.start_http(control, h, db, events.0.clone(), controls)?;
+        }
         tracing::info!(
             channels = plan.channels.len(),
             workers = if plan.shared_plane {
@@ -113,6 +146,7 @@ impl Headend {
             "headend: starting"
         );
         let sup = Supervisor {
+            registry: &self.registry,
             db,
             control,
             plane_opts: &self.plane,
@@ -120,10 +154,58 @@ impl Headend {
             reloader,
             stats: &self.stats,
         };
-        let reports = sup.run(plan, port.as_ref(), first_source);
+        let reports = sup.run(plan, port.as_ref(), first_source, events);
         if let Some(p) = port {
             p.stop();
         }
         reports
+    }
+
+    /// Open the store and serve HTTP on the control plane until it shuts down.
+    fn start_http(
+        &self,
+        control: &ControlPlane,
+        h: &HttpSetup,
+        db: &Path,
+        events: std::sync::mpsc::Sender<Event>,
+        controls: &Controls,
+    ) -> Result<(), HeadendError> {
+        let failed = |what: String| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| HeadendError::Failed {
+                what,
+                source: e,
+            }
+        };
+        // the HTTP API serves the card store too
+        let store = control
+            .block_on(crate::cas::store::Store::open(db))
+            .map_err(|e| {
+                failed(format!(
+                    "[http]: the card store {} (run castmux init, or drop [http])",
+                    db.display()
+                ))(Box::new(e))
+            })?;
+        let listener = control
+            .block_on(tokio::net::TcpListener::bind(h.listen))
+            .map_err(|e| failed(format!("[http] listen {}", h.listen))(Box::new(e)))?;
+        let local = listener.local_addr().unwrap_or(h.listen);
+        let api = crate::http::ApiState::new(store.clone(), h.key.clone(), h.auth_fail_delay);
+        let routes = http::routes(
+            api.clone(),
+            http::HeadendApi::new(
+                Arc::clone(&self.registry),
+                events,
+                Arc::clone(&controls.reload),
+            ),
+        );
+        let server = crate::http::Http::new(api, h.limits).merge(routes);
+        let shutdown = control.shutdown_signal();
+        // the line a script (or a test) waits for
+        tracing::info!(listen = %local, "http: serving");
+        control.spawn("http", async move {
+            server.run(listener, shutdown).await;
+            store.close().await;
+        });
+        Ok(())
     }
 }

@@ -97,8 +97,10 @@ impl Slot {
     }
 }
 
-/// A channel that left the data plane (ended, failed, removed or stopped), with how.
-pub(crate) struct Ended {
+/// A channel that left the data plane or its thread (ended, failed, removed or
+/// stopped), with how.
+#[derive(Debug)]
+pub struct Ended {
     pub id: u64,
     pub channel: Channel,
     pub end: Result<RunEnd, HeadendError>,

@@ -68,6 +68,11 @@ impl SimulcryptParts {
         }
     }
 
+    /// The ECMG links, for a monitor (clones share the connection).
+    pub fn ecmg_handles(&self) -> Vec<SimulcryptEcmg> {
+        self.ecmgs.clone()
+    }
+
     /// Whether `--emmg-listen` gives EMMs.
     pub fn has_emm(&self) -> bool {
         self.emm_source.is_some()

@@ -16,6 +16,7 @@ use super::file::{ChannelPlan, HeadendPlan};
 use super::notify::Notifier;
 use super::plane::{Ended, Plane, PlaneOptions};
 use super::simulcrypt::EmmPort;
+use super::status::{ChannelState, Registry};
 use crate::net::ControlPlane;
 use crate::scramble::{RunEnd, ScrambleError};
 use crate::simulcrypt::EmmQueueSource;
@@ -56,13 +57,28 @@ pub struct SupervisorStats {
     pub reloads_refused: AtomicU64,
 }
 
-/// What the supervisor's threads tell it.
-pub(crate) enum Event {
+/// What the supervisor's threads (and the operator) tell it.
+pub enum Event {
+    #[doc(hidden)]
     Opened {
         id: u64,
         res: Result<Channel, HeadendError>,
     },
+    #[doc(hidden)]
     Ended(Ended),
+    /// The operator asks (HTTP API).
+    Control(Command),
+}
+
+/// What an operator can ask of a running head-end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Close the channel and open it again now (its backoff starts over).
+    Restart(String),
+    /// Stop the channel and keep it stopped (until enabled or the head-end restarts).
+    Disable(String),
+    /// Start a disabled channel.
+    Enable(String),
 }
 
 /// A channel to open: its run id, its plan and the EMMs it clones.
@@ -90,6 +106,8 @@ struct Entry {
     replace: Option<ChannelPlan>,
     /// The last run's report.
     report: Option<ChannelReport>,
+    /// Turned off by the operator: not started again until enabled.
+    disabled: bool,
 }
 
 enum Place {
@@ -110,6 +128,7 @@ impl Entry {
             removed: false,
             replace: None,
             report: None,
+            disabled: false,
         }
     }
 
@@ -129,6 +148,7 @@ fn permanent(e: &HeadendError) -> bool {
 
 /// Everything one supervised run borrows.
 pub(crate) struct Supervisor<'a> {
+    pub registry: &'a Arc<Registry>,
     pub db: &'a std::path::Path,
     pub control: &'a ControlPlane,
     pub plane_opts: &'a PlaneOptions,
@@ -144,10 +164,10 @@ impl Supervisor<'_> {
         mut plan: HeadendPlan,
         port: Option<&EmmPort>,
         mut first_source: Option<EmmQueueSource>,
+        (events_tx, events): (Sender<Event>, Receiver<Event>),
     ) -> Result<Vec<ChannelReport>, HeadendError> {
         let emm_pid = plan.emmg.as_ref().map(|e| e.emm_pid);
         let log_failures = plan.shared_plane;
-        let (events_tx, events) = std::sync::mpsc::channel::<Event>();
         let plane_stop = Arc::new(AtomicBool::new(false));
         let mut plane = if plan.shared_plane {
             Some(Plane::start(
@@ -184,6 +204,7 @@ impl Supervisor<'_> {
                 log_failures,
                 stopping: false,
                 emmg: plan.emmg.clone(),
+                http: plan.http.clone(),
             };
             for i in 0..run.entries.len() {
                 let emm = first_source
@@ -243,6 +264,7 @@ struct Run<'s, 'a> {
     log_failures: bool,
     stopping: bool,
     emmg: Option<super::file::EmmgPlan>,
+    http: Option<super::file::HttpPlan>,
 }
 
 impl<'s, 'a> Run<'s, 'a> {
@@ -262,6 +284,15 @@ impl<'s, 'a> Run<'s, 'a> {
         let e = &mut self.entries[i];
         e.run = Some(id);
         e.retry_at = None;
+        let restarts = e.restarts;
+        self.sup.registry.update(&e.plan.name, |c| {
+            c.state = if restarts == 0 {
+                ChannelState::Starting
+            } else {
+                ChannelState::Restarting
+            };
+            c.restarts = restarts;
+        });
         let emm = match (e.plan.emm_clone, emm, self.port) {
             (false, _, _) => None,
             (true, Some(src), _) => Some(src),
@@ -288,7 +319,12 @@ impl<'s, 'a> Run<'s, 'a> {
     ) {
         let mut ready_sent = false;
         let mut last_watchdog = Instant::now();
+        let mut last_sample = Instant::now();
         loop {
+            if last_sample.elapsed() >= Duration::from_secs(1) {
+                last_sample = Instant::now();
+                self.sup.registry.sample();
+            }
             if !self.stopping && self.sup.controls.stop.load(Ordering::Relaxed) {
                 self.stopping = true;
                 tracing::info!("headend: stopping every channel");
@@ -303,7 +339,8 @@ impl<'s, 'a> Run<'s, 'a> {
             if !self.stopping && self.sup.controls.reload.swap(false, Ordering::Relaxed) {
                 self.reload(scope);
             }
-            if self.entries.iter().all(Entry::idle) {
+            // a disabled channel waits for the operator: the head-end runs on for it
+            if self.entries.iter().all(Entry::idle) && !self.entries.iter().any(|e| e.disabled) {
                 return;
             }
             let now = Instant::now();
@@ -355,6 +392,8 @@ impl<'s, 'a> Run<'s, 'a> {
             match events.recv_timeout(wait) {
                 Ok(Event::Opened { id, res }) => self.opened(id, res, scope),
                 Ok(Event::Ended(ended)) => self.ended(ended, scope),
+                Ok(Event::Control(cmd)) if !self.stopping => self.command(cmd, scope),
+                Ok(Event::Control(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -387,14 +426,25 @@ impl<'s, 'a> Run<'s, 'a> {
                     tracing::error!(error = %ErrorChain(&e), "channel failed to start");
                 }
                 let retry = self.restart && !permanent(&e);
+                let why = ErrorChain(&e).to_string();
+                self.sup.registry.update(&name, |c| {
+                    c.last_error = Some(why);
+                    c.live = None;
+                });
                 self.entries[i].report = Some(ChannelReport::failed(&name, e));
                 self.entries[i].run = None;
                 self.after_run(i, retry, scope);
                 return;
             }
         };
+        let mut ch = ch;
+        let live = Arc::new(ch.live());
+        self.sup.registry.update(&name, |c| {
+            c.state = ChannelState::Running;
+            c.live = Some(live);
+        });
         let e = &mut self.entries[i];
-        if self.stopping || e.removed || e.replace.is_some() {
+        if self.stopping || e.removed || e.replace.is_some() || e.disabled {
             let report = ch.finish(Ok(RunEnd::Stopped));
             self.entries[i].report = Some(report);
             self.entries[i].run = None;
@@ -465,6 +515,16 @@ impl<'s, 'a> Run<'s, 'a> {
         let span = tracing::info_span!("channel", name = %self.entries[i].plan.name);
         let _enter = span.enter();
         let failed = matches!(&ended.end, Err(e) if !e.is_stdout_closed());
+        let why = match &ended.end {
+            Err(e) if failed => Some(ErrorChain(e).to_string()),
+            _ => None,
+        };
+        self.sup.registry.update(&self.entries[i].plan.name, |c| {
+            c.live = None;
+            if why.is_some() {
+                c.last_error = why;
+            }
+        });
         let report = ended.channel.finish(ended.end);
         let e = &mut self.entries[i];
         e.report = Some(report);
@@ -486,6 +546,7 @@ impl<'s, 'a> Run<'s, 'a> {
         let e = &mut self.entries[i];
         if e.removed {
             tracing::info!("channel removed");
+            self.sup.registry.remove(&e.plan.name);
             self.entries.remove(i);
             return;
         }
@@ -496,11 +557,76 @@ impl<'s, 'a> Run<'s, 'a> {
             self.launch(i, None, scope);
             return;
         }
-        if retry && !self.stopping {
+        let state = if e.disabled {
+            ChannelState::Disabled
+        } else if retry && !self.stopping {
             let wait = e.backoff;
             e.backoff = (e.backoff * 2).min(BACKOFF_MAX);
             e.retry_at = Some(Instant::now() + wait);
             tracing::warn!(retry_in = ?wait, "channel down; it restarts after the backoff");
+            ChannelState::Restarting
+        } else if e
+            .report
+            .as_ref()
+            .is_some_and(|r| !r.ok() && r.unscrambled.is_none())
+        {
+            ChannelState::Failed
+        } else {
+            ChannelState::Stopped
+        };
+        self.sup.registry.update(&e.plan.name, |c| c.state = state);
+    }
+
+    /// An operator's command.
+    fn command<'scope>(&mut self, cmd: Command, scope: &'scope std::thread::Scope<'scope, '_>) {
+        let name = match &cmd {
+            Command::Restart(n) | Command::Disable(n) | Command::Enable(n) => n.clone(),
+        };
+        let Some(i) = self
+            .entries
+            .iter()
+            .position(|e| e.plan.name == name && !e.removed)
+        else {
+            tracing::warn!(channel = %name, "no such channel");
+            return;
+        };
+        tracing::info!(channel = %name, command = ?cmd, "operator command");
+        let e = &mut self.entries[i];
+        match cmd {
+            Command::Restart(_) => {
+                e.disabled = false;
+                e.backoff = BACKOFF_MIN;
+                e.restarts += 1;
+                self.sup.stats.restarts.fetch_add(1, Ordering::Relaxed);
+                if e.run.is_some() {
+                    // a restart is a replacement by the same settings
+                    e.replace = Some(e.plan.clone());
+                    Self::stop_run(self.plane.as_deref_mut(), e);
+                } else {
+                    self.launch(i, None, scope);
+                }
+            }
+            Command::Disable(_) => {
+                e.disabled = true;
+                e.retry_at = None;
+                e.replace = None;
+                if e.run.is_some() {
+                    Self::stop_run(self.plane.as_deref_mut(), e);
+                } else {
+                    self.sup
+                        .registry
+                        .update(&name, |c| c.state = ChannelState::Disabled);
+                }
+            }
+            Command::Enable(_) => {
+                if e.disabled {
+                    e.disabled = false;
+                    e.backoff = BACKOFF_MIN;
+                    if e.run.is_none() {
+                        self.launch(i, None, scope);
+                    }
+                }
+            }
         }
     }
 
@@ -522,9 +648,9 @@ impl<'s, 'a> Run<'s, 'a> {
                 return;
             }
         };
-        if plan.emmg != self.emmg {
+        if plan.emmg != self.emmg || plan.http != self.http {
             tracing::warn!(
-                "reload: the [emmg] table changed; it applies at the next start of the head-end"
+                "reload: the [emmg] or [http] table changed; it applies at the next start of the head-end"
             );
         }
         self.restart = plan.restart;

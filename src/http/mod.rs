@@ -24,6 +24,7 @@
 //! lines name the path, never the query (TVCAS's key is in the query).
 
 mod auth;
+pub mod prom;
 mod rest;
 mod server;
 mod stats;

@@ -54,7 +54,7 @@ pub struct StreamInput {
 
 impl StreamInput {
     /// The counters this input updates.
-    pub fn stats(&self) -> &IoStats {
+    pub fn stats(&self) -> &Arc<IoStats> {
         &self.stats
     }
 

@@ -165,8 +165,8 @@ impl Input {
         }
     }
 
-    /// The counters this input updates.
-    pub fn stats(&self) -> &IoStats {
+    /// The counters this input updates (shared: a monitor may hold them).
+    pub fn stats(&self) -> &std::sync::Arc<IoStats> {
         match self {
             Input::Udp(i) => i.stats(),
             Input::Srt(i) => i.stats(),

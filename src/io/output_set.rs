@@ -130,6 +130,14 @@ impl OutputSet {
         self.slots.len() - self.live
     }
 
+    /// Each output's name and live counters (shared: a monitor may hold them).
+    pub fn stats_handles(&self) -> Vec<(String, Arc<IoStats>)> {
+        self.slots
+            .iter()
+            .map(|s| (s.name.clone(), Arc::clone(&s.stats)))
+            .collect()
+    }
+
     /// Each output's name, counters and error, in the order given.
     pub fn status(&self) -> Vec<OutputStatus> {
         self.slots

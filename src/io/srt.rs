@@ -310,7 +310,7 @@ pub struct SrtInput {
 
 impl SrtInput {
     /// The counters this input updates.
-    pub fn stats(&self) -> &IoStats {
+    pub fn stats(&self) -> &Arc<IoStats> {
         &self.stats
     }
 

@@ -120,7 +120,7 @@ fn ipv4_iface(url: &str, iface: Option<&str>) -> IoResult<Ipv4Addr> {
 
 impl UdpInput {
     /// The counters this input updates.
-    pub fn stats(&self) -> &IoStats {
+    pub fn stats(&self) -> &Arc<IoStats> {
         &self.stats
     }
 

@@ -65,6 +65,7 @@
 use std::time::Duration;
 
 use super::config::CasPolicy;
+use super::stats::monotonic_ms;
 
 use csa::{KeyContext, Parity};
 
@@ -118,6 +119,8 @@ struct EcmStream {
     /// Its generator's last answer was an ECM (or none asked yet), and no wait for it ran
     /// out since: on a run that may wait, the next one is waited for.
     answering: bool,
+    /// When its content last changed ([`monotonic_ms`]), 0 = never.
+    changed_ms: u64,
 }
 
 impl EcmStream {
@@ -195,6 +198,7 @@ impl Schedule {
                 inserter: EcmInserter::new(g, ca.ecm_pid, ca.ca_system_id, ca.ecm_repetition),
                 delay_start_ms: ca.delay_start_ms,
                 answering: true,
+                changed_ms: 0,
             })
             .collect();
         let single = keys.is_single_fixed();
@@ -261,6 +265,11 @@ impl Schedule {
     /// no ECM stream). Before that, a receiver has nothing to open the service with.
     pub fn ecm_on_air(&self) -> bool {
         self.ecms.is_empty() || self.ecms.iter().any(|e| e.covers(self.period))
+    }
+
+    /// When each CA system's ECM content last changed ([`monotonic_ms`], 0 = never).
+    pub fn ecm_changed_ms(&self) -> impl Iterator<Item = u64> + '_ {
+        self.ecms.iter().map(|e| e.changed_ms)
     }
 
     /// Whether a key switch is being held (degraded mode).
@@ -427,6 +436,7 @@ impl Schedule {
         match res {
             Ok(()) => {
                 self.counters.ecms_generated += 1;
+                self.ecms[i].changed_ms = monotonic_ms();
                 // announce the period after while this one is on air (once: the period on
                 // air only moves forward, so each success is a new period)
                 let ahead = target.next();

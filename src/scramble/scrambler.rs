@@ -12,6 +12,8 @@
 //! the marked packets are scrambled in place in as few engine calls as possible (one per
 //! batch, two when a key switch falls inside it).
 
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
 use csa::{payload_offset, Parity};
@@ -26,7 +28,7 @@ use super::emm::{EmmInserter, EmmSource};
 use super::error::ScrambleError;
 use super::keys::CryptoPeriod;
 use super::schedule::{Schedule, Step, ECM_WAIT};
-use super::stats::Counters;
+use super::stats::{Counters, LiveCounters};
 use crate::ts::packet::{null_packet, Packet, PACKET_SIZE};
 use crate::ts::{PacketRef, Pid};
 
@@ -64,7 +66,14 @@ pub struct Scrambler {
     pending: Option<(usize, usize, Parity)>,
     null: Packet,
     warned: Warned,
+    /// Published after each batch for a monitor, if one asked.
+    live: Option<Arc<LiveCounters>>,
+    /// The last continuity counter seen per PID ([`CC_UNSET`]: none yet).
+    last_cc: Vec<u8>,
 }
+
+/// No continuity counter seen yet on a PID.
+const CC_UNSET: u8 = 0xFF;
 
 /// The cipher work a batch left in deferred mode: the packets of the output buffer to
 /// scramble (`packets`, by index; `select[i]` says whether packet i is), with `ctx` under
@@ -128,6 +137,8 @@ impl Scrambler {
                 no_ecm_generator: !no_ecm_generator,
                 ..Warned::default()
             },
+            live: None,
+            last_cc: vec![CC_UNSET; 0x2000],
         })
     }
 
@@ -170,6 +181,44 @@ impl Scrambler {
     /// The caller has scrambled the pending segment.
     pub fn cipher_done(&mut self) {
         self.pending = None;
+    }
+
+    /// Counters a monitor reads while the run goes on, published after every batch.
+    pub fn live_counters(&mut self) -> Arc<LiveCounters> {
+        let ecm_streams = self.schedule.ecm_streams();
+        let live = self
+            .live
+            .get_or_insert_with(|| Arc::new(LiveCounters::new(ecm_streams)));
+        Arc::clone(live)
+    }
+
+    fn publish(&self) {
+        let Some(l) = &self.live else {
+            return;
+        };
+        let st = &self.counters.stream;
+        for (a, v) in [
+            (&l.packets_in, st.packets_in),
+            (&l.packets_out, st.packets_out),
+            (&l.scrambled, st.es_scrambled),
+            (&l.already_scrambled, st.es_already_scrambled),
+            (&l.held_before_ecm, st.held_before_ecm),
+            (&l.key_switches, st.key_switches),
+            (&l.degraded_holds, st.degraded_holds),
+            (&l.degraded_episodes, st.degraded_episodes),
+            (&l.lagging_cas_switches, st.lagging_cas_switches),
+            (&l.ecms_generated, st.ecms_generated),
+            (&l.ecm_failures, st.ecm_failures),
+            (&l.psi_errors, st.psi_errors),
+            (&l.pcr_discontinuities, st.pcr_discontinuities),
+            (&l.cc_errors, st.cc_errors),
+            (&l.period, self.schedule.period().0),
+        ] {
+            a.store(v, Relaxed);
+        }
+        for (a, v) in l.ecm_changed_ms.iter().zip(self.schedule.ecm_changed_ms()) {
+            a.store(v, Relaxed);
+        }
     }
 
     /// The counters so far.
@@ -295,6 +344,28 @@ impl Scrambler {
     }
 
     /// `batch_now`: the clock read at the start of the batch.
+    /// Whether `pkt` breaks its PID's continuity counter (the null PID has none; a packet
+    /// without payload keeps the counter; one repeat is allowed; a discontinuity flag
+    /// starts over).
+    fn cc_check(&mut self, pkt: &Packet, pid: Pid) -> bool {
+        if pid == Pid::NULL {
+            return false;
+        }
+        let cc = pkt[3] & 0x0F;
+        let has_payload = pkt[3] & 0x10 != 0;
+        let discontinuity = pkt[3] & 0x20 != 0 && pkt[4] > 0 && pkt[5] & 0x80 != 0;
+        let last = &mut self.last_cc[usize::from(pid.value())];
+        let error = if *last == CC_UNSET || discontinuity {
+            false
+        } else if has_payload {
+            cc != (*last + 1) & 0x0F && cc != *last
+        } else {
+            cc != *last
+        };
+        *last = cc;
+        error
+    }
+
     fn one_packet(&mut self, pkt: &Packet, batch_now: Duration) -> Result<(), ScrambleError> {
         let p = PacketRef::new(pkt);
         self.counters.stream.packets_in += 1;
@@ -304,13 +375,16 @@ impl Scrambler {
             return Ok(());
         }
         let pid = p.pid();
+        let cc_error = self.cc_check(pkt, pid);
         {
             let c = self.counters.pid_mut(pid);
             c.input += 1;
             if p.tei() {
                 c.errors += 1;
             }
+            c.cc_errors += u64::from(cc_error);
         }
+        self.counters.stream.cc_errors += u64::from(cc_error);
         let now = if self.clock.is_stream() {
             if self.clock.pcr_pid().is_none() {
                 if let Some(pcr_pid) = self.demux.first_pcr_pid() {
@@ -405,8 +479,11 @@ impl Scrambler {
             Role::Scrambled => {
                 let tsc = pkt[3] >> 6;
                 let c = self.counters.pid_mut(pid);
+                // (already scrambled, scrambled here), for the stream-wide sums
+                let mut es = (0, 0);
                 let scramble = if tsc != 0 {
                     c.already_scrambled += 1;
+                    es.0 = 1;
                     false
                 } else {
                     match payload_offset(pkt) {
@@ -419,11 +496,14 @@ impl Scrambler {
                                 c.short_payload += 1;
                             } else {
                                 c.scrambled += 1;
+                                es.1 = 1;
                             }
                             true
                         }
                     }
                 };
+                self.counters.stream.es_already_scrambled += es.0;
+                self.counters.stream.es_scrambled += es.1;
                 self.push(pkt, scramble);
             }
             Role::Clear => {
@@ -568,6 +648,7 @@ impl Scrambler {
         st.ecms_generated = c.ecms_generated;
         st.ecm_failures = c.ecm_failures;
         st.random_failures = c.random_failures;
+        self.publish();
     }
 
     /// Wall-clock mode: call between batches when no packet came, so periods and ECMs go on.

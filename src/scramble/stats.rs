@@ -1,6 +1,8 @@
 //! Counters of a run: per PID and for the whole stream. Plain integers updated by the one
 //! data-path thread; read at the end (or between batches).
 
+use std::sync::atomic::AtomicU64;
+
 use serde::Serialize;
 
 use crate::ts::Pid;
@@ -28,6 +30,9 @@ pub struct PidCounters {
     pub dropped: u64,
     /// Packets with bad sync or transport_error_indicator.
     pub errors: u64,
+    /// Continuity counter errors in the input (a packet lost or out of order; a repeated
+    /// packet and a flagged discontinuity are not errors), ETR 290 1.4.
+    pub cc_errors: u64,
 }
 
 /// Stream-wide counters.
@@ -47,6 +52,13 @@ pub struct StreamCounters {
     /// for the key in force (an ECMG down at start): never sent clear, never sent with no
     /// ECM that opens them.
     pub held_before_ecm: u64,
+    /// ES payload packets of the scrambled services scrambled here (the sum of the PIDs'
+    /// `scrambled`, kept here so a monitor need not add up 8192 PIDs).
+    pub es_scrambled: u64,
+    /// ES packets of the scrambled services that came in scrambled already.
+    pub es_already_scrambled: u64,
+    /// Continuity counter errors in the input, every PID (the sum of the PIDs').
+    pub cc_errors: u64,
     /// Random CW generation failures (the previous CW was held).
     pub random_failures: u64,
     /// PMT sections accepted with new content (each bumps our version).
@@ -139,6 +151,7 @@ impl Counters {
             t.replaced_null += c.replaced_null;
             t.dropped += c.dropped;
             t.errors += c.errors;
+            t.cc_errors += c.cc_errors;
         }
         t
     }
@@ -159,4 +172,49 @@ impl Counters {
                 .collect(),
         }
     }
+}
+
+/// The counters a monitor reads while the channel runs (HTTP status, /metrics): the data
+/// path publishes them after each batch with relaxed stores, and never waits on a reader.
+#[derive(Debug, Default)]
+pub struct LiveCounters {
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    /// ES payload packets scrambled here.
+    pub scrambled: AtomicU64,
+    /// ES packets that came in scrambled already (passed as they were).
+    pub already_scrambled: AtomicU64,
+    pub held_before_ecm: AtomicU64,
+    pub key_switches: AtomicU64,
+    pub degraded_holds: AtomicU64,
+    pub degraded_episodes: AtomicU64,
+    pub lagging_cas_switches: AtomicU64,
+    pub ecms_generated: AtomicU64,
+    pub ecm_failures: AtomicU64,
+    pub psi_errors: AtomicU64,
+    pub pcr_discontinuities: AtomicU64,
+    pub cc_errors: AtomicU64,
+    /// The crypto period in force.
+    pub period: AtomicU64,
+    /// Per CA system (in the PMT's order): when its ECM content last changed, in ms of
+    /// [`monotonic_ms`]; 0 = never.
+    pub ecm_changed_ms: Vec<AtomicU64>,
+}
+
+impl LiveCounters {
+    /// Counters for a channel with `ca_systems` ECM streams.
+    pub fn new(ca_systems: usize) -> LiveCounters {
+        LiveCounters {
+            ecm_changed_ms: (0..ca_systems).map(|_| AtomicU64::new(0)).collect(),
+            ..LiveCounters::default()
+        }
+    }
+}
+
+/// Milliseconds since the first call in this process (at least 1): a clock the data path
+/// and a monitor share through atomics.
+pub fn monotonic_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(std::time::Instant::now);
+    start.elapsed().as_millis() as u64 + 1
 }

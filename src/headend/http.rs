@@ -1,0 +1,405 @@
+//! The head-end's part of the HTTP API: `/metrics` (Prometheus text), the status of the
+//! process and its channels, and the operator's commands (restart, enable, disable,
+//! reload). Status and commands need the API key; `/metrics` is open, as scrapers expect
+//! (keep the listener on localhost or a management network).
+//!
+//! Handlers read the [`Registry`] (a lock the data path never takes) and send commands to
+//! the supervisor's event queue; none waits for a channel.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+use super::status::{ChannelState, Registry};
+use super::supervise::{Command, Event};
+use crate::http::prom::{self, Kind, Text};
+use crate::http::{require_key, ApiError, ApiState};
+
+/// What the head-end's handlers share.
+#[derive(Clone)]
+pub struct HeadendApi {
+    registry: Arc<Registry>,
+    events: Arc<Mutex<Sender<Event>>>,
+    reload: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for HeadendApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeadendApi").finish_non_exhaustive()
+    }
+}
+
+impl HeadendApi {
+    pub fn new(registry: Arc<Registry>, events: Sender<Event>, reload: Arc<AtomicBool>) -> Self {
+        HeadendApi {
+            registry,
+            events: Arc::new(Mutex::new(events)),
+            reload,
+        }
+    }
+}
+
+/// The routes, to merge into the server (`Http::merge`).
+pub fn routes(api: ApiState, he: HeadendApi) -> Router {
+    let keyed = Router::new()
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/channels", get(channels))
+        .route("/api/v1/channels/{name}", get(channel))
+        .route("/api/v1/channels/{name}/restart", post(restart))
+        .route("/api/v1/channels/{name}/enable", post(enable))
+        .route("/api/v1/channels/{name}/disable", post(disable))
+        .route("/api/v1/reload", post(reload))
+        .route_layer(axum::middleware::from_fn_with_state(api, require_key))
+        .with_state(he.clone());
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(he)
+        .merge(keyed)
+}
+
+async fn status(State(he): State<HeadendApi>) -> Response {
+    let (channels, on_air, running) = he.registry.with(|c| {
+        (
+            c.len(),
+            c.iter().filter(|e| e.on_air()).count(),
+            c.iter()
+                .filter(|e| e.state == ChannelState::Running)
+                .count(),
+        )
+    });
+    let s = &he.registry.stats;
+    Json(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": he.registry.started.elapsed().as_secs(),
+        "channels": channels,
+        "running": running,
+        "on_air": on_air,
+        "restarts": s.restarts.load(Relaxed),
+        "reloads": s.reloads.load(Relaxed),
+        "reloads_refused": s.reloads_refused.load(Relaxed),
+    }))
+    .into_response()
+}
+
+async fn channels(State(he): State<HeadendApi>) -> Response {
+    let views: Vec<_> = he.registry.with(|c| c.iter().map(|e| e.view()).collect());
+    Json(views).into_response()
+}
+
+async fn channel(State(he): State<HeadendApi>, Path(name): Path<String>) -> Response {
+    let view = he
+        .registry
+        .with(|c| c.iter().find(|e| e.name == name).map(|e| e.view()));
+    match view {
+        Some(v) => Json(v).into_response(),
+        None => no_channel(&name),
+    }
+}
+
+fn no_channel(name: &str) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "CHANNEL_NOT_FOUND",
+        format!("no channel named {name:?}"),
+    )
+    .into_response()
+}
+
+/// Send `cmd` for channel `name` to the supervisor: 202 (it acts within 100 ms), or 404.
+fn command(he: &HeadendApi, name: &str, cmd: Command) -> Response {
+    if !he.registry.with(|c| c.iter().any(|e| e.name == name)) {
+        return no_channel(name);
+    }
+    let sent = he
+        .events
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send(Event::Control(cmd));
+    match sent {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({"channel": name, "accepted": true})),
+        )
+            .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "STOPPING",
+            "the head-end is stopping",
+        )
+        .into_response(),
+    }
+}
+
+async fn restart(State(he): State<HeadendApi>, Path(name): Path<String>) -> Response {
+    command(&he, &name, Command::Restart(name.clone()))
+}
+
+async fn enable(State(he): State<HeadendApi>, Path(name): Path<String>) -> Response {
+    command(&he, &name, Command::Enable(name.clone()))
+}
+
+async fn disable(State(he): State<HeadendApi>, Path(name): Path<String>) -> Response {
+    command(&he, &name, Command::Disable(name.clone()))
+}
+
+async fn reload(State(he): State<HeadendApi>) -> Response {
+    he.reload.store(true, Relaxed);
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"reload": "accepted", "see": "the log, or /api/v1/status reloads and reloads_refused"})),
+    )
+        .into_response()
+}
+
+/// ECM response time buckets, seconds.
+const ECM_BUCKETS: [f64; 10] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+async fn metrics(State(he): State<HeadendApi>) -> Response {
+    let text = render(&he.registry);
+    ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], text).into_response()
+}
+
+/// Every metric of the head-end, in the text format.
+pub fn render(registry: &Registry) -> String {
+    let mut t = Text::new();
+    let s = &registry.stats;
+    t.family(
+        "castmux_headend_restarts_total",
+        Kind::Counter,
+        "Channels started again after a failure (all channels).",
+    );
+    t.sample(
+        "castmux_headend_restarts_total",
+        &[],
+        s.restarts.load(Relaxed) as f64,
+    );
+    t.family(
+        "castmux_reloads_total",
+        Kind::Counter,
+        "Configuration reloads, by result.",
+    );
+    t.sample(
+        "castmux_reloads_total",
+        &[("result", "applied")],
+        s.reloads.load(Relaxed) as f64,
+    );
+    t.sample(
+        "castmux_reloads_total",
+        &[("result", "refused")],
+        s.reloads_refused.load(Relaxed) as f64,
+    );
+    registry.with(|channels| {
+        let views: Vec<_> = channels.iter().map(|c| (c, c.view())).collect();
+        let gauge = |t: &mut Text, name: &str, help: &str, v: &dyn Fn(usize) -> f64| {
+            t.family(name, Kind::Gauge, help);
+            for (i, (_, view)) in views.iter().enumerate() {
+                t.sample(name, &[("channel", &view.name)], v(i));
+            }
+        };
+        let counter = |t: &mut Text, name: &str, help: &str, v: &dyn Fn(usize) -> u64| {
+            t.family(name, Kind::Counter, help);
+            for (i, (_, view)) in views.iter().enumerate() {
+                t.sample(name, &[("channel", &view.name)], v(i) as f64);
+            }
+        };
+        gauge(&mut t, "castmux_channel_up", "1 while the channel runs.", &|i| {
+            f64::from(u8::from(views[i].1.state == ChannelState::Running))
+        });
+        gauge(
+            &mut t,
+            "castmux_channel_on_air",
+            "1 while the channel runs with packets in and out and no service held back.",
+            &|i| f64::from(u8::from(views[i].1.on_air)),
+        );
+        gauge(
+            &mut t,
+            "castmux_channel_input_bitrate_bps",
+            "Input bitrate over the last second, bits per second.",
+            &|i| views[i].0.in_bps,
+        );
+        gauge(
+            &mut t,
+            "castmux_channel_output_bitrate_bps",
+            "Output bitrate over the last second, bits per second.",
+            &|i| views[i].0.out_bps,
+        );
+        gauge(
+            &mut t,
+            "castmux_channel_scrambled_ratio",
+            "Payload packets of the scrambled services that went out scrambled, over those and the ones held back.",
+            &|i| views[i].1.scrambled_ratio,
+        );
+        gauge(
+            &mut t,
+            "castmux_channel_crypto_period",
+            "The crypto period in force (its number).",
+            &|i| views[i].1.crypto_period as f64,
+        );
+        let live = |i: usize| views[i].0.live.as_deref();
+        let lc = |i: usize, f: fn(&crate::scramble::stats::LiveCounters) -> u64| {
+            live(i).map_or(0, |l| f(&l.counters))
+        };
+        counter(
+            &mut t,
+            "castmux_channel_input_packets_total",
+            "TS packets read (this run of the channel).",
+            &|i| lc(i, |c| c.packets_in.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_output_packets_total",
+            "TS packets written (this run of the channel).",
+            &|i| lc(i, |c| c.packets_out.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_scrambled_packets_total",
+            "ES payload packets scrambled.",
+            &|i| lc(i, |c| c.scrambled.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_held_packets_total",
+            "ES packets of scrambled services held back for want of an ECM.",
+            &|i| lc(i, |c| c.held_before_ecm.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_cc_errors_total",
+            "Continuity counter errors in the input.",
+            &|i| lc(i, |c| c.cc_errors.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_sync_losses_total",
+            "Input sync losses.",
+            &|i| live(i).map_or(0, |l| l.input.sync_losses.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_input_drops_total",
+            "Input datagrams dropped for a full queue.",
+            &|i| live(i).map_or(0, |l| l.input.queue_drops.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_output_errors_total",
+            "Output send errors.",
+            &|i| {
+                live(i).map_or(0, |l| {
+                    l.outputs
+                        .iter()
+                        .map(|o| o.1.send_errors.load(Relaxed))
+                        .sum()
+                })
+            },
+        );
+        counter(
+            &mut t,
+            "castmux_channel_key_switches_total",
+            "Crypto periods started (CW switches).",
+            &|i| lc(i, |c| c.key_switches.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_degraded_holds_total",
+            "Key switches found due and held (degraded mode).",
+            &|i| lc(i, |c| c.degraded_holds.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_ecm_failures_total",
+            "ECM generator failures (late or refused ECMs).",
+            &|i| lc(i, |c| c.ecm_failures.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_lagging_cas_switches_total",
+            "Key switches made past a CAS whose ECM lacked the new key (policy any).",
+            &|i| lc(i, |c| c.lagging_cas_switches.load(Relaxed)),
+        );
+        counter(
+            &mut t,
+            "castmux_channel_restarts_total",
+            "Times this channel was started again.",
+            &|i| views[i].1.restarts,
+        );
+        // per CA system
+        t.family(
+            "castmux_ecm_age_seconds",
+            Kind::Gauge,
+            "Seconds since the ECM content of a CA system changed.",
+        );
+        for (c, view) in &views {
+            let Some(l) = c.live.as_deref() else { continue };
+            for ((ca, pid), age) in l.ca_systems.iter().zip(&view.ecm_age_s) {
+                let (ca, pid) = (format!("{ca:04X}"), pid.to_string());
+                let labels = [
+                    ("channel", view.name.as_str()),
+                    ("ca_system_id", &ca),
+                    ("ecm_pid", &pid),
+                ];
+                t.sample(
+                    "castmux_ecm_age_seconds",
+                    &labels,
+                    age.unwrap_or(f64::INFINITY),
+                );
+            }
+        }
+        // per ECMG link
+        let links: Vec<_> = views
+            .iter()
+            .filter_map(|(c, v)| c.live.as_deref().map(|l| (v.name.as_str(), l)))
+            .flat_map(|(name, l)| l.ecmgs.iter().map(move |g| (name, g)))
+            .collect();
+        t.family(
+            "castmux_ecmg_link_up",
+            Kind::Gauge,
+            "1 while the ECMG channel and stream are set up.",
+        );
+        for (name, g) in &links {
+            t.sample(
+                "castmux_ecmg_link_up",
+                &[("channel", name), ("ecmg", g.addr()), ("active", g.active_addr())],
+                f64::from(u8::from(g.is_connected())),
+            );
+        }
+        let link_counter = |t: &mut Text,
+                            name: &str,
+                            help: &str,
+                            f: fn(&crate::simulcrypt::ScsStats) -> u64| {
+            t.family(name, Kind::Counter, help);
+            for (ch, g) in &links {
+                t.sample(name, &[("channel", ch), ("ecmg", g.addr())], f(g.stats()) as f64);
+            }
+        };
+        link_counter(&mut t, "castmux_ecmg_link_failures_total", "ECMG connections lost or refused.", |s| s.link_failures.load(Relaxed));
+        link_counter(&mut t, "castmux_ecmg_failovers_total", "Links moved to the next ECMG of the list.", |s| s.failovers.load(Relaxed));
+        link_counter(&mut t, "castmux_ecmg_late_ecms_total", "ECM responses after max_comp_time.", |s| s.late.load(Relaxed));
+        link_counter(&mut t, "castmux_ecmg_timeouts_total", "CW provisions with no answer in time.", |s| s.timeouts.load(Relaxed));
+        link_counter(&mut t, "castmux_ecmg_refused_total", "CW provisions the ECMG answered with an error.", |s| s.refused.load(Relaxed));
+        link_counter(&mut t, "castmux_ecmg_ecms_received_total", "ECM responses accepted.", |s| s.ecms_received.load(Relaxed));
+        t.family(
+            "castmux_ecmg_response_seconds",
+            Kind::Histogram,
+            "CW_provision to ECM_response time.",
+        );
+        for (ch, g) in &links {
+            let h = g.latency();
+            t.histogram_us(
+                "castmux_ecmg_response_seconds",
+                &[("channel", ch), ("ecmg", g.addr())],
+                &h,
+                &ECM_BUCKETS,
+            );
+        }
+    });
+    t.process();
+    t.finish()
+}

@@ -1,0 +1,319 @@
+//! What the head-end shows while it runs: each channel's state (from the supervisor) and
+//! live numbers (atomics the data path publishes, read here without ever making it wait),
+//! sampled once a second into bitrates and a bounded history. The HTTP status API, the
+//! dashboard and `/metrics` read the [`Registry`].
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::supervise::SupervisorStats;
+use crate::io::IoStats;
+use crate::scramble::stats::{monotonic_ms, LiveCounters};
+use crate::simulcrypt::SimulcryptEcmg;
+
+/// Bitrate samples kept per channel (one a second: five minutes).
+pub const HISTORY: usize = 300;
+/// A channel is off air when no packet came in or went out for this long.
+pub const ON_AIR_WINDOW: Duration = Duration::from_secs(2);
+
+/// A running channel's live parts, shared with the data path.
+#[derive(Debug)]
+pub struct ChannelLive {
+    pub input_url: String,
+    pub input: Arc<IoStats>,
+    pub outputs: Vec<(String, Arc<IoStats>)>,
+    pub counters: Arc<LiveCounters>,
+    /// The ECMG links, one per external CAS.
+    pub ecmgs: Vec<SimulcryptEcmg>,
+    /// (CA_system_ID, ECM PID) per CA system, in the order of `counters.ecm_changed_ms`.
+    pub ca_systems: Vec<(u16, u16)>,
+}
+
+/// Where a channel is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelState {
+    /// Opening (its first run).
+    Starting,
+    /// Running.
+    Running,
+    /// Failed; opening again after the backoff (or now).
+    Restarting,
+    /// Failed for good (a setting that cannot work, or restarts are off).
+    Failed,
+    /// Ended (its input ended, idled out, or the head-end stops).
+    Stopped,
+    /// Turned off by the operator.
+    Disabled,
+}
+
+/// One channel as the registry holds it.
+#[derive(Debug)]
+pub struct ChannelEntry {
+    pub name: String,
+    pub state: ChannelState,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub live: Option<Arc<ChannelLive>>,
+    sample: Option<Sample>,
+    /// Input and output bitrate (bit/s) over the last second.
+    pub in_bps: f64,
+    pub out_bps: f64,
+    /// When packets last came in and went out.
+    last_in: Option<Instant>,
+    last_out: Option<Instant>,
+    /// (unix seconds, in bit/s, out bit/s), oldest first, at most [`HISTORY`].
+    pub history: VecDeque<(u64, f64, f64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+    held: u64,
+}
+
+impl ChannelEntry {
+    fn new(name: &str) -> ChannelEntry {
+        ChannelEntry {
+            name: name.to_owned(),
+            state: ChannelState::Starting,
+            restarts: 0,
+            last_error: None,
+            live: None,
+            sample: None,
+            in_bps: 0.0,
+            out_bps: 0.0,
+            last_in: None,
+            last_out: None,
+            history: VecDeque::new(),
+        }
+    }
+
+    /// Running, with packets in and out lately, and not holding its services for want of
+    /// an ECM.
+    pub fn on_air(&self) -> bool {
+        let fresh = |t: Option<Instant>| t.is_some_and(|t| t.elapsed() < ON_AIR_WINDOW);
+        let holding = self.live.as_ref().is_some_and(|l| {
+            l.counters.held_before_ecm.load(Relaxed) > self.sample.map_or(0, |s| s.held)
+        });
+        self.state == ChannelState::Running
+            && fresh(self.last_in)
+            && fresh(self.last_out)
+            && !holding
+    }
+
+    fn sample(&mut self, now: Instant, unix: u64) {
+        let Some(live) = &self.live else {
+            self.in_bps = 0.0;
+            self.out_bps = 0.0;
+            self.sample = None;
+            return;
+        };
+        let s = Sample {
+            at: now,
+            bytes_in: live.input.bytes_in.load(Relaxed),
+            bytes_out: live
+                .outputs
+                .iter()
+                .map(|o| o.1.bytes_out.load(Relaxed))
+                .max()
+                .unwrap_or(0),
+            held: live.counters.held_before_ecm.load(Relaxed),
+        };
+        if let Some(p) = self.sample {
+            let secs = now.duration_since(p.at).as_secs_f64().max(1e-3);
+            let d_in = s.bytes_in.saturating_sub(p.bytes_in);
+            let d_out = s.bytes_out.saturating_sub(p.bytes_out);
+            self.in_bps = d_in as f64 * 8.0 / secs;
+            self.out_bps = d_out as f64 * 8.0 / secs;
+            if d_in > 0 {
+                self.last_in = Some(now);
+            }
+            if d_out > 0 {
+                self.last_out = Some(now);
+            }
+            if self.history.len() >= HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back((unix, self.in_bps, self.out_bps));
+        }
+        self.sample = Some(s);
+    }
+
+    /// The channel's status as the API shows it.
+    pub fn view(&self) -> ChannelView {
+        let live = self.live.as_deref();
+        let counter = |f: fn(&LiveCounters) -> u64| live.map_or(0, |l| f(&l.counters));
+        let now_ms = monotonic_ms();
+        let scrambled = counter(|c| c.scrambled.load(Relaxed) + c.already_scrambled.load(Relaxed));
+        let held = counter(|c| c.held_before_ecm.load(Relaxed));
+        ChannelView {
+            name: self.name.clone(),
+            state: self.state,
+            on_air: self.on_air(),
+            restarts: self.restarts,
+            last_error: self.last_error.clone(),
+            input: InputView {
+                url: live.map(|l| l.input_url.clone()).unwrap_or_default(),
+                bitrate_bps: self.in_bps.round() as u64,
+                packets: live.map_or(0, |l| l.input.packets_in.load(Relaxed)),
+                sync_losses: live.map_or(0, |l| l.input.sync_losses.load(Relaxed)),
+                drops: live.map_or(0, |l| l.input.queue_drops.load(Relaxed)),
+                cc_errors: counter(|c| c.cc_errors.load(Relaxed)),
+                rtp_gaps: live.map_or(0, |l| l.input.rtp_gaps.load(Relaxed)),
+            },
+            output: OutputView {
+                bitrate_bps: self.out_bps.round() as u64,
+                packets: counter(|c| c.packets_out.load(Relaxed)),
+                send_errors: live.map_or(0, |l| {
+                    l.outputs
+                        .iter()
+                        .map(|o| o.1.send_errors.load(Relaxed))
+                        .sum()
+                }),
+            },
+            scrambled_ratio: if scrambled + held == 0 {
+                0.0
+            } else {
+                scrambled as f64 / (scrambled + held) as f64
+            },
+            crypto_period: counter(|c| c.period.load(Relaxed)),
+            key_switches: counter(|c| c.key_switches.load(Relaxed)),
+            degraded_holds: counter(|c| c.degraded_holds.load(Relaxed)),
+            held_before_ecm: held,
+            ecm_age_s: live.map_or_else(Vec::new, |l| {
+                l.counters
+                    .ecm_changed_ms
+                    .iter()
+                    .map(|t| match t.load(Relaxed) {
+                        0 => None,
+                        t => Some(now_ms.saturating_sub(t) as f64 / 1000.0),
+                    })
+                    .collect()
+            }),
+            ecmg_links: live.map_or_else(Vec::new, |l| {
+                l.ecmgs
+                    .iter()
+                    .map(|g| EcmgView {
+                        addr: g.addr().to_owned(),
+                        active: g.active_addr().to_owned(),
+                        up: g.is_connected(),
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// A channel in the status API (`GET /api/v1/channels`).
+#[derive(Debug, Serialize)]
+pub struct ChannelView {
+    pub name: String,
+    pub state: ChannelState,
+    pub on_air: bool,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub input: InputView,
+    pub output: OutputView,
+    /// Payload packets of the scrambled services that went out scrambled, over those and
+    /// the ones held back for want of an ECM (1.0 on air; never a clear one either way).
+    pub scrambled_ratio: f64,
+    pub crypto_period: u64,
+    pub key_switches: u64,
+    pub degraded_holds: u64,
+    pub held_before_ecm: u64,
+    /// Seconds since each CA system's ECM content changed (null: none yet).
+    pub ecm_age_s: Vec<Option<f64>>,
+    pub ecmg_links: Vec<EcmgView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InputView {
+    pub url: String,
+    pub bitrate_bps: u64,
+    pub packets: u64,
+    pub sync_losses: u64,
+    pub drops: u64,
+    /// Continuity counter errors in the input, every PID.
+    pub cc_errors: u64,
+    /// RTP sequence gaps (an input without RTP has none to count).
+    pub rtp_gaps: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutputView {
+    pub bitrate_bps: u64,
+    pub packets: u64,
+    pub send_errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EcmgView {
+    /// The primary, as configured.
+    pub addr: String,
+    /// The one in use (a backup after a failover).
+    pub active: String,
+    pub up: bool,
+}
+
+/// Every channel of the head-end, for whoever watches.
+#[derive(Debug)]
+pub struct Registry {
+    channels: Mutex<Vec<ChannelEntry>>,
+    pub started: Instant,
+    pub stats: Arc<SupervisorStats>,
+}
+
+impl Registry {
+    pub fn new(stats: Arc<SupervisorStats>) -> Registry {
+        Registry {
+            channels: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            stats,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ChannelEntry>> {
+        self.channels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Change channel `name` (added if new).
+    pub fn update(&self, name: &str, f: impl FnOnce(&mut ChannelEntry)) {
+        let mut v = self.lock();
+        let i = match v.iter().position(|c| c.name == name) {
+            Some(i) => i,
+            None => {
+                v.push(ChannelEntry::new(name));
+                v.len() - 1
+            }
+        };
+        f(&mut v[i]);
+    }
+
+    /// Forget channel `name` (removed from the plan).
+    pub fn remove(&self, name: &str) {
+        self.lock().retain(|c| c.name != name);
+    }
+
+    /// Take a bitrate sample of every channel (once a second).
+    pub fn sample(&self) {
+        let now = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for c in self.lock().iter_mut() {
+            c.sample(now, unix);
+        }
+    }
+
+    /// Read every channel.
+    pub fn with<R>(&self, f: impl FnOnce(&[ChannelEntry]) -> R) -> R {
+        f(&self.lock())
+    }
+}

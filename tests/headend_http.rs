@@ -1,0 +1,277 @@
+//! The head-end's HTTP surface against the real binary: `castmux headend` with `[http]`
+//! serves its channels' status (keyed), takes restart/disable/enable/reload over HTTP,
+//! and exposes `/metrics` that `promtool check metrics` accepts and that a real
+//! Prometheus scrapes and answers a query on.
+
+mod cli_support;
+mod http_support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cli_support::gen::{pat_sections, pmt_section, Es, Writer};
+use cli_support::*;
+use http_support::*;
+
+/// Datagrams of 7 packets, PAT/PMT every 40 packets, video and audio.
+fn stream(seed: u8, datagrams: usize) -> Vec<Vec<u8>> {
+    let pat = &pat_sections(1, 0, &[(1, 0x1000)], 64)[0];
+    let pmt = pmt_section(1, 0, 0x100, &[Es::new(0x1B, 0x100), Es::new(0x0F, 0x101)]);
+    let mut w = Writer::new();
+    let mut k = 0;
+    while w.packets.len() < datagrams * 7 {
+        if k % 40 == 0 {
+            w.section(0, pat);
+            w.section(0x1000, &pmt);
+        }
+        w.es(
+            if k % 4 == 3 { 0x101 } else { 0x100 },
+            k % 25 == 0,
+            seed ^ k as u8,
+        );
+        k += 1;
+    }
+    w.packets.truncate(datagrams * 7);
+    w.packets
+        .chunks(7)
+        .map(|d| d.iter().flat_map(|p| p.iter().copied()).collect())
+        .collect()
+}
+
+fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + within;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+fn channel<'a>(list: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no channel {name} in {list}"))
+}
+
+fn promtool_check(text: &str) {
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    use std::io::Write;
+    p.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{text}"
+    );
+}
+
+#[test]
+fn headend_status_control_and_metrics_over_http() {
+    let dir = tmp();
+    let db = seed_store(dir.path());
+    let ins: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+    let outs: Vec<UdpSocket> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let cfg = dir.path().join("headend.toml");
+    let mut toml = String::from("[http]\nlisten = \"127.0.0.1:0\"\n\n");
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        toml.push_str(&format!(
+            "[[channel]]\nname = \"{name}\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"11223366445566EF:0102030609080716\"\n\
+             crypto_period = \"1s\"\n\n",
+            ins[i],
+            outs[i].local_addr().unwrap().port()
+        ));
+    }
+    std::fs::write(&cfg, &toml).unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
+    c.arg("--db")
+        .arg(&db)
+        .args(["headend", "--workers", "1", "--config"])
+        .arg(&cfg)
+        .env_remove("CASTMUX_DB")
+        .env("CASTMUX_API_KEY", KEY)
+        .env("CASTMUX_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let server = start(c);
+    let addr: SocketAddr = server.addr;
+
+    // input for both channels, paced, until told to stop
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = Arc::clone(&stop);
+        let ins = ins.clone();
+        std::thread::spawn(move || {
+            let streams: Vec<_> = (0..2).map(|i| stream(i as u8, 4000)).collect();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut r = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (s, port) in streams.iter().zip(&ins) {
+                    let _ = tx.send_to(&s[r % s.len()], ("127.0.0.1", *port));
+                }
+                r += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // status needs the key
+    assert_eq!(get(addr, "/api/v1/channels").status, 401);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = api(addr, "GET", "/api/v1/channels", None);
+            r.status == 200
+                && r.json()
+                    .as_array()
+                    .is_some_and(|l| l.len() == 2 && l.iter().all(|c| c["on_air"] == true))
+        }),
+        "channels not on air: {}",
+        api(addr, "GET", "/api/v1/channels", None).text()
+    );
+    let list = api(addr, "GET", "/api/v1/channels", None).json();
+    let a = channel(&list, "a");
+    assert!(a["input"]["bitrate_bps"].as_u64().unwrap() > 500_000, "{a}");
+    assert!(
+        a["output"]["bitrate_bps"].as_u64().unwrap() > 500_000,
+        "{a}"
+    );
+    assert_eq!(a["state"], "running");
+    assert_eq!(a["scrambled_ratio"].as_f64(), Some(1.0), "{a}");
+    let status = api(addr, "GET", "/api/v1/status", None).json();
+    assert_eq!(status["channels"], 2, "{status}");
+    assert_eq!(api(addr, "GET", "/api/v1/channels/nope", None).status, 404);
+
+    // metrics: open, valid, with the channels
+    let m = get(addr, "/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = m.text();
+    assert!(
+        text.contains("castmux_channel_up{channel=\"a\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("castmux_channel_on_air{channel=\"b\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes "), "{text}");
+    promtool_check(&text);
+
+    // restart a: it comes back with restarts=1; disable b: it stops; enable: back
+    assert_eq!(
+        api(addr, "POST", "/api/v1/channels/a/restart", None).status,
+        202
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        let l = api(addr, "GET", "/api/v1/channels", None).json();
+        let a = channel(&l, "a");
+        a["restarts"] == 1 && a["state"] == "running" && a["on_air"] == true
+    }));
+    assert_eq!(
+        api(addr, "POST", "/api/v1/channels/b/disable", None).status,
+        202
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        channel(&api(addr, "GET", "/api/v1/channels", None).json(), "b")["state"] == "disabled"
+    }));
+    outs[1]
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    while outs[1].recv(&mut buf).is_ok() {}
+    assert!(
+        outs[1].recv(&mut buf).is_err(),
+        "a disabled channel still sends"
+    );
+    assert_eq!(
+        api(addr, "POST", "/api/v1/channels/b/enable", None).status,
+        202
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        channel(&api(addr, "GET", "/api/v1/channels", None).json(), "b")["on_air"] == true
+    }));
+    assert_eq!(api(addr, "POST", "/api/v1/reload", None).status, 202);
+    assert!(wait_until(Duration::from_secs(10), || {
+        api(addr, "GET", "/api/v1/status", None).json()["reloads"] == 1
+    }));
+
+    // a real Prometheus scrapes the head-end and answers a query on a castmux metric
+    let prom_dir = dir.path().join("prom");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let prom_cfg = prom_dir.join("prometheus.yml");
+    std::fs::write(
+        &prom_cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: castmux\n    \
+             static_configs:\n      - targets: ['{addr}']\n"
+        ),
+    )
+    .unwrap();
+    let prom_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", prom_cfg.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus (Debian package prometheus) must be installed");
+    let prom_addr: SocketAddr = format!("127.0.0.1:{prom_port}").parse().unwrap();
+    let mut answer = String::new();
+    let found = wait_until(Duration::from_secs(40), || {
+        let r = std::panic::catch_unwind(|| {
+            get(
+                prom_addr,
+                "/api/v1/query?query=castmux_channel_up%7Bchannel%3D%22a%22%7D",
+            )
+        });
+        match r {
+            Ok(r) if r.status == 200 => {
+                answer = r.text();
+                let v: serde_json::Value = serde_json::from_str(&answer).unwrap_or_default();
+                v["data"]["result"][0]["value"][1] == "1"
+            }
+            _ => false,
+        }
+    });
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert!(
+        found,
+        "Prometheus did not answer castmux_channel_up: {answer}"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status:?}");
+}

@@ -981,8 +981,10 @@ fn ecmg_alone_rotates_keys_on_schedule() {
     );
 }
 
-/// The same refusing ECMG under a live (UDP) input: the run does not stop; the key is held
-/// (degraded, counted), nothing goes out clear, and the ECMG is asked again and again.
+/// The same refusing ECMG under a live (UDP) input: the run does not stop; with no ECM ever
+/// on air the scrambled services are held back (nulled, counted), the key switch is held
+/// (degraded, counted), nothing goes out clear, and the ECMG is asked again and again. The
+/// run then fails, as any run that was to scramble and scrambled nothing, and says why.
 #[test]
 fn a_live_run_holds_the_key_while_the_ecmg_refuses() {
     let rt = simulcrypt_support::runtime();
@@ -1032,12 +1034,19 @@ fn a_live_run_holds_the_key_while_the_ecmg_refuses() {
         sock.send_to(&chunk.concat(), ("127.0.0.1", port)).unwrap();
         std::thread::sleep(step);
     }
-    let (stats, log) = scr.finish();
+    let (status, stats, log) = scr.finish_any();
+    assert!(!status.success(), "{log}");
+    assert!(log.contains("no ECM was ever on air"), "{log}");
     let stream = json(&stats)["stream"].clone();
     assert!(stream["degraded_holds"].as_u64().unwrap() >= 1, "{stream}");
     assert!(stream["ecm_failures"].as_u64().unwrap() >= 1, "{stream}");
+    assert!(
+        stream["held_before_ecm"].as_u64().unwrap() > 100,
+        "{stream}"
+    );
     assert_eq!(stream["key_switches"].as_u64(), Some(0), "{stream}");
-    assert!(assert_no_clear_es(&packets(&out)) > 100);
+    // every ES packet was held back: none went out, clear or not
+    assert_eq!(assert_no_clear_es(&packets(&out)), 0);
     let link = log
         .lines()
         .find(|l| l.contains("simulcrypt ECMG link"))

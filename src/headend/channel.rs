@@ -429,7 +429,10 @@ fn nothing_scrambled(s: &Scrambler) -> Option<String> {
     if c.totals().scrambled > 0 {
         return None;
     }
-    let why = if c.stream.packets_in == 0 {
+    let why = if c.stream.held_before_ecm > 0 {
+        "no ECM was ever on air for the key, so the scrambled services were held back (see \
+         the ECMG's log lines above)"
+    } else if c.stream.packets_in == 0 {
         "no packet came in"
     } else if !s.pat_known() {
         "no complete PAT was found in the input"

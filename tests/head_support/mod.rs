@@ -179,7 +179,14 @@ impl Proc {
     }
 
     /// Wait for the exit (must succeed); gives stdout and the whole log.
-    pub fn finish(mut self) -> (String, String) {
+    pub fn finish(self) -> (String, String) {
+        let (status, out, log) = self.finish_any();
+        assert!(status.success(), "castmux failed: {status:?}\n{log}");
+        (out, log)
+    }
+
+    /// Wait for the exit, whatever it is; gives the status, stdout and the whole log.
+    pub fn finish_any(mut self) -> (std::process::ExitStatus, String, String) {
         let deadline = Instant::now() + WAIT;
         let status = loop {
             if let Some(st) = self.child.try_wait().expect("wait") {
@@ -192,9 +199,7 @@ impl Proc {
         while let Ok(l) = self.log.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(l);
         }
-        let log = self.seen.join("\n");
-        assert!(status.success(), "castmux failed: {status:?}\n{log}");
-        (out, log)
+        (status, out, self.seen.join("\n"))
     }
 }
 

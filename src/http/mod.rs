@@ -28,6 +28,7 @@ mod rest;
 mod server;
 mod stats;
 pub mod tvcas;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -191,7 +192,8 @@ pub struct Http {
 }
 
 impl Http {
-    /// The server with TVCAS's `GET /api.php` and the REST API under `/api/v1`.
+    /// The server with TVCAS's `GET /api.php`, the REST API under `/api/v1` and the
+    /// operator's web page at `/` (see [`web`]).
     pub fn new(api: ApiState, limits: HttpLimits) -> Http {
         let v1 = rest::routes().route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
@@ -200,6 +202,7 @@ impl Http {
         let router = Router::new()
             .route("/api.php", get(tvcas::api_php))
             .nest("/api/v1", v1)
+            .merge(web::routes())
             .with_state(api.clone());
         Http {
             router,

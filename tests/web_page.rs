@@ -542,27 +542,37 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
     assert_eq!(c["state"], "disabled");
     assert_eq!(c["events"].as_array().map(Vec::len), Some(1), "{c}");
 
-    // add many: five cards from 2100000100 with basic, valid 30 days
+    // add many: thirty cards from 2100000100 with basic, valid 30 days
     s.click("#card-add-open");
-    s.type_into("#add-count", "5");
+    s.type_into("#add-count", "30");
     s.type_into("#add-serial", "2100000100");
     s.type_into("#add-name", "batch");
     s.type_into("#add-days", "30");
     s.click("#add-packages input[value=basic]");
     s.click("#card-add button[type=submit]");
-    s.wait_text("#flash", "Added 5 cards: 2100000100..2100000104");
+    s.wait_text("#flash", "Added 30 cards: 2100000100..2100000129");
     let page = api(srv.addr, "GET", "/api/v1/cards?q=batch", None).json();
     let batch = page["cards"].as_array().unwrap();
-    assert_eq!(batch.len(), 5);
+    assert_eq!(batch.len(), 30);
     assert!(batch.iter().all(|c| c["packages"] == json!(["basic"])));
 
-    // search and paging: 7 cards, pages of 25 hold them all; a search narrows them
+    // search, then paging through 32 cards 25 at a time
     s.type_into("#card-q", "Petrov");
     s.click("#card-search button[type=submit]");
-    s.wait_text("#cards-page", "2 cards");
+    s.wait_text("#cards-page", "page 1, 2 cards");
     s.type_into("#card-q", "");
+    s.run(
+        "document.getElementById('card-limit').value = '25'",
+        json!([]),
+    );
     s.click("#card-search button[type=submit]");
-    s.wait_text("#cards-page", "7 cards");
+    s.wait_text("#cards-page", "page 1, 25 cards");
+    s.click("#cards-next");
+    s.wait_text("#cards-page", "page 2, 7 cards");
+    s.find("tr[data-serial='2100000129']");
+    s.click("#cards-prev");
+    s.wait_text("#cards-page", "page 1, 25 cards");
+    s.find("tr[data-serial='2100000000']");
 
     // the other pages
     s.click("#nav a[data-view=packages]");
@@ -615,4 +625,29 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
         std::thread::sleep(Duration::from_millis(500));
     }
     s.screenshot("dashboard");
+
+    // another origin (the same server as http://localhost:PORT) cannot change a card even
+    // with the key: the browser asks first (X-API-Key is not a simple header) and the
+    // server grants no cross-origin access; without the header the change has no key
+    s.go(&format!("http://localhost:{}/", srv.addr.port()));
+    s.find("#key");
+    let target = format!("{base}/api/v1/cards/2100000000/disable");
+    for (mode, headers) in [("cors", json!({"X-API-Key": KEY})), ("no-cors", json!({}))] {
+        let r = s.call(
+            "POST",
+            "/execute/async",
+            Some(json!({
+                "script": "const done = arguments[arguments.length - 1]; \
+                           fetch(arguments[0], { method: 'POST', mode: arguments[1], headers: arguments[2] }) \
+                             .then((r) => done('answered ' + r.status + ' ' + r.type), (e) => done('refused ' + e.name));",
+                "args": [target, mode, headers],
+            })),
+        );
+        let r = r.as_str().unwrap().to_owned();
+        assert!(
+            r == "refused TypeError" || r == "answered 0 opaque",
+            "{mode}: {r}"
+        );
+    }
+    assert_eq!(card(&db, "2100000000")["state"], "enabled");
 }

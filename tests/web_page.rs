@@ -400,6 +400,55 @@ fn csv_export_and_import_over_rest_are_the_cli_s() {
     assert_eq!(r.status, 403);
 }
 
+#[test]
+fn a_csv_import_has_its_own_body_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = seed_store(dir.path());
+    let srv = serve(&db, &["--max-body", "1024", "--max-import", "8192"]);
+    let rows = |n: u64| {
+        let mut t = String::from("serial_no,name,info,access_criteria,pair,start,finish\n");
+        for i in 0..n {
+            t.push_str(&format!(
+                "{},Subscriber {i},Street {i},00000001,0,1586693700,1589285580\n",
+                2_100_001_000 + i
+            ));
+        }
+        t
+    };
+    let post = |body: &str| {
+        request(
+            srv.addr,
+            "POST",
+            "/api/v1/cards.csv",
+            &[("X-API-Key", KEY), ("Content-Type", "text/csv")],
+            Some(body.as_bytes()),
+        )
+    };
+    // over --max-body, under --max-import: taken
+    let fits = rows(60);
+    assert!(fits.len() > 1024 && fits.len() < 8192);
+    let r = post(&fits);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["inserted"], 60);
+    // over --max-import: 413, nothing written
+    let big = rows(200);
+    assert!(big.len() > 8192);
+    let r = post(&big);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.error(), "BODY_TOO_LARGE");
+    let page = api(srv.addr, "GET", "/api/v1/cards?limit=1000", None).json();
+    assert_eq!(page["cards"].as_array().unwrap().len(), 61);
+    // every other call keeps --max-body
+    let name = "x".repeat(1100);
+    let r = api(
+        srv.addr,
+        "PATCH",
+        "/api/v1/cards/2100000000",
+        Some(json!({ "name": name })),
+    );
+    assert_eq!(r.status, 413);
+}
+
 /// A fake of the head-end's channel status API, put into the page by replacing its
 /// `fetch` (the product has no test route): two channels whose bitrate moves with time.
 const FAKE_HEADEND: &str = r#"
@@ -573,6 +622,36 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
     s.click("#cards-prev");
     s.wait_text("#cards-page", "page 1, 25 cards");
     s.find("tr[data-serial='2100000000']");
+
+    // a CSV import through the page's file input (hidden behind its label, as file inputs
+    // are; WebDriver types the path into it)
+    let csv = dir.path().join("billing.csv");
+    std::fs::write(
+        &csv,
+        "serial_no,name,info,access_criteria,pair,start,finish\n\
+         2100000200,Imported One,Sadovaya 1,00000100,0,1767225600,1798761600\n\
+         2100000001,Maria Petrova,Lesnaya 9,00000101,0,1767225600,1798761600\n",
+    )
+    .unwrap();
+    let input = s.call(
+        "POST",
+        "/element",
+        Some(json!({"using": "css selector", "value": "#csv-file"})),
+    )[ELEMENT]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    s.call(
+        "POST",
+        &format!("/element/{input}/value"),
+        Some(json!({ "text": csv.to_str().unwrap() })),
+    );
+    s.wait_text(
+        "#flash",
+        "Imported 2 cards from billing.csv: 1 new, 1 updated",
+    );
+    assert_eq!(card(&db, "2100000200")["name"], "Imported One");
+    assert_eq!(card(&db, "2100000001")["info"], "Lesnaya 9");
 
     // the other pages
     s.click("#nav a[data-view=packages]");

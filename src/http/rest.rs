@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,11 +32,17 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// Most cards (or audit rows) one page may hold.
 pub const MAX_PAGE: u32 = 1000;
 
-/// The routes, relative to `/api/v1`.
-pub(super) fn routes() -> Router<ApiState> {
+/// The CSV export and import path, relative to `/api/v1`.
+pub(super) const CARDS_CSV: &str = "/cards.csv";
+
+/// The routes, relative to `/api/v1`; a CSV import body may hold `max_import` bytes.
+pub(super) fn routes(max_import: usize) -> Router<ApiState> {
     Router::new()
         .route("/cards", get(list_cards).post(add_cards))
-        .route("/cards.csv", get(export_cards).post(import_cards))
+        .route(
+            CARDS_CSV,
+            get(export_cards).post(import_cards.layer(DefaultBodyLimit::max(max_import))),
+        )
         .route(
             "/cards/{serial}",
             get(show_card).patch(set_card).delete(remove_card),
@@ -454,7 +461,7 @@ const MAX_IMPORT_NAME: usize = 255;
 
 /// Import TVCAS CSV (`Content-Type: text/csv`) as `castmux card import` does: the same
 /// store function, all or nothing, every row checked first. The body is bounded by the
-/// server's body limit.
+/// server's import limit (`max_import`), not the smaller one of other calls.
 async fn import_cards(
     State(api): State<ApiState>,
     Query(q): Query<ImportQuery>,

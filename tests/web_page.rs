@@ -653,6 +653,26 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
     assert_eq!(card(&db, "2100000200")["name"], "Imported One");
     assert_eq!(card(&db, "2100000001")["info"], "Lesnaya 9");
 
+    // delete: found by search, confirmed in the browser's dialog
+    s.type_into("#card-q", "Imported");
+    s.click("#card-search button[type=submit]");
+    s.wait_text("#cards-page", "page 1, 1 cards");
+    s.click("tr[data-serial='2100000200'] button");
+    s.wait_text("#edit-serial", "2100000200");
+    s.click("#edit-delete");
+    let question = s.call("GET", "/alert/text", None);
+    assert!(
+        question
+            .as_str()
+            .unwrap()
+            .contains("Delete card 2100000200"),
+        "{question}"
+    );
+    s.call("POST", "/alert/accept", Some(json!({})));
+    s.wait_text("#flash", "Card 2100000200 deleted");
+    let r = api(srv.addr, "GET", "/api/v1/cards/2100000200", None);
+    assert_eq!(r.status, 404);
+
     // the other pages
     s.click("#nav a[data-view=packages]");
     s.wait_text("#packages tbody", "sport");

@@ -656,7 +656,7 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
     // delete: found by search, confirmed in the browser's dialog
     s.type_into("#card-q", "Imported");
     s.click("#card-search button[type=submit]");
-    s.wait_text("#cards-page", "page 1, 1 cards");
+    s.wait_text("#cards-page", "page 1, 1 card");
     s.click("tr[data-serial='2100000200'] button");
     s.wait_text("#edit-serial", "2100000200");
     s.click("#edit-delete");

@@ -55,6 +55,10 @@ function fmtDuration(s) {
   return (d ? d + 'd ' : '') + (d || h ? h + 'h ' : '') + m + 'm';
 }
 
+function plural(n, one, many) {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 function flash(text, bad) {
   const f = $('flash');
   f.textContent = text;
@@ -210,6 +214,7 @@ async function poll() {
     record(channels);
     state.status = status;
     state.channels = channels;
+    state.pollError = null;
     if (first && state.view !== 'dashboard' && !location.hash) route();
   } catch (e) {
     if (e instanceof ApiError && e.status === 401) return;
@@ -232,9 +237,9 @@ function headendNav() {
   a.classList.toggle('off', state.headend === false);
   a.textContent = state.headend === false ? 'Dashboard (no head-end)' : 'Dashboard';
   const s = state.status;
-  $('system').textContent = state.headend && s
-    ? `castmux ${s.version} · up ${fmtDuration(s.uptime_s)} · ${s.on_air}/${s.channels} on air`
-    : '';
+  if (state.pollError) $('system').textContent = 'status unavailable: ' + state.pollError;
+  else if (state.headend && s) $('system').textContent = `castmux ${s.version} · up ${fmtDuration(s.uptime_s)} · ${s.on_air}/${s.channels} on air`;
+  else $('system').textContent = '';
 }
 
 /** Keep each channel's input and output bitrate for the last HISTORY_S seconds. */
@@ -355,7 +360,7 @@ async function loadCards() {
     c.next = page.next_after;
     fill($('cards').tBodies[0], page.cards.map(cardRow));
     if (!page.cards.length) fill($('cards').tBodies[0], [el('tr', {}, el('td', { colspan: 10, class: 'muted' }, 'no cards'))]);
-    $('cards-page').textContent = `page ${c.stack.length + 1}, ${page.cards.length} cards`;
+    $('cards-page').textContent = `page ${c.stack.length + 1}, ${plural(page.cards.length, 'card', 'cards')}`;
     $('cards-prev').disabled = $('cards-first').disabled = !c.stack.length;
     $('cards-next').disabled = !c.next;
   });
@@ -521,7 +526,7 @@ async function addCards(ev) {
   const added = await attempt('Adding cards', () => api('POST', '/api/v1/cards', body));
   if (added) {
     const runs = added.runs.map(([a, b]) => (a === b ? a : a + '..' + b)).join(', ');
-    flash(`Added ${added.count} card${added.count === 1 ? '' : 's'}: ${runs}`);
+    flash(`Added ${plural(added.count, 'card', 'cards')}: ${runs}`);
     $('card-add').hidden = true;
     loadCards();
   }
@@ -547,7 +552,7 @@ async function importCsv() {
   const sum = await attempt('Import of ' + file.name, () =>
     api('POST', '/api/v1/cards.csv' + qs({ name: file.name }), text, 'text/csv'));
   if (sum) {
-    flash(`Imported ${sum.imported} cards from ${file.name}: ${sum.inserted} new, ${sum.updated} updated.`);
+    flash(`Imported ${plural(sum.imported, 'card', 'cards')} from ${file.name}: ${sum.inserted} new, ${sum.updated} updated.`);
     loadCards();
   }
 }
@@ -615,7 +620,7 @@ async function loadAudit() {
       el('td', { class: 'num' }, e.id), el('td', {}, fmtTime(e.at)), el('td', {}, e.action),
       el('td', {}, e.subject), el('td', { class: 'wrap' }, e.detail))));
     if (!page.entries.length) fill($('audit').tBodies[0], [el('tr', {}, el('td', { colspan: 5, class: 'muted' }, 'no entries'))]);
-    $('audit-page').textContent = `page ${a.stack.length + 1}, ${page.entries.length} entries`;
+    $('audit-page').textContent = `page ${a.stack.length + 1}, ${plural(page.entries.length, 'entry', 'entries')}`;
     $('audit-prev').disabled = $('audit-first').disabled = !a.stack.length;
     $('audit-next').disabled = !a.next;
   });

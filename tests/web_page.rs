@@ -129,15 +129,22 @@ impl Driver {
 
     /// A WebDriver call; the answer's `value`, or a panic naming the WebDriver error.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body)
+            .unwrap_or_else(|e| panic!("WebDriver {method} {path}: {e}"))
+    }
+
+    /// A WebDriver call; the answer's `value`, or the WebDriver error (`error` and
+    /// `message`).
+    fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, Value> {
         let r = exchange(self.addr, method, path, body);
         let v = r.json();
-        assert!(
-            r.status == 200,
-            "WebDriver {method} {path}: {} {}",
-            r.status,
-            v["value"]
-        );
-        v["value"].clone()
+        if r.status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(
+                json!({"status": r.status, "error": v["value"]["error"], "message": v["value"]["message"]}),
+            )
+        }
     }
 
     fn session(&self) -> Session<'_> {
@@ -210,28 +217,45 @@ impl Session<'_> {
         }
     }
 
+    /// Calls on the element `css` finds (`(method, path after the element, body)`); all
+    /// of them again on a fresh find if the page redrew the element in between. The last
+    /// call's value.
+    fn on(&self, css: &str, calls: &[(&str, &str, Option<Value>)]) -> Value {
+        let t0 = Instant::now();
+        'again: loop {
+            let e = self.find(css);
+            let mut last = Value::Null;
+            for (method, tail, body) in calls {
+                let path = format!("/session/{}/element/{e}{tail}", self.id);
+                match self.driver.try_call(method, &path, body.clone()) {
+                    Ok(v) => last = v,
+                    Err(err)
+                        if err["error"] == "stale element reference" && t0.elapsed() < WAIT =>
+                    {
+                        continue 'again
+                    }
+                    Err(err) => panic!("{method} {tail} on {css:?}: {err}"),
+                }
+            }
+            return last;
+        }
+    }
+
     fn click(&self, css: &str) {
-        let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/click"), Some(json!({})));
+        self.on(css, &[("POST", "/click", Some(json!({})))]);
     }
 
     /// Replace the text of the input `css` with `text`, typed as keys.
     fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css);
-        self.call("POST", &format!("/element/{e}/clear"), Some(json!({})));
-        if text.is_empty() {
-            return;
+        let mut calls = vec![("POST", "/clear", Some(json!({})))];
+        if !text.is_empty() {
+            calls.push(("POST", "/value", Some(json!({ "text": text }))));
         }
-        self.call(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({ "text": text })),
-        );
+        self.on(css, &calls);
     }
 
     fn text(&self, css: &str) -> String {
-        let e = self.find(css);
-        self.call("GET", &format!("/element/{e}/text"), None)
+        self.on(css, &[("GET", "/text", None)])
             .as_str()
             .unwrap()
             .to_owned()
@@ -252,8 +276,7 @@ impl Session<'_> {
 
     /// Whether the checkbox `css` is checked.
     fn checked(&self, css: &str) -> bool {
-        let e = self.find(css);
-        self.call("GET", &format!("/element/{e}/selected"), None) == true
+        self.on(css, &[("GET", "/selected", None)]) == true
     }
 
     /// Save a PNG of the window as `target/web-screenshots/NAME.png`.
@@ -472,7 +495,8 @@ window.fetch = (path, init) => {
         input: { url: 'srt://10.0.0.9:9000', bitrate_bps: 0, packets: 0, cc_errors: 7 },
         output: { bitrate_bps: 0, packets: 0 },
         scrambled_ratio: 0, crypto_period: 0, key_switches: 0, degraded_holds: 2,
-        ecm_age_s: [], ecmg_links: [{ addr: '10.0.0.6:43000', active: null, up: false }] },
+        ecm_age_s: [null], last_error: 'ECMG 10.0.0.6:43000: connection refused',
+        ecmg_links: [{ addr: '10.0.0.6:43000', active: '10.0.0.7:43000', up: false }] },
     ]);
   }
   return real(path, init);
@@ -703,6 +727,8 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
         "udp://239.1.1.1:1234",
         "98.5 %",
         "0.3 s",
+        "none yet",
+        "10.0.0.7:43000",
         "on air",
         "off air",
         "restarting",
@@ -710,6 +736,11 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
         assert!(rows.contains(want), "{want:?} not in {rows:?}");
     }
     assert_eq!(s.text("#nav a[data-view=dashboard]"), "Dashboard");
+    let why = s.run(
+        "return document.querySelector('tr[data-channel=news] td:nth-child(2) span').title",
+        json!([]),
+    );
+    assert_eq!(why, "ECMG 10.0.0.6:43000: connection refused");
     let t0 = Instant::now();
     loop {
         let points = s.run(

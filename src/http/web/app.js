@@ -271,13 +271,14 @@ function renderDashboard() {
     el('div', {}, el('b', {}, s.version || '-'), 'version'));
   if (!chans.some((c) => c.name === state.selected)) state.selected = chans.length ? chans[0].name : null;
   fill($('channels').tBodies[0], chans.map((c) => {
-    const ecm = (c.ecm_age_s || []).map((a) => a.toFixed(1) + ' s').join(', ') || '-';
+    // one age per CA system; null while a CA system has had no ECM yet
+    const ecm = (c.ecm_age_s || []).map((a) => (typeof a === 'number' ? a.toFixed(1) + ' s' : 'none yet')).join(', ') || '-';
     const links = (c.ecmg_links || []).map((l) =>
       el('span', { class: 'tag ' + (l.up ? 'ok' : 'bad'), title: l.addr + (l.active ? ' (active ' + l.active + ')' : '') },
         l.active || l.addr));
     const tr = el('tr', { 'data-channel': c.name, class: c.name === state.selected ? 'sel' : '' },
       el('td', {}, c.name),
-      el('td', {}, el('span', { class: 'tag ' + (STATE_TAG[c.state] || '') }, c.state)),
+      el('td', {}, el('span', Object.assign({ class: 'tag ' + (STATE_TAG[c.state] || '') }, c.last_error ? { title: c.last_error } : {}), c.state)),
       el('td', {}, el('span', { class: 'tag ' + (c.on_air ? 'ok' : 'bad') }, c.on_air ? 'on air' : 'off air')),
       el('td', { class: 'wrap' }, c.input ? c.input.url : '-'),
       el('td', { class: 'num' }, fmtMbps(c.input && c.input.bitrate_bps)),

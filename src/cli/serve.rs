@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Largest request body in bytes; larger ones get 413. Default 65536.
     #[arg(long, value_name = "BYTES", default_value_t = http::DEFAULT_MAX_BODY)]
     max_body: usize,
+    /// Largest CSV import (POST /api/v1/cards.csv, the web page's "Import CSV") in bytes;
+    /// larger ones get 413. Default 16777216 (16 MiB, about 180,000 cards).
+    #[arg(long, value_name = "BYTES", default_value_t = http::DEFAULT_MAX_IMPORT)]
+    max_import: usize,
     /// Delay added to the answer of a missing or wrong key, per recent failure of the same
     /// address (at most 15 times this; forgotten after 10 minutes without failures). Only
     /// failing requests wait. Default 200ms; 0 turns it off.
@@ -72,8 +76,12 @@ pub fn run(db: &Path, a: ServeArgs) -> anyhow::Result<()> {
         // 15 failures would hold a connection for minutes
         anyhow::bail!("--auth-fail-delay is at most 10s");
     }
+    if a.max_import == 0 {
+        anyhow::bail!("--max-import must be at least 1");
+    }
     let limits = HttpLimits {
         max_body: a.max_body,
+        max_import: a.max_import,
         ..HttpLimits::new(a.max_connections, a.max_connections_per_address)
             .context("--max-connections, --max-connections-per-address")?
     };

@@ -29,6 +29,7 @@ mod rest;
 mod server;
 mod stats;
 pub mod tvcas;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,10 +50,15 @@ pub use stats::{HttpSnapshot, HttpStats};
 use crate::cas::store::Store;
 use crate::net::{AcceptLimits, LimitsError};
 
+/// Where the REST API is nested.
+const API_V1: &str = "/api/v1";
+
 /// Default listen address: localhost only; a wider address is the operator's choice.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// Default largest request body: a card change is a few hundred bytes.
 pub const DEFAULT_MAX_BODY: usize = 64 * 1024;
+/// Default largest CSV import body (`POST /api/v1/cards.csv`): about 180,000 cards.
+pub const DEFAULT_MAX_IMPORT: usize = 16 * 1024 * 1024;
 /// Default connections at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default delay added per recent failed authentication of a peer.
@@ -65,6 +71,9 @@ pub struct HttpLimits {
     pub accept: AcceptLimits,
     /// Largest request body, bytes.
     pub max_body: usize,
+    /// Largest CSV import body (`POST /api/v1/cards.csv`), bytes; only a caller with the
+    /// key gets this far.
+    pub max_import: usize,
     /// Time for a request head, from the connection opening or going idle.
     pub header_timeout: Duration,
     /// Time for a whole request, from its head to its answer.
@@ -96,6 +105,7 @@ impl Default for HttpLimits {
         HttpLimits {
             accept: AcceptLimits::with_max(DEFAULT_MAX_CONNECTIONS),
             max_body: DEFAULT_MAX_BODY,
+            max_import: DEFAULT_MAX_IMPORT,
             header_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             max_connection_age: Duration::from_secs(300),
@@ -192,15 +202,17 @@ pub struct Http {
 }
 
 impl Http {
-    /// The server with TVCAS's `GET /api.php` and the REST API under `/api/v1`.
+    /// The server with TVCAS's `GET /api.php`, the REST API under `/api/v1` and the
+    /// operator's web page at `/` (see [`web`]).
     pub fn new(api: ApiState, limits: HttpLimits) -> Http {
-        let v1 = rest::routes().route_layer(axum::middleware::from_fn_with_state(
+        let v1 = rest::routes(limits.max_import).route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             require_key,
         ));
         let router = Router::new()
             .route("/api.php", get(tvcas::api_php))
-            .nest("/api/v1", v1)
+            .nest(API_V1, v1)
+            .merge(web::routes())
             .with_state(api.clone());
         Http {
             router,
@@ -228,6 +240,7 @@ impl Http {
         let guard_state = Guard {
             stats: self.stats.clone(),
             max_body: limits.max_body,
+            max_import: limits.max_import,
         };
         let router = self
             .router
@@ -252,6 +265,7 @@ async fn not_found() -> ApiError {
 struct Guard {
     stats: Arc<HttpStats>,
     max_body: usize,
+    max_import: usize,
 }
 
 /// Whether a state-changing request comes from a foreign web page: a browser names the
@@ -290,11 +304,13 @@ async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
         .and_then(|v| v.parse::<u64>().ok());
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let mut res = if declared.is_some_and(|n| n > g.max_body as u64) {
+    let import = method == Method::POST && path.strip_prefix(API_V1) == Some(rest::CARDS_CSV);
+    let limit = if import { g.max_import } else { g.max_body };
+    let mut res = if declared.is_some_and(|n| n > limit as u64) {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "BODY_TOO_LARGE",
-            format!("the body is over the limit of {} bytes", g.max_body),
+            format!("the body is over the limit of {limit} bytes"),
         )
         .into_response()
     } else if cross_site(&req) {

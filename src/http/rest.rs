@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,10 +32,17 @@ pub const DEFAULT_PAGE: u32 = 100;
 /// Most cards (or audit rows) one page may hold.
 pub const MAX_PAGE: u32 = 1000;
 
-/// The routes, relative to `/api/v1`.
-pub(super) fn routes() -> Router<ApiState> {
+/// The CSV export and import path, relative to `/api/v1`.
+pub(super) const CARDS_CSV: &str = "/cards.csv";
+
+/// The routes, relative to `/api/v1`; a CSV import body may hold `max_import` bytes.
+pub(super) fn routes(max_import: usize) -> Router<ApiState> {
     Router::new()
         .route("/cards", get(list_cards).post(add_cards))
+        .route(
+            CARDS_CSV,
+            get(export_cards).post(import_cards.layer(DefaultBodyLimit::max(max_import))),
+        )
         .route(
             "/cards/{serial}",
             get(show_card).patch(set_card).delete(remove_card),
@@ -134,16 +142,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
                 "the body must be JSON, sent with Content-Type: application/json",
             ));
         }
-        let bytes =
-            axum::body::Bytes::from_request(req, state)
-                .await
-                .map_err(|e: BytesRejection| {
-                    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::new(e.status(), "BODY_TOO_LARGE", "the body is over the limit")
-                    } else {
-                        ApiError::bad("BODY_ERROR", e.body_text())
-                    }
-                })?;
+        let bytes = body_bytes(req, state).await?;
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
             ApiError::bad(
                 "JSON_ERROR",
@@ -151,6 +150,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
             )
         })
     }
+}
+
+/// The request body, within the body limit.
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> ApiResult<axum::body::Bytes> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e: BytesRejection| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(e.status(), "BODY_TOO_LARGE", "the body is over the limit")
+            } else {
+                ApiError::bad("BODY_ERROR", e.body_text())
+            }
+        })
 }
 
 /// A value given as a JSON string or number; checked by the store's text validators, so
@@ -340,11 +352,14 @@ struct CardPage {
     next_after: Option<String>,
 }
 
-async fn list_cards(
-    State(api): State<ApiState>,
-    Query(q): Query<ListQuery>,
-) -> ApiResult<Json<CardPage>> {
-    let given = [&q.filter, &q.q, &q.state, &q.package]
+/// The one card filter of a query: `filter` (the CLI's syntax), `q`, `state` or `package`.
+fn card_filter(
+    filter: &Option<String>,
+    q: &Option<String>,
+    state: &Option<String>,
+    package: &Option<String>,
+) -> ApiResult<CardFilter> {
+    let given = [filter, q, state, package]
         .iter()
         .filter(|f| f.is_some())
         .count();
@@ -354,17 +369,24 @@ async fn list_cards(
             "give one of filter, q, state, package",
         ));
     }
-    let filter = if let Some(f) = &q.filter {
+    Ok(if let Some(f) = filter {
         CardFilter::parse(f)?
-    } else if let Some(t) = &q.q {
+    } else if let Some(t) = q {
         CardFilter::Text(t.clone())
-    } else if let Some(s) = &q.state {
+    } else if let Some(s) = state {
         CardFilter::parse(&format!("state={s}"))?
-    } else if let Some(p) = &q.package {
+    } else if let Some(p) = package {
         CardFilter::Package(p.clone())
     } else {
         CardFilter::All
-    };
+    })
+}
+
+async fn list_cards(
+    State(api): State<ApiState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<CardPage>> {
+    let filter = card_filter(&q.filter, &q.q, &q.state, &q.package)?;
     let limit = page_limit(q.limit)?;
     let after = q.after.as_deref().map(serial).transpose()?;
     let cards = api.store().cards_page(&filter, after, limit).await?;
@@ -384,6 +406,103 @@ async fn show_card(
 ) -> ApiResult<Json<CardView>> {
     let card = api.store().card(serial(&s)?).await?;
     view(&api, &card).await
+}
+
+/// `GET /cards.csv` query: one filter (or none).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    filter: Option<String>,
+    q: Option<String>,
+    state: Option<String>,
+    package: Option<String>,
+}
+
+/// TVCAS CSV of the cards (all, or those matching the filter), as `castmux card export`
+/// and `card list --csv` write it: the same store function. No keys are in it.
+async fn export_cards(
+    State(api): State<ApiState>,
+    Query(q): Query<ExportQuery>,
+) -> ApiResult<Response> {
+    let filter = card_filter(&q.filter, &q.q, &q.state, &q.package)?;
+    let text = api.store().export_csv(&filter).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"cards.csv\"",
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
+/// `POST /cards.csv` query: the uploaded file's name, for the audit log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    name: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Imported {
+    /// Cards in the file.
+    imported: u64,
+    /// New cards.
+    inserted: u64,
+    /// Existing cards overwritten.
+    updated: u64,
+}
+
+/// Longest file name kept in the audit log's subject.
+const MAX_IMPORT_NAME: usize = 255;
+
+/// Import TVCAS CSV (`Content-Type: text/csv`) as `castmux card import` does: the same
+/// store function, all or nothing, every row checked first. The body is bounded by the
+/// server's import limit (`max_import`), not the smaller one of other calls.
+async fn import_cards(
+    State(api): State<ApiState>,
+    Query(q): Query<ImportQuery>,
+    req: Request,
+) -> ApiResult<(StatusCode, Json<Imported>)> {
+    let csv = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/csv"));
+    if !csv {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "CONTENT_TYPE_ERROR",
+            "the body must be TVCAS CSV, sent with Content-Type: text/csv",
+        ));
+    }
+    let name = q.name.unwrap_or_else(|| "upload".to_owned());
+    if name.is_empty()
+        || name.chars().count() > MAX_IMPORT_NAME
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad(
+            "NAME_ERROR",
+            format!("name: 1..={MAX_IMPORT_NAME} characters without control characters"),
+        ));
+    }
+    let bytes = body_bytes(req, &api).await?;
+    let text = String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::bad("CSV_ERROR", "the CSV is not UTF-8"))?;
+    let label = format!("http:{name}");
+    let sum = api.store().import_csv(&text, &label, time::now()).await?;
+    Ok((
+        StatusCode::OK,
+        Json(Imported {
+            imported: sum.inserted + sum.updated,
+            inserted: sum.inserted,
+            updated: sum.updated,
+        }),
+    ))
 }
 
 #[derive(Debug, Serialize)]

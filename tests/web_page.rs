@@ -781,3 +781,80 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
     }
     assert_eq!(card(&db, "2100000000")["state"], "enabled");
 }
+
+/// The dashboard on a real head-end (`castmux headend` with `[http]`): the channel is
+/// listed from the live status API, and the page's buttons restart it, disable it (each
+/// confirmed in the browser's dialog) and enable it again; the head-end does each.
+#[test]
+fn an_operator_restarts_and_disables_a_channel_from_the_dashboard() {
+    let driver = Driver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = seed_store(dir.path());
+    let out = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = dir.path().join("headend.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"sport\"\n\
+             input = \"udp://127.0.0.1:{}\"\noutput = \"udp://127.0.0.1:{}\"\n\
+             cw = \"11223366445566EF:0102030609080716\"\n\
+             # no input is sent: the run scrambles nothing, which is fine here\n\
+             allow_unscrambled = true\n",
+            free_port(),
+            out.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
+    c.arg("--db")
+        .arg(&db)
+        .args(["headend", "--workers", "1", "--config"])
+        .arg(&cfg)
+        .env_remove("CASTMUX_DB")
+        .env("CASTMUX_API_KEY", KEY)
+        .env("CASTMUX_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let srv = start(c);
+    let channel = |field: &str| -> Value {
+        let r = api(srv.addr, "GET", "/api/v1/channels/sport", None);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()[field].clone()
+    };
+    let wait_for = |field: &str, want: Value| {
+        let t0 = Instant::now();
+        while channel(field) != want {
+            assert!(t0.elapsed() < WAIT, "{field} never became {want}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for("state", json!("running"));
+
+    let s = driver.session();
+    s.go(&format!("http://{}/", srv.addr));
+    s.type_into("#key", KEY);
+    s.click("#login-form button");
+    s.wait_text("#channels tbody", "sport");
+
+    s.click("tr[data-channel=sport] button[data-command=restart]");
+    let question = s.call("GET", "/alert/text", None);
+    assert!(
+        question.as_str().unwrap().contains("Restart channel sport"),
+        "{question}"
+    );
+    s.call("POST", "/alert/accept", Some(json!({})));
+    wait_for("restarts", json!(1));
+    wait_for("state", json!("running"));
+
+    s.click("tr[data-channel=sport] button[data-command=disable]");
+    s.call("POST", "/alert/accept", Some(json!({})));
+    wait_for("state", json!("disabled"));
+    s.wait_text("tr[data-channel=sport]", "Enable");
+    s.screenshot("dashboard-headend");
+    s.click("tr[data-channel=sport] button[data-command=enable]");
+    wait_for("state", json!("running"));
+    s.wait_text("tr[data-channel=sport]", "Disable");
+    let (status, _) = srv.stop();
+    assert!(status.success(), "{status:?}");
+}

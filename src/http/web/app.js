@@ -268,7 +268,8 @@ function renderDashboard() {
     el('div', {}, el('b', {}, `${s.on_air ?? '-'} / ${s.channels ?? chans.length}`), 'channels on air'),
     el('div', {}, el('b', {}, fmtMbps(chans.reduce((a, c) => a + ((c.output && c.output.bitrate_bps) || 0), 0))), 'Mbit/s out, total'),
     el('div', {}, el('b', {}, s.uptime_s !== undefined ? fmtDuration(s.uptime_s) : '-'), 'up'),
-    el('div', {}, el('b', {}, s.version || '-'), 'version'));
+    el('div', {}, el('b', {}, s.version || '-'), 'version'),
+    el('div', {}, el('b', {}, `${s.reloads ?? 0} / ${s.reloads_refused ?? 0}`), 'reloads / refused'));
   if (!chans.some((c) => c.name === state.selected)) state.selected = chans.length ? chans[0].name : null;
   fill($('channels').tBodies[0], chans.map((c) => {
     // one age per CA system; null while a CA system has had no ECM yet
@@ -287,11 +288,38 @@ function renderDashboard() {
       el('td', { class: 'num' }, ecm),
       el('td', {}, ...links),
       el('td', { class: 'num' }, c.input ? c.input.cc_errors : '-'),
-      el('td', { class: 'num' }, c.restarts));
+      el('td', { class: 'num' }, c.restarts),
+      el('td', { class: 'actions' },
+        channelButton(c.name, 'restart', 'Restart'),
+        c.state === 'disabled'
+          ? channelButton(c.name, 'enable', 'Enable')
+          : channelButton(c.name, 'disable', 'Disable')));
     tr.addEventListener('click', () => { state.selected = c.name; renderDashboard(); });
     return tr;
   }));
   drawChart();
+}
+
+/** A button that sends an operator's command for channel `name` (restart, enable, disable). */
+function channelButton(name, command, label) {
+  const b = el('button', { type: 'button', class: 'small', 'data-command': command }, label);
+  b.addEventListener('click', async (ev) => {
+    ev.stopPropagation();
+    if (command !== 'enable' && !confirm(`${label} channel ${name}?`)) return;
+    const done = await attempt(label, () =>
+      api('POST', `/api/v1/channels/${encodeURIComponent(name)}/${command}`));
+    if (done !== undefined) flash(`${label}: ${name} (asked)`);
+    poll();
+  });
+  return b;
+}
+
+/** Ask the head-end to read its file again. */
+async function reloadConfig() {
+  if (!confirm('Reload the head-end file? Changed channels restart; the others are not touched.')) return;
+  const done = await attempt('Reload', () => api('POST', '/api/v1/reload'));
+  if (done !== undefined) flash('Reload asked: see the log, or the reload counters below');
+  poll();
 }
 
 /** Line chart of the selected channel's input and output bitrate, an SVG drawn by hand. */
@@ -640,6 +668,7 @@ function pager(p, cursor, load) {
 
 document.addEventListener('DOMContentLoaded', () => {
   $('login-form').addEventListener('submit', login);
+  $('reload-config').addEventListener('click', reloadConfig);
   $('logout').addEventListener('click', () => { sessionStorage.removeItem(KEY_ITEM); showLogin(); });
   window.addEventListener('hashchange', route);
 

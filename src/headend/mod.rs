@@ -132,6 +132,10 @@ impl Headend {
             first_source = Some(src);
         }
         let events = std::sync::mpsc::channel::<Event>();
+        // every channel is known (starting) before the first HTTP request can ask
+        for c in &plan.channels {
+            self.registry.update(&c.name, |_| {});
+        }
         if let Some(h) = &self.http {
             self.start_http(control, h, db, events.0.clone(), controls)?;
         }

@@ -198,14 +198,24 @@ pub fn cc_errors(pkts: &[Packet]) -> BTreeMap<u16, u32> {
     errs
 }
 
-/// A UDP port on 127.0.0.1 with nothing behind it (bound, then freed): an input port for
-/// castmux to bind, or an output with no receiver.
+/// A UDP port on 127.0.0.1 with nothing behind it: an input port for castmux to bind, or
+/// an output with no receiver. Picked below the kernel's ephemeral range (32768 up), each
+/// once per test process, so a socket bound to port 0 (this test's, a parallel test's, or
+/// castmux's own) cannot take it between the pick and its use.
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const LOW: u16 = 20000;
+    const SPAN: u16 = 12000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // test processes that run one after the other start at different places
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = LOW + (start + n % SPAN) % SPAN;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn tmp() -> tempfile::TempDir {

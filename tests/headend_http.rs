@@ -102,18 +102,7 @@ fn headend_status_control_and_metrics_over_http() {
         ));
     }
     std::fs::write(&cfg, &toml).unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
-    c.arg("--db")
-        .arg(&db)
-        .args(["headend", "--workers", "1", "--config"])
-        .arg(&cfg)
-        .env_remove("CASTMUX_DB")
-        .env("CASTMUX_API_KEY", KEY)
-        .env("CASTMUX_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let server = start(c);
+    let server = headend(&db, &cfg);
     let addr: SocketAddr = server.addr;
 
     // input for both channels, paced, until told to stop

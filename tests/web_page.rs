@@ -805,18 +805,7 @@ fn an_operator_restarts_and_disables_a_channel_from_the_dashboard() {
         ),
     )
     .unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
-    c.arg("--db")
-        .arg(&db)
-        .args(["headend", "--workers", "1", "--config"])
-        .arg(&cfg)
-        .env_remove("CASTMUX_DB")
-        .env("CASTMUX_API_KEY", KEY)
-        .env("CASTMUX_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let srv = start(c);
+    let srv = headend(&db, &cfg);
     let channel = |field: &str| -> Value {
         let r = api(srv.addr, "GET", "/api/v1/channels/sport", None);
         assert_eq!(r.status, 200, "{}", r.text());

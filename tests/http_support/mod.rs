@@ -64,6 +64,23 @@ pub fn serve(db: &Path, extra: &[&str]) -> Server {
     start(c)
 }
 
+/// Start `castmux headend --workers 1 --config CFG` on `db` with [`KEY`] in
+/// CASTMUX_API_KEY; the file's `[http]` listens where its log says.
+pub fn headend(db: &Path, cfg: &Path) -> Server {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
+    c.arg("--db")
+        .arg(db)
+        .args(["headend", "--workers", "1", "--config"])
+        .arg(cfg)
+        .env_remove("CASTMUX_DB")
+        .env("CASTMUX_API_KEY", KEY)
+        .env("CASTMUX_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    start(c)
+}
+
 /// Start a prepared serve command and wait for its address.
 pub fn start(mut c: Command) -> Server {
     let mut child = c.spawn().expect("run castmux serve");

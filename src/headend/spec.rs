@@ -75,6 +75,7 @@ pub struct ChannelSpec {
     /// TVCAS-style access criteria (0/1 digits, or 0x + hex); with an ECMG, its hex bytes.
     pub access_criteria: Option<String>,
     /// With `cas = "builtin"`: the channel's packages by name.
+    #[serde(deserialize_with = "one_or_many")]
     pub packages: Vec<String>,
     /// With `cas = "builtin"`: EMM bandwidth in bit/s.
     #[serde(deserialize_with = "emm_bitrate")]
@@ -430,6 +431,9 @@ mod tests {
                 .unwrap_err();
             assert!(e.contains(says), "{extra}: {e}");
         }
+        // a list field takes one value as well as several
+        let one = spec(&format!("{base}cas = \"builtin\"\npackages = \"sport\"")).unwrap();
+        assert_eq!(one.packages, ["sport"]);
         assert!(spec("output = \"b.ts\"")
             .unwrap()
             .check()

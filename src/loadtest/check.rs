@@ -834,7 +834,11 @@ mod tests {
                 std::mem::swap(&mut even, &mut odd);
             }
             if !self.announce_next {
-                let next = if period.is_multiple_of(2) { &mut odd } else { &mut even };
+                let next = if period.is_multiple_of(2) {
+                    &mut odd
+                } else {
+                    &mut even
+                };
                 *next = [0x11; 8];
             }
             let mut section = Vec::new();

@@ -5,4 +5,5 @@
 //! an independent TS parser and descrambles it with a software card.
 
 pub mod check;
+pub mod headend;
 pub mod stream;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use castmux::loadtest::headend::{run, HeadendLoad};
+use castmux::loadtest::headend::{run, Fault, HeadendLoad};
 
 fn load(dir: &tempfile::TempDir, channels: usize, secs: u64) -> HeadendLoad {
     HeadendLoad {
@@ -40,4 +40,59 @@ fn builtin_cas_channels_pass_every_check() {
     assert!(t.key_switches >= 4 * 5, "{t:?}");
     assert!(r.ecm_interval_ms.max <= 500.0, "{:?}", r.ecm_interval_ms);
     assert_eq!(t.cc_errors, 0, "{t:?}");
+}
+
+#[test]
+fn faults_are_played_and_nothing_leaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = load(&dir, 3, 14);
+    cfg.ecmg = true;
+    cfg.faults = vec![
+        Fault::parse("kill-ecmg@3s+3s").unwrap(),
+        Fault::parse("slow-ecmg@8s+2s:300ms").unwrap(),
+        Fault::parse("stop-input:1@4s+2s").unwrap(),
+    ];
+    let r = run(&cfg, |_| {}).unwrap();
+    let t = &r.total;
+    eprintln!("{}", serde_json::to_string_pretty(&r.faults).unwrap());
+    eprintln!("{}", serde_json::to_string_pretty(t).unwrap());
+    // whatever the ECMG does, nothing leaves in clear and what is scrambled descrambles
+    assert_eq!(
+        (t.clear, t.undecryptable, t.switch_before_ecm),
+        (0, 0, 0),
+        "{t:?}"
+    );
+    assert!(t.verified > 3 * 8 * 600, "{t:?}");
+    assert_eq!(r.faults.len(), 3);
+    // the ECMG down for 3 s: no key switch can happen without its ECM, so periods stretch
+    assert!(r.cw_period_ms.max >= 2000.0, "{:?}", r.cw_period_ms);
+    // the input stop is not loss: those packets were never sent
+    assert_eq!(t.lost, 0, "{t:?}");
+}
+
+#[test]
+fn faults_parse_and_bad_ones_are_refused() {
+    assert_eq!(
+        Fault::parse("stop-input:2@10s+500ms").unwrap(),
+        Fault::StopInput {
+            channel: 2,
+            at: Duration::from_secs(10),
+            lasting: Duration::from_millis(500)
+        }
+    );
+    for bad in [
+        "kill-ecmg",
+        "kill-ecmg@x+1s",
+        "slow-ecmg@1s+1s",
+        "melt@1s+1s",
+        "stop-input:x@1s+1s",
+    ] {
+        let e = Fault::parse(bad).unwrap_err();
+        assert!(e.contains("expected"), "{bad}: {e}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = load(&dir, 2, 1);
+    cfg.faults = vec![Fault::parse("kill-ecmg@1s+1s").unwrap()];
+    let e = run(&cfg, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("--ecmg"), "{e}");
 }

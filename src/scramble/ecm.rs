@@ -104,6 +104,11 @@ pub struct EcmInserter {
     section: Vec<u8>,
     scratch: Vec<u8>,
     section_period: Option<CryptoPeriod>,
+    /// The period of the section whose packets are queued.
+    queued: Option<CryptoPeriod>,
+    /// The newest period whose section has gone out whole: only then can a receiver know
+    /// its CWs.
+    emitted: Option<CryptoPeriod>,
     next_due: Duration,
     pending: InsertQueue,
 }
@@ -135,6 +140,8 @@ impl EcmInserter {
             section: Vec::with_capacity(256),
             scratch: Vec::with_capacity(256),
             section_period: None,
+            queued: None,
+            emitted: None,
             next_due: Duration::ZERO,
             // a section is at most 1024 bytes: 6 packets; the window is one repetition
             pending: InsertQueue::new(16, repetition).add_before_first_null(),
@@ -146,9 +153,16 @@ impl EcmInserter {
         self.pid
     }
 
-    /// The period whose ECM is on air, if any.
+    /// The period whose ECM is on air (set as the content repeated), if any.
     pub fn on_air(&self) -> Option<CryptoPeriod> {
         self.section_period
+    }
+
+    /// The newest period whose ECM has been handed out whole ([`Self::take_for_null`],
+    /// [`Self::take_to_add`]): what a receiver can know. A key switch waits for this, not
+    /// for [`Self::on_air`], so no packet under a new key precedes the ECM that carries it.
+    pub fn emitted(&self) -> Option<CryptoPeriod> {
+        self.emitted
     }
 
     /// Switch the ECM content to `period` (asks the generator). On failure the previous
@@ -218,18 +232,29 @@ impl EcmInserter {
         {
             self.pending.clear();
         }
+        self.queued = self.section_period;
         self.next_due = now + self.repetition;
     }
 
     /// The input has a null packet here: take it for an ECM packet if one is pending.
     pub fn take_for_null(&mut self, now: Duration) -> Option<Packet> {
-        self.pending.take_for_null(now)
+        let p = self.pending.take_for_null(now);
+        self.note_taken(p.is_some());
+        p
     }
 
     /// Pending packets to add now because the input gives no null packets to replace
     /// (none seen within one repetition interval).
     pub fn take_to_add(&mut self, now: Duration) -> Option<Packet> {
-        self.pending.take_to_add(now)
+        let p = self.pending.take_to_add(now);
+        self.note_taken(p.is_some());
+        p
+    }
+
+    fn note_taken(&mut self, took: bool) {
+        if took && self.pending.is_empty() {
+            self.emitted = self.emitted.max(self.queued);
+        }
     }
 }
 

@@ -124,10 +124,10 @@ struct EcmStream {
 }
 
 impl EcmStream {
-    /// Whether an ECM carrying the CW of `period` is on air.
+    /// Whether an ECM carrying the CW of `period` has gone out (whole, into the stream).
     fn covers(&self, period: CryptoPeriod) -> bool {
         // the ECM of period N carries CW(N) and CW(N+1)
-        self.inserter.on_air().is_some_and(|p| p.0 + 1 >= period.0)
+        self.inserter.emitted().is_some_and(|p| p.0 + 1 >= period.0)
     }
 }
 
@@ -569,7 +569,17 @@ mod tests {
                 .collect();
             let mut s = Schedule::new(&config, None, generators).unwrap();
             s.start(ECM_WAIT).unwrap();
-            Harness { s, now, calls }
+            let mut h = Harness { s, now, calls };
+            h.emit(Duration::ZERO);
+            h
+        }
+
+        /// Send the ECM packets due, as the scrambler does after each packet.
+        fn emit(&mut self, t: Duration) {
+            for e in self.s.ecm_inserters() {
+                e.tick(t);
+                while e.take_to_add(t).is_some() {}
+            }
         }
 
         /// Advance to `t_ms` as the scrambler does; the periods switched to.
@@ -581,6 +591,7 @@ mod tests {
                 switched.push(self.s.period().0 + 1);
                 self.s.switch(t).unwrap();
             }
+            self.emit(t);
             switched
         }
 
@@ -709,15 +720,16 @@ mod tests {
             parity_during_hold.push(h.s.parity());
         }
         switches.extend(h.run(3400, 5005));
-        // held from 3 s to 3.4 s: still period 2's key (scrambled, never clear), then the
-        // switch at once, and the next one on its own time
+        // held from 3 s to 3.4 s: still period 2's key (scrambled, never clear); ECM(2) goes
+        // out at 3.4 s, the switch follows at the next advance (never before the ECM that
+        // carries its key), and the next one on its own time
         assert!(parity_during_hold.iter().all(|p| *p == Parity::Even));
         assert_eq!(
             switches,
-            vec![(1000, 1), (2000, 2), (3400, 3), (4000, 4), (5000, 5)]
+            vec![(1000, 1), (2000, 2), (3410, 3), (4000, 4), (5000, 5)]
         );
         let c = h.s.counters();
-        assert_eq!(c.degraded_holds, 40, "one per advance from 3.0 to 3.39 s");
+        assert_eq!(c.degraded_holds, 41, "one per advance from 3.0 to 3.40 s");
         assert_eq!(c.degraded_episodes, 1);
         // ECM(2) was asked for at each advance from its content switch (2 s) until it came
         assert_eq!(c.ecm_failures, 140);
@@ -739,11 +751,11 @@ mod tests {
         assert_eq!(log.matches("degraded mode left").count(), 2, "{log}");
         assert!(log.contains("period=3 ecm_pids=0x1ff0\n"), "{log}");
         assert!(log.contains("period=6 ecm_pids=0x1ff0\n"), "{log}");
-        assert!(log.contains("held_ms=400"), "{log}");
-        assert!(log.contains("held_ms=200"), "{log}");
+        assert!(log.contains("held_ms=410"), "{log}");
+        assert!(log.contains("held_ms=210"), "{log}");
         let c = h.s.counters();
         assert_eq!(c.degraded_episodes, 2);
-        assert_eq!(c.degraded_holds, 40 + 20);
+        assert_eq!(c.degraded_holds, 41 + 21);
         assert_eq!(c.key_switches, 8);
         // the ECM failures are logged once per run
         assert_eq!(log.matches("ECM generator failed").count(), 1, "{log}");
@@ -805,7 +817,7 @@ mod tests {
         ]);
         let log = logs(|| {
             let switches = h.run(0, 6005);
-            assert_eq!(switches, vec![(1000, 1), (2000, 2), (4500, 3), (5500, 4)]);
+            assert_eq!(switches, vec![(1000, 1), (2000, 2), (4510, 3), (5510, 4)]);
         });
         // only the failing system is named
         assert!(log.contains("period=3 ecm_pids=0x1ff1\n"), "{log}");
@@ -813,7 +825,7 @@ mod tests {
         assert!(log.contains("degraded mode left"), "{log}");
         let c = h.s.counters();
         assert_eq!(c.degraded_episodes, 1);
-        assert_eq!(c.degraded_holds, 150);
+        assert_eq!(c.degraded_holds, 151);
         // both carry ECM(N) of the period in force again
         assert_eq!((h.on_air(0), h.on_air(1)), (Some(4), Some(4)));
     }

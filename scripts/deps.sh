@@ -2,13 +2,14 @@
 # Install the real peers the tests run against (Debian packages), when missing:
 # libdvbcsa-dev (the reference CSA), ffmpeg/ffprobe, srt-tools (srt-live-transmit),
 # tshark, openssl, prometheus (promtool and a server the metrics test scrapes),
-# chromium and chromium-driver (the web page's browser test). Called by scripts/test.sh, so
-# the README's test command works on a
-# fresh Debian machine by itself. A peer that cannot be installed stops here, loudly:
+# chromium and chromium-driver (the web page's browser test), fonts-dejavu-core (the TrueType
+# font `loadtest --plot` draws its text with; read at run time, nothing to link). Called by
+# scripts/test.sh, so the README's test command works on a fresh Debian machine by itself. A peer that cannot be installed stops here, loudly:
 # the tests never skip a missing peer.
 set -euo pipefail
 
-need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl prometheus chromium chromium-driver)
+need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl prometheus chromium chromium-driver
+  fonts-dejavu-core)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

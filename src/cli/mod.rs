@@ -17,6 +17,7 @@ mod event;
 mod headend;
 mod init;
 mod keys;
+mod loadtest;
 mod out;
 mod package;
 mod probe;
@@ -81,6 +82,8 @@ enum Command {
     /// Serve the card store over HTTP: TVCAS's GET /api.php and the REST API /api/v1
     /// (API key from CASTMUX_API_KEY or --api-key-file).
     Serve(serve::ServeArgs),
+    /// Load tests with a verdict: `loadtest ecmg HOST:PORT` loads a SimulCrypt ECMG.
+    Loadtest(loadtest::LoadtestArgs),
 }
 
 /// A flag set by the first SIGINT/SIGTERM, so a run stops cleanly and reports its
@@ -163,6 +166,7 @@ pub fn main() -> ExitCode {
         Command::Ecmg(a) => ecmg::run(&cli.db, a),
         Command::Emmg(a) => emmg::run(&cli.db, a),
         Command::Serve(a) => serve::run(&cli.db, a),
+        Command::Loadtest(a) => loadtest::run(a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,12 +40,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::conn::{FrameReader, LinkError};
+use super::conn::{connect, FrameReader, FrameWriter, LinkError};
 use super::datagram::{check_sections, packets_to_sections};
 use super::ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
 use super::tlv::error_information;
@@ -525,7 +524,6 @@ async fn control(shared: Arc<Shared>, config: Arc<ScsConfig>, mut rx: mpsc::Rece
             config: &config,
             addr: addrs[active],
             pending: HashMap::new(),
-            out: Vec::with_capacity(256),
             established: false,
             fell_back: false,
             primary_back: false,
@@ -613,6 +611,9 @@ fn remember(latest: &mut VecDeque<Provision>, p: Provision) {
     }
 }
 
+/// The writing half of a session's link.
+type Writer = FrameWriter<OwnedWriteHalf>;
+
 struct Pending {
     provision: Provision,
     sent: Instant,
@@ -626,7 +627,6 @@ struct Session<'a> {
     addr: &'a str,
     /// CP_number -> what was asked.
     pending: HashMap<u16, Pending>,
-    out: Vec<u8>,
     established: bool,
     /// This session ended because the ECMG refused version 3 and the next one uses 2.
     fell_back: bool,
@@ -656,12 +656,8 @@ impl Session<'_> {
         latest: &mut VecDeque<Provision>,
     ) -> Result<(), LinkError> {
         let c = self.config;
-        let sock = tokio::time::timeout(c.setup_timeout, TcpStream::connect(self.addr))
-            .await
-            .map_err(|_| LinkError::Timeout("the TCP connection to the ECMG"))??;
-        let _ = sock.set_nodelay(true);
-        let (rd, mut wr) = sock.into_split();
-        let mut reader = FrameReader::new(rd);
+        let (mut reader, mut wr) =
+            connect(self.addr, c.setup_timeout, "the TCP connection to the ECMG").await?;
 
         self.send(
             &mut wr,
@@ -802,10 +798,9 @@ impl Session<'_> {
         reader: &mut FrameReader<R>,
         what: &'static str,
     ) -> Result<EcmgMessage, LinkError> {
-        let frame = tokio::time::timeout(self.config.setup_timeout, reader.next())
-            .await
-            .map_err(|_| LinkError::Timeout(what))??
-            .ok_or_else(|| LinkError::Peer(format!("the ECMG closed before sending {what}")))?;
+        let frame = reader
+            .expect(self.config.setup_timeout, "the ECMG", what)
+            .await?;
         EcmgMessage::decode(&frame)
             .map(|(_, m)| m)
             .map_err(LinkError::Codec)
@@ -852,7 +847,7 @@ impl Session<'_> {
 
     async fn provide(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut Writer,
         p: Provision,
         attempts: u32,
     ) -> Result<(), LinkError> {
@@ -891,7 +886,7 @@ impl Session<'_> {
 
     async fn retry(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut Writer,
         now: Instant,
         timeout: Duration,
     ) -> Result<(), LinkError> {
@@ -923,7 +918,7 @@ impl Session<'_> {
 
     async fn on_message(
         &mut self,
-        wr: &mut OwnedWriteHalf,
+        wr: &mut Writer,
         frame: &[u8],
         max_comp: Duration,
     ) -> Result<(), LinkError> {
@@ -1067,13 +1062,8 @@ impl Session<'_> {
         self.shared.cond.notify_all();
     }
 
-    async fn send(&mut self, wr: &mut OwnedWriteHalf, m: &EcmgMessage) -> Result<(), LinkError> {
-        self.out.clear();
-        m.encode(self.shared.version.load(Relaxed), &mut self.out)?;
-        let res = wr.write_all(&self.out).await;
-        // the buffer held CWs
-        self.out.fill(0);
-        res.map_err(LinkError::Io)
+    async fn send(&mut self, wr: &mut Writer, m: &EcmgMessage) -> Result<(), LinkError> {
+        wr.send(self.shared.version.load(Relaxed), m).await
     }
 }
 

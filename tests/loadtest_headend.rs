@@ -96,3 +96,65 @@ fn faults_parse_and_bad_ones_are_refused() {
     let e = run(&cfg, |_| {}).unwrap_err().to_string();
     assert!(e.contains("--ecmg"), "{e}");
 }
+
+/// `castmux loadtest headend` as an operator runs it: a passing run writes its JSON and
+/// plot; a criterion the run cannot meet fails it by name.
+#[test]
+fn the_command_reports_and_fails_by_criterion() {
+    let dir = tempfile::tempdir().unwrap();
+    let (json, plot) = (dir.path().join("run.json"), dir.path().join("run.svg"));
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_castmux"))
+            .args(["loadtest", "headend", "-c", "3", "--bitrate", "1M"])
+            .args([
+                "--crypto-period",
+                "1s",
+                "--duration",
+                "6s",
+                "--stats-interval",
+                "1s",
+            ])
+            .args(["--workers", "1", "--quiet"])
+            .args(extra)
+            .env_remove("CASTMUX_DB")
+            .env("CASTMUX_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "--json",
+        json.to_str().unwrap(),
+        "--plot",
+        plot.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("undecryptable") && text.contains("PASS"),
+        "{text}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["verdict"]["passed"], true, "{v}");
+    assert_eq!(v["total"]["clear"], 0, "{v}");
+    assert!(
+        v["total"]["verified"].as_u64().unwrap() > 3 * 4 * 600,
+        "{v}"
+    );
+    assert!(v["samples"].as_array().unwrap().len() >= 5, "{v}");
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.contains("<svg") && svg.contains("ECM interval"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
+
+    // ECMs repeat every ~100 ms: a 50 ms limit cannot be met
+    let out = run(&["--max-ecm-interval-ms", "50"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("--max-ecm-interval-ms"), "{err}");
+}

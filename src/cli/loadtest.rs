@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use castmux::loadtest::ecmg::{self, EcmgLoadConfig, Event, Limits};
+use castmux::loadtest::headend::{self, Fault, HeadendLimits, HeadendLoad};
 use castmux::loadtest::report::{write_json, Outcome, Progress};
 use castmux::simulcrypt::access::parse_access_criteria_hex;
 use clap::{Args, Subcommand};
@@ -25,6 +26,63 @@ enum LoadtestCommand {
     /// Load a SimulCrypt ECMG (castmux ecmg, TSDuck tsecmg, a vendor's): channels x streams
     /// x crypto period, every answer timed; exits non-zero when a pass criterion fails.
     Ecmg(EcmgArgs),
+    /// Run N synthetic channels through a real `castmux headend` over loopback UDP and
+    /// check every output packet: never clear, each descrambled by the key its ECM carried
+    /// and equal to what was sent; exits non-zero when a pass criterion fails.
+    Headend(HeadendArgs),
+}
+
+/// Options of `castmux loadtest headend`.
+#[derive(Debug, Args)]
+pub struct HeadendArgs {
+    /// Channels, each its own input and output (1..=4096).
+    #[arg(long, short, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    channels: u16,
+    /// Input bitrate of each channel (`2M`, `500k`).
+    #[arg(long, value_name = "RATE", default_value = "2M", value_parser = args::bitrate)]
+    bitrate: u64,
+    /// The head-end's crypto period (100ms..1h).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = args::crypto_period)]
+    crypto_period: Duration,
+    /// How long the inputs are fed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = args::duration)]
+    duration: Duration,
+    /// ECMs from a `castmux ecmg` over SimulCrypt (started by the test, behind a proxy the
+    /// faults use) instead of the head-end's built-in CAS.
+    #[arg(long)]
+    ecmg: bool,
+    /// The head-end's data-plane worker threads (`headend --workers`). Default: its own.
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// A fault to play, repeatable: kill-ecmg@AT+DOWN, slow-ecmg@AT+FOR:DELAY,
+    /// stop-input:CHANNEL@AT+FOR (e.g. kill-ecmg@30s+5s).
+    #[arg(long, value_name = "FAULT", value_parser = Fault::parse)]
+    fault: Vec<Fault>,
+    /// The castmux binary to run as the head-end and ECMG. Default: this one.
+    #[arg(long, value_name = "PATH")]
+    castmux: Option<PathBuf>,
+    /// Where the store, the head-end file and the logs go. Default: a new directory under
+    /// the temp dir, removed after a passing run.
+    #[arg(long, value_name = "DIR")]
+    work_dir: Option<PathBuf>,
+    /// One line of counts per interval (100ms..1h).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = stats_interval)]
+    stats_interval: Duration,
+    /// Pass criterion: clear ES payloads at most this many.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_clear: u64,
+    /// Pass criterion: undecryptable packets at most this many.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_undecryptable: u64,
+    /// Pass criterion: lost packets at most this many.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    max_lost: u64,
+    /// Pass criterion: the largest ECM interval of any ECM PID, ms (monitors alarm at 500).
+    #[arg(long, value_name = "MS", default_value_t = 500.0)]
+    max_ecm_interval_ms: f64,
+    #[command(flatten)]
+    report: ReportArgs,
 }
 
 /// Where and how a load test reports (every load test takes these).
@@ -129,7 +187,106 @@ fn stats_interval(s: &str) -> Result<Duration, String> {
 pub fn run(a: LoadtestArgs) -> anyhow::Result<()> {
     match a.test {
         LoadtestCommand::Ecmg(a) => run_ecmg(a),
+        LoadtestCommand::Headend(a) => run_headend(a),
     }
+}
+
+fn run_headend(a: HeadendArgs) -> anyhow::Result<()> {
+    let castmux = match a.castmux {
+        Some(p) => p,
+        None => std::env::current_exe()?,
+    };
+    let (work_dir, temporary) = match a.work_dir {
+        Some(d) => (d, false),
+        None => (
+            std::env::temp_dir().join(format!("castmux-loadtest-{}", std::process::id())),
+            true,
+        ),
+    };
+    let cfg = HeadendLoad {
+        castmux,
+        channels: usize::from(a.channels),
+        bitrate: a.bitrate,
+        crypto_period: a.crypto_period,
+        duration: a.duration,
+        workers: a.workers,
+        ecmg: a.ecmg,
+        faults: a.fault,
+        work_dir: work_dir.clone(),
+        interval: a.stats_interval,
+    };
+    let limits = HeadendLimits {
+        max_clear: a.max_clear,
+        max_undecryptable: a.max_undecryptable,
+        max_lost: a.max_lost,
+        max_ecm_interval_ms: a.max_ecm_interval_ms,
+    };
+    let progress = Progress::new(Some(a.duration), a.report.quiet);
+    let mut printed: anyhow::Result<()> = Ok(());
+    let report = headend::run(&cfg, |s| {
+        progress.update(
+            Duration::from_secs_f64(s.t),
+            format!(
+                "proven {} clear {} undecryptable {}  CPU {:.2}",
+                s.verified, s.clear, s.undecryptable, s.headend_cpu
+            ),
+        );
+        let res = progress.println(|| {
+            outln!(
+                "t={:.0}s proven {} clear {} undecryptable {} ECM max {:.0} ms latency p99 {:.1} ms \
+                 head-end CPU {:.2} RSS {:.0} MB",
+                s.t,
+                s.verified,
+                s.clear,
+                s.undecryptable,
+                s.ecm_interval_max_ms,
+                s.latency_p99_ms,
+                s.headend_cpu,
+                s.headend_rss_mb
+            )
+        });
+        if printed.is_ok() {
+            printed = res.map_err(Into::into);
+        }
+    });
+    progress.finish();
+    let report = report.map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (the store, head-end file and logs are in {})",
+            work_dir.display()
+        )
+    })?;
+    printed?;
+    let verdict = report.verdict(&limits);
+    super::out::text(&format!(
+        "\n{}\n\n{}\n{}",
+        report.headline(),
+        report.summary(),
+        verdict.table()
+    ))?;
+    if let Some(path) = &a.report.json {
+        write_json(
+            path,
+            &Outcome {
+                report: &report,
+                verdict: &verdict,
+            },
+        )?;
+    }
+    if let Some(path) = &a.report.plot {
+        report.plot().write(path)?;
+    }
+    if !verdict.passed {
+        anyhow::bail!(
+            "loadtest headend failed: {} (logs in {})",
+            verdict.reason(),
+            work_dir.display()
+        );
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&work_dir);
+    }
+    Ok(())
 }
 
 fn run_ecmg(a: EcmgArgs) -> anyhow::Result<()> {

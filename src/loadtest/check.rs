@@ -434,6 +434,7 @@ impl ChannelCheck {
                 let gap = (now_ns - at) / 1000;
                 self.counts.ecm_interval_max_us = self.counts.ecm_interval_max_us.max(gap);
                 let _ = stats.ecm_interval_us.record(gap.max(1));
+                stats.interval_ecm_max_us = stats.interval_ecm_max_us.max(gap);
             }
             if last.as_deref() == Some(&data[..]) {
                 continue;
@@ -600,6 +601,8 @@ pub struct Histograms {
     pub switch_lead_ms: Histogram<u64>,
     /// Latency of the current reporting interval only, µs.
     pub interval_latency_us: Histogram<u64>,
+    /// Largest ECM gap of the current reporting interval, µs.
+    pub interval_ecm_max_us: u64,
 }
 
 impl Histograms {
@@ -610,6 +613,7 @@ impl Histograms {
             cw_period_ms: histogram(86_400_000),
             switch_lead_ms: histogram(86_400_000),
             interval_latency_us: histogram(600_000_000),
+            interval_ecm_max_us: 0,
         }
     }
 }
@@ -672,11 +676,12 @@ impl Checker {
         &self.hist
     }
 
-    /// The latency of the interval since the last call, then forgets it.
-    pub fn take_interval_latency(&mut self) -> Histogram<u64> {
+    /// The latency and the largest ECM gap (µs) of the interval since the last call, then
+    /// forgets them.
+    pub fn take_interval(&mut self) -> (Histogram<u64>, u64) {
         let h = self.hist.interval_latency_us.clone();
         self.hist.interval_latency_us.reset();
-        h
+        (h, std::mem::take(&mut self.hist.interval_ecm_max_us))
     }
 
     /// Per channel counts, loss judged against `sent[channel]`.

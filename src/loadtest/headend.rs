@@ -21,6 +21,7 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use serde::Serialize;
 
 use super::check::{ChannelCounts, Checker};
+use super::report::{ms_cell, Criterion, Plot, Table, Verdict};
 use super::stream::{SyntheticStream, PER_DATAGRAM};
 use crate::cas::store::{time, AccessSpec, CardChanges, InitOptions, Store, StoreError};
 use crate::cas::CardFile;
@@ -189,7 +190,7 @@ pub struct Sample {
     pub clear: u64,
     /// Undecryptable packets so far.
     pub undecryptable: u64,
-    /// Largest ECM interval so far, ms.
+    /// Largest ECM interval of this interval, ms.
     pub ecm_interval_max_ms: f64,
     /// Latency p50 and p99 of this interval, ms (0 when nothing arrived).
     pub latency_p50_ms: f64,
@@ -760,9 +761,12 @@ pub fn run(
     if let Some(w) = cfg.workers {
         cmd.args(["--workers", &w.to_string()]);
     }
+    // the line the run waits for ("headend: running") is logged at info, whatever the
+    // level asked for the rest
+    let level = std::env::var("CASTMUX_LOG").unwrap_or_else(|_| "info".into());
     cmd.env_remove("CASTMUX_DB").env(
         "CASTMUX_LOG",
-        std::env::var("CASTMUX_LOG").unwrap_or_else(|_| "info".into()),
+        format!("{level},castmux::headend::supervise=info"),
     );
     let mut headend = Proc::spawn(&mut cmd, "castmux headend", dir.join("headend.log"))?;
     // let it bind every input before the first datagram
@@ -896,11 +900,10 @@ pub fn run(
             let (cpu, me_cpu) = (cpu_seconds(headend.pid()), cpu_seconds(me));
             let rss = rss_kb(headend.pid());
             rss_max = rss_max.max(rss);
-            let (counts, lat, ecm_max) = {
+            let (counts, (lat, ecm_max)) = {
                 let mut c = lock(&checker);
-                let lat = c.take_interval_latency();
-                let t = snapshot(&c, cfg.channels);
-                (t, lat, c.histograms().ecm_interval_us.max())
+                let interval = c.take_interval();
+                (snapshot(&c, cfg.channels), interval)
             };
             let dt = (t - last_t).max(1e-3);
             let s = Sample {
@@ -975,4 +978,213 @@ pub fn run(
             .collect(),
         per_channel,
     })
+}
+
+/// Pass criteria of a head-end load test.
+#[derive(Debug, Clone)]
+pub struct HeadendLimits {
+    /// Clear ES payloads allowed.
+    pub max_clear: u64,
+    /// Undecryptable packets allowed.
+    pub max_undecryptable: u64,
+    /// Lost packets allowed.
+    pub max_lost: u64,
+    /// Largest ECM interval allowed, ms (monitors alarm at 500 ms).
+    pub max_ecm_interval_ms: f64,
+}
+
+impl Default for HeadendLimits {
+    fn default() -> Self {
+        HeadendLimits {
+            max_clear: 0,
+            max_undecryptable: 0,
+            max_lost: 0,
+            max_ecm_interval_ms: 500.0,
+        }
+    }
+}
+
+impl HeadendReport {
+    /// The run against `limits`; a key switch before its ECM and a run that proved nothing
+    /// always fail.
+    pub fn verdict(&self, limits: &HeadendLimits) -> Verdict {
+        let t = &self.total;
+        Verdict::new(vec![
+            Criterion::at_least("ES packets proven", "", 1.0, t.verified as f64, ""),
+            Criterion::at_most(
+                "clear ES payloads",
+                "--max-clear",
+                limits.max_clear as f64,
+                t.clear as f64,
+                "",
+            ),
+            Criterion::at_most(
+                "undecryptable packets",
+                "--max-undecryptable",
+                limits.max_undecryptable as f64,
+                t.undecryptable as f64,
+                "",
+            ),
+            Criterion::at_most(
+                "key switches before their ECM",
+                "",
+                0.0,
+                t.switch_before_ecm as f64,
+                "",
+            ),
+            Criterion::at_most(
+                "lost packets",
+                "--max-lost",
+                limits.max_lost as f64,
+                t.lost as f64,
+                "",
+            ),
+            Criterion::at_most(
+                "ECM interval max",
+                "--max-ecm-interval-ms",
+                limits.max_ecm_interval_ms,
+                self.ecm_interval_ms.max,
+                "ms",
+            ),
+        ])
+    }
+
+    /// What was run, on one line.
+    pub fn headline(&self) -> String {
+        format!(
+            "head-end: {} channels x {:.1} Mbit/s, crypto period {} ms, {:.0} s, ECMs from {}",
+            self.channels,
+            self.bitrate as f64 / 1e6,
+            (self.crypto_period_s * 1000.0).round(),
+            self.duration_s,
+            self.cas
+        )
+    }
+
+    /// The summary: counts, distributions, resources, and what each fault did.
+    pub fn summary(&self) -> Table {
+        let t = &self.total;
+        let n = |v: u64| v.to_string();
+        let mut table = Table::new(["", "total"]);
+        table
+            .row(["ES packets sent".to_owned(), n(self.sent)])
+            .row(["  proven (descrambled = sent)".to_owned(), n(t.verified)])
+            .row(["  clear".to_owned(), n(t.clear)])
+            .row(["  undecryptable".to_owned(), n(t.undecryptable)])
+            .row(["  lost".to_owned(), n(t.lost)])
+            .row(["  reordered".to_owned(), n(t.reordered)])
+            .row([
+                "  before a channel's first output".to_owned(),
+                n(t.before_first_output),
+            ])
+            .row([
+                "  scrambled before the first ECM seen".to_owned(),
+                n(t.before_first_key),
+            ])
+            .row(["key switches".to_owned(), n(t.key_switches)])
+            .row(["  before their ECM".to_owned(), n(t.switch_before_ecm)])
+            .row([
+                "  lead over their ECM, min".to_owned(),
+                ms_cell(self.switch_lead_ms.min),
+            ])
+            .row([
+                "CW period min / max".to_owned(),
+                format!(
+                    "{} / {}",
+                    ms_cell(self.cw_period_ms.min),
+                    ms_cell(self.cw_period_ms.max)
+                ),
+            ])
+            .row([
+                "ECM interval p99 / max".to_owned(),
+                format!(
+                    "{} / {}",
+                    ms_cell(self.ecm_interval_ms.p99),
+                    ms_cell(self.ecm_interval_ms.max)
+                ),
+            ])
+            .row([
+                "PAT / PMT interval max".to_owned(),
+                format!(
+                    "{} / {}",
+                    ms_cell(t.pat_interval_max_us as f64 / 1000.0),
+                    ms_cell(t.pmt_interval_max_us as f64 / 1000.0)
+                ),
+            ])
+            .row(["ECMs refused by the card".to_owned(), n(t.ecm_refused)])
+            .row([
+                "CC errors / CRC errors".to_owned(),
+                format!("{} / {}", t.cc_errors, t.crc_errors),
+            ])
+            .row(["EMM bytes".to_owned(), n(t.emm_bytes)])
+            .row([
+                "added latency p50 / p99 / max".to_owned(),
+                format!(
+                    "{} / {} / {}",
+                    ms_cell(self.latency_ms.p50),
+                    ms_cell(self.latency_ms.p99),
+                    ms_cell(self.latency_ms.max)
+                ),
+            ])
+            .row([
+                "head-end CPU (cores) / RSS max".to_owned(),
+                format!("{:.2} / {:.1} MB", self.headend_cpu, self.headend_rss_mb),
+            ])
+            .row([
+                "load test CPU (cores)".to_owned(),
+                format!("{:.2}", self.loadtest_cpu),
+            ]);
+        for f in &self.faults {
+            let (b, a) = (&f.before, &f.after);
+            table.row([
+                format!("fault {}", fault_name(&f.fault)),
+                format!(
+                    "+{} proven, +{} clear, +{} undecryptable, +{} switches, ECM max {}",
+                    a.verified.saturating_sub(b.verified),
+                    a.clear.saturating_sub(b.clear),
+                    a.undecryptable.saturating_sub(b.undecryptable),
+                    a.key_switches.saturating_sub(b.key_switches),
+                    ms_cell(a.ecm_interval_max_us as f64 / 1000.0)
+                ),
+            ]);
+        }
+        table
+    }
+
+    /// ECM interval, latency, CPU and memory over time.
+    pub fn plot(&self) -> Plot {
+        let mut p = Plot::new(format!("loadtest {}", self.headline()));
+        for s in &self.samples {
+            p.push(
+                "ECM interval max",
+                "ms",
+                "all channels",
+                s.t,
+                s.ecm_interval_max_ms,
+            );
+            p.push("added latency", "ms", "p50", s.t, s.latency_p50_ms);
+            p.push("added latency", "ms", "p99", s.t, s.latency_p99_ms);
+            p.push("CPU", "cores", "castmux headend", s.t, s.headend_cpu);
+            p.push("CPU", "cores", "load test", s.t, s.loadtest_cpu);
+            p.push("memory", "MB", "castmux headend RSS", s.t, s.headend_rss_mb);
+        }
+        p
+    }
+}
+
+fn fault_name(f: &Fault) -> String {
+    let ms = |d: &Duration| crate::value::show_duration(*d);
+    match f {
+        Fault::KillEcmg { at, down } => format!("kill-ecmg@{}+{}", ms(at), ms(down)),
+        Fault::SlowEcmg { at, lasting, delay } => {
+            format!("slow-ecmg@{}+{}:{}", ms(at), ms(lasting), ms(delay))
+        }
+        Fault::StopInput {
+            channel,
+            at,
+            lasting,
+        } => {
+            format!("stop-input:{channel}@{}+{}", ms(at), ms(lasting))
+        }
+    }
 }

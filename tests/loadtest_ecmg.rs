@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use castmux::cas::AccessCriteria;
 use castmux::simulcrypt::conn::{FrameReader, FrameWriter};
-use castmux::simulcrypt::{ChannelStatus, CwProvision, EcmBuildRequest, EcmBuilder, EcmgMessage};
+use castmux::simulcrypt::{CwProvision, EcmBuildRequest, EcmBuilder, EcmgMessage};
 use cli_support::*;
 use head_support::*;
 use serde_json::Value;
-use simulcrypt_support::TestBuilder;
+use simulcrypt_support::{channel_status, TestBuilder};
 
 fn loadtest(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_castmux"))
@@ -178,25 +178,14 @@ async fn serve_fake(s: tokio::net::TcpStream, fake: Fake) {
         };
         let reply = match m {
             EcmgMessage::ChannelSetup { channel_id, .. } => {
-                EcmgMessage::ChannelStatus(ChannelStatus {
+                EcmgMessage::ChannelStatus(channel_status(
                     channel_id,
-                    section_tspkt_flag: false,
-                    ac_delay_start: None,
-                    ac_delay_stop: None,
-                    delay_start: 0,
-                    delay_stop: 0,
-                    transition_delay_start: None,
-                    transition_delay_stop: None,
-                    ecm_rep_period: 100,
-                    max_streams: 16,
-                    min_cp_duration: 10,
-                    lead_cw: 1,
-                    cw_per_msg: 2,
-                    max_comp_time: match fake {
+                    16,
+                    match fake {
                         Fake::Slow { max_comp_ms, .. } => max_comp_ms,
                         Fake::Hostile => 100,
                     },
-                })
+                ))
             }
             EcmgMessage::StreamSetup {
                 channel_id,

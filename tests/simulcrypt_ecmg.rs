@@ -246,24 +246,9 @@ fn slow_ecmg(rt: &tokio::runtime::Runtime, delay: Option<Duration>) -> SocketAdd
             let (v, m) = EcmgMessage::decode(&f).unwrap();
             let reply = match m {
                 EcmgMessage::ChannelSetup { channel_id, .. }
-                | EcmgMessage::ChannelTest { channel_id } => {
-                    Some(EcmgMessage::ChannelStatus(ChannelStatus {
-                        channel_id,
-                        section_tspkt_flag: false,
-                        ac_delay_start: None,
-                        ac_delay_stop: None,
-                        delay_start: 0,
-                        delay_stop: 0,
-                        transition_delay_start: None,
-                        transition_delay_stop: None,
-                        ecm_rep_period: 100,
-                        max_streams: 1,
-                        min_cp_duration: 10,
-                        lead_cw: 1,
-                        cw_per_msg: 2,
-                        max_comp_time: 100,
-                    }))
-                }
+                | EcmgMessage::ChannelTest { channel_id } => Some(EcmgMessage::ChannelStatus(
+                    channel_status(channel_id, 1, 100),
+                )),
                 EcmgMessage::StreamSetup {
                     channel_id,
                     stream_id,

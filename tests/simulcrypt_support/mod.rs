@@ -197,6 +197,31 @@ impl Raw {
     }
 }
 
+/// The channel_status a fake ECMG answers: 100 ms ECM repetition, 10 ms min CP, one CW
+/// ahead, two per message; `max_streams` and `max_comp_time` (ms) as given.
+pub fn channel_status(
+    channel_id: u16,
+    max_streams: u16,
+    max_comp_time: u16,
+) -> castmux::simulcrypt::ChannelStatus {
+    castmux::simulcrypt::ChannelStatus {
+        channel_id,
+        section_tspkt_flag: false,
+        ac_delay_start: None,
+        ac_delay_stop: None,
+        delay_start: 0,
+        delay_stop: 0,
+        transition_delay_start: None,
+        transition_delay_stop: None,
+        ecm_rep_period: 100,
+        max_streams,
+        min_cp_duration: 10,
+        lead_cw: 1,
+        cw_per_msg: 2,
+        max_comp_time,
+    }
+}
+
 /// How a [`fake_ecmg`] behaves.
 #[derive(Debug, Clone, Copy)]
 pub struct FakeEcmg {
@@ -214,7 +239,7 @@ pub struct FakeEcmg {
 pub fn fake_ecmg(rt: &tokio::runtime::Runtime, fake: FakeEcmg) -> SocketAddr {
     use castmux::cas::AccessCriteria;
     use castmux::simulcrypt::conn::FrameReader;
-    use castmux::simulcrypt::{ChannelStatus, CwProvision};
+    use castmux::simulcrypt::CwProvision;
     use tokio::io::AsyncWriteExt;
 
     let l = rt
@@ -239,24 +264,9 @@ pub fn fake_ecmg(rt: &tokio::runtime::Runtime, fake: FakeEcmg) -> SocketAddr {
                     } else {
                         match m {
                             EcmgMessage::ChannelSetup { channel_id, .. }
-                            | EcmgMessage::ChannelTest { channel_id } => {
-                                Some(EcmgMessage::ChannelStatus(ChannelStatus {
-                                    channel_id,
-                                    section_tspkt_flag: false,
-                                    ac_delay_start: None,
-                                    ac_delay_stop: None,
-                                    delay_start: 0,
-                                    delay_stop: 0,
-                                    transition_delay_start: None,
-                                    transition_delay_stop: None,
-                                    ecm_rep_period: 100,
-                                    max_streams: 1,
-                                    min_cp_duration: 10,
-                                    lead_cw: 1,
-                                    cw_per_msg: 2,
-                                    max_comp_time: 100,
-                                }))
-                            }
+                            | EcmgMessage::ChannelTest { channel_id } => Some(
+                                EcmgMessage::ChannelStatus(channel_status(channel_id, 1, 100)),
+                            ),
                             EcmgMessage::StreamSetup {
                                 channel_id,
                                 stream_id,

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use castmux::loadtest::headend::{cpu_seconds, rss_kb};
 use castmux::ts::psi_write::SectionWriter;
 use castmux::ts::section::MAX_PSI_SECTION;
 use castmux::ts::{LongHeader, Packetizer, Pid};
@@ -164,27 +165,6 @@ fn marker(p: &[u8]) -> Option<(u16, u32, u64)> {
         u32::from_be_bytes(p[9..13].try_into().ok()?),
         u64::from_be_bytes(p[13..21].try_into().ok()?),
     ))
-}
-
-/// utime + stime of `pid`, seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // fields after the command name (which may hold spaces) start at ')'
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after ')'
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The first of `n` input ports, from a base picked by this process's id.
@@ -341,7 +321,7 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
             break;
         }
         if window.is_none() && t >= warmup {
-            window = Some((Instant::now(), cpu_secs(pid)));
+            window = Some((Instant::now(), cpu_seconds(pid)));
         }
         let due = (t * per_sec) as u32;
         for (i, f) in feeds.iter_mut().enumerate() {
@@ -358,9 +338,9 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    let (w_start, cpu0) = window.unwrap_or((Instant::now(), cpu_secs(pid)));
+    let (w_start, cpu0) = window.unwrap_or((Instant::now(), cpu_seconds(pid)));
     let wall = w_start.elapsed().as_secs_f64();
-    let cpu = cpu_secs(pid) - cpu0;
+    let cpu = cpu_seconds(pid) - cpu0;
     let rss = rss_kb(pid);
     let elapsed = start.elapsed().as_secs_f64() - warmup;
     std::thread::sleep(Duration::from_millis(300));
@@ -399,9 +379,9 @@ fn idle(bin: &Bin, channels: usize, secs: f64) -> Idle {
     let pid = child.id();
     std::thread::sleep(Duration::from_millis(500));
     let t0 = Instant::now();
-    let c0 = cpu_secs(pid);
+    let c0 = cpu_seconds(pid);
     std::thread::sleep(Duration::from_secs_f64(secs));
-    let cpu = cpu_secs(pid) - c0;
+    let cpu = cpu_seconds(pid) - c0;
     let wall = t0.elapsed().as_secs_f64();
     let rss = rss_kb(pid);
     let _ = nix::sys::signal::kill(

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use castmux::loadtest::ecmg::{self, EcmgLoadConfig, Event, Limits};
 use castmux::loadtest::headend::{self, Fault, HeadendLimits, HeadendLoad};
-use castmux::loadtest::report::{write_json, Outcome, Progress};
+use castmux::loadtest::report::{write_json, Outcome, Plot, Progress, Table, Verdict};
 use castmux::simulcrypt::access::parse_access_criteria_hex;
 use clap::{Args, Subcommand};
+use serde::Serialize;
 
 use super::args;
 
@@ -168,6 +169,28 @@ pub struct EcmgArgs {
     report: ReportArgs,
 }
 
+impl ReportArgs {
+    /// Print the headline, the summary and the verdict, then write the JSON and the plot
+    /// asked for.
+    fn publish(
+        &self,
+        headline: &str,
+        summary: &Table,
+        report: &impl Serialize,
+        verdict: &Verdict,
+        plot: impl FnOnce() -> Plot,
+    ) -> anyhow::Result<()> {
+        super::out::text(&format!("\n{headline}\n\n{summary}\n{}", verdict.table()))?;
+        if let Some(path) = &self.json {
+            write_json(path, &Outcome { report, verdict })?;
+        }
+        if let Some(path) = &self.plot {
+            plot().write(path)?;
+        }
+        Ok(())
+    }
+}
+
 fn cw_size(s: &str) -> Result<usize, String> {
     match s.trim() {
         "8" => Ok(8),
@@ -258,24 +281,13 @@ fn run_headend(a: HeadendArgs) -> anyhow::Result<()> {
     })?;
     printed?;
     let verdict = report.verdict(&limits);
-    super::out::text(&format!(
-        "\n{}\n\n{}\n{}",
-        report.headline(),
-        report.summary(),
-        verdict.table()
-    ))?;
-    if let Some(path) = &a.report.json {
-        write_json(
-            path,
-            &Outcome {
-                report: &report,
-                verdict: &verdict,
-            },
-        )?;
-    }
-    if let Some(path) = &a.report.plot {
-        report.plot().write(path)?;
-    }
+    a.report.publish(
+        &report.headline(),
+        &report.summary(),
+        &report,
+        &verdict,
+        || report.plot(),
+    )?;
     if !verdict.passed {
         anyhow::bail!(
             "loadtest headend failed: {} (logs in {})",
@@ -354,24 +366,13 @@ fn run_ecmg(a: EcmgArgs) -> anyhow::Result<()> {
     let report = report?;
     printed?;
     let verdict = report.verdict(&limits);
-    super::out::text(&format!(
-        "\n{}\n\n{}\n{}",
-        report.headline(),
-        report.summary(),
-        verdict.table()
-    ))?;
-    if let Some(path) = &a.report.json {
-        write_json(
-            path,
-            &Outcome {
-                report: &report,
-                verdict: &verdict,
-            },
-        )?;
-    }
-    if let Some(path) = &a.report.plot {
-        report.plot().write(path)?;
-    }
+    a.report.publish(
+        &report.headline(),
+        &report.summary(),
+        &report,
+        &verdict,
+        || report.plot(),
+    )?;
     if !verdict.passed {
         anyhow::bail!("loadtest ecmg failed: {}", verdict.reason());
     }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use csa::{Algorithm, KeyContext, MultiBatch, Parity};
 use hdrhistogram::Histogram;
-use mpeg2ts_reader::descriptor::CoreDescriptors;
+use mpeg2ts_reader::descriptor::{CoreDescriptors, DescriptorError, DescriptorIter};
 use mpeg2ts_reader::packet::Packet as TsPacket;
 use mpeg2ts_reader::psi::{
     self, BufferCompactSyntaxParser, BufferSectionSyntaxParser, CompactSyntaxSectionProcessor,
@@ -38,7 +38,6 @@ const NULL_PID: u16 = 0x1FFF;
 const TABLE_PAT: u8 = 0;
 const TABLE_CAT: u8 = 1;
 const TABLE_PMT: u8 = 2;
-const CA_DESCRIPTOR: u8 = 9;
 /// A section kept for the checker: table_id, whole section, CRC right (long sections).
 type Found = Vec<(u8, Vec<u8>, bool)>;
 
@@ -371,10 +370,9 @@ impl ChannelCheck {
                     }
                 }
                 (1, TABLE_CAT) => {
-                    for (cas, emm_pid) in ca_descriptors(body) {
-                        if cas == self.card.ca_system_id() {
-                            self.roles.entry(emm_pid).or_insert(Role::Emm);
-                        }
+                    let caid = self.card.ca_system_id();
+                    for emm_pid in ca_pids(DescriptorIter::new(body), caid) {
+                        self.roles.entry(emm_pid).or_insert(Role::Emm);
                     }
                 }
                 (p, TABLE_PMT) if Some(p) == self.pmt_pid => {
@@ -394,25 +392,12 @@ impl ChannelCheck {
         let Ok(pmt) = psi::pmt::PmtSection::from_bytes(body) else {
             return;
         };
-        let info_len = usize::from(u16::from_be_bytes([body[2], body[3]]) & 0x0FFF);
-        let mut ecm_pids: Vec<u16> = ca_descriptors(&body[4..4 + info_len])
-            .filter(|&(cas, _)| cas == self.card.ca_system_id())
-            .map(|(_, pid)| pid)
-            .collect();
+        let caid = self.card.ca_system_id();
+        let mut ecm_pids: Vec<u16> = ca_pids(pmt.descriptors(), caid).collect();
         self.es_pids.clear();
         for s in pmt.streams() {
             self.es_pids.push(u16::from(s.elementary_pid()));
-            for d in s.descriptors::<CoreDescriptors<'_>>().flatten() {
-                if let CoreDescriptors::CA(d) = d {
-                    if d.payload.len() < 4 {
-                        continue;
-                    }
-                    let (cas, pid) = ca_fields(d.payload);
-                    if cas == self.card.ca_system_id() {
-                        ecm_pids.push(pid);
-                    }
-                }
-            }
+            ecm_pids.extend(ca_pids(s.descriptors(), caid));
         }
         for pid in ecm_pids {
             self.roles
@@ -566,26 +551,19 @@ fn interval(last: &mut Option<u64>, now_ns: u64, max_us: &mut u64) {
     }
 }
 
-/// CA_system_ID and CA_PID of a CA_descriptor's payload.
-fn ca_fields(p: &[u8]) -> (u16, u16) {
-    (
-        u16::from_be_bytes([p[0], p[1]]),
-        u16::from_be_bytes([p[2], p[3]]) & 0x1FFF,
-    )
-}
-
-/// The CA_descriptors of a descriptor loop.
-fn ca_descriptors(mut loop_: &[u8]) -> impl Iterator<Item = (u16, u16)> + '_ {
-    std::iter::from_fn(move || loop {
-        let [tag, len, rest @ ..] = loop_ else {
-            return None;
-        };
-        let len = usize::from(*len);
-        let d = rest.get(..len)?;
-        loop_ = &rest[len..];
-        if *tag == CA_DESCRIPTOR && len >= 4 {
-            return Some(ca_fields(d));
-        }
+/// The CA_PIDs that the CA_descriptors of a descriptor loop give for `ca_system_id`.
+fn ca_pids<'a>(
+    loop_: impl Iterator<Item = Result<CoreDescriptors<'a>, DescriptorError>> + 'a,
+    ca_system_id: u16,
+) -> impl Iterator<Item = u16> + 'a {
+    loop_.filter_map(move |d| match d {
+        Ok(CoreDescriptors::CA(d)) => match d.payload {
+            [a, b, c, e, ..] if u16::from_be_bytes([*a, *b]) == ca_system_id => {
+                Some(u16::from_be_bytes([*c, *e]) & 0x1FFF)
+            }
+            _ => None,
+        },
+        _ => None,
     })
 }
 
@@ -719,6 +697,7 @@ mod tests {
     use crate::ts::{Descriptors, Packetizer, Pid, PmtStream, StreamType};
 
     const CAID: u16 = 0x4AE1;
+    const CA_DESCRIPTOR: u8 = 9;
     const ECM_PID: u16 = 0x1F00;
     const MS: u64 = 1_000_000;
 

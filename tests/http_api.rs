@@ -17,22 +17,6 @@ const SERIAL: &str = "2100000000";
 /// The TVCAS document's example answer, byte for byte, for the card it describes.
 const SEED_ANSWER: &str = r#"{"serial_no":"2100000000","name":"Ivan Petrov","info":"Zeleenaya street 123-234","access_criteria":"01010101","pair":"0","start":"1586693700","finish":"1589285580"}"#;
 
-fn castmux(db: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env("CASTMUX_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "castmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn card_in_store(db: &std::path::Path) -> serde_json::Value {
     serde_json::from_str(&castmux(db, &["card", "show", SERIAL, "--json"])).unwrap()
 }

@@ -304,22 +304,6 @@ fn screenshot_dir() -> PathBuf {
         .join("web-screenshots")
 }
 
-fn castmux(db: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env("CASTMUX_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "castmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn card(db: &Path, serial: &str) -> Value {
     serde_json::from_str(&castmux(db, &["card", "show", serial, "--json"])).unwrap()
 }

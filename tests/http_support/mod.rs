@@ -112,14 +112,12 @@ pub fn start(mut c: Command) -> Server {
 /// 2100000000 (Ivan Petrov, 01010101 — bits 0, 2, 4, 6 — pair 0, 1586693700..1589285580).
 pub fn seed_store(dir: &Path) -> PathBuf {
     let db = dir.join("castmux.db");
-    let d = db.to_str().unwrap();
-    for args in [
-        vec!["--db", d, "init"],
-        vec!["--db", d, "package", "add", "basic", "--bit", "0"],
-        vec!["--db", d, "package", "add", "sport", "--bit", "2"],
-        vec![
-            "--db",
-            d,
+    castmux(&db, &["init"]);
+    castmux(&db, &["package", "add", "basic", "--bit", "0"]);
+    castmux(&db, &["package", "add", "sport", "--bit", "2"]);
+    castmux(
+        &db,
+        &[
             "card",
             "add",
             "--serial",
@@ -135,19 +133,25 @@ pub fn seed_store(dir: &Path) -> PathBuf {
             "--finish",
             "1589285580",
         ],
-    ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
-            .args(&args)
-            .env("CASTMUX_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "castmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    );
     db
+}
+
+/// Run `castmux --db DB ARGS...` to its end; its stdout. Fails the test if it fails.
+pub fn castmux(db: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("CASTMUX_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "castmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// An HTTP answer.

@@ -2,6 +2,7 @@
 //! TVCAS document), the REST API, the key, and the limits (oversize bodies, 1,000
 //! connections).
 
+mod cli_support;
 mod http_support;
 
 use std::io::{Read, Write};
@@ -759,7 +760,7 @@ fn serve_needs_a_key_and_takes_it_from_the_environment_or_a_file() {
     assert!(err.contains("STORE_NOT_FOUND"), "{err}");
 
     // from the file
-    let srv = start(serve_command(&db, &["--api-key-file", kf]));
+    let srv = start_server(serve_command(&db, &["--api-key-file", kf]));
     let r = api_php(&srv, &format!("api_key={KEY}&serial_no={SERIAL}"));
     assert_eq!(r.text(), SEED_ANSWER);
     let t = Instant::now();

@@ -4,11 +4,8 @@
 mod cli_support;
 mod newcamd_support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use castmux::cas::ecm::EcmParams;
@@ -17,7 +14,7 @@ use castmux::cas::{
     build_ecm, derive_card_key, AccessCriteria, CardFile, CardSerial, Entitlements, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
-use cli_support::{closed_within, connect_from, still_open};
+use cli_support::{closed_within, connect_from, start_server, still_open, Server};
 use newcamd_support::*;
 
 const CAID: u16 = castmux::scramble::config::DEFAULT_CA_SYSTEM_ID;
@@ -95,23 +92,10 @@ fn ecm_at(bit: u32, period: u64, timestamp: i64) -> Vec<u8> {
     out
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    log: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Start `castmux softcard serve` on an ephemeral port; its address comes from its log.
 fn serve(card: &Path, extra: &[&str]) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .args(["softcard", "serve", "--card"])
+    let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
+    c.args(["softcard", "serve", "--card"])
         .arg(card)
         .args([
             "--listen",
@@ -127,32 +111,8 @@ fn serve(card: &Path, extra: &[&str]) -> Server {
         .env("CASTMUX_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("castmux softcard serve did not report its address");
-        if let Some(rest) = line.split("listen=").nth(1) {
-            let a = rest.split_whitespace().next().unwrap();
-            break a.parse().unwrap();
-        }
-    };
-    Server {
-        child,
-        addr,
-        log: rx,
-    }
+        .stderr(Stdio::piped());
+    start_server(c)
 }
 
 #[test]

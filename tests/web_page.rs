@@ -9,6 +9,7 @@
 //! Chromium and chromedriver are Debian's `chromium` and `chromium-driver`
 //! (scripts/deps.sh installs them). A missing one fails the test: it never skips.
 
+mod cli_support;
 mod http_support;
 
 use std::io::{Read, Write};

@@ -2,10 +2,11 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use castmux::ts::{CaDescriptor, EsKind, Pat, Pid, Pmt, Section, SectionAssembler};
@@ -273,4 +274,62 @@ pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
 /// Whether `s` is still open now: no EOF or reset waiting (data waiting is dropped).
 pub fn still_open(s: &mut TcpStream) -> bool {
     !closed_within(s, Duration::from_millis(50))
+}
+
+/// The lines `child` writes to its stderr (piped), read on a thread of their own.
+pub fn log_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A castmux server process (`serve`, `headend`, `softcard serve`) and the address it
+/// logged; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// SIGTERM, then the exit status and the log lines after the start.
+    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let status = self.child.wait().unwrap();
+        let lines = self.log.try_iter().collect();
+        (status, lines)
+    }
+}
+
+/// Start a prepared server command (stderr piped) and wait for the `listen=ADDR` it logs.
+pub fn start_server(mut c: Command) -> Server {
+    let mut child = c.spawn().expect("run castmux");
+    let log = log_lines(&mut child);
+    let addr = loop {
+        let line = log
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{c:?} did not log its listen= address"));
+        if let Some(rest) = line.split("listen=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    Server { child, addr, log }
 }

@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -122,15 +122,7 @@ pub struct Proc {
 impl Proc {
     /// A spawned castmux whose stdout and stderr are piped: its log lines collected.
     pub fn from_child(mut child: Child) -> Proc {
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = log_lines(&mut child);
         let mut stdout = child.stdout.take().expect("stdout");
         let (otx, orx) = mpsc::channel();
         std::thread::spawn(move || {

@@ -3,43 +3,16 @@
 //! no HTTP client crate and can also send what a client crate would refuse to.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+pub use crate::cli_support::{start_server, Server};
 
 /// The key the tests' servers use.
 pub const KEY: &str = "mysecretkey123";
-
-/// A running `castmux serve`; killed on drop.
-pub struct Server {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub log: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    /// SIGTERM, then the exit status and the log lines after the start.
-    pub fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let status = self.child.wait().unwrap();
-        let lines = self.log.try_iter().collect();
-        (status, lines)
-    }
-}
 
 /// The `castmux serve` command on `db` (no key given: the caller adds one).
 pub fn serve_command(db: &Path, extra: &[&str]) -> Command {
@@ -61,7 +34,7 @@ pub fn serve_command(db: &Path, extra: &[&str]) -> Command {
 pub fn serve(db: &Path, extra: &[&str]) -> Server {
     let mut c = serve_command(db, extra);
     c.env("CASTMUX_API_KEY", KEY);
-    start(c)
+    start_server(c)
 }
 
 /// Start `castmux headend --workers 1 --config CFG` on `db` with [`KEY`] in
@@ -78,34 +51,7 @@ pub fn headend(db: &Path, cfg: &Path) -> Server {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    start(c)
-}
-
-/// Start a prepared serve command and wait for its address.
-pub fn start(mut c: Command) -> Server {
-    let mut child = c.spawn().expect("run castmux serve");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .expect("castmux serve did not report its address");
-        if let Some(rest) = line.split("listen=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    Server {
-        child,
-        addr,
-        log: rx,
-    }
+    start_server(c)
 }
 
 /// A store with packages `basic` (bit 0) and `sport` (bit 2) and the seed's card

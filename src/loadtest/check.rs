@@ -28,7 +28,7 @@ use mpeg2ts_reader::psi::{
 };
 use serde::Serialize;
 
-use super::stream::{verify_es, Tag, ES_PIDS};
+use super::stream::{verify_es, Mismatch, Tag, ES_PIDS};
 use crate::io::PacketBatch;
 use crate::softcard::{EcmStream, SoftCard};
 
@@ -105,6 +105,9 @@ pub struct ChannelCounts {
     pub clear: u64,
     /// Scrambled ES packets that the key of the ECM on air did not descramble. Must be 0.
     pub undecryptable: u64,
+    /// ES packets that descrambled to another channel's payload (crossed channels). Must
+    /// be 0.
+    pub foreign: u64,
     /// Key switches made before any ECM carried the new key.
     pub switch_before_ecm: u64,
     /// ES packets sent after the first one received that never arrived.
@@ -143,6 +146,7 @@ impl ChannelCounts {
         self.verified += o.verified;
         self.clear += o.clear;
         self.undecryptable += o.undecryptable;
+        self.foreign += o.foreign;
         self.switch_before_ecm += o.switch_before_ecm;
         self.lost += o.lost;
         self.reordered += o.reordered;
@@ -477,6 +481,8 @@ impl ChannelCheck {
             let raw = self.packets.packets()[pend.index];
             let payload = TsPacket::try_new(&raw[..]).and_then(|p| p.payload());
             match payload.map(|b| verify_es(self.index, pend.pid, b)) {
+                // the key was right, the packet is not this channel's
+                Some(Err(Mismatch::OtherChannel(_))) => self.counts.foreign += 1,
                 Some(Ok(tag)) => {
                     self.counts.verified += 1;
                     if pend.after_switch {
@@ -764,6 +770,8 @@ mod tests {
         clear_at: Option<usize>,
         /// The ES packet scrambled under a key no ECM carried.
         wrong_key_at: Option<usize>,
+        /// The ES packet replaced by one of another channel (same PID and CC).
+        foreign_at: Option<usize>,
         es_count: usize,
         checker: Checker,
         sent: [u32; 2],
@@ -782,6 +790,7 @@ mod tests {
                 ecm_gap: None,
                 clear_at: None,
                 wrong_key_at: None,
+                foreign_at: None,
                 es_count: 0,
                 checker: Checker::new(vec![card()], Algorithm::Csa2),
                 sent: [0; 2],
@@ -886,6 +895,17 @@ mod tests {
                     if pid == 0x100 || pid == 0x101 {
                         let n = self.es_count;
                         self.es_count += 1;
+                        if self.foreign_at == Some(n) {
+                            let mut other = Vec::new();
+                            SyntheticStream::new(1).datagram(now, &mut other);
+                            let same_pid = other
+                                .chunks(188)
+                                .find(|o| o[1..3] == p[1..3])
+                                .expect("an ES packet of that PID");
+                            let cc = p[3] & 0x0F;
+                            p.copy_from_slice(same_pid);
+                            p[3] = (p[3] & 0xF0) | cc;
+                        }
                         if self.clear_at != Some(n) {
                             let c = if self.wrong_key_at == Some(n) {
                                 &wrong
@@ -964,6 +984,15 @@ mod tests {
             (0, 1, 0),
             "{c:?}"
         );
+    }
+
+    #[test]
+    fn a_packet_of_another_channel_is_foreign_not_undecryptable() {
+        let mut sim = Sim::new();
+        sim.foreign_at = Some(600);
+        sim.run(2000);
+        let c = sim.counts();
+        assert_eq!((c.foreign, c.undecryptable, c.clear), (1, 0, 0), "{c:?}");
     }
 
     #[test]

@@ -341,18 +341,54 @@ fn make_store(db: &Path) -> Result<CardFile, LoadError> {
     Ok(card?)
 }
 
-/// A free loopback TCP or UDP port (bound, read, released).
-fn free_port(udp: bool) -> Result<u16, LoadError> {
-    let any = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0));
-    let port = if udp {
-        UdpSocket::bind(any).and_then(|s| s.local_addr())
-    } else {
-        TcpListener::bind(any).and_then(|s| s.local_addr())
-    };
-    port.map(|a| a.port()).map_err(|source| LoadError::Socket {
-        what: "a free loopback port".into(),
-        source,
-    })
+/// A free loopback TCP port (bound, read, released).
+fn free_tcp_port() -> Result<u16, LoadError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| LoadError::Socket {
+            what: "a free loopback TCP port".into(),
+            source,
+        })
+}
+
+/// `n` distinct free loopback UDP ports, for the head-end's inputs. They are all held at
+/// once while picked (a port released and picked again could go to two channels), and
+/// taken below the kernel's ephemeral range, so no socket bound to port 0 (the head-end's
+/// own outputs, opened while other channels still start) can take one first.
+fn free_udp_ports(n: usize) -> Result<Vec<u16>, LoadError> {
+    const FLOOR: u32 = 10_000;
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = low.saturating_sub(FLOOR).max(1);
+    // runs one after another start at different places, and runs of one process (tests)
+    // each after the ports the one before took
+    static TAKEN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let before = TAKEN.fetch_add(n as u32, Ordering::Relaxed);
+    let start = (std::process::id().wrapping_mul(7919).wrapping_add(before)) % span;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..span {
+        if held.len() == n {
+            break;
+        }
+        let port = (FLOOR + (start + i) % span) as u16;
+        if let Ok(s) = UdpSocket::bind((Ipv4Addr::LOCALHOST, port)) {
+            held.push(s);
+        }
+    }
+    if held.len() < n {
+        return Err(LoadError::Socket {
+            what: format!("{n} free loopback UDP ports from {FLOOR} to {low}"),
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        });
+    }
+    // released together when `held` drops
+    Ok(held
+        .iter()
+        .filter_map(|s| s.local_addr().ok().map(|a| a.port()))
+        .collect())
 }
 
 /// A process of the run, its stderr in a log file.
@@ -729,14 +765,12 @@ pub fn run(
         );
     }
     let outputs: Vec<u16> = inputs.iter().map(|i| i.local_addr().port()).collect();
-    let in_ports: Vec<u16> = (0..cfg.channels)
-        .map(|_| free_port(true))
-        .collect::<Result<_, _>>()?;
+    let in_ports = free_udp_ports(cfg.channels)?;
 
     let (mut ecmg, proxy) = if cfg.ecmg {
         let mut e = Ecmg {
             proc: None,
-            port: free_port(false)?,
+            port: free_tcp_port()?,
             castmux: cfg.castmux.clone(),
             db: db.clone(),
             dir: dir.clone(),
@@ -1032,6 +1066,7 @@ impl HeadendReport {
                 t.switch_before_ecm as f64,
                 "",
             ),
+            Criterion::at_most("packets of another channel", "", 0.0, t.foreign as f64, ""),
             Criterion::at_most(
                 "lost packets",
                 "--max-lost",
@@ -1071,6 +1106,7 @@ impl HeadendReport {
             .row(["  proven (descrambled = sent)".to_owned(), n(t.verified)])
             .row(["  clear".to_owned(), n(t.clear)])
             .row(["  undecryptable".to_owned(), n(t.undecryptable)])
+            .row(["  of another channel".to_owned(), n(t.foreign)])
             .row(["  lost".to_owned(), n(t.lost)])
             .row(["  reordered".to_owned(), n(t.reordered)])
             .row([

@@ -244,7 +244,7 @@ fn spread(h: &hdrhistogram::Histogram<u64>, to_ms: f64) -> Spread {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct HeadendReport {
     /// Channels.
     pub channels: usize,
@@ -1222,5 +1222,52 @@ fn fault_name(f: &Fault) -> String {
         } => {
             format!("stop-input:{channel}@{}+{}", ms(at), ms(lasting))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_fault_the_checker_counts_fails_the_run_by_name() {
+        let good = HeadendReport {
+            total: ChannelCounts {
+                verified: 1000,
+                ..ChannelCounts::default()
+            },
+            ecm_interval_ms: Spread {
+                max: 110.0,
+                ..Spread::default()
+            },
+            ..HeadendReport::default()
+        };
+        let limits = HeadendLimits::default();
+        assert!(good.verdict(&limits).passed);
+        type Break = fn(&mut HeadendReport);
+        let cases: [(&str, Break); 6] = [
+            ("clear ES payloads", |r| r.total.clear = 1),
+            ("undecryptable packets", |r| r.total.undecryptable = 1),
+            ("key switches before their ECM", |r| {
+                r.total.switch_before_ecm = 1
+            }),
+            ("packets of another channel", |r| r.total.foreign = 1),
+            ("lost packets", |r| r.total.lost = 1),
+            ("ECM interval max", |r| r.ecm_interval_ms.max = 600.0),
+        ];
+        for (what, break_it) in cases {
+            let mut r = good.clone();
+            break_it(&mut r);
+            let v = r.verdict(&limits);
+            assert!(!v.passed, "{what}");
+            let failed: Vec<&str> = v.failures().map(|c| c.what.as_str()).collect();
+            assert_eq!(failed, [what]);
+            assert!(v.reason().contains(what), "{}", v.reason());
+        }
+        let nothing = HeadendReport::default();
+        assert!(
+            !nothing.verdict(&limits).passed,
+            "a run that proved nothing fails"
+        );
     }
 }

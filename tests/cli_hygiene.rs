@@ -719,3 +719,78 @@ fn a_bad_csv_row_is_reported_once() {
     assert_eq!(err.matches("ACCESS_CRITERIA_ERROR").count(), 1, "{err}");
     assert!(err.contains("CSV line 2"), "{err}");
 }
+
+/// An SRT passphrase is a secret: no log line, error or status shows it, whether the URL
+/// opens (a listener waiting for its caller) or fails (a caller nobody answers).
+#[test]
+fn an_srt_passphrase_never_appears_in_a_log_or_an_error() {
+    const SECRET: &str = "castmux-hygiene-passphrase";
+    let dir = tmp();
+    let out = dir.path().join("out.ts");
+    // a caller to a port nobody listens on: the open fails, the error names the URL
+    let caller = format!("srt://127.0.0.1:9?latency=20&passphrase={SECRET}");
+    for args in [
+        vec![
+            "scramble",
+            "-i",
+            &caller,
+            "-o",
+            s(&out),
+            "--cw-log",
+            s(&dir.path().join("a.cw")),
+        ],
+        vec![
+            "descramble",
+            "-i",
+            &caller,
+            "-o",
+            s(&out),
+            "--cw",
+            "0011223344556677",
+        ],
+        vec!["probe", &caller, "--duration", "1s"],
+    ] {
+        let o = bin()
+            .env("CASTMUX_LOG", "debug")
+            .args(&args)
+            .output()
+            .unwrap();
+        let all = text(&o.stdout) + &text(&o.stderr);
+        assert!(!o.status.success(), "{args:?}: {all}");
+        assert!(
+            all.contains("passphrase=***"),
+            "{args:?} names the URL, masked: {all}"
+        );
+        assert!(
+            !all.contains(SECRET),
+            "{args:?} shows the passphrase: {all}"
+        );
+    }
+    // a listener opens and logs what it scrambles
+    let port = free_udp_port();
+    let listener = format!("srt://127.0.0.1:{port}?mode=listener&passphrase={SECRET}");
+    let mut child = bin()
+        .env("CASTMUX_LOG", "debug")
+        .args(["scramble", "-i", &listener, "-o", s(&out), "--cw-log"])
+        .arg(dir.path().join("b.cw"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("scrambling") && std::time::Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+            seen.push_str(&l);
+            seen.push('\n');
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    while let Ok(l) = lines.try_recv() {
+        seen.push_str(&l);
+    }
+    assert!(seen.contains("scrambling"), "the start line: {seen}");
+    assert!(seen.contains("passphrase=***"), "{seen}");
+    assert!(!seen.contains(SECRET), "{seen}");
+}

@@ -1,10 +1,12 @@
 //! The head-end's HTTP surface against the real binary: `castmux headend` with `[http]`
 //! serves its channels' status (keyed), takes restart/disable/enable/reload over HTTP,
 //! and exposes `/metrics` that `promtool check metrics` accepts and that a real
-//! Prometheus scrapes and answers a query on.
+//! Prometheus scrapes and answers a query on; per EMMG client, per channel EMM, store
+//! follower and active input metrics.
 
 mod cli_support;
 mod http_support;
+mod simulcrypt_support;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
@@ -261,6 +263,237 @@ fn headend_status_control_and_metrics_over_http() {
 
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// The value of the sample `name{labels}` in a metrics text (None: no such sample).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn emmg_clients_emm_store_follower_and_active_input_in_metrics() {
+    use castmux::simulcrypt::emmg_messages::ChannelIds;
+    use castmux::simulcrypt::{EmmgMessage, StreamIds};
+    use simulcrypt_support::Raw;
+    const CLIENT: u32 = 0x00C0_FFEE;
+
+    let dir = tmp();
+    let db = seed_store(dir.path());
+    let (http_port, emmg_port) = (free_udp_port(), free_udp_port());
+    let ins: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+    let outs: Vec<UdpSocket> = (0..2)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let out_port = |i: usize| outs[i].local_addr().unwrap().port();
+    let cfg = dir.path().join("headend.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http_port}\"\n\n\
+             [emmg]\nlisten = \"127.0.0.1:{emmg_port}\"\nemm_pid = \"0x1FF2\"\n\n\
+             [[channel]]\nname = \"clone\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"11223366445566EF:0102030609080716\"\n\
+             crypto_period = \"1s\"\n\n\
+             [[channel]]\nname = \"card\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncas = \"builtin\"\npackages = [\"sport\"]\n\
+             emm_clone = false\ncrypto_period = \"1s\"\n",
+            ins[0],
+            out_port(0),
+            ins[1],
+            out_port(1)
+        ),
+    )
+    .unwrap();
+    let server = headend(&db, &cfg);
+    let addr: SocketAddr = format!("127.0.0.1:{http_port}").parse().unwrap();
+    // the address logged first is the [emmg] port's; HTTP follows it
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(addr).is_ok()
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (stop, ins) = (Arc::clone(&stop), ins.clone());
+        std::thread::spawn(move || {
+            let streams: Vec<_> = (0..2).map(|i| stream(i as u8, 4000)).collect();
+            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut r = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for (s, port) in streams.iter().zip(&ins) {
+                    let _ = tx.send_to(&s[r % s.len()], ("127.0.0.1", *port));
+                }
+                r += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = api(addr, "GET", "/api/v1/channels", None);
+            r.status == 200
+                && r.json()
+                    .as_array()
+                    .is_some_and(|l| l.len() == 2 && l.iter().all(|c| c["on_air"] == true))
+        }),
+        "channels not on air: {}",
+        api(addr, "GET", "/api/v1/channels", None).text()
+    );
+
+    // an EMMG asks for 64 kbit/s and sends 2,000 one-packet EMMs at once: most are over
+    let ids = StreamIds {
+        client_id: CLIENT,
+        channel_id: 3,
+        stream_id: 4,
+    };
+    let mut emmg = Raw::connect(format!("127.0.0.1:{emmg_port}").parse().unwrap());
+    let setup = [
+        EmmgMessage::ChannelSetup {
+            ids: ChannelIds {
+                client_id: CLIENT,
+                channel_id: 3,
+            },
+            section_tspkt_flag: false,
+        },
+        EmmgMessage::StreamSetup {
+            ids,
+            data_id: 9,
+            data_type: 0,
+        },
+        EmmgMessage::StreamBwRequest {
+            ids,
+            bandwidth: Some(64),
+        },
+    ];
+    for m in &setup {
+        emmg.send_emmg(3, m);
+        assert!(emmg.read_emmg().is_some(), "no answer to {m:?}");
+    }
+    for batch in 0..100u32 {
+        let datagrams = (0..20u32)
+            .map(|i| {
+                let mut s = vec![0x82, 0x70, 97];
+                s.extend_from_slice(&(batch * 20 + i).to_be_bytes());
+                s.resize(100, 0xA5);
+                s
+            })
+            .collect();
+        emmg.send_emmg(
+            3,
+            &EmmgMessage::DataProvision {
+                client_id: CLIENT,
+                channel_id: Some(3),
+                stream_id: Some(4),
+                data_id: 9,
+                datagrams,
+            },
+        );
+    }
+    let client = "{client_id=\"00C0FFEE\"}";
+    let mut text = String::new();
+    let counted = wait_until(Duration::from_secs(10), || {
+        text = get(addr, "/metrics").text();
+        let taken = sample(
+            &text,
+            &format!("castmux_emmg_client_emm_datagrams_total{client}"),
+        );
+        let dropped = sample(&text, &format!("castmux_emmg_client_dropped_total{client}"));
+        matches!((taken, dropped), (Some(t), Some(d)) if t + d == 2000.0)
+            && sample(
+                &text,
+                "castmux_channel_emm_packets_total{channel=\"clone\"}",
+            )
+            .is_some_and(|n| n > 0.0)
+    });
+    assert!(counted, "{text}");
+    let dropped = sample(&text, &format!("castmux_emmg_client_dropped_total{client}")).unwrap();
+    assert!(dropped > 1000.0, "the flood is mostly dropped: {text}");
+    let bytes = sample(
+        &text,
+        &format!("castmux_emmg_client_emm_bytes_total{client}"),
+    )
+    .unwrap();
+    let taken = sample(
+        &text,
+        &format!("castmux_emmg_client_emm_datagrams_total{client}"),
+    )
+    .unwrap();
+    assert_eq!(bytes, taken * 188.0, "one packet on air each: {text}");
+    assert_eq!(
+        sample(
+            &text,
+            &format!("castmux_emmg_client_dropped_bytes_total{client}")
+        ),
+        Some(dropped * 188.0)
+    );
+    // the channel that makes its own EMMs does not clone; the cloning one lost none
+    assert_eq!(
+        sample(
+            &text,
+            "castmux_channel_emm_clone_dropped_total{channel=\"clone\"}"
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "castmux_channel_emm_clone_dropped_total{channel=\"card\"}"
+        ),
+        None
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "castmux_emmg_port_connections_total{result=\"accepted\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    // the built-in CAS reads its store every second; the fixed-CW channel has no store
+    let age = sample(
+        &text,
+        "castmux_store_follower_age_seconds{channel=\"card\"}",
+    );
+    assert!(age.is_some_and(|a| a < 3.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "castmux_store_follower_age_seconds{channel=\"clone\"}"
+        ),
+        None
+    );
+    let input = format!(
+        "castmux_channel_active_input{{channel=\"card\",input=\"udp://127.0.0.1:{}\"}}",
+        ins[1]
+    );
+    assert_eq!(sample(&text, &input), Some(1.0), "{text}");
+    promtool_check(&text);
+
+    // the status API shows the same
+    let list = api(addr, "GET", "/api/v1/channels", None).json();
+    let card = channel(&list, "card");
+    assert!(
+        card["store"]["age_s"].as_f64().is_some_and(|a| a < 3.0),
+        "{card}"
+    );
+    assert_eq!(
+        card["emm"]["clone_dropped"],
+        serde_json::Value::Null,
+        "{card}"
+    );
+    assert!(
+        card["emm"]["packets"].as_u64().is_some_and(|n| n > 0),
+        "{card}"
+    );
+    let clone = channel(&list, "clone");
+    assert_eq!(clone["store"], serde_json::Value::Null, "{clone}");
+    assert_eq!(clone["emm"]["clone_dropped"], 0, "{clone}");
+
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    drop(emmg);
     let (status, _) = server.stop();
     assert!(status.success(), "{status:?}");
 }

@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::keyring::{ServiceKeyRing, SharedKeyRing};
 use super::store::{time, CardKeyRecord, Store, StoreError};
 use super::types::ServiceKey;
+use crate::scramble::stats::monotonic_ms;
 
 /// How often the store is read for changes (and rotation checked).
 pub const REFRESH: Duration = Duration::from_secs(1);
@@ -65,6 +66,19 @@ pub struct FollowerStats {
     pub card_updates: AtomicU64,
     /// Store reads or rotation checks that failed (what was loaded stayed on air).
     pub store_errors: AtomicU64,
+    /// When the store was last read whole, in ms of [`monotonic_ms`] (0: never). A
+    /// monitor shows its age: keys and cards on air are at most that old.
+    pub last_read_ms: AtomicU64,
+}
+
+impl FollowerStats {
+    /// Seconds since the store was last read whole (None: never).
+    pub fn age_seconds(&self) -> Option<f64> {
+        match self.last_read_ms.load(Relaxed) {
+            0 => None,
+            t => Some(monotonic_ms().saturating_sub(t) as f64 / 1000.0),
+        }
+    }
 }
 
 /// What was in the store when the follower started.
@@ -114,6 +128,7 @@ impl StoreFollower {
         } else {
             (Vec::new(), None)
         };
+        stats.last_read_ms.store(monotonic_ms(), Relaxed);
         let ring = ServiceKeyRing::from_keys(keys.iter().cloned()).shared();
         let follower = StoreFollower {
             store,
@@ -211,13 +226,14 @@ impl StoreFollower {
                 }
             }
             None if self.failing => {
+                self.stats.last_read_ms.store(monotonic_ms(), Relaxed);
                 self.failing = false;
                 tracing::info!(
                     failures = self.stats.store_errors.load(Relaxed),
                     "the card store reads again"
                 );
             }
-            None => {}
+            None => self.stats.last_read_ms.store(monotonic_ms(), Relaxed),
         }
         true
     }

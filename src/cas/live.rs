@@ -202,9 +202,9 @@ impl LiveCas {
         })
     }
 
-    /// The store follower's counters (rotations, key changes, store errors).
-    pub fn follower_stats(&self) -> &FollowerStats {
-        &self.stats
+    /// The store follower's counters (rotations, key changes, store errors, age).
+    pub fn follower_stats(&self) -> Arc<FollowerStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The EMM source for the mux (once).

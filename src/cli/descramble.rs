@@ -89,9 +89,9 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
     };
     let mut d = Descrambler::new(a.scrambling.algorithm(), keys)?;
     let mut input = Input::open(&input_url, &InputOptions::default())
-        .with_context(|| format!("opening input {}", a.input))?;
+        .with_context(|| format!("opening input {}", input_url.display()))?;
     let mut output = Output::open(&output_url, &OutputOptions::default())
-        .with_context(|| format!("opening output {}", a.output))?;
+        .with_context(|| format!("opening output {}", output_url.display()))?;
     let res = run_descramble(&mut input, &mut output, &mut d, &opts);
     let close = output.close(Duration::from_secs(2));
     let t = d.counters().totals();

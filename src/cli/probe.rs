@@ -161,7 +161,7 @@ impl Tables {
 pub fn run(a: ProbeArgs) -> anyhow::Result<()> {
     let url: InputUrl = a.input.parse().context("input")?;
     let mut input = Input::open(&url, &InputOptions::default())
-        .with_context(|| format!("opening input {}", a.input))?;
+        .with_context(|| format!("opening input {}", url.display()))?;
     let live = input.is_live();
     // a file is read to its end unless told otherwise; a pipe or a live input may never end
     let limit = match (a.duration, &url) {

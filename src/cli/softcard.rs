@@ -276,11 +276,11 @@ pub(crate) fn play_stream(
     let mut player = CardPlayer::new(algorithm, ca_system_id, source)?;
     player.set_cw_reduction(card_opts.reduction());
     let mut inp = Input::open(&input_url, &InputOptions::default())
-        .with_context(|| format!("opening input {input}"))?;
+        .with_context(|| format!("opening input {}", input_url.display()))?;
     // a file or pipe is read faster than a remote card answers: wait for each answer
     player.wait_for_answers(!inp.is_live());
     let mut out = Output::open(&output_url, &OutputOptions::default())
-        .with_context(|| format!("opening output {output}"))?;
+        .with_context(|| format!("opening output {}", output_url.display()))?;
     let res = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let mut st = StatusLine::new(&mut player);
         let r = run_stage(&mut inp, &mut out, &mut st, opts);
@@ -294,7 +294,7 @@ pub(crate) fn play_stream(
     player.finish(&mut rest);
     let res = res.map_err(anyhow::Error::from).and_then(|end| {
         out.write_batch(&rest)
-            .with_context(|| format!("writing to {output}"))?;
+            .with_context(|| format!("writing to {}", output_url.display()))?;
         Ok(end)
     });
     let close = out.close(Duration::from_secs(2));

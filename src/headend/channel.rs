@@ -3,7 +3,7 @@
 //! `castmux headend` runs many.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,14 @@ pub struct ChannelEnv<'a> {
     pub emm_pid: Option<Pid>,
 }
 
+/// The outputs as logs show them (SRT passphrases masked).
+fn outputs_display(urls: &[OutputUrl]) -> String {
+    urls.iter()
+        .map(OutputUrl::display)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A channel ready to run.
 #[derive(Debug)]
 pub struct Channel {
@@ -49,13 +57,17 @@ pub struct Channel {
     spec: ChannelSpec,
     stage: StopOnRefusal,
     input: Input,
+    /// The input as logs and the status API show it (an SRT passphrase masked).
+    input_display: String,
     output: OutputSet,
     sc: SimulcryptParts,
     /// Kept for the run: its thread follows the store.
-    _live_cas: Option<LiveCas>,
+    live_cas: Option<LiveCas>,
     to_stdout: bool,
     /// (CA_system_ID, ECM PID) of each CA system, in the PMT's order.
     ca_systems: Vec<(u16, u16)>,
+    /// Cloned EMM chunks this channel's queue dropped (EMM clone only).
+    emm_clone_dropped: Option<Arc<AtomicU64>>,
 }
 
 impl Channel {
@@ -204,6 +216,7 @@ impl Channel {
             scrambler.set_emm_source(Box::new(emm))?;
         }
         sc.attach_emm(&mut scrambler)?;
+        let emm_clone_dropped = env.emm.as_ref().map(EmmQueueSource::dropped_counter);
         if let Some(clone) = env.emm {
             if live_cas.is_some() || a.emmg_listen.is_some() {
                 bail!(
@@ -215,12 +228,12 @@ impl Channel {
                 .context("the cloned EMMs")?;
         }
         let input = Input::open(&input_url, &InputOptions::default())
-            .with_context(|| format!("opening input {}", a.input))?;
+            .with_context(|| format!("opening input {}", input_url.display()))?;
         let output = OutputSet::open(&output_urls, &OutputOptions::default())
-            .with_context(|| format!("opening output {}", a.output.join(", ")))?;
+            .with_context(|| format!("opening output {}", outputs_display(&output_urls)))?;
         tracing::info!(
-            input = %a.input,
-            output = %a.output.join(", "),
+            input = %input_url.display(),
+            output = %outputs_display(&output_urls),
             scrambling = algorithm.name(),
             "scrambling"
         );
@@ -230,11 +243,13 @@ impl Channel {
             spec: spec.clone(),
             stage,
             input,
+            input_display: input_url.display(),
             output,
             sc,
-            _live_cas: live_cas,
+            live_cas,
             to_stdout: output_urls.iter().any(|u| matches!(u, OutputUrl::Stdout)),
             ca_systems: ca_list,
+            emm_clone_dropped,
         })
     }
 
@@ -242,12 +257,14 @@ impl Channel {
     /// counters into them from now on).
     pub fn live(&mut self) -> super::status::ChannelLive {
         super::status::ChannelLive {
-            input_url: self.spec.input.clone(),
+            input_url: self.input_display.clone(),
             input: Arc::clone(self.input.stats()),
             outputs: self.output.stats_handles(),
             counters: self.stage.scrambler_mut().live_counters(),
             ecmgs: self.sc.ecmg_handles(),
             ca_systems: self.ca_systems.clone(),
+            emm_clone_dropped: self.emm_clone_dropped.clone(),
+            store_follower: self.live_cas.as_ref().map(LiveCas::follower_stats),
         }
     }
 

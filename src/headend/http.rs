@@ -20,6 +20,8 @@ use super::status::{ChannelState, Registry};
 use super::supervise::{Command, Event};
 use crate::http::prom::{self, Kind, Text};
 use crate::http::{require_key, ApiError, ApiState};
+use crate::simulcrypt::mux_server::EmmClientCounts;
+use crate::simulcrypt::EmmMuxStats;
 
 /// What the head-end's handlers share.
 #[derive(Clone)]
@@ -330,6 +332,61 @@ pub fn render(registry: &Registry) -> String {
             "Times this channel was started again.",
             &|i| views[i].1.restarts,
         );
+        counter(
+            &mut t,
+            "castmux_channel_emm_packets_total",
+            "EMM packets queued for the EMM PID.",
+            &|i| views[i].1.emm.packets,
+        );
+        t.family(
+            "castmux_channel_emm_clone_dropped_total",
+            Kind::Counter,
+            "Cloned EMM chunks dropped for the channel's full queue (channels that clone the [emmg] port's EMMs).",
+        );
+        for (_, v) in &views {
+            if let Some(d) = v.emm.clone_dropped {
+                t.sample("castmux_channel_emm_clone_dropped_total", &[("channel", &v.name)], d as f64);
+            }
+        }
+        t.family(
+            "castmux_channel_active_input",
+            Kind::Gauge,
+            "1 for the input the channel takes its packets from.",
+        );
+        for (_, v) in &views {
+            if !v.input.url.is_empty() {
+                t.sample(
+                    "castmux_channel_active_input",
+                    &[("channel", &v.name), ("input", &v.input.url)],
+                    1.0,
+                );
+            }
+        }
+        // the built-in CAS's store follower
+        t.family(
+            "castmux_store_follower_age_seconds",
+            Kind::Gauge,
+            "Seconds since the channel's built-in CAS last read the card store whole.",
+        );
+        for (_, v) in &views {
+            if let Some(st) = &v.store {
+                t.sample(
+                    "castmux_store_follower_age_seconds",
+                    &[("channel", &v.name)],
+                    st.age_s.unwrap_or(f64::INFINITY),
+                );
+            }
+        }
+        t.family(
+            "castmux_store_follower_errors_total",
+            Kind::Counter,
+            "Card store reads that failed (the keys and cards loaded stayed on air).",
+        );
+        for (_, v) in &views {
+            if let Some(st) = &v.store {
+                t.sample("castmux_store_follower_errors_total", &[("channel", &v.name)], st.errors as f64);
+            }
+        }
         // per CA system
         t.family(
             "castmux_ecm_age_seconds",
@@ -400,6 +457,74 @@ pub fn render(registry: &Registry) -> String {
             );
         }
     });
+    if let Some(port) = registry.emm_port() {
+        emm_port(&mut t, &port);
+    }
     t.process();
     t.finish()
+}
+
+/// The `[emmg]` port's metrics: per EMMG client, and the port's refusals.
+fn emm_port(t: &mut Text, port: &EmmMuxStats) {
+    let clients = port
+        .clients
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let rows: Vec<(String, EmmClientCounts)> = clients
+        .by_id
+        .iter()
+        .map(|(id, c)| (format!("{id:08X}"), *c))
+        .chain(
+            (clients.others != EmmClientCounts::default())
+                .then(|| ("other".to_owned(), clients.others)),
+        )
+        .collect();
+    type Field = fn(&EmmClientCounts) -> u64;
+    let families: [(&str, &str, Field); 4] = [
+        ("castmux_emmg_client_emm_bytes_total", "EMM bytes (as they take on air) taken from an EMMG client within its bandwidth.", |c| c.bytes),
+        ("castmux_emmg_client_emm_datagrams_total", "EMM datagrams taken from an EMMG client within its bandwidth.", |c| c.datagrams),
+        ("castmux_emmg_client_dropped_total", "EMM datagrams of an EMMG client dropped for exceeding its allocated bandwidth.", |c| c.dropped),
+        ("castmux_emmg_client_dropped_bytes_total", "EMM bytes (as they would take on air) of an EMMG client dropped for exceeding its allocated bandwidth.", |c| c.dropped_bytes),
+    ];
+    for (name, help, f) in families {
+        t.family(name, Kind::Counter, help);
+        for (id, c) in &rows {
+            t.sample(name, &[("client_id", id)], f(c) as f64);
+        }
+    }
+    t.family(
+        "castmux_emmg_port_dropped_total",
+        Kind::Counter,
+        "EMM chunks the [emmg] port dropped after policing, by reason.",
+    );
+    for (reason, n) in [
+        ("queue_full", port.dropped_queue_full.load(Relaxed)),
+        ("no_subscriber", port.dropped_no_subscriber.load(Relaxed)),
+        ("rejected", port.rejected.load(Relaxed)),
+    ] {
+        t.sample(
+            "castmux_emmg_port_dropped_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
+    let a = port.accept.snapshot();
+    t.family(
+        "castmux_emmg_port_connections_total",
+        Kind::Counter,
+        "Connections to the [emmg] port, by result.",
+    );
+    for (result, n) in [
+        ("accepted", a.accepted),
+        ("refused_full", a.refused_full),
+        ("refused_per_address", a.refused_per_address),
+        ("handshake_timeout", a.handshake_timeouts),
+    ] {
+        t.sample(
+            "castmux_emmg_port_connections_total",
+            &[("result", result)],
+            n as f64,
+        );
+    }
 }

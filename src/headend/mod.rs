@@ -128,6 +128,7 @@ impl Headend {
                     source: Box::new(err),
                 }
             })?;
+            self.registry.set_emm_port(Some(p.stats()));
             port = Some(p);
             first_source = Some(src);
         }
@@ -160,6 +161,7 @@ impl Headend {
         };
         let reports = sup.run(plan, port.as_ref(), first_source, events);
         if let Some(p) = port {
+            self.registry.set_emm_port(None);
             p.stop();
         }
         reports

@@ -167,11 +167,19 @@ impl Default for ChannelSpec {
 }
 
 impl std::fmt::Debug for ChannelSpec {
-    // the CW is a key: Debug names whether one is set, never its value
+    // the CW is a key: Debug names whether one is set, never its value; an SRT
+    // passphrase in a URL is masked
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelSpec")
-            .field("input", &self.input)
-            .field("output", &self.output)
+            .field("input", &crate::io::url::mask(&self.input))
+            .field(
+                "output",
+                &self
+                    .output
+                    .iter()
+                    .map(|o| crate::io::url::mask(o))
+                    .collect::<Vec<_>>(),
+            )
             .field("service", &self.service)
             .field("cw", &self.cw.as_ref().map(|_| "<set>"))
             .field("crypto_period", &self.crypto_period)

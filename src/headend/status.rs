@@ -4,16 +4,17 @@
 //! dashboard and `/metrics` read the [`Registry`].
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::supervise::SupervisorStats;
+use crate::cas::FollowerStats;
 use crate::io::IoStats;
 use crate::scramble::stats::{monotonic_ms, LiveCounters};
-use crate::simulcrypt::SimulcryptEcmg;
+use crate::simulcrypt::{EmmMuxStats, SimulcryptEcmg};
 
 /// Bitrate samples kept per channel (one a second: five minutes).
 pub const HISTORY: usize = 300;
@@ -31,6 +32,10 @@ pub struct ChannelLive {
     pub ecmgs: Vec<SimulcryptEcmg>,
     /// (CA_system_ID, ECM PID) per CA system, in the order of `counters.ecm_changed_ms`.
     pub ca_systems: Vec<(u16, u16)>,
+    /// Cloned EMM chunks dropped for a full queue (a channel with `emm_clone`).
+    pub emm_clone_dropped: Option<Arc<AtomicU64>>,
+    /// The built-in CAS's store follower (`--cas builtin`).
+    pub store_follower: Option<Arc<FollowerStats>>,
 }
 
 /// Where a channel is in its life.
@@ -197,6 +202,20 @@ impl ChannelEntry {
                     })
                     .collect()
             }),
+            emm: EmmView {
+                packets: counter(|c| c.emm_packets.load(Relaxed)),
+                clone_dropped: live
+                    .and_then(|l| l.emm_clone_dropped.as_ref())
+                    .map(|d| d.load(Relaxed)),
+            },
+            store: live
+                .and_then(|l| l.store_follower.as_deref())
+                .map(|f| StoreView {
+                    age_s: f.age_seconds(),
+                    errors: f.store_errors.load(Relaxed),
+                    key_changes: f.key_changes.load(Relaxed),
+                    card_updates: f.card_updates.load(Relaxed),
+                }),
             ecmg_links: live.map_or_else(Vec::new, |l| {
                 l.ecmgs
                     .iter()
@@ -230,7 +249,28 @@ pub struct ChannelView {
     pub held_before_ecm: u64,
     /// Seconds since each CA system's ECM content changed (null: none yet).
     pub ecm_age_s: Vec<Option<f64>>,
+    pub emm: EmmView,
+    /// The built-in CAS's store follower (null without `--cas builtin`).
+    pub store: Option<StoreView>,
     pub ecmg_links: Vec<EcmgView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EmmView {
+    /// EMM packets queued for the EMM PID.
+    pub packets: u64,
+    /// Cloned EMM chunks dropped for a full queue (null: the channel does not clone).
+    pub clone_dropped: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StoreView {
+    /// Seconds since the store was last read whole (null: never).
+    pub age_s: Option<f64>,
+    /// Store reads that failed (the keys and cards loaded stayed on air).
+    pub errors: u64,
+    pub key_changes: u64,
+    pub card_updates: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -268,6 +308,8 @@ pub struct Registry {
     channels: Mutex<Vec<ChannelEntry>>,
     pub started: Instant,
     pub stats: Arc<SupervisorStats>,
+    /// The `[emmg]` port's counters while it runs.
+    emm_port: Mutex<Option<Arc<EmmMuxStats>>>,
 }
 
 impl Registry {
@@ -276,7 +318,21 @@ impl Registry {
             channels: Mutex::new(Vec::new()),
             started: Instant::now(),
             stats,
+            emm_port: Mutex::new(None),
         }
+    }
+
+    /// The `[emmg]` port whose counters monitors show (None: no port runs).
+    pub fn set_emm_port(&self, stats: Option<Arc<EmmMuxStats>>) {
+        *self.emm_port.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+
+    /// The `[emmg]` port's counters, if it runs.
+    pub fn emm_port(&self) -> Option<Arc<EmmMuxStats>> {
+        self.emm_port
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ChannelEntry>> {

@@ -545,7 +545,8 @@ fn parse_srt(url: &str, rest: &str) -> Result<SrtUrl, UrlError> {
 
 /// Hide the passphrases in a URL kept for messages: every `passphrase=` value (a repeated
 /// key is as secret as the first), in errors as much as in the URL shown for a good one.
-fn mask(url: &str) -> String {
+/// Also for URLs kept as written (a head-end file's channel spec) whenever they are shown.
+pub fn mask(url: &str) -> String {
     const KEY: &str = "passphrase=";
     let mut out = String::with_capacity(url.len());
     let mut rest = url;

@@ -212,6 +212,7 @@ impl Scrambler {
             (&l.psi_errors, st.psi_errors),
             (&l.pcr_discontinuities, st.pcr_discontinuities),
             (&l.cc_errors, st.cc_errors),
+            (&l.emm_packets, st.emm.packets),
             (&l.period, self.schedule.period().0),
         ] {
             a.store(v, Relaxed);

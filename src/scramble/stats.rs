@@ -194,6 +194,8 @@ pub struct LiveCounters {
     pub psi_errors: AtomicU64,
     pub pcr_discontinuities: AtomicU64,
     pub cc_errors: AtomicU64,
+    /// EMM packets queued for the EMM PID.
+    pub emm_packets: AtomicU64,
     /// The crypto period in force.
     pub period: AtomicU64,
     /// Per CA system (in the PMT's order): when its ECM content last changed, in ms of

@@ -148,6 +148,12 @@ impl EmmQueueSource {
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Relaxed)
     }
+
+    /// The count of [`Self::dropped`], for a monitor to read after the source moved into
+    /// its pipeline.
+    pub fn dropped_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.dropped)
+    }
 }
 
 impl std::fmt::Debug for EmmQueueSource {

@@ -97,6 +97,49 @@ pub struct EmmMuxStats {
     pub udp_bad: AtomicU64,
     /// UDP receives that failed (each followed by a pause, doubling up to half a second).
     pub udp_recv_errors: AtomicU64,
+    /// EMMs taken and dropped per EMMG client (client_id), for as long as the port runs.
+    pub clients: Mutex<EmmClients>,
+}
+
+/// Most clients counted each under its own client_id; later ones are counted together
+/// (a client picks its id, so a hostile one could otherwise grow the table without end).
+pub const MAX_COUNTED_CLIENTS: usize = 64;
+
+/// EMM counts of one EMMG client.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct EmmClientCounts {
+    /// Datagrams taken within the allocated bandwidth.
+    pub datagrams: u64,
+    /// Bytes those take on air.
+    pub bytes: u64,
+    /// Datagrams dropped for exceeding the allocated bandwidth.
+    pub dropped: u64,
+    /// Bytes those would have taken on air.
+    pub dropped_bytes: u64,
+}
+
+/// [`EmmClientCounts`] per client_id, at most [`MAX_COUNTED_CLIENTS`] of them, and the rest
+/// together.
+#[derive(Debug, Default, Clone)]
+pub struct EmmClients {
+    pub by_id: std::collections::BTreeMap<u32, EmmClientCounts>,
+    /// Clients past the first [`MAX_COUNTED_CLIENTS`].
+    pub others: EmmClientCounts,
+}
+
+impl EmmClients {
+    fn add(&mut self, client_id: u32, c: EmmClientCounts) {
+        let slot = if self.by_id.len() < MAX_COUNTED_CLIENTS || self.by_id.contains_key(&client_id)
+        {
+            self.by_id.entry(client_id).or_default()
+        } else {
+            &mut self.others
+        };
+        slot.datagrams += c.datagrams;
+        slot.bytes += c.bytes;
+        slot.dropped += c.dropped;
+        slot.dropped_bytes += c.dropped_bytes;
+    }
 }
 
 /// Bytes a chunk takes on air (sections are packetized: 184 payload bytes per 188).
@@ -187,18 +230,25 @@ impl MuxShared {
             EmmData::Sections
         };
         let mut over = false;
+        let mut counts = EmmClientCounts::default();
         for d in datagrams {
             let Some(chunks) = split_chunks(kind, d) else {
                 self.stats.rejected.fetch_add(1, Relaxed);
                 continue;
             };
-            if !st.bucket.take(air_bytes(kind, d.len()), now) {
+            let bytes = air_bytes(kind, d.len());
+            if !st.bucket.take(bytes, now) {
                 self.stats.dropped_over_bandwidth.fetch_add(1, Relaxed);
+                counts.dropped += 1;
+                counts.dropped_bytes += bytes;
                 over = true;
                 continue;
             }
+            counts.datagrams += 1;
+            counts.bytes += bytes;
             self.subscribers.publish(kind, &chunks);
         }
+        lock(&self.stats.clients).add(key.0, counts);
         if over {
             let tell = st
                 .last_bw_error
@@ -817,6 +867,27 @@ fn msg_channel(m: &EmmgMessage, own_channel: u16) -> ChannelIds {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn clients_are_counted_each_up_to_the_cap_then_together() {
+        let one = EmmClientCounts {
+            datagrams: 1,
+            bytes: 188,
+            dropped: 2,
+            dropped_bytes: 376,
+        };
+        let mut c = EmmClients::default();
+        for id in 0..(MAX_COUNTED_CLIENTS as u32 + 10) {
+            c.add(id, one);
+        }
+        // a counted client keeps its own row past the cap
+        c.add(3, one);
+        assert_eq!(c.by_id.len(), MAX_COUNTED_CLIENTS);
+        assert_eq!(c.by_id[&3].bytes, 376);
+        assert_eq!(c.by_id[&0].dropped, 2);
+        assert_eq!(c.others.datagrams, 10);
+        assert_eq!(c.others.dropped_bytes, 3760);
+    }
     use super::*;
 
     #[test]

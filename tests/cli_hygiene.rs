@@ -787,7 +787,7 @@ fn an_srt_passphrase_never_appears_in_a_log_or_an_error() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    while let Ok(l) = lines.try_recv() {
+    while let Ok(l) = lines.recv_timeout(Duration::from_secs(5)) {
         seen.push_str(&l);
     }
     assert!(seen.contains("scrambling"), "the start line: {seen}");

@@ -314,7 +314,12 @@ impl Server {
         )
         .unwrap();
         let status = self.child.wait().unwrap();
-        let lines = self.log.try_iter().collect();
+        // the reader thread may still be forwarding the last lines: read to its end (the
+        // pipe's end), not only what has arrived so far
+        let mut lines = Vec::new();
+        while let Ok(l) = self.log.recv_timeout(Duration::from_secs(5)) {
+            lines.push(l);
+        }
         (status, lines)
     }
 }

@@ -90,10 +90,15 @@ pub struct CardKeyRecord {
     pub entitlements: Entitlements,
 }
 
-/// An open store. Cheap to clone; clones share the connection pool.
+/// An open store. Cheap to clone; clones share the connection pools.
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// One connection that every write transaction of this process takes in turn: writers
+    /// queue here, first come first served, instead of meeting at SQLite's lock, whose busy
+    /// handler sleeps up to 100 ms a try (at 600 TVCAS updates a second over 4 connections
+    /// that gave a p99 of 105 ms). Other processes still meet this one at the lock.
+    writer: SqlitePool,
     path: Arc<PathBuf>,
     root: Arc<Key128>,
     ca_system_id: u16,
@@ -119,6 +124,16 @@ fn connect_options(path: &Path) -> SqliteConnectOptions {
         .synchronous(SqliteSynchronous::Full)
         .foreign_keys(true)
         .busy_timeout(BUSY_TIMEOUT)
+}
+
+/// The one-connection pool of [`Store::writer`].
+async fn connect_writer(path: &Path) -> Result<SqlitePool, StoreError> {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+        .connect_with(connect_options(path))
+        .await
+        .map_err(|e| StoreError::db(path, e))
 }
 
 async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
@@ -167,8 +182,16 @@ impl Store {
         let caid: i64 = row.try_get(1).map_err(|e| StoreError::db(path, e))?;
         let ca_system_id =
             u16::try_from(caid).map_err(|_| corrupt("the CA_system_ID is out of range"))?;
+        let writer = match connect_writer(path).await {
+            Ok(w) => w,
+            Err(e) => {
+                pool.close().await;
+                return Err(e);
+            }
+        };
         Ok(Store {
             pool,
+            writer,
             path: Arc::new(path.to_owned()),
             root: Arc::new(root),
             ca_system_id,
@@ -275,6 +298,7 @@ impl Store {
     /// chance. A checkpoint blocked by another process's reader is not an error: that
     /// process's own close finishes it.
     pub async fn close(self) {
+        self.writer.close().await;
         match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
             .fetch_one(&self.pool)
             .await
@@ -350,7 +374,7 @@ impl Store {
     /// A write transaction. IMMEDIATE takes the write lock up front, so two writers queue on
     /// the busy timeout instead of one failing when it upgrades a read lock.
     pub(crate) async fn write_tx(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.pool
+        self.writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(|e| self.err(e))

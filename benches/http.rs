@@ -1,0 +1,402 @@
+//! The operator's surface under load, against the real binary, castmux pinned to one core
+//! and the load to the other (castmux's CPU read from /proc over the measured window).
+//!
+//! Two runs, printed side by side with their targets (issue 12):
+//! - **TVCAS card updates**: `castmux serve` over a store of CARDS cards (default 1000);
+//!   CLIENTS keep-alive connections (default 4) each change the name of its share of the
+//!   cards with `GET /api.php?api_key=…&serial_no=…&set[name]=…` for SECS seconds (default
+//!   10), each waiting for its answer. Updates per second and the answer time (p50, p99,
+//!   max). Afterwards every card is read back through the same API and must carry the last
+//!   name set for it. Target: ≥ 1,000 updates per second.
+//! - **`/metrics` of a big head-end**: `castmux headend` with CHANNELS channels (default
+//!   300, UDP inputs, fixed CWs) and `[http]`; SCRAPES scrapes (default 200) one after the
+//!   other on one connection. Time per scrape (p50, p99, max) and its size. Target: < 50 ms.
+//!
+//! Run: `cargo bench --bench http` (env: CASTMUX_BENCH_CARDS, CASTMUX_BENCH_CLIENTS,
+//! CASTMUX_BENCH_SECS, CASTMUX_BENCH_CHANNELS, CASTMUX_BENCH_SCRAPES).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use castmux::loadtest::headend::cpu_seconds;
+use hdrhistogram::Histogram;
+
+const KEY: &str = "bench-api-key-0123456789";
+
+fn env_num(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn pin_to(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn castmux(db: &Path, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("CASTMUX_LOG", "warn")
+        .output()
+        .expect("run castmux");
+    assert!(
+        out.status.success(),
+        "castmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Start `castmux ARGS` on core 0 with the API key; its HTTP address once it logs it.
+fn start(db: &Path, args: &[&str], ready: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_castmux"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("CASTMUX_API_KEY", KEY)
+        .env("CASTMUX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn taskset castmux (util-linux taskset, cargo build --release)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ready = ready.to_owned();
+    std::thread::spawn(move || {
+        let mut addr = None;
+        let mut said = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if addr.is_none() && line.contains("http: serving") {
+                addr = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|a| a.parse::<SocketAddr>().ok());
+            }
+            if let (Some(a), false) = (addr, said) {
+                if line.contains(&ready) || ready.is_empty() {
+                    said = true;
+                    let _ = tx.send(a);
+                }
+            }
+            if line.contains("ERROR") {
+                eprintln!("castmux: {line}");
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("castmux did not start serving HTTP within 120 s");
+    (child, addr)
+}
+
+/// One keep-alive HTTP/1.1 connection.
+struct Conn {
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn open(addr: SocketAddr) -> Conn {
+        let sock = TcpStream::connect(addr).expect("connect");
+        sock.set_nodelay(true).expect("nodelay");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Conn {
+            sock,
+            buf: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    /// GET `path`; the status and the body.
+    fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
+        write!(self.sock, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").expect("send");
+        loop {
+            if let Some(head_end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+                let status = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .expect("status line");
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().expect("content-length"))
+                    .expect("an answer with content-length (no chunked bodies here)");
+                let total = head_end + 4 + len;
+                while self.buf.len() < total {
+                    self.fill();
+                }
+                let body = self.buf[head_end + 4..total].to_vec();
+                self.buf.drain(..total);
+                return (status, body);
+            }
+            self.fill();
+        }
+    }
+
+    fn fill(&mut self) {
+        let mut chunk = [0u8; 65536];
+        let n = self.sock.read(&mut chunk).expect("read");
+        assert!(n > 0, "the server closed the connection");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+struct Updates {
+    cards: usize,
+    clients: usize,
+    updates: u64,
+    per_second: f64,
+    hist: Histogram<u64>,
+    cpu_pct: f64,
+    verified: usize,
+}
+
+fn card_updates(dir: &Path, cards: usize, clients: usize, secs: f64) -> Updates {
+    let db = dir.join("cards.db");
+    castmux(&db, &["init"]);
+    let csv = dir.join("cards.csv");
+    let mut text = String::from("serial_no,name,info,access_criteria,pair,start,finish\n");
+    for i in 0..cards {
+        text.push_str(&format!(
+            "{},card {i},bench,01010101,0,1586693700,1900000000\n",
+            3_000_000_000u64 + i as u64
+        ));
+    }
+    std::fs::write(&csv, text).expect("write cards.csv");
+    castmux(&db, &["card", "import", csv.to_str().expect("utf-8 path")]);
+    let (mut child, addr) = start(&db, &["serve", "--listen", "127.0.0.1:0"], "");
+    pin_to(1);
+    let serial = |i: usize| 3_000_000_000u64 + i as u64;
+    let path = |i: usize, round: u64| {
+        format!(
+            "/api.php?api_key={KEY}&serial_no={}&set%5Bname%5D=bench%20{round}%20{i}",
+            serial(i)
+        )
+    };
+    // warm up: one update per client
+    for k in 0..clients {
+        let (status, body) = Conn::open(addr).get(&path(k, 0));
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let pid = child.id();
+    let cpu0 = cpu_seconds(pid);
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let results: Vec<(u64, Histogram<u64>, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|k| {
+                let path = &path;
+                s.spawn(move || {
+                    let mut conn = Conn::open(addr);
+                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    // the round of the last name set on each of this client's cards
+                    let mut last = vec![0u64; cards];
+                    let mut n = 0u64;
+                    let mut round = 1u64;
+                    while Instant::now() < end {
+                        for i in (k..cards).step_by(clients) {
+                            let t = Instant::now();
+                            let (status, body) = conn.get(&path(i, round));
+                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                            hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                            last[i] = round;
+                            n += 1;
+                            if Instant::now() >= end {
+                                break;
+                            }
+                        }
+                        round += 1;
+                    }
+                    (n, hist, last)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu0;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut updates = 0;
+    let mut last = vec![0u64; cards];
+    for (k, (n, h, l)) in results.into_iter().enumerate() {
+        updates += n;
+        hist.add(&h).unwrap();
+        for i in (k..cards).step_by(clients) {
+            last[i] = l[i];
+        }
+    }
+    // every card carries the last name set for it
+    let mut conn = Conn::open(addr);
+    let mut verified = 0;
+    for (i, round) in last.iter().enumerate() {
+        let (status, body) = conn.get(&format!("/api.php?api_key={KEY}&serial_no={}", serial(i)));
+        assert_eq!(status, 200);
+        let card: serde_json::Value = serde_json::from_slice(&body).expect("card JSON");
+        let want = if *round == 0 {
+            if i < clients {
+                format!("bench 0 {i}")
+            } else {
+                format!("card {i}")
+            }
+        } else {
+            format!("bench {round} {i}")
+        };
+        assert_eq!(card["name"], want.as_str(), "card {}", serial(i));
+        verified += 1;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Updates {
+        cards,
+        clients,
+        updates,
+        per_second: updates as f64 / elapsed,
+        hist,
+        cpu_pct: cpu / elapsed * 100.0,
+        verified,
+    }
+}
+
+struct Scrapes {
+    channels: usize,
+    scrapes: usize,
+    hist: Histogram<u64>,
+    bytes: usize,
+    families: usize,
+}
+
+fn metrics_scrapes(dir: &Path, channels: usize, scrapes: usize) -> Scrapes {
+    let db = dir.join("metrics.db");
+    castmux(&db, &["init"]);
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sink");
+    let out_port = sink.local_addr().expect("sink address").port();
+    let mut toml = String::from("[http]\nlisten = \"127.0.0.1:0\"\n\n");
+    let base = 21_000u16;
+    for i in 0..channels {
+        toml.push_str(&format!(
+            "[[channel]]\nname = \"ch{i}\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{out_port}\"\n\
+             cw = \"{:04X}0102030405FF:{:04X}1112131415FF\"\n\n",
+            base as usize + i,
+            i,
+            i
+        ));
+    }
+    let cfg = dir.join("headend.toml");
+    std::fs::write(&cfg, toml).expect("write headend.toml");
+    let (mut child, addr) = start(
+        &db,
+        &[
+            "headend",
+            "--workers",
+            "1",
+            "--config",
+            cfg.to_str().expect("utf-8 path"),
+        ],
+        "headend: running",
+    );
+    pin_to(1);
+    let mut conn = Conn::open(addr);
+    let (status, body) = conn.get("/metrics");
+    assert_eq!(status, 200);
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let up = text
+        .lines()
+        .filter(|l| l.starts_with("castmux_channel_up{"))
+        .count();
+    assert_eq!(up, channels, "every channel in /metrics");
+    let families = text.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut bytes = 0;
+    for _ in 0..scrapes {
+        let t = Instant::now();
+        let (status, body) = conn.get("/metrics");
+        hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+        assert_eq!(status, 200);
+        bytes = body.len();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    Scrapes {
+        channels,
+        scrapes,
+        hist,
+        bytes,
+        families,
+    }
+}
+
+fn main() {
+    // `cargo bench` passes --bench; nothing else is taken from the command line
+    let cards = env_num("CASTMUX_BENCH_CARDS", 1000.0) as usize;
+    let clients = env_num("CASTMUX_BENCH_CLIENTS", 4.0) as usize;
+    let secs = env_num("CASTMUX_BENCH_SECS", 10.0);
+    let channels = env_num("CASTMUX_BENCH_CHANNELS", 300.0) as usize;
+    let scrapes = env_num("CASTMUX_BENCH_SCRAPES", 200.0) as usize;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        cpus >= 2,
+        "the bench pins castmux and the load to different cores"
+    );
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let u = card_updates(dir.path(), cards, clients.max(1), secs);
+    let m = metrics_scrapes(dir.path(), channels, scrapes);
+    println!(
+        "\n{:<52} {:>10} {:>8} {:>8} {:>8} {:>7} {:>14}",
+        "run", "measured", "p50 ms", "p99 ms", "max ms", "CPU %", "target"
+    );
+    println!(
+        "{:<52} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>7.1} {:>14}",
+        format!(
+            "TVCAS api.php set[name]: {} cards, {} connections",
+            u.cards, u.clients
+        ),
+        format!("{:.0}/s", u.per_second),
+        percentile_ms(&u.hist, 0.5),
+        percentile_ms(&u.hist, 0.99),
+        u.hist.max() as f64 / 1000.0,
+        u.cpu_pct,
+        ">= 1000/s",
+    );
+    println!(
+        "{:<52} {:>10} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>14}",
+        format!(
+            "GET /metrics: {} channels, {} families, {} KB",
+            m.channels,
+            m.families,
+            m.bytes / 1024
+        ),
+        format!("{} scrapes", m.scrapes),
+        percentile_ms(&m.hist, 0.5),
+        percentile_ms(&m.hist, 0.99),
+        m.hist.max() as f64 / 1000.0,
+        "-",
+        "< 50 ms",
+    );
+    println!(
+        "{} updates in all; every one of the {} cards read back with the last name set for it",
+        u.updates, u.verified
+    );
+    let met = u.per_second >= 1000.0 && (m.hist.max() as f64) < 50_000.0;
+    println!(
+        "targets: {}",
+        if met { "met" } else { "NOT met (see above)" }
+    );
+}

@@ -128,6 +128,7 @@ impl Headend {
                     source: Box::new(err),
                 }
             })?;
+            self.registry.set_emm_port(Arc::clone(p.stats()));
             port = Some(p);
             first_source = Some(src);
         }

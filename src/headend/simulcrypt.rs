@@ -381,6 +381,11 @@ impl EmmPort {
         Ok((EmmPort { stats, subscribers }, source))
     }
 
+    /// The port's counters (live).
+    pub fn stats(&self) -> &Arc<EmmMuxStats> {
+        &self.stats
+    }
+
     /// Log the port's counters (it stops with the control plane).
     pub fn stop(self) {
         tracing::info!(stats = ?self.stats, "simulcrypt: EMMG<->MUX stopped");

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::supervise::SupervisorStats;
 use crate::io::IoStats;
 use crate::scramble::stats::{monotonic_ms, LiveCounters};
-use crate::simulcrypt::SimulcryptEcmg;
+use crate::simulcrypt::{EmmMuxStats, SimulcryptEcmg};
 
 /// Bitrate samples kept per channel (one a second: five minutes).
 pub const HISTORY: usize = 300;
@@ -268,6 +268,9 @@ pub struct Registry {
     channels: Mutex<Vec<ChannelEntry>>,
     pub started: Instant,
     pub stats: Arc<SupervisorStats>,
+    /// The shared EMMG<->MUX port's counters, once `[emmg]` listens: what the port took,
+    /// queued and dropped (over bandwidth, full queues) for every cloning channel at once.
+    emm_port: OnceLock<Arc<EmmMuxStats>>,
 }
 
 impl Registry {
@@ -276,7 +279,18 @@ impl Registry {
             channels: Mutex::new(Vec::new()),
             started: Instant::now(),
             stats,
+            emm_port: OnceLock::new(),
         }
+    }
+
+    /// Show the `[emmg]` port's counters (set once, when it listens).
+    pub fn set_emm_port(&self, stats: Arc<EmmMuxStats>) {
+        let _ = self.emm_port.set(stats);
+    }
+
+    /// The `[emmg]` port's counters, if the head-end has the port.
+    pub fn emm_port(&self) -> Option<&EmmMuxStats> {
+        self.emm_port.get().map(|s| &**s)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ChannelEntry>> {

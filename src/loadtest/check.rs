@@ -677,6 +677,11 @@ impl Checker {
             .collect()
     }
 
+    /// Each channel's EMM bytes on air so far.
+    pub fn emm_bytes(&self) -> Vec<u64> {
+        self.channels.iter().map(|c| c.counts.emm_bytes).collect()
+    }
+
     /// The sum over channels.
     pub fn total(counts: &[ChannelCounts]) -> ChannelCounts {
         let mut t = ChannelCounts::default();

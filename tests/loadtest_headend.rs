@@ -202,6 +202,15 @@ fn the_command_reports_and_fails_by_criterion() {
         "{}",
         &svg[..200.min(svg.len())]
     );
+    // a panel per channel, aligned with the intervals
+    assert!(svg.contains("per channel (all 3)"), "no per-channel panels");
+    assert!(svg.contains("channel 2 (ms)"), "no panel of channel 2");
+    let per_channel = v["channel_samples"].as_array().unwrap();
+    assert_eq!(per_channel.len(), 3, "{v}");
+    assert_eq!(
+        per_channel[0]["samples"].as_array().unwrap().len(),
+        v["samples"].as_array().unwrap().len()
+    );
 
     // ECMs repeat every ~100 ms: a 50 ms limit cannot be met
     let out = run(&["--max-ecm-interval-ms", "50"]);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde::Serialize;
 
-use super::check::{ChannelCounts, Checker};
+use super::check::{ChannelCounts, ChannelInterval, Checker};
 use super::flood::{self, Flood, FloodReport, PortCounters, FLOOD_REQUEST_KBPS};
 use super::report::{ms_cell, Criterion, Plot, Table, Verdict};
 use super::stream::{SyntheticStream, PER_DATAGRAM};
@@ -314,6 +314,9 @@ pub struct HeadendReport {
     pub faults: Vec<FaultPlayed>,
     /// Per channel.
     pub per_channel: Vec<ChannelCounts>,
+    /// Per interval, for the channels the plot shows: every channel up to
+    /// [`PLOT_CHANNELS`], else the worst that many ([`worst_channels`]), worst first.
+    pub channel_samples: Vec<ChannelSeries>,
 }
 
 /// utime + stime of a process, seconds.
@@ -1103,6 +1106,8 @@ pub fn run(
         (0.0, cpu_seconds(headend.pid()), cpu_seconds(me));
     let (cpu0, self0) = (last_cpu, last_self);
     let mut samples = Vec::new();
+    // every channel's figures per sample; the plot shows the worst few
+    let mut per_channel: Vec<Vec<ChannelInterval>> = vec![Vec::new(); cfg.channels];
     let mut rss_max = 0u64;
     let mut next_sample = cfg.interval;
     let mut faults: Vec<Playing> = cfg.faults.iter().cloned().map(Playing::new).collect();
@@ -1186,11 +1191,15 @@ pub fn run(
             let (cpu, me_cpu) = (cpu_seconds(headend.pid()), cpu_seconds(me));
             let rss = rss_kb(headend.pid());
             rss_max = rss_max.max(rss);
-            let (counts, (lat, ecm_max)) = {
+            let (counts, interval) = {
                 let mut c = lock(&checker);
                 let interval = c.take_interval();
                 (snapshot(&c, cfg.channels), interval)
             };
+            let (lat, ecm_max) = (&interval.latency_us, interval.ecm_max_us);
+            for (series, figures) in per_channel.iter_mut().zip(interval.per_channel) {
+                series.push(figures);
+            }
             let dt = (t - last_t).max(1e-3);
             let s = Sample {
                 t,
@@ -1235,6 +1244,13 @@ pub fn run(
         return Err(e);
     }
     let c = lock(&checker);
+    let channel_samples = worst_channels(&per_channel, PLOT_CHANNELS)
+        .into_iter()
+        .map(|channel| ChannelSeries {
+            channel,
+            samples: std::mem::take(&mut per_channel[channel]),
+        })
+        .collect();
     let per_channel = c.counts(&sent);
     let total = Checker::total(&per_channel);
     let h = c.histograms();
@@ -1264,7 +1280,53 @@ pub fn run(
             })
             .collect(),
         per_channel,
+        channel_samples,
     })
+}
+
+/// Channels the plot draws a panel for; more channels are ranked, the worst drawn.
+pub const PLOT_CHANNELS: usize = 12;
+
+/// One channel's figures per sample (aligned with [`HeadendReport::samples`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChannelSeries {
+    /// The channel, from 0.
+    pub channel: usize,
+    /// Its figures of each interval.
+    pub samples: Vec<ChannelInterval>,
+}
+
+impl ChannelSeries {
+    /// Its largest ECM interval and latency p99 over the intervals, ms.
+    fn peaks(samples: &[ChannelInterval]) -> (f64, f64) {
+        samples.iter().fold((0.0, 0.0), |(e, l), s| {
+            (
+                f64::max(e, s.ecm_interval_max_ms),
+                f64::max(l, s.latency_p99_ms),
+            )
+        })
+    }
+}
+
+/// The `n` worst of the channels whose figures per interval are `channels`, worst first:
+/// by the largest ECM interval (what a CAS vendor and the pass criterion look at), then the
+/// largest latency p99; equal ones in channel order. All of them when there are at most
+/// `n`, in channel order.
+pub fn worst_channels(channels: &[Vec<ChannelInterval>], n: usize) -> Vec<usize> {
+    if channels.len() <= n {
+        return (0..channels.len()).collect();
+    }
+    let peaks: Vec<(f64, f64)> = channels.iter().map(|c| ChannelSeries::peaks(c)).collect();
+    let mut order: Vec<usize> = (0..channels.len()).collect();
+    // stable: equal channels keep their order
+    order.sort_by(|&a, &b| {
+        peaks[b]
+            .0
+            .total_cmp(&peaks[a].0)
+            .then(peaks[b].1.total_cmp(&peaks[a].1))
+    });
+    order.truncate(n);
+    order
 }
 
 /// Pass criteria of a head-end load test.
@@ -1506,7 +1568,35 @@ impl HeadendReport {
             p.push("CPU", "cores", "load test", s.t, s.loadtest_cpu);
             p.push("memory", "MB", "castmux headend RSS", s.t, s.headend_rss_mb);
         }
+        p.set_panels_title(self.panels_title());
+        for c in &self.channel_samples {
+            let name = format!("channel {}", c.channel);
+            for (s, f) in self.samples.iter().zip(&c.samples) {
+                p.push_panel(&name, "ms", "ECM interval max", s.t, f.ecm_interval_max_ms);
+                p.push_panel(&name, "ms", "added latency p99", s.t, f.latency_p99_ms);
+            }
+        }
         p
+    }
+
+    /// What the per-channel panels are and which channels they show.
+    fn panels_title(&self) -> String {
+        let shown = self.channel_samples.len();
+        if shown >= self.channels {
+            format!("per channel (all {shown}): ECM interval max and added latency p99")
+        } else {
+            let list: Vec<String> = self
+                .channel_samples
+                .iter()
+                .map(|c| c.channel.to_string())
+                .collect();
+            format!(
+                "per channel: the {shown} worst of {} by ECM interval max, then latency p99 \
+                 (channels {})",
+                self.channels,
+                list.join(", ")
+            )
+        }
     }
 }
 
@@ -1516,7 +1606,7 @@ fn flood_rows(table: &mut Table, fl: &FloodReport) {
     table.row([
         "  EMMs sent by the flooder".to_owned(),
         format!(
-            "{} ({:.0} kbit/s on air offered; asked {} kbit/s, allocated {} kbit/s)",
+            "{} ({:.0} kbit/s offered; asked {}, allocated {} kbit/s)",
             c.emms_sent, fl.offered_kbps, fl.requested_kbps, c.allocated_kbps
         ),
     ]);
@@ -1531,7 +1621,7 @@ fn flood_rows(table: &mut Table, fl: &FloodReport) {
     table.row([
         "  EMM on air per channel: max / mean".to_owned(),
         format!(
-            "{} / {} kbit/s over {:.1} s ({:.2} x the allocation)",
+            "{} / {} kbit/s over {:.1} s ({:.2} x allocation)",
             kbps(fl.on_air_kbps_max),
             kbps(fl.on_air_kbps_mean),
             fl.window_s,
@@ -1616,6 +1706,68 @@ mod tests {
             !nothing.verdict(&limits).passed,
             "a run that proved nothing fails"
         );
+    }
+
+    #[test]
+    fn the_plot_shows_the_worst_channels_and_says_which() {
+        let iv = |ecm: f64, lat: f64| ChannelInterval {
+            ecm_interval_max_ms: ecm,
+            latency_p99_ms: lat,
+        };
+        // channel 2 has the longest ECM gap; 0 and 3 tie on it, 3 has the worse latency;
+        // 1 is the best
+        let channels = vec![
+            vec![iv(110.0, 2.0), iv(105.0, 3.0)],
+            vec![iv(101.0, 9.0), iv(102.0, 1.0)],
+            vec![iv(100.0, 1.0), iv(480.0, 1.0)],
+            vec![iv(110.0, 4.0), iv(100.0, 2.0)],
+        ];
+        assert_eq!(worst_channels(&channels, 3), [2, 3, 0]);
+        assert_eq!(worst_channels(&channels, 1), [2]);
+        // few enough: all of them, in order
+        assert_eq!(worst_channels(&channels, 4), [0, 1, 2, 3]);
+        assert_eq!(worst_channels(&channels[..0], 4), Vec::<usize>::new());
+
+        let r = HeadendReport {
+            channels: 4,
+            samples: vec![Sample { t: 1.0, ..sample() }, Sample { t: 2.0, ..sample() }],
+            channel_samples: worst_channels(&channels, 2)
+                .into_iter()
+                .map(|c| ChannelSeries {
+                    channel: c,
+                    samples: channels[c].clone(),
+                })
+                .collect(),
+            ..HeadendReport::default()
+        };
+        let plot = r.plot();
+        assert!(
+            plot.panels_title().contains("the 2 worst of 4")
+                && plot.panels_title().contains("channels 2, 3"),
+            "{}",
+            plot.panels_title()
+        );
+        let names: Vec<&str> = plot.panels().iter().map(|p| p.metric.as_str()).collect();
+        assert_eq!(names, ["channel 2", "channel 3"]);
+        assert_eq!(
+            plot.panels()[0].series[0].points,
+            [(1.0, 100.0), (2.0, 480.0)]
+        );
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            t: 0.0,
+            verified: 0,
+            clear: 0,
+            undecryptable: 0,
+            ecm_interval_max_ms: 0.0,
+            latency_p50_ms: 0.0,
+            latency_p99_ms: 0.0,
+            headend_cpu: 0.0,
+            headend_rss_mb: 0.0,
+            loadtest_cpu: 0.0,
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use castmux::loadtest::headend::{run, Fault, HeadendLoad};
+use castmux::loadtest::headend::{run, Fault, HeadendLimits, HeadendLoad};
 
 fn load(dir: &tempfile::TempDir, channels: usize, secs: u64) -> HeadendLoad {
     HeadendLoad {
@@ -68,6 +68,57 @@ fn faults_are_played_and_nothing_leaks() {
     assert!(r.cw_period_ms.max >= 2000.0, "{:?}", r.cw_period_ms);
     // the input stop is not loss: those packets were never sent
     assert_eq!(t.lost, 0, "{t:?}");
+}
+
+/// An EMMG floods the head-end's `[emmg]` port at 1 Mbit/s after asking for 64 kbit/s: the
+/// head-end drops the excess and counts it, every channel carries about the allocation on
+/// its EMM PID, and the channels' scrambling is untouched.
+#[test]
+fn an_emmg_flood_is_policed_at_the_port_and_the_channels_stay_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = load(&dir, 3, 10);
+    cfg.ecmg = true;
+    cfg.faults = vec![Fault::parse("emmg-flood@3s+5s:1M").unwrap()];
+    let r = run(&cfg, |_| {}).unwrap();
+    let json = serde_json::to_value(&r).unwrap();
+    let fl = &json["faults"][0]["flood"];
+    eprintln!("{}", serde_json::to_string_pretty(&json["faults"]).unwrap());
+    let t = &r.total;
+    assert_eq!(
+        (t.clear, t.undecryptable, t.switch_before_ecm, t.lost),
+        (0, 0, 0, 0),
+        "{t:?}"
+    );
+    assert_eq!(fl["flooder"]["allocated_kbps"], 64, "{fl}");
+    // 1 Mbit/s of one-packet EMMs for 5 s: some 3300 sent, far above 64 kbit/s
+    let sent = fl["flooder"]["emms_sent"].as_u64().unwrap();
+    assert!(sent > 2000, "{fl}");
+    assert!(fl["offered_kbps"].as_f64().unwrap() > 500.0, "{fl}");
+    let dropped = fl["castmux"]["dropped_over_bandwidth"].as_f64().unwrap();
+    assert!(dropped > sent as f64 * 0.8, "{fl}");
+    // on air: about the allocation on every channel, not the flood, and not nothing
+    let worst = fl["on_air_kbps_max"].as_f64().unwrap();
+    let mean = fl["on_air_kbps_mean"].as_f64().unwrap();
+    assert!((40.0..=64.0 * 1.2).contains(&worst), "{fl}");
+    assert!(mean > 40.0, "{fl}");
+    let v = r.verdict(&HeadendLimits::default());
+    assert!(v.passed, "{}", v.reason());
+    assert!(v
+        .criteria
+        .iter()
+        .any(|c| c.what.contains("flood") && c.passed));
+    // the same run with a limit below what the allocation itself puts on air fails by name
+    let v = r.verdict(&HeadendLimits {
+        max_emm_flood_ratio: 0.5,
+        ..HeadendLimits::default()
+    });
+    assert!(!v.passed);
+    assert!(
+        v.reason().contains("--max-emm-flood-ratio"),
+        "{}",
+        v.reason()
+    );
+    assert!(r.summary().to_string().contains("dropped by castmux"));
 }
 
 #[test]
@@ -150,6 +201,15 @@ fn the_command_reports_and_fails_by_criterion() {
         svg.contains("<svg") && svg.contains("ECM interval"),
         "{}",
         &svg[..200.min(svg.len())]
+    );
+    // a panel per channel, aligned with the intervals
+    assert!(svg.contains("per channel (all 3)"), "no per-channel panels");
+    assert!(svg.contains("channel 2 (ms)"), "no panel of channel 2");
+    let per_channel = v["channel_samples"].as_array().unwrap();
+    assert_eq!(per_channel.len(), 3, "{v}");
+    assert_eq!(
+        per_channel[0]["samples"].as_array().unwrap().len(),
+        v["samples"].as_array().unwrap().len()
     );
 
     // ECMs repeat every ~100 ms: a 50 ms limit cannot be met

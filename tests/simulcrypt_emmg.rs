@@ -12,7 +12,7 @@ use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::emmg_messages::ChannelIds;
 use castmux::simulcrypt::{
     run_emmg, EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers, EmmgConfig,
-    EmmgMessage, EmmgStats, StreamIds,
+    EmmgMessage, EmmgPace, EmmgStats, StreamIds,
 };
 use simulcrypt_support::*;
 
@@ -239,6 +239,67 @@ fn emmg_flooding_above_its_allocation_is_policed_and_counted() {
         r.read_emmg(),
         Some(EmmgMessage::StreamStatus { .. })
     ));
+}
+
+/// castmux's own EMMG told to flood (a load test's fault): it sends at its fixed pace far
+/// above the 64 kbit/s it was given, the mux drops and counts the excess, and what passes
+/// fits the allocation.
+#[test]
+fn the_emmg_client_paced_above_its_allocation_floods_and_is_policed() {
+    let rt = runtime();
+    let (addr, mux_stats, mut src, _stop) = start_mux(&rt, EmmMuxConfig::default());
+    let mut cfg = EmmgConfig::new(addr.to_string(), CLIENT);
+    cfg.bandwidth_kbps = 64;
+    cfg.pace = EmmgPace::Fixed(1_000_000);
+    let stats = Arc::new(EmmgStats::default());
+    let (quit, quit_rx) = tokio::sync::oneshot::channel::<()>();
+    let st = stats.clone();
+    let job = rt.spawn(async move {
+        // never runs dry
+        let mut source = Numbered {
+            n: 0,
+            max: u32::MAX,
+        };
+        run_emmg(cfg, &mut source, st, async move {
+            let _ = quit_rx.await;
+        })
+        .await;
+    });
+    assert!(wait_until(Duration::from_secs(10), || stats
+        .setups
+        .load(Relaxed)
+        == 1));
+    let t = std::time::Instant::now();
+    let mut got = Vec::new();
+    while t.elapsed() < Duration::from_secs(2) {
+        drain(&mut src, &mut got);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = quit.send(());
+    let _ = rt.block_on(job);
+    let elapsed = t.elapsed().as_secs_f64();
+    // the mux has read every message the client wrote
+    let messages = stats.messages_sent.load(Relaxed);
+    assert!(wait_until(Duration::from_secs(10), || mux_stats
+        .data_provisions
+        .load(Relaxed)
+        == messages));
+    drain(&mut src, &mut got);
+    assert_eq!(stats.allocated_kbps.load(Relaxed), 64);
+    // 1 Mbit/s on air is 665 EMMs of one packet a second
+    let sent = stats.datagrams_sent.load(Relaxed);
+    assert!(sent > 1000, "sent {sent}");
+    let dropped = mux_stats.dropped_over_bandwidth.load(Relaxed);
+    assert!(dropped > sent / 2, "dropped {dropped} of {sent}");
+    assert!(stats.errors_received.load(Relaxed) >= 1, "{stats:?}");
+    // burst (8192 B) + 8000 B/s, 188 bytes each on air
+    let allowed = (8192.0 + 8000.0 * (elapsed + 1.0)) / 188.0;
+    assert!(
+        (got.len() as f64) <= allowed,
+        "{} EMMs passed, allowed {allowed}",
+        got.len()
+    );
+    assert!(!got.is_empty(), "the allocation still passes");
 }
 
 fn status_of(m: Option<EmmgMessage>) -> Vec<u16> {

@@ -57,7 +57,10 @@ pub struct HeadendArgs {
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
     /// A fault to play, repeatable: kill-ecmg@AT+DOWN, slow-ecmg@AT+FOR:DELAY,
-    /// stop-input:CHANNEL@AT+FOR (e.g. kill-ecmg@30s+5s).
+    /// stop-input:CHANNEL@AT+FOR, emmg-flood@AT+FOR[:RATE] (e.g. kill-ecmg@30s+5s,
+    /// emmg-flood@10s+5s:2M). An emmg-flood (needs --ecmg, FOR at least 2s) gives the
+    /// head-end an [emmg] port every channel clones, and sends EMMs to it at RATE bit/s
+    /// (default: as fast as the link takes) after asking for 64 kbit/s.
     #[arg(long, value_name = "FAULT", value_parser = Fault::parse)]
     fault: Vec<Fault>,
     /// The castmux binary to run as the head-end and ECMG. Default: this one.
@@ -82,6 +85,11 @@ pub struct HeadendArgs {
     /// Pass criterion: the largest ECM interval of any ECM PID, ms (monitors alarm at 500).
     #[arg(long, value_name = "MS", default_value_t = 500.0)]
     max_ecm_interval_ms: f64,
+    /// Pass criterion (runs with an emmg-flood): the EMM bitrate on air of the worst
+    /// channel, from a second into the flood to its end, over the bandwidth the head-end
+    /// allocated the flooder, at most this ratio.
+    #[arg(long, value_name = "RATIO", default_value_t = 1.2)]
+    max_emm_flood_ratio: f64,
     #[command(flatten)]
     report: ReportArgs,
 }
@@ -243,6 +251,7 @@ fn run_headend(a: HeadendArgs) -> anyhow::Result<()> {
         max_undecryptable: a.max_undecryptable,
         max_lost: a.max_lost,
         max_ecm_interval_ms: a.max_ecm_interval_ms,
+        max_emm_flood_ratio: a.max_emm_flood_ratio,
     };
     let progress = Progress::new(Some(a.duration), a.report.quiet);
     let mut printed: anyhow::Result<()> = Ok(());

@@ -6,7 +6,7 @@
 //! Handlers read the [`Registry`] (a lock the data path never takes) and send commands to
 //! the supervisor's event queue; none waits for a channel.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 
@@ -464,13 +464,85 @@ pub fn render(registry: &Registry) -> String {
     t.finish()
 }
 
-/// The `[emmg]` port's metrics: per EMMG client, and the port's refusals.
-fn emm_port(t: &mut Text, port: &EmmMuxStats) {
-    let clients = port
-        .clients
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+/// The `[emmg]` port's families: one port for every cloning channel, so no channel label,
+/// and per EMMG client. Over-bandwidth drops are the EMMG's fault (it sent above its
+/// allocation); queue-full drops are a channel's (it fell behind); an operator needs the
+/// two apart.
+fn emm_port(t: &mut Text, s: &EmmMuxStats) {
+    let one = |t: &mut Text, name: &str, help: &str, v: &AtomicU64| {
+        t.family(name, Kind::Counter, help);
+        t.sample(name, &[], v.load(Relaxed) as f64);
+    };
+    one(
+        t,
+        "castmux_emmg_port_data_provisions_total",
+        "data_provision messages taken on the [emmg] port (TCP and UDP).",
+        &s.data_provisions,
+    );
+    one(
+        t,
+        "castmux_emmg_port_emms_total",
+        "EMM chunks accepted and queued for the cloning channels (counted once).",
+        &s.queued,
+    );
+    one(
+        t,
+        "castmux_emmg_port_emm_bytes_total",
+        "Bytes of the EMM chunks accepted.",
+        &s.queued_bytes,
+    );
+    t.family(
+        "castmux_emmg_port_dropped_total",
+        Kind::Counter,
+        "EMMs dropped: datagrams over the stream's allocated bandwidth, copies refused by a channel's full queue, chunks with no channel to take them.",
+    );
+    for (reason, v) in [
+        ("over_bandwidth", &s.dropped_over_bandwidth),
+        ("queue_full", &s.dropped_queue_full),
+        ("no_subscriber", &s.dropped_no_subscriber),
+    ] {
+        t.sample(
+            "castmux_emmg_port_dropped_total",
+            &[("reason", reason)],
+            v.load(Relaxed) as f64,
+        );
+    }
+    one(
+        t,
+        "castmux_emmg_port_rejected_total",
+        "Datagrams rejected (not EMM sections or whole packets, unknown stream).",
+        &s.rejected,
+    );
+    one(
+        t,
+        "castmux_emmg_port_errors_sent_total",
+        "channel_error and stream_error messages sent to EMMGs.",
+        &s.errors_sent,
+    );
+    let a = s.accept.snapshot();
+    t.family(
+        "castmux_emmg_port_connections_total",
+        Kind::Counter,
+        "Connections to the [emmg] port, by result.",
+    );
+    for (result, n) in [
+        ("accepted", a.accepted),
+        ("refused_full", a.refused_full),
+        ("refused_per_address", a.refused_per_address),
+        ("handshake_timeout", a.handshake_timeouts),
+    ] {
+        t.sample(
+            "castmux_emmg_port_connections_total",
+            &[("result", result)],
+            n as f64,
+        );
+    }
+    emm_clients(t, s);
+}
+
+/// Per EMMG client (client_id): EMMs taken within its bandwidth and dropped over it.
+fn emm_clients(t: &mut Text, s: &EmmMuxStats) {
+    let clients = s.clients.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let rows: Vec<(String, EmmClientCounts)> = clients
         .by_id
         .iter()
@@ -493,38 +565,36 @@ fn emm_port(t: &mut Text, port: &EmmMuxStats) {
             t.sample(name, &[("client_id", id)], f(c) as f64);
         }
     }
-    t.family(
-        "castmux_emmg_port_dropped_total",
-        Kind::Counter,
-        "EMM chunks the [emmg] port dropped after policing, by reason.",
-    );
-    for (reason, n) in [
-        ("queue_full", port.dropped_queue_full.load(Relaxed)),
-        ("no_subscriber", port.dropped_no_subscriber.load(Relaxed)),
-        ("rejected", port.rejected.load(Relaxed)),
-    ] {
-        t.sample(
-            "castmux_emmg_port_dropped_total",
-            &[("reason", reason)],
-            n as f64,
-        );
-    }
-    let a = port.accept.snapshot();
-    t.family(
-        "castmux_emmg_port_connections_total",
-        Kind::Counter,
-        "Connections to the [emmg] port, by result.",
-    );
-    for (result, n) in [
-        ("accepted", a.accepted),
-        ("refused_full", a.refused_full),
-        ("refused_per_address", a.refused_per_address),
-        ("handshake_timeout", a.handshake_timeouts),
-    ] {
-        t.sample(
-            "castmux_emmg_port_connections_total",
-            &[("result", result)],
-            n as f64,
-        );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emmg_port_counters_are_metrics_only_when_there_is_a_port() {
+        let registry = Registry::new(Arc::default());
+        assert!(!render(&registry).contains("castmux_emmg_port"));
+        let stats = Arc::new(EmmMuxStats::default());
+        stats.dropped_over_bandwidth.store(7, Relaxed);
+        stats.dropped_queue_full.store(2, Relaxed);
+        stats.queued.store(40, Relaxed);
+        registry.set_emm_port(Some(Arc::clone(&stats)));
+        let text = render(&registry);
+        for line in [
+            "castmux_emmg_port_dropped_total{reason=\"over_bandwidth\"} 7",
+            "castmux_emmg_port_dropped_total{reason=\"queue_full\"} 2",
+            "castmux_emmg_port_dropped_total{reason=\"no_subscriber\"} 0",
+            "castmux_emmg_port_emms_total 40",
+            "# TYPE castmux_emmg_port_rejected_total counter",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
+        // live: the next scrape reads the counters again
+        stats.dropped_over_bandwidth.store(9, Relaxed);
+        assert!(render(&registry)
+            .contains("castmux_emmg_port_dropped_total{reason=\"over_bandwidth\"} 9"));
+        registry.set_emm_port(None);
+        assert!(!render(&registry).contains("castmux_emmg_port"));
     }
 }

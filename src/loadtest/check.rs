@@ -96,6 +96,36 @@ fn histogram(high: u64) -> Histogram<u64> {
     Histogram::new_with_bounds(1, high, 3).expect("valid bounds")
 }
 
+/// The longest latency a channel's interval histogram holds apart, µs (longer ones count
+/// as this): 10 s, far past any pass criterion.
+const CHANNEL_LATENCY_MAX_US: u64 = 10_000_000;
+
+/// A channel's latency of one interval: 2 significant digits and 32-bit counts, so a
+/// checker of 4096 channels keeps them in some 35 MB.
+fn channel_histogram() -> Histogram<u32> {
+    Histogram::new_with_bounds(1, CHANNEL_LATENCY_MAX_US, 2).expect("valid bounds")
+}
+
+/// One channel's figures of one reporting interval (for the per-channel plot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct ChannelInterval {
+    /// Largest gap between two ECM sections of one of its ECM PIDs, ms (0: fewer than two
+    /// ECMs in the interval).
+    pub ecm_interval_max_ms: f64,
+    /// Added latency p99 of its proven packets, ms (0: none proven).
+    pub latency_p99_ms: f64,
+}
+
+/// Every channel's figures of one interval, and the latency and largest ECM gap over all.
+pub struct Interval {
+    /// Latency over all channels, µs.
+    pub latency_us: Histogram<u64>,
+    /// Largest ECM gap over all channels, µs.
+    pub ecm_max_us: u64,
+    /// Per channel, in channel order.
+    pub per_channel: Vec<ChannelInterval>,
+}
+
 /// A channel's counts; the totals over all channels have the same shape.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ChannelCounts {
@@ -216,6 +246,9 @@ pub struct ChannelCheck {
     select: Vec<bool>,
     found: Found,
     counts: ChannelCounts,
+    /// This reporting interval's latency and largest ECM gap (µs).
+    interval_latency_us: Histogram<u32>,
+    interval_ecm_max_us: u64,
 }
 
 impl ChannelCheck {
@@ -243,6 +276,8 @@ impl ChannelCheck {
             select: vec![false; ROUND_PACKETS],
             found: Vec::new(),
             counts: ChannelCounts::default(),
+            interval_latency_us: channel_histogram(),
+            interval_ecm_max_us: 0,
         }
     }
 
@@ -424,6 +459,7 @@ impl ChannelCheck {
                 self.counts.ecm_interval_max_us = self.counts.ecm_interval_max_us.max(gap);
                 let _ = stats.ecm_interval_us.record(gap.max(1));
                 stats.interval_ecm_max_us = stats.interval_ecm_max_us.max(gap);
+                self.interval_ecm_max_us = self.interval_ecm_max_us.max(gap);
             }
             if last.as_deref() == Some(&data[..]) {
                 continue;
@@ -492,6 +528,8 @@ impl ChannelCheck {
                     let us = (now_ns.saturating_sub(tag.sent_ns) / 1000).max(1);
                     let _ = stats.latency_us.record(us);
                     let _ = stats.interval_latency_us.record(us);
+                    self.interval_latency_us
+                        .saturating_record(us.min(CHANNEL_LATENCY_MAX_US));
                 }
                 _ => {
                     self.counts.undecryptable += 1;
@@ -660,12 +698,33 @@ impl Checker {
         &self.hist
     }
 
-    /// The latency and the largest ECM gap (µs) of the interval since the last call, then
-    /// forgets them.
-    pub fn take_interval(&mut self) -> (Histogram<u64>, u64) {
-        let h = self.hist.interval_latency_us.clone();
+    /// The figures of the interval since the last call, over all channels and per
+    /// channel; then forgets them.
+    pub fn take_interval(&mut self) -> Interval {
+        let latency_us = self.hist.interval_latency_us.clone();
         self.hist.interval_latency_us.reset();
-        (h, std::mem::take(&mut self.hist.interval_ecm_max_us))
+        let per_channel = self
+            .channels
+            .iter_mut()
+            .map(|c| {
+                let h = &mut c.interval_latency_us;
+                let p99 = if h.is_empty() {
+                    0.0
+                } else {
+                    h.value_at_quantile(0.99) as f64 / 1000.0
+                };
+                h.reset();
+                ChannelInterval {
+                    ecm_interval_max_ms: std::mem::take(&mut c.interval_ecm_max_us) as f64 / 1000.0,
+                    latency_p99_ms: p99,
+                }
+            })
+            .collect();
+        Interval {
+            latency_us,
+            ecm_max_us: std::mem::take(&mut self.hist.interval_ecm_max_us),
+            per_channel,
+        }
     }
 
     /// Per channel counts, loss judged against `sent[channel]`.
@@ -675,6 +734,11 @@ impl Checker {
             .zip(sent)
             .map(|(c, s)| c.counts(*s))
             .collect()
+    }
+
+    /// Each channel's EMM bytes on air so far.
+    pub fn emm_bytes(&self) -> Vec<u64> {
+        self.channels.iter().map(|c| c.counts.emm_bytes).collect()
     }
 
     /// The sum over channels.
@@ -1006,6 +1070,17 @@ mod tests {
             "{c:?}"
         );
         assert_eq!((c.clear, c.undecryptable), (0, 0), "{c:?}");
+        // the channel's own figures of the interval show the gap too, then start over
+        let iv = sim.checker.take_interval();
+        assert_eq!(iv.per_channel.len(), 1);
+        let ch = iv.per_channel[0];
+        assert!((690.0..=710.0).contains(&ch.ecm_interval_max_ms), "{ch:?}");
+        assert!(ch.latency_p99_ms > 0.0, "{ch:?}");
+        assert_eq!(iv.ecm_max_us, c.ecm_interval_max_us);
+        assert_eq!(
+            sim.checker.take_interval().per_channel[0],
+            ChannelInterval::default()
+        );
     }
 
     #[test]

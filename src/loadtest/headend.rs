@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde::Serialize;
 
-use super::check::{ChannelCounts, Checker};
+use super::check::{ChannelCounts, ChannelInterval, Checker};
+use super::flood::{self, Flood, FloodReport, PortCounters, FLOOD_REQUEST_KBPS};
 use super::report::{ms_cell, Criterion, Plot, Table, Verdict};
 use super::stream::{SyntheticStream, PER_DATAGRAM};
 use crate::cas::store::{time, AccessSpec, CardChanges, InitOptions, Store, StoreError};
@@ -28,10 +29,17 @@ use crate::cas::CardFile;
 use crate::io::udp::{UdpInput, UdpInputConfig, UdpOutput, UdpOutputConfig};
 use crate::io::url::{UdpInputUrl, UdpOutputUrl};
 use crate::io::IoStats;
+use crate::simulcrypt::EmmgPace;
 use crate::softcard::SoftCard;
 
 /// The CA_system_ID of the run's store.
 const CA_SYSTEM_ID: u16 = 0x4AE1;
+/// The `[emmg]` port's PID in every channel (clear of the synthetic stream's PIDs and the
+/// ECM PID).
+const EMM_PID: u16 = 0x1FF1;
+/// The head-end's API key when the run adds `[http]` (only `/metrics` is read, which needs
+/// none; the head-end will not serve without one).
+const API_KEY_ENV: &str = "CASTMUX_API_KEY";
 const PACKAGE: &str = "loadtest";
 /// How long the outputs are read after the inputs stop, for what is still in flight.
 const DRAIN: Duration = Duration::from_secs(1);
@@ -97,16 +105,26 @@ pub enum Fault {
         /// For how long.
         lasting: Duration,
     },
+    /// An EMMG on the head-end's `[emmg]` port from `at` for `lasting`, asking for a modest
+    /// bandwidth and sending far above it: at `rate` bit/s, or as fast as the link takes.
+    EmmgFlood {
+        /// When.
+        at: Duration,
+        /// For how long.
+        lasting: Duration,
+        /// Bit/s sent (EMM bytes on air); None: unpaced.
+        rate: Option<u64>,
+    },
 }
 
 impl Fault {
-    /// Parses `kill-ecmg@AT+DOWN`, `slow-ecmg@AT+FOR:DELAY`, `stop-input:CH@AT+FOR`
-    /// (durations as `10s`, `500ms`).
+    /// Parses `kill-ecmg@AT+DOWN`, `slow-ecmg@AT+FOR:DELAY`, `stop-input:CH@AT+FOR`,
+    /// `emmg-flood@AT+FOR[:RATE]` (durations as `10s`, `500ms`; a rate as `2M`, `500k`).
     pub fn parse(s: &str) -> Result<Fault, String> {
         let bad = |why: &str| {
             format!(
-                "{s:?}: {why}; expected kill-ecmg@AT+DOWN, slow-ecmg@AT+FOR:DELAY or \
-                 stop-input:CHANNEL@AT+FOR (e.g. kill-ecmg@30s+5s)"
+                "{s:?}: {why}; expected kill-ecmg@AT+DOWN, slow-ecmg@AT+FOR:DELAY, \
+                 stop-input:CHANNEL@AT+FOR or emmg-flood@AT+FOR[:RATE] (e.g. kill-ecmg@30s+5s)"
             )
         };
         let (what, when) = s.split_once('@').ok_or_else(|| bad("no @"))?;
@@ -126,6 +144,17 @@ impl Fault {
                     delay: dur(delay)?,
                 })
             }
+            None if what == "emmg-flood" => {
+                let (lasting, rate) = match rest.split_once(':') {
+                    Some((l, r)) => (l, Some(crate::value::bitrate(r).map_err(|e| bad(&e))?)),
+                    None => (rest, None),
+                };
+                Ok(Fault::EmmgFlood {
+                    at,
+                    lasting: dur(lasting)?,
+                    rate,
+                })
+            }
             Some(("stop-input", ch)) => Ok(Fault::StopInput {
                 channel: ch.parse().map_err(|_| bad("the channel is not a number"))?,
                 at,
@@ -139,16 +168,17 @@ impl Fault {
         match self {
             Fault::KillEcmg { at, .. }
             | Fault::SlowEcmg { at, .. }
-            | Fault::StopInput { at, .. } => *at,
+            | Fault::StopInput { at, .. }
+            | Fault::EmmgFlood { at, .. } => *at,
         }
     }
 
     fn end(&self) -> Duration {
         match self {
             Fault::KillEcmg { at, down } => *at + *down,
-            Fault::SlowEcmg { at, lasting, .. } | Fault::StopInput { at, lasting, .. } => {
-                *at + *lasting
-            }
+            Fault::SlowEcmg { at, lasting, .. }
+            | Fault::StopInput { at, lasting, .. }
+            | Fault::EmmgFlood { at, lasting, .. } => *at + *lasting,
         }
     }
 }
@@ -213,6 +243,10 @@ pub struct FaultPlayed {
     pub before: ChannelCounts,
     /// See `before`.
     pub after: ChannelCounts,
+    /// An EMMG flood's measures (None for other faults, and for a flood the run ended
+    /// before it did).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flood: Option<FloodReport>,
 }
 
 /// Distribution figures, ms.
@@ -280,6 +314,9 @@ pub struct HeadendReport {
     pub faults: Vec<FaultPlayed>,
     /// Per channel.
     pub per_channel: Vec<ChannelCounts>,
+    /// Per interval, for the channels the plot shows: every channel up to
+    /// [`PLOT_CHANNELS`], else the worst that many ([`worst_channels`]), worst first.
+    pub channel_samples: Vec<ChannelSeries>,
 }
 
 /// utime + stime of a process, seconds.
@@ -350,6 +387,21 @@ fn free_tcp_port() -> Result<u16, LoadError> {
             what: "a free loopback TCP port".into(),
             source,
         })
+}
+
+/// A loopback port free for TCP and UDP at once (the `[emmg]` port takes both): the
+/// checker's UDP sockets sit in the same ephemeral range a free TCP port comes from.
+fn free_tcp_udp_port() -> Result<u16, LoadError> {
+    for _ in 0..64 {
+        let port = free_tcp_port()?;
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(LoadError::Socket {
+        what: "a loopback port free for both TCP and UDP".into(),
+        source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    })
 }
 
 /// `n` distinct free loopback UDP ports, for the head-end's inputs. They are all held at
@@ -566,14 +618,31 @@ impl Proxy {
     }
 }
 
-/// The head-end file: one typed channel per stream.
+/// The ports a run that floods adds to the head-end: `[emmg]` for the flooder, `[http]`
+/// for the port's counters.
+#[derive(Debug, Clone, Copy)]
+struct FloodPorts {
+    emmg: u16,
+    http: u16,
+}
+
+/// The head-end file: one typed channel per stream; with `flood`, the shared EMMG port
+/// (every channel clones its EMMs onto [`EMM_PID`]) and the HTTP server.
 fn headend_toml(
     cfg: &HeadendLoad,
     inputs: &[u16],
     outputs: &[u16],
     ecmg_port: Option<u16>,
+    flood: Option<FloodPorts>,
 ) -> String {
     let mut t = String::new();
+    if let Some(f) = flood {
+        t.push_str(&format!(
+            "[emmg]\nlisten = \"127.0.0.1:{}\"\nemm_pid = \"0x{EMM_PID:04X}\"\n\n\
+             [http]\nlisten = \"127.0.0.1:{}\"\n\n",
+            f.emmg, f.http
+        ));
+    }
     let period_ms = cfg.crypto_period.as_millis();
     for (i, (inp, out)) in inputs.iter().zip(outputs).enumerate() {
         t.push_str(&format!(
@@ -685,11 +754,89 @@ struct Playing {
     before: Option<ChannelCounts>,
     ended: bool,
     after: Option<ChannelCounts>,
+    flood: Option<Flooding>,
+}
+
+/// An EMMG flood while it runs, and what it measured when it ended.
+#[derive(Default)]
+struct Flooding {
+    flooder: Option<Flood>,
+    /// The `[emmg]` port's counters when it started.
+    port_before: Option<Result<PortCounters, String>>,
+    /// When the flooder's stream was first seen set up.
+    setup_at: Option<Duration>,
+    /// The on-air window's start, and each channel's EMM bytes then.
+    window: Option<(Duration, Vec<u64>)>,
+    report: Option<FloodReport>,
+}
+
+impl Flooding {
+    /// While it floods: note when the stream is set up, and start the on-air window a
+    /// second after (the port lets a burst through first), if the flood still runs then.
+    fn watch(&mut self, now: Duration, end: Duration, checker: &Mutex<Checker>) {
+        let Some(flooder) = &self.flooder else { return };
+        if self.setup_at.is_none() && flooder.counts().setups > 0 {
+            self.setup_at = Some(now);
+        }
+        let settled = self
+            .setup_at
+            .is_some_and(|t| now >= t + Duration::from_secs(1));
+        if self.window.is_none() && settled && now < end {
+            self.window = Some((now, lock(checker).emm_bytes()));
+        }
+    }
+
+    /// The flood's end (`now`): stop the flooder and measure.
+    fn end(
+        &mut self,
+        now: Duration,
+        at: Duration,
+        lasting: Duration,
+        rate: Option<u64>,
+        checker: &Mutex<Checker>,
+    ) {
+        let end_bytes = lock(checker).emm_bytes();
+        let counts = self.flooder.take().map(Flood::stop).unwrap_or_default();
+        let ran = now.saturating_sub(at).max(lasting).as_secs_f64();
+        let (window_s, on_air) = match &self.window {
+            Some((from, start)) => {
+                let secs = now.saturating_sub(*from).as_secs_f64();
+                (secs, flood::on_air_kbps(start, &end_bytes, secs))
+            }
+            None => (0.0, None),
+        };
+        self.report = Some(FloodReport {
+            requested_kbps: FLOOD_REQUEST_KBPS,
+            rate_bps: rate,
+            flooder: counts,
+            offered_kbps: (counts.emms_sent * flood::emm_air_bytes()) as f64 * 8.0
+                / ran.max(1e-3)
+                / 1000.0,
+            castmux: None,
+            castmux_error: None,
+            window_s,
+            on_air_kbps_max: on_air.map(|o| o.0),
+            on_air_kbps_mean: on_air.map(|o| o.1),
+        });
+    }
+
+    /// The port's counters a second after the end: what castmux counted over the flood.
+    fn castmux_counts(&mut self, after: Result<PortCounters, String>) {
+        let Some(r) = self.report.as_mut() else {
+            return;
+        };
+        match (self.port_before.take(), after) {
+            (Some(Ok(before)), Ok(after)) => r.castmux = Some(after.since(&before)),
+            (Some(Err(e)), _) | (_, Err(e)) => r.castmux_error = Some(e),
+            (None, Ok(_)) => r.castmux_error = Some("not read when the flood started".into()),
+        }
+    }
 }
 
 impl Playing {
     fn new(fault: Fault) -> Playing {
         Playing {
+            flood: matches!(fault, Fault::EmmgFlood { .. }).then(Flooding::default),
             fault,
             before: None,
             ended: false,
@@ -707,6 +854,86 @@ fn snapshot(c: &Checker, channels: usize) -> ChannelCounts {
     t
 }
 
+/// A random API key for a head-end the run serves `[http]` from.
+fn api_key() -> Result<String, LoadError> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| LoadError::Process(format!("random bytes for the API key: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// Whether `faults` can be played on a run of `channels` with (`ecmg`) or without an ECMG,
+/// fed for `duration`.
+fn check_faults(
+    faults: &[Fault],
+    channels: usize,
+    ecmg: bool,
+    duration: Duration,
+) -> Result<(), LoadError> {
+    let refuse =
+        |f: &Fault, why: String| Err(LoadError::Fault(format!("{}: {why}", fault_name(f))));
+    for (i, f) in faults.iter().enumerate() {
+        match f {
+            Fault::KillEcmg { .. } | Fault::SlowEcmg { .. } if !ecmg => {
+                return refuse(
+                    f,
+                    "needs --ecmg (the built-in CAS has no ECMG to kill or slow)".into(),
+                )
+            }
+            Fault::StopInput { channel, .. } if *channel >= channels => {
+                return refuse(f, format!("there are {channels} channels, from 0"))
+            }
+            Fault::EmmgFlood { .. } if !ecmg => {
+                return refuse(
+                    f,
+                    "needs --ecmg (a channel with the built-in CAS makes its own EMMs and \
+                     cannot take the [emmg] port's)"
+                        .into(),
+                )
+            }
+            Fault::EmmgFlood { lasting, .. } if *lasting < Duration::from_secs(2) => {
+                return refuse(
+                    f,
+                    "lasts at least 2s (its first second holds the port's burst; the EMM \
+                     bitrate is measured after it)"
+                        .into(),
+                )
+            }
+            Fault::EmmgFlood {
+                rate: Some(bps), ..
+            } if *bps <= u64::from(FLOOD_REQUEST_KBPS) * 1000 => {
+                return refuse(
+                    f,
+                    format!(
+                        "the rate is not above the {FLOOD_REQUEST_KBPS} kbit/s the flood asks \
+                         for: that is no flood"
+                    ),
+                )
+            }
+            Fault::EmmgFlood { .. } if f.end() > duration => {
+                return refuse(
+                    f,
+                    format!(
+                        "ends after the run ({}): a flood is judged on what it did",
+                        crate::value::show_duration(duration)
+                    ),
+                )
+            }
+            Fault::EmmgFlood { .. } => {
+                // two floods at once share the port's channels: neither's share is known
+                let overlaps = faults[..i].iter().any(|g| {
+                    matches!(g, Fault::EmmgFlood { .. }) && g.at() < f.end() && f.at() < g.end()
+                });
+                if overlaps {
+                    return refuse(f, "overlaps another emmg-flood".into());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Runs the load test; `progress` is called after every sample.
 pub fn run(
     cfg: &HeadendLoad,
@@ -718,22 +945,7 @@ pub fn run(
             cfg.channels
         )));
     }
-    for f in &cfg.faults {
-        match f {
-            Fault::KillEcmg { .. } | Fault::SlowEcmg { .. } if !cfg.ecmg => {
-                return Err(LoadError::Fault(format!(
-                    "{f:?} needs --ecmg (the built-in CAS has no ECMG to kill or slow)"
-                )))
-            }
-            Fault::StopInput { channel, .. } if *channel >= cfg.channels => {
-                return Err(LoadError::Fault(format!(
-                    "{f:?}: there are {} channels, from 0",
-                    cfg.channels
-                )))
-            }
-            _ => {}
-        }
-    }
+    check_faults(&cfg.faults, cfg.channels, cfg.ecmg, cfg.duration)?;
     let dir = &cfg.work_dir;
     fs::create_dir_all(dir).map_err(file_err(dir))?;
     let db = dir.join("loadtest.db");
@@ -783,7 +995,25 @@ pub fn run(
     } else {
         (None, None)
     };
-    let toml = headend_toml(cfg, &in_ports, &outputs, proxy.as_ref().map(|p| p.port));
+    let floods = cfg
+        .faults
+        .iter()
+        .any(|f| matches!(f, Fault::EmmgFlood { .. }));
+    let flood_ports = if floods {
+        Some(FloodPorts {
+            emmg: free_tcp_udp_port()?,
+            http: free_tcp_port()?,
+        })
+    } else {
+        None
+    };
+    let toml = headend_toml(
+        cfg,
+        &in_ports,
+        &outputs,
+        proxy.as_ref().map(|p| p.port),
+        flood_ports,
+    );
     let toml_path = dir.join("headend.toml");
     fs::write(&toml_path, toml).map_err(file_err(&toml_path))?;
     let mut cmd = Command::new(&cfg.castmux);
@@ -802,6 +1032,9 @@ pub fn run(
         "CASTMUX_LOG",
         format!("{level},castmux::headend::supervise=info"),
     );
+    if flood_ports.is_some() {
+        cmd.env(API_KEY_ENV, api_key()?);
+    }
     let mut headend = Proc::spawn(&mut cmd, "castmux headend", dir.join("headend.log"))?;
     // let it bind every input before the first datagram
     let until = Instant::now() + START_WAIT;
@@ -873,6 +1106,8 @@ pub fn run(
         (0.0, cpu_seconds(headend.pid()), cpu_seconds(me));
     let (cpu0, self0) = (last_cpu, last_self);
     let mut samples = Vec::new();
+    // every channel's figures per sample; the plot shows the worst few
+    let mut per_channel: Vec<Vec<ChannelInterval>> = vec![Vec::new(); cfg.channels];
     let mut rss_max = 0u64;
     let mut next_sample = cfg.interval;
     let mut faults: Vec<Playing> = cfg.faults.iter().cloned().map(Playing::new).collect();
@@ -884,11 +1119,22 @@ pub fn run(
             died = Some(e);
             break;
         }
-        for p in &mut faults {
+        for (i, p) in faults.iter_mut().enumerate() {
             let f = &p.fault;
             if p.before.is_none() && now >= f.at() {
                 p.before = Some(snapshot(&lock(&checker), cfg.channels));
                 match f {
+                    Fault::EmmgFlood { rate, .. } => {
+                        let (Some(ports), Some(fl)) = (flood_ports, p.flood.as_mut()) else {
+                            continue;
+                        };
+                        fl.port_before = Some(PortCounters::scrape(ports.http));
+                        let pace = rate.map_or(EmmgPace::Unpaced, EmmgPace::Fixed);
+                        // a data_channel_id of its own: one flood's ids are free for the next
+                        let channel_id = u16::try_from(i + 1).unwrap_or(u16::MAX);
+                        let client_id = u32::from(CA_SYSTEM_ID) << 16;
+                        fl.flooder = Some(Flood::start(ports.emmg, channel_id, client_id, pace)?);
+                    }
                     Fault::KillEcmg { .. } => {
                         if let Some(p) = ecmg.as_mut().and_then(|e| e.proc.as_mut()) {
                             p.kill();
@@ -905,9 +1151,17 @@ pub fn run(
                     }
                 }
             }
+            if let Some(fl) = p.flood.as_mut().filter(|_| !p.ended) {
+                fl.watch(now, f.end(), &checker);
+            }
             if p.before.is_some() && !p.ended && now >= f.end() {
                 p.ended = true;
                 match f {
+                    Fault::EmmgFlood { at, lasting, rate } => {
+                        if let Some(fl) = p.flood.as_mut() {
+                            fl.end(now, *at, *lasting, *rate, &checker);
+                        }
+                    }
                     Fault::KillEcmg { .. } => {
                         if let Some(e) = ecmg.as_mut() {
                             e.start()?;
@@ -926,6 +1180,9 @@ pub fn run(
             // the "after" counts are taken a second after the fault ends
             if p.ended && p.after.is_none() && now >= f.end() + Duration::from_secs(1) {
                 p.after = Some(snapshot(&lock(&checker), cfg.channels));
+                if let (Some(ports), Some(fl)) = (flood_ports, p.flood.as_mut()) {
+                    fl.castmux_counts(PortCounters::scrape(ports.http));
+                }
             }
         }
         if now >= next_sample {
@@ -934,11 +1191,15 @@ pub fn run(
             let (cpu, me_cpu) = (cpu_seconds(headend.pid()), cpu_seconds(me));
             let rss = rss_kb(headend.pid());
             rss_max = rss_max.max(rss);
-            let (counts, (lat, ecm_max)) = {
+            let (counts, interval) = {
                 let mut c = lock(&checker);
                 let interval = c.take_interval();
                 (snapshot(&c, cfg.channels), interval)
             };
+            let (lat, ecm_max) = (&interval.latency_us, interval.ecm_max_us);
+            for (series, figures) in per_channel.iter_mut().zip(interval.per_channel) {
+                series.push(figures);
+            }
             let dt = (t - last_t).max(1e-3);
             let s = Sample {
                 t,
@@ -983,6 +1244,13 @@ pub fn run(
         return Err(e);
     }
     let c = lock(&checker);
+    let channel_samples = worst_channels(&per_channel, PLOT_CHANNELS)
+        .into_iter()
+        .map(|channel| ChannelSeries {
+            channel,
+            samples: std::mem::take(&mut per_channel[channel]),
+        })
+        .collect();
     let per_channel = c.counts(&sent);
     let total = Checker::total(&per_channel);
     let h = c.histograms();
@@ -1008,10 +1276,57 @@ pub fn run(
                 fault: p.fault,
                 before: p.before.unwrap_or_default(),
                 after: p.after.unwrap_or_default(),
+                flood: p.flood.and_then(|f| f.report),
             })
             .collect(),
         per_channel,
+        channel_samples,
     })
+}
+
+/// Channels the plot draws a panel for; more channels are ranked, the worst drawn.
+pub const PLOT_CHANNELS: usize = 12;
+
+/// One channel's figures per sample (aligned with [`HeadendReport::samples`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ChannelSeries {
+    /// The channel, from 0.
+    pub channel: usize,
+    /// Its figures of each interval.
+    pub samples: Vec<ChannelInterval>,
+}
+
+impl ChannelSeries {
+    /// Its largest ECM interval and latency p99 over the intervals, ms.
+    fn peaks(samples: &[ChannelInterval]) -> (f64, f64) {
+        samples.iter().fold((0.0, 0.0), |(e, l), s| {
+            (
+                f64::max(e, s.ecm_interval_max_ms),
+                f64::max(l, s.latency_p99_ms),
+            )
+        })
+    }
+}
+
+/// The `n` worst of the channels whose figures per interval are `channels`, worst first:
+/// by the largest ECM interval (what a CAS vendor and the pass criterion look at), then the
+/// largest latency p99; equal ones in channel order. All of them when there are at most
+/// `n`, in channel order.
+pub fn worst_channels(channels: &[Vec<ChannelInterval>], n: usize) -> Vec<usize> {
+    if channels.len() <= n {
+        return (0..channels.len()).collect();
+    }
+    let peaks: Vec<(f64, f64)> = channels.iter().map(|c| ChannelSeries::peaks(c)).collect();
+    let mut order: Vec<usize> = (0..channels.len()).collect();
+    // stable: equal channels keep their order
+    order.sort_by(|&a, &b| {
+        peaks[b]
+            .0
+            .total_cmp(&peaks[a].0)
+            .then(peaks[b].1.total_cmp(&peaks[a].1))
+    });
+    order.truncate(n);
+    order
 }
 
 /// Pass criteria of a head-end load test.
@@ -1025,6 +1340,9 @@ pub struct HeadendLimits {
     pub max_lost: u64,
     /// Largest ECM interval allowed, ms (monitors alarm at 500 ms).
     pub max_ecm_interval_ms: f64,
+    /// During an EMMG flood, the largest EMM bitrate on air of any channel over the
+    /// bandwidth the head-end allocated the flooder (judged only when the run floods).
+    pub max_emm_flood_ratio: f64,
 }
 
 impl Default for HeadendLimits {
@@ -1034,16 +1352,19 @@ impl Default for HeadendLimits {
             max_undecryptable: 0,
             max_lost: 0,
             max_ecm_interval_ms: 500.0,
+            max_emm_flood_ratio: 1.2,
         }
     }
 }
 
 impl HeadendReport {
     /// The run against `limits`; a key switch before its ECM and a run that proved nothing
-    /// always fail.
+    /// always fail. A run that floods the EMMG port is also judged on the flood: the EMM
+    /// bitrate on air within `max_emm_flood_ratio` of the allocation, and the excess
+    /// dropped by the head-end (a flood it did not drop was not policed, or not a flood).
     pub fn verdict(&self, limits: &HeadendLimits) -> Verdict {
         let t = &self.total;
-        Verdict::new(vec![
+        let mut criteria = vec![
             Criterion::at_least("ES packets proven", "", 1.0, t.verified as f64, ""),
             Criterion::at_most(
                 "clear ES payloads",
@@ -1081,7 +1402,47 @@ impl HeadendReport {
                 self.ecm_interval_ms.max,
                 "ms",
             ),
-        ])
+        ];
+        let floods: Vec<Option<&FloodReport>> = self
+            .faults
+            .iter()
+            .filter(|f| matches!(f.fault, Fault::EmmgFlood { .. }))
+            .map(|f| f.flood.as_ref())
+            .collect();
+        if !floods.is_empty() {
+            // the worst flood; one that measured nothing (NaN) fails the run
+            let worst = |v: &dyn Fn(&FloodReport) -> f64, pick: fn(f64, f64) -> f64| {
+                floods
+                    .iter()
+                    .map(|f| f.map_or(f64::NAN, v))
+                    .reduce(|a, b| {
+                        if a.is_nan() || b.is_nan() {
+                            f64::NAN
+                        } else {
+                            pick(a, b)
+                        }
+                    })
+                    .unwrap_or(f64::NAN)
+            };
+            criteria.push(Criterion::at_most(
+                "EMM bitrate on air in a flood / allocation",
+                "--max-emm-flood-ratio",
+                limits.max_emm_flood_ratio,
+                worst(&FloodReport::over_allocation, f64::max),
+                "x",
+            ));
+            criteria.push(Criterion::at_least(
+                "flood EMMs dropped by the head-end",
+                "",
+                1.0,
+                worst(
+                    &|r| r.castmux.map_or(f64::NAN, |c| c.dropped_over_bandwidth),
+                    f64::min,
+                ),
+                "",
+            ));
+        }
+        Verdict::new(criteria)
     }
 
     /// What was run, on one line.
@@ -1183,6 +1544,9 @@ impl HeadendReport {
                     ms_cell(a.ecm_interval_max_us as f64 / 1000.0)
                 ),
             ]);
+            if let Some(fl) = &f.flood {
+                flood_rows(&mut table, fl);
+            }
         }
         table
     }
@@ -1204,7 +1568,76 @@ impl HeadendReport {
             p.push("CPU", "cores", "load test", s.t, s.loadtest_cpu);
             p.push("memory", "MB", "castmux headend RSS", s.t, s.headend_rss_mb);
         }
+        p.set_panels_title(self.panels_title());
+        for c in &self.channel_samples {
+            let name = format!("channel {}", c.channel);
+            for (s, f) in self.samples.iter().zip(&c.samples) {
+                p.push_panel(&name, "ms", "ECM interval max", s.t, f.ecm_interval_max_ms);
+                p.push_panel(&name, "ms", "added latency p99", s.t, f.latency_p99_ms);
+            }
+        }
         p
+    }
+
+    /// What the per-channel panels are and which channels they show.
+    fn panels_title(&self) -> String {
+        let shown = self.channel_samples.len();
+        if shown >= self.channels {
+            format!("per channel (all {shown}): ECM interval max and added latency p99")
+        } else {
+            let list: Vec<String> = self
+                .channel_samples
+                .iter()
+                .map(|c| c.channel.to_string())
+                .collect();
+            format!(
+                "per channel: the {shown} worst of {} by ECM interval max, then latency p99 \
+                 (channels {})",
+                self.channels,
+                list.join(", ")
+            )
+        }
+    }
+}
+
+/// What an EMMG flood did, under its fault's row.
+fn flood_rows(table: &mut Table, fl: &FloodReport) {
+    let c = &fl.flooder;
+    table.row([
+        "  EMMs sent by the flooder".to_owned(),
+        format!(
+            "{} ({:.0} kbit/s offered; asked {}, allocated {} kbit/s)",
+            c.emms_sent, fl.offered_kbps, fl.requested_kbps, c.allocated_kbps
+        ),
+    ]);
+    table.row([
+        "  dropped by castmux: over bandwidth / queue full".to_owned(),
+        match (&fl.castmux, &fl.castmux_error) {
+            (Some(p), _) => format!("{} / {}", p.dropped_over_bandwidth, p.dropped_queue_full),
+            (None, e) => format!("- ({})", e.as_deref().unwrap_or("not read")),
+        },
+    ]);
+    let kbps = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1}"));
+    table.row([
+        "  EMM on air per channel: max / mean".to_owned(),
+        format!(
+            "{} / {} kbit/s over {:.1} s ({:.2} x allocation)",
+            kbps(fl.on_air_kbps_max),
+            kbps(fl.on_air_kbps_mean),
+            fl.window_s,
+            fl.over_allocation()
+        ),
+    ]);
+}
+
+/// A bitrate as `--fault` takes it back: `2M`, `500k`, `1500`.
+fn rate_text(bps: u64) -> String {
+    if bps.is_multiple_of(1_000_000) {
+        format!("{}M", bps / 1_000_000)
+    } else if bps.is_multiple_of(1000) {
+        format!("{}k", bps / 1000)
+    } else {
+        bps.to_string()
     }
 }
 
@@ -1222,6 +1655,10 @@ fn fault_name(f: &Fault) -> String {
         } => {
             format!("stop-input:{channel}@{}+{}", ms(at), ms(lasting))
         }
+        Fault::EmmgFlood { at, lasting, rate } => match rate {
+            Some(bps) => format!("emmg-flood@{}+{}:{}", ms(at), ms(lasting), rate_text(*bps)),
+            None => format!("emmg-flood@{}+{}", ms(at), ms(lasting)),
+        },
     }
 }
 
@@ -1269,5 +1706,193 @@ mod tests {
             !nothing.verdict(&limits).passed,
             "a run that proved nothing fails"
         );
+    }
+
+    #[test]
+    fn the_plot_shows_the_worst_channels_and_says_which() {
+        let iv = |ecm: f64, lat: f64| ChannelInterval {
+            ecm_interval_max_ms: ecm,
+            latency_p99_ms: lat,
+        };
+        // channel 2 has the longest ECM gap; 0 and 3 tie on it, 3 has the worse latency;
+        // 1 is the best
+        let channels = vec![
+            vec![iv(110.0, 2.0), iv(105.0, 3.0)],
+            vec![iv(101.0, 9.0), iv(102.0, 1.0)],
+            vec![iv(100.0, 1.0), iv(480.0, 1.0)],
+            vec![iv(110.0, 4.0), iv(100.0, 2.0)],
+        ];
+        assert_eq!(worst_channels(&channels, 3), [2, 3, 0]);
+        assert_eq!(worst_channels(&channels, 1), [2]);
+        // few enough: all of them, in order
+        assert_eq!(worst_channels(&channels, 4), [0, 1, 2, 3]);
+        assert_eq!(worst_channels(&channels[..0], 4), Vec::<usize>::new());
+
+        let r = HeadendReport {
+            channels: 4,
+            samples: vec![Sample { t: 1.0, ..sample() }, Sample { t: 2.0, ..sample() }],
+            channel_samples: worst_channels(&channels, 2)
+                .into_iter()
+                .map(|c| ChannelSeries {
+                    channel: c,
+                    samples: channels[c].clone(),
+                })
+                .collect(),
+            ..HeadendReport::default()
+        };
+        let plot = r.plot();
+        assert!(
+            plot.panels_title().contains("the 2 worst of 4")
+                && plot.panels_title().contains("channels 2, 3"),
+            "{}",
+            plot.panels_title()
+        );
+        let names: Vec<&str> = plot.panels().iter().map(|p| p.metric.as_str()).collect();
+        assert_eq!(names, ["channel 2", "channel 3"]);
+        assert_eq!(
+            plot.panels()[0].series[0].points,
+            [(1.0, 100.0), (2.0, 480.0)]
+        );
+    }
+
+    fn sample() -> Sample {
+        Sample {
+            t: 0.0,
+            verified: 0,
+            clear: 0,
+            undecryptable: 0,
+            ecm_interval_max_ms: 0.0,
+            latency_p50_ms: 0.0,
+            latency_p99_ms: 0.0,
+            headend_cpu: 0.0,
+            headend_rss_mb: 0.0,
+            loadtest_cpu: 0.0,
+        }
+    }
+
+    #[test]
+    fn emmg_flood_parses_with_and_without_a_rate_and_prints_back() {
+        let s = Duration::from_secs;
+        let f = Fault::parse("emmg-flood@5s+3s:2M").unwrap();
+        assert_eq!(
+            f,
+            Fault::EmmgFlood {
+                at: s(5),
+                lasting: s(3),
+                rate: Some(2_000_000)
+            }
+        );
+        assert_eq!(Fault::parse(&fault_name(&f)).unwrap(), f);
+        let f = Fault::parse("emmg-flood@500ms+2s").unwrap();
+        assert_eq!(
+            f,
+            Fault::EmmgFlood {
+                at: Duration::from_millis(500),
+                lasting: s(2),
+                rate: None
+            }
+        );
+        assert_eq!(Fault::parse(&fault_name(&f)).unwrap(), f);
+        for bad in [
+            "emmg-flood@1s",
+            "emmg-flood@1s+2s:fast",
+            "emmg-flood:1@1s+2s",
+        ] {
+            let e = Fault::parse(bad).unwrap_err();
+            assert!(e.contains("emmg-flood@AT+FOR[:RATE]"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn floods_that_cannot_be_judged_are_refused_before_the_run() {
+        let s = Duration::from_secs;
+        let flood = |at: u64, lasting: u64, rate: Option<u64>| Fault::EmmgFlood {
+            at: s(at),
+            lasting: s(lasting),
+            rate,
+        };
+        let check = |faults: &[Fault], ecmg: bool| {
+            check_faults(faults, 2, ecmg, s(20)).map_err(|e| e.to_string())
+        };
+        assert!(check(&[flood(2, 3, None), flood(6, 2, Some(1_000_000))], true).is_ok());
+        let refused = [
+            (vec![flood(2, 3, None)], false, "needs --ecmg"),
+            (vec![flood(2, 1, None)], true, "at least 2s"),
+            (
+                vec![flood(2, 3, Some(64_000))],
+                true,
+                "not above the 64 kbit/s",
+            ),
+            (vec![flood(2, 4, None), flood(5, 3, None)], true, "overlaps"),
+            (vec![flood(18, 3, None)], true, "ends after the run"),
+        ];
+        for (faults, ecmg, why) in refused {
+            let e = check(&faults, ecmg).unwrap_err();
+            assert!(e.contains(why), "{faults:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_flood_fails_the_run_when_it_leaks_onto_the_air_or_was_not_dropped() {
+        let flood = FloodReport {
+            flooder: flood::FlooderCounts {
+                allocated_kbps: 64,
+                ..Default::default()
+            },
+            castmux: Some(PortCounters {
+                dropped_over_bandwidth: 5000.0,
+                ..Default::default()
+            }),
+            on_air_kbps_max: Some(66.0),
+            ..FloodReport::default()
+        };
+        let good = HeadendReport {
+            total: ChannelCounts {
+                verified: 1000,
+                ..ChannelCounts::default()
+            },
+            faults: vec![FaultPlayed {
+                fault: Fault::parse("emmg-flood@1s+3s").unwrap(),
+                before: ChannelCounts::default(),
+                after: ChannelCounts::default(),
+                flood: Some(flood),
+            }],
+            ..HeadendReport::default()
+        };
+        let limits = HeadendLimits::default();
+        assert!(
+            good.verdict(&limits).passed,
+            "{}",
+            good.verdict(&limits).reason()
+        );
+        let failed = |r: &HeadendReport| -> Vec<String> {
+            r.verdict(&limits)
+                .failures()
+                .map(|c| c.what.clone())
+                .collect()
+        };
+        let on_air = "EMM bitrate on air in a flood / allocation";
+        let dropped = "flood EMMs dropped by the head-end";
+        let mut r = good.clone();
+        r.faults[0].flood.as_mut().unwrap().on_air_kbps_max = Some(128.0);
+        assert_eq!(failed(&r), [on_air]);
+        let mut r = good.clone();
+        r.faults[0].flood.as_mut().unwrap().castmux = Some(PortCounters::default());
+        assert_eq!(failed(&r), [dropped]);
+        // the counters could not be read: not proven
+        let mut r = good.clone();
+        r.faults[0].flood.as_mut().unwrap().castmux = None;
+        assert_eq!(failed(&r), [dropped]);
+        // never set up (nothing allocated), or never played
+        let mut r = good.clone();
+        r.faults[0].flood.as_mut().unwrap().flooder.allocated_kbps = 0;
+        assert_eq!(failed(&r), [on_air]);
+        let mut r = good.clone();
+        r.faults[0].flood = None;
+        assert_eq!(failed(&r), [on_air, dropped]);
+        assert!(good
+            .summary()
+            .to_string()
+            .contains("EMMs sent by the flooder"));
     }
 }

@@ -9,6 +9,8 @@
 //!   with an independent TS parser (`mpeg2ts-reader`) and descrambles it with a software
 //!   card: no clear payload, every packet under the key its ECM carried, loss, latency, ECM
 //!   intervals, key-switch lead;
+//! - [`flood`]: the head-end test's EMMG flood (castmux's EMMG client sending far above
+//!   its allocation to the `[emmg]` port) and the port's counters read from `/metrics`;
 //! - [`report`]: what every load test reports with: the progress bar, the interval lines,
 //!   the summary table, the JSON file, the plot (named time series, one chart per metric)
 //!   and the verdict against pass criteria.
@@ -18,6 +20,7 @@
 
 pub mod check;
 pub mod ecmg;
+pub mod flood;
 pub mod headend;
 pub mod report;
 pub mod stream;

@@ -9,8 +9,9 @@
 //! - [`Table`]: plain text, columns aligned, numbers right-aligned;
 //! - [`Criterion`] / [`Verdict`]: "measured ≤ limit" checks, each naming the option that
 //!   sets its limit, so a failed run says which criterion failed and how to change it;
-//! - [`Plot`]: named time series, one chart per metric (stacked, shared time axis), written
-//!   as SVG or PNG by `plotters` ([`Plot::write`]);
+//! - [`Plot`]: named time series, one chart per metric (stacked, shared time axis), and
+//!   under them a grid of small panels (one per channel, say), written as SVG or PNG by
+//!   `plotters` ([`Plot::write`]);
 //! - [`write_json`]: any `Serialize` report, pretty-printed.
 //!
 //! Plot text needs a TrueType font, read at run time (no fontconfig, no system library at
@@ -445,7 +446,9 @@ pub struct Chart {
     pub series: Vec<Series>,
 }
 
-/// Named time series, one chart per metric, stacked over a shared time axis.
+/// Named time series, one chart per metric, stacked over a shared time axis; and, under
+/// them, small multiples: a grid of panels of the same shape (one per channel), each with
+/// its own series, on the same time axis, with a title of their own.
 ///
 /// ```
 /// use castmux::loadtest::report::Plot;
@@ -456,6 +459,9 @@ pub struct Chart {
 ///     plot.push("CPU", "%", "castmux", t, 35.0);
 /// }
 /// assert_eq!(plot.charts().len(), 2);
+/// plot.set_panels_title("per channel");
+/// plot.push_panel("channel 1", "ms", "latency p99", 10.0, 4.2);
+/// assert_eq!(plot.panels().len(), 1);
 /// // plot.write(Path::new("run.svg"))?;  // or run.png
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -463,6 +469,9 @@ pub struct Plot {
     /// The title above every chart.
     pub title: String,
     charts: Vec<Chart>,
+    /// The title above the grid of panels.
+    panels_title: String,
+    panels: Vec<Chart>,
 }
 
 /// Series of a chart that get a legend; more are drawn without one.
@@ -470,13 +479,54 @@ const LEGEND_MAX: usize = 12;
 /// Pixels per chart, and the width.
 const CHART_HEIGHT: u32 = 320;
 const WIDTH: u32 = 1200;
+/// Panels side by side, and the pixels of a row of them.
+const PANEL_COLUMNS: usize = 3;
+const PANEL_HEIGHT: u32 = 240;
+/// Pixels of a title line (the plot's, the grid's).
+const TITLE_HEIGHT: u32 = 40;
+
+/// Add (t, value) to series `series` of the chart named `metric` in `charts` (made with
+/// `unit` the first time); charts and series keep the order they were first named in.
+fn push_to(charts: &mut Vec<Chart>, metric: &str, unit: &str, series: &str, t: f64, value: f64) {
+    let chart = match charts.iter().position(|c| c.metric == metric) {
+        Some(i) => &mut charts[i],
+        None => {
+            charts.push(Chart {
+                metric: metric.to_owned(),
+                unit: unit.to_owned(),
+                series: Vec::new(),
+            });
+            charts.last_mut().expect("just pushed")
+        }
+    };
+    let s = match chart.series.iter().position(|s| s.name == series) {
+        Some(i) => &mut chart.series[i],
+        None => {
+            chart.series.push(Series {
+                name: series.to_owned(),
+                points: Vec::new(),
+            });
+            chart.series.last_mut().expect("just pushed")
+        }
+    };
+    s.points.push((t, value));
+}
+
+/// Text sizes of a chart (caption, labels), and the room above its highest value (a
+/// small panel's legend sits there instead of over the lines).
+#[derive(Clone, Copy)]
+struct Sizes {
+    caption: u32,
+    labels: u32,
+    headroom: f64,
+}
 
 impl Plot {
     /// An empty plot.
     pub fn new(title: impl Into<String>) -> Plot {
         Plot {
             title: title.into(),
-            charts: Vec::new(),
+            ..Plot::default()
         }
     }
 
@@ -484,28 +534,18 @@ impl Plot {
     /// with `unit` the first time it is named). Charts and series keep the order they
     /// were first named in.
     pub fn push(&mut self, metric: &str, unit: &str, series: &str, t: f64, value: f64) {
-        let chart = match self.charts.iter().position(|c| c.metric == metric) {
-            Some(i) => &mut self.charts[i],
-            None => {
-                self.charts.push(Chart {
-                    metric: metric.to_owned(),
-                    unit: unit.to_owned(),
-                    series: Vec::new(),
-                });
-                self.charts.last_mut().expect("just pushed")
-            }
-        };
-        let s = match chart.series.iter().position(|s| s.name == series) {
-            Some(i) => &mut chart.series[i],
-            None => {
-                chart.series.push(Series {
-                    name: series.to_owned(),
-                    points: Vec::new(),
-                });
-                chart.series.last_mut().expect("just pushed")
-            }
-        };
-        s.points.push((t, value));
+        push_to(&mut self.charts, metric, unit, series, t, value);
+    }
+
+    /// Add the point to series `series` of the small panel `panel` (the grid under the
+    /// charts; panels keep the order they were first named in, row by row).
+    pub fn push_panel(&mut self, panel: &str, unit: &str, series: &str, t: f64, value: f64) {
+        push_to(&mut self.panels, panel, unit, series, t, value);
+    }
+
+    /// The title above the grid of panels (what they are, which were chosen).
+    pub fn set_panels_title(&mut self, title: impl Into<String>) {
+        self.panels_title = title.into();
     }
 
     /// The charts so far.
@@ -513,11 +553,36 @@ impl Plot {
         &self.charts
     }
 
+    /// The panels so far.
+    pub fn panels(&self) -> &[Chart] {
+        &self.panels
+    }
+
+    /// The title above the panels.
+    pub fn panels_title(&self) -> &str {
+        &self.panels_title
+    }
+
     /// Whether there is no point at all.
     pub fn is_empty(&self) -> bool {
         self.charts
             .iter()
+            .chain(&self.panels)
             .all(|c| c.series.iter().all(|s| s.points.is_empty()))
+    }
+
+    fn panel_rows(&self) -> usize {
+        self.panels.len().div_ceil(PANEL_COLUMNS)
+    }
+
+    /// The image's height: the title, the charts, the grid's title and rows.
+    fn height(&self) -> u32 {
+        let grid = if self.panels.is_empty() {
+            0
+        } else {
+            TITLE_HEIGHT + PANEL_HEIGHT * self.panel_rows() as u32
+        };
+        TITLE_HEIGHT + CHART_HEIGHT * self.charts.len() as u32 + grid
     }
 
     /// Write the plot to `path`: SVG when it ends in `.svg`, PNG when in `.png`.
@@ -533,7 +598,7 @@ impl Plot {
             return Err(ReportError::EmptyPlot(path.to_owned()));
         }
         font()?;
-        let height = CHART_HEIGHT * self.charts.len().max(1) as u32 + 40;
+        let height = self.height();
         let plot_err = |reason: String| ReportError::Plot {
             path: path.to_owned(),
             reason,
@@ -570,71 +635,115 @@ impl Plot {
         let root = root
             .titled(&self.title, (FONT, 22).into_font())
             .map_err(e)?;
-        let areas = root.split_evenly((self.charts.len(), 1));
-        // one time axis for every chart
+        // one time axis for every chart and panel
         let (t0, t1) = self
             .charts
             .iter()
+            .chain(&self.panels)
             .flat_map(|c| c.series.iter().flat_map(|s| s.points.iter().map(|p| p.0)))
             .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), t| {
                 (lo.min(t), hi.max(t))
             });
-        let (t0, t1) = if t1 > t0 {
+        let time = if t1 > t0 {
             (t0.min(0.0), t1)
         } else {
             (0.0, t0.max(1.0))
         };
-        for (area, chart) in areas.iter().zip(&self.charts) {
-            let vmax = chart
-                .series
+        let (top, grid) = root.split_vertically(CHART_HEIGHT as i32 * self.charts.len() as i32);
+        if !self.charts.is_empty() {
+            let big = Sizes {
+                caption: 16,
+                labels: 12,
+                headroom: 1.1,
+            };
+            for (area, chart) in top
+                .split_evenly((self.charts.len(), 1))
                 .iter()
-                .flat_map(|s| s.points.iter().map(|p| p.1))
-                .filter(|v| v.is_finite())
-                .fold(0.0f64, f64::max);
-            let vmax = if vmax > 0.0 { vmax * 1.1 } else { 1.0 };
-            let mut c = ChartBuilder::on(area)
-                .caption(
-                    format!("{} ({})", chart.metric, chart.unit),
-                    (FONT, 16).into_font(),
-                )
-                .margin(10)
-                .x_label_area_size(30)
-                .y_label_area_size(60)
-                .build_cartesian_2d(t0..t1, 0.0..vmax)
-                .map_err(e)?;
-            c.configure_mesh()
-                .x_desc("seconds since the start")
-                .y_desc(chart.unit.as_str())
-                .label_style((FONT, 12).into_font())
-                .draw()
-                .map_err(e)?;
-            for (i, s) in chart.series.iter().enumerate() {
-                let color = Palette99::pick(i).to_rgba();
-                let drawn = c
-                    .draw_series(LineSeries::new(
-                        s.points.iter().copied().filter(|p| p.1.is_finite()),
-                        color.stroke_width(2),
-                    ))
-                    .map_err(e)?;
-                if chart.series.len() <= LEGEND_MAX {
-                    drawn.label(s.name.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                    });
-                }
+                .zip(&self.charts)
+            {
+                draw_chart(area, chart, time, big)?;
             }
-            if chart.series.len() <= LEGEND_MAX {
-                c.configure_series_labels()
-                    .label_font((FONT, 12).into_font())
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw()
-                    .map_err(e)?;
+        }
+        if !self.panels.is_empty() {
+            let grid = grid
+                .titled(&self.panels_title, (FONT, 18).into_font())
+                .map_err(e)?;
+            let small = Sizes {
+                caption: 13,
+                labels: 10,
+                headroom: 1.6,
+            };
+            let cells = grid.split_evenly((self.panel_rows(), PANEL_COLUMNS));
+            for (area, panel) in cells.iter().zip(&self.panels) {
+                draw_chart(area, panel, time, small)?;
             }
         }
         root.present().map_err(e)?;
         Ok(())
     }
+}
+
+/// One chart (or panel) on `area`: caption, mesh, a line per series, a legend when there
+/// are few enough.
+fn draw_chart<DB: plotters::prelude::DrawingBackend>(
+    area: &plotters::drawing::DrawingArea<DB, plotters::coord::Shift>,
+    chart: &Chart,
+    (t0, t1): (f64, f64),
+    sizes: Sizes,
+) -> Result<(), String> {
+    use plotters::prelude::*;
+    let e = |x: DrawingAreaErrorKind<DB::ErrorType>| x.to_string();
+    let vmax = chart
+        .series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max);
+    let vmax = if vmax > 0.0 {
+        vmax * sizes.headroom
+    } else {
+        1.0
+    };
+    let mut c = ChartBuilder::on(area)
+        .caption(
+            format!("{} ({})", chart.metric, chart.unit),
+            (FONT, sizes.caption).into_font(),
+        )
+        .margin(10)
+        .x_label_area_size(sizes.labels * 5 / 2)
+        .y_label_area_size(sizes.labels * 5)
+        .build_cartesian_2d(t0..t1, 0.0..vmax)
+        .map_err(e)?;
+    c.configure_mesh()
+        .x_desc("seconds since the start")
+        .y_desc(chart.unit.as_str())
+        .label_style((FONT, sizes.labels).into_font())
+        .draw()
+        .map_err(e)?;
+    for (i, s) in chart.series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let drawn = c
+            .draw_series(LineSeries::new(
+                s.points.iter().copied().filter(|p| p.1.is_finite()),
+                color.stroke_width(2),
+            ))
+            .map_err(e)?;
+        if chart.series.len() <= LEGEND_MAX {
+            drawn.label(s.name.as_str()).legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        }
+    }
+    if chart.series.len() <= LEGEND_MAX {
+        c.configure_series_labels()
+            .label_font((FONT, sizes.labels).into_font())
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(e)?;
+    }
+    Ok(())
 }
 
 /// The font family plots are drawn with (registered by [`font`]).
@@ -781,5 +890,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("x.gif");
         assert!(matches!(p.write(&bad), Err(ReportError::PlotFormat(_))));
+    }
+
+    #[test]
+    fn panels_make_a_grid_under_the_charts_in_svg_and_png() {
+        let mut p = Plot::new("t");
+        let height_without = {
+            p.push("CPU", "cores", "castmux", 1.0, 0.5);
+            p.height()
+        };
+        p.set_panels_title("per channel: all 4");
+        for ch in 0..4 {
+            for t in [1.0, 2.0, 3.0] {
+                let name = format!("channel {ch}");
+                p.push_panel(&name, "ms", "ECM interval max", t, 100.0 + ch as f64);
+                p.push_panel(&name, "ms", "latency p99", t, 2.0);
+            }
+        }
+        assert_eq!(p.charts().len(), 1, "panels are not charts");
+        assert_eq!(p.panels().len(), 4);
+        assert_eq!(p.panels()[3].series[1].points.len(), 3);
+        // 4 panels, 3 a row: 2 rows and the grid's title
+        assert_eq!(p.height(), height_without + TITLE_HEIGHT + 2 * PANEL_HEIGHT);
+        if font().is_err() {
+            eprintln!("no font: the drawing is not tried");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("p.svg");
+        p.write(&svg).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        for want in ["per channel: all 4", "channel 3 (ms)", "CPU (cores)"] {
+            assert!(text.contains(want), "{want}");
+        }
+        let png = dir.path().join("p.png");
+        p.write(&png).unwrap();
+        let bytes = std::fs::read(&png).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG");
+        // panels alone are a plot too
+        let mut only = Plot::new("only panels");
+        only.push_panel("channel 0", "ms", "latency p99", 1.0, 1.0);
+        only.write(&dir.path().join("o.png")).unwrap();
     }
 }

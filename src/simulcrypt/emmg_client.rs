@@ -2,6 +2,9 @@
 //! EMMG port, set up channel and stream, ask for bandwidth, then feed EMMs from an
 //! [`EmmSource`] (the built-in EMM carousel) at the allocated bandwidth with data_provision,
 //! over TCP or UDP. Keepalive with channel_test; reconnect with backoff.
+//!
+//! [`EmmgPace`] can also set it to send above its allocation on purpose: a load test's
+//! EMMG flood, which the mux must police.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -15,7 +18,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use super::conn::{FrameReader, LinkError};
 use super::datagram::packets_to_sections;
 use super::emmg_messages::{ChannelIds, EmmgMessage, StreamIds, DATA_TYPE_EMM};
-use super::types::error_status_names;
+use super::types::{error_status_names, EmmgErrorStatus};
 use crate::cas::emmg::section_air_bytes;
 use crate::scramble::emm::{EmmData, EmmSource};
 
@@ -44,7 +47,26 @@ pub struct EmmgConfig {
     pub setup_timeout: Duration,
     /// First reconnect delay (doubles up to 10 s). Default 500 ms.
     pub backoff_min: Duration,
+    /// How fast EMMs are sent. Default [`EmmgPace::Allocation`].
+    pub pace: EmmgPace,
 }
+
+/// How fast the client sends, counted in the bytes the EMMs take on air.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmmgPace {
+    /// A little under the allocated bandwidth, so the mux never has to drop: what an EMMG
+    /// does.
+    Allocation,
+    /// This many bit/s whatever the allocation: a flood when it is above it.
+    Fixed(u64),
+    /// As much as the link takes: up to [`UNPACED_PER_TICK`] bytes every 10 ms tick, the
+    /// writes waiting on TCP's flow control.
+    Unpaced,
+}
+
+/// The most an unpaced client queues in one 10 ms tick (about 800 Mbit/s), so the tick
+/// still ends and the mux's messages (errors, channel_test) are read between bursts.
+pub const UNPACED_PER_TICK: usize = 1 << 20;
 
 impl EmmgConfig {
     /// Settings for `mux` and `client_id` with the defaults above.
@@ -61,6 +83,7 @@ impl EmmgConfig {
             keepalive: Duration::from_secs(10),
             setup_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(500),
+            pace: EmmgPace::Allocation,
         }
     }
 
@@ -254,9 +277,21 @@ async fn session(
         None
     };
 
-    // pace a little under the allocation so the mux's policer never has to drop
-    let rate = f64::from(kbps) * 1000.0 / 8.0 * 0.95;
-    let burst = (rate * 0.05).max(4096.0);
+    // bytes a second and the most sent in one tick
+    let (rate, burst) = match c.pace {
+        // a little under the allocation, so the mux's policer never has to drop
+        EmmgPace::Allocation => {
+            let rate = f64::from(kbps) * 1000.0 / 8.0 * 0.95;
+            (rate, (rate * 0.05).max(4096.0))
+        }
+        EmmgPace::Fixed(bps) => {
+            let rate = bps as f64 / 8.0;
+            (rate, (rate * 0.05).max(4096.0))
+        }
+        EmmgPace::Unpaced => (f64::INFINITY, UNPACED_PER_TICK as f64),
+    };
+    // a flood is told off by the mux every second; that is what it is for
+    let over_on_purpose = c.pace != EmmgPace::Allocation;
     let mut tokens = burst;
     let mut last = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(10));
@@ -273,7 +308,11 @@ async fn session(
                 match EmmgMessage::decode(&frame) {
                     Ok((_, EmmgMessage::ChannelError { status, .. } | EmmgMessage::StreamError { status, .. })) => {
                         stats.errors_received.fetch_add(1, Relaxed);
-                        tracing::warn!(error = %describe(&status), "the mux reported an error");
+                        if over_on_purpose && status == [EmmgErrorStatus::ExceededBandwidth as u16] {
+                            tracing::debug!("the mux reports the flood above the allocation");
+                        } else {
+                            tracing::warn!(error = %describe(&status), "the mux reported an error");
+                        }
                     }
                     Ok((_, EmmgMessage::ChannelClose(_) | EmmgMessage::StreamCloseRequest(_))) => {
                         return Err(LinkError::Peer("the mux closed the channel".to_owned()));
@@ -294,7 +333,11 @@ async fn session(
                     last_test = now;
                     send(&mut wr, v, &EmmgMessage::ChannelTest(c.chan()), &mut buf).await?;
                 }
-                tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst);
+                tokens = if rate.is_finite() {
+                    (tokens + now.duration_since(last).as_secs_f64() * rate).min(burst)
+                } else {
+                    burst
+                };
                 last = now;
                 let mut size = 0;
                 while tokens > 0.0 {

@@ -34,7 +34,7 @@ pub use ecmg_messages::{ChannelStatus, CpCw, CwProvision, EcmgMessage};
 pub use ecmg_server::{
     EcmBuildError, EcmBuildRequest, EcmBuilder, EcmgServer, EcmgServerConfig, EcmgServerStats,
 };
-pub use emmg_client::{run_emmg, EmmgConfig, EmmgStats};
+pub use emmg_client::{run_emmg, EmmgConfig, EmmgPace, EmmgStats};
 pub use emmg_messages::{ChannelIds, EmmgMessage, StreamIds};
 pub use mux_server::{EmmMuxConfig, EmmMuxServer, EmmMuxStats, EmmQueueSource, EmmSubscribers};
 pub use scs_client::{ScsConfig, ScsError, ScsStats, SimulcryptEcmg};

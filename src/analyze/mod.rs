@@ -325,6 +325,8 @@ impl Analyzer {
                 Role::Pmt => self.errors.add(Indicator::PmtError, at),
                 _ => {}
             }
+            // its PES headers are hidden now: 2.5 can no longer be judged on it
+            st.pts = None;
             if !self.cat_seen && self.scrambled_without_cat.is_none() {
                 self.scrambled_without_cat = Some(now);
             }

@@ -663,3 +663,6 @@ fn has_pts(payload: &[u8]) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests;

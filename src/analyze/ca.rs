@@ -100,7 +100,7 @@ impl CwReport {
             changes: c.changes,
             periods: n,
             min_period_s: c.min.map(|d| d.as_secs_f64()),
-            max_period_s: (n > 0).then(|| c.max.as_secs_f64()),
+            max_period_s: (n > 0).then_some(c.max.as_secs_f64()),
             mean_period_s: (n > 0).then(|| c.sum.as_secs_f64() / n as f64),
         }
     }

@@ -127,17 +127,17 @@ impl Gen {
     fn run(&mut self, ms: u64) {
         for _ in 0..ms / 10 {
             self.pcr();
-            if self.ms % 100 == 0 {
+            if self.ms.is_multiple_of(100) {
                 self.psi();
             }
-            if self.ms % 40 == 0 && !self.skip_pts.contains(&self.ms) {
+            if self.ms.is_multiple_of(40) && !self.skip_pts.contains(&self.ms) {
                 self.pes();
             } else {
                 let p = self.header(VIDEO, 1);
                 self.out.push(p);
             }
             // ten packets per 10 ms: a constant bitrate
-            while self.out.len() % 10 != 0 {
+            while !self.out.len().is_multiple_of(10) {
                 let p = self.header(0x1FFF, 1);
                 self.out.push(p);
             }
@@ -178,7 +178,7 @@ fn the_synthetic_stream_is_clean() {
     assert!((r.duration_s - 2.99).abs() < 0.02, "{}", r.duration_s);
     assert_eq!(r.programs[0].streams[0].kind, "video");
     assert_eq!(r.ca.ecm[0].sections, 30);
-    assert_eq!(r.etr290.pcr[0].constant_bitrate, true);
+    assert!(r.etr290.pcr[0].constant_bitrate);
     assert_eq!(r.etr290.pcr[0].max_deviation_ns, 0.0);
 }
 

@@ -7,6 +7,7 @@
 //! accept loop.
 #![forbid(unsafe_code)]
 
+pub mod analyze;
 pub mod cas;
 pub mod headend;
 pub mod http;

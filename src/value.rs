@@ -94,6 +94,16 @@ pub fn probe_duration(s: &str) -> Result<Duration, String> {
     duration_between(s, ms(10), MAX_DURATION)
 }
 
+/// `probe --pid-timeout` (ETR 290 1.6): 100ms to 1 hour.
+pub fn pid_timeout(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(100), secs(3600))
+}
+
+/// `probe --ecm-limit`: 10ms to 1 hour.
+pub fn ecm_limit(s: &str) -> Result<Duration, String> {
+    duration_between(s, ms(10), secs(3600))
+}
+
 /// `softcard serve --service-idle`: 100ms to 1 day.
 pub fn service_idle(s: &str) -> Result<Duration, String> {
     duration_between(s, ms(100), secs(24 * 3600))

@@ -53,6 +53,12 @@ fn ts_seeds() {
             name,
             &[psi.clone(), es[..4 * PACKET].to_vec()].concat(),
         );
+        // the analyzer: a batch size, then the same packets
+        write(
+            "analyzer",
+            name,
+            &[&[7u8][..], &psi, &es[..4 * PACKET]].concat(),
+        );
         // sections for psi_section: flags (no repair), version, no private data
         for (i, p) in psi.chunks_exact(PACKET).enumerate() {
             let mut a = SectionAssembler::psi();

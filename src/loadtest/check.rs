@@ -2,9 +2,11 @@
 //!
 //! It reads the TS with `mpeg2ts-reader`, a parser independent of castmux's own `ts/`, so a
 //! bug in castmux's PSI layer cannot hide itself: PAT, PMT (ES and ECM PIDs from the CA
-//! descriptors), CAT (EMM PIDs), ECM sections. Each ECM goes to a software card holding an
-//! entitled card; the CWs it answers descramble the ES packets, and each descrambled
-//! payload must be the one the generator sent ([`super::stream::verify_es`]).
+//! descriptors), CAT (EMM PIDs), ECM sections; the section reassembly and the CA
+//! descriptors are the analyzer's ([`crate::analyze::psi`]), shared for that reason. Each
+//! ECM goes to a software card holding an entitled card; the CWs it answers descramble
+//! the ES packets, and each descrambled payload must be the one the generator sent
+//! ([`super::stream::verify_es`]).
 //!
 //! Counted per channel: clear ES payloads (must be 0), undecryptable packets (must be 0),
 //! key switches made before an ECM carried the new key, loss and reordering per ES PID,
@@ -19,16 +21,13 @@ use std::collections::HashMap;
 
 use csa::{Algorithm, KeyContext, MultiBatch, Parity};
 use hdrhistogram::Histogram;
-use mpeg2ts_reader::descriptor::{CoreDescriptors, DescriptorError, DescriptorIter};
+use mpeg2ts_reader::descriptor::CoreDescriptors;
 use mpeg2ts_reader::packet::Packet as TsPacket;
-use mpeg2ts_reader::psi::{
-    self, BufferCompactSyntaxParser, BufferSectionSyntaxParser, CompactSyntaxSectionProcessor,
-    SectionCommonHeader, SectionPacketConsumer, SectionSyntaxSectionProcessor, TableSyntaxHeader,
-    WholeCompactSyntaxPayloadParser, WholeSectionSyntaxPayloadParser,
-};
+use mpeg2ts_reader::psi;
 use serde::Serialize;
 
 use super::stream::{verify_es, Mismatch, Tag, ES_PIDS};
+use crate::analyze::psi::{ca_descriptors, cat_ca_descriptors, Found, LongConsumer, ShortConsumer};
 use crate::io::PacketBatch;
 use crate::softcard::{EcmStream, SoftCard};
 
@@ -38,53 +37,6 @@ const NULL_PID: u16 = 0x1FFF;
 const TABLE_PAT: u8 = 0;
 const TABLE_CAT: u8 = 1;
 const TABLE_PMT: u8 = 2;
-/// A section kept for the checker: table_id, whole section, CRC right (long sections).
-type Found = Vec<(u8, Vec<u8>, bool)>;
-
-/// Collects long (CRC-protected) sections.
-struct LongSections;
-
-impl WholeSectionSyntaxPayloadParser for LongSections {
-    type Context = Found;
-    fn section<'a>(
-        &mut self,
-        found: &mut Found,
-        header: &SectionCommonHeader,
-        _: &TableSyntaxHeader<'a>,
-        data: &'a [u8],
-    ) {
-        let crc_ok = data.len() >= 12 && mpeg2ts_reader::mpegts_crc::sum32(data) == 0;
-        found.push((header.table_id, data.to_vec(), crc_ok));
-    }
-}
-
-/// Collects short (private, no CRC) sections: ECMs.
-struct ShortSections;
-
-impl WholeCompactSyntaxPayloadParser for ShortSections {
-    type Context = Found;
-    fn section(&mut self, found: &mut Found, header: &SectionCommonHeader, data: &[u8]) {
-        found.push((header.table_id, data.to_vec(), true));
-    }
-}
-
-type LongConsumer =
-    SectionPacketConsumer<SectionSyntaxSectionProcessor<BufferSectionSyntaxParser<LongSections>>>;
-type ShortConsumer =
-    SectionPacketConsumer<CompactSyntaxSectionProcessor<BufferCompactSyntaxParser<ShortSections>>>;
-
-fn long_consumer() -> LongConsumer {
-    SectionPacketConsumer::new(SectionSyntaxSectionProcessor::new(
-        BufferSectionSyntaxParser::new(LongSections),
-    ))
-}
-
-fn short_consumer() -> ShortConsumer {
-    SectionPacketConsumer::new(CompactSyntaxSectionProcessor::new(
-        BufferCompactSyntaxParser::new(ShortSections),
-    ))
-}
-
 /// What one PID is to the checker.
 enum Role {
     Psi(Box<LongConsumer>),
@@ -254,8 +206,8 @@ pub struct ChannelCheck {
 impl ChannelCheck {
     fn new(index: u16, card: SoftCard, algorithm: Algorithm) -> ChannelCheck {
         let mut roles = HashMap::new();
-        roles.insert(0, Role::Psi(Box::new(long_consumer())));
-        roles.insert(1, Role::Psi(Box::new(long_consumer())));
+        roles.insert(0, Role::Psi(Box::default()));
+        roles.insert(1, Role::Psi(Box::default()));
         ChannelCheck {
             index,
             card,
@@ -379,14 +331,15 @@ impl ChannelCheck {
     }
 
     fn psi_sections(&mut self, pid: u16, now_ns: u64) {
-        for (table_id, data, crc_ok) in std::mem::take(&mut self.found) {
-            if !crc_ok {
-                self.counts.crc_errors += 1;
-                continue;
-            }
-            // the body: after the 8-byte long header, before the CRC
-            let body = &data[8..data.len() - 4];
-            match (pid, table_id) {
+        for section in std::mem::take(&mut self.found) {
+            let body = match section.body() {
+                Some(body) if section.crc_ok => body,
+                _ => {
+                    self.counts.crc_errors += 1;
+                    continue;
+                }
+            };
+            match (pid, section.table_id) {
                 (0, TABLE_PAT) => {
                     interval(
                         &mut self.last_pat_ns,
@@ -404,13 +357,13 @@ impl ChannelCheck {
                             if let Some(old) = self.pmt_pid.replace(pmt) {
                                 self.roles.remove(&old);
                             }
-                            self.roles.insert(pmt, Role::Psi(Box::new(long_consumer())));
+                            self.roles.insert(pmt, Role::Psi(Box::default()));
                         }
                     }
                 }
                 (1, TABLE_CAT) => {
                     let caid = self.card.ca_system_id();
-                    for emm_pid in ca_pids(DescriptorIter::new(body), caid) {
+                    for emm_pid in ca_pids(cat_ca_descriptors(body), caid) {
                         self.roles.entry(emm_pid).or_insert(Role::Emm);
                     }
                 }
@@ -432,21 +385,29 @@ impl ChannelCheck {
             return;
         };
         let caid = self.card.ca_system_id();
-        let mut ecm_pids: Vec<u16> = ca_pids(pmt.descriptors(), caid).collect();
+        let mut ecm_pids: Vec<u16> = ca_pids(
+            ca_descriptors(pmt.descriptors::<CoreDescriptors<'_>>()),
+            caid,
+        )
+        .collect();
         self.es_pids.clear();
         for s in pmt.streams() {
             self.es_pids.push(u16::from(s.elementary_pid()));
-            ecm_pids.extend(ca_pids(s.descriptors(), caid));
+            ecm_pids.extend(ca_pids(
+                ca_descriptors(s.descriptors::<CoreDescriptors<'_>>()),
+                caid,
+            ));
         }
         for pid in ecm_pids {
             self.roles
                 .entry(pid)
-                .or_insert_with(|| Role::Ecm(Box::new(short_consumer()), None, None));
+                .or_insert_with(|| Role::Ecm(Box::default(), None, None));
         }
     }
 
     fn ecm_sections(&mut self, pid: u16, now_ns: u64, stats: &mut Histograms) {
-        for (table_id, data, _) in std::mem::take(&mut self.found) {
+        for section in std::mem::take(&mut self.found) {
+            let (table_id, data) = (section.table_id, section.data);
             if table_id != 0x80 && table_id != 0x81 {
                 continue;
             }
@@ -595,20 +556,12 @@ fn interval(last: &mut Option<u64>, now_ns: u64, max_us: &mut u64) {
     }
 }
 
-/// The CA_PIDs that the CA_descriptors of a descriptor loop give for `ca_system_id`.
-fn ca_pids<'a>(
-    loop_: impl Iterator<Item = Result<CoreDescriptors<'a>, DescriptorError>> + 'a,
+/// The CA_PIDs of `ca_system_id` among a loop's CA descriptors.
+fn ca_pids(
+    descriptors: impl Iterator<Item = (u16, u16)>,
     ca_system_id: u16,
-) -> impl Iterator<Item = u16> + 'a {
-    loop_.filter_map(move |d| match d {
-        Ok(CoreDescriptors::CA(d)) => match d.payload {
-            [a, b, c, e, ..] if u16::from_be_bytes([*a, *b]) == ca_system_id => {
-                Some(u16::from_be_bytes([*c, *e]) & 0x1FFF)
-            }
-            _ => None,
-        },
-        _ => None,
-    })
+) -> impl Iterator<Item = u16> {
+    descriptors.filter_map(move |(caid, pid)| (caid == ca_system_id).then_some(pid))
 }
 
 /// Distributions over all channels.

@@ -163,24 +163,30 @@ impl StreamType {
 
     /// The kind from the stream_type and the ES_info descriptors (needed for private PES 0x06).
     pub fn es_kind(self, descriptors: &Descriptors<'_>) -> EsKind {
+        self.es_kind_from(descriptors.iter().map(|d| (d.tag, d.data)))
+    }
+
+    /// [`Self::es_kind`] from (tag, payload) pairs, for a reader that parsed the ES_info
+    /// loop with another parser (the analyzer reads PMTs with mpeg2ts-reader).
+    pub fn es_kind_from<'d>(self, descriptors: impl IntoIterator<Item = (u8, &'d [u8])>) -> EsKind {
         let base = self.kind();
         if base != EsKind::Other {
             return base;
         }
-        for d in descriptors.iter() {
-            match d.tag {
+        for (tag, data) in descriptors {
+            match tag {
                 // AC-3, E-AC-3, DTS, AAC (EN 300 468 Annex D/G/H)
                 0x6A | 0x7A | 0x7B | 0x7C => return EsKind::Audio,
                 0x59 => return EsKind::Subtitle,
                 0x56 | 0x46 => return EsKind::Teletext,
                 // extension_descriptor: AC-4 (0x15), DTS-HD (0x0E), DTS Neural (0x0F), DTS-UHD (0x21)
                 0x7F => {
-                    if let Some(0x0E | 0x0F | 0x15 | 0x21) = d.data.first() {
+                    if let Some(0x0E | 0x0F | 0x15 | 0x21) = data.first() {
                         return EsKind::Audio;
                     }
                 }
                 // registration_descriptor: format_identifier
-                0x05 => match d.data.get(..4) {
+                0x05 => match data.get(..4) {
                     // BSSD: SMPTE 302M (AES3 PCM)
                     Some(
                         b"AC-3" | b"EAC3" | b"DTS1" | b"DTS2" | b"DTS3" | b"Opus" | b"AC-4"

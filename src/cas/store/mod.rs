@@ -136,21 +136,58 @@ async fn connect_writer(path: &Path) -> Result<SqlitePool, StoreError> {
         .map_err(|e| StoreError::db(path, e))
 }
 
+/// Whether `castmux init` finished the store at `path`: its settings table holds the row
+/// init writes last. NotInitialized when the table is not there (a file being created, or
+/// not a store), Corrupt when the row is not.
+async fn finished_by_init(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'settings'",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(|e| StoreError::db(path, e))?;
+    if tables == 0 {
+        return Err(StoreError::NotInitialized {
+            path: path.to_owned(),
+        });
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM settings WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .map_err(|e| StoreError::db(path, e))?;
+    if rows == 0 {
+        return Err(StoreError::Corrupt {
+            path: path.to_owned(),
+            detail: "it has no settings (an interrupted `castmux init`, or one still running?); if no init is running, remove it and run `castmux init` again".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The pool of reads (and of the schema), migrated to this version's schema.
 async fn connect(path: &Path) -> Result<SqlitePool, StoreError> {
-    let pool = SqlitePoolOptions::new()
+    let pool = connect_unmigrated(path).await?;
+    migrate(&pool, path).await?;
+    Ok(pool)
+}
+
+async fn connect_unmigrated(path: &Path) -> Result<SqlitePool, StoreError> {
+    SqlitePoolOptions::new()
         .max_connections(4)
         .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
         .connect_with(connect_options(path))
         .await
-        .map_err(|e| StoreError::db(path, e))?;
-    MIGRATOR.run(&pool).await.map_err(|e| match e {
+        .map_err(|e| StoreError::db(path, e))
+}
+
+async fn migrate(pool: &SqlitePool, path: &Path) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await.map_err(|e| match e {
         sqlx::migrate::MigrateError::Execute(inner) => StoreError::db(path, inner),
         e => StoreError::Migrate {
             path: path.to_owned(),
             source: e,
         },
-    })?;
-    Ok(pool)
+    })
 }
 
 impl Store {
@@ -161,7 +198,18 @@ impl Store {
                 path: path.to_owned(),
             });
         }
-        let pool = connect(path).await?;
+        // a store is migrated only once `castmux init` has finished it (its settings row is
+        // the last thing init writes): migrating a file that another process is creating
+        // would race that process's own migrations, and one of the two would fail
+        let pool = connect_unmigrated(path).await?;
+        if let Err(e) = finished_by_init(&pool, path).await {
+            pool.close().await;
+            return Err(e);
+        }
+        if let Err(e) = migrate(&pool, path).await {
+            pool.close().await;
+            return Err(e);
+        }
         let row = sqlx::query("SELECT root_key, ca_system_id FROM settings WHERE id = 1")
             .fetch_optional(&pool)
             .await
@@ -406,4 +454,45 @@ pub(crate) async fn next_change_seq(tx: &mut Transaction<'_, Sqlite>) -> Result<
     .fetch_one(&mut **tx)
     .await?;
     row.try_get(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A head-end retrying its store while `castmux init` creates it must not migrate the
+    /// half-made file (both processes migrating: one fails with "table settings already
+    /// exists"); it is told the store is not there yet, and the file is left to init.
+    #[tokio::test]
+    async fn a_store_being_created_is_not_opened_or_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        // init's first step: the file, empty
+        create_private_file(&path).unwrap();
+        assert!(matches!(
+            Store::open(&path).await,
+            Err(StoreError::NotInitialized { .. })
+        ));
+        let untouched = connect_unmigrated(&path).await.unwrap();
+        let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM sqlite_master")
+            .fetch_one(&untouched)
+            .await
+            .unwrap();
+        assert_eq!(tables, 0, "open created nothing in the file");
+        // init's second step: the schema, before its settings row
+        migrate(&untouched, &path).await.unwrap();
+        untouched.close().await;
+        assert!(matches!(
+            Store::open(&path).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+        // a finished store opens
+        let other = dir.path().join("done.db");
+        Store::init(&other, InitOptions::default())
+            .await
+            .unwrap()
+            .close()
+            .await;
+        Store::open(&other).await.unwrap().close().await;
+    }
 }

@@ -1,13 +1,17 @@
-//! The operator's web page in headless Chromium, driven over the WebDriver protocol by hand
-//! (JSON over HTTP to chromedriver, with the raw HTTP helpers of the API tests), against the
-//! real `castmux serve` binary and a store with cards.
+//! The operator's web page in headless Chromium and headless Firefox, driven over the W3C
+//! WebDriver protocol by hand (JSON over HTTP to chromedriver or geckodriver, with the raw
+//! HTTP helpers of the API tests), against the real `castmux serve` binary and a store with
+//! cards.
 //!
 //! The page is opened, the key entered, cards edited, added and disabled through the page,
 //! and the store is checked with the CLI. A screenshot of each page is kept under
-//! `target/web-screenshots/` (the README's pictures in docs/img are copies of them).
+//! `target/web-screenshots/` (the README's pictures in docs/img are copies of Chromium's;
+//! Firefox's are named `firefox-…`).
 //!
-//! Chromium and chromedriver are Debian's `chromium` and `chromium-driver`
-//! (scripts/deps.sh installs them). A missing one fails the test: it never skips.
+//! Chromium and chromedriver are Debian's `chromium` and `chromium-driver`; Firefox is
+//! Debian's `firefox-esr`, and geckodriver (which Debian does not package) is Mozilla's
+//! crate, `cargo install geckodriver` (scripts/deps.sh installs all of them). A missing one
+//! fails the test: it never skips.
 
 mod cli_support;
 mod http_support;
@@ -28,10 +32,15 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// How long the page gets to show something.
 const WAIT: Duration = Duration::from_secs(15);
 
-/// A program on PATH or at a Debian path; a missing one fails the test loudly.
+/// A program on PATH, in cargo's bin directory or at a Debian path; a missing one fails
+/// the test loudly.
 fn program(name: &str, debian: &str) -> PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin"));
     if let Ok(path) = std::env::var("PATH") {
-        for dir in std::env::split_paths(&path) {
+        for dir in std::env::split_paths(&path).chain(cargo_bin) {
             let p = dir.join(name);
             if p.is_file() {
                 return p;
@@ -41,8 +50,9 @@ fn program(name: &str, debian: &str) -> PathBuf {
     let p = PathBuf::from(debian);
     assert!(
         p.is_file(),
-        "{name} is missing: install the Debian packages chromium and chromium-driver \
-         (scripts/deps.sh does); this test does not skip"
+        "{name} is missing: install the Debian packages chromium, chromium-driver and \
+         firefox-esr, and `cargo install geckodriver` (scripts/deps.sh does); this test does \
+         not skip"
     );
     p
 }
@@ -87,10 +97,29 @@ fn exchange(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> 
     }
 }
 
-/// chromedriver as a child process; killed on drop.
+/// The browsers the page is tested in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Browser {
+    Chromium,
+    Firefox,
+}
+
+impl Browser {
+    /// A screenshot's file name: Chromium's are the README's, Firefox's prefixed.
+    fn shot(self, name: &str) -> String {
+        match self {
+            Browser::Chromium => name.to_owned(),
+            Browser::Firefox => format!("firefox-{name}"),
+        }
+    }
+}
+
+/// The browser's WebDriver server (chromedriver or geckodriver) as a child process;
+/// killed on drop.
 struct Driver {
     child: Child,
     addr: SocketAddr,
+    browser: Browser,
 }
 
 impl Drop for Driver {
@@ -101,8 +130,11 @@ impl Drop for Driver {
 }
 
 impl Driver {
-    fn start() -> Driver {
-        let bin = program("chromedriver", "/usr/bin/chromedriver");
+    fn start(browser: Browser) -> Driver {
+        let bin = match browser {
+            Browser::Chromium => program("chromedriver", "/usr/bin/chromedriver"),
+            Browser::Firefox => program("geckodriver", "/usr/local/bin/geckodriver"),
+        };
         let port = free_port();
         let child = Command::new(&bin)
             .arg(format!("--port={port}"))
@@ -114,6 +146,7 @@ impl Driver {
         let d = Driver {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            browser,
         };
         let t0 = Instant::now();
         loop {
@@ -123,7 +156,11 @@ impl Driver {
                     return d;
                 }
             }
-            assert!(t0.elapsed() < WAIT, "chromedriver did not become ready");
+            assert!(
+                t0.elapsed() < WAIT,
+                "{} did not become ready",
+                bin.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -149,21 +186,37 @@ impl Driver {
     }
 
     fn session(&self) -> Session<'_> {
-        let chromium = program("chromium", "/usr/bin/chromium");
-        let v = self.call(
-            "POST",
-            "/session",
-            Some(json!({"capabilities": {"alwaysMatch": {
+        let capabilities = match self.browser {
+            Browser::Chromium => json!({
                 "browserName": "chrome",
                 "goog:chromeOptions": {
-                    "binary": chromium,
+                    "binary": program("chromium", "/usr/bin/chromium"),
                     "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                              "--disable-gpu", "--window-size=1360,900", "--lang=en-US"],
                 },
-            }}})),
+            }),
+            Browser::Firefox => json!({
+                "browserName": "firefox",
+                "moz:firefoxOptions": {
+                    "binary": program("firefox-esr", "/usr/bin/firefox-esr"),
+                    "args": ["-headless", "-width=1360", "-height=900"],
+                    "prefs": {"intl.accept_languages": "en-US"},
+                },
+            }),
+        };
+        let v = self.call(
+            "POST",
+            "/session",
+            Some(json!({"capabilities": {"alwaysMatch": capabilities}})),
         );
         let id = v["sessionId"].as_str().expect("a session id").to_owned();
-        Session { driver: self, id }
+        let s = Session { driver: self, id };
+        s.call(
+            "POST",
+            "/window/rect",
+            Some(json!({"width": 1360, "height": 900})),
+        );
+        s
     }
 }
 
@@ -280,8 +333,10 @@ impl Session<'_> {
         self.on(css, &[("GET", "/selected", None)]) == true
     }
 
-    /// Save a PNG of the window as `target/web-screenshots/NAME.png`.
+    /// Save a PNG of the window as `target/web-screenshots/NAME.png` (Firefox's as
+    /// `firefox-NAME.png`).
     fn screenshot(&self, name: &str) -> PathBuf {
+        let name = self.driver.browser.shot(name);
         // let the page finish painting what it just changed
         std::thread::sleep(Duration::from_millis(300));
         let b64 = self.call("GET", "/screenshot", None);
@@ -490,7 +545,16 @@ window.fetch = (path, init) => {
 
 #[test]
 fn an_operator_edits_cards_through_the_page_in_chromium() {
-    let driver = Driver::start();
+    edits_cards_through_the_page(Browser::Chromium);
+}
+
+#[test]
+fn an_operator_edits_cards_through_the_page_in_firefox() {
+    edits_cards_through_the_page(Browser::Firefox);
+}
+
+fn edits_cards_through_the_page(browser: Browser) {
+    let driver = Driver::start(browser);
     let dir = tempfile::tempdir().unwrap();
     let db = seed_store(dir.path());
     castmux(
@@ -772,7 +836,16 @@ fn an_operator_edits_cards_through_the_page_in_chromium() {
 /// confirmed in the browser's dialog) and enable it again; the head-end does each.
 #[test]
 fn an_operator_restarts_and_disables_a_channel_from_the_dashboard() {
-    let driver = Driver::start();
+    restarts_and_disables_a_channel(Browser::Chromium);
+}
+
+#[test]
+fn an_operator_restarts_and_disables_a_channel_from_the_dashboard_in_firefox() {
+    restarts_and_disables_a_channel(Browser::Firefox);
+}
+
+fn restarts_and_disables_a_channel(browser: Browser) {
+    let driver = Driver::start(browser);
     let dir = tempfile::tempdir().unwrap();
     let db = seed_store(dir.path());
     let out = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

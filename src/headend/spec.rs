@@ -121,6 +121,9 @@ pub struct ChannelSpec {
     pub emmg_max_connections_per_address: Option<usize>,
     #[serde(deserialize_with = "duration")]
     pub emmg_handshake_timeout: Duration,
+    /// Judge the output as it goes on air (ETR 290 priority 1 and 2, ECM repetition, crypto
+    /// period, EMM bitrate) for the status API and `/metrics`. Off by default: it costs CPU.
+    pub monitor: bool,
 }
 
 impl Default for ChannelSpec {
@@ -162,6 +165,7 @@ impl Default for ChannelSpec {
             emmg_max_connections: 16,
             emmg_max_connections_per_address: None,
             emmg_handshake_timeout: Duration::from_secs(5),
+            monitor: false,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! The analyzer runs in line on the thread that writes the channel's outputs (the output
 //! thread of an own-thread channel, the worker of a data-plane channel), after the write,
-//! so a datagram never waits for it. It does not allocate per packet. What monitors read is
+//! so a datagram never waits for it. It allocates nothing per packet (only whole PSI and
+//! ECM sections, which the reader hands over as owned bytes). What monitors read is
 //! a [`MonitorView`] the data path publishes at most once a second into a slot it only
 //! `try_lock`s: a reader holding the slot makes the data path skip a publish, never wait.
 

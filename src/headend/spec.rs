@@ -402,6 +402,7 @@ mod tests {
             ecmg = "127.0.0.1:43000?super_cas_id=4AE10000"
             only_pid = 256
             emm_bitrate = "1M"
+            monitor = true
             "#,
         )
         .unwrap();
@@ -416,6 +417,7 @@ mod tests {
         assert_eq!(s.only_pid, [Pid::new(256)]);
         assert_eq!(s.emm_bitrate, 1_000_000);
         assert_eq!(s.batch, 512);
+        assert!(s.monitor && !ChannelSpec::default().monitor);
         s.check().unwrap();
     }
 

@@ -2,7 +2,8 @@
 //! serves its channels' status (keyed), takes restart/disable/enable/reload over HTTP,
 //! and exposes `/metrics` that `promtool check metrics` accepts and that a real
 //! Prometheus scrapes and answers a query on; per EMMG client, per channel EMM, store
-//! follower and active input metrics.
+//! follower and active input metrics; the per-channel monitor (ETR 290 and CA checks on
+//! the output) in the status API and `/metrics`.
 
 mod cli_support;
 mod http_support;
@@ -494,6 +495,195 @@ fn emmg_clients_emm_store_follower_and_active_input_in_metrics() {
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     drop(emmg);
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Send `streams[i]` to `ports[i]` one datagram every 5 ms until `stop`, looping, with the
+/// continuity counters stamped here so the loop has no CC jump; on the streams marked
+/// `gap`, PID 0x100 skips one counter value once a second (a lost packet).
+fn send_restamped(
+    streams: Vec<Vec<Vec<u8>>>,
+    ports: Vec<u16>,
+    gap: Vec<bool>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut cc = vec![[0u8; 0x2000]; streams.len()];
+        let mut r = 0usize;
+        while !stop.load(Ordering::Relaxed) {
+            for (k, (s, port)) in streams.iter().zip(&ports).enumerate() {
+                let mut d = s[r % s.len()].clone();
+                if gap[k] && r % 200 == 199 {
+                    cc[k][0x100] = (cc[k][0x100] + 1) & 0x0F;
+                }
+                for p in d.chunks_exact_mut(188) {
+                    let pid = usize::from(u16::from_be_bytes([p[1], p[2]]) & 0x1FFF);
+                    if p[3] & 0x10 != 0 {
+                        p[3] = (p[3] & 0xF0) | cc[k][pid];
+                        cc[k][pid] = (cc[k][pid] + 1) & 0x0F;
+                    }
+                }
+                let _ = tx.send_to(&d, ("127.0.0.1", *port));
+            }
+            r += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// The monitor judges what goes on air: a clean channel (built-in CAS: ECMs every
+/// 100 ms, EMMs, 1 s crypto periods) shows no priority 1 or 2 error and its ECM interval,
+/// crypto period and EMM bitrate; a channel whose input loses a video packet once a second
+/// shows the CC errors (the scrambler passes ES packets with their own counters, so the
+/// gap reaches the output, where PSI it regenerates would not); a channel without
+/// `monitor` has no monitor and no such series; /metrics passes promtool.
+#[test]
+fn monitored_channels_report_etr290_and_ca_checks() {
+    let dir = tmp();
+    let db = seed_store(dir.path());
+    let ins: Vec<u16> = (0..3).map(|_| free_udp_port()).collect();
+    let outs: Vec<UdpSocket> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let out_port = |i: usize| outs[i].local_addr().unwrap().port();
+    let cfg = dir.path().join("headend.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n\
+             [[channel]]\nname = \"clean\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncas = \"builtin\"\npackages = [\"sport\"]\n\
+             crypto_period = \"1s\"\necm_repetition = \"100ms\"\nmonitor = true\n\n\
+             [[channel]]\nname = \"seeded\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"11223366445566EF:0102030609080716\"\n\
+             crypto_period = \"1s\"\nmonitor = true\n\n\
+             [[channel]]\nname = \"plain\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"11223366445566EF:0102030609080716\"\n\
+             crypto_period = \"1s\"\n",
+            ins[0],
+            out_port(0),
+            ins[1],
+            out_port(1),
+            ins[2],
+            out_port(2)
+        ),
+    )
+    .unwrap();
+    let server = headend(&db, &cfg);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let streams = (0..3).map(|i| stream(i as u8, 4000)).collect();
+    let sender = send_restamped(
+        streams,
+        ins.clone(),
+        vec![false, true, false],
+        Arc::clone(&stop),
+    );
+
+    // enough for whole crypto periods and a few seeded gaps
+    let ready = wait_until(Duration::from_secs(30), || {
+        let l = api(addr, "GET", "/api/v1/channels", None).json();
+        let (c, s) = (channel(&l, "clean"), channel(&l, "seeded"));
+        c["monitor"]["ca"]["cw"][0]["periods"].as_u64() >= Some(2)
+            && s["monitor"]["duration_s"].as_f64() >= Some(3.0)
+    });
+    let list = api(addr, "GET", "/api/v1/channels", None).json();
+    assert!(ready, "no monitor view: {list}");
+    let clean = &channel(&list, "clean")["monitor"];
+    assert_eq!(clean["time_base"], "wall", "{clean}");
+    assert!(clean["packets"].as_u64().unwrap() > 1000, "{clean}");
+    let e = &clean["etr290"];
+    assert_eq!(
+        (
+            e["priority1_errors"].as_u64(),
+            e["priority2_errors"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{e}"
+    );
+    assert_eq!(e["indicators"].as_array().unwrap().len(), 13, "{e}");
+    let ecm = &clean["ca"]["ecm"][0];
+    assert_eq!(ecm["pid"], 0x1FF0, "{ecm}");
+    let (mean, max) = (
+        ecm["mean_interval_ms"].as_f64().unwrap(),
+        ecm["max_interval_ms"].as_f64().unwrap(),
+    );
+    assert!((70.0..=150.0).contains(&mean) && max < 400.0, "{ecm}");
+    let cw = &clean["ca"]["cw"][0];
+    let period = cw["mean_period_s"].as_f64().unwrap();
+    assert!((0.8..=1.2).contains(&period), "{cw}");
+    let emm = &clean["ca"]["emm"][0];
+    assert_eq!(emm["pid"], 0x1FF1, "{emm}");
+    assert!(emm["bitrate_bps"].as_u64().unwrap() > 0, "{emm}");
+
+    let seeded = &channel(&list, "seeded")["monitor"]["etr290"];
+    let cc = seeded["indicators"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "Continuity_count_error")
+        .unwrap();
+    assert!(cc["count"].as_u64().unwrap() >= 1, "{seeded}");
+    assert!(
+        cc["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["pid"] == 0x100),
+        "only the seeded PID: {cc}"
+    );
+    assert!(channel(&list, "plain")["monitor"].is_null());
+
+    let text = get(addr, "/metrics").text();
+    promtool_check(&text);
+    let errors = |ch: &str, ind: &str, prio: u8| {
+        sample(
+            &text,
+            &format!(
+                "castmux_channel_etr290_errors_total{{channel=\"{ch}\",indicator=\"{ind}\",priority=\"{prio}\"}}"
+            ),
+        )
+    };
+    assert!(
+        errors("seeded", "Continuity_count_error", 1) >= Some(1.0),
+        "{text}"
+    );
+    assert_eq!(errors("clean", "Continuity_count_error", 1), Some(0.0));
+    assert_eq!(errors("clean", "PCR_repetition_error", 2), Some(0.0));
+    let ecm_max = sample(
+        &text,
+        "castmux_channel_ecm_interval_max_seconds{channel=\"clean\",ecm_pid=\"8176\"}",
+    )
+    .unwrap();
+    assert!(ecm_max > 0.05 && ecm_max < 0.4, "{text}");
+    assert!(
+        sample(
+            &text,
+            "castmux_channel_cw_period_seconds{channel=\"clean\",pid=\"256\"}"
+        )
+        .is_some_and(|p| (0.8..=1.2).contains(&p)),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "castmux_channel_emm_bitrate_bps{channel=\"clean\",emm_pid=\"8177\"}"
+        )
+        .is_some_and(|b| b > 0.0),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("castmux_channel_etr290") && l.contains("\"plain\"")),
+        "an unmonitored channel has no ETR 290 series: {text}"
+    );
+    assert!(errors("plain", "PAT_error", 1).is_none());
+
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
     let (status, _) = server.stop();
     assert!(status.success(), "{status:?}");
 }

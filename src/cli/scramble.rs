@@ -155,6 +155,12 @@ pub struct ScrambleArgs {
     /// Default: counters are logged only.
     #[arg(long)]
     stats: bool,
+    /// Judge the output as it goes out (ETR 290 priority 1 and 2, ECM repetition, crypto
+    /// period, EMM bitrate, as `castmux probe` does) and print the report on stderr at the
+    /// end (in the --stats JSON as "monitor"); in a head-end, shown live by the status API
+    /// and /metrics. Costs CPU. Default: off.
+    #[arg(long)]
+    monitor: bool,
     #[command(flatten)]
     simulcrypt: SimulcryptArgs,
 }
@@ -188,6 +194,7 @@ impl ScrambleArgs {
             wall_clock: self.wall_clock,
             batch: self.batch,
             idle_timeout: self.idle_timeout,
+            monitor: self.monitor,
             ..ChannelSpec::default()
         };
         self.simulcrypt.fill(&mut s);
@@ -207,11 +214,15 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
     let Some(mut r) = reports.pop() else {
         anyhow::bail!("the channel did not run");
     };
+    if let Some(m) = &r.monitor {
+        eprint!("monitor of the output:\n{m}");
+    }
     if a.stats && r.ran {
         let report = RunReport {
             counters: &r.counters,
             input: &r.input,
             outputs: &r.outputs,
+            monitor: r.monitor.as_ref(),
         };
         super::print_stats(&report, r.to_stdout)?;
     }
@@ -226,4 +237,6 @@ struct RunReport<'a> {
     counters: &'a castmux::scramble::stats::Report,
     input: &'a IoStatsSnapshot,
     outputs: &'a [OutputStatus],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    monitor: Option<&'a castmux::analyze::Report>,
 }

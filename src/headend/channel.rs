@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{bail, Context, HeadendError};
+use super::monitor::Monitor;
 use super::simulcrypt::{self, CasContext, SimulcryptParts, StopOnRefusal};
 use super::spec::{CasKind, ChannelSpec};
 use crate::cas::live::{ChannelAccess, LiveCas};
 use crate::cas::BuiltinEcmg;
 use crate::io::{
-    Input, InputOptions, InputUrl, IoError, IoStatsSnapshot, OutputOptions, OutputSet,
-    OutputStatus, OutputUrl,
+    Input, InputOptions, InputUrl, IoError, IoResult, IoStatsSnapshot, OutputOptions, OutputSet,
+    OutputStatus, OutputUrl, PacketSink,
 };
 use crate::net::ControlPlane;
 use crate::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
@@ -59,7 +60,7 @@ pub struct Channel {
     input: Input,
     /// The input as logs and the status API show it (an SRT passphrase masked).
     input_display: String,
-    output: OutputSet,
+    output: ChannelOutput,
     sc: SimulcryptParts,
     /// Kept for the run: its thread follows the store.
     live_cas: Option<LiveCas>,
@@ -238,6 +239,11 @@ impl Channel {
             "scrambling"
         );
         let stage = sc.stage(scrambler, live_input);
+        let output = ChannelOutput {
+            set: output,
+            // a paced pipe (--wall-clock) is judged on the wall clock like a live input
+            monitor: a.monitor.then(|| Monitor::new(live_input || a.wall_clock)),
+        };
         Ok(Channel {
             name: name.to_owned(),
             spec: spec.clone(),
@@ -259,12 +265,13 @@ impl Channel {
         super::status::ChannelLive {
             input_url: self.input_display.clone(),
             input: Arc::clone(self.input.stats()),
-            outputs: self.output.stats_handles(),
+            outputs: self.output.set.stats_handles(),
             counters: self.stage.scrambler_mut().live_counters(),
             ecmgs: self.sc.ecmg_handles(),
             ca_systems: self.ca_systems.clone(),
             emm_clone_dropped: self.emm_clone_dropped.clone(),
             store_follower: self.live_cas.as_ref().map(LiveCas::follower_stats),
+            monitor: self.output.monitor.as_ref().map(Monitor::shared),
         }
     }
 
@@ -311,7 +318,7 @@ impl Channel {
     }
 
     /// The parts the shared data plane drives.
-    pub(crate) fn parts_mut(&mut self) -> (&mut Input, &mut StopOnRefusal, &mut OutputSet) {
+    pub(crate) fn parts_mut(&mut self) -> (&mut Input, &mut StopOnRefusal, &mut ChannelOutput) {
         (&mut self.input, &mut self.stage, &mut self.output)
     }
 
@@ -320,13 +327,23 @@ impl Channel {
         if let Ok(end) = &end {
             tracing::info!(?end, "run ended");
         }
-        let outputs = self.output.status();
+        let monitor = self.output.monitor.map(Monitor::finish);
+        if let Some(m) = &monitor {
+            let e = &m.etr290;
+            tracing::info!(
+                packets = m.packets,
+                priority1_errors = e.priority1_errors,
+                priority2_errors = e.priority2_errors,
+                "monitor"
+            );
+        }
+        let outputs = self.output.set.status();
         for o in &outputs {
             tracing::info!(output = %o.name, packets_out = o.stats.packets_out,
                 send_errors = o.stats.send_errors, queue_drops = o.stats.queue_drops,
                 failed = o.error.as_deref().unwrap_or("no"), "output");
         }
-        let close = self.output.close(Duration::from_secs(2));
+        let close = self.output.set.close(Duration::from_secs(2));
         let io = self.input.stats().snapshot();
         tracing::info!(
             datagrams_in = io.datagrams_in,
@@ -369,7 +386,31 @@ impl Channel {
             close,
             to_stdout: self.to_stdout,
             ran: true,
+            monitor,
         }
+    }
+}
+
+/// A channel's outputs and, with `monitor = true`, the analyzer of what goes to them: the
+/// one place the own-thread run loop and the shared data plane both hand their packets.
+#[derive(Debug)]
+pub struct ChannelOutput {
+    set: OutputSet,
+    monitor: Option<Monitor>,
+}
+
+impl PacketSink for ChannelOutput {
+    fn write_batch(&mut self, bytes: &[u8]) -> IoResult<()> {
+        let res = self.set.write_batch(bytes);
+        // after the write: the analysis never delays a datagram
+        if let Some(m) = &mut self.monitor {
+            m.observe(bytes);
+        }
+        res
+    }
+
+    fn flush(&mut self) -> IoResult<()> {
+        self.set.flush()
     }
 }
 
@@ -391,6 +432,8 @@ pub struct ChannelReport {
     pub to_stdout: bool,
     /// Whether the channel started (false: it failed while opening).
     pub ran: bool,
+    /// What the monitor found on the output over the run (`monitor = true`).
+    pub monitor: Option<crate::analyze::Report>,
 }
 
 impl ChannelReport {
@@ -423,6 +466,7 @@ impl ChannelReport {
             unscrambled: None,
             to_stdout: false,
             ran: false,
+            monitor: None,
         }
     }
 

@@ -167,6 +167,112 @@ async fn metrics(State(he): State<HeadendApi>) -> Response {
     ([(header::CONTENT_TYPE, prom::CONTENT_TYPE)], text).into_response()
 }
 
+/// The monitored channels' series (`monitor = true`): ETR 290 counts by indicator, ECM
+/// interval, crypto period and EMM bitrate. A channel without a monitor has none of them.
+fn render_monitors<'a>(
+    t: &mut Text,
+    channels: impl Iterator<Item = (&'a str, Option<&'a super::monitor::MonitorView>)>,
+) {
+    let monitored: Vec<_> = channels
+        .filter_map(|(name, m)| m.map(|m| (name, m)))
+        .collect();
+    t.family(
+        "castmux_channel_monitor_packets_total",
+        Kind::Counter,
+        "Output packets the channel's monitor analysed (this run).",
+    );
+    for (name, m) in &monitored {
+        t.sample(
+            "castmux_channel_monitor_packets_total",
+            &[("channel", name)],
+            m.packets as f64,
+        );
+    }
+    t.family(
+        "castmux_channel_etr290_errors_total",
+        Kind::Counter,
+        "ETR 290 priority 1 and 2 errors on the output, by indicator (TR 101 290 names).",
+    );
+    for (name, m) in &monitored {
+        for i in &m.etr290.indicators {
+            let priority = i.priority.to_string();
+            t.sample(
+                "castmux_channel_etr290_errors_total",
+                &[
+                    ("channel", name),
+                    ("indicator", i.name),
+                    ("priority", &priority),
+                ],
+                i.count as f64,
+            );
+        }
+    }
+    t.family(
+        "castmux_channel_ecm_interval_max_seconds",
+        Kind::Gauge,
+        "Longest gap between two ECM sections on an ECM PID of the output (this run).",
+    );
+    for (name, m) in &monitored {
+        for e in &m.ca.ecm {
+            let pid = e.pid.to_string();
+            t.sample(
+                "castmux_channel_ecm_interval_max_seconds",
+                &[("channel", name), ("ecm_pid", &pid)],
+                e.max_interval_ms / 1000.0,
+            );
+        }
+    }
+    t.family(
+        "castmux_channel_cw_period_seconds",
+        Kind::Gauge,
+        "Mean crypto period of a scrambled PID of the output: time between parity changes (this run).",
+    );
+    for (name, m) in &monitored {
+        for c in &m.ca.cw {
+            if let Some(mean) = c.mean_period_s {
+                let pid = c.pid.to_string();
+                t.sample(
+                    "castmux_channel_cw_period_seconds",
+                    &[("channel", name), ("pid", &pid)],
+                    mean,
+                );
+            }
+        }
+    }
+    t.family(
+        "castmux_channel_cw_changes_total",
+        Kind::Counter,
+        "Parity changes (key switches) seen on a scrambled PID of the output; flat when the key is stuck.",
+    );
+    for (name, m) in &monitored {
+        for c in &m.ca.cw {
+            let pid = c.pid.to_string();
+            t.sample(
+                "castmux_channel_cw_changes_total",
+                &[("channel", name), ("pid", &pid)],
+                c.changes as f64,
+            );
+        }
+    }
+    t.family(
+        "castmux_channel_emm_bitrate_bps",
+        Kind::Gauge,
+        "Bitrate of an EMM PID of the output over the last second, bits per second.",
+    );
+    for (name, m) in &monitored {
+        for e in &m.ca.emm {
+            if let Some(bps) = e.bitrate_bps {
+                let pid = e.pid.to_string();
+                t.sample(
+                    "castmux_channel_emm_bitrate_bps",
+                    &[("channel", name), ("emm_pid", &pid)],
+                    bps as f64,
+                );
+            }
+        }
+    }
+}
+
 /// Every metric of the head-end, in the text format.
 pub fn render(registry: &Registry) -> String {
     let mut t = Text::new();
@@ -409,6 +515,7 @@ pub fn render(registry: &Registry) -> String {
                 );
             }
         }
+        render_monitors(&mut t, views.iter().map(|(_, v)| (v.name.as_str(), v.monitor.as_ref())));
         // per ECMG link
         let links: Vec<_> = views
             .iter()

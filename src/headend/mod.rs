@@ -6,6 +6,7 @@
 //! - [`channel`]: a spec made into its parts, run, reported.
 //! - [`plane`]: the shared data plane (worker threads, epoll) for UDP channels.
 //! - [`simulcrypt`]: a channel's ECMG links and EMMG<->MUX port, on the control plane.
+//! - [`monitor`]: the analyzer of a channel's output (`monitor = true`).
 //!
 //! - [`supervise`]: starts, restarts (backoff) and reloads channels.
 //!
@@ -20,6 +21,7 @@ pub mod ecmg_spec;
 pub mod error;
 pub mod file;
 pub mod http;
+pub mod monitor;
 pub mod notify;
 pub mod plane;
 pub mod simulcrypt;

@@ -27,7 +27,7 @@ use csa::MultiBatch;
 use super::channel::Channel;
 use super::error::{Context, ErrorChain, HeadendError};
 use super::supervise::Event;
-use crate::io::{PacketBatch, ReadStatus};
+use crate::io::{PacketBatch, PacketSink, ReadStatus};
 use crate::scramble::{PacketStage, RunEnd};
 use crate::ts::packet::PACKET_SIZE;
 

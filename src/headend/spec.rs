@@ -121,6 +121,9 @@ pub struct ChannelSpec {
     pub emmg_max_connections_per_address: Option<usize>,
     #[serde(deserialize_with = "duration")]
     pub emmg_handshake_timeout: Duration,
+    /// Judge the output as it goes on air (ETR 290 priority 1 and 2, ECM repetition, crypto
+    /// period, EMM bitrate) for the status API and `/metrics`. Off by default: it costs CPU.
+    pub monitor: bool,
 }
 
 impl Default for ChannelSpec {
@@ -162,6 +165,7 @@ impl Default for ChannelSpec {
             emmg_max_connections: 16,
             emmg_max_connections_per_address: None,
             emmg_handshake_timeout: Duration::from_secs(5),
+            monitor: false,
         }
     }
 }
@@ -398,6 +402,7 @@ mod tests {
             ecmg = "127.0.0.1:43000?super_cas_id=4AE10000"
             only_pid = 256
             emm_bitrate = "1M"
+            monitor = true
             "#,
         )
         .unwrap();
@@ -412,6 +417,7 @@ mod tests {
         assert_eq!(s.only_pid, [Pid::new(256)]);
         assert_eq!(s.emm_bitrate, 1_000_000);
         assert_eq!(s.batch, 512);
+        assert!(s.monitor && !ChannelSpec::default().monitor);
         s.check().unwrap();
     }
 

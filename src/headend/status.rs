@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::monitor::{MonitorShared, MonitorView};
 use super::supervise::SupervisorStats;
 use crate::cas::FollowerStats;
 use crate::io::IoStats;
@@ -36,6 +37,8 @@ pub struct ChannelLive {
     pub emm_clone_dropped: Option<Arc<AtomicU64>>,
     /// The built-in CAS's store follower (`--cas builtin`).
     pub store_follower: Option<Arc<FollowerStats>>,
+    /// What the output's monitor last published (`monitor = true`).
+    pub monitor: Option<Arc<MonitorShared>>,
 }
 
 /// Where a channel is in its life.
@@ -226,6 +229,9 @@ impl ChannelEntry {
                     })
                     .collect()
             }),
+            monitor: live
+                .and_then(|l| l.monitor.as_deref())
+                .and_then(MonitorShared::latest),
         }
     }
 }
@@ -253,6 +259,9 @@ pub struct ChannelView {
     /// The built-in CAS's store follower (null without `--cas builtin`).
     pub store: Option<StoreView>,
     pub ecmg_links: Vec<EcmgView>,
+    /// ETR 290 priority 1 and 2 and the CA checks on the output (null: `monitor` is off,
+    /// or nothing published yet: the first view comes a second after the start).
+    pub monitor: Option<MonitorView>,
 }
 
 #[derive(Debug, Serialize)]

@@ -44,6 +44,23 @@ fn stream(seed: u8, datagrams: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Send a stream of its own to each of `ins`, a datagram each every 5 ms, until `stop`.
+fn feed(ins: &[u16], stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (stop, ins) = (Arc::clone(stop), ins.to_vec());
+    std::thread::spawn(move || {
+        let streams: Vec<_> = (0..ins.len()).map(|i| stream(i as u8, 4000)).collect();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut r = 0;
+        while !stop.load(Ordering::Relaxed) {
+            for (s, port) in streams.iter().zip(&ins) {
+                let _ = tx.send_to(&s[r % s.len()], ("127.0.0.1", *port));
+            }
+            r += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
 fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + within;
     while Instant::now() < end {
@@ -110,22 +127,7 @@ fn headend_status_control_and_metrics_over_http() {
 
     // input for both channels, paced, until told to stop
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let stop = Arc::clone(&stop);
-        let ins = ins.clone();
-        std::thread::spawn(move || {
-            let streams: Vec<_> = (0..2).map(|i| stream(i as u8, 4000)).collect();
-            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let mut r = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for (s, port) in streams.iter().zip(&ins) {
-                    let _ = tx.send_to(&s[r % s.len()], ("127.0.0.1", *port));
-                }
-                r += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sender = feed(&ins, &stop);
 
     // status needs the key
     assert_eq!(get(addr, "/api/v1/channels").status, 401);
@@ -315,21 +317,7 @@ fn emmg_clients_emm_store_follower_and_active_input_in_metrics() {
         std::net::TcpStream::connect(addr).is_ok()
     }));
     let stop = Arc::new(AtomicBool::new(false));
-    let sender = {
-        let (stop, ins) = (Arc::clone(&stop), ins.clone());
-        std::thread::spawn(move || {
-            let streams: Vec<_> = (0..2).map(|i| stream(i as u8, 4000)).collect();
-            let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-            let mut r = 0;
-            while !stop.load(Ordering::Relaxed) {
-                for (s, port) in streams.iter().zip(&ins) {
-                    let _ = tx.send_to(&s[r % s.len()], ("127.0.0.1", *port));
-                }
-                r += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        })
-    };
+    let sender = feed(&ins, &stop);
     assert!(
         wait_until(Duration::from_secs(20), || {
             let r = api(addr, "GET", "/api/v1/channels", None);

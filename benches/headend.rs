@@ -33,25 +33,15 @@ use castmux::ts::section::MAX_PSI_SECTION;
 use castmux::ts::{LongHeader, Packetizer, Pid};
 use hdrhistogram::Histogram;
 
+#[path = "support/load.rs"]
+mod load;
+use load::{env_num, pin_to};
+
 const PMT_PID: u16 = 0x1000;
 const VIDEO_PID: u16 = 0x100;
 const PER_DATAGRAM: usize = 7;
 /// Markers of the first datagrams are not counted: the channel learns its PSI from them.
 const WARMUP_DATAGRAMS: u32 = 200;
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pin_to(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-    }
-}
 
 /// PAT and PMT packets of every channel (one program, H.264 on VIDEO_PID).
 fn psi_packets() -> ([u8; 188], [u8; 188]) {

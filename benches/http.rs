@@ -24,21 +24,11 @@ use std::time::{Duration, Instant};
 use castmux::loadtest::headend::cpu_seconds;
 use hdrhistogram::Histogram;
 
+#[path = "support/load.rs"]
+mod load;
+use load::{env_num, pin_to};
+
 const KEY: &str = "bench-api-key-0123456789";
-
-fn env_num(name: &str, default: f64) -> f64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pin_to(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-    }
-}
 
 fn castmux(db: &Path, args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_castmux"))

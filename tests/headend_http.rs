@@ -61,6 +61,21 @@ fn feed(ins: &[u16], stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     })
 }
 
+/// Wait until the head-end at `addr` lists `n` channels, every one on air.
+fn wait_all_on_air(addr: SocketAddr, n: usize) {
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let r = api(addr, "GET", "/api/v1/channels", None);
+            r.status == 200
+                && r.json()
+                    .as_array()
+                    .is_some_and(|l| l.len() == n && l.iter().all(|c| c["on_air"] == true))
+        }),
+        "channels not on air: {}",
+        api(addr, "GET", "/api/v1/channels", None).text()
+    );
+}
+
 fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + within;
     while Instant::now() < end {
@@ -131,17 +146,7 @@ fn headend_status_control_and_metrics_over_http() {
 
     // status needs the key
     assert_eq!(get(addr, "/api/v1/channels").status, 401);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let r = api(addr, "GET", "/api/v1/channels", None);
-            r.status == 200
-                && r.json()
-                    .as_array()
-                    .is_some_and(|l| l.len() == 2 && l.iter().all(|c| c["on_air"] == true))
-        }),
-        "channels not on air: {}",
-        api(addr, "GET", "/api/v1/channels", None).text()
-    );
+    wait_all_on_air(addr, 2);
     let list = api(addr, "GET", "/api/v1/channels", None).json();
     let a = channel(&list, "a");
     assert!(a["input"]["bitrate_bps"].as_u64().unwrap() > 500_000, "{a}");
@@ -318,17 +323,7 @@ fn emmg_clients_emm_store_follower_and_active_input_in_metrics() {
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let sender = feed(&ins, &stop);
-    assert!(
-        wait_until(Duration::from_secs(20), || {
-            let r = api(addr, "GET", "/api/v1/channels", None);
-            r.status == 200
-                && r.json()
-                    .as_array()
-                    .is_some_and(|l| l.len() == 2 && l.iter().all(|c| c["on_air"] == true))
-        }),
-        "channels not on air: {}",
-        api(addr, "GET", "/api/v1/channels", None).text()
-    );
+    wait_all_on_air(addr, 2);
 
     // an EMMG asks for 64 kbit/s and sends 2,000 one-packet EMMs at once: most are over
     let ids = StreamIds {

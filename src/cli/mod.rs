@@ -54,7 +54,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Scramble the services of a transport stream under rotating or fixed control words.
-    Scramble(scramble::ScrambleArgs),
+    Scramble(Box<scramble::ScrambleArgs>),
     /// Run several scrambling channels from a TOML file, sharing one EMMG port (EMM clone).
     Headend(headend::HeadendArgs),
     /// Descramble a transport stream with fixed control words or a CW log.
@@ -152,7 +152,7 @@ pub fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let res = match cli.command {
-        Command::Scramble(a) => scramble::run(a, &cli.db),
+        Command::Scramble(a) => scramble::run(*a, &cli.db),
         Command::Headend(a) => headend::run(a, &cli.db),
         Command::Descramble(a) => descramble::run(a),
         Command::Probe(a) => probe::run(a),

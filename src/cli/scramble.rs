@@ -51,6 +51,28 @@ pub struct ScrambleArgs {
     /// Input: udp://[SRC@]GROUP:PORT[?iface=ADDR], srt://HOST:PORT[?mode=..], a file, or - for stdin.
     #[arg(short, long)]
     input: String,
+    /// A backup input (udp://…, with a udp:// input); repeat for several, in priority
+    /// order. The channel takes the first input judged on air (packets within
+    /// --input-timeout, a PMT seen, clear ES where clear ones are expected, and the
+    /// --input-min-bitrate and --input-max-cc-errors limits) and keeps its output one
+    /// continuous stream in the first input's numbering (PIDs, PSI versions, CCs).
+    #[arg(long = "backup", value_name = "URL")]
+    backups: Vec<String>,
+    /// With --backup: the active input off air this long hands over to the next one on air.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = args::duration)]
+    backup_start_delay: Duration,
+    /// With --backup: a higher input back on air this long takes over again.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = args::duration)]
+    backup_return_delay: Duration,
+    /// With --backup: an input with no packet for this long is off air.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = args::duration)]
+    input_timeout: Duration,
+    /// With --backup: an input below this bitrate over the last second is off air (e.g. 1M).
+    #[arg(long, value_name = "BITRATE", value_parser = args::bitrate)]
+    input_min_bitrate: Option<u64>,
+    /// With --backup: an input with more CC errors than this in the last second is off air.
+    #[arg(long, value_name = "N")]
+    input_max_cc_errors: Option<u64>,
     /// Output: udp://HOST:PORT[?ttl=N&pkt=7], srt://..., a file, or - for stdout (at most
     /// once). Repeat for several: each gets the same packets; one that fails is closed and
     /// logged while the others go on, the run fails only when all have failed.
@@ -170,6 +192,12 @@ impl ScrambleArgs {
     pub fn spec(&self) -> ChannelSpec {
         let mut s = ChannelSpec {
             input: self.input.clone(),
+            backup: self.backups.clone(),
+            backup_start_delay: self.backup_start_delay,
+            backup_return_delay: self.backup_return_delay,
+            input_timeout: self.input_timeout,
+            input_min_bitrate: self.input_min_bitrate,
+            input_max_cc_errors: self.input_max_cc_errors,
             output: self.output.clone(),
             service: self.services.clone(),
             cw: self.cw.clone(),

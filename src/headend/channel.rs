@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::{bail, Context, HeadendError};
+use super::inputs::{BackupOptions, ChannelInput};
+use super::judge::JudgeLimits;
 use super::monitor::Monitor;
 use super::simulcrypt::{self, CasContext, SimulcryptParts, StopOnRefusal};
 use super::spec::{CasKind, ChannelSpec};
 use crate::cas::live::{ChannelAccess, LiveCas};
 use crate::cas::BuiltinEcmg;
 use crate::io::{
-    Input, InputOptions, InputUrl, IoError, IoResult, IoStatsSnapshot, OutputOptions, OutputSet,
-    OutputStatus, OutputUrl, PacketSink,
+    InputUrl, IoError, IoResult, IoStatsSnapshot, OutputOptions, OutputSet, OutputStatus,
+    OutputUrl, PacketSink, PacketSource,
 };
 use crate::net::ControlPlane;
 use crate::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
@@ -57,7 +59,7 @@ pub struct Channel {
     name: String,
     spec: ChannelSpec,
     stage: StopOnRefusal,
-    input: Input,
+    input: ChannelInput,
     /// The input as logs and the status API show it (an SRT passphrase masked).
     input_display: String,
     output: ChannelOutput,
@@ -91,6 +93,18 @@ impl Channel {
         // the checks that cost nothing come before the store is opened and the ECMGs
         // connected (the batch size and the durations are bounded by their parsers)
         let input_url: InputUrl = a.input.parse().context("--input")?;
+        let mut input_urls = vec![input_url.clone()];
+        for b in &a.backup {
+            let u: InputUrl = b
+                .parse()
+                .with_context(|| format!("--backup {}", crate::io::url::mask(b)))?;
+            input_urls.push(u);
+        }
+        if input_urls.len() > 1 && !input_urls.iter().all(|u| matches!(u, InputUrl::Udp(_))) {
+            bail!(
+                "with backup inputs, the input and every backup are udp:// or rtp:// inputs (the data plane judges and switches them)"
+            );
+        }
         let output_urls = a
             .output
             .iter()
@@ -228,8 +242,26 @@ impl Channel {
                 .set_emm_source(Box::new(clone))
                 .context("the cloned EMMs")?;
         }
-        let input = Input::open(&input_url, &InputOptions::default())
-            .with_context(|| format!("opening input {}", input_url.display()))?;
+        let backup_opts = (input_urls.len() > 1).then(|| BackupOptions {
+            limits: JudgeLimits {
+                timeout: a.input_timeout,
+                min_bitrate: a.input_min_bitrate.unwrap_or(0),
+                max_cc_errors: a.input_max_cc_errors,
+                services: a.service.clone(),
+            },
+            start_delay: a.backup_start_delay,
+            return_delay: a.backup_return_delay,
+        });
+        let input = ChannelInput::open(&input_urls, backup_opts, a.batch).with_context(|| {
+            format!(
+                "opening input {}",
+                input_urls
+                    .iter()
+                    .map(InputUrl::display)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
         let output = OutputSet::open(&output_urls, &OutputOptions::default())
             .with_context(|| format!("opening output {}", outputs_display(&output_urls)))?;
         tracing::info!(
@@ -265,6 +297,7 @@ impl Channel {
         super::status::ChannelLive {
             input_url: self.input_display.clone(),
             input: Arc::clone(self.input.stats()),
+            inputs: self.input.shared(),
             outputs: self.output.set.stats_handles(),
             counters: self.stage.scrambler_mut().live_counters(),
             ecmgs: self.sc.ecmg_handles(),
@@ -287,7 +320,7 @@ impl Channel {
 
     /// Whether the input is a live UDP socket (the shared data plane can serve it).
     pub fn is_udp(&self) -> bool {
-        matches!(self.input, Input::Udp(_))
+        self.input.is_udp()
     }
 
     /// Whether an output is stdout (a report then goes to stderr).
@@ -318,7 +351,9 @@ impl Channel {
     }
 
     /// The parts the shared data plane drives.
-    pub(crate) fn parts_mut(&mut self) -> (&mut Input, &mut StopOnRefusal, &mut ChannelOutput) {
+    pub(crate) fn parts_mut(
+        &mut self,
+    ) -> (&mut ChannelInput, &mut StopOnRefusal, &mut ChannelOutput) {
         (&mut self.input, &mut self.stage, &mut self.output)
     }
 

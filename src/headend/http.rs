@@ -56,6 +56,7 @@ pub fn routes(api: ApiState, he: HeadendApi) -> Router {
         .route("/api/v1/channels/{name}/restart", post(restart))
         .route("/api/v1/channels/{name}/enable", post(enable))
         .route("/api/v1/channels/{name}/disable", post(disable))
+        .route("/api/v1/channels/{name}/input/{which}", post(switch_input))
         .route("/api/v1/reload", post(reload))
         .route_layer(axum::middleware::from_fn_with_state(api, require_key))
         .with_state(he.clone());
@@ -148,6 +149,58 @@ async fn enable(State(he): State<HeadendApi>, Path(name): Path<String>) -> Respo
 
 async fn disable(State(he): State<HeadendApi>, Path(name): Path<String>) -> Response {
     command(&he, &name, Command::Disable(name.clone()))
+}
+
+/// Pin input `which` (0 is the primary) of a channel with backup inputs, or give the
+/// choice back to the judges (`auto`). The data path acts when it next reads.
+async fn switch_input(
+    State(he): State<HeadendApi>,
+    Path((name, which)): Path<(String, String)>,
+) -> Response {
+    let index = match which.as_str() {
+        "auto" => None,
+        k => match k.parse::<usize>() {
+            Ok(k) => Some(k),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_INPUT",
+                    format!("{which:?}: give the input's index (0 is the primary) or auto"),
+                )
+                .into_response()
+            }
+        },
+    };
+    let found = he.registry.with(|c| {
+        c.iter()
+            .find(|e| e.name == name)
+            .map(|e| e.live.as_ref().and_then(|l| l.inputs.clone()))
+    });
+    let inputs =
+        match found {
+            None => return no_channel(&name),
+            Some(None) => return ApiError::new(
+                StatusCode::CONFLICT,
+                "NO_BACKUP_INPUTS",
+                format!(
+                    "channel {name:?} is not running with backup inputs (give it backup = [...])"
+                ),
+            )
+            .into_response(),
+            Some(Some(i)) => i,
+        };
+    match inputs.request(index) {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({
+                "channel": name,
+                "input": index.map_or_else(|| serde_json::json!("auto"), |k| serde_json::json!(k)),
+                "accepted": true,
+            })),
+        )
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::BAD_REQUEST, "BAD_INPUT", e).into_response(),
+    }
 }
 
 async fn reload(State(he): State<HeadendApi>) -> Response {
@@ -460,11 +513,58 @@ pub fn render(registry: &Registry) -> String {
             "1 for the input the channel takes its packets from.",
         );
         for (_, v) in &views {
-            if !v.input.url.is_empty() {
+            if !v.input.inputs.is_empty() {
+                // every input of a channel with backups, 1 for the one in use
+                for i in &v.input.inputs {
+                    t.sample(
+                        "castmux_channel_active_input",
+                        &[("channel", &v.name), ("input", &i.url)],
+                        if i.active { 1.0 } else { 0.0 },
+                    );
+                }
+            } else if !v.input.url.is_empty() {
                 t.sample(
                     "castmux_channel_active_input",
                     &[("channel", &v.name), ("input", &v.input.url)],
                     1.0,
+                );
+            }
+        }
+        t.family(
+            "castmux_channel_input_on_air",
+            Kind::Gauge,
+            "1 for each input of a channel with backups that is judged on air.",
+        );
+        for (_, v) in &views {
+            for i in &v.input.inputs {
+                t.sample(
+                    "castmux_channel_input_on_air",
+                    &[("channel", &v.name), ("input", &i.url)],
+                    if i.on_air { 1.0 } else { 0.0 },
+                );
+            }
+        }
+        t.family(
+            "castmux_channel_input_switches_total",
+            Kind::Counter,
+            "Input switches of a channel with backups (automatic and manual).",
+        );
+        for (_, v) in &views {
+            if let Some(n) = v.input.switches {
+                t.sample("castmux_channel_input_switches_total", &[("channel", &v.name)], n as f64);
+            }
+        }
+        t.family(
+            "castmux_channel_input_unmapped_dropped_total",
+            Kind::Counter,
+            "Packets of the active input with no place in the channel's numbering (a channel with backups).",
+        );
+        for (_, v) in &views {
+            if let Some(n) = v.input.unmapped_dropped {
+                t.sample(
+                    "castmux_channel_input_unmapped_dropped_total",
+                    &[("channel", &v.name)],
+                    n as f64,
                 );
             }
         }

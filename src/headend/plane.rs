@@ -27,7 +27,7 @@ use csa::MultiBatch;
 use super::channel::Channel;
 use super::error::{Context, ErrorChain, HeadendError};
 use super::supervise::Event;
-use crate::io::{PacketBatch, PacketSink, ReadStatus};
+use crate::io::{PacketBatch, PacketSink, PacketSource, ReadStatus};
 use crate::scramble::{PacketStage, RunEnd};
 use crate::ts::packet::PACKET_SIZE;
 
@@ -273,16 +273,23 @@ fn take_commands(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) ->
                     slots.len() - 1
                 });
                 let mut s = Slot::new(id, *ch, Instant::now());
-                let added = match s.ch.parts_mut().0.udp_fd() {
-                    Some(fd) => epoll
-                        .add(
-                            fd,
-                            EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLET, i as u64),
-                        )
-                        .context("epoll_ctl"),
-                    None => Err(HeadendError::Config(
+                let added = if s.ch.is_udp() {
+                    // every input of the channel (a primary and its backups) wakes it
+                    s.ch.parts_mut().0.fds().into_iter().try_for_each(|fd| {
+                        epoll
+                            .add(
+                                fd,
+                                EpollEvent::new(
+                                    EpollFlags::EPOLLIN | EpollFlags::EPOLLET,
+                                    i as u64,
+                                ),
+                            )
+                            .context("epoll_ctl")
+                    })
+                } else {
+                    Err(HeadendError::Config(
                         "the data plane serves UDP inputs only".to_owned(),
-                    )),
+                    ))
                 };
                 if let Err(e) = added {
                     s.end = Some(Err(e));
@@ -293,9 +300,7 @@ fn take_commands(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) ->
                 if let Some(s) = slots.iter_mut().flatten().find(|s| s.id == id) {
                     if s.end.is_none() {
                         finish_output(s);
-                        if let Some(fd) = s.ch.parts_mut().0.udp_fd() {
-                            let _ = epoll.delete(fd.as_fd());
-                        }
+                        unwatch(epoll, s);
                         s.end = Some(Ok(RunEnd::Stopped));
                     }
                 }
@@ -316,9 +321,7 @@ fn reap(epoll: &Epoll, slots: &mut [Option<Slot>], cx: &WorkerCx, lists: &mut [&
         let Some(mut s) = slot.take() else {
             continue;
         };
-        if let Some(fd) = s.ch.parts_mut().0.udp_fd() {
-            let _ = epoll.delete(fd.as_fd());
-        }
+        unwatch(epoll, &mut s);
         for l in lists.iter_mut() {
             l.retain(|&k| k != i);
         }
@@ -425,7 +428,7 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
                     in_pass.push(i);
                     pass_payloads += payloads;
                     pass_since.get_or_insert(now);
-                    if s.batch.is_full() {
+                    if s.ch.parts_mut().0.more_pending(&s.batch) {
                         // the input may hold more than the socket shows
                         next_ready.push(i);
                     } else {
@@ -487,11 +490,13 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
                 .flatten()
                 .filter(|s| s.end.is_none() && !s.in_pass)
             {
+                // a silent input is judged off air without a packet to wake its channel
+                s.ch.parts_mut().0.tick(now);
                 if s.idle_timeout
                     .is_some_and(|limit| now.duration_since(s.last_data) >= limit)
                 {
                     finish_output(s);
-                    let _ = s.ch.parts_mut().0.udp_fd().map(|fd| epoll.delete(fd));
+                    unwatch(epoll, s);
                     s.end = Some(Ok(RunEnd::Idle));
                 }
             }
@@ -609,9 +614,7 @@ impl Engines {
 /// deferred to the pass); gives the payloads left for the pass when a batch came.
 fn take_input(s: &mut Slot, now: Instant) -> Result<Option<usize>, HeadendError> {
     let (input, stage, _) = s.ch.parts_mut();
-    let status = input
-        .read_batch(&mut s.batch, Duration::ZERO)
-        .context("input")?;
+    let status = PacketSource::read_batch(input, &mut s.batch, Duration::ZERO).context("input")?;
     match status {
         ReadStatus::Packets(_) => {
             s.last_data = now;
@@ -662,8 +665,13 @@ fn fail(epoll: &Epoll, s: &mut Slot, e: HeadendError, log: bool) {
     if log {
         tracing::error!(channel = %s.ch.name(), error = %ErrorChain(&e), "channel failed");
     }
-    if let Some(fd) = s.ch.parts_mut().0.udp_fd() {
+    unwatch(epoll, s);
+    s.end = Some(Err(e));
+}
+
+/// Take the channel's sockets out of the epoll set.
+fn unwatch(epoll: &Epoll, s: &mut Slot) {
+    for fd in s.ch.parts_mut().0.fds() {
         let _ = epoll.delete(fd.as_fd());
     }
-    s.end = Some(Err(e));
 }

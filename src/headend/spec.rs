@@ -47,6 +47,9 @@ pub enum CasKind {
     Builtin,
 }
 
+/// Backup inputs a channel may have.
+pub const MAX_BACKUPS: usize = 15;
+
 /// One channel: input, outputs, what is scrambled and how, where ECMs and EMMs come from.
 /// `Default` gives `castmux scramble`'s defaults (no input or output yet).
 #[derive(Clone, PartialEq, Deserialize)]
@@ -54,6 +57,24 @@ pub enum CasKind {
 pub struct ChannelSpec {
     /// `udp://…`, `srt://…`, a file, or `-` for stdin.
     pub input: String,
+    /// Backup inputs (`udp://…`), in priority order after `input`: the channel takes the
+    /// first one judged on air when the active one is not.
+    #[serde(deserialize_with = "one_or_many")]
+    pub backup: Vec<String>,
+    /// The active input off air this long: the next input on air takes over.
+    #[serde(deserialize_with = "duration")]
+    pub backup_start_delay: Duration,
+    /// A higher input back on air this long takes over again.
+    #[serde(deserialize_with = "duration")]
+    pub backup_return_delay: Duration,
+    /// An input with no packet for this long is off air (with backups).
+    #[serde(deserialize_with = "duration")]
+    pub input_timeout: Duration,
+    /// An input below this bitrate over the last second is off air (with backups).
+    #[serde(deserialize_with = "opt_bitrate")]
+    pub input_min_bitrate: Option<u64>,
+    /// An input with more CC errors than this in the last second is off air (with backups).
+    pub input_max_cc_errors: Option<u64>,
     /// One or more outputs; each gets the same packets.
     #[serde(deserialize_with = "one_or_many")]
     pub output: Vec<String>,
@@ -130,6 +151,12 @@ impl Default for ChannelSpec {
     fn default() -> Self {
         ChannelSpec {
             input: String::new(),
+            backup: Vec::new(),
+            backup_start_delay: Duration::from_secs(1),
+            backup_return_delay: Duration::from_secs(10),
+            input_timeout: Duration::from_secs(1),
+            input_min_bitrate: None,
+            input_max_cc_errors: None,
             output: Vec::new(),
             service: Vec::new(),
             cw: None,
@@ -177,6 +204,14 @@ impl std::fmt::Debug for ChannelSpec {
         f.debug_struct("ChannelSpec")
             .field("input", &crate::io::url::mask(&self.input))
             .field(
+                "backup",
+                &self
+                    .backup
+                    .iter()
+                    .map(|o| crate::io::url::mask(o))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
                 "output",
                 &self
                     .output
@@ -205,6 +240,15 @@ impl ChannelSpec {
         }
         if self.output.is_empty() {
             return Err("output is missing (one or a list)".to_owned());
+        }
+        if self.backup.len() > MAX_BACKUPS {
+            return Err(format!("backup: at most {MAX_BACKUPS} backup inputs"));
+        }
+        if self.backup.iter().any(|b| b.trim().is_empty()) {
+            return Err("backup: an empty input (give udp://GROUP:PORT)".to_owned());
+        }
+        if self.input_timeout.is_zero() {
+            return Err("input_timeout must be above 0 (e.g. 1s)".to_owned());
         }
         if self.cas.is_some() && self.cw.is_some() {
             return Err("cas and cw exclude each other (a CAS rotates the CWs)".to_owned());
@@ -332,6 +376,10 @@ fn crypto_period<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     parsed(d, value::duration)
+}
+
+fn opt_bitrate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    parsed_opt(d, value::bitrate)
 }
 
 fn emm_bitrate<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

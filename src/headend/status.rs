@@ -27,6 +27,8 @@ pub const ON_AIR_WINDOW: Duration = Duration::from_secs(2);
 pub struct ChannelLive {
     pub input_url: String,
     pub input: Arc<IoStats>,
+    /// The inputs of a channel with backups: which is active, which on air.
+    pub inputs: Option<Arc<super::inputs::InputsShared>>,
     pub outputs: Vec<(String, Arc<IoStats>)>,
     pub counters: Arc<LiveCounters>,
     /// The ECMG links, one per external CAS.
@@ -39,6 +41,20 @@ pub struct ChannelLive {
     pub store_follower: Option<Arc<FollowerStats>>,
     /// What the output's monitor last published (`monitor = true`).
     pub monitor: Option<Arc<MonitorShared>>,
+}
+
+impl ChannelLive {
+    /// The input in use: the active one of a channel with backups.
+    pub fn active_input_url(&self) -> String {
+        match &self.inputs {
+            Some(i) => i
+                .urls
+                .get(i.active.load(Relaxed))
+                .cloned()
+                .unwrap_or_default(),
+            None => self.input_url.clone(),
+        }
+    }
 }
 
 /// Where a channel is in its life.
@@ -168,13 +184,38 @@ impl ChannelEntry {
             restarts: self.restarts,
             last_error: self.last_error.clone(),
             input: InputView {
-                url: live.map(|l| l.input_url.clone()).unwrap_or_default(),
+                url: live.map(ChannelLive::active_input_url).unwrap_or_default(),
                 bitrate_bps: self.in_bps.round() as u64,
                 packets: live.map_or(0, |l| l.input.packets_in.load(Relaxed)),
                 sync_losses: live.map_or(0, |l| l.input.sync_losses.load(Relaxed)),
                 drops: live.map_or(0, |l| l.input.queue_drops.load(Relaxed)),
                 cc_errors: counter(|c| c.cc_errors.load(Relaxed)),
                 rtp_gaps: live.map_or(0, |l| l.input.rtp_gaps.load(Relaxed)),
+                inputs: live
+                    .and_then(|l| l.inputs.as_deref())
+                    .map_or_else(Vec::new, |i| {
+                        let active = i.active.load(Relaxed);
+                        i.urls
+                            .iter()
+                            .enumerate()
+                            .map(|(k, url)| BackupInputView {
+                                url: url.clone(),
+                                active: k == active,
+                                on_air: i.on_air[k].load(Relaxed),
+                                packets: i.stats[k].packets_in.load(Relaxed),
+                                bytes: i.stats[k].bytes_in.load(Relaxed),
+                            })
+                            .collect()
+                    }),
+                switches: live
+                    .and_then(|l| l.inputs.as_deref())
+                    .map(|i| i.switches.load(Relaxed)),
+                manual: live
+                    .and_then(|l| l.inputs.as_deref())
+                    .map(|i| i.manual.load(Relaxed)),
+                unmapped_dropped: live
+                    .and_then(|l| l.inputs.as_deref())
+                    .map(|i| i.dropped.load(Relaxed)),
             },
             output: OutputView {
                 bitrate_bps: self.out_bps.round() as u64,
@@ -293,6 +334,28 @@ pub struct InputView {
     pub cc_errors: u64,
     /// RTP sequence gaps (an input without RTP has none to count).
     pub rtp_gaps: u64,
+    /// A channel with backup inputs: each of them, in priority order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<BackupInputView>,
+    /// Input switches (a channel with backup inputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub switches: Option<u64>,
+    /// An input is pinned from the API (a channel with backup inputs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub manual: Option<bool>,
+    /// Packets of the active input with no place in the channel's numbering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unmapped_dropped: Option<u64>,
+}
+
+/// One input of a channel with backups.
+#[derive(Debug, Serialize)]
+pub struct BackupInputView {
+    pub url: String,
+    pub active: bool,
+    pub on_air: bool,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 #[derive(Debug, Serialize)]

@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::io::{Input, IoError, PacketBatch, PacketSink, ReadStatus};
+use crate::io::{Input, IoError, PacketBatch, PacketSink, PacketSource, ReadStatus};
 
 use super::descrambler::Descrambler;
 use super::error::ScrambleError;
@@ -153,7 +153,7 @@ pub fn run_descramble(
 
 /// Run `stage` from `input` to `output` until the input ends (or idles out, or is stopped).
 pub fn run_stage(
-    input: &mut Input,
+    input: &mut impl PacketSource,
     output: &mut impl PacketSink,
     stage: &mut dyn PacketStage,
     opts: &RunOptions,
@@ -234,7 +234,7 @@ fn cipher_loop(
 }
 
 fn read_loop(
-    input: &mut Input,
+    input: &mut impl PacketSource,
     opts: &RunOptions,
     in_tx: SyncSender<InMsg>,
     free_batch_rx: Receiver<PacketBatch>,

@@ -1,0 +1,610 @@
+//! One continuous stream out of several inputs: what a channel with backup inputs sends on
+//! follows the channel's own numbering whatever input is active.
+//!
+//! - The numbering (transport_stream_id, programs, PMT PIDs, ES PIDs, PCR PIDs) is the
+//!   first input's that was taken, and follows that input's changes.
+//! - Another input is mapped onto it: programs by number (or the one program onto the one
+//!   program), ES by kind and order (its second audio onto the second audio), PCR PID
+//!   likewise. An ES with no counterpart keeps its PID unless that PID is taken, then it
+//!   is dropped (counted) and left out of the PMT.
+//! - The PAT and PMTs are regenerated under castmux's own version numbers, bumped only
+//!   when their content changes, and sent where the input's sections end (the input's
+//!   repetition rate), on continuity counters of castmux's own.
+//! - Every other PID keeps its continuity counters continuous across a switch (an offset
+//!   per PID, found at its first packet from the new input), and the first PCR after a
+//!   switch carries the discontinuity_indicator (a new time base).
+
+use crate::io::PacketBatch;
+use crate::ts::packet::Packet;
+use crate::ts::psi_write::{write_pat, write_pmt};
+use crate::ts::section::Section;
+use crate::ts::{EsKind, PacketRef, PatEntry, Pid, Pmt, PmtStream};
+
+use super::judge::{Ended, Judge};
+
+/// `map` value of a PID whose packets are dropped.
+const DROP: u16 = 0xFFFF;
+/// `cc_last` / `cc_fix` value: not known yet.
+const UNKNOWN: u8 = 0x10;
+
+/// The channel's own numbering of one program.
+#[derive(Debug, Clone)]
+struct LayoutProgram {
+    number: u16,
+    pmt_pid: Pid,
+    pcr_pid: Option<Pid>,
+    streams: Vec<(Class, Pid)>,
+}
+
+#[derive(Debug, Clone)]
+struct Layout {
+    /// The input it was taken from (it follows that input's changes).
+    source: usize,
+    tsid: u16,
+    programs: Vec<LayoutProgram>,
+}
+
+/// What ES are matched by: kind, then order within the kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Video,
+    Audio,
+    Other,
+}
+
+fn class(s: &PmtStream<'_>) -> Class {
+    match s.kind() {
+        EsKind::Video => Class::Video,
+        EsKind::Audio => Class::Audio,
+        _ => Class::Other,
+    }
+}
+
+/// One regenerated table: its current section and version.
+#[derive(Debug, Default)]
+struct OwnTable {
+    /// 0: the PAT; 1 + output program number: a PMT.
+    key: u32,
+    version: u8,
+    section: Vec<u8>,
+}
+
+/// The continuity stage of a channel with backup inputs.
+#[derive(Debug)]
+pub struct Renumber {
+    layout: Option<Layout>,
+    /// Input PID -> output PID (`DROP`) for the active input.
+    map: Box<[u16]>,
+    /// Last continuity counter sent per output PID.
+    cc_last: Box<[u8]>,
+    /// Per output PID, what is added to the active input's counters.
+    cc_fix: Box<[u8]>,
+    /// Output PCR PIDs whose next PCR gets the discontinuity_indicator.
+    pcr_disc: Vec<Pid>,
+    /// The active input's PSI generation `map` was made from.
+    generation: Option<u64>,
+    active: usize,
+    /// Our PAT, and our PMT per input program (index of the judge's programs).
+    pat: Option<Vec<u8>>,
+    pmts: Vec<Option<(Pid, Vec<u8>)>>,
+    /// Versions and last content, by table (0: PAT, else 1 + output program number).
+    tables: Vec<OwnTable>,
+    /// Continuity counters of the PSI we packetize, per output PID.
+    packetizers: Vec<crate::ts::Packetizer>,
+    /// Packets dropped: a PID with no place in the numbering, or no room in the batch.
+    pub dropped: u64,
+}
+
+impl Default for Renumber {
+    fn default() -> Self {
+        Renumber::new()
+    }
+}
+
+impl Renumber {
+    pub fn new() -> Renumber {
+        Renumber {
+            layout: None,
+            map: (0..8192u16).collect::<Vec<_>>().into_boxed_slice(),
+            cc_last: vec![UNKNOWN; 8192].into_boxed_slice(),
+            cc_fix: vec![UNKNOWN; 8192].into_boxed_slice(),
+            pcr_disc: Vec::new(),
+            generation: None,
+            active: 0,
+            pat: None,
+            pmts: Vec::new(),
+            tables: Vec::new(),
+            packetizers: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Input `active` takes over: counters continue, the next PCR starts a new time base.
+    pub fn switch(&mut self, active: usize) {
+        self.active = active;
+        self.cc_fix.fill(UNKNOWN);
+        self.generation = None;
+        self.pat = None;
+        self.pmts.clear();
+        self.pcr_disc = self
+            .layout
+            .iter()
+            .flat_map(|l| l.programs.iter().filter_map(|p| p.pcr_pid))
+            .collect();
+    }
+
+    /// Send one packet of the active input (whose judge saw it and said what it ended)
+    /// into `out`, renumbered.
+    pub fn process(&mut self, pkt: &Packet, ended: Ended, judge: &Judge, out: &mut PacketBatch) {
+        if self.generation != Some(judge.psi_generation) {
+            self.remap(judge);
+        }
+        let r = PacketRef::new(pkt);
+        let pid = r.pid();
+        if pid == Pid::PAT {
+            if ended == Ended::Pat {
+                if let Some(s) = self.pat.take() {
+                    self.emit(Pid::PAT, &s, out);
+                    self.pat = Some(s);
+                }
+            }
+            return;
+        }
+        if judge.programs.iter().any(|p| p.pmt_pid == pid) {
+            if let Ended::Pmt(i) = ended {
+                if let Some(Some((out_pid, s))) = self.pmts.get_mut(i).map(Option::take) {
+                    self.emit(out_pid, &s, out);
+                    self.pmts[i] = Some((out_pid, s));
+                }
+            }
+            return;
+        }
+        let o = self.map[usize::from(pid.value())];
+        if o == DROP {
+            self.dropped += 1;
+            return;
+        }
+        let Some(slot) = out.push_slot() else {
+            self.dropped += 1;
+            return;
+        };
+        *slot = *pkt;
+        let op = usize::from(o);
+        if o != pid.value() {
+            slot[1] = (slot[1] & 0xE0) | (o >> 8) as u8;
+            slot[2] = o as u8;
+        }
+        let cc = slot[3] & 0x0F;
+        let fix = self.cc_fix[op];
+        let out_cc = if r.has_payload() {
+            let fix = if fix == UNKNOWN {
+                let f = match self.cc_last[op] {
+                    UNKNOWN => 0,
+                    last => (last + 1).wrapping_sub(cc) & 0x0F,
+                };
+                self.cc_fix[op] = f;
+                f
+            } else {
+                fix
+            };
+            let c = (cc + fix) & 0x0F;
+            self.cc_last[op] = c;
+            c
+        } else if fix != UNKNOWN {
+            (cc + fix) & 0x0F
+        } else if self.cc_last[op] != UNKNOWN {
+            // an adaptation-only packet repeats the last counter
+            self.cc_last[op]
+        } else {
+            cc
+        };
+        slot[3] = (slot[3] & 0xF0) | out_cc;
+        if !self.pcr_disc.is_empty() {
+            if let Some(k) = self.pcr_disc.iter().position(|p| p.value() == o) {
+                if PacketRef::new(slot).pcr().is_some() {
+                    // flags byte of the adaptation field (a PCR means one is there)
+                    slot[5] |= 0x80;
+                    self.pcr_disc.swap_remove(k);
+                }
+            }
+        }
+    }
+
+    /// Packetize our section `s` on `pid` into `out`, on our own counters.
+    fn emit(&mut self, pid: Pid, s: &[u8], out: &mut PacketBatch) {
+        let k = match self.packetizers.iter().position(|p| p.pid() == pid) {
+            Some(k) => k,
+            None => {
+                self.packetizers.push(crate::ts::Packetizer::new(pid));
+                self.packetizers.len() - 1
+            }
+        };
+        let mut lost = 0u64;
+        let _ = self.packetizers[k].packetize(s, |p| {
+            if !out.push(p) {
+                lost += 1;
+            }
+        });
+        self.dropped += lost;
+    }
+
+    /// The active input's PSI changed (or it just took over): take or follow the numbering,
+    /// map the input onto it, and regenerate the PAT and PMTs.
+    fn remap(&mut self, judge: &Judge) {
+        self.generation = Some(judge.psi_generation);
+        if judge.programs.is_empty() {
+            return;
+        }
+        let follows = self.layout.as_ref().is_none_or(|l| l.source == self.active);
+        if follows {
+            self.layout = Some(layout_of(judge, self.active));
+        }
+        let Some(layout) = self.layout.clone() else {
+            return;
+        };
+        // what each input program becomes: (output number, output PMT PID, layout program)
+        let single = layout.programs.len() == 1 && judge.programs.len() == 1;
+        let mut explicit = vec![false; 8192];
+        self.map
+            .iter_mut()
+            .enumerate()
+            .for_each(|(k, m)| *m = k as u16);
+        let mut targets = vec![false; 8192];
+        let mut out_programs: Vec<(u16, Pid)> = Vec::with_capacity(judge.programs.len());
+        for ip in &judge.programs {
+            let lp = layout
+                .programs
+                .iter()
+                .find(|p| p.number == ip.number)
+                .or_else(|| single.then(|| &layout.programs[0]));
+            let Some(lp) = lp else {
+                out_programs.push((ip.number, ip.pmt_pid));
+                continue;
+            };
+            set(
+                &mut self.map,
+                &mut explicit,
+                &mut targets,
+                ip.pmt_pid,
+                lp.pmt_pid,
+            );
+            out_programs.push((lp.number, lp.pmt_pid));
+            let Ok(s) = Section::parse(&ip.pmt, ip.pmt.len()) else {
+                continue;
+            };
+            let Ok(pmt) = Pmt::parse(&s) else {
+                continue;
+            };
+            let mut taken = Vec::new();
+            for st in pmt.streams() {
+                let c = class(&st);
+                let k = taken.iter().filter(|t| **t == c).count();
+                taken.push(c);
+                if let Some((_, to)) = lp.streams.iter().filter(|(lc, _)| *lc == c).nth(k) {
+                    set(
+                        &mut self.map,
+                        &mut explicit,
+                        &mut targets,
+                        st.elementary_pid,
+                        *to,
+                    );
+                }
+            }
+            if let Some(to) = lp.pcr_pid {
+                if !explicit[usize::from(pmt.pcr_pid.value())] {
+                    set(&mut self.map, &mut explicit, &mut targets, pmt.pcr_pid, to);
+                }
+            }
+        }
+        // a PID left as it is must not land on one another PID was mapped to
+        for k in 0..8192 {
+            if !explicit[k] && targets[k] && k != usize::from(Pid::NULL.value()) {
+                self.map[k] = DROP;
+            }
+        }
+        // our PAT
+        let mut entries: Vec<PatEntry> = Vec::new();
+        for (number, pid) in &out_programs {
+            if !entries.iter().any(|e| e.program_number == *number) {
+                entries.push(PatEntry {
+                    program_number: *number,
+                    pid: *pid,
+                });
+            }
+        }
+        let tsid = layout.tsid;
+        self.pat = own_table(&mut self.tables, 0, |out, v| {
+            write_pat(out, tsid, v, &entries).is_ok()
+        });
+        // our PMTs
+        self.pmts.clear();
+        for (ip, (number, pmt_pid)) in judge.programs.iter().zip(&out_programs) {
+            let Ok(s) = Section::parse(&ip.pmt, ip.pmt.len()) else {
+                self.pmts.push(None);
+                continue;
+            };
+            let Ok(pmt) = Pmt::parse(&s) else {
+                self.pmts.push(None);
+                continue;
+            };
+            let map = &self.map;
+            let pcr = match map[usize::from(pmt.pcr_pid.value())] {
+                DROP => Pid::NULL,
+                p => Pid::new(p),
+            };
+            let section = own_table(&mut self.tables, 1 + u32::from(*number), |out, v| {
+                let streams = pmt.streams().filter_map(|st| {
+                    match map[usize::from(st.elementary_pid.value())] {
+                        DROP => None,
+                        p => Some(PmtStream {
+                            elementary_pid: Pid::new(p),
+                            ..st
+                        }),
+                    }
+                });
+                write_pmt(out, *number, v, pcr, &pmt.descriptors, streams).is_ok()
+            });
+            self.pmts.push(section.map(|s| (*pmt_pid, s)));
+        }
+    }
+}
+
+/// Build table `key` (0: the PAT; 1 + program number: a PMT) with `write(out, version)`:
+/// the last version when the content is the same, the next one when it changed.
+fn own_table(
+    tables: &mut Vec<OwnTable>,
+    key: u32,
+    write: impl Fn(&mut Vec<u8>, u8) -> bool,
+) -> Option<Vec<u8>> {
+    let k = match tables.iter().position(|t| t.key == key) {
+        Some(k) => k,
+        None => {
+            tables.push(OwnTable {
+                key,
+                version: 0,
+                section: Vec::new(),
+            });
+            tables.len() - 1
+        }
+    };
+    let t = &mut tables[k];
+    let mut s = Vec::new();
+    if !write(&mut s, t.version) {
+        return None;
+    }
+    if s != t.section {
+        if !t.section.is_empty() {
+            t.version = (t.version + 1) & 0x1F;
+            s.clear();
+            if !write(&mut s, t.version) {
+                return None;
+            }
+        }
+        t.section = s.clone();
+    }
+    Some(s)
+}
+
+/// Map input PID `from` to output PID `to`.
+fn set(map: &mut [u16], explicit: &mut [bool], targets: &mut [bool], from: Pid, to: Pid) {
+    let f = usize::from(from.value());
+    if explicit[f] {
+        return;
+    }
+    map[f] = to.value();
+    explicit[f] = true;
+    targets[usize::from(to.value())] = true;
+}
+
+/// The numbering of `judge`'s input.
+fn layout_of(judge: &Judge, source: usize) -> Layout {
+    let programs = judge
+        .programs
+        .iter()
+        .map(|ip| {
+            let parsed = Section::parse(&ip.pmt, ip.pmt.len()).ok().and_then(|s| {
+                Pmt::parse(&s).ok().map(|p| {
+                    (
+                        p.pcr_pid,
+                        p.streams()
+                            .map(|st| (class(&st), st.elementary_pid))
+                            .collect(),
+                    )
+                })
+            });
+            let (pcr_pid, streams) = match parsed {
+                Some((pcr, streams)) => (Some(pcr), streams),
+                None => (None, Vec::new()),
+            };
+            LayoutProgram {
+                number: ip.number,
+                pmt_pid: ip.pmt_pid,
+                pcr_pid,
+                streams,
+            }
+        })
+        .collect();
+    Layout {
+        source,
+        tsid: judge.tsid,
+        programs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::headend::judge::JudgeLimits;
+    use crate::ts::psi_write::{write_pat, write_pmt};
+    use crate::ts::{Descriptors, Packetizer, Pat, StreamType};
+
+    fn limits() -> JudgeLimits {
+        JudgeLimits {
+            timeout: Duration::from_secs(1),
+            min_bitrate: 0,
+            max_cc_errors: None,
+            services: Vec::new(),
+        }
+    }
+
+    /// An input: PAT (program `number` on `pmt`), PMT (video `v`, audio `a`, PCR on the
+    /// video), then `n` ES packets alternating video/audio with a PCR on every fourth,
+    /// counters starting at `cc0`.
+    fn input(number: u16, pmt: u16, v: u16, a: u16, version: u8, cc0: u8, n: usize) -> Vec<Packet> {
+        let none = Descriptors::new(&[]).unwrap();
+        let mut pat = Vec::new();
+        write_pat(
+            &mut pat,
+            77,
+            version,
+            &[PatEntry {
+                program_number: number,
+                pid: Pid::new(pmt),
+            }],
+        )
+        .unwrap();
+        let mut pmt_s = Vec::new();
+        write_pmt(
+            &mut pmt_s,
+            number,
+            version,
+            Pid::new(v),
+            &none,
+            [
+                PmtStream {
+                    stream_type: StreamType(0x02),
+                    elementary_pid: Pid::new(v),
+                    descriptors: none,
+                },
+                PmtStream {
+                    stream_type: StreamType(0x03),
+                    elementary_pid: Pid::new(a),
+                    descriptors: none,
+                },
+            ],
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        Packetizer::with_cc(Pid::PAT, crate::ts::ContinuityCounter::new(cc0))
+            .packetize(&pat, |p| out.push(*p))
+            .unwrap();
+        Packetizer::with_cc(Pid::new(pmt), crate::ts::ContinuityCounter::new(cc0))
+            .packetize(&pmt_s, |p| out.push(*p))
+            .unwrap();
+        for k in 0..n {
+            let pid = if k % 2 == 0 { v } else { a };
+            let cc = (cc0 as usize + k / 2) as u8 & 0x0F;
+            let mut p = [0xAAu8; 188];
+            if k % 8 == 0 {
+                // adaptation field with a PCR, then payload
+                p[..4].copy_from_slice(&[0x47, (pid >> 8) as u8, pid as u8, 0x30 | cc]);
+                p[4] = 7;
+                p[5] = 0x10;
+                p[6..12].copy_from_slice(&[0, 0, 0, 1, 0x7E, 0]);
+            } else {
+                p[..4].copy_from_slice(&[0x47, (pid >> 8) as u8, pid as u8, 0x10 | cc]);
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    fn run(r: &mut Renumber, j: &mut Judge, pkts: &[Packet], out: &mut Vec<Packet>) {
+        let now = Instant::now();
+        let mut batch = PacketBatch::with_capacity(pkts.len() + 16);
+        for p in pkts {
+            let e = j.observe(p, now, &limits());
+            r.process(p, e, j, &mut batch);
+        }
+        out.extend_from_slice(batch.packets());
+    }
+
+    fn pid_of(p: &Packet) -> u16 {
+        PacketRef::new(p).pid().value()
+    }
+
+    #[test]
+    fn a_backup_is_mapped_onto_the_primary_numbering_with_continuous_counters() {
+        let mut r = Renumber::new();
+        let (mut j0, mut j1) = (Judge::new(), Judge::new());
+        let mut out = Vec::new();
+        run(
+            &mut r,
+            &mut j0,
+            &input(1, 0x1000, 0x100, 0x101, 3, 5, 40),
+            &mut out,
+        );
+        // the backup: another program number, PMT PID, ES PIDs (swapped), versions, counters
+        let backup = input(9, 0x1200, 0x101, 0x300, 17, 11, 40);
+        r.switch(1);
+        run(&mut r, &mut j1, &backup, &mut out);
+        r.switch(0);
+        run(
+            &mut r,
+            &mut j0,
+            &input(1, 0x1000, 0x100, 0x101, 3, 9, 40),
+            &mut out,
+        );
+
+        let pids: std::collections::BTreeSet<u16> = out.iter().map(pid_of).collect();
+        assert_eq!(
+            pids.into_iter().collect::<Vec<_>>(),
+            [0, 0x100, 0x101, 0x1000]
+        );
+        // every PID's counters continue across both switches
+        let mut last = [None::<u8>; 8192];
+        for p in &out {
+            let r = PacketRef::new(p);
+            let pid = usize::from(r.pid().value());
+            let cc = r.cc().value();
+            if let Some(l) = last[pid] {
+                assert_eq!(cc, (l + 1) & 0x0F, "PID {pid:#x}");
+            }
+            last[pid] = Some(cc);
+        }
+        // the backup's video (0x101 there) went out on the primary's video PID with its
+        // payload, its audio on the primary's audio PID
+        let first_backup_es = out.iter().position(|p| p[4..] == backup[2][4..]).unwrap();
+        assert_eq!(pid_of(&out[first_backup_es]), 0x100);
+        // one PAT and one PMT content and version throughout
+        let mut pats = std::collections::BTreeSet::new();
+        let mut pmts = std::collections::BTreeSet::new();
+        let mut asm = (
+            crate::ts::SectionAssembler::psi(),
+            crate::ts::SectionAssembler::psi(),
+        );
+        for p in &out {
+            match pid_of(p) {
+                0 => asm.0.push(p, |s| {
+                    let s = s.unwrap();
+                    let pat = Pat::parse(&s).unwrap();
+                    assert_eq!(pat.transport_stream_id(), 77);
+                    pats.insert(s.bytes().to_vec());
+                }),
+                0x1000 => asm.1.push(p, |s| {
+                    let s = s.unwrap();
+                    let pmt = Pmt::parse(&s).unwrap();
+                    assert_eq!(pmt.program_number(), 1);
+                    assert_eq!(pmt.pcr_pid, Pid::new(0x100));
+                    pmts.insert(s.bytes().to_vec());
+                }),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            (pats.len(), pmts.len()),
+            (1, 1),
+            "one PAT and one PMT, same version"
+        );
+        // a new time base after each switch, on the PCR PID
+        let disc = out
+            .iter()
+            .filter(|p| PacketRef::new(p).discontinuity())
+            .map(pid_of)
+            .collect::<Vec<_>>();
+        assert_eq!(disc, [0x100, 0x100]);
+        assert_eq!(r.dropped, 0);
+    }
+}

@@ -95,8 +95,11 @@ impl From<StoreError> for ApiError {
             StoreError::SmartcardExists(_)
             | StoreError::PackageExists(_)
             | StoreError::EventExists(_) => StatusCode::CONFLICT,
-            StoreError::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Locked { .. } | StoreError::WriterStopped { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             StoreError::Db { .. }
+            | StoreError::NotCommitted { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Migrate { .. }
             | StoreError::Io { .. }

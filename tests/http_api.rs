@@ -768,3 +768,183 @@ fn serve_needs_a_key_and_takes_it_from_the_environment_or_a_file() {
     assert!(status.success());
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+/// The export key of the tests' servers (not [`KEY`]).
+const EXPORT_KEY: &str = "export-key-0123456789";
+
+fn export_path(serial: &str) -> String {
+    format!("/api/v1/cards/{serial}/export-key")
+}
+
+/// Card keys over HTTP: only with the export key (the API key is not enough), refused when
+/// none is configured; the answer is the CLI's card.json, which the software card loads,
+/// and the export is audited; no key in the log or in the card's own answer.
+#[test]
+fn card_keys_leave_only_through_the_export_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = seed_store(dir.path());
+    let path = export_path(SERIAL);
+
+    // no export key configured: refused, whatever is presented
+    let srv = serve(&db, &["--auth-fail-delay", "0"]);
+    for headers in [vec![], vec![("X-API-Key", KEY)]] {
+        let r = request(srv.addr, "POST", &path, &headers, None);
+        assert_eq!(r.status, 403, "{headers:?}");
+        assert_eq!(r.error(), "EXPORT_DISABLED");
+        assert!(r.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("CASTMUX_EXPORT_KEY"));
+    }
+    let (status, _) = srv.stop();
+    assert!(status.success());
+
+    // the export key from a file readable by the owner only
+    let key_file = dir.path().join("export.key");
+    std::fs::write(&key_file, format!("{EXPORT_KEY}\n")).unwrap();
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    // the default failure delay, to see the refusals slowed as the API key's are
+    let srv = serve(&db, &["--export-key-file", key_file.to_str().unwrap()]);
+    let a = srv.addr;
+    let bearer_api = format!("Bearer {KEY}");
+    let mut waits = Vec::new();
+    for headers in [
+        vec![],
+        vec![("X-API-Key", KEY)],
+        vec![("Authorization", bearer_api.as_str())],
+    ] {
+        let t = Instant::now();
+        let r = request(a, "POST", &path, &headers, None);
+        waits.push(t.elapsed());
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(r.error(), "NOT_VALID_EXPORT_KEY");
+        assert!(r.header("www-authenticate").is_some());
+    }
+    // 200 ms, 400 ms, 600 ms per the peer's recent failures
+    assert!(waits[2] >= Duration::from_millis(550), "{waits:?}");
+    // the export key opens nothing else
+    let r = request(
+        a,
+        "GET",
+        &format!("/api/v1/cards/{SERIAL}"),
+        &[("X-API-Key", EXPORT_KEY)],
+        None,
+    );
+    assert_eq!(r.status, 401);
+
+    let r = request(a, "POST", &path, &[("X-API-Key", EXPORT_KEY)], None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let over_http = r.json();
+    // Bearer works too; an unknown card is 404
+    let bearer_export = format!("Bearer {EXPORT_KEY}");
+    let r = request(
+        a,
+        "POST",
+        &export_path("2100000099"),
+        &[("Authorization", &bearer_export)],
+        None,
+    );
+    assert_eq!((r.status, r.error().as_str()), (404, "SMARTCARD_NOT_FOUND"));
+
+    // the same card.json as the CLI's, field by field (but the export time)
+    let cli_file = dir.path().join("cli-card.json");
+    castmux(
+        &db,
+        &[
+            "card",
+            "export-key",
+            SERIAL,
+            "-o",
+            cli_file.to_str().unwrap(),
+        ],
+    );
+    let by_cli: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cli_file).unwrap()).unwrap();
+    let fields = by_cli.as_object().unwrap();
+    assert_eq!(
+        over_http.as_object().unwrap().keys().collect::<Vec<_>>(),
+        fields.keys().collect::<Vec<_>>()
+    );
+    for (k, v) in fields {
+        if k != "issued_at" {
+            assert_eq!(&over_http[k], v, "{k}");
+        }
+    }
+    assert!(over_http["issued_at"].as_i64().unwrap() > 1_700_000_000);
+    // the software card takes it
+    let http_file = dir.path().join("http-card.json");
+    std::fs::write(&http_file, serde_json::to_vec(&over_http).unwrap()).unwrap();
+    let card = castmux::softcard::SoftCard::load(&http_file).unwrap();
+    assert_eq!(card.serial().0.to_string(), SERIAL);
+
+    // audited with where it went
+    let r = api(a, "GET", "/api/v1/audit?action=card.export-key", None);
+    let entries = r.json()["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[1]["subject"], SERIAL);
+    assert!(
+        entries[1]["detail"]
+            .as_str()
+            .unwrap()
+            .ends_with("exported over HTTP to 127.0.0.1"),
+        "{entries:?}"
+    );
+    // the card's own answer still holds no key
+    let card_key = over_http["card_key"].as_str().unwrap().to_lowercase();
+    let shown = api(a, "GET", &format!("/api/v1/cards/{SERIAL}"), None);
+    assert_eq!(shown.status, 200);
+    assert!(!shown.text().to_lowercase().contains(&card_key));
+
+    let (status, log) = srv.stop();
+    assert!(status.success());
+    let log = log.join("\n");
+    assert!(log.contains("card key exported over HTTP"), "{log}");
+    assert!(log.contains("unauthorized=4"), "{log}");
+    assert!(
+        !log.to_lowercase().contains(&card_key),
+        "the card key in the log"
+    );
+    assert!(!log.contains(EXPORT_KEY), "the export key in the log");
+}
+
+#[test]
+fn the_export_key_is_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = seed_store(dir.path());
+    let run = |c: &mut Command| {
+        let out = c.stderr(std::process::Stdio::piped()).output().unwrap();
+        assert!(!out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let with_api_key = |extra: &[&str]| {
+        let mut c = serve_command(&db, extra);
+        c.env("CASTMUX_API_KEY", KEY);
+        c
+    };
+    let err = run(with_api_key(&[]).env("CASTMUX_EXPORT_KEY", KEY));
+    assert!(err.contains("is the API key"), "{err}");
+    let err = run(with_api_key(&[]).env("CASTMUX_EXPORT_KEY", "short"));
+    assert!(
+        err.contains("CASTMUX_EXPORT_KEY") && err.contains("shorter than 8 characters"),
+        "{err}"
+    );
+    let key_file = dir.path().join("export.key");
+    std::fs::write(&key_file, format!("{EXPORT_KEY}\n")).unwrap();
+    let err = run(
+        with_api_key(&["--export-key-file", key_file.to_str().unwrap()])
+            .env("CASTMUX_EXPORT_KEY", EXPORT_KEY),
+    );
+    assert!(err.contains("give one"), "{err}");
+    // no option takes the key itself
+    let err = run(&mut with_api_key(&["--export-key", EXPORT_KEY]));
+    assert!(err.contains("--export-key"), "{err}");
+}

@@ -350,6 +350,16 @@ pub struct CardFile {
     pub issued_at: i64,
 }
 
+impl CardFile {
+    /// The card.json text: pretty JSON and a final line break, as `castmux card export-key`
+    /// writes it and the HTTP export answers it.
+    pub fn to_json_text(&self) -> Result<String, serde_json::Error> {
+        let mut json = serde_json::to_string_pretty(self)?;
+        json.push('\n');
+        Ok(json)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -306,9 +306,8 @@ async fn dispatch(store: &Store, cmd: CardCommand) -> anyhow::Result<()> {
             // temporary file beside the target shows it can be created
             let mut f = PrivateFile::create(&output, Existing::Replace)
                 .with_context(|| format!("IO_ERROR: card.json {}", output.display()))?;
-            let card = store.export_card(serial, now).await?;
-            let mut json = serde_json::to_string_pretty(&card)?;
-            json.push('\n');
+            let card = store.export_card(serial, now, None).await?;
+            let json = card.to_json_text()?;
             f.file()
                 .write_all(json.as_bytes())
                 .with_context(|| format!("IO_ERROR: writing {}", output.display()))?;

@@ -82,10 +82,13 @@ pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
     if let Some(h) = &plan.http {
         let key =
             super::serve::api_key(h.api_key_file.as_deref()).context("[http] needs the API key")?;
+        let export_key =
+            super::serve::export_key(h.export_key_file.as_deref(), "[http] export_key_file", &key)?;
         let limits = HttpLimits::new(h.max_connections, h.max_connections_per_address)?;
         headend = headend.with_http(HttpSetup {
             listen: h.listen,
             key,
+            export_key,
             limits,
             auth_fail_delay: castmux::http::DEFAULT_AUTH_FAIL_DELAY,
         });

@@ -16,6 +16,9 @@ use super::args;
 /// The environment variable holding the API key.
 const KEY_ENV: &str = "CASTMUX_API_KEY";
 
+/// The environment variable holding the card key export's key.
+const EXPORT_KEY_ENV: &str = "CASTMUX_EXPORT_KEY";
+
 /// How long the server gets to stop once asked.
 const STOP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -31,6 +34,12 @@ pub struct ServeArgs {
     /// taking the key itself: command lines are visible to every user of the host.
     #[arg(long, value_name = "FILE")]
     api_key_file: Option<PathBuf>,
+    /// A file holding the export key, the second key that alone opens
+    /// POST /api/v1/cards/{serial}/export-key (card keys as card.json); same rules as the
+    /// API key, and it must differ from it. Default: the CASTMUX_EXPORT_KEY environment
+    /// variable; with neither, card keys cannot be exported over HTTP.
+    #[arg(long, value_name = "FILE")]
+    export_key_file: Option<PathBuf>,
     /// Connections served at once; more are closed at once. Default 256.
     #[arg(long, value_name = "N", default_value_t = http::DEFAULT_MAX_CONNECTIONS, value_parser = args::max_clients)]
     max_connections: usize,
@@ -52,23 +61,51 @@ pub struct ServeArgs {
     auth_fail_delay: Duration,
 }
 
+/// A key from its file (`file_option` names where the file was given) or from the
+/// environment variable `env`: at most one of them; None when neither is given.
+fn key_from(file: Option<&Path>, file_option: &str, env: &str) -> anyhow::Result<Option<ApiKey>> {
+    let text = std::env::var(env).ok().filter(|v| !v.is_empty());
+    match (file, text) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "both {env} and {file_option} are given; give one, so it is clear which key is in force"
+        ),
+        (Some(path), None) => ApiKey::from_file(path)
+            .with_context(|| file_option.to_owned())
+            .map(Some),
+        (None, Some(text)) => ApiKey::new(&text).context(env.to_owned()).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
 /// The key from --api-key-file or CASTMUX_API_KEY: exactly one of them.
 pub(crate) fn api_key(file: Option<&Path>) -> anyhow::Result<ApiKey> {
-    let env = std::env::var(KEY_ENV).ok().filter(|v| !v.is_empty());
-    match (file, env) {
-        (Some(_), Some(_)) => anyhow::bail!(
-            "both {KEY_ENV} and --api-key-file are given; give one, so it is clear which key is in force"
-        ),
-        (Some(path), None) => ApiKey::from_file(path).context("--api-key-file"),
-        (None, Some(text)) => ApiKey::new(&text).context(KEY_ENV),
-        (None, None) => anyhow::bail!(
+    key_from(file, "--api-key-file", KEY_ENV)?.ok_or_else(|| {
+        anyhow::anyhow!(
             "no API key: set {KEY_ENV} or give --api-key-file FILE; castmux serve does not run without one"
-        ),
+        )
+    })
+}
+
+/// The export key from its file (given as `file_option`) or CASTMUX_EXPORT_KEY, at most one;
+/// None (no export over HTTP) when neither. Refused when it is the API key: the API key
+/// alone would then export card keys.
+pub(crate) fn export_key(
+    file: Option<&Path>,
+    file_option: &str,
+    api: &ApiKey,
+) -> anyhow::Result<Option<ApiKey>> {
+    let key = key_from(file, file_option, EXPORT_KEY_ENV)?;
+    if key.as_ref().is_some_and(|k| k.same_as(api)) {
+        anyhow::bail!(
+            "the export key ({EXPORT_KEY_ENV} or {file_option}) is the API key; give it a key of its own"
+        );
     }
+    Ok(key)
 }
 
 pub fn run(db: &Path, a: ServeArgs) -> anyhow::Result<()> {
     let key = api_key(a.api_key_file.as_deref())?;
+    let export = export_key(a.export_key_file.as_deref(), "--export-key-file", &key)?;
     if a.max_body == 0 {
         anyhow::bail!("--max-body must be at least 1");
     }
@@ -97,7 +134,10 @@ pub fn run(db: &Path, a: ServeArgs) -> anyhow::Result<()> {
     let listener = plane
         .block_on(tokio::net::TcpListener::bind(a.listen))
         .with_context(|| format!("listening on {}", a.listen))?;
-    let http = Http::new(ApiState::new(store.clone(), key, a.auth_fail_delay), limits);
+    let http = Http::new(
+        ApiState::new(store.clone(), key, export, a.auth_fail_delay),
+        limits,
+    );
     let stats = http.stats();
     let shutdown = plane.shutdown_signal();
     plane.spawn("http", async move {

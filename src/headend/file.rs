@@ -59,6 +59,9 @@ pub struct HttpTable {
     pub listen: Option<String>,
     /// The API key's file; without it the key comes from CASTMUX_API_KEY.
     pub api_key_file: Option<std::path::PathBuf>,
+    /// The export key's file (the key of `POST /api/v1/cards/{serial}/export-key`); without
+    /// it the key comes from CASTMUX_EXPORT_KEY, and without that the export is off.
+    pub export_key_file: Option<std::path::PathBuf>,
     /// Connections at once. Default 256.
     pub max_connections: Option<usize>,
     /// Connections from one address. Default three quarters of max_connections.
@@ -70,6 +73,7 @@ pub struct HttpTable {
 pub struct HttpPlan {
     pub listen: SocketAddr,
     pub api_key_file: Option<std::path::PathBuf>,
+    pub export_key_file: Option<std::path::PathBuf>,
     pub max_connections: usize,
     pub max_connections_per_address: Option<usize>,
 }
@@ -321,6 +325,7 @@ fn http_plan(h: &HttpTable) -> Result<HttpPlan, HeadendError> {
     Ok(HttpPlan {
         listen,
         api_key_file: h.api_key_file.clone(),
+        export_key_file: h.export_key_file.clone(),
         max_connections,
         max_connections_per_address: h.max_connections_per_address,
     })

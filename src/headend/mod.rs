@@ -64,6 +64,8 @@ pub struct Headend {
 pub struct HttpSetup {
     pub listen: std::net::SocketAddr,
     pub key: crate::http::ApiKey,
+    /// The card key export's key; None: no export over HTTP.
+    pub export_key: Option<crate::http::ApiKey>,
     pub limits: crate::http::HttpLimits,
     pub auth_fail_delay: Duration,
 }
@@ -200,7 +202,12 @@ impl Headend {
             .block_on(tokio::net::TcpListener::bind(h.listen))
             .map_err(|e| failed(format!("[http] listen {}", h.listen))(Box::new(e)))?;
         let local = listener.local_addr().unwrap_or(h.listen);
-        let api = crate::http::ApiState::new(store.clone(), h.key.clone(), h.auth_fail_delay);
+        let api = crate::http::ApiState::new(
+            store.clone(),
+            h.key.clone(),
+            h.export_key.clone(),
+            h.auth_fail_delay,
+        );
         let routes = http::routes(
             api.clone(),
             http::HeadendApi::new(

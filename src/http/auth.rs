@@ -1,4 +1,5 @@
-//! The API key and how a request proves it holds it; the per-peer slow-down after failures.
+//! The API key (and the card key export's key, held the same way) and how a request proves
+//! it holds it; the per-peer slow-down after failures.
 //!
 //! Only the key's SHA-256 digest is kept: there is no key text in memory after loading to
 //! leak through `Debug`, a log line or a core dump, and comparing two digests of equal length
@@ -26,7 +27,7 @@ pub const MAX_KEY_CHARS: usize = 512;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
     /// The key file could not be read.
-    #[error("reading the API key file {path}: {source}")]
+    #[error("reading the key file {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -35,7 +36,7 @@ pub enum ApiKeyError {
         source: std::io::Error,
     },
     /// The key is unusable; the message says why (never what it is).
-    #[error("the API key {0}")]
+    #[error("the key {0}")]
     Bad(&'static str),
 }
 
@@ -96,11 +97,16 @@ impl ApiKey {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o077 != 0 {
                 tracing::warn!(path = %path.display(),
-                    "the API key file can be read by other users; chmod 600 it");
+                    "the key file can be read by other users; chmod 600 it");
             }
         }
         let text = std::fs::read_to_string(path).map_err(read)?;
         ApiKey::new(text.trim_end())
+    }
+
+    /// Whether two keys are the same key (so one cannot stand in for the other).
+    pub fn same_as(&self, other: &ApiKey) -> bool {
+        self.digest.ct_eq(&other.digest).into()
     }
 
     /// Whether `given` is the key (constant time in the key's content).

@@ -1,7 +1,8 @@
 //! The HTTP server of the control plane: TVCAS's billing API (`GET /api.php`) and the
 //! REST/JSON card API (`/api/v1/...`) over the card store.
 //!
-//! Shape: [`ApiState`] holds the store, the API key and the failure gate; [`Http`] is the
+//! Shape: [`ApiState`] holds the store, the API key (and the export key, if any) and the
+//! failure gate; [`Http`] is the
 //! server: the routes, the limits and the counters. It runs as one task on the process's
 //! control plane ([`crate::net::ControlPlane`]) through the shared accept loop
 //! ([`crate::net::AcceptLoop`]), so it obeys the same shutdown and connection caps as every
@@ -22,6 +23,11 @@
 //! (`Origin`, `Sec-Fetch-Site`), and JSON bodies need `Content-Type: application/json`, so
 //! a foreign page cannot ride cached basic-auth credentials. No key is logged: request log
 //! lines name the path, never the query (TVCAS's key is in the query).
+//!
+//! Card keys leave only through `POST /api/v1/cards/{serial}/export-key`, which takes the
+//! export key (a second key, configured apart) instead of the API key: whoever holds the API
+//! key manages subscribers but cannot copy cards. Without an export key the call is refused
+//! (403 `EXPORT_DISABLED`).
 
 mod auth;
 pub mod prom;
@@ -122,17 +128,26 @@ pub struct ApiState(Arc<Inner>);
 struct Inner {
     store: Store,
     key: ApiKey,
+    /// The key of the card key export; None: export over HTTP is off.
+    export_key: Option<ApiKey>,
     gate: FailureGate,
     stats: Arc<HttpStats>,
 }
 
 impl ApiState {
-    /// The API over `store`, guarded by `key`; failed authentications wait
+    /// The API over `store`, guarded by `key`; the card key export by `export_key` (None
+    /// turns it off; the caller makes sure it is not `key`). Failed authentications wait
     /// `auth_fail_delay` per recent failure of the peer.
-    pub fn new(store: Store, key: ApiKey, auth_fail_delay: Duration) -> ApiState {
+    pub fn new(
+        store: Store,
+        key: ApiKey,
+        export_key: Option<ApiKey>,
+        auth_fail_delay: Duration,
+    ) -> ApiState {
         ApiState(Arc::new(Inner {
             store,
             key,
+            export_key,
             gate: FailureGate::new(auth_fail_delay),
             stats: Arc::new(HttpStats::default()),
         }))
@@ -171,20 +186,61 @@ pub async fn require_key(
     req: Request,
     next: Next,
 ) -> Response {
+    let key = api.key().clone();
+    let refused = "missing or wrong API key: give X-API-Key, Authorization: Bearer, or basic auth with the key as password";
+    with_key(
+        &api,
+        &key,
+        tvcas::NOT_VALID_API_KEY,
+        refused,
+        peer,
+        req,
+        next,
+    )
+    .await
+}
+
+/// Middleware of the card key export: the export key, presented as the API key is (the
+/// API key is not enough); 403 when no export key is configured.
+async fn require_export_key(
+    State(api): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(key) = api.0.export_key.clone() else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "EXPORT_DISABLED",
+            "card key export over HTTP is off; start castmux with an export key \
+             (CASTMUX_EXPORT_KEY, --export-key-file, or [http] export_key_file), or use \
+             castmux card export-key on the store's host",
+        )
+        .into_response();
+    };
+    let refused = "missing or wrong export key: give it (not the API key) as X-API-Key, Authorization: Bearer, or the basic-auth password";
+    with_key(&api, &key, "NOT_VALID_EXPORT_KEY", refused, peer, req, next).await
+}
+
+/// Run `req` if it presents `key`; else 401 with `code`, counted and delayed.
+async fn with_key(
+    api: &ApiState,
+    key: &ApiKey,
+    code: &'static str,
+    refused: &'static str,
+    peer: SocketAddr,
+    req: Request,
+    next: Next,
+) -> Response {
     let ok = match presented(req.headers()) {
-        Presented::Key(k) => api.key().matches(&k),
+        Presented::Key(k) => key.matches(&k),
         Presented::Missing => false,
     };
     if ok {
         return next.run(req).await;
     }
     api.refuse_key(peer).await;
-    let mut res = ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        tvcas::NOT_VALID_API_KEY,
-        "missing or wrong API key: give X-API-Key, Authorization: Bearer, or basic auth with the key as password",
-    )
-    .into_response();
+    let mut res = ApiError::new(StatusCode::UNAUTHORIZED, code, refused).into_response();
     res.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Basic realm=\"castmux\", charset=\"UTF-8\""),
@@ -205,10 +261,17 @@ impl Http {
     /// The server with TVCAS's `GET /api.php`, the REST API under `/api/v1` and the
     /// operator's web page at `/` (see [`web`]).
     pub fn new(api: ApiState, limits: HttpLimits) -> Http {
-        let v1 = rest::routes(limits.max_import).route_layer(axum::middleware::from_fn_with_state(
-            api.clone(),
-            require_key,
-        ));
+        let v1 = rest::routes(limits.max_import)
+            .route_layer(axum::middleware::from_fn_with_state(
+                api.clone(),
+                require_key,
+            ))
+            .merge(
+                rest::export_routes().route_layer(axum::middleware::from_fn_with_state(
+                    api.clone(),
+                    require_export_key,
+                )),
+            );
         let router = Router::new()
             .route("/api.php", get(tvcas::api_php))
             .nest(API_V1, v1)

@@ -6,12 +6,14 @@
 //! (`SMARTCARD_NOT_FOUND`, `ACCESS_CRITERIA_ERROR`, ...): 400 bad input, 404 no such card,
 //! package or event, 409 exists already, 413 body too large, 503 store locked, 500 the store
 //! failed (details in the log, not the answer). No answer holds key material: cards are
-//! shown without their keys, and key status is versions and dates only.
+//! shown without their keys, and key status is versions and dates only. The one exception
+//! is the card key export ([`export_routes`]), which the API key does not open.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::handler::Handler;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -56,6 +58,48 @@ pub(super) fn routes(max_import: usize) -> Router<ApiState> {
         .route("/audit", get(audit_log))
 }
 
+/// The card key export, relative to `/api/v1`; guarded by the export key, not the API key
+/// (see [`super::require_export_key`]).
+pub(super) fn export_routes() -> Router<ApiState> {
+    Router::new().route("/cards/{serial}/export-key", post(export_key))
+}
+
+/// The software card's card.json, as `castmux card export-key` writes it: the same store
+/// function, audited with the peer's address; never cached (the guard's `no-store`).
+async fn export_key(
+    State(api): State<ApiState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(s): Path<String>,
+) -> ApiResult<Response> {
+    let serial = serial(&s)?;
+    let origin = format!("over HTTP to {}", peer.ip());
+    let file = api
+        .store()
+        .export_card(serial, time::now(), Some(&origin))
+        .await?;
+    let text = file.to_json_text().map_err(|e| {
+        tracing::warn!(error = %e, "http: writing card.json failed");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "JSON_ERROR",
+            "writing card.json failed; see the server log",
+        )
+    })?;
+    tracing::info!(%serial, peer = %peer.ip(), service_keys = file.service_keys.len(),
+        "card key exported over HTTP");
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"card-{serial}.json\""),
+            ),
+        ],
+        text,
+    )
+        .into_response())
+}
+
 /// An error answer: `{"error": CODE, "message": TEXT}`.
 #[derive(Debug)]
 pub struct ApiError {
@@ -95,8 +139,11 @@ impl From<StoreError> for ApiError {
             StoreError::SmartcardExists(_)
             | StoreError::PackageExists(_)
             | StoreError::EventExists(_) => StatusCode::CONFLICT,
-            StoreError::Locked { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Locked { .. } | StoreError::WriterStopped { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             StoreError::Db { .. }
+            | StoreError::NotCommitted { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Migrate { .. }
             | StoreError::Io { .. }

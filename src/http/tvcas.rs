@@ -181,8 +181,11 @@ fn error_word(r: &Refusal) -> (StatusCode, &'static str) {
         StoreError::SmartcardNotFound(_) | StoreError::Serial(_) => {
             (StatusCode::BAD_REQUEST, SMARDCARD_NOT_FOUND)
         }
-        StoreError::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, e.code()),
+        StoreError::Locked { .. } | StoreError::WriterStopped { .. } => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.code())
+        }
         StoreError::Db { .. }
+        | StoreError::NotCommitted { .. }
         | StoreError::Corrupt { .. }
         | StoreError::Migrate { .. }
         | StoreError::Io { .. }
@@ -200,15 +203,20 @@ async fn answer(api: &ApiState, pairs: &[(String, String)], peer: SocketAddr) ->
     }
     let result: Result<CardRecord, Refusal> = async {
         let serial = fields::parse_serial(last(pairs, "serial_no").unwrap_or(""))?;
-        // the card is looked up before the set[x] are checked, as TVCAS does: an unknown
-        // card is SMARDCARD_NOT_FOUND whatever else the call holds
-        let card = api.store().card(serial).await?;
         let sets = set_params(pairs);
         if sets.is_empty() {
-            return Ok(card);
+            return Ok(api.store().card(serial).await?);
         }
-        let changes = changes(&sets)?;
-        Ok(api.store().set_card(serial, &changes, time::now()).await?)
+        // an unknown card is SMARDCARD_NOT_FOUND whatever else the call holds, as TVCAS
+        // answers: set_card looks the card up before it checks the fields, and a set[x]
+        // refused here is answered only once the card is known to exist
+        match changes(&sets) {
+            Ok(changes) => Ok(api.store().set_card(serial, &changes, time::now()).await?),
+            Err(refused) => {
+                api.store().card(serial).await?;
+                Err(refused)
+            }
+        }
     }
     .await;
     match result {

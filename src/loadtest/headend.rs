@@ -371,7 +371,7 @@ fn make_store(db: &Path) -> Result<CardFile, LoadError> {
             ..CardChanges::default()
         };
         let runs = store.add_cards(1, None, &changes, now).await?;
-        let card = store.export_card(runs[0].0, now).await;
+        let card = store.export_card(runs[0].0, now, None).await;
         store.close().await;
         card
     });

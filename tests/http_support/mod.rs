@@ -22,6 +22,7 @@ pub fn serve_command(db: &Path, extra: &[&str]) -> Command {
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(extra)
         .env_remove("CASTMUX_API_KEY")
+        .env_remove("CASTMUX_EXPORT_KEY")
         .env("CASTMUX_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -2,6 +2,7 @@
 //! the card.json export and the change feed the EMM carousel reads.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use futures::TryStreamExt;
 use sqlx::sqlite::SqliteRow;
@@ -334,6 +335,82 @@ fn free_runs(from: u64, count: u64, taken: &[u64]) -> Option<Vec<(u64, u64)>> {
     Some(runs)
 }
 
+/// Apply `changes` to card `serial` inside `tx` (the card writer's savepoint) and read the
+/// card back as stored. The card is looked up before the fields are checked, so an unknown
+/// card is SMARTCARD_NOT_FOUND whatever else the change holds (as TVCAS answers).
+pub(super) async fn set_card_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    path: &Path,
+    serial: CardSerial,
+    changes: &CardChanges,
+    now: i64,
+) -> Result<CardRecord, StoreError> {
+    let db = |e| StoreError::db(path, e);
+    let mut card = card_by_serial(tx, serial)
+        .await
+        .map_err(db)?
+        .ok_or(StoreError::SmartcardNotFound(serial))?;
+    let mut what = Vec::new();
+    if let Some(n) = &changes.name {
+        check_text("name", n)?;
+        card.name = n.clone();
+        what.push("name".to_owned());
+    }
+    if let Some(i) = &changes.info {
+        check_text("info", i)?;
+        card.info = i.clone();
+        what.push("info".to_owned());
+    }
+    if let Some(spec) = &changes.access {
+        card.access = resolve_access(tx, spec).await.map_err(db)??;
+        what.push(format!("access={}", card.access));
+    }
+    if let Some(s) = changes.start {
+        card.start = s;
+        what.push(format!("start={s}"));
+    }
+    match changes.finish {
+        Some(FinishSpec::At(t)) => card.finish = t,
+        Some(FinishSpec::Days(d)) => card.finish = card.start + i64::from(d) * DAY,
+        None => {}
+    }
+    if changes.finish.is_some() {
+        what.push(format!("finish={}", card.finish));
+    }
+    if let Some(p) = changes.pair {
+        card.pair = p;
+        what.push(format!("pair={p}"));
+    }
+    check_window(card.start, card.finish)?;
+    let res: Result<CardRecord, sqlx::Error> = async {
+        let seq = next_change_seq(tx).await?;
+        // RETURNING reads the row back as stored in the same statement
+        let row = sqlx::query(&format!(
+            "UPDATE cards SET name = ?, info = ?, access_criteria = ?, start_at = ?, \
+             finish_at = ?, pair = ?, updated_at = ?, change_seq = ? WHERE serial = ? \
+             RETURNING {CARD_COLUMNS}"
+        ))
+        .bind(&card.name)
+        .bind(&card.info)
+        .bind(card.access.0 as i64)
+        .bind(card.start)
+        .bind(card.finish)
+        .bind(i64::from(card.pair))
+        .bind(now)
+        .bind(seq)
+        .bind(serial.0 as i64)
+        .fetch_one(&mut **tx)
+        .await?;
+        let mut stored = [card_from_row(&row)?];
+        attach_events(tx, &mut stored, Some(serial)).await?;
+        audit::record(tx, now, "card.set", &serial.to_string(), &what.join(" ")).await?;
+        let [stored] = stored;
+        Ok(stored)
+    }
+    .await;
+    res.map_err(db)
+}
+
 impl Store {
     /// Add `count` cards with the same fields. With `serial` they take `serial..serial+count`
     /// (all must be free); without, the next free serials from the allocation point.
@@ -565,86 +642,17 @@ impl Store {
         })
     }
 
-    /// Change fields of a card; returns it as stored afterwards.
+    /// Change fields of a card; returns it as stored afterwards, read back in the
+    /// transaction that wrote it. The change is queued to the store's card writer, which
+    /// commits the changes of concurrent callers together ([`super::writer`]); this returns
+    /// once that commit is durable, or with this change's own error.
     pub async fn set_card(
         &self,
         serial: CardSerial,
         changes: &CardChanges,
         now: i64,
     ) -> Result<CardRecord, StoreError> {
-        if let Some(n) = &changes.name {
-            check_text("name", n)?;
-        }
-        if let Some(i) = &changes.info {
-            check_text("info", i)?;
-        }
-        let mut tx = self.write_tx().await?;
-        let mut card = card_by_serial(&mut tx, serial)
-            .await
-            .map_err(|e| self.err(e))?
-            .ok_or(StoreError::SmartcardNotFound(serial))?;
-        let mut what = Vec::new();
-        if let Some(n) = &changes.name {
-            card.name = n.clone();
-            what.push("name".to_owned());
-        }
-        if let Some(i) = &changes.info {
-            card.info = i.clone();
-            what.push("info".to_owned());
-        }
-        if let Some(spec) = &changes.access {
-            card.access = resolve_access(&mut tx, spec)
-                .await
-                .map_err(|e| self.err(e))??;
-            what.push(format!("access={}", card.access));
-        }
-        if let Some(s) = changes.start {
-            card.start = s;
-            what.push(format!("start={s}"));
-        }
-        match changes.finish {
-            Some(FinishSpec::At(t)) => card.finish = t,
-            Some(FinishSpec::Days(d)) => card.finish = card.start + i64::from(d) * DAY,
-            None => {}
-        }
-        if changes.finish.is_some() {
-            what.push(format!("finish={}", card.finish));
-        }
-        if let Some(p) = changes.pair {
-            card.pair = p;
-            what.push(format!("pair={p}"));
-        }
-        check_window(card.start, card.finish)?;
-        let res: Result<(), sqlx::Error> = async {
-            let seq = next_change_seq(&mut tx).await?;
-            sqlx::query(
-                "UPDATE cards SET name = ?, info = ?, access_criteria = ?, start_at = ?, \
-                 finish_at = ?, pair = ?, updated_at = ?, change_seq = ? WHERE serial = ?",
-            )
-            .bind(&card.name)
-            .bind(&card.info)
-            .bind(card.access.0 as i64)
-            .bind(card.start)
-            .bind(card.finish)
-            .bind(i64::from(card.pair))
-            .bind(now)
-            .bind(seq)
-            .bind(serial.0 as i64)
-            .execute(&mut *tx)
-            .await?;
-            audit::record(
-                &mut tx,
-                now,
-                "card.set",
-                &serial.to_string(),
-                &what.join(" "),
-            )
-            .await
-        }
-        .await;
-        res.map_err(|e| self.err(e))?;
-        tx.commit().await.map_err(|e| self.err(e))?;
-        self.card(serial).await
+        self.card_writer.set(serial, changes.clone(), now).await
     }
 
     /// Enable or disable a card.

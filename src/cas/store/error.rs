@@ -34,6 +34,23 @@ pub enum StoreError {
         /// The store path.
         path: PathBuf,
     },
+    /// The transaction that carried this change (with others committed together) failed;
+    /// nothing of it was written.
+    #[error("DB_ERROR: {path}: the change was not committed ({detail}); nothing was written, send it again")]
+    NotCommitted {
+        /// The store path.
+        path: PathBuf,
+        /// The driver's error, as text.
+        detail: String,
+    },
+    /// The store's card writer has stopped (the process is shutting down).
+    #[error("STORE_CLOSED: {path}: the card writer has stopped (castmux is shutting down){}", if *maybe_applied { "; the change may have been committed: read the card to see" } else { "; the change was not applied, send it again once castmux runs" })]
+    WriterStopped {
+        /// The store path.
+        path: PathBuf,
+        /// Whether the writer had taken the change when it stopped.
+        maybe_applied: bool,
+    },
     /// A database error not caused by the input.
     #[error("DB_ERROR: {path}: {source}")]
     Db {
@@ -147,7 +164,8 @@ impl StoreError {
             StoreError::Exists { .. } => "STORE_EXISTS",
             StoreError::Corrupt { .. } | StoreError::Migrate { .. } => "STORE_ERROR",
             StoreError::Locked { .. } => "STORE_LOCKED",
-            StoreError::Db { .. } => "DB_ERROR",
+            StoreError::Db { .. } | StoreError::NotCommitted { .. } => "DB_ERROR",
+            StoreError::WriterStopped { .. } => "STORE_CLOSED",
             StoreError::Io { .. } | StoreError::KeyFile(_) | StoreError::NotUtf8Path(_) => {
                 "IO_ERROR"
             }

@@ -13,8 +13,14 @@ use crate::cas::types::{
 
 impl Store {
     /// The software card's personalization: its key, entitlements and the current and next
-    /// service keys of every bit it is entitled to (packages and events). Audited.
-    pub async fn export_card(&self, serial: CardSerial, now: i64) -> Result<CardFile, StoreError> {
+    /// service keys of every bit it is entitled to (packages and events). Audited, with
+    /// `origin` (who took it, e.g. `over HTTP to 192.0.2.1`) when it is not the CLI.
+    pub async fn export_card(
+        &self,
+        serial: CardSerial,
+        now: i64,
+        origin: Option<&str>,
+    ) -> Result<CardFile, StoreError> {
         let card = self.card(serial).await?;
         let mut bits = card.access.0;
         for e in &card.events {
@@ -42,8 +48,9 @@ impl Store {
             "card.export-key",
             &serial.to_string(),
             &format!(
-                "card key and {} service key(s) exported",
-                file.service_keys.len()
+                "card key and {} service key(s) exported{}",
+                file.service_keys.len(),
+                origin.map(|o| format!(" {o}")).unwrap_or_default()
             ),
         )
         .await

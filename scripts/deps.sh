@@ -4,6 +4,7 @@
 # tshark, openssl, prometheus (promtool and a server the metrics test scrapes),
 # chromium and chromium-driver, firefox-esr and geckodriver (the web page's browser tests;
 # geckodriver is not a Debian package, so Mozilla's crate is built with cargo install),
+# systemd (systemd-analyze verifies the service unit; no systemd needs to run),
 # fonts-dejavu-core (the TrueType
 # font `loadtest --plot` draws its text with; read at run time, nothing to link). Called by
 # scripts/test.sh, so the README's test command works on a fresh Debian machine by itself. A peer that cannot be installed stops here, loudly:
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl prometheus chromium chromium-driver
-  fonts-dejavu-core firefox-esr)
+  fonts-dejavu-core firefox-esr systemd)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -176,19 +176,20 @@ async fn switch_input(
             .find(|e| e.name == name)
             .map(|e| e.live.as_ref().and_then(|l| l.inputs.clone()))
     });
-    let inputs =
-        match found {
-            None => return no_channel(&name),
-            Some(None) => return ApiError::new(
+    let inputs = match found {
+        None => return no_channel(&name),
+        Some(None) => {
+            return ApiError::new(
                 StatusCode::CONFLICT,
                 "NO_BACKUP_INPUTS",
                 format!(
                     "channel {name:?} is not running with backup inputs (give it backup = [...])"
                 ),
             )
-            .into_response(),
-            Some(Some(i)) => i,
-        };
+            .into_response()
+        }
+        Some(Some(i)) => i,
+    };
     match inputs.request(index) {
         Ok(()) => (
             StatusCode::ACCEPTED,

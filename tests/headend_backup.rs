@@ -28,11 +28,15 @@ const MUXRATE: u64 = 1_500_000;
 /// An ffmpeg-made SPTS: MPEG-2 video and MP2 audio at a constant mux rate, numbered by
 /// `numbering` (ffmpeg's -mpegts_* options).
 fn make_input(path: &Path, pattern: &str, numbering: &[&str]) {
+    make_ts(path, pattern, SECS, numbering)
+}
+
+fn make_ts(path: &Path, pattern: &str, secs: u64, numbering: &[&str]) {
     let out = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("{pattern}=size=320x240:rate=25:duration={SECS}"))
+        .arg(format!("{pattern}=size=320x240:rate=25:duration={secs}"))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={SECS}"))
+        .arg(format!("sine=frequency=440:duration={secs}"))
         .args([
             "-c:v",
             "mpeg2video",
@@ -54,18 +58,14 @@ fn make_input(path: &Path, pattern: &str, numbering: &[&str]) {
     assert!(out.status.success(), "ffmpeg: {out:?}");
 }
 
-/// Whether the primary sends at `t` seconds (it stops for seconds 4 to 8).
-fn primary_sends(t: f64) -> bool {
-    !(4.0..8.0).contains(&t)
-}
-
-/// Send both inputs as 7-packet datagrams at their mux rate for `secs`; the primary
-/// pauses per [`primary_sends`] and then goes on where it stopped.
+/// Send both inputs (the backup may be empty) as 7-packet datagrams at their mux rate for
+/// `secs`; the primary pauses for the seconds in `off`, then goes on where it stopped.
 fn send(
     primary: Vec<u8>,
     backup: Vec<u8>,
     ports: [u16; 2],
     secs: f64,
+    off: std::ops::Range<f64>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -82,7 +82,7 @@ fn send(
             if let Some(d) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(d);
             }
-            if primary_sends(due.as_secs_f64()) && p + dgram <= primary.len() {
+            if !off.contains(&due.as_secs_f64()) && p + dgram <= primary.len() {
                 let _ = tx.send_to(&primary[p..p + dgram], ("127.0.0.1", ports[0]));
                 p += dgram;
             }
@@ -134,6 +134,87 @@ fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// No CC error on any PID, a discontinuity_indicator (a new time base's PCR) excusing
+/// nothing, and at most `switches` of them.
+fn assert_one_stream(pkts: &[Packet], switches: usize) {
+    let disc = pkts
+        .iter()
+        .filter(|p| p[3] & 0x20 != 0 && p[4] > 0 && p[5] & 0x80 != 0)
+        .count();
+    assert!(
+        disc <= switches,
+        "{disc} packets with discontinuity_indicator"
+    );
+    let strict: Vec<Packet> = pkts
+        .iter()
+        .map(|p| {
+            let mut p = *p;
+            if p[3] & 0x20 != 0 && p[4] > 0 {
+                p[5] &= 0x7F;
+            }
+            p
+        })
+        .collect();
+    assert_eq!(
+        cc_errors(&strict),
+        BTreeMap::new(),
+        "CC errors on the output"
+    );
+}
+
+/// Descramble `bytes` under [`CW`]; ffmpeg decodes all of it: the video frames read.
+fn decoded_frames(dir: &Path, bytes: &[u8]) -> u64 {
+    let scrambled = dir.join("out.ts");
+    std::fs::write(&scrambled, bytes).unwrap();
+    let clear = dir.join("clear.ts");
+    ok(&[
+        "descramble",
+        "-i",
+        s(&scrambled),
+        "-o",
+        s(&clear),
+        "--cw",
+        CW,
+    ]);
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(&clear)
+        .output()
+        .expect("ffprobe");
+    assert!(probe.status.success(), "{probe:?}");
+    let text = String::from_utf8_lossy(&probe.stdout);
+    let frames: u64 = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| !w.is_empty())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("ffprobe said {text:?}"));
+    let decode = Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(&clear)
+        .args(["-f", "null", "-"])
+        .output()
+        .unwrap();
+    assert!(decode.status.success(), "{decode:?}");
+    frames
+}
+
+/// A receiver of the output until `stop`: every byte.
+fn receive(out: UdpSocket, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<u8>> {
+    out.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(n) = out.recv(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+        got
+    })
+}
+
 #[test]
 fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
     let dir = tmp();
@@ -178,27 +259,14 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
 
     // the output, from before the first packet to after the last
     let stop = Arc::new(AtomicBool::new(false));
-    let receiver = {
-        let stop = Arc::clone(&stop);
-        out.set_read_timeout(Some(Duration::from_millis(20)))
-            .unwrap();
-        std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut buf = [0u8; 2048];
-            while !stop.load(Ordering::Relaxed) {
-                if let Ok(n) = out.recv(&mut buf) {
-                    got.extend_from_slice(&buf[..n]);
-                }
-            }
-            got
-        })
-    };
+    let receiver = receive(out, Arc::clone(&stop));
     let t0 = Instant::now();
     let sender = send(
         std::fs::read(&primary).unwrap(),
         std::fs::read(&backup).unwrap(),
         ports,
         15.0,
+        4.0..8.0,
     );
     let at = |secs: f64| {
         if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
@@ -299,27 +367,7 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
     for ours in [0u16, 0x1000, 0x100, 0x101] {
         assert!(pids.contains(&ours), "{ours:#x} missing: {pids:x?}");
     }
-    // strictly: a discontinuity_indicator (the new time base's PCR) excuses nothing
-    let disc = pkts
-        .iter()
-        .filter(|p| p[3] & 0x20 != 0 && p[4] > 0 && p[5] & 0x80 != 0)
-        .count();
-    assert!(disc <= 4, "{disc} packets with discontinuity_indicator");
-    let strict: Vec<Packet> = pkts
-        .iter()
-        .map(|p| {
-            let mut p = *p;
-            if p[3] & 0x20 != 0 && p[4] > 0 {
-                p[5] &= 0x7F;
-            }
-            p
-        })
-        .collect();
-    assert_eq!(
-        cc_errors(&strict),
-        BTreeMap::new(),
-        "CC errors on the output"
-    );
+    assert_one_stream(&pkts, 4);
     let v = versions(&pkts, &[0, 0x1000]);
     assert_eq!(v[&0].len(), 1, "PAT versions {v:?}");
     assert_eq!(v[&0x1000].len(), 1, "PMT versions {v:?}");
@@ -336,38 +384,111 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
         .iter()
         .filter(|p| [0x100, 0x101].contains(&pid(p)) && has_payload(p))
         .all(|p| tsc(p) != 0));
-    let scrambled = dir.path().join("out.ts");
-    std::fs::write(&scrambled, &bytes).unwrap();
-    let clear = dir.path().join("clear.ts");
-    ok(&[
-        "descramble",
-        "-i",
-        s(&scrambled),
-        "-o",
-        s(&clear),
-        "--cw",
-        CW,
-    ]);
-    let probe = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(&clear)
-        .output()
-        .expect("ffprobe");
-    assert!(probe.status.success(), "{probe:?}");
-    let text = String::from_utf8_lossy(&probe.stdout);
-    let frames: u64 = text
-        .split(|c: char| !c.is_ascii_digit())
-        .find(|w| !w.is_empty())
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("ffprobe said {text:?}"));
+    let frames = decoded_frames(dir.path(), &bytes);
     // 15 s at 25 fps, less the start
     assert!(frames >= 300, "{frames} frames decoded");
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&clear)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
-    assert!(decode.status.success(), "{decode:?}");
+}
+
+/// A primary and a slate: the primary stops, the slate (a short ffmpeg file, numbered
+/// otherwise) loops on air in its place, in the primary's numbering, its loops joined
+/// without a CC error; the primary back on air takes over at once (not after the return
+/// delay, which is for leaving a working backup).
+#[test]
+fn the_slate_loops_when_no_input_is_on_air() {
+    let dir = tmp();
+    let primary = dir.path().join("primary.ts");
+    let slate = dir.path().join("slate.ts");
+    make_input(&primary, "testsrc", &[]);
+    make_ts(
+        &slate,
+        "smptebars",
+        1,
+        &[
+            "-mpegts_pmt_start_pid",
+            "0x1300",
+            "-mpegts_start_pid",
+            "0x400",
+        ],
+    );
+    let db = seed_store(dir.path());
+    let ports = [free_udp_port(), free_udp_port()];
+    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _ = socket2::SockRef::from(&out).set_recv_buffer_size(8 << 20);
+    let cfg = dir.path().join("headend.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"tv\"\n\
+             input = \"udp://127.0.0.1:{}\"\nslate = \"{}\"\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"{CW}\"\ncrypto_period = \"1s\"\n\
+             input_timeout = \"300ms\"\nbackup_start_delay = \"300ms\"\n",
+            ports[0],
+            slate.display(),
+            out.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    let server = headend(&db, &cfg);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = receive(out, Arc::clone(&stop));
+    let t0 = Instant::now();
+    let sender = send(
+        std::fs::read(&primary).unwrap(),
+        Vec::new(),
+        ports,
+        10.0,
+        2.0..6.0,
+    );
+    let at = |secs: f64| {
+        if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
+            std::thread::sleep(d);
+        }
+    };
+    at(1.5);
+    assert_eq!(active(addr), (0, 0));
+    at(2.0);
+    assert!(
+        wait_until(Duration::from_millis(1500), || active(addr) == (1, 1)),
+        "the slate did not go on air: {}",
+        api(addr, "GET", "/api/v1/channels/tv", None).text()
+    );
+    at(5.5);
+    let c = api(addr, "GET", "/api/v1/channels/tv", None).json();
+    assert_eq!(c["on_air"], true, "{c}");
+    let slate_packets = c["input"]["inputs"][1]["packets"].as_u64().unwrap();
+    // three seconds of a 1.5 Mbit/s file: about 3,000 packets (it loops three times)
+    assert!(slate_packets > 2000, "{slate_packets} slate packets: {c}");
+    at(6.0);
+    assert!(
+        wait_until(Duration::from_millis(1500), || active(addr) == (0, 2)),
+        "the primary did not take over from the slate at once"
+    );
+    sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let bytes = receiver.join().unwrap();
+    let (_, log) = server.stop();
+    let switches: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("input switched"))
+        .collect();
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    assert!(switches[0].contains("the slate"), "{}", switches[0]);
+
+    let pkts = packets_of(&bytes);
+    let pids: BTreeSet<u16> = pkts.iter().map(pid).collect();
+    for theirs in [0x1300u16, 0x400, 0x401] {
+        assert!(
+            !pids.contains(&theirs),
+            "the slate's PID {theirs:#x} went out: {pids:x?}"
+        );
+    }
+    // the slate looped about three times: a new time base each time, counters continuous
+    assert_one_stream(&pkts, 8);
+    let v = versions(&pkts, &[0, 0x1000]);
+    assert_eq!((v[&0].len(), v[&0x1000].len()), (1, 1), "{v:?}");
+    let frames = decoded_frames(dir.path(), &bytes);
+    // 10 s at 25 fps, less the start
+    assert!(frames >= 200, "{frames} frames decoded");
 }

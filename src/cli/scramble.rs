@@ -58,6 +58,10 @@ pub struct ScrambleArgs {
     /// continuous stream in the first input's numbering (PIDs, PSI versions, CCs).
     #[arg(long = "backup", value_name = "URL")]
     backups: Vec<String>,
+    /// A TS file looped in real time when no input is on air (the last resort; with a
+    /// udp:// input), paced by its PCRs, at most 64 MiB.
+    #[arg(long, value_name = "FILE")]
+    slate: Option<PathBuf>,
     /// With --backup: the active input off air this long hands over to the next one on air.
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = args::duration)]
     backup_start_delay: Duration,
@@ -193,6 +197,7 @@ impl ScrambleArgs {
         let mut s = ChannelSpec {
             input: self.input.clone(),
             backup: self.backups.clone(),
+            slate: self.slate.clone(),
             backup_start_delay: self.backup_start_delay,
             backup_return_delay: self.backup_return_delay,
             input_timeout: self.input_timeout,

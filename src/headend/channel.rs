@@ -100,9 +100,10 @@ impl Channel {
                 .with_context(|| format!("--backup {}", crate::io::url::mask(b)))?;
             input_urls.push(u);
         }
-        if input_urls.len() > 1 && !input_urls.iter().all(|u| matches!(u, InputUrl::Udp(_))) {
+        let failover = input_urls.len() > 1 || a.slate.is_some();
+        if failover && !input_urls.iter().all(|u| matches!(u, InputUrl::Udp(_))) {
             bail!(
-                "with backup inputs, the input and every backup are udp:// or rtp:// inputs (the data plane judges and switches them)"
+                "with backup inputs or a slate, the input and every backup are udp:// or rtp:// inputs (the data plane judges and switches them)"
             );
         }
         let output_urls = a
@@ -242,7 +243,7 @@ impl Channel {
                 .set_emm_source(Box::new(clone))
                 .context("the cloned EMMs")?;
         }
-        let backup_opts = (input_urls.len() > 1).then(|| BackupOptions {
+        let backup_opts = failover.then(|| BackupOptions {
             limits: JudgeLimits {
                 timeout: a.input_timeout,
                 min_bitrate: a.input_min_bitrate.unwrap_or(0),
@@ -252,16 +253,17 @@ impl Channel {
             start_delay: a.backup_start_delay,
             return_delay: a.backup_return_delay,
         });
-        let input = ChannelInput::open(&input_urls, backup_opts, a.batch).with_context(|| {
-            format!(
-                "opening input {}",
-                input_urls
-                    .iter()
-                    .map(InputUrl::display)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })?;
+        let input = ChannelInput::open(&input_urls, a.slate.as_deref(), backup_opts, a.batch)
+            .with_context(|| {
+                format!(
+                    "opening input {}",
+                    input_urls
+                        .iter()
+                        .map(InputUrl::display)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
         let output = OutputSet::open(&output_urls, &OutputOptions::default())
             .with_context(|| format!("opening output {}", outputs_display(&output_urls)))?;
         tracing::info!(

@@ -10,6 +10,7 @@
 //! counted and logged.
 
 use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +20,7 @@ use nix::poll::{poll, PollFd, PollFlags};
 
 use super::judge::{Judge, JudgeLimits};
 use super::renumber::Renumber;
+use super::slate::Slate;
 use crate::io::{
     Input, InputOptions, InputUrl, IoError, IoResult, IoStats, IoStatsSnapshot, PacketBatch,
     PacketSource, ReadStatus,
@@ -28,6 +30,8 @@ use crate::io::{
 const NO_REQUEST: usize = usize::MAX;
 /// `InputsShared::request`: back to the automatic choice.
 const AUTO: usize = usize::MAX - 1;
+/// Inputs of a channel: the primary, its backups and the slate.
+pub const MAX_INPUTS: usize = 17;
 /// Packets kept free in the caller's batch for the PSI we regenerate.
 const PSI_ROOM: usize = 16;
 
@@ -94,12 +98,14 @@ impl ChannelInput {
     /// inputs, which the data plane serves.
     pub fn open(
         urls: &[InputUrl],
+        slate: Option<&Path>,
         opts: Option<BackupOptions>,
         batch_packets: usize,
     ) -> Result<ChannelInput, IoError> {
         let open = |u: &InputUrl| Input::open(u, &InputOptions::default());
         match (urls, opts) {
-            ([one], _) | ([one, ..], None) => Ok(ChannelInput::One(open(one)?)),
+            ([one], _) if slate.is_none() => Ok(ChannelInput::One(open(one)?)),
+            ([one, ..], None) => Ok(ChannelInput::One(open(one)?)),
             ([], _) => Err(IoError::Closed {
                 url: String::new(),
                 reason: "no input".to_owned(),
@@ -115,14 +121,23 @@ impl ChannelInput {
                         seen,
                     });
                 }
+                let slate = slate
+                    .map(|p| Slate::open(p, &opts.limits).map(Box::new))
+                    .transpose()?;
+                let mut urls: Vec<String> = all.iter().map(InputUrl::display).collect();
+                let mut stats: Vec<Arc<IoStats>> = members
+                    .iter()
+                    .map(|m| Arc::clone(m.input.stats()))
+                    .collect();
+                if let Some(s) = &slate {
+                    urls.push(s.display.clone());
+                    stats.push(Arc::clone(&s.stats));
+                }
                 let shared = Arc::new(InputsShared {
-                    urls: all.iter().map(InputUrl::display).collect(),
-                    stats: members
-                        .iter()
-                        .map(|m| Arc::clone(m.input.stats()))
-                        .collect(),
+                    on_air: urls.iter().map(|_| AtomicBool::new(false)).collect(),
+                    urls,
+                    stats,
                     active: AtomicUsize::new(0),
-                    on_air: all.iter().map(|_| AtomicBool::new(false)).collect(),
                     switches: AtomicU64::new(0),
                     dropped: AtomicU64::new(0),
                     manual: AtomicBool::new(false),
@@ -130,6 +145,7 @@ impl ChannelInput {
                 });
                 Ok(ChannelInput::Backup(Box::new(Failover {
                     members,
+                    slate,
                     active: 0,
                     opts,
                     renumber: Renumber::new(),
@@ -150,7 +166,12 @@ impl ChannelInput {
     pub fn fds(&self) -> Vec<BorrowedFd<'_>> {
         match self {
             ChannelInput::One(i) => i.udp_fd().into_iter().collect(),
-            ChannelInput::Backup(f) => f.members.iter().filter_map(|m| m.input.udp_fd()).collect(),
+            ChannelInput::Backup(f) => f
+                .members
+                .iter()
+                .filter_map(|m| m.input.udp_fd())
+                .chain(f.slate.as_ref().map(|s| s.fd()))
+                .collect(),
         }
     }
 
@@ -221,6 +242,8 @@ struct Member {
 #[derive(Debug)]
 pub struct Failover {
     members: Vec<Member>,
+    /// The last resort, after the members (index `members.len()`).
+    slate: Option<Box<Slate>>,
     active: usize,
     opts: BackupOptions,
     renumber: Renumber,
@@ -245,6 +268,7 @@ impl Failover {
                 .members
                 .iter()
                 .filter_map(|m| m.input.udp_fd())
+                .chain(self.slate.as_ref().map(|s| s.fd()))
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
                 .collect();
             match poll(&mut fds, crate::io::poll_timeout(timeout)) {
@@ -276,6 +300,32 @@ impl Failover {
         }
         self.decide(now);
         let a = self.active;
+        let room = batch.remaining().saturating_sub(PSI_ROOM).max(1);
+        if a == self.members.len() {
+            let Failover {
+                slate,
+                renumber,
+                opts,
+                ..
+            } = self;
+            if let Some(sl) = slate {
+                let before = batch.len();
+                sl.take(now, room, |p, wrapped, judge| {
+                    if wrapped {
+                        // the loop starts over: counters continue, a new time base
+                        renumber.switch(a);
+                    }
+                    let ended = judge.observe(p, now, &opts.limits);
+                    renumber.process(p, ended, judge, batch);
+                });
+                IoStats::add(
+                    &self.stats.bytes_in,
+                    ((batch.len() - before) * crate::ts::packet::PACKET_SIZE) as u64,
+                );
+            }
+            self.shared.dropped.store(self.renumber.dropped, Relaxed);
+            return Ok(());
+        }
         let Failover {
             members,
             renumber,
@@ -284,7 +334,6 @@ impl Failover {
             ..
         } = self;
         let m = &mut members[a];
-        let room = batch.remaining().saturating_sub(PSI_ROOM).max(1);
         if let ReadStatus::Packets(_) = m.input.read_batch(scratch, Duration::ZERO)? {
             for (n, pkt) in scratch.packets().iter().enumerate() {
                 if n >= room {
@@ -362,11 +411,18 @@ impl Failover {
     /// Judge every input and switch if the rules say so.
     fn decide(&mut self, now: Instant) {
         let limits = &self.opts.limits;
-        let mut on = [false; 64];
-        for (k, m) in self.members.iter_mut().enumerate().take(on.len()) {
+        let n = self.members.len();
+        // members first, then the slate (on air by construction)
+        let mut on = [false; MAX_INPUTS];
+        for (k, m) in self.members.iter_mut().enumerate() {
             on[k] = m.judge.on_air(now, limits);
             self.shared.on_air[k].store(on[k], Relaxed);
         }
+        if self.slate.is_some() {
+            on[n] = true;
+            self.shared.on_air[n].store(true, Relaxed);
+        }
+        let inputs = self.shared.urls.len();
         match self.shared.request.swap(NO_REQUEST, Relaxed) {
             NO_REQUEST => {}
             AUTO => {
@@ -375,11 +431,11 @@ impl Failover {
                 }
                 self.shared.manual.store(false, Relaxed);
             }
-            k if k < self.members.len() => {
+            k if k < inputs => {
                 self.manual = Some(k);
                 self.shared.manual.store(true, Relaxed);
                 if k != self.active {
-                    self.switch(k, "asked for over the API");
+                    self.switch(k, "asked for over the API", now);
                 }
             }
             _ => {}
@@ -387,14 +443,16 @@ impl Failover {
         if self.manual.is_some() {
             return;
         }
-        let n = self.members.len().min(on.len());
+        let on_slate = self.active == n;
         if on[self.active] {
             self.off_since = None;
+            // a higher input back on air for the return delay; off the slate at once
             let back = (0..self.active).find(|&k| {
-                on[k] && self.members[k].judge.on_air_for(now) >= self.opts.return_delay
+                on[k]
+                    && (on_slate || self.members[k].judge.on_air_for(now) >= self.opts.return_delay)
             });
             if let Some(k) = back {
-                self.switch(k, "a higher input is back on air");
+                self.switch(k, "a higher input is back on air", now);
             }
             return;
         }
@@ -402,12 +460,17 @@ impl Failover {
         if now.duration_since(since) < self.opts.start_delay {
             return;
         }
-        if let Some(k) = (0..n).find(|&k| k != self.active && on[k]) {
-            self.switch(k, "the active input is off air");
+        if let Some(k) = (0..inputs).find(|&k| k != self.active && on[k]) {
+            let why = if k == n {
+                "no input is on air: the slate"
+            } else {
+                "the active input is off air"
+            };
+            self.switch(k, why, now);
         }
     }
 
-    fn switch(&mut self, to: usize, why: &str) {
+    fn switch(&mut self, to: usize, why: &str, now: Instant) {
         let from = self.active;
         tracing::warn!(
             from = %self.shared.urls[from],
@@ -415,11 +478,22 @@ impl Failover {
             why,
             "input switched"
         );
+        let n = self.members.len();
+        if let Some(s) = &mut self.slate {
+            if from == n {
+                s.stop();
+            }
+            if to == n {
+                s.start(now);
+            }
+        }
         self.active = to;
         self.off_since = None;
         self.renumber.switch(to);
         // its counters count for the channel from now on
-        self.members[to].seen = self.members[to].input.stats().snapshot();
+        if let Some(m) = self.members.get_mut(to) {
+            m.seen = m.input.stats().snapshot();
+        }
         self.shared.active.store(to, Relaxed);
         self.shared.switches.fetch_add(1, Relaxed);
     }

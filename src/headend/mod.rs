@@ -28,6 +28,7 @@ pub mod notify;
 pub mod plane;
 pub mod renumber;
 pub mod simulcrypt;
+pub mod slate;
 pub mod spec;
 pub mod status;
 pub mod supervise;

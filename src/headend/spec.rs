@@ -61,6 +61,8 @@ pub struct ChannelSpec {
     /// first one judged on air when the active one is not.
     #[serde(deserialize_with = "one_or_many")]
     pub backup: Vec<String>,
+    /// A TS file looped in real time when no input is on air (the last resort).
+    pub slate: Option<PathBuf>,
     /// The active input off air this long: the next input on air takes over.
     #[serde(deserialize_with = "duration")]
     pub backup_start_delay: Duration,
@@ -152,6 +154,7 @@ impl Default for ChannelSpec {
         ChannelSpec {
             input: String::new(),
             backup: Vec::new(),
+            slate: None,
             backup_start_delay: Duration::from_secs(1),
             backup_return_delay: Duration::from_secs(10),
             input_timeout: Duration::from_secs(1),

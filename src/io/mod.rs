@@ -23,6 +23,7 @@
 //!   [`ReadStatus::EndOfStream`].
 
 pub mod batch;
+pub(crate) mod bridge;
 pub mod error;
 pub mod file;
 pub mod output_set;

@@ -204,6 +204,16 @@ pub fn cc_errors(pkts: &[Packet]) -> BTreeMap<u16, u32> {
 /// once per test process, so a socket bound to port 0 (this test's, a parallel test's, or
 /// castmux's own) cannot take it between the pick and its use.
 pub fn free_udp_port() -> u16 {
+    free_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A TCP port on 127.0.0.1 nobody listens on (an HTTP listener castmux binds, a server a
+/// test starts again on the same port), picked as [`free_udp_port`] picks.
+pub fn free_tcp_port() -> u16 {
+    free_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+fn free_port(free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     const LOW: u16 = 20000;
     const SPAN: u16 = 12000;
@@ -213,7 +223,7 @@ pub fn free_udp_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = LOW + (start + n % SPAN) % SPAN;
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if free(port) {
             return port;
         }
     }

@@ -40,6 +40,9 @@ pub struct IoStats {
     pub clients_dropped_slow: AtomicU64,
     /// HTTP output: clients refused (503) because max_clients were connected.
     pub clients_refused: AtomicU64,
+    /// HTTP output: bytes written to all its clients together (`bytes_out` counts the
+    /// stream itself, once, as for every output).
+    pub clients_bytes_out: AtomicU64,
     /// HTTP input: connections made again after the server closed or failed.
     pub reconnects: AtomicU64,
 }
@@ -64,6 +67,7 @@ pub struct IoStatsSnapshot {
     pub clients_accepted: u64,
     pub clients_dropped_slow: u64,
     pub clients_refused: u64,
+    pub clients_bytes_out: u64,
     pub reconnects: u64,
 }
 
@@ -96,6 +100,7 @@ impl IoStats {
             clients_accepted: r(&self.clients_accepted),
             clients_dropped_slow: r(&self.clients_dropped_slow),
             clients_refused: r(&self.clients_refused),
+            clients_bytes_out: r(&self.clients_bytes_out),
             reconnects: r(&self.reconnects),
         }
     }

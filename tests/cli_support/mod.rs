@@ -261,6 +261,32 @@ pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     sock.into()
 }
 
+/// GET `path` from an HTTP-TS listener and read the response head (byte by byte, so
+/// nothing of the body is taken); `small_buffer` gives the socket a 16 KiB receive buffer,
+/// so a throttled reader's backlog shows up at the server within a test's time.
+pub fn http_get(addr: SocketAddr, path: &str, small_buffer: bool) -> (TcpStream, String) {
+    use std::io::Write;
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    if small_buffer {
+        sock.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    }
+    sock.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send the request");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
+}
+
 /// Whether the server has closed `s` (EOF or reset) within `within`; what it sent before
 /// (a greeting) is read and dropped. False when it is still open at the end.
 pub fn closed_within(s: &mut TcpStream, within: Duration) -> bool {

@@ -374,6 +374,8 @@ impl HttpOutput {
             &self.stats.packets_out,
             (bytes.len() / TS_PACKET_SIZE) as u64,
         );
+        // the stream itself, as every output counts it (the channel's output bitrate)
+        IoStats::add(&self.stats.bytes_out, bytes.len() as u64);
         if bytes.is_empty() {
             return Ok(());
         }
@@ -540,7 +542,7 @@ async fn serve(shared: Arc<Shared>, mut sock: TcpStream, peer: SocketAddr, mut h
             }
         };
         match tokio::time::timeout(WRITE_STALL, sock.write_all(&chunk)).await {
-            Ok(Ok(())) => IoStats::add(&c.stats.bytes_out, chunk.len() as u64),
+            Ok(Ok(())) => IoStats::add(&c.stats.clients_bytes_out, chunk.len() as u64),
             // the client went away
             Ok(Err(_)) => break,
             Err(_) => {

@@ -601,3 +601,77 @@ mod tests {
         );
     }
 }
+
+/// castmux's own HTTP-TS output read by its own input, through an output restart.
+#[cfg(test)]
+mod round_trip {
+    use super::*;
+    use crate::io::http::HttpOutput;
+    use crate::io::url::OutputUrl;
+    use crate::io::{TS_PACKET_SIZE, TS_SYNC_BYTE};
+
+    fn packets(from: u32, n: u32) -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| {
+                let mut p = [0u8; TS_PACKET_SIZE];
+                p[..4].copy_from_slice(&[TS_SYNC_BYTE, 0x01, 0x00, 0x10]);
+                p[4..8].copy_from_slice(&i.to_be_bytes());
+                p
+            })
+            .collect()
+    }
+
+    /// Read until `want` packets came (or 10 s); their sequence numbers.
+    fn read(input: &mut HttpInput, want: usize, out: &mut HttpOutput, feed: &mut u32) -> Vec<u32> {
+        let mut batch = PacketBatch::with_capacity(64);
+        let mut got = Vec::new();
+        let end = Instant::now() + Duration::from_secs(10);
+        while got.len() < want && Instant::now() < end {
+            // keep the stream flowing while reading
+            out.write(&packets(*feed, 10)).unwrap();
+            out.flush().unwrap();
+            *feed += 10;
+            if let ReadStatus::Packets(_) = input
+                .read_batch(&mut batch, Duration::from_millis(20))
+                .unwrap()
+            {
+                got.extend(
+                    batch
+                        .packets()
+                        .iter()
+                        .map(|p| u32::from_be_bytes(p[4..8].try_into().unwrap())),
+                );
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn our_input_reads_our_output_and_comes_back_after_it_restarts() {
+        let OutputUrl::Http(ou) = OutputUrl::parse("http://127.0.0.1:0/rt").unwrap() else {
+            panic!()
+        };
+        let mut out = HttpOutput::open(&ou, Arc::default()).unwrap();
+        let addr = out.local_addr();
+        let InputUrl::Http(iu) = InputUrl::parse(&format!("http://{addr}/rt")).unwrap() else {
+            panic!()
+        };
+        let stats = Arc::<IoStats>::default();
+        let mut input = HttpInput::open(&iu, stats.clone()).unwrap();
+        let mut feed = 0;
+        let got = read(&mut input, 200, &mut out, &mut feed);
+        assert!(got.len() >= 200, "{} packets", got.len());
+        assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {got:?}");
+        // the server goes away and comes back on the same address
+        drop(out);
+        let OutputUrl::Http(again) = OutputUrl::parse(&format!("http://{addr}/rt")).unwrap() else {
+            panic!()
+        };
+        let mut out = HttpOutput::open(&again, Arc::default()).unwrap();
+        let got = read(&mut input, 200, &mut out, &mut feed);
+        assert!(got.len() >= 200, "{} packets after the restart", got.len());
+        assert_eq!(stats.snapshot().reconnects, 1);
+        let tail = &got[got.len() - 100..];
+        assert!(tail.windows(2).all(|w| w[1] == w[0] + 1), "a gap: {tail:?}");
+    }
+}

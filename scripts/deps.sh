@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the real peers the tests run against (Debian packages), when missing:
 # libdvbcsa-dev (the reference CSA), ffmpeg/ffprobe, srt-tools (srt-live-transmit),
-# tshark, openssl, prometheus (promtool and a server the metrics test scrapes),
+# tshark, openssl, curl (an HTTP-TS client in tests/cli_http), prometheus (promtool and a server the metrics test scrapes),
 # chromium and chromium-driver, firefox-esr and geckodriver (the web page's browser tests;
 # geckodriver is not a Debian package, so Mozilla's crate is built with cargo install),
 # systemd (systemd-analyze verifies the service unit; no systemd needs to run),
@@ -11,7 +11,7 @@
 # the tests never skip a missing peer.
 set -euo pipefail
 
-need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl prometheus chromium chromium-driver
+need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl curl prometheus chromium chromium-driver
   fonts-dejavu-core firefox-esr systemd)
 missing=()
 for p in "${need_pkgs[@]}"; do

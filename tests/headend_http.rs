@@ -275,6 +275,91 @@ fn headend_status_control_and_metrics_over_http() {
     assert!(status.success(), "{status:?}");
 }
 
+#[test]
+fn channels_share_one_http_ts_port_with_a_path_each() {
+    let dir = tmp();
+    let db = seed_store(dir.path());
+    let ins: Vec<u16> = (0..2).map(|_| free_udp_port()).collect();
+    let port = free_tcp_port();
+    let cfg = dir.path().join("headend.toml");
+    let mut toml = String::from("[http]\nlisten = \"127.0.0.1:0\"\n\n");
+    for (i, name) in ["a", "b"].iter().enumerate() {
+        toml.push_str(&format!(
+            "[[channel]]\nname = \"{name}\"\ninput = \"udp://127.0.0.1:{}\"\n\
+             output = \"http://127.0.0.1:{port}/{name}\"\n\
+             cw = \"11223366445566EF:0102030609080716\"\ncrypto_period = \"1s\"\n\n",
+            ins[i]
+        ));
+    }
+    std::fs::write(&cfg, &toml).unwrap();
+    let server = headend(&db, &cfg);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = feed(&ins, &stop);
+    wait_all_on_air(addr, 2);
+
+    // both channels on one port, each at its path, scrambled; another path is 404
+    let tv: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut clients = Vec::new();
+    for name in ["a", "b"] {
+        let (mut s, head) = http_get(tv, &format!("/{name}"), false);
+        assert!(
+            head.starts_with("HTTP/1.1 200 OK") && head.contains("video/mp2t"),
+            "{name}: {head}"
+        );
+        let mut body = vec![0u8; 700 * 188];
+        use std::io::Read;
+        s.read_exact(&mut body).unwrap();
+        let pkts = packets_of(&body);
+        assert!(
+            pkts.iter().all(|p| p[0] == 0x47),
+            "{name}: not packet-aligned"
+        );
+        let es: Vec<_> = pkts
+            .iter()
+            .filter(|p| matches!(pid(p), 0x100 | 0x101) && has_payload(p))
+            .collect();
+        assert!(
+            !es.is_empty() && es.iter().all(|p| tsc(p) != 0),
+            "{name}: clear ES"
+        );
+        clients.push(s);
+    }
+    let (_, head) = http_get(tv, "/c", false);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+
+    // one client on each now; then b's leaves
+    let metric = |series: &str| sample(&api(addr, "GET", "/metrics", None).text(), series);
+    assert!(wait_until(Duration::from_secs(10), || {
+        metric("castmux_channel_http_clients{channel=\"a\"}") == Some(1.0)
+            && metric("castmux_channel_http_clients{channel=\"b\"}") == Some(1.0)
+    }));
+    drop(clients.pop());
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            metric("castmux_channel_http_clients{channel=\"b\"}") == Some(0.0)
+        }),
+        "b's client was not seen leaving"
+    );
+    let text = api(addr, "GET", "/metrics", None).text();
+    assert_eq!(
+        sample(
+            &text,
+            &format!("castmux_http_listener_not_found_total{{listen=\"{tv}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    promtool_check(&text);
+    let list = api(addr, "GET", "/api/v1/channels", None).json();
+    assert_eq!(channel(&list, "a")["output"]["http_clients"], 1, "{list}");
+
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let (status, _) = server.stop();
+    assert!(status.success(), "{status:?}");
+}
+
 /// The value of the sample `name{labels}` in a metrics text (None: no such sample).
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

@@ -310,6 +310,8 @@ fn text_seeds() {
         "srt://:9000?mode=listener&streamid=live/1",
         "file:///srv/rec/a.ts",
         "-",
+        "http://0.0.0.0:8100/ch1?max_clients=50",
+        "http://bob:s3cr3t@[2001:db8::7]:8000/live/ch1.ts?token=a#x",
     ]
     .iter()
     .enumerate()
@@ -360,8 +362,26 @@ fn http_seeds() {
     }
 }
 
+/// Request heads as clients send them to an HTTP-TS listener, and a few broken ones.
+fn http_ts_seeds() {
+    for (i, seed) in [
+        &b"GET /ch1 HTTP/1.1\r\nHost: 127.0.0.1:8100\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n"[..],
+        b"GET /ch1?token=x HTTP/1.1\r\nUser-Agent: Lavf/60.16.100\r\nAccept: */*\r\nRange: bytes=0-\r\nConnection: close\r\nHost: h\r\nIcy-MetaData: 1\r\n\r\n",
+        b"HEAD http://h:1/ch1 HTTP/1.0\n\n",
+        b"\r\nGET / HTTP/1.1\r\n folded: x\r\n\r\n",
+        b"POST /ch1 HTTP/2.0\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("http_ts_request", &format!("req-{i}"), seed);
+    }
+}
+
 fn main() {
     http_seeds();
+    http_ts_seeds();
     ts_seeds();
     simulcrypt_seeds();
     newcamd_seeds();

@@ -16,10 +16,10 @@ use super::scramble::Scrambling;
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("keys").required(true).args(["cw", "cw_log", "card"])))]
 pub struct DescrambleArgs {
-    /// Input: udp://..., srt://..., a file, or - for stdin.
+    /// Input: udp://..., srt://..., http://..., a file, or - for stdin.
     #[arg(short, long)]
     input: String,
-    /// Output: udp://..., srt://..., a file, or - for stdout.
+    /// Output: udp://..., srt://..., http://ADDR:PORT/PATH, a file, or - for stdout.
     #[arg(short, long)]
     output: String,
     /// Fixed control word(s), hex: EVEN (used for both parities) or EVEN:ODD.

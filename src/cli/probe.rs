@@ -28,7 +28,7 @@ enum FailOn {
 /// Options of `castmux probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// Input: udp://..., srt://..., a file, or - for stdin.
+    /// Input: udp://..., srt://..., http://..., a file, or - for stdin.
     input: String,
     /// How much of the stream to look at: stream time (PCR) for files and stdin, wall
     /// clock for live inputs (udp, srt). Default: the whole file; 5s for stdin and live

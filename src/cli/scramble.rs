@@ -48,7 +48,8 @@ pub enum Cas {
 /// Options of `castmux scramble`.
 #[derive(Debug, Args)]
 pub struct ScrambleArgs {
-    /// Input: udp://[SRC@]GROUP:PORT[?iface=ADDR], srt://HOST:PORT[?mode=..], a file, or - for stdin.
+    /// Input: udp://[SRC@]GROUP:PORT[?iface=ADDR], srt://HOST:PORT[?mode=..],
+    /// http://HOST:PORT/PATH (reconnected when it ends), a file, or - for stdin.
     #[arg(short, long)]
     input: String,
     /// A backup input (udp://…, with a udp:// input); repeat for several, in priority
@@ -77,8 +78,9 @@ pub struct ScrambleArgs {
     /// With --backup: an input with more CC errors than this in the last second is off air.
     #[arg(long, value_name = "N")]
     input_max_cc_errors: Option<u64>,
-    /// Output: udp://HOST:PORT[?ttl=N&pkt=7], srt://..., a file, or - for stdout (at most
-    /// once). Repeat for several: each gets the same packets; one that fails is closed and
+    /// Output: udp://HOST:PORT[?ttl=N&pkt=7], srt://...,
+    /// http://ADDR:PORT/PATH[?max_clients=100] (served to any number of clients), a file,
+    /// or - for stdout (at most once). Repeat for several: each gets the same packets; one that fails is closed and
     /// logged while the others go on, the run fails only when all have failed.
     #[arg(short, long, required = true)]
     output: Vec<String>,

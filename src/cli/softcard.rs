@@ -43,7 +43,7 @@ enum SoftcardCommand {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("cwsource").required(true).args(["card", "newcamd"])))]
 pub struct PlayArgs {
-    /// Input: udp://[SRC@]GROUP:PORT, srt://..., a file, or - for stdin.
+    /// Input: udp://[SRC@]GROUP:PORT, srt://..., http://..., a file, or - for stdin.
     #[arg(short, long)]
     input: String,
     /// Output: udp://127.0.0.1:5000 (then `vlc udp://@:5000`), a file, or - for stdout

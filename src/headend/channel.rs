@@ -111,7 +111,10 @@ impl Channel {
             .iter()
             .map(|o| o.parse().with_context(|| format!("--output {o}")))
             .collect::<Result<Vec<OutputUrl>, HeadendError>>()?;
-        let live_input = matches!(input_url, InputUrl::Udp(_) | InputUrl::Srt(_));
+        let live_input = matches!(
+            input_url,
+            InputUrl::Udp(_) | InputUrl::Srt(_) | InputUrl::Http(_)
+        );
         let mut live_cas = match a.cas {
             Some(CasKind::Builtin) => {
                 let access = if !a.packages.is_empty() {

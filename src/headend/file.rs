@@ -251,6 +251,18 @@ impl HeadendPlan {
                     "another channel already writes stdout (-o -)".to_owned()
                 ));
             }
+            // one HTTP-TS path is one stream: served by one output of one channel
+            let served: Vec<_> = channels.iter().flat_map(|o| o.spec.http_paths()).collect();
+            let mine = spec.http_paths();
+            for (i, (addr, path)) in mine.iter().enumerate() {
+                if served.contains(&(*addr, path.clone()))
+                    || mine[..i].contains(&(*addr, path.clone()))
+                {
+                    return Err(bad(format!(
+                        "http://{addr}{path} is already served by another output; give each output its own path"
+                    )));
+                }
+            }
             let emm_clone = c.emm_clone.unwrap_or(emmg.is_some());
             if emm_clone && emmg.is_none() {
                 return Err(bad(
@@ -349,5 +361,30 @@ mod tests {
         assert_eq!(f.channels[1].emm_clone, Some(false));
         let e = HeadendFile::parse("colour = 1\n").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn one_http_path_is_served_by_one_output() {
+        let plan = |outs: [&str; 2]| {
+            let text = format!(
+                "[[channel]]\nname = \"a\"\ninput = \"udp://:5000\"\noutput = \"{}\"\n\
+                 [[channel]]\nname = \"b\"\ninput = \"udp://:5001\"\noutput = \"{}\"\n",
+                outs[0], outs[1]
+            );
+            HeadendPlan::from_file(&text, &|_| unreachable!("typed form"))
+        };
+        // one port, two paths: fine; the same path on another port: fine
+        plan(["http://0.0.0.0:8100/a", "http://0.0.0.0:8100/b"]).unwrap();
+        plan(["http://0.0.0.0:8100/a", "http://0.0.0.0:8101/a"]).unwrap();
+        let e = plan([
+            "http://0.0.0.0:8100/a",
+            "http://0.0.0.0:8100/a?max_clients=5",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("channel \"b\"") && e.contains("http://0.0.0.0:8100/a is already served"),
+            "{e}"
+        );
     }
 }

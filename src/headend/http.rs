@@ -356,6 +356,35 @@ pub fn render(registry: &Registry) -> String {
         &[("result", "refused")],
         s.reloads_refused.load(Relaxed) as f64,
     );
+    // HTTP-TS listeners: what no one channel's path can be blamed for
+    let listeners = crate::io::http::listener_stats();
+    for (name, help, f) in [
+        (
+            "castmux_http_listener_bad_requests_total",
+            "Requests an HTTP-TS listener refused as malformed (400, 405, 431, 505).",
+            (|l: &crate::io::http::ListenerSnapshot| l.bad_requests) as fn(&_) -> u64,
+        ),
+        (
+            "castmux_http_listener_not_found_total",
+            "Requests for a path no HTTP-TS output serves (404).",
+            |l| l.not_found,
+        ),
+        (
+            "castmux_http_listener_request_timeouts_total",
+            "Connections closed for sending no complete request in time.",
+            |l| l.request_timeouts,
+        ),
+        (
+            "castmux_http_listener_refused_total",
+            "Connections refused because the listener's connection cap was reached.",
+            |l| l.refused_full,
+        ),
+    ] {
+        t.family(name, Kind::Counter, help);
+        for l in &listeners {
+            t.sample(name, &[("listen", &l.listen)], f(l) as f64);
+        }
+    }
     registry.with(|channels| {
         let views: Vec<_> = channels.iter().map(|c| (c, c.view())).collect();
         let gauge = |t: &mut Text, name: &str, help: &str, v: &dyn Fn(usize) -> f64| {
@@ -461,6 +490,30 @@ pub fn render(registry: &Registry) -> String {
                         .sum()
                 })
             },
+        );
+        gauge(
+            &mut t,
+            "castmux_channel_http_clients",
+            "Clients reading the channel's HTTP-TS outputs now.",
+            &|i| views[i].1.output.http_clients as f64,
+        );
+        counter(
+            &mut t,
+            "castmux_channel_http_clients_dropped_slow_total",
+            "HTTP-TS clients dropped for reading slower than the stream.",
+            &|i| views[i].1.output.http_clients_dropped_slow,
+        );
+        counter(
+            &mut t,
+            "castmux_channel_http_clients_refused_total",
+            "HTTP-TS clients refused with 503 because max_clients were connected.",
+            &|i| views[i].1.output.http_clients_refused,
+        );
+        counter(
+            &mut t,
+            "castmux_channel_input_reconnects_total",
+            "Times an HTTP input connected again after its server closed or failed.",
+            &|i| views[i].1.input.reconnects,
         );
         counter(
             &mut t,

@@ -55,7 +55,7 @@ pub const MAX_BACKUPS: usize = 15;
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChannelSpec {
-    /// `udp://…`, `srt://…`, a file, or `-` for stdin.
+    /// `udp://…`, `srt://…`, `http://…`, a file, or `-` for stdin.
     pub input: String,
     /// Backup inputs (`udp://…`), in priority order after `input`: the channel takes the
     /// first one judged on air when the active one is not.
@@ -239,7 +239,7 @@ impl ChannelSpec {
     /// rules, for a file). The message names the field.
     pub fn check(&self) -> Result<(), String> {
         if self.input.trim().is_empty() {
-            return Err("input is missing (udp://…, srt://…, a file or -)".to_owned());
+            return Err("input is missing (udp://…, srt://…, http://…, a file or -)".to_owned());
         }
         if self.output.is_empty() {
             return Err("output is missing (one or a list)".to_owned());
@@ -292,6 +292,18 @@ impl ChannelSpec {
     /// Whether the channel reads stdin / writes stdout (`-`): one process has one of each.
     pub fn uses_stdio(&self) -> (bool, bool) {
         (self.input == "-", self.output.iter().any(|o| o == "-"))
+    }
+
+    /// The (address, path) each HTTP-TS output serves (outputs that do not parse are left
+    /// to the channel's open to report).
+    pub fn http_paths(&self) -> Vec<(std::net::SocketAddr, String)> {
+        self.output
+            .iter()
+            .filter_map(|o| match o.parse() {
+                Ok(crate::io::OutputUrl::Http(u)) => Some((u.addr, u.path)),
+                _ => None,
+            })
+            .collect()
     }
 }
 

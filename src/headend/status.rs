@@ -177,6 +177,9 @@ impl ChannelEntry {
         let now_ms = monotonic_ms();
         let scrambled = counter(|c| c.scrambled.load(Relaxed) + c.already_scrambled.load(Relaxed));
         let held = counter(|c| c.held_before_ecm.load(Relaxed));
+        let outputs_sum = |f: fn(&crate::io::IoStats) -> u64| -> u64 {
+            live.map_or(0, |l| l.outputs.iter().map(|o| f(&o.1)).sum())
+        };
         ChannelView {
             name: self.name.clone(),
             state: self.state,
@@ -191,6 +194,7 @@ impl ChannelEntry {
                 drops: live.map_or(0, |l| l.input.queue_drops.load(Relaxed)),
                 cc_errors: counter(|c| c.cc_errors.load(Relaxed)),
                 rtp_gaps: live.map_or(0, |l| l.input.rtp_gaps.load(Relaxed)),
+                reconnects: live.map_or(0, |l| l.input.reconnects.load(Relaxed)),
                 inputs: live
                     .and_then(|l| l.inputs.as_deref())
                     .map_or_else(Vec::new, |i| {
@@ -226,6 +230,9 @@ impl ChannelEntry {
                         .map(|o| o.1.send_errors.load(Relaxed))
                         .sum()
                 }),
+                http_clients: outputs_sum(|o| o.snapshot().clients),
+                http_clients_dropped_slow: outputs_sum(|o| o.clients_dropped_slow.load(Relaxed)),
+                http_clients_refused: outputs_sum(|o| o.clients_refused.load(Relaxed)),
             },
             scrambled_ratio: if scrambled + held == 0 {
                 0.0
@@ -334,6 +341,8 @@ pub struct InputView {
     pub cc_errors: u64,
     /// RTP sequence gaps (an input without RTP has none to count).
     pub rtp_gaps: u64,
+    /// HTTP input: connections made again after the server closed or failed.
+    pub reconnects: u64,
     /// A channel with backup inputs: each of them, in priority order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<BackupInputView>,
@@ -363,6 +372,12 @@ pub struct OutputView {
     pub bitrate_bps: u64,
     pub packets: u64,
     pub send_errors: u64,
+    /// HTTP-TS outputs: clients connected now.
+    pub http_clients: u64,
+    /// HTTP-TS outputs: clients dropped for reading slower than the stream.
+    pub http_clients_dropped_slow: u64,
+    /// HTTP-TS outputs: clients refused with 503 (max_clients).
+    pub http_clients_refused: u64,
 }
 
 #[derive(Debug, Serialize)]

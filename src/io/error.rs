@@ -93,6 +93,28 @@ pub enum IoError {
     #[error("SRT peer of {url} went away ({reason})")]
     SrtClosed { url: String, reason: String },
 
+    #[error("{url}: the path {path} is already served on {addr} by another output; give each output its own path")]
+    HttpPathTaken {
+        url: String,
+        addr: SocketAddr,
+        path: String,
+    },
+
+    #[error("cannot fetch {url}: {reason}; check that the server runs and the URL is right")]
+    HttpConnect { url: String, reason: String },
+
+    #[error("{url}: the server answered {status} {reason}; check the path{hint}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        reason: String,
+        /// More to check for some statuses (credentials for 401/403).
+        hint: &'static str,
+    },
+
+    #[error("{url}: {what}; give the final URL instead")]
+    HttpRedirect { url: String, what: String },
+
     #[error("{url}: a batch of {len} bytes is not whole 188-byte TS packets")]
     PartialPacket { url: String, len: usize },
 

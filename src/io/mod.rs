@@ -1,11 +1,12 @@
-//! Inputs and outputs: UDP (unicast, multicast, SSM, RTP), SRT, files and
+//! Inputs and outputs: UDP (unicast, multicast, SSM, RTP), SRT, HTTP-TS, files and
 //! stdin/stdout.
 //!
 //! Design:
 //! - The data path is plain OS threads. [`Input::read_batch`] and
 //!   [`Output::write_batch`] never await; SRT runs its tokio runtime on a
 //!   thread of its own and meets the data path through bounded channels of
-//!   reused buffers.
+//!   reused buffers. HTTP-TS works the same way: the input on a thread of its own, the
+//!   output's clients on a small runtime of their own (see [`http`]).
 //! - Packets move in [`PacketBatch`]es: one buffer per batch, allocated once,
 //!   reused for every read. UDP receives up to 64 datagrams per recvmmsg and
 //!   sends up to 64 per sendmmsg, falling back to one call per datagram when
@@ -23,8 +24,10 @@
 //!   [`ReadStatus::EndOfStream`].
 
 pub mod batch;
+pub(crate) mod bridge;
 pub mod error;
 pub mod file;
+pub mod http;
 pub mod output_set;
 pub mod private_file;
 pub mod rtp;
@@ -47,9 +50,13 @@ pub use sink::PacketSink;
 pub use source::PacketSource;
 pub use stats::{IoStats, IoStatsSnapshot};
 pub use sync::Resync;
-pub use url::{InputUrl, OutputUrl, SrtMode, SrtUrl, UdpInputUrl, UdpOutputUrl, UrlError};
+pub use url::{
+    HttpInputUrl, HttpOutputUrl, InputUrl, OutputUrl, SrtMode, SrtUrl, UdpInputUrl, UdpOutputUrl,
+    UrlError,
+};
 
 use file::{StreamInput, StreamOutput};
+use http::{HttpInput, HttpOutput};
 use srt::{SrtConfig, SrtInput, SrtOutput};
 use udp::{UdpInput, UdpInputConfig, UdpOutput, UdpOutputConfig};
 
@@ -130,12 +137,14 @@ impl Default for OutputOptions {
 pub enum Input {
     Udp(UdpInput),
     Srt(SrtInput),
+    Http(HttpInput),
     /// A file or stdin.
     Stream(StreamInput),
 }
 
 impl Input {
-    /// Open `url`: bind/join UDP, connect or listen SRT, open the file or stdin.
+    /// Open `url`: bind/join UDP, connect or listen SRT, GET an HTTP stream, open the file
+    /// or stdin.
     pub fn open(url: &InputUrl, opts: &InputOptions) -> IoResult<Self> {
         let stats = opts.stats.clone();
         Ok(match url {
@@ -147,6 +156,7 @@ impl Input {
                 Input::Udp(UdpInput::open(u, &cfg, stats)?)
             }
             InputUrl::Srt(u) => Input::Srt(SrtInput::open(u, &opts.srt, stats)?),
+            InputUrl::Http(u) => Input::Http(HttpInput::open(u, stats)?),
             InputUrl::File(p) => Input::Stream(StreamInput::open_file(p, stats)?),
             InputUrl::Stdin => Input::Stream(StreamInput::stdin(stats)?),
         })
@@ -163,6 +173,7 @@ impl Input {
         match self {
             Input::Udp(i) => i.read_batch(batch, timeout),
             Input::Srt(i) => i.read_batch(batch, timeout),
+            Input::Http(i) => i.read_batch(batch, timeout),
             Input::Stream(i) => i.read_batch(batch, timeout),
         }
     }
@@ -172,14 +183,15 @@ impl Input {
         match self {
             Input::Udp(i) => i.stats(),
             Input::Srt(i) => i.stats(),
+            Input::Http(i) => i.stats(),
             Input::Stream(i) => i.stats(),
         }
     }
 
-    /// Whether packets arrive in real time (UDP, SRT) rather than as fast as
+    /// Whether packets arrive in real time (UDP, SRT, HTTP) rather than as fast as
     /// they can be read (files, stdin).
     pub fn is_live(&self) -> bool {
-        matches!(self, Input::Udp(_) | Input::Srt(_))
+        matches!(self, Input::Udp(_) | Input::Srt(_) | Input::Http(_))
     }
 
     /// The socket to wait on for a live UDP input (the head-end's data plane multiplexes
@@ -191,11 +203,13 @@ impl Input {
         }
     }
 
-    /// The bound UDP address, or the SRT local (listener) / peer (caller) address.
+    /// The bound UDP address, the SRT local (listener) / peer (caller) address, or the
+    /// HTTP server's address.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         match self {
             Input::Udp(i) => Some(i.local_addr()),
             Input::Srt(i) => Some(i.addr()),
+            Input::Http(i) => Some(i.peer_addr()),
             Input::Stream(_) => None,
         }
     }
@@ -206,12 +220,14 @@ impl Input {
 pub enum Output {
     Udp(UdpOutput),
     Srt(SrtOutput),
+    Http(HttpOutput),
     /// A file or stdout.
     Stream(StreamOutput),
 }
 
 impl Output {
-    /// Open `url`: resolve and connect UDP, connect or listen SRT, create the file.
+    /// Open `url`: resolve and connect UDP, connect or listen SRT, serve an HTTP path,
+    /// create the file.
     pub fn open(url: &OutputUrl, opts: &OutputOptions) -> IoResult<Self> {
         let stats = opts.stats.clone();
         Ok(match url {
@@ -224,6 +240,7 @@ impl Output {
                 Output::Udp(UdpOutput::open(u, &cfg, stats)?)
             }
             OutputUrl::Srt(u) => Output::Srt(SrtOutput::open(u, &opts.srt, stats)?),
+            OutputUrl::Http(u) => Output::Http(HttpOutput::open(u, stats)?),
             OutputUrl::File(p) => Output::Stream(StreamOutput::create_file(p, stats)?),
             OutputUrl::Stdout => Output::Stream(StreamOutput::stdout(stats)?),
         })
@@ -241,6 +258,7 @@ impl Output {
         match self {
             Output::Udp(o) => o.write(bytes),
             Output::Srt(o) => o.write(bytes),
+            Output::Http(o) => o.write(bytes),
             Output::Stream(o) => o.write(bytes),
         }
     }
@@ -255,6 +273,7 @@ impl Output {
         match self {
             Output::Udp(o) => o.flush(),
             Output::Srt(_) => Ok(()),
+            Output::Http(o) => o.flush(),
             Output::Stream(o) => o.flush(),
         }
     }
@@ -273,6 +292,7 @@ impl Output {
         match self {
             Output::Udp(o) => o.peer_addr().to_string(),
             Output::Srt(o) => o.addr().to_string(),
+            Output::Http(o) => o.url().to_owned(),
             Output::Stream(_) => "file/stdout".to_owned(),
         }
     }

@@ -14,7 +14,7 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,9 +26,9 @@ use srt_tokio::{SrtSocket, SrtSocketBuilder};
 use tokio::sync::oneshot;
 
 use super::batch::{PacketBatch, TS_PACKET_SIZE};
+use super::bridge::{BridgeReader, ByteBridge};
 use super::error::{IoError, IoResult};
 use super::stats::IoStats;
-use super::sync::Resync;
 use super::url::{SrtMode, SrtUrl};
 use super::ReadStatus;
 
@@ -275,33 +275,15 @@ where
     }
 }
 
-/// What the SRT thread hands to an input: bytes gathered since the last
-/// read, and why the connection ended (if it did).
-#[derive(Debug, Default)]
-struct InputShared {
-    data: Vec<u8>,
-    closed: Option<String>,
-}
-
-#[derive(Debug, Default)]
-struct InputBridge {
-    state: Mutex<InputShared>,
-    ready: Condvar,
-}
-
 /// An SRT source of TS.
 ///
-/// The SRT thread appends each message to a shared buffer (bounded by
-/// [`SrtConfig::input_buffer`]; overflow is dropped and counted); a read swaps
-/// that buffer with the input's own, so each side takes the lock once per
-/// message or per read, never per packet, and the two buffers are reused.
+/// The SRT thread appends each message to a [`ByteBridge`] (bounded by
+/// [`SrtConfig::input_buffer`]; overflow is dropped and counted); the data path reads it
+/// through a [`BridgeReader`].
 #[derive(Debug)]
 pub struct SrtInput {
     url: String,
-    bridge: Arc<InputBridge>,
-    local: Vec<u8>,
-    pos: usize,
-    resync: Resync,
+    reader: BridgeReader,
     stats: Arc<IoStats>,
     addr: SocketAddr,
     _stop: oneshot::Sender<()>,
@@ -317,24 +299,14 @@ impl SrtInput {
     /// Connect or start listening. A listener returns at once (packets
     /// arrive when a caller connects); a caller returns once connected.
     pub fn open(u: &SrtUrl, cfg: &SrtConfig, stats: Arc<IoStats>) -> IoResult<Self> {
-        let cap = cfg.input_buffer.max(SRT_MAX_MESSAGE);
-        let bridge = Arc::new(InputBridge {
-            state: Mutex::new(InputShared {
-                data: Vec::with_capacity(cap),
-                closed: None,
-            }),
-            ready: Condvar::new(),
-        });
+        let bridge = ByteBridge::new(cfg.input_buffer.max(SRT_MAX_MESSAGE));
         let (thread_bridge, thread_stats) = (bridge.clone(), stats.clone());
         let (thread, stop, addr) = spawn(u, cfg, "in", move |sock, stop| {
-            Box::pin(input_task(sock, stop, thread_bridge, cap, thread_stats))
+            Box::pin(input_task(sock, stop, thread_bridge, thread_stats))
         })?;
         Ok(Self {
             url: u.url.clone(),
-            bridge,
-            local: Vec::with_capacity(cap),
-            pos: 0,
-            resync: Resync::new(),
+            reader: BridgeReader::new(bridge),
             stats,
             addr,
             _stop: stop,
@@ -353,60 +325,19 @@ impl SrtInput {
         batch: &mut PacketBatch,
         timeout: Duration,
     ) -> IoResult<ReadStatus> {
-        batch.clear();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.pos < self.local.len() {
-                let used = self
-                    .resync
-                    .push(&self.local[self.pos..], batch, &self.stats);
-                self.pos += used;
-            }
-            if self.pos >= self.local.len() {
-                self.local.clear();
-                self.pos = 0;
-            }
-            if batch.is_full() || self.pos < self.local.len() {
-                break;
-            }
-            let mut st = self.bridge.state.lock().unwrap_or_else(|p| p.into_inner());
-            while st.data.is_empty() && st.closed.is_none() && batch.is_empty() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                st = match self.bridge.ready.wait_timeout(st, left) {
-                    Ok((g, _)) => g,
-                    Err(p) => p.into_inner().0,
-                };
-            }
-            if !st.data.is_empty() {
-                std::mem::swap(&mut st.data, &mut self.local);
-                continue;
-            }
-            if let Some(reason) = &st.closed {
-                if batch.is_empty() {
-                    return Err(IoError::SrtClosed {
-                        url: self.url.clone(),
-                        reason: reason.clone(),
-                    });
-                }
-            }
-            break;
-        }
-        if batch.is_empty() {
-            return Ok(ReadStatus::TimedOut);
-        }
-        IoStats::add(&self.stats.packets_in, batch.len() as u64);
-        Ok(ReadStatus::Packets(batch.len()))
+        self.reader
+            .read_batch(batch, timeout, &self.stats)
+            .map_err(|reason| IoError::SrtClosed {
+                url: self.url.clone(),
+                reason,
+            })
     }
 }
 
 async fn input_task(
     mut sock: SrtSocket,
     mut stop: oneshot::Receiver<()>,
-    bridge: Arc<InputBridge>,
-    cap: usize,
+    bridge: Arc<ByteBridge>,
     stats: Arc<IoStats>,
 ) {
     let reason = loop {
@@ -421,25 +352,9 @@ async fn input_task(
         };
         IoStats::add(&stats.datagrams_in, 1);
         IoStats::add(&stats.bytes_in, data.len() as u64);
-        {
-            let mut st = bridge.state.lock().unwrap_or_else(|p| p.into_inner());
-            if st.data.len() + data.len() > cap {
-                // The data path is behind by a whole buffer: drop this message.
-                IoStats::add(&stats.queue_drops, 1);
-                IoStats::add(&stats.dropped_bytes, data.len() as u64);
-                continue;
-            }
-            st.data.extend_from_slice(&data);
-        }
-        bridge.ready.notify_one();
+        bridge.push(&data, &stats);
     };
-    bridge
-        .state
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .closed
-        .get_or_insert(reason);
-    bridge.ready.notify_one();
+    bridge.close(reason);
     let _ = sock.close().await;
 }
 

@@ -32,6 +32,19 @@ pub struct IoStats {
     pub truncated_datagrams: AtomicU64,
     /// Batches dropped because a bounded queue between threads was full.
     pub queue_drops: AtomicU64,
+    /// HTTP output: clients that got the stream (200).
+    pub clients_accepted: AtomicU64,
+    /// HTTP output: clients whose connection has ended, for any reason.
+    pub clients_gone: AtomicU64,
+    /// HTTP output: clients dropped for reading slower than the stream.
+    pub clients_dropped_slow: AtomicU64,
+    /// HTTP output: clients refused (503) because max_clients were connected.
+    pub clients_refused: AtomicU64,
+    /// HTTP output: bytes written to all its clients together (`bytes_out` counts the
+    /// stream itself, once, as for every output).
+    pub clients_bytes_out: AtomicU64,
+    /// HTTP input: connections made again after the server closed or failed.
+    pub reconnects: AtomicU64,
 }
 
 /// A plain copy of [`IoStats`] at one moment.
@@ -49,6 +62,13 @@ pub struct IoStatsSnapshot {
     pub send_errors: u64,
     pub truncated_datagrams: u64,
     pub queue_drops: u64,
+    /// HTTP output: clients connected now (accepted minus gone).
+    pub clients: u64,
+    pub clients_accepted: u64,
+    pub clients_dropped_slow: u64,
+    pub clients_refused: u64,
+    pub clients_bytes_out: u64,
+    pub reconnects: u64,
 }
 
 impl IoStats {
@@ -76,6 +96,12 @@ impl IoStats {
             send_errors: r(&self.send_errors),
             truncated_datagrams: r(&self.truncated_datagrams),
             queue_drops: r(&self.queue_drops),
+            clients: r(&self.clients_accepted).saturating_sub(r(&self.clients_gone)),
+            clients_accepted: r(&self.clients_accepted),
+            clients_dropped_slow: r(&self.clients_dropped_slow),
+            clients_refused: r(&self.clients_refused),
+            clients_bytes_out: r(&self.clients_bytes_out),
+            reconnects: r(&self.reconnects),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Input and output addresses: `udp://`, `rtp://`, `srt://`, file paths and `-`.
+//! Input and output addresses: `udp://`, `rtp://`, `srt://`, `http://`, file paths and `-`.
 //!
 //! Parsing never touches the network (host names are resolved when the
 //! input or output is opened) and never logs; every error names the URL and
@@ -17,9 +17,9 @@ pub const DEFAULT_SRT_LATENCY: Duration = Duration::from_millis(120);
 /// A URL that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UrlError {
-    #[error("empty input/output: give udp://GROUP:PORT, srt://HOST:PORT, a file path, or - for stdin/stdout")]
+    #[error("empty input/output: give udp://GROUP:PORT, srt://HOST:PORT, http://HOST:PORT/PATH, a file path, or - for stdin/stdout")]
     Empty,
-    #[error("`{url}`: unsupported scheme `{scheme}://`; use udp://, rtp:// (input), srt://, file://, a plain path, or -")]
+    #[error("`{url}`: unsupported scheme `{scheme}://`; use udp://, rtp:// (input), srt://, http://, file://, a plain path, or - (https: put a TLS proxy in front)")]
     Scheme { url: String, scheme: String },
     #[error(
         "`{url}`: missing port; write HOST:PORT, for example udp://239.1.1.1:1234 or srt://:9000"
@@ -125,12 +125,59 @@ pub struct UdpOutputUrl {
     pub packets_per_datagram: usize,
 }
 
+/// The most clients an HTTP-TS output serves at once unless `?max_clients=` says otherwise.
+pub const DEFAULT_HTTP_MAX_CLIENTS: usize = 100;
+/// The most `?max_clients=` may ask for (each client holds a socket and a task).
+pub const MAX_HTTP_CLIENTS: usize = 10_000;
+
+/// `http://[ADDR]:PORT/PATH[?max_clients=N]` as an output: a listener on ADDR:PORT (any
+/// address when ADDR is empty) serving the stream at PATH to every client that asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpOutputUrl {
+    pub url: String,
+    /// The address to listen on (port 0: any free port, logged).
+    pub addr: SocketAddr,
+    /// The path served, starting with `/` (a client's query string is ignored).
+    pub path: String,
+    /// Clients served at once; one more gets 503. Default [`DEFAULT_HTTP_MAX_CLIENTS`].
+    pub max_clients: usize,
+}
+
+/// `http://[USER:PASS@]HOST[:PORT]/PATH[?QUERY]` as an input: the stream a server sends
+/// for a GET of PATH?QUERY (port 80 when none is written).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpInputUrl {
+    /// As written, with the password masked.
+    pub url: String,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The request target: the path and query as written, `/` when none.
+    pub target: String,
+    /// `USER:PASS@` of the URL, sent as HTTP Basic authentication.
+    pub credentials: Option<(String, String)>,
+}
+
+impl fmt::Debug for HttpInputUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpInputUrl")
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("target", &self.target)
+            .field("credentials", &self.credentials.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
 /// Where packets come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputUrl {
     /// UDP unicast or multicast; RTP-wrapped TS is detected per datagram.
     Udp(UdpInputUrl),
     Srt(SrtUrl),
+    /// An HTTP-TS stream fetched with GET (reconnected when it ends).
+    Http(HttpInputUrl),
     File(PathBuf),
     /// `-`
     Stdin,
@@ -141,6 +188,8 @@ pub enum InputUrl {
 pub enum OutputUrl {
     Udp(UdpOutputUrl),
     Srt(SrtUrl),
+    /// An HTTP-TS listener path.
+    Http(HttpOutputUrl),
     File(PathBuf),
     /// `-`
     Stdout,
@@ -161,13 +210,15 @@ impl std::str::FromStr for OutputUrl {
 }
 
 impl InputUrl {
-    /// Parse an input: `udp://…`, `rtp://…` (same as udp), `srt://…`, `file://PATH`, a path, or `-`.
+    /// Parse an input: `udp://…`, `rtp://…` (same as udp), `srt://…`, `http://…`,
+    /// `file://PATH`, a path, or `-`.
     pub fn parse(s: &str) -> Result<Self, UrlError> {
         match split_scheme(s)? {
             Target::Dash => Ok(InputUrl::Stdin),
             Target::Path(p) => Ok(InputUrl::File(p)),
             Target::Scheme("udp" | "rtp", rest) => parse_udp_input(s, rest).map(InputUrl::Udp),
             Target::Scheme("srt", rest) => parse_srt(s, rest).map(InputUrl::Srt),
+            Target::Scheme("http", rest) => parse_http_input(s, rest).map(InputUrl::Http),
             Target::Scheme(scheme, _) => Err(UrlError::Scheme {
                 url: mask(s),
                 scheme: scheme.to_owned(),
@@ -180,6 +231,7 @@ impl InputUrl {
         match self {
             InputUrl::Udp(u) => u.url.clone(),
             InputUrl::Srt(u) => u.url.clone(),
+            InputUrl::Http(u) => u.url.clone(),
             InputUrl::File(p) => p.display().to_string(),
             InputUrl::Stdin => "- (stdin)".to_owned(),
         }
@@ -187,13 +239,15 @@ impl InputUrl {
 }
 
 impl OutputUrl {
-    /// Parse an output: `udp://…`, `srt://…`, `file://PATH`, a path, or `-`.
+    /// Parse an output: `udp://…`, `srt://…`, `http://…` (a listener), `file://PATH`, a
+    /// path, or `-`.
     pub fn parse(s: &str) -> Result<Self, UrlError> {
         match split_scheme(s)? {
             Target::Dash => Ok(OutputUrl::Stdout),
             Target::Path(p) => Ok(OutputUrl::File(p)),
             Target::Scheme("udp", rest) => parse_udp_output(s, rest).map(OutputUrl::Udp),
             Target::Scheme("srt", rest) => parse_srt(s, rest).map(OutputUrl::Srt),
+            Target::Scheme("http", rest) => parse_http_output(s, rest).map(OutputUrl::Http),
             Target::Scheme(scheme, _) => Err(UrlError::Scheme {
                 url: mask(s),
                 scheme: scheme.to_owned(),
@@ -206,6 +260,7 @@ impl OutputUrl {
         match self {
             OutputUrl::Udp(u) => u.url.clone(),
             OutputUrl::Srt(u) => u.url.clone(),
+            OutputUrl::Http(u) => u.url.clone(),
             OutputUrl::File(p) => p.display().to_string(),
             OutputUrl::Stdout => "- (stdout)".to_owned(),
         }
@@ -543,13 +598,15 @@ fn parse_srt(url: &str, rest: &str) -> Result<SrtUrl, UrlError> {
     })
 }
 
-/// Hide the passphrases in a URL kept for messages: every `passphrase=` value (a repeated
-/// key is as secret as the first), in errors as much as in the URL shown for a good one.
+/// Hide the secrets in a URL kept for messages: every `passphrase=` value (a repeated
+/// key is as secret as the first), in errors as much as in the URL shown for a good one,
+/// and the password of an `http://USER:PASS@` URL (all of a `TOKEN@` without a colon).
 /// Also for URLs kept as written (a head-end file's channel spec) whenever they are shown.
 pub fn mask(url: &str) -> String {
     const KEY: &str = "passphrase=";
+    let url = &mask_userinfo(url);
     let mut out = String::with_capacity(url.len());
-    let mut rest = url;
+    let mut rest = url.as_str();
     while let Some(i) = rest.find(KEY) {
         let start = i + KEY.len();
         out.push_str(&rest[..start]);
@@ -558,6 +615,165 @@ pub fn mask(url: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `http(s)://USER:PASS@HOST…` → `http(s)://USER:***@HOST…`; other URLs as they are (a
+/// `udp://SOURCE@GROUP` names an address, not a secret).
+fn mask_userinfo(url: &str) -> String {
+    let t = url.trim_start();
+    let lead = &url[..url.len() - t.len()];
+    let Some((scheme, rest)) = t.split_once("://") else {
+        return url.to_owned();
+    };
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return url.to_owned();
+    }
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..auth_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let masked = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{lead}{scheme}://{masked}{}", &rest[at..])
+}
+
+/// `HOST[:PORT]` or `[V6][:PORT]` of an HTTP URL, with `default_port` when none is written.
+fn split_http_authority<'a>(
+    url: &str,
+    auth: &'a str,
+    default_port: u16,
+) -> Result<(&'a str, u16), UrlError> {
+    let has_port = match auth.strip_prefix('[') {
+        Some(after) => after.split_once(']').is_some_and(|(_, t)| !t.is_empty()),
+        None => auth.contains(':'),
+    };
+    if has_port {
+        split_host_port(url, auth)
+    } else {
+        Ok((auth, default_port))
+    }
+}
+
+/// Split `AUTHORITY/PATH?QUERY` (the part after `http://`) into the authority and the rest
+/// (`/` when empty); a fragment (`#…`) is the browser's, never sent.
+fn split_http(rest: &str) -> (&str, String) {
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    let i = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (auth, target) = rest.split_at(i);
+    let target = if target.starts_with('/') {
+        target.to_owned()
+    } else {
+        format!("/{target}")
+    };
+    (auth, target)
+}
+
+fn parse_http_input(url: &str, rest: &str) -> Result<HttpInputUrl, UrlError> {
+    let (auth, target) = split_http(rest);
+    let (userinfo, hostport) = match auth.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, auth),
+    };
+    let (host, port) = split_http_authority(url, hostport, 80)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(UrlError::BadAddress {
+            url: mask(url),
+            addr: hostport.to_owned(),
+            expected: "an HTTP input needs the server's host, e.g. http://192.0.2.7:8000/ch1",
+        });
+    }
+    if port == 0 {
+        return Err(UrlError::BadPort {
+            url: mask(url),
+            port: "0".to_owned(),
+        });
+    }
+    if target.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(UrlError::BadAddress {
+            url: mask(url),
+            addr: target,
+            expected: "the path may not hold spaces or control characters; write them %-encoded",
+        });
+    }
+    let credentials = userinfo.map(|u| match u.split_once(':') {
+        Some((user, pass)) => (user.to_owned(), pass.to_owned()),
+        None => (u.to_owned(), String::new()),
+    });
+    Ok(HttpInputUrl {
+        url: mask(url),
+        host: host.to_owned(),
+        port,
+        target,
+        credentials,
+    })
+}
+
+fn parse_http_output(url: &str, rest: &str) -> Result<HttpOutputUrl, UrlError> {
+    let (auth, target) = split_http(rest);
+    if auth.contains('@') {
+        return Err(UrlError::BadAddress {
+            url: mask(url),
+            // never the text itself: it may be a password
+            addr: "USER:PASS@".to_owned(),
+            expected: "an HTTP output serves without a login; leave USER:PASS@ out",
+        });
+    }
+    let (host, port) = split_http_authority(url, auth, 80)?;
+    let ip = if host.is_empty() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        parse_ip(
+            url,
+            host.trim_start_matches('[').trim_end_matches(']'),
+            "an HTTP output listens on a local IP address (0.0.0.0 for all), not a host name",
+        )?
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, q),
+        None => (target.as_str(), ""),
+    };
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(UrlError::BadAddress {
+            url: mask(url),
+            addr: path.to_owned(),
+            expected: "the path may not hold spaces or control characters",
+        });
+    }
+    let mut max_clients = DEFAULT_HTTP_MAX_CLIENTS;
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match k {
+            "max_clients" => {
+                max_clients = match v.parse::<usize>() {
+                    Ok(n @ 1..=MAX_HTTP_CLIENTS) => n,
+                    _ => {
+                        return Err(bad_opt(
+                            url,
+                            k,
+                            v,
+                            "clients served at once, 1 to 10000 (default 100)",
+                        ))
+                    }
+                }
+            }
+            _ => {
+                return Err(UrlError::UnknownOption {
+                    url: mask(url),
+                    key: k.to_owned(),
+                    accepted: "max_clients",
+                })
+            }
+        }
+    }
+    Ok(HttpOutputUrl {
+        url: mask(url),
+        addr: SocketAddr::new(ip, port),
+        path: path.to_owned(),
+        max_clients,
+    })
 }
 
 #[cfg(test)]
@@ -635,7 +851,7 @@ mod tests {
             e("udp://239.1.1.1:1234?iface=eth0"),
             UrlError::BadAddress { .. }
         ));
-        assert!(matches!(e("http://x:1"), UrlError::Scheme { .. }));
+        assert!(matches!(e("https://x:1/a"), UrlError::Scheme { .. }));
         assert!(matches!(e(""), UrlError::Empty));
         let msg = e("udp://239.1.1.1").to_string();
         assert!(
@@ -772,5 +988,100 @@ mod tests {
         assert_eq!(s.passphrase.as_deref(), Some(secret));
         assert!(!s.url.contains(secret), "{}", s.url);
         assert!(!s.url.contains("aaaaaaaaaa"), "{}", s.url);
+    }
+
+    #[test]
+    fn http_outputs() {
+        let OutputUrl::Http(u) = OutputUrl::parse("http://0.0.0.0:8100/ch1").unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.addr, "0.0.0.0:8100".parse().unwrap());
+        assert_eq!(
+            (u.path.as_str(), u.max_clients),
+            ("/ch1", DEFAULT_HTTP_MAX_CLIENTS)
+        );
+        let OutputUrl::Http(u) = OutputUrl::parse("http://[::1]:0/a/b.ts?max_clients=5").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(u.addr, "[::1]:0".parse().unwrap());
+        assert_eq!((u.path.as_str(), u.max_clients), ("/a/b.ts", 5));
+        let OutputUrl::Http(u) = OutputUrl::parse("http://:8100").unwrap() else {
+            panic!()
+        };
+        assert_eq!((u.addr.port(), u.path.as_str()), (8100, "/"));
+        let e = |s| OutputUrl::parse(s).unwrap_err();
+        assert!(matches!(
+            e("http://example.com:8100/x"),
+            UrlError::BadAddress { .. }
+        ));
+        assert!(matches!(
+            e("http://:8100/x?max_clients=0"),
+            UrlError::BadOption { .. }
+        ));
+        assert!(matches!(
+            e("http://:8100/x?max_clients=10001"),
+            UrlError::BadOption { .. }
+        ));
+        assert!(matches!(
+            e("http://:8100/x?colour=red"),
+            UrlError::UnknownOption { .. }
+        ));
+        assert!(matches!(e("http://:99999/x"), UrlError::BadPort { .. }));
+        assert!(matches!(
+            e("http://u:secret@:8100/x"),
+            UrlError::BadAddress { .. }
+        ));
+        assert!(!e("http://u:secret@:8100/x").to_string().contains("secret"));
+        let msg = e("http://example.com:8100/x").to_string();
+        assert!(
+            msg.contains("http://example.com:8100/x") && msg.contains("0.0.0.0"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn http_inputs_and_their_masked_credentials() {
+        let InputUrl::Http(u) = InputUrl::parse("http://127.0.0.1:8100/ch1?token=a&b=c").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 8100));
+        assert_eq!(u.target, "/ch1?token=a&b=c");
+        assert_eq!(u.credentials, None);
+        let InputUrl::Http(u) = InputUrl::parse("http://example.net").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str()),
+            ("example.net", 80, "/")
+        );
+        let InputUrl::Http(u) = InputUrl::parse("http://bob:s3cr3t@[::1]:81/x#frag").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (u.host.as_str(), u.port, u.target.as_str()),
+            ("::1", 81, "/x")
+        );
+        assert_eq!(u.credentials, Some(("bob".to_owned(), "s3cr3t".to_owned())));
+        assert_eq!(u.url, "http://bob:***@[::1]:81/x#frag");
+        assert!(!format!("{u:?}").contains("s3cr3t"));
+        assert!(!InputUrl::Http(u).display().contains("s3cr3t"));
+        assert_eq!(mask("http://tok3n@h:1/x"), "http://***@h:1/x");
+        assert_eq!(
+            mask("udp://10.0.0.1@239.1.1.1:5000"),
+            "udp://10.0.0.1@239.1.1.1:5000"
+        );
+        assert_eq!(mask("http://h:1/x?a=b@c"), "http://h:1/x?a=b@c");
+        let e = |s| InputUrl::parse(s).unwrap_err();
+        assert!(matches!(e("http://:8100/x"), UrlError::BadAddress { .. }));
+        assert!(matches!(e("http://h:0/x"), UrlError::BadPort { .. }));
+        assert!(matches!(e("http://h:1/a b"), UrlError::BadAddress { .. }));
+        let msg = e("http://bob:s3cr3t@h:0/x").to_string();
+        assert!(
+            !msg.contains("s3cr3t") && msg.contains("bob:***@h:0"),
+            "{msg}"
+        );
     }
 }

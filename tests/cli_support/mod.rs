@@ -204,6 +204,16 @@ pub fn cc_errors(pkts: &[Packet]) -> BTreeMap<u16, u32> {
 /// once per test process, so a socket bound to port 0 (this test's, a parallel test's, or
 /// castmux's own) cannot take it between the pick and its use.
 pub fn free_udp_port() -> u16 {
+    free_port(|port| std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok())
+}
+
+/// A TCP port on 127.0.0.1 nobody listens on (an HTTP listener castmux binds, a server a
+/// test starts again on the same port), picked as [`free_udp_port`] picks.
+pub fn free_tcp_port() -> u16 {
+    free_port(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+}
+
+fn free_port(free: impl Fn(u16) -> bool) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     const LOW: u16 = 20000;
     const SPAN: u16 = 12000;
@@ -213,7 +223,7 @@ pub fn free_udp_port() -> u16 {
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = LOW + (start + n % SPAN) % SPAN;
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if free(port) {
             return port;
         }
     }
@@ -249,6 +259,32 @@ pub fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
     sock.bind(&src.into()).expect("bind the source address");
     sock.connect(&to.into()).expect("connect");
     sock.into()
+}
+
+/// GET `path` from an HTTP-TS listener and read the response head (byte by byte, so
+/// nothing of the body is taken); `small_buffer` gives the socket a 16 KiB receive buffer,
+/// so a throttled reader's backlog shows up at the server within a test's time.
+pub fn http_get(addr: SocketAddr, path: &str, small_buffer: bool) -> (TcpStream, String) {
+    use std::io::Write;
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    if small_buffer {
+        sock.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+    }
+    sock.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send the request");
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => break,
+        }
+    }
+    (s, String::from_utf8_lossy(&head).into_owned())
 }
 
 /// Whether the server has closed `s` (EOF or reset) within `within`; what it sent before

@@ -492,3 +492,114 @@ fn the_slate_loops_when_no_input_is_on_air() {
     // 10 s at 25 fps, less the start
     assert!(frames >= 200, "{frames} frames decoded");
 }
+
+/// The backup comes over SRT (castmux listens; `srt-live-transmit`, Debian srt-tools,
+/// carries the backup's UDP to it): the data plane waits on the SRT input's eventfd like
+/// on a socket, and the switch and return behave as with UDP.
+#[test]
+fn an_srt_backup_takes_over_and_gives_back() {
+    let dir = tmp();
+    let primary = dir.path().join("primary.ts");
+    let backup = dir.path().join("backup.ts");
+    make_input(&primary, "testsrc", &[]);
+    make_input(
+        &backup,
+        "testsrc2",
+        &[
+            "-mpegts_pmt_start_pid",
+            "0x1200",
+            "-mpegts_start_pid",
+            "0x300",
+        ],
+    );
+    let db = seed_store(dir.path());
+    // the primary's port, and the UDP port srt-live-transmit takes the backup on
+    let ports = [free_udp_port(), free_udp_port()];
+    let srt_port = free_udp_port();
+    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _ = socket2::SockRef::from(&out).set_recv_buffer_size(8 << 20);
+    let cfg = dir.path().join("headend.toml");
+    let backup_url = format!("srt://127.0.0.1:{srt_port}?mode=listener");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"tv\"\n\
+             input = \"udp://127.0.0.1:{}\"\nbackup = [\"{backup_url}\"]\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"{CW}\"\ncrypto_period = \"1s\"\n\
+             input_timeout = \"300ms\"\nbackup_start_delay = \"300ms\"\n\
+             backup_return_delay = \"2s\"\n",
+            ports[0],
+            out.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    let server = headend(&db, &cfg);
+    let addr = server.addr;
+    let mut relay = Command::new("srt-live-transmit")
+        .args([
+            "-q",
+            &format!("udp://:{}", ports[1]),
+            &format!("srt://127.0.0.1:{srt_port}"),
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("srt-live-transmit is required: apt-get install srt-tools");
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = receive(out, Arc::clone(&stop));
+    let t0 = Instant::now();
+    let sender = send(
+        std::fs::read(&primary).unwrap(),
+        std::fs::read(&backup).unwrap(),
+        ports,
+        10.0,
+        3.0..6.0,
+    );
+    let at = |secs: f64| {
+        if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
+            std::thread::sleep(d);
+        }
+    };
+    at(2.5);
+    let c = api(addr, "GET", "/api/v1/channels/tv", None).json();
+    assert_eq!(active(addr), (0, 0), "{c}");
+    assert_eq!(
+        c["input"]["inputs"][1]["on_air"], true,
+        "the SRT backup is judged: {c}"
+    );
+    at(3.0);
+    assert!(
+        wait_until(Duration::from_millis(1500), || active(addr) == (1, 1)),
+        "the SRT backup did not take over: {}",
+        api(addr, "GET", "/api/v1/channels/tv", None).text()
+    );
+    at(6.0);
+    assert!(
+        wait_until(Duration::from_millis(3500), || active(addr) == (0, 2)),
+        "the primary did not take over again"
+    );
+    sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let _ = relay.kill();
+    let _ = relay.wait();
+    let bytes = receiver.join().unwrap();
+    let (_, log) = server.stop();
+    let switches = log.iter().filter(|l| l.contains("input switched")).count();
+    assert_eq!(switches, 2, "{log:#?}");
+    let pkts = packets_of(&bytes);
+    let pids: BTreeSet<u16> = pkts.iter().map(pid).collect();
+    for theirs in [0x1200u16, 0x300, 0x301] {
+        assert!(
+            !pids.contains(&theirs),
+            "the backup's PID {theirs:#x} went out: {pids:x?}"
+        );
+    }
+    assert_one_stream(&pkts, 2);
+    let v = versions(&pkts, &[0, 0x1000]);
+    assert_eq!((v[&0].len(), v[&0x1000].len()), (1, 1), "{v:?}");
+    let frames = decoded_frames(dir.path(), &bytes);
+    assert!(frames >= 200, "{frames} frames decoded");
+}

@@ -52,7 +52,7 @@ pub struct ScrambleArgs {
     /// http://HOST:PORT/PATH (reconnected when it ends), a file, or - for stdin.
     #[arg(short, long)]
     input: String,
-    /// A backup input (udp://…, with a udp:// input); repeat for several, in priority
+    /// A backup input (udp://, rtp://, srt://, http://, with a live input); repeat for several, in priority
     /// order. The channel takes the first input judged on air (packets within
     /// --input-timeout, a PMT seen, clear ES where clear ones are expected, and the
     /// --input-min-bitrate and --input-max-cc-errors limits) and keeps its output one
@@ -60,7 +60,7 @@ pub struct ScrambleArgs {
     #[arg(long = "backup", value_name = "URL")]
     backups: Vec<String>,
     /// A TS file looped in real time when no input is on air (the last resort; with a
-    /// udp:// input), paced by its PCRs, at most 64 MiB.
+    /// live input), paced by its PCRs, at most 64 MiB.
     #[arg(long, value_name = "FILE")]
     slate: Option<PathBuf>,
     /// With --backup: the active input off air this long hands over to the next one on air.

@@ -101,9 +101,13 @@ impl Channel {
             input_urls.push(u);
         }
         let failover = input_urls.len() > 1 || a.slate.is_some();
-        if failover && !input_urls.iter().all(|u| matches!(u, InputUrl::Udp(_))) {
+        if failover
+            && !input_urls
+                .iter()
+                .all(|u| matches!(u, InputUrl::Udp(_) | InputUrl::Srt(_) | InputUrl::Http(_)))
+        {
             bail!(
-                "with backup inputs or a slate, the input and every backup are udp:// or rtp:// inputs (the data plane judges and switches them)"
+                "with backup inputs or a slate, the input and every backup are live inputs (udp://, rtp://, srt://, http://), read all the time and judged on air; a file belongs in slate"
             );
         }
         let output_urls = a
@@ -323,9 +327,9 @@ impl Channel {
         self.stage.scrambler()
     }
 
-    /// Whether the input is a live UDP socket (the shared data plane can serve it).
-    pub fn is_udp(&self) -> bool {
-        self.input.is_udp()
+    /// Whether the shared data plane serves it (a UDP input, or inputs with backups).
+    pub fn plane_served(&self) -> bool {
+        self.input.plane_served()
     }
 
     /// Whether an output is stdout (a report then goes to stderr).

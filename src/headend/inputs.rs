@@ -169,17 +169,18 @@ impl ChannelInput {
             ChannelInput::Backup(f) => f
                 .members
                 .iter()
-                .filter_map(|m| m.input.udp_fd())
+                .filter_map(|m| m.input.wake_fd())
                 .chain(f.slate.as_ref().map(|s| s.fd()))
                 .collect(),
         }
     }
 
-    /// Whether every input is a live UDP socket (the shared data plane can serve it).
-    pub fn is_udp(&self) -> bool {
+    /// Whether the shared data plane can serve it: a UDP input, or inputs with backups
+    /// that all have something to wait on (UDP sockets, SRT and HTTP inputs' eventfds).
+    pub fn plane_served(&self) -> bool {
         match self {
             ChannelInput::One(i) => matches!(i, Input::Udp(_)),
-            ChannelInput::Backup(f) => f.members.iter().all(|m| matches!(m.input, Input::Udp(_))),
+            ChannelInput::Backup(f) => f.members.iter().all(|m| m.input.wake_fd().is_some()),
         }
     }
 
@@ -267,7 +268,7 @@ impl Failover {
             let mut fds: Vec<PollFd<'_>> = self
                 .members
                 .iter()
-                .filter_map(|m| m.input.udp_fd())
+                .filter_map(|m| m.input.wake_fd())
                 .chain(self.slate.as_ref().map(|s| s.fd()))
                 .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
                 .collect();

@@ -273,7 +273,7 @@ fn take_commands(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) ->
                     slots.len() - 1
                 });
                 let mut s = Slot::new(id, *ch, Instant::now());
-                let added = if s.ch.is_udp() {
+                let added = if s.ch.plane_served() {
                     // every input of the channel (a primary and its backups) wakes it
                     s.ch.parts_mut().0.fds().into_iter().try_for_each(|fd| {
                         epoll

@@ -57,7 +57,7 @@ pub const MAX_BACKUPS: usize = 15;
 pub struct ChannelSpec {
     /// `udp://…`, `srt://…`, `http://…`, a file, or `-` for stdin.
     pub input: String,
-    /// Backup inputs (`udp://…`), in priority order after `input`: the channel takes the
+    /// Backup inputs (`udp://`, `rtp://`, `srt://`, `http://`), in priority order after `input`: the channel takes the
     /// first one judged on air when the active one is not.
     #[serde(deserialize_with = "one_or_many")]
     pub backup: Vec<String>,
@@ -248,7 +248,9 @@ impl ChannelSpec {
             return Err(format!("backup: at most {MAX_BACKUPS} backup inputs"));
         }
         if self.backup.iter().any(|b| b.trim().is_empty()) {
-            return Err("backup: an empty input (give udp://GROUP:PORT)".to_owned());
+            return Err(
+                "backup: an empty input (give udp://GROUP:PORT, srt://… or http://…)".to_owned(),
+            );
         }
         if self.input_timeout.is_zero() {
             return Err("input_timeout must be above 0 (e.g. 1s)".to_owned());

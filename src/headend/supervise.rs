@@ -452,7 +452,7 @@ impl<'s, 'a> Run<'s, 'a> {
             return;
         }
         e.started = Some(Instant::now());
-        let on_plane = ch.is_udp() && !ch.writes_stdout();
+        let on_plane = ch.plane_served() && !ch.writes_stdout();
         match self.plane.as_deref_mut() {
             Some(plane) if on_plane => {
                 plane.add(id, ch);

@@ -5,12 +5,18 @@
 //! so each side takes the lock once per message or per read, never per packet, and the
 //! two buffers are reused. Neither side ever waits on the other beyond the read timeout.
 //!
+//! Every push (and the close) also writes an eventfd, so a reader that waits on many inputs
+//! at once (the head-end's data plane, epoll) is woken by this input like by a socket.
+//!
 //! A thread that reconnects marks where the new connection's bytes start
 //! ([`ByteBridge::restart`]): the reader hands out what came before, then drops the
 //! resynchroniser's partial packet and hunts again, so the tail of one connection is never
 //! glued to the head of the next.
 
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Condvar, Mutex};
+
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use std::time::{Duration, Instant};
 
 use super::batch::PacketBatch;
@@ -32,20 +38,25 @@ struct Shared {
 pub(crate) struct ByteBridge {
     state: Mutex<Shared>,
     ready: Condvar,
+    /// Readable when bytes (or the close) came since the reader last looked.
+    wake: EventFd,
     cap: usize,
 }
 
 impl ByteBridge {
     /// A bridge holding at most `cap` bytes the reader has not taken.
-    pub(crate) fn new(cap: usize) -> Arc<ByteBridge> {
-        Arc::new(ByteBridge {
+    pub(crate) fn new(cap: usize) -> std::io::Result<Arc<ByteBridge>> {
+        let wake = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map_err(std::io::Error::from)?;
+        Ok(Arc::new(ByteBridge {
             state: Mutex::new(Shared {
                 data: Vec::with_capacity(cap),
                 ..Shared::default()
             }),
             ready: Condvar::new(),
+            wake,
             cap,
-        })
+        }))
     }
 
     /// Append `bytes`; when the reader is behind by a whole buffer they are dropped and
@@ -61,6 +72,7 @@ impl ByteBridge {
             st.data.extend_from_slice(bytes);
         }
         self.ready.notify_one();
+        let _ = self.wake.write(1);
     }
 
     /// The bytes pushed from now on start a new stream (a new connection).
@@ -78,6 +90,7 @@ impl ByteBridge {
             .closed
             .get_or_insert(reason);
         self.ready.notify_one();
+        let _ = self.wake.write(1);
     }
 }
 
@@ -92,6 +105,11 @@ pub(crate) struct BridgeReader {
 }
 
 impl BridgeReader {
+    /// What to wait on for this input's bytes (epoll, poll).
+    pub(crate) fn wake_fd(&self) -> BorrowedFd<'_> {
+        self.bridge.wake.as_fd()
+    }
+
     pub(crate) fn new(bridge: Arc<ByteBridge>) -> BridgeReader {
         let cap = bridge.cap;
         BridgeReader {
@@ -133,6 +151,8 @@ impl BridgeReader {
             if batch.is_full() || self.pos < self.local.len() {
                 break;
             }
+            // reset the wake-up before looking: a push after this wakes the reader again
+            let _ = self.bridge.wake.read();
             let mut st = self.bridge.state.lock().unwrap_or_else(|p| p.into_inner());
             while st.data.is_empty() && st.closed.is_none() && batch.is_empty() {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -178,7 +198,7 @@ mod tests {
     #[test]
     fn a_restart_drops_the_cut_packet_and_keeps_the_new_stream() {
         let stats = IoStats::default();
-        let bridge = ByteBridge::new(1 << 20);
+        let bridge = ByteBridge::new(1 << 20).unwrap();
         let mut reader = BridgeReader::new(bridge.clone());
         let old: Vec<u8> = (0..5).flat_map(packet).collect();
         // the old connection ends 100 bytes into its sixth packet
@@ -206,7 +226,7 @@ mod tests {
     #[test]
     fn overflow_is_dropped_and_counted() {
         let stats = IoStats::default();
-        let bridge = ByteBridge::new(2 * TS_PACKET_SIZE);
+        let bridge = ByteBridge::new(2 * TS_PACKET_SIZE).unwrap();
         bridge.push(&packet(0), &stats);
         bridge.push(&packet(1), &stats);
         bridge.push(&packet(2), &stats);

@@ -203,6 +203,17 @@ impl Input {
         }
     }
 
+    /// What to wait on for this input's packets: the UDP socket, or the eventfd an SRT or
+    /// HTTP input's thread writes when bytes come; None for files and stdin.
+    pub fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            Input::Udp(i) => Some(i.as_fd()),
+            Input::Srt(i) => Some(i.wake_fd()),
+            Input::Http(i) => Some(i.wake_fd()),
+            Input::Stream(_) => None,
+        }
+    }
+
     /// The bound UDP address, the SRT local (listener) / peer (caller) address, or the
     /// HTTP server's address.
     pub fn local_addr(&self) -> Option<SocketAddr> {

@@ -299,7 +299,12 @@ impl SrtInput {
     /// Connect or start listening. A listener returns at once (packets
     /// arrive when a caller connects); a caller returns once connected.
     pub fn open(u: &SrtUrl, cfg: &SrtConfig, stats: Arc<IoStats>) -> IoResult<Self> {
-        let bridge = ByteBridge::new(cfg.input_buffer.max(SRT_MAX_MESSAGE));
+        let bridge = ByteBridge::new(cfg.input_buffer.max(SRT_MAX_MESSAGE)).map_err(|source| {
+            IoError::Thread {
+                url: u.url.clone(),
+                source,
+            }
+        })?;
         let (thread_bridge, thread_stats) = (bridge.clone(), stats.clone());
         let (thread, stop, addr) = spawn(u, cfg, "in", move |sock, stop| {
             Box::pin(input_task(sock, stop, thread_bridge, thread_stats))
@@ -312,6 +317,11 @@ impl SrtInput {
             _stop: stop,
             _thread: thread,
         })
+    }
+
+    /// What to wait on for its bytes (the head-end's epoll).
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.reader.wake_fd()
     }
 
     /// Local address (listener) or peer address (caller).

@@ -65,7 +65,10 @@ impl HttpInput {
         let conn = Connection::open(u, &stop)?;
         let peer = conn.peer;
         tracing::info!(url = %u.url, %peer, "HTTP input connected");
-        let bridge = ByteBridge::new(BRIDGE_BYTES);
+        let bridge = ByteBridge::new(BRIDGE_BYTES).map_err(|source| IoError::Thread {
+            url: u.url.clone(),
+            source,
+        })?;
         let (t_bridge, t_stats, t_stop, t_url) =
             (bridge.clone(), stats.clone(), stop.clone(), u.clone());
         let thread = std::thread::Builder::new()
@@ -88,6 +91,11 @@ impl HttpInput {
     /// The counters this input updates.
     pub fn stats(&self) -> &Arc<IoStats> {
         &self.stats
+    }
+
+    /// What to wait on for its bytes (the head-end's epoll).
+    pub fn wake_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.reader.wake_fd()
     }
 
     /// The server's address at the first connection.

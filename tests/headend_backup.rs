@@ -215,6 +215,93 @@ fn receive(out: UdpSocket, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec
     })
 }
 
+/// `castmux headend` with `[http]` and one channel "tv" whose input settings are `lines`
+/// (input timeout and start delay 300 ms), and a receiver of its output until the flag.
+fn start(dir: &Path, lines: &str) -> (Server, Arc<AtomicBool>, std::thread::JoinHandle<Vec<u8>>) {
+    let db = seed_store(dir);
+    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let _ = socket2::SockRef::from(&out).set_recv_buffer_size(8 << 20);
+    let cfg = dir.join("headend.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"tv\"\n{lines}\n\
+             output = \"udp://127.0.0.1:{}\"\ncw = \"{CW}\"\ncrypto_period = \"1s\"\n\
+             input_timeout = \"300ms\"\nbackup_start_delay = \"300ms\"\n",
+            out.local_addr().unwrap().port()
+        ),
+    )
+    .unwrap();
+    let server = headend(&db, &cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    let receiver = receive(out, Arc::clone(&stop));
+    (server, stop, receiver)
+}
+
+/// Sleep until `secs` after `t0`.
+fn at(t0: Instant, secs: f64) {
+    if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
+        std::thread::sleep(d);
+    }
+}
+
+/// The sender done: the output received, and the head-end's `input switched` log lines.
+fn finish(
+    server: Server,
+    stop: Arc<AtomicBool>,
+    receiver: std::thread::JoinHandle<Vec<u8>>,
+    sender: std::thread::JoinHandle<()>,
+) -> (Vec<u8>, Vec<String>) {
+    sender.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let bytes = receiver.join().unwrap();
+    let (_, log) = server.stop();
+    let switches = log
+        .into_iter()
+        .filter(|l| l.contains("input switched"))
+        .collect();
+    (bytes, switches)
+}
+
+/// One stream in the primary's numbering: none of `foreign` PIDs out, no CC error across
+/// at most `switches` new time bases, one PAT and one PMT version, and the descrambled
+/// output decodes in ffmpeg with at least `frames` video frames.
+fn check_output(
+    dir: &Path,
+    bytes: &[u8],
+    foreign: &[u16],
+    switches: usize,
+    frames: u64,
+) -> Vec<Packet> {
+    let pkts = packets_of(bytes);
+    let pids: BTreeSet<u16> = pkts.iter().map(pid).collect();
+    for theirs in foreign {
+        assert!(
+            !pids.contains(theirs),
+            "a foreign PID {theirs:#x} went out: {pids:x?}"
+        );
+    }
+    for ours in [0u16, 0x1000, 0x100, 0x101] {
+        assert!(pids.contains(&ours), "{ours:#x} missing: {pids:x?}");
+    }
+    assert_one_stream(&pkts, switches);
+    let v = versions(&pkts, &[0, 0x1000]);
+    assert_eq!(
+        (v[&0].len(), v[&0x1000].len()),
+        (1, 1),
+        "PAT and PMT versions {v:?}"
+    );
+    // the ES left scrambled, and back clear under the CW ffmpeg decodes all of it
+    assert!(pkts
+        .iter()
+        .filter(|p| [0x100, 0x101].contains(&pid(p)) && has_payload(p))
+        .all(|p| tsc(p) != 0));
+    let got = decoded_frames(dir, bytes);
+    assert!(got >= frames, "{got} frames decoded");
+    pkts
+}
+
 #[test]
 fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
     let dir = tmp();
@@ -235,31 +322,16 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
             "5",
         ],
     );
-    let db = seed_store(dir.path());
     let ports = [free_udp_port(), free_udp_port()];
-    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let _ = socket2::SockRef::from(&out).set_recv_buffer_size(8 << 20);
-    let cfg = dir.path().join("headend.toml");
     let primary_url = format!("udp://127.0.0.1:{}", ports[0]);
     let backup_url = format!("udp://127.0.0.1:{}", ports[1]);
-    std::fs::write(
-        &cfg,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"tv\"\n\
-             input = \"{primary_url}\"\nbackup = [\"{backup_url}\"]\n\
-             output = \"udp://127.0.0.1:{}\"\ncw = \"{CW}\"\ncrypto_period = \"1s\"\n\
-             input_timeout = \"300ms\"\nbackup_start_delay = \"300ms\"\n\
-             backup_return_delay = \"2s\"\n",
-            out.local_addr().unwrap().port()
+    let (server, stop, receiver) = start(
+        dir.path(),
+        &format!(
+            "input = \"{primary_url}\"\nbackup = [\"{backup_url}\"]\nbackup_return_delay = \"2s\""
         ),
-    )
-    .unwrap();
-    let server = headend(&db, &cfg);
+    );
     let addr = server.addr;
-
-    // the output, from before the first packet to after the last
-    let stop = Arc::new(AtomicBool::new(false));
-    let receiver = receive(out, Arc::clone(&stop));
     let t0 = Instant::now();
     let sender = send(
         std::fs::read(&primary).unwrap(),
@@ -268,11 +340,7 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
         15.0,
         4.0..8.0,
     );
-    let at = |secs: f64| {
-        if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
-            std::thread::sleep(d);
-        }
-    };
+    let at = |secs: f64| at(t0, secs);
 
     // on the primary; it stops at 4 s: the backup within the timeout + start delay
     at(3.5);
@@ -340,38 +408,16 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
     assert!(metrics.contains(&format!(
         "castmux_channel_input_on_air{{channel=\"tv\",input=\"{backup_url}\"}} 1"
     )));
-    sender.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let bytes = receiver.join().unwrap();
-    let (_, log) = server.stop();
-    let switches: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("input switched"))
-        .collect();
+    let (bytes, switches) = finish(server, stop, receiver, sender);
     assert_eq!(switches.len(), 4, "{switches:#?}");
     assert!(switches[0].contains("off air"), "{}", switches[0]);
     assert!(switches[1].contains("back on air"), "{}", switches[1]);
     assert!(switches[2].contains("API"), "{}", switches[2]);
 
-    // one stream in the primary's numbering
-    let pkts = packets_of(&bytes);
+    // one stream in the primary's numbering, its program number the primary's; 15 s at
+    // 25 fps, less the start
+    let pkts = check_output(dir.path(), &bytes, &[0x1200, 0x300, 0x301], 4, 300);
     assert!(pkts.len() > 10_000, "{} packets out", pkts.len());
-    let pids: BTreeSet<u16> = pkts.iter().map(pid).collect();
-    for theirs in [0x1200u16, 0x300, 0x301] {
-        assert!(
-            !pids.contains(&theirs),
-            "the backup's PID {theirs:#x} went out: {pids:x?}"
-        );
-    }
-    for ours in [0u16, 0x1000, 0x100, 0x101] {
-        assert!(pids.contains(&ours), "{ours:#x} missing: {pids:x?}");
-    }
-    assert_one_stream(&pkts, 4);
-    let v = versions(&pkts, &[0, 0x1000]);
-    assert_eq!(v[&0].len(), 1, "PAT versions {v:?}");
-    assert_eq!(v[&0x1000].len(), 1, "PMT versions {v:?}");
-    // the program number and transport_stream_id are the primary's
     let psi = psi(&pkts);
     assert_eq!(
         psi.programs.keys().copied().collect::<Vec<_>>(),
@@ -379,14 +425,6 @@ fn a_backup_input_takes_over_and_the_output_stays_one_stream() {
         "{:?}",
         psi.programs
     );
-    // the ES left scrambled, and back clear under the CW: ffmpeg decodes all of it
-    assert!(pkts
-        .iter()
-        .filter(|p| [0x100, 0x101].contains(&pid(p)) && has_payload(p))
-        .all(|p| tsc(p) != 0));
-    let frames = decoded_frames(dir.path(), &bytes);
-    // 15 s at 25 fps, less the start
-    assert!(frames >= 300, "{frames} frames decoded");
 }
 
 /// A primary and a slate: the primary stops, the slate (a short ffmpeg file, numbered
@@ -410,28 +448,16 @@ fn the_slate_loops_when_no_input_is_on_air() {
             "0x400",
         ],
     );
-    let db = seed_store(dir.path());
     let ports = [free_udp_port(), free_udp_port()];
-    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let _ = socket2::SockRef::from(&out).set_recv_buffer_size(8 << 20);
-    let cfg = dir.path().join("headend.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"tv\"\n\
-             input = \"udp://127.0.0.1:{}\"\nslate = \"{}\"\n\
-             output = \"udp://127.0.0.1:{}\"\ncw = \"{CW}\"\ncrypto_period = \"1s\"\n\
-             input_timeout = \"300ms\"\nbackup_start_delay = \"300ms\"\n",
+    let (server, stop, receiver) = start(
+        dir.path(),
+        &format!(
+            "input = \"udp://127.0.0.1:{}\"\nslate = \"{}\"",
             ports[0],
-            slate.display(),
-            out.local_addr().unwrap().port()
+            slate.display()
         ),
-    )
-    .unwrap();
-    let server = headend(&db, &cfg);
+    );
     let addr = server.addr;
-    let stop = Arc::new(AtomicBool::new(false));
-    let receiver = receive(out, Arc::clone(&stop));
     let t0 = Instant::now();
     let sender = send(
         std::fs::read(&primary).unwrap(),
@@ -440,11 +466,7 @@ fn the_slate_loops_when_no_input_is_on_air() {
         10.0,
         2.0..6.0,
     );
-    let at = |secs: f64| {
-        if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
-            std::thread::sleep(d);
-        }
-    };
+    let at = |secs: f64| at(t0, secs);
     at(1.5);
     assert_eq!(active(addr), (0, 0));
     at(2.0);
@@ -464,33 +486,13 @@ fn the_slate_loops_when_no_input_is_on_air() {
         wait_until(Duration::from_millis(1500), || active(addr) == (0, 2)),
         "the primary did not take over from the slate at once"
     );
-    sender.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let bytes = receiver.join().unwrap();
-    let (_, log) = server.stop();
-    let switches: Vec<&String> = log
-        .iter()
-        .filter(|l| l.contains("input switched"))
-        .collect();
+    let (bytes, switches) = finish(server, stop, receiver, sender);
     assert_eq!(switches.len(), 2, "{switches:#?}");
     assert!(switches[0].contains("the slate"), "{}", switches[0]);
 
-    let pkts = packets_of(&bytes);
-    let pids: BTreeSet<u16> = pkts.iter().map(pid).collect();
-    for theirs in [0x1300u16, 0x400, 0x401] {
-        assert!(
-            !pids.contains(&theirs),
-            "the slate's PID {theirs:#x} went out: {pids:x?}"
-        );
-    }
-    // the slate looped about three times: a new time base each time, counters continuous
-    assert_one_stream(&pkts, 8);
-    let v = versions(&pkts, &[0, 0x1000]);
-    assert_eq!((v[&0].len(), v[&0x1000].len()), (1, 1), "{v:?}");
-    let frames = decoded_frames(dir.path(), &bytes);
+    // the slate looped about three times: a new time base each time, counters continuous;
     // 10 s at 25 fps, less the start
-    assert!(frames >= 200, "{frames} frames decoded");
+    check_output(dir.path(), &bytes, &[0x1300, 0x400, 0x401], 8, 200);
 }
 
 /// The backup comes over SRT (castmux listens; `srt-live-transmit`, Debian srt-tools,
@@ -512,28 +514,17 @@ fn an_srt_backup_takes_over_and_gives_back() {
             "0x300",
         ],
     );
-    let db = seed_store(dir.path());
     // the primary's port, and the UDP port srt-live-transmit takes the backup on
     let ports = [free_udp_port(), free_udp_port()];
     let srt_port = free_udp_port();
-    let out = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let _ = socket2::SockRef::from(&out).set_recv_buffer_size(8 << 20);
-    let cfg = dir.path().join("headend.toml");
-    let backup_url = format!("srt://127.0.0.1:{srt_port}?mode=listener");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[http]\nlisten = \"127.0.0.1:0\"\n\n[[channel]]\nname = \"tv\"\n\
-             input = \"udp://127.0.0.1:{}\"\nbackup = [\"{backup_url}\"]\n\
-             output = \"udp://127.0.0.1:{}\"\ncw = \"{CW}\"\ncrypto_period = \"1s\"\n\
-             input_timeout = \"300ms\"\nbackup_start_delay = \"300ms\"\n\
-             backup_return_delay = \"2s\"\n",
-            ports[0],
-            out.local_addr().unwrap().port()
+    let (server, stop, receiver) = start(
+        dir.path(),
+        &format!(
+            "input = \"udp://127.0.0.1:{}\"\n\
+             backup = [\"srt://127.0.0.1:{srt_port}?mode=listener\"]\nbackup_return_delay = \"2s\"",
+            ports[0]
         ),
-    )
-    .unwrap();
-    let server = headend(&db, &cfg);
+    );
     let addr = server.addr;
     let mut relay = Command::new("srt-live-transmit")
         .args([
@@ -547,8 +538,6 @@ fn an_srt_backup_takes_over_and_gives_back() {
         .spawn()
         .expect("srt-live-transmit is required: apt-get install srt-tools");
     std::thread::sleep(Duration::from_millis(500));
-    let stop = Arc::new(AtomicBool::new(false));
-    let receiver = receive(out, Arc::clone(&stop));
     let t0 = Instant::now();
     let sender = send(
         std::fs::read(&primary).unwrap(),
@@ -557,11 +546,7 @@ fn an_srt_backup_takes_over_and_gives_back() {
         10.0,
         3.0..6.0,
     );
-    let at = |secs: f64| {
-        if let Some(d) = Duration::from_secs_f64(secs).checked_sub(t0.elapsed()) {
-            std::thread::sleep(d);
-        }
-    };
+    let at = |secs: f64| at(t0, secs);
     at(2.5);
     let c = api(addr, "GET", "/api/v1/channels/tv", None).json();
     assert_eq!(active(addr), (0, 0), "{c}");
@@ -580,26 +565,9 @@ fn an_srt_backup_takes_over_and_gives_back() {
         wait_until(Duration::from_millis(3500), || active(addr) == (0, 2)),
         "the primary did not take over again"
     );
-    sender.join().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
+    let (bytes, switches) = finish(server, stop, receiver, sender);
     let _ = relay.kill();
     let _ = relay.wait();
-    let bytes = receiver.join().unwrap();
-    let (_, log) = server.stop();
-    let switches = log.iter().filter(|l| l.contains("input switched")).count();
-    assert_eq!(switches, 2, "{log:#?}");
-    let pkts = packets_of(&bytes);
-    let pids: BTreeSet<u16> = pkts.iter().map(pid).collect();
-    for theirs in [0x1200u16, 0x300, 0x301] {
-        assert!(
-            !pids.contains(&theirs),
-            "the backup's PID {theirs:#x} went out: {pids:x?}"
-        );
-    }
-    assert_one_stream(&pkts, 2);
-    let v = versions(&pkts, &[0, 0x1000]);
-    assert_eq!((v[&0].len(), v[&0x1000].len()), (1, 1), "{v:?}");
-    let frames = decoded_frames(dir.path(), &bytes);
-    assert!(frames >= 200, "{frames} frames decoded");
+    assert_eq!(switches.len(), 2, "{switches:#?}");
+    check_output(dir.path(), &bytes, &[0x1200, 0x300, 0x301], 2, 200);
 }

@@ -213,12 +213,13 @@ impl Handshake {
     }
 }
 
-/// Logs one kind of event at most once per [`LOG_EVERY`].
+/// Logs one kind of event at most once per [`LOG_EVERY`] (refusals under a flood).
 #[derive(Debug, Default)]
-struct LogGate(Mutex<Option<Instant>>);
+pub(crate) struct LogGate(Mutex<Option<Instant>>);
 
 impl LogGate {
-    fn due(&self) -> bool {
+    /// Whether to log now.
+    pub(crate) fn due(&self) -> bool {
         let now = Instant::now();
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY) {

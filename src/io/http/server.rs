@@ -38,6 +38,7 @@ use crate::io::error::{IoError, IoResult};
 use crate::io::stats::IoStats;
 use crate::io::url::{HttpOutputUrl, MAX_HTTP_CLIENTS};
 use crate::io::TS_PACKET_SIZE;
+use crate::net::accept::LogGate;
 use crate::net::{AcceptLimits, AcceptLoop, AcceptStats, Handshake};
 
 /// Bytes gathered before a chunk goes to the clients: 87 packets, about 16 KiB.
@@ -66,8 +67,6 @@ const LINGER: Duration = Duration::from_secs(2);
 const CLIENT_SEND_BUFFER: usize = 256 * 1024;
 /// Worker threads of the HTTP-TS runtime.
 const WORKERS: usize = 1;
-/// Each kind of client problem is logged at most this often per listener.
-const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// The runtime every HTTP-TS listener and client runs on (started at the first use).
 fn runtime() -> IoResult<&'static tokio::runtime::Runtime> {
@@ -134,22 +133,6 @@ struct Shared {
     stats: Arc<ListenerStats>,
     log_slow: LogGate,
     log_bad: LogGate,
-}
-
-/// Logs one kind of event at most once per [`LOG_EVERY`].
-#[derive(Debug, Default)]
-struct LogGate(Mutex<Option<Instant>>);
-
-impl LogGate {
-    fn due(&self) -> bool {
-        let now = Instant::now();
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY) {
-            return false;
-        }
-        *last = Some(now);
-        true
-    }
 }
 
 /// A bound address and its accept task; closed when the last output on it goes.

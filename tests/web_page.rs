@@ -258,11 +258,22 @@ impl Session<'_> {
     fn find(&self, css: &str) -> String {
         let t0 = Instant::now();
         loop {
-            let v = self.run(
-                "const e = document.querySelector(arguments[0]); \
-                 return e && e.getClientRects().length ? e : null;",
-                json!([css]),
+            let found = self.driver.try_call(
+                "POST",
+                &format!("/session/{}/execute/sync", self.id),
+                Some(json!({
+                    "script": "const e = document.querySelector(arguments[0]); \
+                               return e && e.getClientRects().length ? e : null;",
+                    "args": [css],
+                })),
             );
+            // the page may redraw between the script finding the element and the answer
+            // naming it (Firefox then says stale): look again
+            let v = match found {
+                Ok(v) => v,
+                Err(err) if err["error"] == "stale element reference" => Value::Null,
+                Err(err) => panic!("finding {css:?}: {err}"),
+            };
             if let Some(id) = v.get(ELEMENT).and_then(Value::as_str) {
                 return id.to_owned();
             }

@@ -31,7 +31,7 @@ const NO_REQUEST: usize = usize::MAX;
 /// `InputsShared::request`: back to the automatic choice.
 const AUTO: usize = usize::MAX - 1;
 /// Inputs of a channel: the primary, its backups and the slate.
-pub const MAX_INPUTS: usize = 17;
+pub const MAX_INPUTS: usize = super::spec::MAX_BACKUPS + 2;
 /// Packets kept free in the caller's batch for the PSI we regenerate.
 const PSI_ROOM: usize = 16;
 
@@ -379,7 +379,6 @@ impl Failover {
                 }
             }
         }
-        m.seen = m.input.stats().snapshot();
     }
 
     /// Add what input `a` received since it was last accounted to the channel's counters.
@@ -388,25 +387,20 @@ impl Failover {
         let now = m.input.stats().snapshot();
         let was = std::mem::replace(&mut m.seen, now);
         let s = &self.stats;
-        IoStats::add(
-            &s.datagrams_in,
-            now.datagrams_in.saturating_sub(was.datagrams_in),
-        );
-        IoStats::add(&s.bytes_in, now.bytes_in.saturating_sub(was.bytes_in));
-        IoStats::add(
-            &s.sync_losses,
-            now.sync_losses.saturating_sub(was.sync_losses),
-        );
-        IoStats::add(
-            &s.dropped_bytes,
-            now.dropped_bytes.saturating_sub(was.dropped_bytes),
-        );
-        IoStats::add(&s.rtp_gaps, now.rtp_gaps.saturating_sub(was.rtp_gaps));
-        IoStats::add(
-            &s.truncated_datagrams,
-            now.truncated_datagrams
-                .saturating_sub(was.truncated_datagrams),
-        );
+        for (counter, now, was) in [
+            (&s.datagrams_in, now.datagrams_in, was.datagrams_in),
+            (&s.bytes_in, now.bytes_in, was.bytes_in),
+            (&s.sync_losses, now.sync_losses, was.sync_losses),
+            (&s.dropped_bytes, now.dropped_bytes, was.dropped_bytes),
+            (&s.rtp_gaps, now.rtp_gaps, was.rtp_gaps),
+            (
+                &s.truncated_datagrams,
+                now.truncated_datagrams,
+                was.truncated_datagrams,
+            ),
+        ] {
+            IoStats::add(counter, now.saturating_sub(was));
+        }
     }
 
     /// Judge every input and switch if the rules say so.

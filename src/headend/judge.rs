@@ -33,6 +33,8 @@ const MAX_SCRAMBLED_PER_MILLE: u64 = 100;
 const WINDOW: Duration = Duration::from_secs(1);
 /// Programs followed per input.
 const MAX_PROGRAMS: usize = 64;
+/// `Judge::pmt_slot` of a PID that is no PMT PID.
+const NO_PMT: u8 = u8::MAX;
 
 /// One program of an input: its PMT PID and its last good PMT section.
 #[derive(Debug, Clone)]
@@ -83,6 +85,8 @@ pub struct Judge {
     pub tsid: u16,
     pub programs: Vec<InputProgram>,
     pmt_asm: Vec<(Pid, SectionAssembler)>,
+    /// Per PID, its index in `pmt_asm` (`NO_PMT`: none), so a packet finds it in one read.
+    pmt_slot: Box<[u8]>,
     /// Bumped whenever the PAT or a PMT changes (the continuity stage remaps then).
     pub psi_generation: u64,
     on_since: Option<Instant>,
@@ -111,6 +115,7 @@ impl Judge {
             tsid: 0,
             programs: Vec::new(),
             pmt_asm: Vec::new(),
+            pmt_slot: vec![NO_PMT; 8192].into_boxed_slice(),
             psi_generation: 0,
             on_since: None,
             scratch: Vec::new(),
@@ -169,9 +174,9 @@ impl Judge {
         if pid == Pid::PAT {
             return self.on_pat(pkt, limits);
         }
-        match self.pmt_asm.iter().position(|(p, _)| *p == pid) {
-            Some(k) => self.on_pmt(k, pkt, now, limits),
-            None => Ended::Nothing,
+        match self.pmt_slot[p] {
+            NO_PMT => Ended::Nothing,
+            k => self.on_pmt(usize::from(k), pkt, now, limits),
         }
     }
 
@@ -244,6 +249,11 @@ impl Judge {
             if !self.pmt_asm.iter().any(|(p, _)| *p == e.pid) {
                 self.pmt_asm.push((e.pid, SectionAssembler::psi()));
             }
+        }
+        self.pmt_slot.fill(NO_PMT);
+        for (k, (pid, _)) in self.pmt_asm.iter().enumerate() {
+            // at most MAX_PROGRAMS (64) PMT PIDs: the index fits
+            self.pmt_slot[usize::from(pid.value())] = k as u8;
         }
         self.psi_generation += 1;
         self.update_expected(limits);

@@ -24,6 +24,9 @@ use super::judge::{Ended, Judge};
 
 /// `map` value of a PID whose packets are dropped.
 const DROP: u16 = 0xFFFF;
+/// `map` value of a PSI PID we regenerate (the PAT, the input's PMT PIDs): its input packets
+/// are replaced by ours.
+const OURS: u16 = 0xFFFE;
 /// `cc_last` / `cc_fix` value: not known yet.
 const UNKNOWN: u8 = 0x10;
 
@@ -105,7 +108,11 @@ impl Renumber {
     pub fn new() -> Renumber {
         Renumber {
             layout: None,
-            map: (0..8192u16).collect::<Vec<_>>().into_boxed_slice(),
+            map: {
+                let mut map = vec![0u16; 8192].into_boxed_slice();
+                reset_map(&mut map);
+                map
+            },
             cc_last: vec![UNKNOWN; 8192].into_boxed_slice(),
             cc_fix: vec![UNKNOWN; 8192].into_boxed_slice(),
             pcr_disc: Vec::new(),
@@ -123,9 +130,8 @@ impl Renumber {
     pub fn switch(&mut self, active: usize) {
         self.active = active;
         self.cc_fix.fill(UNKNOWN);
+        // the next packet remaps (and regenerates the PAT and PMTs) for this input
         self.generation = None;
-        self.pat = None;
-        self.pmts.clear();
         self.pcr_disc = self
             .layout
             .iter()
@@ -141,25 +147,25 @@ impl Renumber {
         }
         let r = PacketRef::new(pkt);
         let pid = r.pid();
-        if pid == Pid::PAT {
-            if ended == Ended::Pat {
-                if let Some(s) = self.pat.take() {
-                    self.emit(Pid::PAT, &s, out);
-                    self.pat = Some(s);
-                }
-            }
-            return;
-        }
-        if judge.programs.iter().any(|p| p.pmt_pid == pid) {
-            if let Ended::Pmt(i) = ended {
-                if let Some(Some((out_pid, s))) = self.pmts.get_mut(i).map(Option::take) {
-                    self.emit(out_pid, &s, out);
-                    self.pmts[i] = Some((out_pid, s));
-                }
-            }
-            return;
-        }
         let o = self.map[usize::from(pid.value())];
+        if o == OURS {
+            match ended {
+                Ended::Pat => {
+                    if let Some(s) = self.pat.take() {
+                        self.emit(Pid::PAT, &s, out);
+                        self.pat = Some(s);
+                    }
+                }
+                Ended::Pmt(i) => {
+                    if let Some(Some((out_pid, s))) = self.pmts.get_mut(i).map(Option::take) {
+                        self.emit(out_pid, &s, out);
+                        self.pmts[i] = Some((out_pid, s));
+                    }
+                }
+                Ended::Nothing => {}
+            }
+            return;
+        }
         if o == DROP {
             self.dropped += 1;
             return;
@@ -232,6 +238,10 @@ impl Renumber {
     /// map the input onto it, and regenerate the PAT and PMTs.
     fn remap(&mut self, judge: &Judge) {
         self.generation = Some(judge.psi_generation);
+        // nothing of the last input's mapping carries over
+        reset_map(&mut self.map);
+        self.pat = None;
+        self.pmts.clear();
         if judge.programs.is_empty() {
             return;
         }
@@ -245,10 +255,6 @@ impl Renumber {
         // what each input program becomes: (output number, output PMT PID, layout program)
         let single = layout.programs.len() == 1 && judge.programs.len() == 1;
         let mut explicit = vec![false; 8192];
-        self.map
-            .iter_mut()
-            .enumerate()
-            .for_each(|(k, m)| *m = k as u16);
         let mut targets = vec![false; 8192];
         let mut out_programs: Vec<(u16, Pid)> = Vec::with_capacity(judge.programs.len());
         for ip in &judge.programs {
@@ -317,7 +323,6 @@ impl Renumber {
             write_pat(out, tsid, v, &entries).is_ok()
         });
         // our PMTs
-        self.pmts.clear();
         for (ip, (number, pmt_pid)) in judge.programs.iter().zip(&out_programs) {
             let Ok(s) = Section::parse(&ip.pmt, ip.pmt.len()) else {
                 self.pmts.push(None);
@@ -328,23 +333,21 @@ impl Renumber {
                 continue;
             };
             let map = &self.map;
-            let pcr = match map[usize::from(pmt.pcr_pid.value())] {
-                DROP => Pid::NULL,
-                p => Pid::new(p),
-            };
+            let pcr = out_pid(map, pmt.pcr_pid).unwrap_or(Pid::NULL);
             let section = own_table(&mut self.tables, 1 + u32::from(*number), |out, v| {
                 let streams = pmt.streams().filter_map(|st| {
-                    match map[usize::from(st.elementary_pid.value())] {
-                        DROP => None,
-                        p => Some(PmtStream {
-                            elementary_pid: Pid::new(p),
-                            ..st
-                        }),
-                    }
+                    out_pid(map, st.elementary_pid).map(|p| PmtStream {
+                        elementary_pid: p,
+                        ..st
+                    })
                 });
                 write_pmt(out, *number, v, pcr, &pmt.descriptors, streams).is_ok()
             });
             self.pmts.push(section.map(|s| (*pmt_pid, s)));
+        }
+        // the input's PMT PIDs carry our PMTs from now on
+        for ip in &judge.programs {
+            self.map[usize::from(ip.pmt_pid.value())] = OURS;
         }
     }
 }
@@ -383,6 +386,23 @@ fn own_table(
         t.section = s.clone();
     }
     Some(s)
+}
+
+/// What input PID `pid` goes out as, while the PMTs are written (before the input's PMT
+/// PIDs are marked ours): None when it is dropped.
+fn out_pid(map: &[u16], pid: Pid) -> Option<Pid> {
+    match map[usize::from(pid.value())] {
+        DROP => None,
+        // only the PAT's PID is ours at this point
+        OURS => Some(Pid::PAT),
+        p => Some(Pid::new(p)),
+    }
+}
+
+/// Every PID as it is, but the PAT, which is ours.
+fn reset_map(map: &mut [u16]) {
+    map.iter_mut().enumerate().for_each(|(k, m)| *m = k as u16);
+    map[usize::from(Pid::PAT.value())] = OURS;
 }
 
 /// Map input PID `from` to output PID `to`.
@@ -606,5 +626,32 @@ mod tests {
             .collect::<Vec<_>>();
         assert_eq!(disc, [0x100, 0x100]);
         assert_eq!(r.dropped, 0);
+    }
+
+    #[test]
+    fn an_input_with_no_psi_yet_is_not_mapped_by_the_last_ones_map() {
+        let mut r = Renumber::new();
+        let (mut j0, mut j1, mut j2) = (Judge::new(), Judge::new(), Judge::new());
+        let mut out = Vec::new();
+        run(
+            &mut r,
+            &mut j0,
+            &input(1, 0x1000, 0x100, 0x101, 0, 0, 4),
+            &mut out,
+        );
+        // the backup maps its 0x101 onto the primary's 0x100
+        r.switch(1);
+        run(
+            &mut r,
+            &mut j1,
+            &input(1, 0x1000, 0x101, 0x300, 0, 0, 4),
+            &mut out,
+        );
+        // a third input, pinned before its PSI came: its 0x101 stays 0x101
+        r.switch(2);
+        let es = input(1, 0x1000, 0x101, 0x300, 0, 0, 1)[2];
+        let mut got = Vec::new();
+        run(&mut r, &mut j2, &[es], &mut got);
+        assert_eq!(got.iter().map(pid_of).collect::<Vec<_>>(), [0x101]);
     }
 }

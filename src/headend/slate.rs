@@ -141,8 +141,10 @@ impl Slate {
             return;
         };
         let due = (now.duration_since(start).as_secs_f64() * self.rate as f64) as u64;
-        let mut n = (due.saturating_sub(self.sent) / PACKET_SIZE as u64).min(max as u64);
-        while n > 0 {
+        let n = (due.saturating_sub(self.sent) / PACKET_SIZE as u64).min(max as u64);
+        IoStats::add(&self.stats.packets_in, n);
+        IoStats::add(&self.stats.bytes_in, n * PACKET_SIZE as u64);
+        for _ in 0..n {
             let wrapped = self.pos >= self.data.len();
             if wrapped {
                 self.pos = 0;
@@ -154,9 +156,6 @@ impl Slate {
             f(p, wrapped, &mut self.judge);
             self.pos += PACKET_SIZE;
             self.sent += PACKET_SIZE as u64;
-            IoStats::add(&self.stats.packets_in, 1);
-            IoStats::add(&self.stats.bytes_in, PACKET_SIZE as u64);
-            n -= 1;
         }
     }
 }

@@ -177,6 +177,8 @@ impl ChannelEntry {
         let now_ms = monotonic_ms();
         let scrambled = counter(|c| c.scrambled.load(Relaxed) + c.already_scrambled.load(Relaxed));
         let held = counter(|c| c.held_before_ecm.load(Relaxed));
+        // a channel with backup inputs
+        let backups = live.and_then(|l| l.inputs.as_deref());
         let outputs_sum = |f: fn(&crate::io::IoStats) -> u64| -> u64 {
             live.map_or(0, |l| l.outputs.iter().map(|o| f(&o.1)).sum())
         };
@@ -195,31 +197,23 @@ impl ChannelEntry {
                 cc_errors: counter(|c| c.cc_errors.load(Relaxed)),
                 rtp_gaps: live.map_or(0, |l| l.input.rtp_gaps.load(Relaxed)),
                 reconnects: live.map_or(0, |l| l.input.reconnects.load(Relaxed)),
-                inputs: live
-                    .and_then(|l| l.inputs.as_deref())
-                    .map_or_else(Vec::new, |i| {
-                        let active = i.active.load(Relaxed);
-                        i.urls
-                            .iter()
-                            .enumerate()
-                            .map(|(k, url)| BackupInputView {
-                                url: url.clone(),
-                                active: k == active,
-                                on_air: i.on_air[k].load(Relaxed),
-                                packets: i.stats[k].packets_in.load(Relaxed),
-                                bytes: i.stats[k].bytes_in.load(Relaxed),
-                            })
-                            .collect()
-                    }),
-                switches: live
-                    .and_then(|l| l.inputs.as_deref())
-                    .map(|i| i.switches.load(Relaxed)),
-                manual: live
-                    .and_then(|l| l.inputs.as_deref())
-                    .map(|i| i.manual.load(Relaxed)),
-                unmapped_dropped: live
-                    .and_then(|l| l.inputs.as_deref())
-                    .map(|i| i.dropped.load(Relaxed)),
+                inputs: backups.map_or_else(Vec::new, |i| {
+                    let active = i.active.load(Relaxed);
+                    i.urls
+                        .iter()
+                        .enumerate()
+                        .map(|(k, url)| BackupInputView {
+                            url: url.clone(),
+                            active: k == active,
+                            on_air: i.on_air[k].load(Relaxed),
+                            packets: i.stats[k].packets_in.load(Relaxed),
+                            bytes: i.stats[k].bytes_in.load(Relaxed),
+                        })
+                        .collect()
+                }),
+                switches: backups.map(|i| i.switches.load(Relaxed)),
+                manual: backups.map(|i| i.manual.load(Relaxed)),
+                unmapped_dropped: backups.map(|i| i.dropped.load(Relaxed)),
             },
             output: OutputView {
                 bitrate_bps: self.out_bps.round() as u64,

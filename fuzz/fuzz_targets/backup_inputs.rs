@@ -2,7 +2,9 @@
 //! (its PAT/PMT follower and on-air checks) and the renumberer that maps the active input
 //! onto the first one's numbering, switching between them where the input says. The inputs
 //! come from the network: nothing in them may make these panic, and every packet that goes
-//! out starts with the sync byte.
+//! out starts with the sync byte. The stages sit behind the inputs' `Resync`, which hands
+//! on only packets that start with it, so the target's packets do too (the helper leaves
+//! some damaged on purpose; here that byte is the reader's, not the network's).
 #![no_main]
 
 use std::time::{Duration, Instant};
@@ -17,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
     let Some((&switches, rest)) = data.split_first() else {
         return;
     };
-    let pkts = packets(rest);
+    let mut pkts = packets(rest);
+    for p in &mut pkts {
+        p[0] = 0x47;
+    }
     let limits = JudgeLimits {
         timeout: Duration::from_millis(200),
         min_bitrate: 0,

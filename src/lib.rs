@@ -2,7 +2,8 @@
 //!
 //! The modules follow the data path, one way:
 //! `io` (inputs) -> `ts` (packets, PSI) -> `scramble` (crypto periods, CWs,
-//! batches) -> `ts` (PSI rewrite, ECM/EMM insertion) -> `io` (outputs).
+//! batches) -> `ts` (PSI rewrite, ECM/EMM insertion) -> `mux` (constant bitrate, PCR
+//! restamping) -> `io` (outputs).
 //! Beside it, the control plane's servers (`simulcrypt`, `softcard`, `http`) share `net`'s
 //! accept loop.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@ pub mod headend;
 pub mod http;
 pub mod io;
 pub mod loadtest;
+pub mod mux;
 pub mod net;
 pub mod scramble;
 pub mod simulcrypt;

@@ -16,18 +16,12 @@
 
 use std::time::{Duration, Instant};
 
-/// PCR wraps at 2^33 * 300 ticks of 27 MHz.
-pub const PCR_WRAP: u64 = (1 << 33) * 300;
+pub use crate::ts::packet::{pcr_step, PCR_WRAP};
 /// 27 MHz ticks per millisecond.
 pub const TICKS_PER_MS: u64 = 27_000;
 /// The largest PCR step taken as time that passed (gaps in PCR are themselves 2.3a errors
 /// and still advance time; larger steps are discontinuities).
 pub const MAX_STEP: u64 = 1000 * TICKS_PER_MS;
-
-/// The PCR step from `from` to `to`, modulo the wrap.
-pub fn pcr_step(from: u64, to: u64) -> u64 {
-    (to + PCR_WRAP - from % PCR_WRAP) % PCR_WRAP
-}
 
 /// Wall-clock or stream time.
 #[derive(Debug)]

@@ -84,6 +84,18 @@ pub struct ScrambleArgs {
     /// logged while the others go on, the run fails only when all have failed.
     #[arg(short, long, required = true)]
     output: Vec<String>,
+    /// Send the output at this constant bitrate (e.g. 20M, with a live input): null packets
+    /// fill it, every PCR is restamped for its new place (ETR 290 2.4), UDP leaves paced
+    /// one datagram at a time; packets over the rate are dropped and counted.
+    #[arg(long, value_name = "BITRATE", value_parser = args::bitrate)]
+    cbr: Option<u64>,
+    /// With --cbr: the jitter buffer; packets are due this long after the stream's clock
+    /// (its PCRs) says, which absorbs a bursty sender and is the latency added.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = args::duration)]
+    cbr_delay: Duration,
+    /// With --cbr: a packet this late for its slot (the input is over the rate) is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = args::duration)]
+    cbr_max_delay: Duration,
     /// Service (program_number) to scramble; repeat for several. Default: every service in the PAT.
     #[arg(long = "service", value_name = "ID", value_parser = args::u16_number)]
     services: Vec<u16>,
@@ -206,6 +218,9 @@ impl ScrambleArgs {
             input_min_bitrate: self.input_min_bitrate,
             input_max_cc_errors: self.input_max_cc_errors,
             output: self.output.clone(),
+            cbr: self.cbr,
+            cbr_delay: self.cbr_delay,
+            cbr_max_delay: self.cbr_max_delay,
             service: self.services.clone(),
             cw: self.cw.clone(),
             crypto_period: self.crypto_period,
@@ -258,6 +273,7 @@ pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
             input: &r.input,
             outputs: &r.outputs,
             monitor: r.monitor.as_ref(),
+            cbr: r.cbr.as_ref(),
         };
         super::print_stats(&report, r.to_stdout)?;
     }
@@ -274,4 +290,6 @@ struct RunReport<'a> {
     outputs: &'a [OutputStatus],
     #[serde(skip_serializing_if = "Option::is_none")]
     monitor: Option<&'a castmux::analyze::Report>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cbr: Option<&'a castmux::mux::cbr::CbrSnapshot>,
 }

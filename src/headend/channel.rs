@@ -10,15 +10,17 @@ use std::time::Duration;
 use super::error::{bail, Context, HeadendError};
 use super::inputs::{BackupOptions, ChannelInput};
 use super::judge::JudgeLimits;
-use super::monitor::Monitor;
+use super::monitor::{Monitor, MonitorShared};
 use super::simulcrypt::{self, CasContext, SimulcryptParts, StopOnRefusal};
 use super::spec::{CasKind, ChannelSpec};
 use crate::cas::live::{ChannelAccess, LiveCas};
 use crate::cas::BuiltinEcmg;
 use crate::io::{
-    InputUrl, IoError, IoResult, IoStatsSnapshot, OutputOptions, OutputSet, OutputStatus,
+    InputUrl, IoError, IoResult, IoStats, IoStatsSnapshot, OutputOptions, OutputSet, OutputStatus,
     OutputUrl, PacketSink, PacketSource,
 };
+use crate::mux::cbr::{CbrSettings, CbrStats};
+use crate::mux::paced::Paced;
 use crate::net::ControlPlane;
 use crate::scramble::config::{DEFAULT_ECM_PID, DEFAULT_ECM_REPETITION};
 use crate::scramble::cw::parse_cw_pair;
@@ -119,6 +121,12 @@ impl Channel {
             input_url,
             InputUrl::Udp(_) | InputUrl::Srt(_) | InputUrl::Http(_)
         );
+        if a.cbr.is_some() && !(live_input || a.wall_clock) {
+            bail!(
+                "cbr sends the output in real time, dating each packet by when it came in, and {} is read as fast as it can be: give a live input (udp://, rtp://, srt://, http://), or a real-time pipe on stdin with --wall-clock",
+                input_url.display()
+            );
+        }
         let mut live_cas = match a.cas {
             Some(CasKind::Builtin) => {
                 let access = if !a.packages.is_empty() {
@@ -280,11 +288,12 @@ impl Channel {
             "scrambling"
         );
         let stage = sc.stage(scrambler, live_input);
-        let output = ChannelOutput {
+        let on_air = OnAir {
             set: output,
             // a paced pipe (--wall-clock) is judged on the wall clock like a live input
             monitor: a.monitor.then(|| Monitor::new(live_input || a.wall_clock)),
         };
+        let output = ChannelOutput::new(name, on_air, a.cbr_settings())?;
         Ok(Channel {
             name: name.to_owned(),
             spec: spec.clone(),
@@ -307,13 +316,14 @@ impl Channel {
             input_url: self.input_display.clone(),
             input: Arc::clone(self.input.stats()),
             inputs: self.input.shared(),
-            outputs: self.output.set.stats_handles(),
+            outputs: self.output.outputs.clone(),
             counters: self.stage.scrambler_mut().live_counters(),
             ecmgs: self.sc.ecmg_handles(),
             ca_systems: self.ca_systems.clone(),
             emm_clone_dropped: self.emm_clone_dropped.clone(),
             store_follower: self.live_cas.as_ref().map(LiveCas::follower_stats),
-            monitor: self.output.monitor.as_ref().map(Monitor::shared),
+            monitor: self.output.monitor.clone(),
+            cbr: self.output.cbr_stats(),
         }
     }
 
@@ -371,7 +381,11 @@ impl Channel {
         if let Ok(end) = &end {
             tracing::info!(?end, "run ended");
         }
-        let monitor = self.output.monitor.map(Monitor::finish);
+        let cbr_stats = self.output.cbr_stats();
+        let (set, monitor) = match self.output.finish() {
+            Some(OnAir { set, monitor }) => (Some(set), monitor.map(Monitor::finish)),
+            None => (None, None),
+        };
         if let Some(m) = &monitor {
             let e = &m.etr290;
             tracing::info!(
@@ -381,13 +395,32 @@ impl Channel {
                 "monitor"
             );
         }
-        let outputs = self.output.set.status();
+        let outputs = set.as_ref().map_or_else(Vec::new, OutputSet::status);
         for o in &outputs {
             tracing::info!(output = %o.name, packets_out = o.stats.packets_out,
                 send_errors = o.stats.send_errors, queue_drops = o.stats.queue_drops,
                 failed = o.error.as_deref().unwrap_or("no"), "output");
         }
-        let close = self.output.set.close(Duration::from_secs(2));
+        let cbr = cbr_stats.map(|(bitrate, c)| c.snapshot(bitrate));
+        if let Some(c) = &cbr {
+            tracing::info!(
+                bitrate = c.bitrate,
+                packets = c.packets,
+                nulls = c.nulls,
+                dropped_late = c.dropped_late,
+                dropped_full = c.dropped_full,
+                pcr_restamped = c.pcr_restamped,
+                pcr_restarts = c.pcr_restarts,
+                "cbr"
+            );
+        }
+        let close = match set {
+            Some(set) => set.close(Duration::from_secs(2)),
+            None => Err(IoError::Closed {
+                url: self.name.clone(),
+                reason: "the constant-bitrate thread panicked".to_owned(),
+            }),
+        };
         let io = self.input.stats().snapshot();
         tracing::info!(
             datagrams_in = io.datagrams_in,
@@ -431,19 +464,36 @@ impl Channel {
             to_stdout: self.to_stdout,
             ran: true,
             monitor,
+            cbr,
         }
     }
 }
 
 /// A channel's outputs and, with `monitor = true`, the analyzer of what goes to them: the
 /// one place the own-thread run loop and the shared data plane both hand their packets.
+/// With `cbr`, both go to a thread that sends them at the constant bitrate.
 #[derive(Debug)]
 pub struct ChannelOutput {
+    sink: Sink,
+    /// Each output's counters, for the status API (live whichever thread writes).
+    outputs: Vec<(String, Arc<IoStats>)>,
+    monitor: Option<Arc<MonitorShared>>,
+}
+
+#[derive(Debug)]
+enum Sink {
+    Direct(Box<OnAir>),
+    Paced(Paced<OnAir>),
+}
+
+/// The outputs and the monitor of what they get.
+#[derive(Debug)]
+pub struct OnAir {
     set: OutputSet,
     monitor: Option<Monitor>,
 }
 
-impl PacketSink for ChannelOutput {
+impl PacketSink for OnAir {
     fn write_batch(&mut self, bytes: &[u8]) -> IoResult<()> {
         let res = self.set.write_batch(bytes);
         // after the write: the analysis never delays a datagram
@@ -455,6 +505,57 @@ impl PacketSink for ChannelOutput {
 
     fn flush(&mut self) -> IoResult<()> {
         self.set.flush()
+    }
+}
+
+impl ChannelOutput {
+    /// Write to `on_air` directly, or at `cbr`'s constant bitrate from a thread.
+    fn new(name: &str, on_air: OnAir, cbr: Option<CbrSettings>) -> Result<Self, HeadendError> {
+        let outputs = on_air.set.stats_handles();
+        let monitor = on_air.monitor.as_ref().map(Monitor::shared);
+        let sink = match cbr {
+            None => Sink::Direct(Box::new(on_air)),
+            Some(settings) => {
+                Sink::Paced(Paced::start(name, settings, on_air).context("starting cbr")?)
+            }
+        };
+        Ok(ChannelOutput {
+            sink,
+            outputs,
+            monitor,
+        })
+    }
+
+    /// The constant-bitrate counters, with the bitrate.
+    fn cbr_stats(&self) -> Option<(u64, Arc<CbrStats>)> {
+        match &self.sink {
+            Sink::Direct(_) => None,
+            Sink::Paced(p) => Some((p.settings().bitrate, p.stats().clone())),
+        }
+    }
+
+    /// Send what is left and give the outputs back (None: the sending thread panicked).
+    fn finish(self) -> Option<OnAir> {
+        match self.sink {
+            Sink::Direct(o) => Some(*o),
+            Sink::Paced(p) => p.finish(),
+        }
+    }
+}
+
+impl PacketSink for ChannelOutput {
+    fn write_batch(&mut self, bytes: &[u8]) -> IoResult<()> {
+        match &mut self.sink {
+            Sink::Direct(o) => o.write_batch(bytes),
+            Sink::Paced(p) => p.write_batch(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> IoResult<()> {
+        match &mut self.sink {
+            Sink::Direct(o) => o.flush(),
+            Sink::Paced(p) => p.flush(),
+        }
     }
 }
 
@@ -478,6 +579,8 @@ pub struct ChannelReport {
     pub ran: bool,
     /// What the monitor found on the output over the run (`monitor = true`).
     pub monitor: Option<crate::analyze::Report>,
+    /// The constant-bitrate output's counters (`cbr`).
+    pub cbr: Option<crate::mux::cbr::CbrSnapshot>,
 }
 
 impl ChannelReport {
@@ -511,6 +614,7 @@ impl ChannelReport {
             to_stdout: false,
             ran: false,
             monitor: None,
+            cbr: None,
         }
     }
 

@@ -561,6 +561,39 @@ pub fn render(registry: &Registry) -> String {
                 t.sample("castmux_channel_emm_clone_dropped_total", &[("channel", &v.name)], d as f64);
             }
         }
+        // constant-bitrate outputs (`cbr`)
+        use crate::mux::cbr::CbrSnapshot;
+        let cbr: Vec<(&str, CbrSnapshot)> = views
+            .iter()
+            .filter_map(|(_, v)| v.output.cbr.map(|c| (v.name.as_str(), c)))
+            .collect();
+        type Family = (&'static str, Kind, &'static str, fn(&CbrSnapshot) -> u64);
+        let cbr_families: [Family; 8] = [
+            ("castmux_channel_cbr_bitrate_bits", Kind::Gauge, "The constant bitrate the output is sent at, bit/s.", |c| c.bitrate),
+            ("castmux_channel_cbr_null_packets_total", Kind::Counter, "Null packets put in empty slots of the constant-bitrate output.", |c| c.nulls),
+            ("castmux_channel_cbr_input_null_packets_total", Kind::Counter, "Null packets of the stream taken out before the constant-bitrate schedule.", |c| c.input_nulls),
+            ("castmux_channel_cbr_pcr_restamped_total", Kind::Counter, "PCRs rewritten for their slot in the constant-bitrate output.", |c| c.pcr_restamped),
+            ("castmux_channel_cbr_pcr_restarts_total", Kind::Counter, "PCR clocks of the constant-bitrate output started again (a jump, a discontinuity, a stall).", |c| c.pcr_restarts),
+            ("castmux_channel_cbr_dating_restarts_total", Kind::Counter, "Times the constant-bitrate output's dating clock started again (a PCR jump or discontinuity, a stalled sender).", |c| c.dating_restarts),
+            ("castmux_channel_cbr_pcr_inserted_total", Kind::Counter, "Adaptation-only PCR packets the constant-bitrate output put in free slots (a PCR PID quiet for 35 ms).", |c| c.pcr_inserted),
+            ("castmux_channel_cbr_pcr_unfollowed_total", Kind::Counter, "PCRs passed on unchanged (more PCR PIDs than the constant-bitrate output follows).", |c| c.pcr_unfollowed),
+        ];
+        for (name, kind, help, get) in cbr_families {
+            t.family(name, kind, help);
+            for (ch, c) in &cbr {
+                t.sample(name, &[("channel", ch)], get(c) as f64);
+            }
+        }
+        t.family(
+            "castmux_channel_cbr_dropped_total",
+            Kind::Counter,
+            "Packets the constant-bitrate output dropped: over the rate for longer than cbr_max_delay (late) or with its queue full (full).",
+        );
+        for (ch, c) in &cbr {
+            for (reason, n) in [("late", c.dropped_late), ("full", c.dropped_full)] {
+                t.sample("castmux_channel_cbr_dropped_total", &[("channel", ch), ("reason", reason)], n as f64);
+            }
+        }
         t.family(
             "castmux_channel_active_input",
             Kind::Gauge,

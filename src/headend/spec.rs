@@ -80,6 +80,17 @@ pub struct ChannelSpec {
     /// One or more outputs; each gets the same packets.
     #[serde(deserialize_with = "one_or_many")]
     pub output: Vec<String>,
+    /// Send the output at this constant bitrate (`"20M"`): nulls fill, PCRs are restamped,
+    /// UDP is paced; what exceeds it is dropped (counted).
+    #[serde(deserialize_with = "opt_bitrate")]
+    pub cbr: Option<u64>,
+    /// With `cbr`: the jitter buffer (packets are due this long after the stream's clock
+    /// says; the latency added).
+    #[serde(deserialize_with = "duration")]
+    pub cbr_delay: Duration,
+    /// With `cbr`: a packet this late for its slot is dropped.
+    #[serde(deserialize_with = "duration")]
+    pub cbr_max_delay: Duration,
     /// Services (program_number) to scramble; empty: every service in the PAT.
     #[serde(deserialize_with = "u16_list")]
     pub service: Vec<u16>,
@@ -161,6 +172,9 @@ impl Default for ChannelSpec {
             input_min_bitrate: None,
             input_max_cc_errors: None,
             output: Vec::new(),
+            cbr: None,
+            cbr_delay: Duration::from_millis(250),
+            cbr_max_delay: Duration::from_millis(500),
             service: Vec::new(),
             cw: None,
             crypto_period: DEFAULT_CRYPTO_PERIOD,
@@ -222,6 +236,7 @@ impl std::fmt::Debug for ChannelSpec {
                     .map(|o| crate::io::url::mask(o))
                     .collect::<Vec<_>>(),
             )
+            .field("cbr", &self.cbr)
             .field("service", &self.service)
             .field("cw", &self.cw.as_ref().map(|_| "<set>"))
             .field("crypto_period", &self.crypto_period)
@@ -235,6 +250,15 @@ impl std::fmt::Debug for ChannelSpec {
 }
 
 impl ChannelSpec {
+    /// The constant-bitrate output asked for, if any.
+    pub fn cbr_settings(&self) -> Option<crate::mux::cbr::CbrSettings> {
+        self.cbr.map(|bitrate| crate::mux::cbr::CbrSettings {
+            bitrate,
+            delay: self.cbr_delay,
+            max_delay: self.cbr_max_delay,
+        })
+    }
+
     /// Check what serde cannot: the relations between fields (the command line's clap
     /// rules, for a file). The message names the field.
     pub fn check(&self) -> Result<(), String> {
@@ -243,6 +267,9 @@ impl ChannelSpec {
         }
         if self.output.is_empty() {
             return Err("output is missing (one or a list)".to_owned());
+        }
+        if let Some(c) = self.cbr_settings() {
+            c.check()?;
         }
         if self.backup.len() > MAX_BACKUPS {
             return Err(format!("backup: at most {MAX_BACKUPS} backup inputs"));

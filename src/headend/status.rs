@@ -41,6 +41,8 @@ pub struct ChannelLive {
     pub store_follower: Option<Arc<FollowerStats>>,
     /// What the output's monitor last published (`monitor = true`).
     pub monitor: Option<Arc<MonitorShared>>,
+    /// A constant-bitrate output (`cbr`): its bitrate and counters.
+    pub cbr: Option<(u64, Arc<crate::mux::cbr::CbrStats>)>,
 }
 
 impl ChannelLive {
@@ -227,6 +229,9 @@ impl ChannelEntry {
                 http_clients: outputs_sum(|o| o.snapshot().clients),
                 http_clients_dropped_slow: outputs_sum(|o| o.clients_dropped_slow.load(Relaxed)),
                 http_clients_refused: outputs_sum(|o| o.clients_refused.load(Relaxed)),
+                cbr: live
+                    .and_then(|l| l.cbr.as_ref())
+                    .map(|(bitrate, c)| c.snapshot(*bitrate)),
             },
             scrambled_ratio: if scrambled + held == 0 {
                 0.0
@@ -372,6 +377,9 @@ pub struct OutputView {
     pub http_clients_dropped_slow: u64,
     /// HTTP-TS outputs: clients refused with 503 (max_clients).
     pub http_clients_refused: u64,
+    /// A constant-bitrate output (`cbr`): nulls added, packets dropped, PCRs restamped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cbr: Option<crate::mux::cbr::CbrSnapshot>,
 }
 
 #[derive(Debug, Serialize)]

@@ -5,10 +5,9 @@
 use std::time::{Duration, Instant};
 
 use super::config::ClockMode;
+use crate::ts::packet::pcr_step;
 use crate::ts::Pid;
 
-/// PCR wraps at 2^33 * 300 ticks of 27 MHz.
-const PCR_WRAP: u64 = (1 << 33) * 300;
 /// A PCR step larger than this (or backwards) is a discontinuity: time does not advance.
 const MAX_PCR_STEP: u64 = 10 * 27_000_000;
 
@@ -74,7 +73,7 @@ impl Clock {
         } = self
         {
             if let Some(last) = *last_pcr {
-                let step = (pcr + PCR_WRAP - last) % PCR_WRAP;
+                let step = pcr_step(last, pcr);
                 if step <= MAX_PCR_STEP {
                     *elapsed_ticks += step;
                 } else {
@@ -109,6 +108,7 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ts::packet::PCR_WRAP;
 
     #[test]
     fn stream_clock_wraps_and_skips_jumps() {

@@ -145,6 +145,14 @@ impl<'a> PacketRef<'a> {
     }
 }
 
+/// PCRs wrap at 2^33 * 300 ticks of 27 MHz.
+pub const PCR_WRAP: u64 = (1 << 33) * 300;
+
+/// The PCR step from `from` to `to`, modulo the wrap.
+pub fn pcr_step(from: u64, to: u64) -> u64 {
+    (to % PCR_WRAP + PCR_WRAP - from % PCR_WRAP) % PCR_WRAP
+}
+
 impl<'a> PacketMut<'a> {
     /// An editor of `p`.
     pub fn new(p: &'a mut Packet) -> Self {
@@ -171,6 +179,39 @@ impl<'a> PacketMut<'a> {
         let [hi, lo] = pid.value().to_be_bytes();
         self.0[1] = (self.0[1] & 0xE0) | hi;
         self.0[2] = lo;
+    }
+
+    /// Replace the PCR (27 MHz units, taken modulo the wrap) of a packet whose adaptation
+    /// field carries one; false (nothing written) when it carries none.
+    pub fn set_pcr(&mut self, pcr: u64) -> bool {
+        if self.as_ref().pcr().is_none() {
+            return false;
+        }
+        let pcr = pcr % PCR_WRAP;
+        let (base, ext) = (pcr / 300, pcr % 300);
+        // bytes 4 (length) and 5 (flags) come first; the PCR field is bytes 6..12
+        self.0[6] = (base >> 25) as u8;
+        self.0[7] = (base >> 17) as u8;
+        self.0[8] = (base >> 9) as u8;
+        self.0[9] = (base >> 1) as u8;
+        self.0[10] = ((base as u8 & 1) << 7) | 0x7E | (ext >> 8) as u8;
+        self.0[11] = ext as u8;
+        true
+    }
+
+    /// Set the adaptation field's discontinuity_indicator; false when there is no
+    /// adaptation field with a flags byte.
+    pub fn set_discontinuity(&mut self) -> bool {
+        if self
+            .as_ref()
+            .adaptation_field()
+            .is_ok_and(|a| !a.is_empty())
+        {
+            self.0[5] |= 0x80;
+            true
+        } else {
+            false
+        }
     }
 
     /// The payload for in-place editing (empty if none); errors like `PacketRef::payload`.

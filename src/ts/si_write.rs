@@ -1,7 +1,7 @@
 //! DVB SI section writing (ETSI EN 300 468): SDT actual (§5.2.3), NIT actual (§5.2.1), TDT
 //! (§5.2.5) and TOT (§5.2.6), with the descriptors a multiplex needs: service (0x48),
 //! network_name (0x40), service_list (0x41), cable_delivery_system (0x44),
-//! local_time_offset (0x58) and the EACEM/NorDig logical_channel descriptor (0x83).
+//! local_time_offset (0x58) and the EACEM/NorDig logical_channel descriptor (0x83, read alike as EACEM's and NorDig v1's).
 //!
 //! Like [`super::psi_write`], every table is one section appended to a caller's buffer, with
 //! lengths and CRC filled by [`SectionWriter`]; a table that does not fit one section is an
@@ -225,8 +225,11 @@ pub fn write_nit(
             body.clear();
             for s in chunk {
                 body.extend_from_slice(&s.service_id.to_be_bytes());
+                // EACEM reads visible, 5 reserved bits, a 10-bit LCN; NorDig v1 (and
+                // tshark) visible, 1 reserved bit, a 14-bit LCN: with bits 10-13 zero
+                // both read the same number
                 let lcn = s.lcn.unwrap_or(0) & 0x03FF;
-                let v = u16::from(s.visible) << 15 | 0x7C00 | lcn;
+                let v = u16::from(s.visible) << 15 | 0x4000 | lcn;
                 body.extend_from_slice(&v.to_be_bytes());
             }
             put_descriptor(&mut w, 0x83, &body)?;
@@ -453,8 +456,8 @@ mod tests {
             (0x41, vec![0, 101, 1, 0, 102, 2, 0, 103, 1]),
             "service_list"
         );
-        // visible 1 + reserved 11111 + LCN 1; not visible + LCN 1000 (0x3E8)
-        assert_eq!(d[2], (0x83, vec![0, 101, 0xFC, 0x01, 0, 102, 0x7F, 0xE8]));
+        // visible 1, reserved 1, LCN 1; not visible, reserved 1, LCN 1000 (0x3E8)
+        assert_eq!(d[2], (0x83, vec![0, 101, 0xC0, 0x01, 0, 102, 0x43, 0xE8]));
     }
 
     #[test]

@@ -518,6 +518,15 @@ impl Mux {
             self.used[usize::from(to.value())] = k as u8;
             pids.push((from, to));
         }
+        if pids.first().map(|p| p.0) != Some(ip.pmt_pid) {
+            // no output PID for its PMT: the program cannot go out
+            let p = &mut self.programs[k];
+            p.number = None;
+            p.pmt_pid = None;
+            p.pids.clear();
+            p.pmt.clear();
+            return;
+        }
         let out = |p: Pid| pids.iter().find(|(f, _)| *f == p).map(|(_, t)| *t);
         let pcr = out(pmt.pcr_pid).unwrap_or(Pid::NULL);
         let mut video = false;

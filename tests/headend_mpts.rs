@@ -263,6 +263,8 @@ lcn = 3
         "{metrics}"
     );
     assert!(metrics.contains("castmux_channel_input_not_taken_total{channel=\"mux\""));
+    assert!(metrics.contains("castmux_channel_psi_dropped_total{channel=\"mux\"} 0"));
+    assert_eq!(view["input"]["psi_dropped"], 0, "{view}");
     let (status, _log) = server.stop();
     assert!(status.success(), "{status:?}");
 

@@ -659,6 +659,20 @@ pub fn render(registry: &Registry) -> String {
             }
         }
         t.family(
+            "castmux_channel_psi_dropped_total",
+            Kind::Counter,
+            "PSI/SI packets an MPTS channel made (PAT, PMT, SDT, NIT, TDT, TOT) that found no room in the batch.",
+        );
+        for (_, v) in &views {
+            if let Some(n) = v.input.psi_dropped {
+                t.sample(
+                    "castmux_channel_psi_dropped_total",
+                    &[("channel", &v.name)],
+                    n as f64,
+                );
+            }
+        }
+        t.family(
             "castmux_channel_input_not_taken_total",
             Kind::Counter,
             "Packets of an MPTS channel's input on PIDs the multiplex does not take (other programs, its PSI/SI).",

@@ -597,6 +597,19 @@ impl Mux {
 
     /// Regenerate the PAT, SDT and NIT from the programs now known.
     fn build_tables(&mut self) {
+        // the PMTs of numbers no program has now are forgotten once they pile up (an input
+        // renumbering its programs again and again must not grow this without bound); a
+        // number that comes back within the bound keeps its version sequence
+        if self.tables.len() > 3 * self.programs.len() + 3 {
+            let programs = &self.programs;
+            self.tables.retain(|t| {
+                t.key == 0
+                    || t.key > 0xFFFF + 1
+                    || programs
+                        .iter()
+                        .any(|p| p.number.is_some_and(|n| 1 + u32::from(n) == t.key))
+            });
+        }
         let mut up: Vec<usize> = (0..self.programs.len())
             .filter(|&k| self.programs[k].number.is_some() && !self.programs[k].pmt.is_empty())
             .collect();
@@ -1074,5 +1087,24 @@ mod tests {
             .collect();
         assert_eq!(es_pids, [0x200]);
         assert_eq!(mux.inputs[1].not_taken, 1 + 1 + 1);
+    }
+
+    #[test]
+    fn an_input_renumbering_again_and_again_does_not_grow_the_tables() {
+        let mut p = program("udp://239.0.0.1:1", None, None, "A");
+        p.lcn = None;
+        let mut mux = Mux::new(options(vec![p]), &[0]);
+        let t0 = Instant::now();
+        let mut batch = PacketBatch::with_capacity(64);
+        for n in 1..200u16 {
+            batch.clear();
+            let prog: &[Prog<'_>] = &[(n, 0x1000, &[(0x1B, 0x100)])];
+            for pkt in psi((n % 32) as u8, (n % 16) as u8, prog) {
+                mux.push(0, &pkt, t0, &mut batch);
+            }
+            assert_eq!(mux.programs[0].number, Some(n));
+        }
+        // PAT, SDT, NIT and a few PMTs, not one per number ever seen
+        assert!(mux.tables.len() <= 3 + 3 + 1, "{}", mux.tables.len());
     }
 }

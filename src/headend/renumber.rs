@@ -152,8 +152,8 @@ impl PsiOut {
 /// One regenerated table: its current section and version.
 #[derive(Debug, Default)]
 pub(super) struct OwnTable {
-    /// 0: the PAT; 1 + output program number: a PMT.
-    key: u32,
+    /// 0: the PAT; 1 + output program number: a PMT; above 0x10000, the caller's.
+    pub(super) key: u32,
     version: u8,
     section: Vec<u8>,
 }

@@ -219,6 +219,9 @@ impl ChannelEntry {
                 programs: live
                     .and_then(|l| l.mpts.as_deref())
                     .map_or_else(Vec::new, mpts_programs),
+                psi_dropped: live
+                    .and_then(|l| l.mpts.as_deref())
+                    .map(|m| m.psi_dropped.load(Relaxed)),
                 not_taken: live
                     .and_then(|l| l.mpts.as_deref())
                     .map_or_else(Vec::new, |m| {
@@ -370,6 +373,9 @@ pub struct InputView {
     /// programs, the input's own PSI and SI).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub not_taken: Vec<(String, u64)>,
+    /// An MPTS channel: PSI/SI packets it made that found no room in the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi_dropped: Option<u64>,
 }
 
 /// One program of an MPTS channel.

@@ -116,6 +116,38 @@ fn layout(pkts: &[Packet]) -> (u16, BTreeMap<u16, (u16, Vec<u16>)>) {
     (tsid, programs)
 }
 
+/// The largest distance in stream time between two PAT sections (PUSI packets on PID 0),
+/// the time of a packet interpolated between the PCRs on `pcr_pid` around it.
+fn max_pat_gap(pkts: &[Packet], pcr_pid: u16) -> f64 {
+    let pcrs: Vec<(usize, f64)> = pkts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| pid(p) == pcr_pid && p[3] & 0x20 != 0 && p[4] >= 7 && p[5] & 0x10 != 0)
+        .map(|(i, p)| {
+            let base = (u64::from(p[6]) << 25)
+                | (u64::from(p[7]) << 17)
+                | (u64::from(p[8]) << 9)
+                | (u64::from(p[9]) << 1)
+                | (u64::from(p[10]) >> 7);
+            let ext = (u64::from(p[10] & 1) << 8) | u64::from(p[11]);
+            (i, (base * 300 + ext) as f64 / 27e6)
+        })
+        .collect();
+    let time = |i: usize| {
+        let k = pcrs.partition_point(|(at, _)| *at <= i);
+        let ((i0, t0), (i1, t1)) = (pcrs.get(k.checked_sub(1)?)?, pcrs.get(k)?);
+        Some(t0 + (t1 - t0) * (i - i0) as f64 / (i1 - i0) as f64)
+    };
+    let pats: Vec<f64> = pkts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| pid(p) == 0 && p[1] & 0x40 != 0)
+        .filter_map(|(i, _)| time(i))
+        .collect();
+    assert!(pats.len() > 20, "{} PATs timed", pats.len());
+    pats.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max)
+}
+
 /// ffprobe's programs: (program_num, service_name, service_provider, streams).
 fn probe_programs(ts: &Path) -> Vec<(u64, String, String, usize)> {
     let out = Command::new("ffprobe")
@@ -303,6 +335,10 @@ lcn = 3
         "{layout:x?}"
     );
     assert_eq!(layout[&102].1, [0x200, 0x201], "the second keeps its PIDs");
+    // the PAT within 100 ms of the last in stream time (sent every 70 ms on the wall
+    // clock; measured up to 86 ms on a quiet machine, a loaded one adds jitter)
+    let gap = max_pat_gap(&pkts, layout[&102].0);
+    assert!(gap < 0.12, "PAT {:.0} ms after the last", gap * 1000.0);
     // no CC error on any PID
     assert_eq!(cc_errors(&pkts), BTreeMap::new(), "CC errors on the output");
     // 102 scrambled (every ES packet with a payload), 101 and 103 clear

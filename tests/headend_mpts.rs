@@ -421,3 +421,71 @@ lcn = 3
         assert!(text.contains(want), "tshark: no {want:?}");
     }
 }
+
+/// The command line's form, on threads of its own (not the head-end's data plane): two
+/// inputs, the second's program under a new number, until the inputs go quiet.
+#[test]
+fn scramble_makes_an_mpts_from_program_options() {
+    let dir = tmp();
+    let a = dir.path().join("a.ts");
+    let b = dir.path().join("b.ts");
+    make_input(&a, "testsrc", &["-mpegts_service_id", "1"]);
+    make_input(&b, "smptebars", &["-mpegts_service_id", "2"]);
+    let ports = [free_udp_port(), free_udp_port()];
+    let out = dir.path().join("out.ts");
+    let run = {
+        let p0 = format!("udp://127.0.0.1:{},name=One,provider=P", ports[0]);
+        let p1 = format!("udp://127.0.0.1:{},program=2,pnr=7,name=Two", ports[1]);
+        let out = out.clone();
+        std::thread::spawn(move || {
+            cli_support::castmux(&[
+                "scramble",
+                "--program",
+                &p0,
+                "--program",
+                &p1,
+                "--tsid",
+                "33",
+                "-o",
+                s(&out),
+                "--cw",
+                "0102030405060708",
+                "--service",
+                "7",
+                "--idle-timeout",
+                "1s",
+            ])
+        })
+    };
+    // the sockets are bound once the process logs; give it a moment
+    std::thread::sleep(Duration::from_millis(500));
+    send(vec![
+        (std::fs::read(&a).unwrap(), ports[0]),
+        (std::fs::read(&b).unwrap(), ports[1]),
+    ])
+    .join()
+    .unwrap();
+    let res = run.join().unwrap();
+    assert!(res.status.success(), "scramble: {res:?}");
+    let got = probe_programs(&out);
+    assert_eq!(
+        got.iter()
+            .map(|(n, name, prov, streams)| (*n, name.as_str(), prov.as_str(), *streams))
+            .collect::<Vec<_>>(),
+        [(1, "One", "P", 2), (7, "Two", "castmux", 2)]
+    );
+    let pkts = packets(&out);
+    let (tsid, layout) = layout(&pkts);
+    assert_eq!(tsid, 33);
+    assert_eq!(cc_errors(&pkts), BTreeMap::new(), "CC errors on the output");
+    for (pnr, (_, es)) in &layout {
+        let scrambled = pkts
+            .iter()
+            .filter(|p| es.contains(&pid(p)) && has_payload(p))
+            .map(|p| tsc(p) != 0)
+            .collect::<BTreeSet<bool>>();
+        let want = BTreeSet::from([*pnr == 7]);
+        assert_eq!(scrambled, want, "program {pnr}");
+    }
+    assert!(decoded_frames(&out, 1) >= SECS * 25 * 2 / 3);
+}

@@ -98,6 +98,62 @@ impl std::fmt::Debug for ProgramSpec {
     }
 }
 
+impl std::str::FromStr for ProgramSpec {
+    type Err = String;
+
+    /// The command line's form: `URL[,KEY=VALUE]...` with the TOML entry's keys
+    /// (`program`, `pnr`, `name`, `provider`, `service_type`, `lcn`, `visible`, `pid_map`
+    /// as `IN=OUT`, repeated for several), e.g. `udp://239.0.0.1:1234,pnr=101,name=News`.
+    fn from_str(text: &str) -> Result<ProgramSpec, String> {
+        let mut parts = text.split(',');
+        let input = parts.next().unwrap_or("").trim().to_owned();
+        let mut p = ProgramSpec {
+            input,
+            program: None,
+            pnr: None,
+            name: None,
+            provider: None,
+            service_type: None,
+            lcn: None,
+            visible: true,
+            pid_map: Vec::new(),
+        };
+        for part in parts {
+            let (key, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: give KEY=VALUE (e.g. pnr=101)"))?;
+            let v = v.trim();
+            let at = |e: String| format!("{}: {e}", key.trim());
+            match key.trim() {
+                "program" => p.program = Some(value::u16_number(v).map_err(at)?),
+                "pnr" => p.pnr = Some(value::u16_number(v).map_err(at)?),
+                "name" => p.name = Some(v.to_owned()),
+                "provider" => p.provider = Some(v.to_owned()),
+                "service_type" => {
+                    let n = value::u16_number(v).map_err(at)?;
+                    p.service_type =
+                        Some(u8::try_from(n).map_err(|_| at(format!("{n} is over 255")))?);
+                }
+                "lcn" => p.lcn = Some(value::u16_number(v).map_err(at)?),
+                "visible" => {
+                    p.visible = match v {
+                        "true" | "yes" | "1" => true,
+                        "false" | "no" | "0" => false,
+                        _ => return Err(at(format!("{v:?} is not true or false"))),
+                    }
+                }
+                "pid_map" => p.pid_map.push(pid_pair(v).map_err(at)?),
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a program key (program, pnr, name, provider, service_type, lcn, visible, pid_map)"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
 impl ProgramSpec {
     /// The output program number when the spec fixes it.
     pub fn out_number(&self) -> Option<u16> {
@@ -771,6 +827,38 @@ mod tests {
         assert!(spec(&format!("{base}{one}colour = 1"))
             .unwrap_err()
             .contains("colour"));
+    }
+
+    #[test]
+    fn a_program_reads_from_the_command_line_as_from_the_file() {
+        let p: ProgramSpec =
+            "udp://239.0.0.2:1234,program=2,pnr=0x66,name=Sport,provider=Beta,lcn=2,visible=no,pid_map=0x100=0x200,pid_map=257=0x201"
+                .parse()
+                .unwrap();
+        let toml = spec(
+            r#"
+            [[program]]
+            input = "udp://239.0.0.2:1234"
+            program = 2
+            pnr = "0x66"
+            name = "Sport"
+            provider = "Beta"
+            lcn = 2
+            visible = false
+            pid_map = ["0x100=0x200", "257=0x201"]
+            "#,
+        )
+        .unwrap();
+        assert!(p == toml.program[0], "{p:?}");
+        for (bad, says) in [
+            ("udp://a:1,pnr", "KEY=VALUE"),
+            ("udp://a:1,colour=red", "colour"),
+            ("udp://a:1,pnr=x", "pnr"),
+            ("udp://a:1,visible=maybe", "visible"),
+        ] {
+            let e = bad.parse::<ProgramSpec>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

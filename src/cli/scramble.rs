@@ -56,7 +56,8 @@ pub struct ScrambleArgs {
     /// URL[,KEY=VALUE]... with program (the input's program_number; default its first),
     /// pnr (the output's; default the input's), name, provider, service_type, lcn,
     /// visible, pid_map=IN=OUT (repeat). --service then names output numbers. Values
-    /// cannot hold commas (the head-end file's [[channel.program]] can).
+    /// cannot hold commas (the head-end file's [[channel.program]] can). Default: none
+    /// (one --input).
     #[arg(long = "program", value_name = "URL[,KEY=VALUE]...", value_parser = program)]
     programs: Vec<spec::ProgramSpec>,
     /// With --program: the multiplex's transport_stream_id (PAT, SDT, NIT). Default 1.
@@ -69,6 +70,7 @@ pub struct ScrambleArgs {
     #[arg(long, value_name = "N", value_parser = args::u16_number)]
     network_id: Option<u16>,
     /// With --program: the NIT's network_name and the default SDT provider name.
+    /// Default: none (an empty name; provider "castmux").
     #[arg(long, value_name = "TEXT")]
     network_name: Option<String>,
     /// A backup input (udp://, rtp://, srt://, http://, with a live input); repeat for several, in priority

@@ -40,7 +40,7 @@ use crate::ts::si_write::{
 };
 use crate::ts::{EsKind, Packet, PacketRef, PatEntry, Pid, Pmt, PmtStream};
 
-/// `MptsInput::map` value of an input PID the multiplex does not take.
+/// `InputState::map` value of an input PID the multiplex does not take.
 const DROP: u16 = 0xFFFF;
 /// `owner` value of a PID no program holds.
 const NOBODY: u8 = u8::MAX;
@@ -96,7 +96,6 @@ pub struct ProgramCounters {
 pub struct MptsShared {
     /// The distinct inputs (secrets masked).
     pub urls: Vec<String>,
-    pub input_stats: Vec<Arc<IoStats>>,
     /// Per input: packets of PIDs the multiplex does not take (other programs, the
     /// input's PSI/SI).
     pub not_taken: Vec<AtomicU64>,
@@ -204,7 +203,6 @@ impl Mpts {
         }
         let display: Vec<String> = names.into_iter().map(|(_, d)| d).collect();
         let shared = Arc::new(MptsShared {
-            input_stats: inputs.iter().map(|i| Arc::clone(i.0.stats())).collect(),
             not_taken: inputs.iter().map(|_| AtomicU64::new(0)).collect(),
             programs: program_inputs
                 .iter()

@@ -53,6 +53,8 @@ const LAST_AUTO_PID: u16 = 0x1FEF;
 /// clock, the PAT and PMTs stay within 100 ms of each other in stream time (every 90 ms
 /// measured up to 113 ms).
 const PAT_PMT_INTERVAL: Duration = Duration::from_millis(70);
+/// Least distance between two sections of one table (TR 101 211 §4.4).
+const MIN_GAP: Duration = Duration::from_millis(25);
 const SDT_INTERVAL: Duration = Duration::from_secs(1);
 const NIT_INTERVAL: Duration = Duration::from_secs(5);
 const TDT_INTERVAL: Duration = Duration::from_secs(5);
@@ -316,6 +318,14 @@ impl Mpts {
     }
 }
 
+/// When a table sent every `interval` and due at `next` goes out after a change: now, but
+/// not within 25 ms of its last sending (TR 101 211 §4.4's least distance between two
+/// sections of one table).
+fn soon(next: Option<Instant>, interval: Duration, now: Instant) -> Option<Instant> {
+    let sent = next.and_then(|t| t.checked_sub(interval));
+    Some(sent.map_or(now, |t| (t + MIN_GAP).max(now)))
+}
+
 /// Seconds since the Unix epoch, for the TDT and TOT.
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -434,10 +444,10 @@ impl Mux {
         }
         self.build_tables();
         // what changed goes out now, not at the next interval
-        self.next_pat = Some(now);
-        self.next_sdt = Some(now);
+        self.next_pat = soon(self.next_pat, PAT_PMT_INTERVAL, now);
+        self.next_sdt = soon(self.next_sdt, SDT_INTERVAL, now);
         if self.opts.network.is_some() {
-            self.next_nit = Some(now);
+            self.next_nit = soon(self.next_nit, NIT_INTERVAL, now);
         }
     }
 
@@ -1106,5 +1116,16 @@ mod tests {
         }
         // PAT, SDT, NIT and a few PMTs, not one per number ever seen
         assert!(mux.tables.len() <= 3 + 3 + 1, "{}", mux.tables.len());
+    }
+
+    #[test]
+    fn a_changed_table_goes_out_at_once_but_not_within_25_ms_of_the_last() {
+        let t0 = Instant::now();
+        let i = SDT_INTERVAL;
+        assert_eq!(soon(None, i, t0), Some(t0));
+        // sent at t0 (next at t0 + 1 s): a change 10 ms later waits until t0 + 25 ms
+        let ms = Duration::from_millis;
+        assert_eq!(soon(Some(t0 + i), i, t0 + ms(10)), Some(t0 + ms(25)));
+        assert_eq!(soon(Some(t0 + i), i, t0 + ms(300)), Some(t0 + ms(300)));
     }
 }

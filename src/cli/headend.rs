@@ -160,6 +160,49 @@ mod tests {
     }
 
     #[test]
+    fn an_mpts_channel_reads_from_args_as_from_typed_fields() {
+        let p = plan_of(
+            r#"
+            [[channel]]
+            name = "mux"
+            args = "--program udp://239.0.0.1:1234,pnr=101,name=News,lcn=1 --program udp://239.0.0.2:1234,program=2 --tsid 10 --network-id 1 --network-name net -o out.ts"
+
+            [[channel]]
+            name = "mux2"
+            output = "out2.ts"
+            tsid = 10
+            network_id = 1
+            network_name = "net"
+            [[channel.program]]
+            input = "udp://239.0.0.1:1234"
+            pnr = 101
+            name = "News"
+            lcn = 1
+            [[channel.program]]
+            input = "udp://239.0.0.2:1234"
+            program = 2
+            "#,
+        )
+        .unwrap();
+        let (a, b) = (&p.channels[0].spec, &p.channels[1].spec);
+        assert_eq!(a.program, b.program);
+        assert_eq!(
+            (a.tsid, a.onid, a.network_id, a.network_name.as_deref()),
+            (10, 1, Some(1), Some("net"))
+        );
+        assert!(a.input.is_empty());
+        // neither an input nor a program: clap says what is missing
+        let e = plan_of("[[channel]]\nname = \"x\"\nargs = \"-o y.ts\"\n").unwrap_err();
+        assert!(format!("{e:#}").contains("--input"), "{e:#}");
+        // both: the spec's check names them
+        let e = plan_of(
+            "[[channel]]\nname = \"x\"\nargs = \"-i udp://239.0.0.9:1 --program udp://239.0.0.1:1 -o y.ts\"\n",
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("input and program"), "{e:#}");
+    }
+
+    #[test]
     fn emmg_connection_bounds_come_from_the_table_and_are_checked() {
         let table = |extra: &str| {
             format!(

@@ -50,8 +50,29 @@ pub enum Cas {
 pub struct ScrambleArgs {
     /// Input: udp://[SRC@]GROUP:PORT[?iface=ADDR], srt://HOST:PORT[?mode=..],
     /// http://HOST:PORT/PATH (reconnected when it ends), a file, or - for stdin.
-    #[arg(short, long)]
-    input: String,
+    #[arg(short, long, required_unless_present = "programs")]
+    input: Option<String>,
+    /// An MPTS: a program of the multiplex, instead of --input; repeat for each.
+    /// URL[,KEY=VALUE]... with program (the input's program_number; default its first),
+    /// pnr (the output's; default the input's), name, provider, service_type, lcn,
+    /// visible, pid_map=IN=OUT (repeat). --service then names output numbers. Values
+    /// cannot hold commas (the head-end file's [[channel.program]] can). Default: none
+    /// (one --input).
+    #[arg(long = "program", value_name = "URL[,KEY=VALUE]...", value_parser = program)]
+    programs: Vec<spec::ProgramSpec>,
+    /// With --program: the multiplex's transport_stream_id (PAT, SDT, NIT). Default 1.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = args::u16_number)]
+    tsid: u16,
+    /// With --program: the original_network_id (SDT, NIT). Default 1.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = args::u16_number)]
+    onid: u16,
+    /// With --program: send a NIT for this network_id. Default: no NIT.
+    #[arg(long, value_name = "N", value_parser = args::u16_number)]
+    network_id: Option<u16>,
+    /// With --program: the NIT's network_name and the default SDT provider name.
+    /// Default: none (an empty name; provider "castmux").
+    #[arg(long, value_name = "TEXT")]
+    network_name: Option<String>,
     /// A backup input (udp://, rtp://, srt://, http://, with a live input); repeat for several, in priority
     /// order. The channel takes the first input judged on air (packets within
     /// --input-timeout, a PMT seen, clear ES where clear ones are expected, and the
@@ -209,7 +230,12 @@ impl ScrambleArgs {
     /// The channel these options describe.
     pub fn spec(&self) -> ChannelSpec {
         let mut s = ChannelSpec {
-            input: self.input.clone(),
+            input: self.input.clone().unwrap_or_default(),
+            program: self.programs.clone(),
+            tsid: self.tsid,
+            onid: self.onid,
+            network_id: self.network_id,
+            network_name: self.network_name.clone(),
             backup: self.backups.clone(),
             slate: self.slate.clone(),
             backup_start_delay: self.backup_start_delay,
@@ -250,6 +276,11 @@ impl ScrambleArgs {
         self.simulcrypt.fill(&mut s);
         s
     }
+}
+
+/// `--program`'s value.
+fn program(text: &str) -> Result<spec::ProgramSpec, String> {
+    text.parse()
 }
 
 pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {

@@ -11,6 +11,7 @@ use super::error::{bail, Context, HeadendError};
 use super::inputs::{BackupOptions, ChannelInput};
 use super::judge::JudgeLimits;
 use super::monitor::{Monitor, MonitorShared};
+use super::mpts::{Mpts, MptsOptions};
 use super::simulcrypt::{self, CasContext, SimulcryptParts, StopOnRefusal};
 use super::spec::{CasKind, ChannelSpec};
 use crate::cas::live::{ChannelAccess, LiveCas};
@@ -94,7 +95,29 @@ impl Channel {
         };
         // the checks that cost nothing come before the store is opened and the ECMGs
         // connected (the batch size and the durations are bounded by their parsers)
-        let input_url: InputUrl = a.input.parse().context("--input")?;
+        // an MPTS channel: every program's input, parsed (they are live inputs)
+        let mut program_urls = Vec::with_capacity(a.program.len());
+        for (k, p) in a.program.iter().enumerate() {
+            let u: InputUrl = p.input.parse().with_context(|| {
+                format!(
+                    "program {}: input {}",
+                    k + 1,
+                    crate::io::url::mask(&p.input)
+                )
+            })?;
+            if !matches!(u, InputUrl::Udp(_) | InputUrl::Srt(_) | InputUrl::Http(_)) {
+                bail!(
+                    "program {}: the inputs of an MPTS channel are live inputs (udp://, rtp://, srt://, http://), read together",
+                    k + 1
+                );
+            }
+            program_urls.push(u);
+        }
+        let mpts = !program_urls.is_empty();
+        let input_url: InputUrl = match program_urls.first() {
+            Some(u) => u.clone(),
+            None => a.input.parse().context("--input")?,
+        };
         let mut input_urls = vec![input_url.clone()];
         for b in &a.backup {
             let u: InputUrl = b
@@ -123,7 +146,7 @@ impl Channel {
         );
         if a.cbr.is_some() && !(live_input || a.wall_clock) {
             bail!(
-                "cbr sends the output in real time, dating each packet by when it came in, and {} is read as fast as it can be: give a live input (udp://, rtp://, srt://, http://), or a real-time pipe on stdin with --wall-clock",
+                "cbr sends the output in real time, on the wall clock, and {} is read as fast as it can be: give a live input (udp://, rtp://, srt://, http://), or a real-time pipe on stdin with --wall-clock",
                 input_url.display()
             );
         }
@@ -268,17 +291,61 @@ impl Channel {
             start_delay: a.backup_start_delay,
             return_delay: a.backup_return_delay,
         });
-        let input = ChannelInput::open(&input_urls, a.slate.as_deref(), backup_opts, a.batch)
-            .with_context(|| {
-                format!(
-                    "opening input {}",
-                    input_urls
-                        .iter()
-                        .map(InputUrl::display)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?;
+        let input = if mpts {
+            let scrambles = a.cw.is_some() || a.cas.is_some() || !a.ecmg.is_empty();
+            let opts = MptsOptions {
+                tsid: a.tsid,
+                onid: a.onid,
+                network: a
+                    .network_id
+                    .map(|id| (id, a.network_name.clone().unwrap_or_default())),
+                provider: a
+                    .network_name
+                    .clone()
+                    .unwrap_or_else(|| "castmux".to_owned()),
+                scrambled: a
+                    .program
+                    .iter()
+                    .map(|p| {
+                        scrambles
+                            && (a.service.is_empty()
+                                || p.out_number().is_some_and(|n| a.service.contains(&n)))
+                    })
+                    .collect(),
+                programs: a.program.clone(),
+                limits: JudgeLimits {
+                    timeout: a.input_timeout,
+                    min_bitrate: 0,
+                    max_cc_errors: None,
+                    services: Vec::new(),
+                },
+            };
+            Mpts::open(opts, &program_urls, a.batch)
+                .map(|m| ChannelInput::Mpts(Box::new(m)))
+                .with_context(|| {
+                    format!(
+                        "opening the inputs of {}",
+                        program_urls
+                            .iter()
+                            .map(InputUrl::display)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?
+        } else {
+            ChannelInput::open(&input_urls, a.slate.as_deref(), backup_opts, a.batch).with_context(
+                || {
+                    format!(
+                        "opening input {}",
+                        input_urls
+                            .iter()
+                            .map(InputUrl::display)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                },
+            )?
+        };
         let output = OutputSet::open(&output_urls, &OutputOptions::default())
             .with_context(|| format!("opening output {}", outputs_display(&output_urls)))?;
         tracing::info!(
@@ -299,7 +366,15 @@ impl Channel {
             spec: spec.clone(),
             stage,
             input,
-            input_display: input_url.display(),
+            input_display: if mpts {
+                program_urls
+                    .iter()
+                    .map(InputUrl::display)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                input_url.display()
+            },
             output,
             sc,
             live_cas,
@@ -316,6 +391,7 @@ impl Channel {
             input_url: self.input_display.clone(),
             input: Arc::clone(self.input.stats()),
             inputs: self.input.shared(),
+            mpts: self.input.mpts_shared(),
             outputs: self.output.outputs.clone(),
             counters: self.stage.scrambler_mut().live_counters(),
             ecmgs: self.sc.ecmg_handles(),

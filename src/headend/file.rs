@@ -221,7 +221,12 @@ impl HeadendPlan {
                 )));
             }
             let spec = match (&c.args, c.fields.is_empty()) {
-                (Some(args), true) => parse_args(&args.words()).map_err(bad)?,
+                (Some(args), true) => {
+                    let spec = parse_args(&args.words()).map_err(bad)?;
+                    // what clap cannot say (input with --program): the spec's own check
+                    spec.check().map_err(bad)?;
+                    spec
+                }
                 (Some(_), false) => {
                     let keys: Vec<&str> = c.fields.keys().map(String::as_str).collect();
                     return Err(bad(format!(

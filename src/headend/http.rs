@@ -655,6 +655,70 @@ pub fn render(registry: &Registry) -> String {
                 );
             }
         }
+        // an MPTS channel's programs
+        for (name, help, get) in [
+            (
+                "castmux_channel_program_packets_total",
+                "Packets an MPTS channel took for the program from its input.",
+                (|p| p.packets) as fn(&super::status::MptsProgramView) -> u64,
+            ),
+            (
+                "castmux_channel_program_dropped_total",
+                "Packets of an MPTS channel's program dropped (no room in the batch).",
+                |p| p.dropped,
+            ),
+            (
+                "castmux_channel_program_psi_regenerated_total",
+                "New versions of an MPTS channel's program's PMT (its input's PMT changed).",
+                |p| p.psi_regenerated,
+            ),
+        ] {
+            t.family(name, Kind::Counter, help);
+            for (_, v) in &views {
+                for (k, p) in v.input.programs.iter().enumerate() {
+                    let index = (k + 1).to_string();
+                    let pnr = p.pnr.to_string();
+                    t.sample(
+                        name,
+                        &[
+                            ("channel", &v.name),
+                            ("program", &index),
+                            ("pnr", &pnr),
+                            ("input", &p.input),
+                        ],
+                        get(p) as f64,
+                    );
+                }
+            }
+        }
+        t.family(
+            "castmux_channel_psi_dropped_total",
+            Kind::Counter,
+            "PSI/SI packets an MPTS channel made (PAT, PMT, SDT, NIT, TDT, TOT) that found no room in the batch.",
+        );
+        for (_, v) in &views {
+            if let Some(n) = v.input.psi_dropped {
+                t.sample(
+                    "castmux_channel_psi_dropped_total",
+                    &[("channel", &v.name)],
+                    n as f64,
+                );
+            }
+        }
+        t.family(
+            "castmux_channel_input_not_taken_total",
+            Kind::Counter,
+            "Packets of an MPTS channel's input on PIDs the multiplex does not take (other programs, its PSI/SI).",
+        );
+        for (_, v) in &views {
+            for (url, n) in &v.input.not_taken {
+                t.sample(
+                    "castmux_channel_input_not_taken_total",
+                    &[("channel", &v.name), ("input", url)],
+                    *n as f64,
+                );
+            }
+        }
         // the built-in CAS's store follower
         t.family(
             "castmux_store_follower_age_seconds",

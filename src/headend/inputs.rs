@@ -19,6 +19,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags};
 
 use super::judge::{Judge, JudgeLimits};
+use super::mpts::{Mpts, MptsShared};
 use super::renumber::Renumber;
 use super::slate::Slate;
 use crate::io::{
@@ -91,6 +92,8 @@ impl InputsShared {
 pub enum ChannelInput {
     One(Input),
     Backup(Box<Failover>),
+    /// An MPTS made of several inputs' programs.
+    Mpts(Box<Mpts>),
 }
 
 impl ChannelInput {
@@ -172,6 +175,7 @@ impl ChannelInput {
                 .filter_map(|m| m.input.wake_fd())
                 .chain(f.slate.as_ref().map(|s| s.fd()))
                 .collect(),
+            ChannelInput::Mpts(m) => m.fds(),
         }
     }
 
@@ -181,6 +185,7 @@ impl ChannelInput {
         match self {
             ChannelInput::One(i) => matches!(i, Input::Udp(_)),
             ChannelInput::Backup(f) => f.members.iter().all(|m| m.input.wake_fd().is_some()),
+            ChannelInput::Mpts(m) => m.plane_served(),
         }
     }
 
@@ -189,6 +194,7 @@ impl ChannelInput {
         match self {
             ChannelInput::One(_) => batch.is_full(),
             ChannelInput::Backup(f) => f.more || batch.is_full(),
+            ChannelInput::Mpts(m) => m.more() || batch.is_full(),
         }
     }
 
@@ -202,8 +208,16 @@ impl ChannelInput {
     /// The inputs' shared view (a channel with backups).
     pub fn shared(&self) -> Option<Arc<InputsShared>> {
         match self {
-            ChannelInput::One(_) => None,
+            ChannelInput::One(_) | ChannelInput::Mpts(_) => None,
             ChannelInput::Backup(f) => Some(Arc::clone(&f.shared)),
+        }
+    }
+
+    /// An MPTS channel's counters.
+    pub fn mpts_shared(&self) -> Option<Arc<MptsShared>> {
+        match self {
+            ChannelInput::Mpts(m) => Some(m.shared()),
+            _ => None,
         }
     }
 }
@@ -213,6 +227,7 @@ impl PacketSource for ChannelInput {
         match self {
             ChannelInput::One(i) => i.read_batch(batch, timeout),
             ChannelInput::Backup(f) => f.read_batch(batch, timeout),
+            ChannelInput::Mpts(m) => m.read_batch(batch, timeout),
         }
     }
 
@@ -220,13 +235,14 @@ impl PacketSource for ChannelInput {
         match self {
             ChannelInput::One(i) => i.stats(),
             ChannelInput::Backup(f) => &f.stats,
+            ChannelInput::Mpts(m) => m.stats(),
         }
     }
 
     fn is_live(&self) -> bool {
         match self {
             ChannelInput::One(i) => i.is_live(),
-            ChannelInput::Backup(_) => true,
+            ChannelInput::Backup(_) | ChannelInput::Mpts(_) => true,
         }
     }
 }
@@ -265,23 +281,12 @@ impl Failover {
         self.round(batch, Instant::now())?;
         if batch.is_empty() && !timeout.is_zero() {
             // a run loop of its own: wait on every input at once
-            let mut fds: Vec<PollFd<'_>> = self
+            let fds = self
                 .members
                 .iter()
                 .filter_map(|m| m.input.wake_fd())
-                .chain(self.slate.as_ref().map(|s| s.fd()))
-                .map(|fd| PollFd::new(fd, PollFlags::POLLIN))
-                .collect();
-            match poll(&mut fds, crate::io::poll_timeout(timeout)) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    return Err(IoError::Closed {
-                        url: self.shared.urls.join(", "),
-                        reason: format!("poll: {e}"),
-                    })
-                }
-            }
-            drop(fds);
+                .chain(self.slate.as_ref().map(|s| s.fd()));
+            wait_any(fds, timeout, &self.shared.urls)?;
             self.round(batch, Instant::now())?;
         }
         if batch.is_empty() {
@@ -384,23 +389,7 @@ impl Failover {
     /// Add what input `a` received since it was last accounted to the channel's counters.
     fn account(&mut self, a: usize) {
         let m = &mut self.members[a];
-        let now = m.input.stats().snapshot();
-        let was = std::mem::replace(&mut m.seen, now);
-        let s = &self.stats;
-        for (counter, now, was) in [
-            (&s.datagrams_in, now.datagrams_in, was.datagrams_in),
-            (&s.bytes_in, now.bytes_in, was.bytes_in),
-            (&s.sync_losses, now.sync_losses, was.sync_losses),
-            (&s.dropped_bytes, now.dropped_bytes, was.dropped_bytes),
-            (&s.rtp_gaps, now.rtp_gaps, was.rtp_gaps),
-            (
-                &s.truncated_datagrams,
-                now.truncated_datagrams,
-                was.truncated_datagrams,
-            ),
-        ] {
-            IoStats::add(counter, now.saturating_sub(was));
-        }
+        account(&self.stats, m.input.stats(), &mut m.seen);
     }
 
     /// Judge every input and switch if the rules say so.
@@ -491,5 +480,44 @@ impl Failover {
         }
         self.shared.active.store(to, Relaxed);
         self.shared.switches.fetch_add(1, Relaxed);
+    }
+}
+
+/// Add what an input's counters `input` gained since `seen` to a channel's counters `into`
+/// (the channel counts what it took from its inputs), and move `seen` on.
+pub(super) fn account(into: &IoStats, input: &IoStats, seen: &mut IoStatsSnapshot) {
+    let now = input.snapshot();
+    let was = std::mem::replace(seen, now);
+    let s = into;
+    for (counter, now, was) in [
+        (&s.datagrams_in, now.datagrams_in, was.datagrams_in),
+        (&s.bytes_in, now.bytes_in, was.bytes_in),
+        (&s.sync_losses, now.sync_losses, was.sync_losses),
+        (&s.dropped_bytes, now.dropped_bytes, was.dropped_bytes),
+        (&s.rtp_gaps, now.rtp_gaps, was.rtp_gaps),
+        (
+            &s.truncated_datagrams,
+            now.truncated_datagrams,
+            was.truncated_datagrams,
+        ),
+    ] {
+        IoStats::add(counter, now.saturating_sub(was));
+    }
+}
+
+/// Wait at most `timeout` for any of `fds` to be readable (a source of several inputs run
+/// on a loop of its own, not the shared data plane).
+pub(super) fn wait_any<'a>(
+    fds: impl Iterator<Item = BorrowedFd<'a>>,
+    timeout: Duration,
+    urls: &[String],
+) -> IoResult<()> {
+    let mut fds: Vec<PollFd<'_>> = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN)).collect();
+    match poll(&mut fds, crate::io::poll_timeout(timeout)) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(e) => Err(IoError::Closed {
+            url: urls.join(", "),
+            reason: format!("poll: {e}"),
+        }),
     }
 }

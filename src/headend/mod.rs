@@ -24,6 +24,7 @@ pub mod http;
 pub mod inputs;
 pub mod judge;
 pub mod monitor;
+pub mod mpts;
 pub mod notify;
 pub mod plane;
 pub mod renumber;

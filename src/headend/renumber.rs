@@ -27,7 +27,7 @@ const DROP: u16 = 0xFFFF;
 /// `map` value of a PSI PID we regenerate (the PAT, the input's PMT PIDs): its input packets
 /// are replaced by ours.
 const OURS: u16 = 0xFFFE;
-/// `cc_last` / `cc_fix` value: not known yet.
+/// `Continuity` value: not known yet.
 const UNKNOWN: u8 = 0x10;
 
 /// The channel's own numbering of one program.
@@ -63,11 +63,97 @@ fn class(s: &PmtStream<'_>) -> Class {
     }
 }
 
+/// Output continuity counters of PIDs whose packets come from inputs that may change
+/// (another input, a remap): each output PID's counters continue where they were.
+#[derive(Debug)]
+pub(super) struct Continuity {
+    /// Last continuity counter sent per output PID.
+    last: Box<[u8]>,
+    /// Per output PID, what is added to the input's counters.
+    fix: Box<[u8]>,
+}
+
+impl Continuity {
+    pub(super) fn new() -> Continuity {
+        Continuity {
+            last: vec![UNKNOWN; 8192].into_boxed_slice(),
+            fix: vec![UNKNOWN; 8192].into_boxed_slice(),
+        }
+    }
+
+    /// Every PID's offset is found again at its next packet (another input took over).
+    pub(super) fn rebase_all(&mut self) {
+        self.fix.fill(UNKNOWN);
+    }
+
+    /// Output PID `op`'s offset is found again at its next packet (it now carries another
+    /// input PID).
+    pub(super) fn rebase(&mut self, op: usize) {
+        self.fix[op] = UNKNOWN;
+    }
+
+    /// Set the continuity_counter of `slot`, about to go out on output PID `op`.
+    pub(super) fn restamp(&mut self, slot: &mut Packet, op: usize, has_payload: bool) {
+        let cc = slot[3] & 0x0F;
+        let fix = self.fix[op];
+        let out_cc = if has_payload {
+            let fix = if fix == UNKNOWN {
+                let f = match self.last[op] {
+                    UNKNOWN => 0,
+                    last => (last + 1).wrapping_sub(cc) & 0x0F,
+                };
+                self.fix[op] = f;
+                f
+            } else {
+                fix
+            };
+            let c = (cc + fix) & 0x0F;
+            self.last[op] = c;
+            c
+        } else if fix != UNKNOWN {
+            (cc + fix) & 0x0F
+        } else if self.last[op] != UNKNOWN {
+            // an adaptation-only packet repeats the last counter
+            self.last[op]
+        } else {
+            cc
+        };
+        slot[3] = (slot[3] & 0xF0) | out_cc;
+    }
+}
+
+/// The packetizers of the sections we generate, one per output PID (each owns its PID's
+/// continuity counter).
+#[derive(Debug, Default)]
+pub(super) struct PsiOut {
+    packetizers: Vec<crate::ts::Packetizer>,
+}
+
+impl PsiOut {
+    /// Packetize section(s) `s` on `pid` into `out`; returns the packets that found no room.
+    pub(super) fn emit(&mut self, pid: Pid, s: &[u8], out: &mut PacketBatch) -> u64 {
+        let k = match self.packetizers.iter().position(|p| p.pid() == pid) {
+            Some(k) => k,
+            None => {
+                self.packetizers.push(crate::ts::Packetizer::new(pid));
+                self.packetizers.len() - 1
+            }
+        };
+        let mut lost = 0u64;
+        let _ = self.packetizers[k].packetize(s, |p| {
+            if !out.push(p) {
+                lost += 1;
+            }
+        });
+        lost
+    }
+}
+
 /// One regenerated table: its current section and version.
 #[derive(Debug, Default)]
-struct OwnTable {
-    /// 0: the PAT; 1 + output program number: a PMT.
-    key: u32,
+pub(super) struct OwnTable {
+    /// 0: the PAT; 1 + output program number: a PMT; above 0x10000, the caller's.
+    pub(super) key: u32,
     version: u8,
     section: Vec<u8>,
 }
@@ -78,10 +164,7 @@ pub struct Renumber {
     layout: Option<Layout>,
     /// Input PID -> output PID (`DROP`) for the active input.
     map: Box<[u16]>,
-    /// Last continuity counter sent per output PID.
-    cc_last: Box<[u8]>,
-    /// Per output PID, what is added to the active input's counters.
-    cc_fix: Box<[u8]>,
+    cc: Continuity,
     /// Output PCR PIDs whose next PCR gets the discontinuity_indicator.
     pcr_disc: Vec<Pid>,
     /// The active input's PSI generation `map` was made from.
@@ -93,7 +176,7 @@ pub struct Renumber {
     /// Versions and last content, by table (0: PAT, else 1 + output program number).
     tables: Vec<OwnTable>,
     /// Continuity counters of the PSI we packetize, per output PID.
-    packetizers: Vec<crate::ts::Packetizer>,
+    psi_out: PsiOut,
     /// Packets dropped: a PID with no place in the numbering, or no room in the batch.
     pub dropped: u64,
 }
@@ -113,15 +196,14 @@ impl Renumber {
                 reset_map(&mut map);
                 map
             },
-            cc_last: vec![UNKNOWN; 8192].into_boxed_slice(),
-            cc_fix: vec![UNKNOWN; 8192].into_boxed_slice(),
+            cc: Continuity::new(),
             pcr_disc: Vec::new(),
             generation: None,
             active: 0,
             pat: None,
             pmts: Vec::new(),
             tables: Vec::new(),
-            packetizers: Vec::new(),
+            psi_out: PsiOut::default(),
             dropped: 0,
         }
     }
@@ -129,7 +211,7 @@ impl Renumber {
     /// Input `active` takes over: counters continue, the next PCR starts a new time base.
     pub fn switch(&mut self, active: usize) {
         self.active = active;
-        self.cc_fix.fill(UNKNOWN);
+        self.cc.rebase_all();
         // the next packet remaps (and regenerates the PAT and PMTs) for this input
         self.generation = None;
         self.pcr_disc = self
@@ -180,31 +262,7 @@ impl Renumber {
             slot[1] = (slot[1] & 0xE0) | (o >> 8) as u8;
             slot[2] = o as u8;
         }
-        let cc = slot[3] & 0x0F;
-        let fix = self.cc_fix[op];
-        let out_cc = if r.has_payload() {
-            let fix = if fix == UNKNOWN {
-                let f = match self.cc_last[op] {
-                    UNKNOWN => 0,
-                    last => (last + 1).wrapping_sub(cc) & 0x0F,
-                };
-                self.cc_fix[op] = f;
-                f
-            } else {
-                fix
-            };
-            let c = (cc + fix) & 0x0F;
-            self.cc_last[op] = c;
-            c
-        } else if fix != UNKNOWN {
-            (cc + fix) & 0x0F
-        } else if self.cc_last[op] != UNKNOWN {
-            // an adaptation-only packet repeats the last counter
-            self.cc_last[op]
-        } else {
-            cc
-        };
-        slot[3] = (slot[3] & 0xF0) | out_cc;
+        self.cc.restamp(slot, op, r.has_payload());
         if !self.pcr_disc.is_empty() {
             if let Some(k) = self.pcr_disc.iter().position(|p| p.value() == o) {
                 if PacketRef::new(slot).pcr().is_some() {
@@ -218,20 +276,7 @@ impl Renumber {
 
     /// Packetize our section `s` on `pid` into `out`, on our own counters.
     fn emit(&mut self, pid: Pid, s: &[u8], out: &mut PacketBatch) {
-        let k = match self.packetizers.iter().position(|p| p.pid() == pid) {
-            Some(k) => k,
-            None => {
-                self.packetizers.push(crate::ts::Packetizer::new(pid));
-                self.packetizers.len() - 1
-            }
-        };
-        let mut lost = 0u64;
-        let _ = self.packetizers[k].packetize(s, |p| {
-            if !out.push(p) {
-                lost += 1;
-            }
-        });
-        self.dropped += lost;
+        self.dropped += self.psi_out.emit(pid, s, out);
     }
 
     /// The active input's PSI changed (or it just took over): take or follow the numbering,
@@ -352,9 +397,10 @@ impl Renumber {
     }
 }
 
-/// Build table `key` (0: the PAT; 1 + program number: a PMT) with `write(out, version)`:
-/// the last version when the content is the same, the next one when it changed.
-fn own_table(
+/// Build table `key` (0: the PAT; 1 + program number: a PMT; the caller's own keys above
+/// 0x10000) with `write(out, version)`: the last version when the content is the same, the
+/// next one (mod 32) when it changed.
+pub(super) fn own_table(
     tables: &mut Vec<OwnTable>,
     key: u32,
     write: impl Fn(&mut Vec<u8>, u8) -> bool,

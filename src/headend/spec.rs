@@ -49,6 +49,117 @@ pub enum CasKind {
 
 /// Backup inputs a channel may have.
 pub const MAX_BACKUPS: usize = 15;
+/// Programs an MPTS channel may have.
+pub const MAX_MPTS_PROGRAMS: usize = 64;
+/// Distinct inputs an MPTS channel may read.
+pub const MAX_MPTS_INPUTS: usize = 16;
+
+/// One program of an MPTS channel (`[[channel.program]]`): which input and which of its
+/// programs, and how it appears in the channel's multiplex.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProgramSpec {
+    /// The input (`udp://`, `rtp://`, `srt://`, `http://`); programs naming the same input
+    /// share one reading of it.
+    pub input: String,
+    /// The input's program_number to take (default: the input's first program).
+    #[serde(default, deserialize_with = "opt_u16")]
+    pub program: Option<u16>,
+    /// The program_number (service_id) in the multiplex (default: the input's).
+    #[serde(default, deserialize_with = "opt_u16")]
+    pub pnr: Option<u16>,
+    /// SDT service_name (default: "Service PNR").
+    pub name: Option<String>,
+    /// SDT service_provider_name (default: the channel's `network_name`, else "castmux").
+    pub provider: Option<String>,
+    /// SDT/NIT service_type (default: 0x01 TV, 0x02 radio for a program with no video).
+    #[serde(default, deserialize_with = "opt_u8")]
+    pub service_type: Option<u8>,
+    /// Logical channel number in the NIT (0..=1023; needs `network_id`).
+    #[serde(default, deserialize_with = "opt_u16")]
+    pub lcn: Option<u16>,
+    /// The LCN's visible_service_flag.
+    #[serde(default = "yes")]
+    pub visible: bool,
+    /// Input PID to output PID, `"IN=OUT"` each (other PIDs: the input's when free, else
+    /// the next free one from 0x100).
+    #[serde(default, deserialize_with = "pid_pairs")]
+    pub pid_map: Vec<(Pid, Pid)>,
+}
+
+impl std::fmt::Debug for ProgramSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProgramSpec")
+            .field("input", &crate::io::url::mask(&self.input))
+            .field("program", &self.program)
+            .field("pnr", &self.pnr)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::str::FromStr for ProgramSpec {
+    type Err = String;
+
+    /// The command line's form: `URL[,KEY=VALUE]...` with the TOML entry's keys
+    /// (`program`, `pnr`, `name`, `provider`, `service_type`, `lcn`, `visible`, `pid_map`
+    /// as `IN=OUT`, repeated for several), e.g. `udp://239.0.0.1:1234,pnr=101,name=News`.
+    fn from_str(text: &str) -> Result<ProgramSpec, String> {
+        let mut parts = text.split(',');
+        let input = parts.next().unwrap_or("").trim().to_owned();
+        let mut p = ProgramSpec {
+            input,
+            program: None,
+            pnr: None,
+            name: None,
+            provider: None,
+            service_type: None,
+            lcn: None,
+            visible: true,
+            pid_map: Vec::new(),
+        };
+        for part in parts {
+            let (key, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?}: give KEY=VALUE (e.g. pnr=101)"))?;
+            let v = v.trim();
+            let at = |e: String| format!("{}: {e}", key.trim());
+            match key.trim() {
+                "program" => p.program = Some(value::u16_number(v).map_err(at)?),
+                "pnr" => p.pnr = Some(value::u16_number(v).map_err(at)?),
+                "name" => p.name = Some(v.to_owned()),
+                "provider" => p.provider = Some(v.to_owned()),
+                "service_type" => {
+                    let n = value::u16_number(v).map_err(at)?;
+                    p.service_type =
+                        Some(u8::try_from(n).map_err(|_| at(format!("{n} is over 255")))?);
+                }
+                "lcn" => p.lcn = Some(value::u16_number(v).map_err(at)?),
+                "visible" => {
+                    p.visible = match v {
+                        "true" | "yes" | "1" => true,
+                        "false" | "no" | "0" => false,
+                        _ => return Err(at(format!("{v:?} is not true or false"))),
+                    }
+                }
+                "pid_map" => p.pid_map.push(pid_pair(v).map_err(at)?),
+                other => {
+                    return Err(format!(
+                        "{other:?} is not a program key (program, pnr, name, provider, service_type, lcn, visible, pid_map)"
+                    ))
+                }
+            }
+        }
+        Ok(p)
+    }
+}
+
+impl ProgramSpec {
+    /// The output program number when the spec fixes it.
+    pub fn out_number(&self) -> Option<u16> {
+        self.pnr.or(self.program)
+    }
+}
 
 /// One channel: input, outputs, what is scrambled and how, where ECMs and EMMs come from.
 /// `Default` gives `castmux scramble`'s defaults (no input or output yet).
@@ -155,6 +266,19 @@ pub struct ChannelSpec {
     pub emmg_max_connections_per_address: Option<usize>,
     #[serde(deserialize_with = "duration")]
     pub emmg_handshake_timeout: Duration,
+    /// An MPTS channel's programs (`[[channel.program]]`), in place of `input`.
+    pub program: Vec<ProgramSpec>,
+    /// An MPTS channel's transport_stream_id (PAT, SDT, NIT).
+    #[serde(deserialize_with = "u16_value")]
+    pub tsid: u16,
+    /// An MPTS channel's original_network_id (SDT, NIT).
+    #[serde(deserialize_with = "u16_value")]
+    pub onid: u16,
+    /// An MPTS channel's network_id: a NIT is sent (PID 0x10) when set.
+    #[serde(deserialize_with = "opt_u16")]
+    pub network_id: Option<u16>,
+    /// The NIT's network_name (and the default SDT provider name).
+    pub network_name: Option<String>,
     /// Judge the output as it goes on air (ETR 290 priority 1 and 2, ECM repetition, crypto
     /// period, EMM bitrate) for the status API and `/metrics`. Off by default: it costs CPU.
     pub monitor: bool,
@@ -210,6 +334,11 @@ impl Default for ChannelSpec {
             emmg_max_connections_per_address: None,
             emmg_handshake_timeout: Duration::from_secs(5),
             monitor: false,
+            program: Vec::new(),
+            tsid: 1,
+            onid: 1,
+            network_id: None,
+            network_name: None,
         }
     }
 }
@@ -236,6 +365,7 @@ impl std::fmt::Debug for ChannelSpec {
                     .map(|o| crate::io::url::mask(o))
                     .collect::<Vec<_>>(),
             )
+            .field("program", &self.program)
             .field("cbr", &self.cbr)
             .field("service", &self.service)
             .field("cw", &self.cw.as_ref().map(|_| "<set>"))
@@ -262,8 +392,18 @@ impl ChannelSpec {
     /// Check what serde cannot: the relations between fields (the command line's clap
     /// rules, for a file). The message names the field.
     pub fn check(&self) -> Result<(), String> {
-        if self.input.trim().is_empty() {
-            return Err("input is missing (udp://…, srt://…, http://…, a file or -)".to_owned());
+        if !self.program.is_empty() {
+            self.check_mpts()?;
+        } else if self.input.trim().is_empty() {
+            return Err(
+                "input is missing (udp://…, srt://…, http://…, a file or -; or [[channel.program]] entries for an MPTS)"
+                    .to_owned(),
+            );
+        } else if self.network_id.is_some() || self.network_name.is_some() {
+            return Err(
+                "network_id and network_name are for an MPTS channel ([[channel.program]] entries)"
+                    .to_owned(),
+            );
         }
         if self.output.is_empty() {
             return Err("output is missing (one or a list)".to_owned());
@@ -299,6 +439,74 @@ impl ChannelSpec {
         }
         if self.ecmg_version.is_some_and(|v| !(2..=3).contains(&v)) {
             return Err("ecmg_version is 2 or 3".to_owned());
+        }
+        Ok(())
+    }
+
+    /// The relations of an MPTS channel's fields.
+    fn check_mpts(&self) -> Result<(), String> {
+        if !self.input.trim().is_empty() {
+            return Err(
+                "input and program exclude each other: an MPTS channel names its inputs in its [[channel.program]] entries"
+                    .to_owned(),
+            );
+        }
+        if !self.backup.is_empty() || self.slate.is_some() {
+            return Err(
+                "backup and slate are for a channel with one input, not program".to_owned(),
+            );
+        }
+        if self.program.len() > MAX_MPTS_PROGRAMS {
+            return Err(format!("program: at most {MAX_MPTS_PROGRAMS} programs"));
+        }
+        let mut inputs: Vec<&str> = self.program.iter().map(|p| p.input.trim()).collect();
+        inputs.sort_unstable();
+        inputs.dedup();
+        if inputs.len() > MAX_MPTS_INPUTS {
+            return Err(format!(
+                "program: at most {MAX_MPTS_INPUTS} distinct inputs"
+            ));
+        }
+        let mut out_pids: Vec<Pid> = Vec::new();
+        for (k, p) in self.program.iter().enumerate() {
+            let at = |what: &str| format!("program {}: {what}", k + 1);
+            if p.input.trim().is_empty() {
+                return Err(at(
+                    "input is missing (udp://GROUP:PORT, srt://… or http://…)",
+                ));
+            }
+            if p.pnr == Some(0) || p.program == Some(0) {
+                return Err(at("pnr and program are 1 to 65535 (0 is the NIT's entry)"));
+            }
+            if p.lcn.is_some_and(|l| l > 1023) {
+                return Err(at("lcn is 0 to 1023"));
+            }
+            if p.lcn.is_some() && self.network_id.is_none() {
+                return Err(at("lcn goes in the NIT: give the channel a network_id"));
+            }
+            if let Some(n) = p.out_number() {
+                let same = self.program[..k].iter().any(|q| q.out_number() == Some(n));
+                if same {
+                    return Err(at(&format!("pnr {n} is already another program's")));
+                }
+            }
+            if self.program[..k]
+                .iter()
+                .any(|q| q.input.trim() == p.input.trim() && q.program == p.program)
+            {
+                return Err(at("the same input program is taken twice"));
+            }
+            for (_, to) in &p.pid_map {
+                if to.value() < 0x20 || *to == Pid::NULL {
+                    return Err(at(&format!(
+                        "pid_map: {to} is reserved (0x0000-0x001F, 0x1FFF)"
+                    )));
+                }
+                if out_pids.contains(to) {
+                    return Err(at(&format!("pid_map: {to} is mapped twice")));
+                }
+                out_pids.push(*to);
+            }
         }
         Ok(())
     }
@@ -408,6 +616,33 @@ fn pid_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pid>, D::Error> {
 
 fn ecmg_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<EcmgSpec>, D::Error> {
     parsed_list(d, str::parse)
+}
+
+fn opt_u16<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u16>, D::Error> {
+    parsed_opt(d, value::u16_number)
+}
+
+fn opt_u8<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u8>, D::Error> {
+    parsed_opt(d, |s| {
+        let n = value::u16_number(s)?;
+        u8::try_from(n).map_err(|_| format!("{n} is over 255"))
+    })
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `"IN=OUT"`: an input PID and the output PID it becomes.
+pub fn pid_pair(s: &str) -> Result<(Pid, Pid), String> {
+    let (a, b) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: give IN=OUT, e.g. 0x100=0x200"))?;
+    Ok((value::pid(a.trim())?, value::pid(b.trim())?))
+}
+
+fn pid_pairs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Pid, Pid)>, D::Error> {
+    parsed_list(d, pid_pair)
 }
 
 fn opt_pid<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pid>, D::Error> {
@@ -545,6 +780,112 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("input"));
+    }
+
+    #[test]
+    fn an_mpts_channel_names_its_programs_and_is_checked() {
+        let s = spec(
+            r#"
+            output = "udp://239.1.1.1:1234"
+            tsid = 10
+            onid = "0x2"
+            network_id = 1
+            network_name = "castmux"
+            service = 102
+            [[program]]
+            input = "udp://239.0.0.1:1234"
+            program = 1
+            pnr = 101
+            name = "News"
+            provider = "castmux"
+            lcn = 1
+            [[program]]
+            input = "udp://239.0.0.2:1234"
+            pnr = "0x66"
+            pid_map = ["0x100=0x200", "257 = 0x201"]
+            visible = false
+            "#,
+        )
+        .unwrap();
+        s.check().unwrap();
+        assert_eq!((s.tsid, s.onid, s.network_id), (10, 2, Some(1)));
+        assert_eq!(s.program[0].out_number(), Some(101));
+        assert_eq!(s.program[1].out_number(), Some(102));
+        assert_eq!(
+            s.program[1].pid_map,
+            [
+                (Pid::new(0x100), Pid::new(0x200)),
+                (Pid::new(0x101), Pid::new(0x201))
+            ]
+        );
+        assert!(s.program[0].visible && !s.program[1].visible);
+        let one = "[[program]]\ninput = \"udp://239.0.0.1:1\"\n";
+        let base = "output = \"b.ts\"\n";
+        for (extra, says) in [
+            ("input = \"udp://239.0.0.9:1\"\n", "input and program"),
+            ("backup = \"udp://239.0.0.9:1\"\n", "backup and slate"),
+            ("network_id = 1\n", ""),
+        ] {
+            let text = format!("{base}{extra}{one}");
+            let r = spec(&text).unwrap().check();
+            if says.is_empty() {
+                r.unwrap();
+            } else {
+                let e = r.unwrap_err();
+                assert!(e.contains(says), "{extra}: {e}");
+            }
+        }
+        for (fields, says) in [
+            ("pnr = 0", "1 to 65535"),
+            ("lcn = 5", "network_id"),
+            ("pid_map = \"0x100=0x10\"", "reserved"),
+        ] {
+            let text = format!("{base}{one}{fields}\n");
+            let e = spec(&text).unwrap().check().unwrap_err();
+            assert!(e.contains(says), "{fields}: {e}");
+        }
+        let two = format!("{base}{one}pnr = 5\n{one}program = 5\n");
+        assert!(spec(&two).unwrap().check().unwrap_err().contains("pnr 5"));
+        assert!(spec("output = \"b.ts\"\nnetwork_id = 1")
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .contains("input is missing"));
+        assert!(spec(&format!("{base}{one}colour = 1"))
+            .unwrap_err()
+            .contains("colour"));
+    }
+
+    #[test]
+    fn a_program_reads_from_the_command_line_as_from_the_file() {
+        let p: ProgramSpec =
+            "udp://239.0.0.2:1234,program=2,pnr=0x66,name=Sport,provider=Beta,lcn=2,visible=no,pid_map=0x100=0x200,pid_map=257=0x201"
+                .parse()
+                .unwrap();
+        let toml = spec(
+            r#"
+            [[program]]
+            input = "udp://239.0.0.2:1234"
+            program = 2
+            pnr = "0x66"
+            name = "Sport"
+            provider = "Beta"
+            lcn = 2
+            visible = false
+            pid_map = ["0x100=0x200", "257=0x201"]
+            "#,
+        )
+        .unwrap();
+        assert!(p == toml.program[0], "{p:?}");
+        for (bad, says) in [
+            ("udp://a:1,pnr", "KEY=VALUE"),
+            ("udp://a:1,colour=red", "colour"),
+            ("udp://a:1,pnr=x", "pnr"),
+            ("udp://a:1,visible=maybe", "visible"),
+        ] {
+            let e = bad.parse::<ProgramSpec>().unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct ChannelLive {
     pub input: Arc<IoStats>,
     /// The inputs of a channel with backups: which is active, which on air.
     pub inputs: Option<Arc<super::inputs::InputsShared>>,
+    /// An MPTS channel's inputs and programs.
+    pub mpts: Option<Arc<super::mpts::MptsShared>>,
     pub outputs: Vec<(String, Arc<IoStats>)>,
     pub counters: Arc<LiveCounters>,
     /// The ECMG links, one per external CAS.
@@ -216,6 +218,21 @@ impl ChannelEntry {
                 switches: backups.map(|i| i.switches.load(Relaxed)),
                 manual: backups.map(|i| i.manual.load(Relaxed)),
                 unmapped_dropped: backups.map(|i| i.dropped.load(Relaxed)),
+                programs: live
+                    .and_then(|l| l.mpts.as_deref())
+                    .map_or_else(Vec::new, mpts_programs),
+                psi_dropped: live
+                    .and_then(|l| l.mpts.as_deref())
+                    .map(|m| m.psi_dropped.load(Relaxed)),
+                not_taken: live
+                    .and_then(|l| l.mpts.as_deref())
+                    .map_or_else(Vec::new, |m| {
+                        m.urls
+                            .iter()
+                            .zip(&m.not_taken)
+                            .map(|(url, n)| (url.clone(), n.load(Relaxed)))
+                            .collect()
+                    }),
             },
             output: OutputView {
                 bitrate_bps: self.out_bps.round() as u64,
@@ -354,6 +371,43 @@ pub struct InputView {
     /// Packets of the active input with no place in the channel's numbering.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unmapped_dropped: Option<u64>,
+    /// An MPTS channel: each program's counters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub programs: Vec<MptsProgramView>,
+    /// An MPTS channel: per input, packets of PIDs the multiplex does not take (other
+    /// programs, the input's own PSI and SI).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_taken: Vec<(String, u64)>,
+    /// An MPTS channel: PSI/SI packets it made that found no room in the batch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub psi_dropped: Option<u64>,
+}
+
+/// One program of an MPTS channel.
+#[derive(Debug, Serialize)]
+pub struct MptsProgramView {
+    pub input: String,
+    /// The output program number (0 until its input's PMT is known).
+    pub pnr: u64,
+    /// Packets taken from its input.
+    pub packets: u64,
+    /// Packets dropped (no room in the batch).
+    pub dropped: u64,
+    /// New versions of its PMT made.
+    pub psi_regenerated: u64,
+}
+
+fn mpts_programs(m: &super::mpts::MptsShared) -> Vec<MptsProgramView> {
+    m.programs
+        .iter()
+        .map(|p| MptsProgramView {
+            input: p.input.clone(),
+            pnr: p.pnr.load(Relaxed),
+            packets: p.packets.load(Relaxed),
+            dropped: p.dropped.load(Relaxed),
+            psi_regenerated: p.psi_regenerated.load(Relaxed),
+        })
+        .collect()
 }
 
 /// One input of a channel with backups.

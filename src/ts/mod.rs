@@ -10,6 +10,7 @@
 //! - [`descriptor`]: descriptor loops and the CA_descriptor.
 //! - [`psi`]: PAT, PMT and CAT views.
 //! - [`psi_write`]: section writer, PAT/PMT/CAT builders, PMT CA rewrite, CAT merge.
+//! - [`si_write`]: DVB SI builders (SDT, NIT with LCNs, TDT, TOT).
 //! - [`table`]: whole tables from their sections (a PAT in several sections).
 //! - [`packetizer`]: sections into packets for one PID, owning its continuity counter.
 
@@ -20,6 +21,7 @@ pub mod packetizer;
 pub mod psi;
 pub mod psi_write;
 pub mod section;
+pub mod si_write;
 pub mod table;
 mod types;
 

@@ -48,6 +48,15 @@ impl<'a> SectionWriter<'a> {
         }
     }
 
+    /// Start a long DVB SI section (EN 300 468 §5.2): as [`SectionWriter::long`], with the
+    /// bit after section_syntax_indicator (reserved_future_use in SI) set.
+    pub fn long_si(out: &'a mut Vec<u8>, h: &LongHeader, max: usize) -> Self {
+        let w = Self::long(out, h, max);
+        let s = w.start;
+        w.out[s + 1] |= 0x40;
+        w
+    }
+
     /// Start a short private section (syntax 0, private_indicator 1, no CRC), e.g. ECM/EMM.
     pub fn short(out: &'a mut Vec<u8>, table_id: u8, max: usize) -> Self {
         let start = out.len();

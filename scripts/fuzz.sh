@@ -34,7 +34,7 @@ fi
 nice -n 19 cargo fuzz build
 summary=()
 for t in "${targets[@]}"; do
-  mkdir -p "corpus/$t" "artifacts/$t" logs
+  mkdir -p "corpus/$t" "artifacts/$t" "seeds/$t" logs
   # not under artifacts/: cargo fuzz lists every file there as a failing input
   log="logs/$t.log"
   echo "fuzz.sh: $t for ${secs}s" >&2

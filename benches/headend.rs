@@ -20,9 +20,8 @@
 //! (e.g. a build of an earlier commit) and printed beside this one's; channels are written
 //! in the `args = "…"` form every version reads.
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,29 +194,7 @@ fn start_headend(
     if bin.workers {
         cmd.args(["--workers", &workers.to_string()]);
     }
-    let mut child = cmd
-        .env("CASTMUX_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn taskset castmux (util-linux taskset, cargo build --release)");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut said = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !said && line.contains("headend: running") {
-                said = true;
-                let _ = tx.send(());
-            }
-            if line.contains("ERROR") {
-                eprintln!("castmux: {line}");
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("castmux headend did not start within 60 s");
-    child
+    load::start_headend(cmd)
 }
 
 struct Live {

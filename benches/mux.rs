@@ -10,10 +10,9 @@
 //! Run: `cargo bench --bench mux` (env: CASTMUX_BENCH_RATE, CASTMUX_BENCH_CBR,
 //! CASTMUX_BENCH_SECS). Needs ffmpeg and taskset.
 
-use std::io::{BufRead, BufReader};
 use std::net::UdpSocket;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,35 +45,13 @@ fn make_input(path: &Path, service: u16, mbps: f64, secs: u64) {
 }
 
 fn start(cfg: &Path) -> Child {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_castmux"));
-    let mut child = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(bin)
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_castmux"))
         .args(["headend", "--config"])
         .arg(cfg)
-        .args(["--workers", "1"])
-        .env("CASTMUX_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn taskset castmux (util-linux taskset)");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut said = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !said && line.contains("headend: running") {
-                said = true;
-                let _ = tx.send(());
-            }
-            if line.contains("ERROR") {
-                eprintln!("castmux: {line}");
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("castmux headend did not start within 60 s");
-    child
+        .args(["--workers", "1"]);
+    load::start_headend(cmd)
 }
 
 struct Run {

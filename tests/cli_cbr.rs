@@ -23,20 +23,16 @@ const CW: &str = "11223366445566EF:0102030609080716";
 /// A variable-bitrate SPTS (ffmpeg's default mux, no null packets) of MPEG-2 video at
 /// `video_bitrate` and MP2 audio.
 fn make_vbr(path: &Path, secs: u64, video_bitrate: &str) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc=size=320x240:rate=25:duration={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={secs}"))
-        .args(["-c:v", "mpeg2video", "-g", "12"])
-        // the test pattern is easy to code: hold the rate up with stuffing
-        .args(["-b:v", video_bitrate, "-minrate", video_bitrate])
-        .args(["-maxrate", video_bitrate, "-bufsize", "1M"])
-        .args(["-c:a", "mp2", "-b:a", "96k", "-f", "mpegts"])
-        .arg(path)
-        .output()
-        .expect("ffmpeg (Debian package ffmpeg) is needed by this test");
-    assert!(out.status.success(), "ffmpeg: {out:?}");
+    // the test pattern is easy to code: hold the rate up with stuffing
+    let hold = [
+        "-minrate",
+        video_bitrate,
+        "-maxrate",
+        video_bitrate,
+        "-bufsize",
+        "1M",
+    ];
+    ffmpeg_spts(path, "testsrc", secs, video_bitrate, &hold);
 }
 
 /// ffmpeg plays `file` in real time to `port` on loopback, 7 packets per datagram.
@@ -62,34 +58,6 @@ fn receive(sock: &UdpSocket, first_within: Duration) -> Vec<(Instant, Vec<u8>)> 
         sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     }
     got
-}
-
-/// (packet index, PCR) of every PCR on `pcr_pid`.
-fn pcrs(pkts: &[Packet], pcr_pid: u16) -> Vec<(usize, u64)> {
-    pkts.iter()
-        .enumerate()
-        .filter(|(_, p)| pid(p) == pcr_pid && p[3] & 0x20 != 0 && p[4] >= 7 && p[5] & 0x10 != 0)
-        .map(|(i, p)| {
-            let base = (u64::from(p[6]) << 25)
-                | (u64::from(p[7]) << 17)
-                | (u64::from(p[8]) << 9)
-                | (u64::from(p[9]) << 1)
-                | (u64::from(p[10]) >> 7);
-            let ext = (u64::from(p[10] & 1) << 8) | u64::from(p[11]);
-            (i, base * 300 + ext)
-        })
-        .collect()
-}
-
-/// The bitrate each pair of consecutive PCRs gives, bit/s.
-fn pcr_bitrates(pcrs: &[(usize, u64)]) -> Vec<f64> {
-    const WRAP: u64 = (1 << 33) * 300;
-    pcrs.windows(2)
-        .map(|w| {
-            let ticks = (w[1].1 + WRAP - w[0].1) % WRAP;
-            (w[1].0 - w[0].0) as f64 * 1504.0 * 27e6 / ticks as f64
-        })
-        .collect()
 }
 
 /// Run `castmux scramble --cbr RATE` on a live UDP input fed by ffmpeg from `file`; the

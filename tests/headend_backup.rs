@@ -32,30 +32,10 @@ fn make_input(path: &Path, pattern: &str, numbering: &[&str]) {
 }
 
 fn make_ts(path: &Path, pattern: &str, secs: u64, numbering: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("{pattern}=size=320x240:rate=25:duration={secs}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={secs}"))
-        .args([
-            "-c:v",
-            "mpeg2video",
-            "-b:v",
-            "600k",
-            "-g",
-            "12",
-            "-c:a",
-            "mp2",
-            "-b:a",
-            "96k",
-        ])
-        .args(["-muxrate", &MUXRATE.to_string(), "-pat_period", "0.1"])
-        .args(numbering)
-        .args(["-f", "mpegts"])
-        .arg(path)
-        .output()
-        .expect("ffmpeg (Debian package ffmpeg) is needed by this test");
-    assert!(out.status.success(), "ffmpeg: {out:?}");
+    let muxrate = MUXRATE.to_string();
+    let mut options = vec!["-muxrate", &muxrate, "-pat_period", "0.1"];
+    options.extend_from_slice(numbering);
+    ffmpeg_spts(path, pattern, secs, "600k", &options);
 }
 
 /// Send both inputs (the backup may be empty) as 7-packet datagrams at their mux rate for

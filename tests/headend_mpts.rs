@@ -25,30 +25,10 @@ const MUXRATE: u64 = 1_200_000;
 /// An ffmpeg-made SPTS: MPEG-2 video and MP2 audio at a constant mux rate, numbered by
 /// `numbering` (ffmpeg's -mpegts_* options).
 fn make_input(path: &Path, pattern: &str, numbering: &[&str]) {
-    let out = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("{pattern}=size=320x240:rate=25:duration={SECS}"))
-        .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:duration={SECS}"))
-        .args([
-            "-c:v",
-            "mpeg2video",
-            "-b:v",
-            "500k",
-            "-g",
-            "12",
-            "-c:a",
-            "mp2",
-            "-b:a",
-            "96k",
-        ])
-        .args(["-muxrate", &MUXRATE.to_string(), "-pat_period", "0.1"])
-        .args(numbering)
-        .args(["-f", "mpegts"])
-        .arg(path)
-        .output()
-        .expect("ffmpeg (Debian package ffmpeg) is needed by this test");
-    assert!(out.status.success(), "ffmpeg: {out:?}");
+    let muxrate = MUXRATE.to_string();
+    let mut options = vec!["-muxrate", &muxrate, "-pat_period", "0.1"];
+    options.extend_from_slice(numbering);
+    ffmpeg_spts(path, pattern, SECS, "500k", &options);
 }
 
 /// Send each input as 7-packet datagrams at its mux rate, all together, to its port.
@@ -192,48 +172,42 @@ fn decoded_frames(ts: &Path, pnr: u16) -> u64 {
         .count() as u64
 }
 
-#[test]
-fn three_spts_make_one_mpts_with_its_own_numbering_and_sdt() {
-    let dir = tmp();
-    let a = dir.path().join("a.ts");
-    let b = dir.path().join("b.ts");
-    let c = dir.path().join("c.ts");
+/// The three inputs of the multiplex: different program numbers, the second on PIDs of
+/// its own, the third on the first one's PIDs (the multiplex moves one of them).
+fn three_inputs(dir: &Path) -> [std::path::PathBuf; 3] {
+    let a = dir.join("a.ts");
+    let b = dir.join("b.ts");
+    let c = dir.join("c.ts");
     make_input(&a, "testsrc", &["-mpegts_service_id", "1"]);
-    make_input(
-        &b,
-        "smptebars",
-        &[
-            "-mpegts_service_id",
-            "2",
-            "-mpegts_pmt_start_pid",
-            "0x1100",
-            "-mpegts_start_pid",
-            "0x200",
-        ],
-    );
-    // the third on the first one's PIDs: the multiplex moves them
+    let b_numbering = [
+        "-mpegts_service_id",
+        "2",
+        "-mpegts_pmt_start_pid",
+        "0x1100",
+        "-mpegts_start_pid",
+        "0x200",
+    ];
+    make_input(&b, "smptebars", &b_numbering);
     make_input(&c, "rgbtestsrc", &["-mpegts_service_id", "3"]);
-    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let db = seed_store(dir.path());
-    let out = dir.path().join("out.ts");
-    let cfg = dir.path().join("headend.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[http]
+    [a, b, c]
+}
+
+/// The head-end file: one MPTS channel "mux" written to `out`, with `extra` channel lines
+/// (how it is scrambled), taking the three inputs from `ports` as 101 (News, Alpha), 102 (the
+/// second input's program 2: Sport, Beta) and 103 (Kids, the network's name as provider).
+fn mux_config(out: &Path, ports: [u16; 3], extra: &str) -> String {
+    format!(
+        r#"[http]
 listen = "127.0.0.1:0"
 
 [[channel]]
 name = "mux"
 output = "{out}"
-cw = "{CW}"
-crypto_period = "1s"
-service = [102]
 tsid = 10
 onid = 1
 network_id = 1
 network_name = "castmux net"
-
+{extra}
 [[channel.program]]
 input = "udp://127.0.0.1:{p0}"
 pnr = 101
@@ -255,13 +229,24 @@ pnr = 103
 name = "Kids"
 lcn = 3
 "#,
-            out = out.display(),
-            p0 = ports[0],
-            p1 = ports[1],
-            p2 = ports[2],
-        ),
+        out = out.display(),
+        p0 = ports[0],
+        p1 = ports[1],
+        p2 = ports[2],
     )
-    .unwrap();
+}
+
+#[test]
+fn three_spts_make_one_mpts_with_its_own_numbering_and_sdt() {
+    let dir = tmp();
+    let [a, b, c] = three_inputs(dir.path());
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let db = seed_store(dir.path());
+    let out = dir.path().join("out.ts");
+    let cfg = dir.path().join("headend.toml");
+    let scrambling = format!("cw = \"{CW}\"\ncrypto_period = \"1s\"\nservice = [102]\n");
+    let config = mux_config(&out, ports, &scrambling);
+    std::fs::write(&cfg, config).unwrap();
     let server = headend(&db, &cfg);
     let addr = server.addr;
     let sender = send(vec![
@@ -504,101 +489,42 @@ fn es_bytes(pkts: &[Packet], es_pid: u16) -> Vec<u8> {
     out
 }
 
-/// (packet index, PCR) of every PCR on `pcr_pid`.
-fn pcrs_of(pkts: &[Packet], pcr_pid: u16) -> Vec<(usize, u64)> {
-    pkts.iter()
-        .enumerate()
-        .filter(|(_, p)| pid(p) == pcr_pid && p[3] & 0x20 != 0 && p[4] >= 7 && p[5] & 0x10 != 0)
-        .map(|(i, p)| {
-            let base = (u64::from(p[6]) << 25)
-                | (u64::from(p[7]) << 17)
-                | (u64::from(p[8]) << 9)
-                | (u64::from(p[9]) << 1)
-                | (u64::from(p[10]) >> 7);
-            (
-                i,
-                base * 300 + ((u64::from(p[10] & 1) << 8) | u64::from(p[11])),
-            )
-        })
-        .collect()
-}
-
 /// Issue 15's proof of a multiplex at a constant bitrate: the same three inputs into one
-/// MPTS at `cbr = "20M"`, every program scrambled. ffprobe lists the three programs with
-/// their SDT names; the bitrate every pair of consecutive PCRs gives, on every program's PCR
-/// PID, is 20 Mbit/s within 0.1 %; castmux's analyzer finds no priority 1 or 2 error and
-/// every PCR within 500 ns of its position; descrambled, each program's ES are byte for
-/// byte a stretch of its input's, and each decodes.
+/// MPTS at `cbr = "20M"`, every program scrambled by the built-in CAS. ffprobe lists the
+/// three programs with their SDT names; the bitrate every pair of consecutive PCRs gives,
+/// on every program's PCR PID, is 20 Mbit/s within 0.1 %; castmux's analyzer finds no
+/// priority 1 or 2 error and every PCR within 500 ns of its position; the software card
+/// (`softcard play`, a card of the store exported) descrambles it: each program's ES are
+/// byte for byte a stretch of its input's, and each decodes.
 #[test]
 fn three_spts_make_one_mpts_at_a_constant_20_mbits_with_exact_pcrs() {
     let dir = tmp();
-    let inputs = [
-        ("a.ts", "testsrc", vec!["-mpegts_service_id", "1"]),
-        (
-            "b.ts",
-            "smptebars",
-            vec![
-                "-mpegts_service_id",
-                "2",
-                "-mpegts_pmt_start_pid",
-                "0x1100",
-                "-mpegts_start_pid",
-                "0x200",
-            ],
-        ),
-        ("c.ts", "rgbtestsrc", vec!["-mpegts_service_id", "3"]),
-    ];
-    let mut files = Vec::new();
-    for (name, pattern, numbering) in &inputs {
-        let p = dir.path().join(name);
-        make_input(&p, pattern, numbering);
-        files.push(std::fs::read(&p).unwrap());
-    }
+    let files: Vec<Vec<u8>> = three_inputs(dir.path())
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
     let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
     let db = seed_store(dir.path());
     let out = dir.path().join("out.ts");
     let cfg = dir.path().join("headend.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"[http]
-listen = "127.0.0.1:0"
-
-[[channel]]
-name = "mux"
-output = "{out}"
-cw = "{CW}"
-cbr = "20M"
-tsid = 10
-network_id = 1
-network_name = "castmux net"
-
-[[channel.program]]
-input = "udp://127.0.0.1:{p0}"
-pnr = 101
-name = "News"
-lcn = 1
-
-[[channel.program]]
-input = "udp://127.0.0.1:{p1}"
-program = 2
-pnr = 102
-name = "Sport"
-lcn = 2
-
-[[channel.program]]
-input = "udp://127.0.0.1:{p2}"
-pnr = 103
-name = "Kids"
-lcn = 3
-"#,
-            out = out.display(),
-            p0 = ports[0],
-            p1 = ports[1],
-            p2 = ports[2],
-        ),
-    )
-    .unwrap();
+    // the built-in CAS: ECMs under the store's key for package `basic`, which a card of
+    // the store has, exported as a software card
+    http_support::castmux(
+        &db,
+        &[
+            "card",
+            "add",
+            "--serial",
+            "2100000009",
+            "--packages",
+            "basic",
+        ],
+    );
+    let card = dir.path().join("card.json");
+    http_support::castmux(&db, &["card", "export-key", "2100000009", "-o", s(&card)]);
+    let scrambling =
+        "cbr = \"20M\"\ncas = \"builtin\"\npackages = [\"basic\"]\ncrypto_period = \"2s\"\n";
+    std::fs::write(&cfg, mux_config(&out, ports, scrambling)).unwrap();
     let server = headend(&db, &cfg);
     let addr = server.addr;
     let sender = send(
@@ -643,16 +569,13 @@ lcn = 3
     );
     let (_, layout) = layout(pkts);
     for (pnr, (pcr_pid, _)) in &layout {
-        let list = pcrs_of(pkts, *pcr_pid);
+        let list = pcrs(pkts, *pcr_pid);
         assert!(list.len() > 150, "program {pnr}: {} PCRs", list.len());
-        for w in list.windows(2) {
-            let ticks = (w[1].1 + (1u64 << 33) * 300 - w[0].1) % ((1u64 << 33) * 300);
-            let rate = (w[1].0 - w[0].0) as f64 * 1504.0 * 27e6 / ticks as f64;
+        for (k, rate) in pcr_bitrates(&list).into_iter().enumerate() {
             assert!(
                 (rate - 20e6).abs() / 20e6 < 0.001,
-                "program {pnr}: {rate:.0} bit/s between packets {} and {}",
-                w[0].0,
-                w[1].0
+                "program {pnr}: {rate:.0} bit/s between PCRs {k} and {}",
+                k + 1
             );
         }
     }
@@ -666,9 +589,27 @@ lcn = 3
         assert!(p["max_deviation_ns"].as_f64().unwrap() < 500.0, "{p}");
     }
 
-    // descrambled: each program's ES a stretch of its input's, byte for byte; each decodes
+    // every ES packet of every program scrambled
+    for (pnr, (_, es)) in &layout {
+        let with_payload: Vec<&Packet> = pkts
+            .iter()
+            .filter(|p| es.contains(&pid(p)) && has_payload(p))
+            .collect();
+        assert!(with_payload.len() > 500, "program {pnr}");
+        assert!(
+            with_payload.iter().all(|p| tsc(p) != 0),
+            "program {pnr}: a clear ES packet"
+        );
+    }
+    // the software card descrambles it: each program's ES a stretch of its input's, byte
+    // for byte; each decodes
     let clear = dir.path().join("clear.ts");
-    ok(&["descramble", "-i", s(&judged), "-o", s(&clear), "--cw", CW]);
+    let play = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(["--db", s(&db), "softcard", "play", "--card", s(&card)])
+        .args(["-i", s(&judged), "-o", s(&clear)])
+        .output()
+        .unwrap();
+    assert!(play.status.success(), "softcard play: {play:?}");
     let cpkts = packets(&clear);
     let input_pids = [
         (101u16, 0, [0x100u16, 0x101]),

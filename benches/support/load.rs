@@ -1,4 +1,4 @@
-//! Shared by the load benches (`headend`, `http`), which run the real binary against a
+//! Shared by the load benches (`headend`, `http`, `mux`), which run the real binary against a
 //! load from this process: their settings from the environment, and the core the load runs
 //! on, kept apart from castmux's.
 
@@ -16,4 +16,34 @@ pub fn pin_to(cpu: usize) {
     if set.set(cpu).is_ok() {
         let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
     }
+}
+
+/// Start `castmux headend` as `cmd` says (stderr is taken here) and wait until it logs that
+/// it runs; its ERROR lines are printed. Panics when it has not started within 60 s.
+#[allow(dead_code)]
+pub fn start_headend(mut cmd: std::process::Command) -> std::process::Child {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .env("CASTMUX_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn taskset castmux (util-linux taskset, cargo build --release)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut said = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !said && line.contains("headend: running") {
+                said = true;
+                let _ = tx.send(());
+            }
+            if line.contains("ERROR") {
+                eprintln!("castmux: {line}");
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("castmux headend did not start within 60 s");
+    child
 }

@@ -475,6 +475,7 @@ fn signed_step(from: u64, to: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mux::test_packets::{es, with_pcr};
 
     const MS: u64 = 1_000_000;
 
@@ -484,30 +485,6 @@ mod tests {
             delay: Duration::from_millis(50),
             max_delay: Duration::from_millis(100),
         }
-    }
-
-    fn es(pid: u16, cc: u8) -> Packet {
-        let mut p = [0u8; 188];
-        p[..4].copy_from_slice(&[0x47, (pid >> 8) as u8, pid as u8, 0x10 | (cc & 15)]);
-        p
-    }
-
-    /// A packet with an adaptation field carrying `pcr` (and payload).
-    fn with_pcr(pid: u16, pcr: u64, cc: u8) -> Packet {
-        let mut p = es(pid, cc);
-        p[3] = 0x30 | (cc & 15);
-        p[4] = 7;
-        p[5] = 0x10;
-        let (base, ext) = (pcr / 300, pcr % 300);
-        p[6..12].copy_from_slice(&[
-            (base >> 25) as u8,
-            (base >> 17) as u8,
-            (base >> 9) as u8,
-            (base >> 1) as u8,
-            ((base as u8 & 1) << 7) | 0x7E | (ext >> 8) as u8,
-            ext as u8,
-        ]);
-        p
     }
 
     /// Run `input` (arrival ns, packet) through a schedule, emitting every 1 ms until

@@ -161,27 +161,15 @@ impl Dating {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mux::test_packets::{es, with_pcr};
 
     const MS: u64 = 1_000_000;
 
     fn pkt(pid: u16, pcr: Option<u64>) -> Packet {
-        let mut p = [0u8; 188];
-        p[..4].copy_from_slice(&[0x47, (pid >> 8) as u8, pid as u8, 0x10]);
-        if let Some(pcr) = pcr {
-            p[3] = 0x30;
-            p[4] = 7;
-            p[5] = 0x10;
-            let (base, ext) = (pcr / 300, pcr % 300);
-            p[6..12].copy_from_slice(&[
-                (base >> 25) as u8,
-                (base >> 17) as u8,
-                (base >> 9) as u8,
-                (base >> 1) as u8,
-                ((base as u8 & 1) << 7) | 0x7E | (ext >> 8) as u8,
-                ext as u8,
-            ]);
+        match pcr {
+            Some(pcr) => with_pcr(pid, pcr, 0),
+            None => es(pid, 0),
         }
-        p
     }
 
     #[test]

@@ -134,7 +134,8 @@ impl Drop for SectionWriter<'_> {
     }
 }
 
-fn header(table_id: u8, table_id_extension: u16, version: u8) -> LongHeader {
+/// The header of a one-section current table.
+pub(crate) fn header(table_id: u8, table_id_extension: u16, version: u8) -> LongHeader {
     LongHeader {
         table_id,
         table_id_extension,

@@ -9,8 +9,8 @@
 
 use super::descriptor::Descriptor;
 use super::error::TsError;
-use super::psi_write::SectionWriter;
-use super::section::{crc32_mpeg2, LongHeader, MAX_PSI_SECTION};
+use super::psi_write::{header, SectionWriter};
+use super::section::{crc32_mpeg2, MAX_PSI_SECTION};
 use super::types::Pid;
 
 /// table_id of the NIT of the actual network.
@@ -102,17 +102,6 @@ pub struct LocalTimeOffset {
     pub time_of_change: u64,
     /// The offset after that change, minutes.
     pub next_offset_minutes: i16,
-}
-
-fn header(table_id: u8, table_id_extension: u16, version: u8) -> LongHeader {
-    LongHeader {
-        table_id,
-        table_id_extension,
-        version,
-        current_next: true,
-        section_number: 0,
-        last_section_number: 0,
-    }
 }
 
 /// A text field: ASCII as it is (the default table), anything else as UTF-8 with its

@@ -66,6 +66,55 @@ pub fn has_payload(p: &Packet) -> bool {
     p[3] & 0x10 != 0 && !(p[3] & 0x20 != 0 && p[4] >= 183)
 }
 
+/// Make an SPTS with ffmpeg: `secs` seconds of the lavfi `pattern` (320x240, 25 fps) as
+/// MPEG-2 video at `video` bit/s (GOP 12) and a sine as MP2 audio at 96 kbit/s, with the
+/// mpegts muxer's `options` (mux rate, numbering, ...). Fails loudly without ffmpeg.
+pub fn ffmpeg_spts(path: &Path, pattern: &str, secs: u64, video: &str, options: &[&str]) {
+    let out = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("{pattern}=size=320x240:rate=25:duration={secs}"))
+        .args(["-f", "lavfi", "-i"])
+        .arg(format!("sine=frequency=440:duration={secs}"))
+        .args(["-c:v", "mpeg2video", "-b:v", video, "-g", "12"])
+        .args(["-c:a", "mp2", "-b:a", "96k"])
+        .args(options)
+        .args(["-f", "mpegts"])
+        .arg(path)
+        .output()
+        .expect("ffmpeg (Debian package ffmpeg) is needed by this test");
+    assert!(out.status.success(), "ffmpeg: {out:?}");
+}
+
+/// (packet index, PCR in 27 MHz ticks) of every PCR on `pcr_pid`, read by hand rather
+/// than by castmux's own parser.
+pub fn pcrs(pkts: &[Packet], pcr_pid: u16) -> Vec<(usize, u64)> {
+    pkts.iter()
+        .enumerate()
+        .filter(|(_, p)| pid(p) == pcr_pid && p[3] & 0x20 != 0 && p[4] >= 7 && p[5] & 0x10 != 0)
+        .map(|(i, p)| {
+            let base = (u64::from(p[6]) << 25)
+                | (u64::from(p[7]) << 17)
+                | (u64::from(p[8]) << 9)
+                | (u64::from(p[9]) << 1)
+                | (u64::from(p[10]) >> 7);
+            let ext = (u64::from(p[10] & 1) << 8) | u64::from(p[11]);
+            (i, base * 300 + ext)
+        })
+        .collect()
+}
+
+/// The bitrate each pair of consecutive PCRs of `pcrs` gives (bytes between them over the
+/// PCR step), bit/s.
+pub fn pcr_bitrates(pcrs: &[(usize, u64)]) -> Vec<f64> {
+    const WRAP: u64 = (1 << 33) * 300;
+    pcrs.windows(2)
+        .map(|w| {
+            let ticks = (w[1].1 + WRAP - w[0].1) % WRAP;
+            (w[1].0 - w[0].0) as f64 * 1504.0 * 27e6 / ticks as f64
+        })
+        .collect()
+}
+
 /// What the PSI of a stream says.
 #[derive(Debug, Default)]
 pub struct Psi {

@@ -25,9 +25,10 @@ pub enum UrlError {
         "`{url}`: missing port; write HOST:PORT, for example udp://239.1.1.1:1234 or srt://:9000"
     )]
     MissingPort { url: String },
-    #[error("`{url}`: bad port `{port}`; a port is a number from 1 to 65535 (0, any free port, only where we bind)")]
+    // what the user wrote is shown masked too: a bad address or value may hold a secret
+    #[error("`{url}`: bad port `{}`; a port is a number from 1 to 65535 (0, any free port, only where we bind)", mask(.port))]
     BadPort { url: String, port: String },
-    #[error("`{url}`: bad address `{addr}`: {expected}")]
+    #[error("`{url}`: bad address `{}`: {expected}", mask(.addr))]
     BadAddress {
         url: String,
         addr: String,
@@ -39,7 +40,7 @@ pub enum UrlError {
         key: String,
         accepted: &'static str,
     },
-    #[error("`{url}`: bad value `{value}` for `{key}`: {expected}")]
+    #[error("`{url}`: bad value `{}` for `{key}`: {expected}", mask(.value))]
     BadOption {
         url: String,
         key: String,
@@ -975,6 +976,9 @@ mod tests {
             "rtp://h:9000?mode=caller&passphrase=0123456789abc",
             "udp://239.1.1.1:1234?passphrase=0123456789abc",
             "srt://h:9000?passphrase=0123456789abc&colour=red",
+            // an HTTP path's bad character: the error named the path with its query
+            "http://0.0.0.0:8100/ch1?ma\0clients=&passphrase=0123456789abc",
+            "http://192.0.2.7:8000/a b?passphrase=0123456789abc",
         ] {
             let e = InputUrl::parse(bad).unwrap_err().to_string();
             assert!(!e.contains(secret), "{e}");

@@ -165,7 +165,7 @@ impl fmt::Debug for HttpInputUrl {
             .field("url", &self.url)
             .field("host", &self.host)
             .field("port", &self.port)
-            .field("target", &self.target)
+            .field("target", &mask(&self.target))
             .field("credentials", &self.credentials.as_ref().map(|_| "***"))
             .finish()
     }
@@ -983,6 +983,10 @@ mod tests {
             let e = InputUrl::parse(bad).unwrap_err().to_string();
             assert!(!e.contains(secret), "{e}");
         }
+        // an HTTP input's request target is kept as written (the server gets it), but its
+        // Debug masks it like the URL
+        let u = InputUrl::parse("http://h:8000/a?passphrase=0123456789abc").unwrap();
+        assert!(!format!("{u:?}").contains(secret), "{u:?}");
         let OutputUrl::Srt(s) =
             OutputUrl::parse("srt://h:9000?passphrase=aaaaaaaaaa&passphrase=0123456789abc")
                 .unwrap()

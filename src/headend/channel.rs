@@ -485,8 +485,12 @@ impl Channel {
                 nulls = c.nulls,
                 dropped_late = c.dropped_late,
                 dropped_full = c.dropped_full,
+                input_nulls = c.input_nulls,
                 pcr_restamped = c.pcr_restamped,
+                pcr_inserted = c.pcr_inserted,
                 pcr_restarts = c.pcr_restarts,
+                pcr_unfollowed = c.pcr_unfollowed,
+                dating_restarts = c.dating_restarts,
                 "cbr"
             );
         }

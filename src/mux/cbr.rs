@@ -28,6 +28,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::dating::Dating;
+use super::follow::RateLoop;
 use crate::ts::packet::{
     null_packet, pcr_step, Packet, PacketMut, PacketRef, PACKET_SIZE, PCR_WRAP,
 };
@@ -39,17 +40,8 @@ const TICKS_PER_S: u64 = 27_000_000;
 const PACKET_BITS: u128 = 188 * 8;
 /// A PCR this far from its clock (either way) starts the clock again.
 const JUMP: u64 = TICKS_PER_S;
-/// The difference's average takes 1/2^this of each new one (about 20 s at 25 PCRs/s):
-/// arrival times jitter by milliseconds, clocks drift by microseconds per second.
-const AVERAGE_SHIFT: u32 = 9;
-/// The offset's rate, ppb, per tick of averaged difference: a difference is taken out over
-/// about five minutes, long against the average's own delay, so the loop is stable.
+/// The offset's rate, ppb, per tick of averaged difference (see [`RateLoop`]).
 const RATE_PER_TICK_DIVISOR: i64 = 8;
-/// The offset's rate is at most this, ppb (a sender within the standard's 30 ppm, with
-/// room).
-const MAX_RATE_PPB: i64 = 50_000;
-/// The rate changes by at most this per PCR, ppb.
-const RATE_STEP_PPB: i64 = 500;
 /// A PCR PID with no PCR out for this long gets one in the next free slot.
 const PCR_INTERVAL_NS: u64 = 35_000_000;
 /// ... while the PID had a packet of the stream within this long.
@@ -179,11 +171,8 @@ struct Queued {
 struct PcrClock {
     pid: Pid,
     offset: u64,
-    /// Average of (input PCR - due time) - offset, in ticks.
-    average: i64,
-    /// How fast the offset moves, ppb of output time, and the part of a tick carried.
-    rate_ppb: i64,
-    carry: i128,
+    /// Follows (input PCR - due time) - offset, in ticks; its rate moves the offset.
+    follow: RateLoop,
     /// Slot position of the last PCR.
     last_position: u64,
     /// Slot of the last PCR sent on the PID (its own or one put in), and the PID's last
@@ -308,13 +297,13 @@ impl Cbr {
                 .fetch_add(self.clocks.len() as u64, Relaxed);
             self.clocks.clear();
         }
+        let max_delay = self.settings.max_delay.as_nanos() as u64;
         let mut filled = 0;
         loop {
             let t = self.slot_ns(self.slot);
             if t > now_ns {
                 break;
             }
-            let max_delay = self.settings.max_delay.as_nanos() as u64;
             while self
                 .queue
                 .front()
@@ -382,10 +371,8 @@ impl Cbr {
             0x10,
         ]);
         // on the clock's line: the offset as its rate has moved it since its last PCR
-        let moved =
-            i128::from(c.rate_ppb) * i128::from(pcr_step(c.last_position, position)) + c.carry;
-        let offset = (c.offset + PCR_WRAP).wrapping_add_signed((moved / 1_000_000_000) as i64);
-        PacketMut::new(&mut p).set_pcr(position + offset % PCR_WRAP);
+        let offset = wrap_add(c.offset, c.follow.peek(pcr_step(c.last_position, position)));
+        PacketMut::new(&mut p).set_pcr(position + offset);
         c.last_pcr_slot = slot;
         Some(p)
     }
@@ -416,9 +403,7 @@ impl Cbr {
                 self.clocks.push(PcrClock {
                     pid,
                     offset: q,
-                    average: 0,
-                    rate_ppb: 0,
-                    carry: 0,
+                    follow: RateLoop::default(),
                     last_position: position,
                     last_pcr_slot: self.slot,
                     last_cc: pkt[3] & 0x0F,
@@ -436,20 +421,13 @@ impl Cbr {
         let restart = new_base || diff.unsigned_abs() > JUMP;
         if restart {
             c.offset = q;
-            c.average = 0;
-            c.rate_ppb = 0;
-            c.carry = 0;
+            c.follow.reset();
             self.stats.pcr_restarts.fetch_add(1, Relaxed);
         } else {
-            c.average += (diff - c.average) >> AVERAGE_SHIFT;
-            let target = (c.average / RATE_PER_TICK_DIVISOR).clamp(-MAX_RATE_PPB, MAX_RATE_PPB);
-            c.rate_ppb += (target - c.rate_ppb).clamp(-RATE_STEP_PPB, RATE_STEP_PPB);
-            let elapsed = i128::from(pcr_step(c.last_position, position));
-            let total = i128::from(c.rate_ppb) * elapsed + c.carry;
-            let step = (total / 1_000_000_000) as i64;
-            c.carry = total % 1_000_000_000;
-            c.offset = (c.offset + PCR_WRAP).wrapping_add_signed(step) % PCR_WRAP;
-            c.average -= step;
+            c.follow.steer(diff, RATE_PER_TICK_DIVISOR);
+            let step = c.follow.advance(pcr_step(c.last_position, position));
+            c.offset = wrap_add(c.offset, step);
+            c.follow.rebase(step);
         }
         c.last_position = position;
         c.last_pcr_slot = self.slot;
@@ -460,6 +438,11 @@ impl Cbr {
         }
         self.stats.pcr_restamped.fetch_add(1, Relaxed);
     }
+}
+
+/// `at + step` modulo the PCR wrap.
+fn wrap_add(at: u64, step: i64) -> u64 {
+    (at + PCR_WRAP).wrapping_add_signed(step) % PCR_WRAP
 }
 
 /// The step from `from` to `to` modulo the PCR wrap, as the shorter way round.

@@ -18,6 +18,7 @@
 //! up) starts the clock again from its arrival. Before the first PCR, and on a stream
 //! without any, packets are due `delay` after they arrived.
 
+use super::follow::RateLoop;
 use crate::ts::packet::{pcr_step, Packet, PacketRef};
 use crate::ts::Pid;
 
@@ -25,16 +26,9 @@ use crate::ts::Pid;
 const TICKS_PER_MS: u64 = 27_000;
 /// A PCR step over this (or backwards) is a jump.
 const MAX_STEP: u64 = 1000 * TICKS_PER_MS;
-/// The average takes 1/2^this of each new difference (about 20 s at 25 PCRs/s): arrivals
-/// jitter by milliseconds, clocks drift by microseconds per second.
-const AVERAGE_SHIFT: u32 = 9;
-/// The mapping's rate, ppb, per ns of averaged difference: one is taken out over about
-/// five minutes, long against the average's own delay, so the loop is stable.
-const RATE_PER_NS_DIVISOR: i64 = 300;
-/// The mapping's rate is at most this, ppb (the standard's 30 ppm, with room).
-const MAX_RATE_PPB: i64 = 50_000;
-/// The rate changes by at most this per PCR, ppb.
-const RATE_STEP_PPB: i64 = 500;
+/// The mapping's rate, ppb, per ns of averaged difference (see [`RateLoop`]); negative: a
+/// packet due later than its arrival says slows the mapping.
+const RATE_PER_NS_DIVISOR: i64 = -300;
 /// Mean spacing assumed until two PCRs have given one, ns (about 2 Mbit/s).
 const FIRST_SPACING_NS: u64 = 750_000;
 
@@ -53,11 +47,8 @@ pub struct Dating {
     spacing: u64,
     /// The last step between PCRs, ns.
     last_step_ns: u64,
-    /// The mapping's rate (ppb) and the part of a ns carried.
-    rate_ppb: i64,
-    carry: i128,
-    /// Average of (due - arrival - delay) at PCRs, ns.
-    average: i64,
+    /// Follows (due - arrival - delay) at PCRs, ns; its rate adjusts the mapping.
+    follow: RateLoop,
     /// The last due time given (order is kept).
     previous: u64,
     /// Clock restarts.
@@ -77,9 +68,7 @@ impl Dating {
             since: 0,
             spacing: FIRST_SPACING_NS << 8,
             last_step_ns: 40_000_000,
-            rate_ppb: 0,
-            carry: 0,
-            average: 0,
+            follow: RateLoop::default(),
             previous: 0,
             restarts: 0,
         }
@@ -114,43 +103,39 @@ impl Dating {
         let target = arrival_ns + self.delay_ns;
         let step = pcr_step(self.last_pcr, pcr);
         let first = self.last_due.is_none();
-        let mut due = match self.last_due {
+        let due = match self.last_due {
             Some(_) if flagged || step > MAX_STEP => None,
             None => None,
             Some(last_due) => {
-                let ns = i128::from(step) * 1000 / 27;
-                let total = ns * i128::from(1_000_000_000 + self.rate_ppb) + self.carry;
-                self.carry = total % 1_000_000_000;
-                let due = last_due + (total / 1_000_000_000) as u64;
-                (due.abs_diff(target) <= self.restart_ns).then_some((due, ns as u64))
+                let ns = step * 1000 / 27;
+                let due = (last_due + ns).wrapping_add_signed(self.follow.advance(ns));
+                (due.abs_diff(target) <= self.restart_ns).then_some((due, ns))
             }
         };
-        if let Some((d, ns)) = due {
-            self.last_step_ns = ns;
-            if self.since > 0 {
-                // the packets between the two PCRs give the mean spacing
-                let spacing = (ns << 8) / (self.since + 1);
-                self.spacing = (self.spacing * 7 + spacing) / 8;
+        let d = match due {
+            Some((d, ns)) => {
+                self.last_step_ns = ns;
+                if self.since > 0 {
+                    // the packets between the two PCRs give the mean spacing
+                    let spacing = (ns << 8) / (self.since + 1);
+                    self.spacing = (self.spacing * 7 + spacing) / 8;
+                }
+                // steer the mapping's rate so that packets wait `delay` on average
+                self.follow
+                    .steer(d as i64 - target as i64, RATE_PER_NS_DIVISOR);
+                d
             }
-            // steer the mapping's rate so that packets wait `delay` on average
-            let diff = d as i64 - target as i64;
-            self.average += (diff - self.average) >> AVERAGE_SHIFT;
-            let want = (-self.average / RATE_PER_NS_DIVISOR).clamp(-MAX_RATE_PPB, MAX_RATE_PPB);
-            self.rate_ppb += (want - self.rate_ppb).clamp(-RATE_STEP_PPB, RATE_STEP_PPB);
-            due = Some((d, ns));
-        } else {
-            if !first {
-                self.restarts += 1;
+            None => {
+                if !first {
+                    self.restarts += 1;
+                }
+                self.follow.reset();
+                // a restart is due from its arrival (not before what is queued)
+                target
             }
-            self.rate_ppb = 0;
-            self.carry = 0;
-            self.average = 0;
-            // a restart is due from its arrival (not before what is queued)
-            due = Some((target, 0));
-        }
+        };
         // the mapping keeps the PCR's own time; only what is handed out waits for the
         // packets ahead (in `date`), so a queue of early-dated packets never shifts it
-        let (d, _) = due.unwrap_or((target, 0));
         self.last_pcr = pcr;
         self.last_due = Some(d);
         self.since = 0;

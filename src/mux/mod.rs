@@ -3,6 +3,7 @@
 
 pub mod cbr;
 pub mod dating;
+mod follow;
 pub mod paced;
 
 /// Packets the stages' unit tests feed in.

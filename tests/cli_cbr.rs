@@ -185,12 +185,7 @@ fn a_live_bursty_input_goes_out_at_a_constant_bitrate_with_exact_pcrs_paced() {
     // the scrambled stream descrambles and decodes whole
     let clear = dir.path().join("clear.ts");
     ok(&["descramble", "-i", s(&out), "-o", s(&clear), "--cw", CW]);
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&clear)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
+    let decode = ffmpeg_decode(&clear);
     assert!(decode.status.success(), "{decode:?}");
     assert!(
         decode.stderr.is_empty(),

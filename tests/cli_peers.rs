@@ -61,12 +61,7 @@ fn ffprobe_lists_programs_and_streams_of_scrambled_output_and_ffmpeg_decodes_des
             "--cw-log",
             s(&log),
         ]);
-        let dec = Command::new("ffmpeg")
-            .args(["-nostdin", "-v", "error", "-i"])
-            .arg(&clr)
-            .args(["-f", "null", "-"])
-            .output()
-            .unwrap();
+        let dec = ffmpeg_decode(&clr);
         assert!(dec.status.success(), "{name}: ffmpeg failed");
         assert_eq!(
             String::from_utf8_lossy(&dec.stderr),
@@ -92,12 +87,7 @@ fn scrambled_output_does_not_decode_cleanly() {
         "--cw",
         "0123456789abcdef",
     ]);
-    let dec = Command::new("ffmpeg")
-        .args(["-nostdin", "-v", "error", "-i"])
-        .arg(&scr)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
+    let dec = ffmpeg_decode(&scr);
     let clean = dec.status.success() && dec.stderr.is_empty();
     assert!(!clean, "a scrambled stream decoded without errors");
 }

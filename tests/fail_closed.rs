@@ -9,7 +9,9 @@ use std::path::Path;
 use std::process::Command;
 
 use cli_support::gen::{pat_sections, pmt_section, Es, Writer};
-use cli_support::{castmux, has_payload, ok, packets, pid, psi, s, tmp, tsc, Packet};
+use cli_support::{
+    castmux, ffmpeg_decode, has_payload, ok, packets, pid, psi, s, tmp, tsc, Packet,
+};
 
 /// Clear payload packets on `pids`.
 fn clear_on(pkts: &[Packet], pids: &BTreeSet<u16>) -> usize {
@@ -363,12 +365,7 @@ fn ffmpeg_h264_with_smpte_302m_is_scrambled_whole() {
         codecs.contains("h264") && codecs.contains("s302m"),
         "{codecs}"
     );
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&clear)
-        .args(["-f", "null", "-"])
-        .output()
-        .expect("ffmpeg");
+    let decode = ffmpeg_decode(&clear);
     assert!(decode.status.success());
     assert!(
         decode.stderr.is_empty(),

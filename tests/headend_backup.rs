@@ -169,12 +169,7 @@ fn decoded_frames(dir: &Path, bytes: &[u8]) -> u64 {
         .find(|w| !w.is_empty())
         .and_then(|w| w.parse().ok())
         .unwrap_or_else(|| panic!("ffprobe said {text:?}"));
-    let decode = Command::new("ffmpeg")
-        .args(["-v", "error", "-i"])
-        .arg(&clear)
-        .args(["-f", "null", "-"])
-        .output()
-        .unwrap();
+    let decode = ffmpeg_decode(&clear);
     assert!(decode.status.success(), "{decode:?}");
     frames
 }

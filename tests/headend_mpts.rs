@@ -99,19 +99,9 @@ fn layout(pkts: &[Packet]) -> (u16, BTreeMap<u16, (u16, Vec<u16>)>) {
 /// The largest distance in stream time between two PAT sections (PUSI packets on PID 0),
 /// the time of a packet interpolated between the PCRs on `pcr_pid` around it.
 fn max_pat_gap(pkts: &[Packet], pcr_pid: u16) -> f64 {
-    let pcrs: Vec<(usize, f64)> = pkts
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| pid(p) == pcr_pid && p[3] & 0x20 != 0 && p[4] >= 7 && p[5] & 0x10 != 0)
-        .map(|(i, p)| {
-            let base = (u64::from(p[6]) << 25)
-                | (u64::from(p[7]) << 17)
-                | (u64::from(p[8]) << 9)
-                | (u64::from(p[9]) << 1)
-                | (u64::from(p[10]) >> 7);
-            let ext = (u64::from(p[10] & 1) << 8) | u64::from(p[11]);
-            (i, (base * 300 + ext) as f64 / 27e6)
-        })
+    let pcrs: Vec<(usize, f64)> = pcrs(pkts, pcr_pid)
+        .into_iter()
+        .map(|(i, pcr)| (i, pcr as f64 / 27e6))
         .collect();
     let time = |i: usize| {
         let k = pcrs.partition_point(|(at, _)| *at <= i);

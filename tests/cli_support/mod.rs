@@ -85,6 +85,17 @@ pub fn ffmpeg_spts(path: &Path, pattern: &str, secs: u64, video: &str, options: 
     assert!(out.status.success(), "ffmpeg: {out:?}");
 }
 
+/// ffmpeg decodes every stream of `ts` to nothing (`-v error`: what it says is an error);
+/// its exit status and messages for the caller to judge. Fails loudly without ffmpeg.
+pub fn ffmpeg_decode(ts: &Path) -> Output {
+    Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(ts)
+        .args(["-f", "null", "-"])
+        .output()
+        .expect("ffmpeg (Debian package ffmpeg) is needed by this test")
+}
+
 /// (packet index, PCR in 27 MHz ticks) of every PCR on `pcr_pid`, read by hand rather
 /// than by castmux's own parser.
 pub fn pcrs(pkts: &[Packet], pcr_pid: u16) -> Vec<(usize, u64)> {

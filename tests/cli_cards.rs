@@ -5,19 +5,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use castmux::cas::store::Store;
+use castmux::cas::store::{AuditQuery, Store, StoreLocation};
 use castmux::cas::{derive_card_key, CardFile, CardSerial};
+
+mod pg_support;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
 
 struct Db {
     _dir: tempfile::TempDir,
+    /// The store's file (SQLite); a path in the temp dir that is never made (PostgreSQL).
     path: PathBuf,
+    /// What `--db` is given: the file, or the database's URL.
+    at: String,
 }
 
 impl Db {
-    fn new() -> Db {
+    fn on(backend: Backend) -> Db {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("castmux.db");
-        Db { _dir: dir, path }
+        let at = match backend {
+            Backend::Sqlite => path.to_str().expect("utf-8 temp dir").to_owned(),
+            Backend::Postgres => pg_support::fresh_database(),
+        };
+        Db {
+            _dir: dir,
+            path,
+            at,
+        }
     }
 
     fn dir(&self) -> &Path {
@@ -27,7 +46,7 @@ impl Db {
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_castmux"))
             .arg("--db")
-            .arg(&self.path)
+            .arg(&self.at)
             .args(args)
             .env("CASTMUX_LOG", "warn")
             .env_remove("CASTMUX_DB")
@@ -64,7 +83,8 @@ impl Db {
 
     fn store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
         block_on(async {
-            let s = Store::open(&self.path).await.expect("open store");
+            let at: StoreLocation = self.at.parse().expect("store location");
+            let s = Store::open(&at).await.expect("open store");
             let r = f(&s).await;
             s.close().await;
             r
@@ -85,7 +105,11 @@ fn json(text: &str) -> serde_json::Value {
 }
 
 fn setup() -> Db {
-    let db = Db::new();
+    setup_on(Backend::Sqlite)
+}
+
+fn setup_on(backend: Backend) -> Db {
+    let db = Db::on(backend);
     db.ok(&["init"]);
     for p in ["sport", "movies", "kids"] {
         db.ok(&["package", "add", p]);
@@ -93,9 +117,8 @@ fn setup() -> Db {
     db
 }
 
-#[test]
-fn cards_from_add_to_csv_round_trip() {
-    let db = setup();
+fn cards_from_add_to_csv_round_trip(b: Backend) {
+    let db = setup_on(b);
     let pk = json(&db.ok(&["package", "list", "--json"]));
     let bits: Vec<u64> = pk
         .as_array()
@@ -206,7 +229,7 @@ fn cards_from_add_to_csv_round_trip() {
     db.ok(&["card", "export", file.to_str().unwrap()]);
     let exported = std::fs::read_to_string(&file).unwrap();
     assert_eq!(exported, db.csv());
-    let fresh = setup();
+    let fresh = setup_on(b);
     let out = fresh.ok(&["card", "import", file.to_str().unwrap()]);
     assert!(out.contains("101 new"), "{out}");
     assert_eq!(fresh.csv(), exported);
@@ -222,9 +245,8 @@ impl Db {
     }
 }
 
-#[test]
-fn import_with_a_bad_row_changes_nothing_and_names_the_line() {
-    let db = setup();
+fn import_with_a_bad_row_changes_nothing_and_names_the_line(b: Backend) {
+    let db = setup_on(b);
     db.ok(&["card", "add", "--count", "3", "--packages", "sport"]);
     let before = db.csv();
     let mut text = String::from("serial_no,name,info,access_criteria,pair,start,finish\n");
@@ -287,14 +309,13 @@ fn import_with_a_bad_row_changes_nothing_and_names_the_line() {
     assert_eq!(db.csv(), before);
 }
 
-#[test]
-fn every_named_error() {
-    let none = Db::new();
+fn every_named_error(b: Backend) {
+    let none = Db::on(b);
     let err = none.fails(&["card", "list"], "STORE_NOT_FOUND");
     assert!(err.contains("castmux init"), "{err}");
     assert!(!none.path.exists(), "a failed open creates no file");
 
-    let db = setup();
+    let db = setup_on(b);
     db.fails(&["init"], "STORE_EXISTS");
     db.ok(&["card", "add", "--serial", "2100000050"]);
     db.ok(&[
@@ -422,15 +443,17 @@ fn every_named_error() {
     let pk = json(&db.ok(&["package", "list", "--json"]));
     assert_eq!(pk.as_array().unwrap().len(), 3);
 
+    if b == Backend::Postgres {
+        return;
+    }
     // a file that is not a store
-    let junk = Db::new();
+    let junk = Db::on(b);
     std::fs::write(&junk.path, vec![0x55u8; 8192]).unwrap();
     junk.fails(&["card", "list"], "STORE_ERROR");
 }
 
-#[test]
-fn export_key_writes_a_private_card_file_with_the_derived_key() {
-    let db = setup();
+fn export_key_writes_a_private_card_file_with_the_derived_key(b: Backend) {
+    let db = setup_on(b);
     db.ok(&[
         "card",
         "add",
@@ -500,9 +523,8 @@ fn export_key_writes_a_private_card_file_with_the_derived_key() {
     assert_eq!(&records[0].entitlements, e);
 }
 
-#[test]
-fn keys_rotate_and_every_key_operation_is_audited_without_key_material() {
-    let db = setup();
+fn keys_rotate_and_every_key_operation_is_audited_without_key_material(b: Backend) {
+    let db = setup_on(b);
     let status = db.ok(&["keys", "status"]);
     assert!(
         status.contains("sport") && status.contains("v1") && status.contains("v2"),
@@ -547,19 +569,17 @@ fn keys_rotate_and_every_key_operation_is_audited_without_key_material() {
     ]);
 
     let (root, keys, audit) = db.store(async |s| {
-        let audit: Vec<(String, String, String)> = {
-            let pool = sqlx::sqlite::SqlitePoolOptions::new()
-                .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(s.path()))
-                .await
-                .unwrap();
-            let rows: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT action, subject, detail FROM audit ORDER BY id")
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
-            pool.close().await;
-            rows
-        };
+        let mut audit: Vec<(String, String, String)> = s
+            .audit_log(&AuditQuery {
+                limit: 100_000,
+                ..AuditQuery::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.action, e.subject, e.detail))
+            .collect();
+        audit.reverse();
         (s.root_key().clone(), s.service_keys().await.unwrap(), audit)
     });
     let actions: Vec<&str> = audit.iter().map(|a| a.0.as_str()).collect();
@@ -590,6 +610,9 @@ fn keys_rotate_and_every_key_operation_is_audited_without_key_material() {
         for k in &secrets {
             assert!(!row.contains(k.as_str()), "key material in audit row {row}");
         }
+    }
+    if b == Backend::Postgres {
+        return;
     }
     // the raw file: once compacted (VACUUM drops stale page copies, the checkpoint empties
     // the WAL) the root key sits in the settings row once and nowhere else
@@ -622,15 +645,14 @@ fn keys_rotate_and_every_key_operation_is_audited_without_key_material() {
     );
 }
 
-#[test]
-fn killed_bulk_add_leaves_the_store_empty_or_complete() {
-    let db = setup();
+fn killed_bulk_add_leaves_the_store_empty_or_complete(b: Backend) {
+    let db = setup_on(b);
     let mut outcomes = (0, 0);
     let mut cards = 0u64;
     for i in 0..24u64 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_castmux"))
             .arg("--db")
-            .arg(&db.path)
+            .arg(&db.at)
             .args(["card", "add", "--count", "10000", "--packages", "sport"])
             .env("CASTMUX_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -662,9 +684,8 @@ fn killed_bulk_add_leaves_the_store_empty_or_complete() {
     );
 }
 
-#[test]
-fn fifty_thousand_cards_in_seconds() {
-    let db = setup();
+fn fifty_thousand_cards_in_seconds(b: Backend) {
+    let db = setup_on(b);
     let t0 = Instant::now();
     let out = db.ok(&[
         "card",
@@ -745,3 +766,31 @@ fn a_locked_store_fails_with_store_locked_and_stays_unchanged() {
     );
     assert_eq!(db.csv(), before);
 }
+
+/// The store tests that hold for any backend, run on each.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Postgres)
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    cards_from_add_to_csv_round_trip,
+    import_with_a_bad_row_changes_nothing_and_names_the_line,
+    every_named_error,
+    export_key_writes_a_private_card_file_with_the_derived_key,
+    keys_rotate_and_every_key_operation_is_audited_without_key_material,
+    killed_bulk_add_leaves_the_store_empty_or_complete,
+    fifty_thousand_cards_in_seconds,
+);

@@ -7,7 +7,7 @@
 //! (a lock, not per packet) and drains card updates from a bounded channel when the EMM
 //! inserter polls the carousel.
 
-use std::path::Path;
+use crate::cas::store::StoreLocation;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -162,7 +162,7 @@ impl LiveCas {
     /// Open the store at `db`, load keys and cards, and keep them current. With
     /// `emm_bitrate`, an EMM carousel of all cards is made (take it with [`LiveCas::take_emm_source`]).
     pub fn start(
-        db: &Path,
+        db: &StoreLocation,
         access: ChannelAccess,
         emm_bitrate: Option<u64>,
     ) -> Result<LiveCas, LiveCasError> {
@@ -170,7 +170,7 @@ impl LiveCas {
         let (upd_tx, upd_rx) = mpsc::sync_channel::<Update>(UPDATES);
         let (stop, stop_rx) = oneshot::channel();
         let sink = ToCarousel(emm_bitrate.is_some().then_some(upd_tx));
-        let db = db.to_path_buf();
+        let db = db.clone();
         let thread = std::thread::Builder::new()
             .name("castmux-cas".to_owned())
             .spawn(move || feed_thread(&db, access, init_tx, sink, stop_rx))
@@ -214,7 +214,7 @@ impl LiveCas {
 }
 
 fn feed_thread(
-    db: &Path,
+    db: &StoreLocation,
     access: ChannelAccess,
     init_tx: mpsc::SyncSender<Result<Start, LiveCasError>>,
     mut sink: ToCarousel,

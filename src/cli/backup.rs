@@ -1,6 +1,7 @@
 //! `castmux backup FILE`: a consistent copy of the card store while it is in use.
 
-use std::path::{Path, PathBuf};
+use castmux::cas::store::StoreLocation;
+use std::path::PathBuf;
 
 use castmux::cas::store::time;
 use clap::Args;
@@ -16,7 +17,7 @@ pub struct BackupArgs {
     file: PathBuf,
 }
 
-pub fn run(db: &Path, a: BackupArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: BackupArgs) -> anyhow::Result<()> {
     block_on(async {
         let store = open(db).await?;
         let res = store.backup(&a.file, time::now()).await;
@@ -24,7 +25,7 @@ pub fn run(db: &Path, a: BackupArgs) -> anyhow::Result<()> {
         let bytes = res?;
         super::out::line(format_args!(
             "backed up {} to {} ({bytes} bytes); keep it as secret as the store",
-            db.display(),
+            db,
             a.file.display()
         ))?;
         Ok(())

@@ -1,6 +1,7 @@
 //! `castmux card ...`: provisioning cards (add, list, show, set, enable/disable/remove,
 //! CSV import/export, card.json export, event grants).
 
+use castmux::cas::store::StoreLocation;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -167,7 +168,7 @@ enum CardCommand {
 /// Largest CSV file `card import` reads.
 const MAX_IMPORT_BYTES: u64 = 1 << 30;
 
-pub fn run(db: &Path, a: CardArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: CardArgs) -> anyhow::Result<()> {
     block_on(async {
         let store = open(db).await?;
         let res = dispatch(&store, a.command).await;

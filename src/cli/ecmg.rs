@@ -1,8 +1,8 @@
 //! `castmux ecmg`: the built-in CAS as a SimulCrypt ECMG (ECMG<->SCS, TS 103 197), so another
 //! mux (Astra, TSDuck's scrambler, `castmux scramble --ecmg`) gets castmux ECMs.
 
+use castmux::cas::store::StoreLocation;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub struct EcmgArgs {
     handshake_timeout: Duration,
 }
 
-pub fn run(db: &Path, a: EcmgArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: EcmgArgs) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     let rt = super::runtime(2)?;
     let (stats, follower) = rt.block_on(serve(db, a, stop))?;
@@ -49,7 +49,7 @@ pub fn run(db: &Path, a: EcmgArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(
-    db: &Path,
+    db: &StoreLocation,
     a: EcmgArgs,
     stop: Arc<AtomicBool>,
 ) -> anyhow::Result<(Arc<EcmgServerStats>, Arc<FollowerStats>)> {

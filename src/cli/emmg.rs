@@ -4,7 +4,7 @@
 //! rotation included) checks the store every second: changed cards go out first, new key
 //! versions go to every card.
 
-use std::path::Path;
+use castmux::cas::store::StoreLocation;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -82,7 +82,7 @@ impl StoreSink for Carousels {
     }
 }
 
-pub fn run(db: &Path, a: EmmgArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: EmmgArgs) -> anyhow::Result<()> {
     let stop = super::stop_flag()?;
     let rt = super::runtime(0)?;
     let stats = rt.block_on(feed(db, a, stop))?;
@@ -90,7 +90,11 @@ pub fn run(db: &Path, a: EmmgArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<Arc<EmmgStats>> {
+async fn feed(
+    db: &StoreLocation,
+    a: EmmgArgs,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<Arc<EmmgStats>> {
     let store = open(db).await?;
     let (follower, snapshot) = StoreFollower::start(store.clone(), true).await?;
     let follower_stats = follower.stats();

@@ -1,6 +1,6 @@
 //! `castmux event add|list`: pay-per-view events (a bit valid only in a time window).
 
-use std::path::Path;
+use castmux::cas::store::StoreLocation;
 
 use castmux::cas::store::{fields, time, StoreError};
 use clap::{Args, Subcommand};
@@ -36,7 +36,7 @@ enum EventCommand {
     List,
 }
 
-pub fn run(db: &Path, a: EventArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: EventArgs) -> anyhow::Result<()> {
     block_on(async {
         let store = open(db).await?;
         match a.command {

@@ -4,6 +4,7 @@
 //! channels. The file is read by the head-end library; a channel written as `args = "…"`
 //! is parsed here, as `castmux scramble`'s options.
 
+use castmux::cas::store::StoreLocation;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -51,7 +52,7 @@ fn read_plan(path: &Path) -> anyhow::Result<HeadendPlan> {
     HeadendPlan::from_file(&text, &parse_args).with_context(|| format!("{}", path.display()))
 }
 
-pub fn run(a: HeadendArgs, db: &Path) -> anyhow::Result<()> {
+pub fn run(a: HeadendArgs, db: &StoreLocation) -> anyhow::Result<()> {
     let plan = read_plan(&a.config)?;
     if a.check {
         outln!(

@@ -1,8 +1,8 @@
 //! `castmux init`, and how the store commands reach the store: a small tokio runtime per
 //! command and `Store::open` on the `--db` path.
 
+use castmux::cas::store::StoreLocation;
 use std::future::Future;
-use std::path::Path;
 
 use castmux::cas::store::DEFAULT_SERIAL_PREFIX;
 use castmux::cas::store::{time, InitOptions, Store, StoreError};
@@ -33,7 +33,7 @@ pub(super) fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
 }
 
 /// Open the store at `db`.
-pub(super) async fn open(db: &Path) -> Result<Store, StoreError> {
+pub(super) async fn open(db: &StoreLocation) -> Result<Store, StoreError> {
     Store::open(db).await
 }
 
@@ -58,7 +58,7 @@ pub(super) fn rotation_interval(option: &str, text: &str) -> Result<i64, StoreEr
     Ok(secs)
 }
 
-pub fn run(db: &Path, a: InitArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: InitArgs) -> anyhow::Result<()> {
     let rotate_every = rotation_interval("--rotate-every", &a.rotate_every)?;
     let opts = InitOptions {
         serial_prefix: a.serial_prefix,
@@ -75,7 +75,7 @@ pub fn run(db: &Path, a: InitArgs) -> anyhow::Result<()> {
     })??;
     super::out::line(format_args!(
         "created card store {} (CA_system_ID {:#06X}, serials from {}, key rotation {})",
-        db.display(),
+        db,
         caid,
         a.serial_prefix,
         time::format_interval(rotate_every)

@@ -1,6 +1,6 @@
 //! `castmux keys rotate|status|schedule`: service keys by version and age, never the keys.
 
-use std::path::Path;
+use castmux::cas::store::StoreLocation;
 
 use castmux::cas::store::time;
 use clap::{Args, Subcommand};
@@ -41,7 +41,7 @@ fn age(secs: i64) -> String {
     }
 }
 
-pub fn run(db: &Path, a: KeysArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: KeysArgs) -> anyhow::Result<()> {
     block_on(async {
         let store = open(db).await?;
         let now = time::now();

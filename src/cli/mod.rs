@@ -7,6 +7,7 @@ macro_rules! outln {
     };
 }
 
+use castmux::cas::store::StoreLocation;
 use castmux::value as args;
 mod backup;
 mod card;
@@ -25,9 +26,9 @@ mod scramble;
 mod scramble_simulcrypt;
 mod serve;
 mod softcard;
+mod store;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -38,15 +39,18 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "castmux", version, about)]
 pub struct Cli {
-    /// The card store (SQLite file). Default ./castmux.db.
+    /// The card store: a SQLite file (default ./castmux.db), or a PostgreSQL database as
+    /// postgres://USER@HOST[:PORT]/DB that several castmux processes share (the password
+    /// from PGPASSWORD, PGPASSFILE or ~/.pgpass rather than the URL).
     #[arg(
         long,
         global = true,
         env = "CASTMUX_DB",
-        value_name = "PATH",
-        default_value = "castmux.db"
+        value_name = "PATH|URL",
+        default_value = "castmux.db",
+        hide_env_values = true
     )]
-    db: PathBuf,
+    db: StoreLocation,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +71,8 @@ enum Command {
     Init(init::InitArgs),
     /// Copy the card store, consistent even while it is in use, to a new file (mode 0600).
     Backup(backup::BackupArgs),
+    /// Store operations: copy a whole store into another (SQLite file into PostgreSQL).
+    Store(store::StoreArgs),
     /// Packages: named access-criteria bits.
     Package(package::PackageArgs),
     /// Cards: add, list, show, set, enable/disable/remove, CSV import/export, card.json.
@@ -159,6 +165,7 @@ pub fn main() -> ExitCode {
         Command::Softcard(a) => softcard::run(a),
         Command::Init(a) => init::run(&cli.db, a),
         Command::Backup(a) => backup::run(&cli.db, a),
+        Command::Store(a) => store::run(a),
         Command::Package(a) => package::run(&cli.db, a),
         Command::Card(a) => card::run(&cli.db, a),
         Command::Event(a) => event::run(&cli.db, a),

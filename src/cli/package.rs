@@ -1,6 +1,6 @@
 //! `castmux package add|list`.
 
-use std::path::Path;
+use castmux::cas::store::StoreLocation;
 
 use castmux::cas::store::{time, StoreError};
 use castmux::cas::{AccessCriteria, PackageBit};
@@ -47,7 +47,7 @@ pub(super) fn parse_bit(text: &str) -> Result<PackageBit, StoreError> {
         })
 }
 
-pub fn run(db: &Path, a: PackageArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: PackageArgs) -> anyhow::Result<()> {
     block_on(async {
         let store = open(db).await?;
         match a.command {

@@ -1,6 +1,7 @@
 //! `castmux scramble`: the options become a [`ChannelSpec`], run as a one-channel head-end
 //! (the same code path as every channel of `castmux headend`).
 
+use castmux::cas::store::StoreLocation;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -283,7 +284,7 @@ fn program(text: &str) -> Result<spec::ProgramSpec, String> {
     text.parse()
 }
 
-pub fn run(a: ScrambleArgs, db: &std::path::Path) -> anyhow::Result<()> {
+pub fn run(a: ScrambleArgs, db: &StoreLocation) -> anyhow::Result<()> {
     let controls = Controls {
         stop: super::stop_flag()?,
         ..Controls::default()

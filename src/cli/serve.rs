@@ -1,6 +1,7 @@
 //! `castmux serve`: the HTTP API over the card store (TVCAS's `GET /api.php` and the REST
 //! API under `/api/v1`), on the control-plane runtime, until SIGINT/SIGTERM.
 
+use castmux::cas::store::StoreLocation;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -103,7 +104,7 @@ pub(crate) fn export_key(
     Ok(key)
 }
 
-pub fn run(db: &Path, a: ServeArgs) -> anyhow::Result<()> {
+pub fn run(db: &StoreLocation, a: ServeArgs) -> anyhow::Result<()> {
     let key = api_key(a.api_key_file.as_deref())?;
     let export = export_key(a.export_key_file.as_deref(), "--export-key-file", &key)?;
     if a.max_body == 0 {

@@ -2,7 +2,6 @@
 //! SimulCrypt generators, outputs), run, and reported. `castmux scramble` is one channel;
 //! `castmux headend` runs many.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +38,7 @@ pub const DEFAULT_EMM_PID: u16 = 0x1FF1;
 #[derive(Debug)]
 pub struct ChannelEnv<'a> {
     /// The card store (`--db`), for the built-in CAS.
-    pub db: &'a Path,
+    pub db: &'a crate::cas::store::StoreLocation,
     /// Where SimulCrypt links and EMMG ports run.
     pub control: &'a ControlPlane,
     /// EMMs cloned from the head-end's EMMG<->MUX port (Astra's "EMM Clone").
@@ -163,7 +162,7 @@ impl Channel {
                     ChannelAccess::Criteria(text.parse().context("--access-criteria")?)
                 };
                 let cas = LiveCas::start(env.db, access, Some(a.emm_bitrate))
-                    .with_context(|| format!("the card store {}", env.db.display()))?;
+                    .with_context(|| format!("the card store {}", env.db))?;
                 if cas.access.is_empty() {
                     bail!("the channel's access criteria name no package");
                 }

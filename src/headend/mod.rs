@@ -34,7 +34,7 @@ pub mod spec;
 pub mod status;
 pub mod supervise;
 
-use std::path::Path;
+use crate::cas::store::StoreLocation;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +107,7 @@ impl Headend {
     pub fn run(
         &self,
         plan: HeadendPlan,
-        db: &Path,
+        db: &StoreLocation,
         controls: &Controls,
         reloader: Option<Reloader<'_>>,
     ) -> Result<Vec<ChannelReport>, HeadendError> {
@@ -124,7 +124,7 @@ impl Headend {
         &self,
         control: &ControlPlane,
         plan: HeadendPlan,
-        db: &Path,
+        db: &StoreLocation,
         controls: &Controls,
         reloader: Option<Reloader<'_>>,
     ) -> Result<Vec<ChannelReport>, HeadendError> {
@@ -181,7 +181,7 @@ impl Headend {
         &self,
         control: &ControlPlane,
         h: &HttpSetup,
-        db: &Path,
+        db: &StoreLocation,
         events: std::sync::mpsc::Sender<Event>,
         controls: &Controls,
     ) -> Result<(), HeadendError> {
@@ -197,7 +197,7 @@ impl Headend {
             .map_err(|e| {
                 failed(format!(
                     "[http]: the card store {} (run castmux init, or drop [http])",
-                    db.display()
+                    db
                 ))(Box::new(e))
             })?;
         let listener = control

@@ -149,7 +149,7 @@ fn permanent(e: &HeadendError) -> bool {
 /// Everything one supervised run borrows.
 pub(crate) struct Supervisor<'a> {
     pub registry: &'a Arc<Registry>,
-    pub db: &'a std::path::Path,
+    pub db: &'a crate::cas::store::StoreLocation,
     pub control: &'a ControlPlane,
     pub plane_opts: &'a PlaneOptions,
     pub controls: &'a Controls,

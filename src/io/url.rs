@@ -601,15 +601,23 @@ fn parse_srt(url: &str, rest: &str) -> Result<SrtUrl, UrlError> {
 
 /// Hide the secrets in a URL kept for messages: every `passphrase=` value (a repeated
 /// key is as secret as the first), in errors as much as in the URL shown for a good one,
-/// and the password of an `http://USER:PASS@` URL (all of a `TOKEN@` without a colon).
+/// and `password=` (a PostgreSQL store URL's), and the password of an `http://USER:PASS@`
+/// or `postgres://USER:PASS@` URL (all of a `TOKEN@` without a colon).
 /// Also for URLs kept as written (a head-end file's channel spec) whenever they are shown.
 pub fn mask(url: &str) -> String {
-    const KEY: &str = "passphrase=";
-    let url = &mask_userinfo(url);
+    let mut url = mask_userinfo(url);
+    for key in ["passphrase=", "password="] {
+        url = mask_values(&url, key);
+    }
+    url
+}
+
+/// Every `KEY` value in `url` (up to the next `&`) as `***`.
+fn mask_values(url: &str, key: &str) -> String {
     let mut out = String::with_capacity(url.len());
-    let mut rest = url.as_str();
-    while let Some(i) = rest.find(KEY) {
-        let start = i + KEY.len();
+    let mut rest = url;
+    while let Some(i) = rest.find(key) {
+        let start = i + key.len();
         out.push_str(&rest[..start]);
         out.push_str("***");
         rest = &rest[rest[start..].find('&').map_or(rest.len(), |e| start + e)..];
@@ -618,7 +626,7 @@ pub fn mask(url: &str) -> String {
     out
 }
 
-/// `http(s)://USER:PASS@HOST…` → `http(s)://USER:***@HOST…`; other URLs as they are (a
+/// `http(s)://USER:PASS@HOST…` → `http(s)://USER:***@HOST…` (and `postgres://`); other URLs as they are (a
 /// `udp://SOURCE@GROUP` names an address, not a secret).
 fn mask_userinfo(url: &str) -> String {
     let t = url.trim_start();
@@ -626,7 +634,10 @@ fn mask_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = t.split_once("://") else {
         return url.to_owned();
     };
-    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+    if !["http", "https", "postgres", "postgresql"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
+    {
         return url.to_owned();
     }
     let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());

@@ -1,13 +1,13 @@
 //! The audit log: one row per key operation and per card change. Callers pass descriptions,
 //! never key material.
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, Tx};
 
 /// Append a row inside the caller's transaction, so the log and the change commit together.
 pub(crate) async fn record(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     at: i64,
     action: &str,
     subject: &str,
@@ -17,7 +17,7 @@ pub(crate) async fn record(
     // the write lock held by the transaction makes MAX(id)+1 safe
     sqlx::query(
         "INSERT INTO audit (id, at, action, subject, detail) \
-         SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ? FROM audit",
+         SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4 FROM audit",
     )
     .bind(at)
     .bind(action)
@@ -63,21 +63,29 @@ pub struct AuditQuery {
 impl Store {
     /// Rows of the audit log matching `q`, newest first.
     pub async fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        // every condition is present with a NULL escape, so one statement serves all filters
+        // every condition is present with a NULL escape, so one statement serves all filters;
+        // an action ending in '.' is a prefix, told apart here (string functions differ
+        // between SQLite and PostgreSQL; substr(s, 1, n) and length are the same in both)
+        let (exact, prefix) = match q.action.as_deref() {
+            Some(a) if a.ends_with('.') => (None, Some(a)),
+            a => (a, None),
+        };
         let rows = sqlx::query(
             "SELECT id, at, action, subject, detail FROM audit \
-             WHERE (?1 IS NULL OR id < ?1) \
-             AND (?2 IS NULL OR action = ?2 OR (substr(?2, -1) = '.' AND substr(action, 1, length(?2)) = ?2)) \
-             AND (?3 IS NULL OR subject = ?3) \
-             AND (?4 IS NULL OR at >= ?4) AND (?5 IS NULL OR at < ?5) \
-             ORDER BY id DESC LIMIT ?6",
+             WHERE ($1 IS NULL OR id < $1) \
+             AND ($2 IS NULL OR action = $2) \
+             AND ($3 IS NULL OR subject = $3) \
+             AND ($4 IS NULL OR at >= $4) AND ($5 IS NULL OR at < $5) \
+             AND ($7 IS NULL OR substr(action, 1, length($7)) = $7) \
+             ORDER BY id DESC LIMIT $6",
         )
         .bind(q.before.map(|b| b.min(i64::MAX as u64) as i64))
-        .bind(q.action.as_deref())
+        .bind(exact)
         .bind(q.subject.as_deref())
         .bind(q.since)
         .bind(q.until)
         .bind(i64::from(q.limit))
+        .bind(prefix)
         .fetch_all(&self.pool)
         .await
         .map_err(|e| self.err(e))?;

@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use futures::TryStreamExt;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, Sqlite, Transaction};
+
+use sqlx::Row;
 
 use super::error::StoreError;
 use super::fields::{check_text, check_window};
 use super::time::DAY;
-use super::{audit, next_change_seq, Store};
+use super::{audit, next_change_seq, Store, Tx};
 use crate::cas::types::{AccessCriteria, CardSerial, Entitlements, EventGrant, PackageBit};
 
 /// Most cards one `add` may create.
@@ -153,7 +153,7 @@ pub(super) const CARD_COLUMNS: &str =
     "serial, name, info, access_criteria, start_at, finish_at, pair, state, \
                             created_at, updated_at, change_seq";
 
-pub(super) fn card_from_row(r: &SqliteRow) -> Result<CardRecord, sqlx::Error> {
+pub(super) fn card_from_row(r: &sqlx::any::AnyRow) -> Result<CardRecord, sqlx::Error> {
     let serial: i64 = r.try_get(0)?;
     let pair: i64 = r.try_get(6)?;
     let state: String = r.try_get(7)?;
@@ -174,7 +174,7 @@ pub(super) fn card_from_row(r: &SqliteRow) -> Result<CardRecord, sqlx::Error> {
     })
 }
 
-fn grant_from_row(r: &SqliteRow) -> Result<(i64, EventGrant), sqlx::Error> {
+fn grant_from_row(r: &sqlx::any::AnyRow) -> Result<(i64, EventGrant), sqlx::Error> {
     let bit: i64 = r.try_get(2)?;
     let bit = u32::try_from(bit)
         .ok()
@@ -194,11 +194,26 @@ fn grant_from_row(r: &SqliteRow) -> Result<(i64, EventGrant), sqlx::Error> {
 const GRANTS: &str = "SELECT ce.serial, e.id, e.bit, e.start_at, e.end_at \
                       FROM card_events ce JOIN events e ON e.id = ce.event_id";
 
+/// A LIKE pattern (escape character `!`) matching `t` anywhere: instr() is SQLite's and
+/// strpos() PostgreSQL's, LIKE is both's.
+fn like_substring(t: &str) -> String {
+    let mut p = String::with_capacity(t.len() + 2);
+    p.push('%');
+    for c in t.chars() {
+        if matches!(c, '%' | '_' | '!') {
+            p.push('!');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
 /// Run a card SELECT, converting rows as they stream in (a million rows held as driver rows
 /// would take gigabytes).
 pub(super) async fn fetch_cards<'q>(
-    tx: &mut Transaction<'_, Sqlite>,
-    q: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    tx: &mut Tx<'_>,
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
 ) -> Result<Vec<CardRecord>, sqlx::Error> {
     let mut rows = q.fetch(&mut **tx);
     let mut out = Vec::new();
@@ -210,11 +225,11 @@ pub(super) async fn fetch_cards<'q>(
 
 /// The card `serial` without its event grants; `None` when there is no such card.
 async fn card_by_serial(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     serial: CardSerial,
 ) -> Result<Option<CardRecord>, sqlx::Error> {
     let row = sqlx::query(&format!(
-        "SELECT {CARD_COLUMNS} FROM cards WHERE serial = ?"
+        "SELECT {CARD_COLUMNS} FROM cards WHERE serial = $1"
     ))
     .bind(serial.0 as i64)
     .fetch_optional(&mut **tx)
@@ -224,13 +239,13 @@ async fn card_by_serial(
 
 /// Attach event grants to cards.
 pub(super) async fn attach_events(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     cards: &mut [CardRecord],
     one: Option<CardSerial>,
 ) -> Result<(), sqlx::Error> {
     let rows = match one {
         Some(s) => {
-            sqlx::query(&format!("{GRANTS} WHERE ce.serial = ? ORDER BY e.id"))
+            sqlx::query(&format!("{GRANTS} WHERE ce.serial = $1 ORDER BY e.id"))
                 .bind(s.0 as i64)
                 .fetch_all(&mut **tx)
                 .await?
@@ -259,12 +274,12 @@ pub(super) async fn attach_events(
 
 /// Attach event grants to `cards`, all of whose serials lie in `span` (first, last).
 async fn attach_events_between(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     cards: &mut [CardRecord],
     span: (CardSerial, CardSerial),
 ) -> Result<(), sqlx::Error> {
     let rows = sqlx::query(&format!(
-        "{GRANTS} WHERE ce.serial BETWEEN ? AND ? ORDER BY ce.serial, e.id"
+        "{GRANTS} WHERE ce.serial BETWEEN $1 AND $2 ORDER BY ce.serial, e.id"
     ))
     .bind(span.0 .0 as i64)
     .bind(span.1 .0 as i64)
@@ -284,7 +299,7 @@ async fn attach_events_between(
 }
 
 async fn resolve_access(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     spec: &AccessSpec,
 ) -> Result<Result<AccessCriteria, StoreError>, sqlx::Error> {
     match spec {
@@ -292,7 +307,7 @@ async fn resolve_access(
         AccessSpec::Packages(names) => {
             let mut access = AccessCriteria::NONE;
             for n in names {
-                let row = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+                let row = sqlx::query("SELECT bit FROM packages WHERE name = $1")
                     .bind(n)
                     .fetch_optional(&mut **tx)
                     .await?;
@@ -339,7 +354,7 @@ fn free_runs(from: u64, count: u64, taken: &[u64]) -> Option<Vec<(u64, u64)>> {
 /// card back as stored. The card is looked up before the fields are checked, so an unknown
 /// card is SMARTCARD_NOT_FOUND whatever else the change holds (as TVCAS answers).
 pub(super) async fn set_card_in(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     path: &Path,
     serial: CardSerial,
     changes: &CardChanges,
@@ -386,8 +401,8 @@ pub(super) async fn set_card_in(
         let seq = next_change_seq(tx).await?;
         // RETURNING reads the row back as stored in the same statement
         let row = sqlx::query(&format!(
-            "UPDATE cards SET name = ?, info = ?, access_criteria = ?, start_at = ?, \
-             finish_at = ?, pair = ?, updated_at = ?, change_seq = ? WHERE serial = ? \
+            "UPDATE cards SET name = $1, info = $2, access_criteria = $3, start_at = $4, \
+             finish_at = $5, pair = $6, updated_at = $7, change_seq = $8 WHERE serial = $9 \
              RETURNING {CARD_COLUMNS}"
         ))
         .bind(&card.name)
@@ -454,7 +469,7 @@ impl Store {
                         .filter(|&l| l <= i64::MAX as u64)
                         .ok_or(StoreError::SerialsExhausted(count))?;
                 let clash =
-                    sqlx::query("SELECT MIN(serial) FROM cards WHERE serial BETWEEN ? AND ?")
+                    sqlx::query("SELECT MIN(serial) FROM cards WHERE serial BETWEEN $1 AND $2")
                         .bind(s.0 as i64)
                         .bind(last as i64)
                         .fetch_one(&mut *tx)
@@ -473,7 +488,7 @@ impl Store {
                     .and_then(|r| r.try_get(0))
                     .map_err(|e| self.err(e))?;
                 let taken: Vec<u64> =
-                    sqlx::query("SELECT serial FROM cards WHERE serial >= ? ORDER BY serial")
+                    sqlx::query("SELECT serial FROM cards WHERE serial >= $1 ORDER BY serial")
                         .bind(next)
                         .fetch_all(&mut *tx)
                         .await
@@ -485,7 +500,7 @@ impl Store {
                 let runs = free_runs(next as u64, count, &taken)
                     .ok_or(StoreError::SerialsExhausted(count))?;
                 let after = runs.last().map(|r| r.1 + 1).unwrap_or(next as u64);
-                sqlx::query("UPDATE settings SET next_serial = ? WHERE id = 1")
+                sqlx::query("UPDATE settings SET next_serial = $1 WHERE id = 1")
                     .bind(after.min(i64::MAX as u64) as i64)
                     .execute(&mut *tx)
                     .await
@@ -500,8 +515,8 @@ impl Store {
                 // run instead of one per card
                 sqlx::query(&format!(
                     "INSERT INTO cards ({CARD_COLUMNS}) \
-                     WITH RECURSIVE s(n) AS (SELECT ? UNION ALL SELECT n + 1 FROM s WHERE n < ?) \
-                     SELECT n, ?, ?, ?, ?, ?, ?, 'enabled', ?, ?, ? FROM s"
+                     WITH RECURSIVE s(n) AS (SELECT $1 UNION ALL SELECT n + 1 FROM s WHERE n < $2) \
+                     SELECT n, $3, $4, $5, $6, $7, $8, 'enabled', $9, $10, $11 FROM s"
                 ))
                 .bind(first as i64)
                 .bind(last as i64)
@@ -516,7 +531,7 @@ impl Store {
                 .bind(seq)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("DELETE FROM removed_cards WHERE serial BETWEEN ? AND ?")
+                sqlx::query("DELETE FROM removed_cards WHERE serial BETWEEN $1 AND $2")
                     .bind(first as i64)
                     .bind(last as i64)
                     .execute(&mut *tx)
@@ -590,10 +605,10 @@ impl Store {
     ) -> Result<Vec<CardRecord>, StoreError> {
         let mut tx = self.read_tx().await?;
         let (cond, bind) = self.filter_sql(&mut tx, filter).await?;
-        // the filter's own parameter is ?1, so the page bounds are numbered after it
+        // the filter's own parameter is $1, so the page bounds are numbered after it
         let sql = format!(
-            "SELECT {CARD_COLUMNS} FROM cards WHERE ({cond}) AND serial > ?2 \
-             ORDER BY serial LIMIT ?3"
+            "SELECT {CARD_COLUMNS} FROM cards WHERE ({cond}) AND serial > $2 \
+             ORDER BY serial LIMIT $3"
         );
         let q = sqlx::query(&sql)
             .bind(bind.unwrap_or_default())
@@ -609,27 +624,27 @@ impl Store {
         Ok(cards)
     }
 
-    /// The WHERE condition of `filter` and its one text parameter (`?1`); a package name is
+    /// The WHERE condition of `filter` and its one text parameter (`$1`); a package name is
     /// resolved to its bit here.
     async fn filter_sql(
         &self,
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &mut Tx<'static>,
         filter: &CardFilter,
     ) -> Result<(String, Option<String>), StoreError> {
         Ok(match filter {
             CardFilter::All => ("1 = 1".to_owned(), None),
             CardFilter::Text(t) => (
-                "(instr(CAST(serial AS TEXT), ?1) > 0 \
-                 OR instr(lower(name), lower(?1)) > 0 OR instr(lower(info), lower(?1)) > 0)"
+                "(CAST(serial AS TEXT) LIKE $1 ESCAPE '!' \
+                 OR lower(name) LIKE lower($1) ESCAPE '!' OR lower(info) LIKE lower($1) ESCAPE '!')"
                     .to_owned(),
-                Some(t.clone()),
+                Some(like_substring(t)),
             ),
             CardFilter::Enabled(on) => (
-                "state = ?1".to_owned(),
+                "state = $1".to_owned(),
                 Some(if *on { "enabled" } else { "disabled" }.to_owned()),
             ),
             CardFilter::Package(p) => {
-                let bit = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+                let bit = sqlx::query("SELECT bit FROM packages WHERE name = $1")
                     .bind(p)
                     .fetch_optional(&mut **tx)
                     .await
@@ -666,7 +681,7 @@ impl Store {
         let res: Result<u64, sqlx::Error> = async {
             let seq = next_change_seq(&mut tx).await?;
             let n = sqlx::query(
-                "UPDATE cards SET state = ?, updated_at = ?, change_seq = ? WHERE serial = ?",
+                "UPDATE cards SET state = $1, updated_at = $2, change_seq = $3 WHERE serial = $4",
             )
             .bind(if enabled { "enabled" } else { "disabled" })
             .bind(now)
@@ -696,7 +711,7 @@ impl Store {
     pub async fn remove_card(&self, serial: CardSerial, now: i64) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         let res: Result<u64, sqlx::Error> = async {
-            let n = sqlx::query("DELETE FROM cards WHERE serial = ?")
+            let n = sqlx::query("DELETE FROM cards WHERE serial = $1")
                 .bind(serial.0 as i64)
                 .execute(&mut *tx)
                 .await?
@@ -704,7 +719,7 @@ impl Store {
             if n > 0 {
                 let seq = next_change_seq(&mut tx).await?;
                 sqlx::query(
-                    "INSERT INTO removed_cards (serial, change_seq, removed_at) VALUES (?, ?, ?) \
+                    "INSERT INTO removed_cards (serial, change_seq, removed_at) VALUES ($1, $2, $3) \
                      ON CONFLICT (serial) DO UPDATE SET change_seq = excluded.change_seq, \
                      removed_at = excluded.removed_at",
                 )

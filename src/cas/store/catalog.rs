@@ -1,10 +1,10 @@
 //! Packages (named access-criteria bits) and pay-per-view events (a bit valid in a time window).
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 
 use super::error::StoreError;
 use super::fields::{check_name, check_window};
-use super::{audit, keys, next_change_seq, Store};
+use super::{audit, keys, next_change_seq, Store, Tx};
 use crate::cas::types::{AccessCriteria, CardSerial, PackageBit};
 
 /// A package as listed.
@@ -43,9 +43,7 @@ fn bit_of(v: i64) -> Result<PackageBit, sqlx::Error> {
 }
 
 /// The lowest bit used by no package and no event.
-async fn lowest_free_bit(
-    tx: &mut Transaction<'_, Sqlite>,
-) -> Result<Option<PackageBit>, sqlx::Error> {
+async fn lowest_free_bit(tx: &mut Tx<'_>) -> Result<Option<PackageBit>, sqlx::Error> {
     let rows = sqlx::query("SELECT bit FROM packages UNION SELECT bit FROM events")
         .fetch_all(&mut **tx)
         .await?;
@@ -69,7 +67,7 @@ impl Store {
     ) -> Result<PackageBit, StoreError> {
         check_name(name)?;
         let mut tx = self.write_tx().await?;
-        let taken = sqlx::query("SELECT bit, name FROM packages WHERE name = ? OR bit = ?")
+        let taken = sqlx::query("SELECT bit, name FROM packages WHERE name = $1 OR bit = $2")
             .bind(name)
             .bind(bit.map(|b| i64::from(b.get())).unwrap_or(-1))
             .fetch_optional(&mut *tx)
@@ -94,7 +92,7 @@ impl Store {
                 .ok_or(StoreError::BitsExhausted)?,
         };
         let res: Result<(), sqlx::Error> = async {
-            sqlx::query("INSERT INTO packages (bit, name, created_at) VALUES (?, ?, ?)")
+            sqlx::query("INSERT INTO packages (bit, name, created_at) VALUES ($1, $2, $3)")
                 .bind(i64::from(bit.get()))
                 .bind(name)
                 .bind(now)
@@ -166,7 +164,7 @@ impl Store {
         let mut access = AccessCriteria::NONE;
         for n in names {
             let n = n.as_ref();
-            let row = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+            let row = sqlx::query("SELECT bit FROM packages WHERE name = $1")
                 .bind(n)
                 .fetch_optional(&mut *conn)
                 .await
@@ -195,7 +193,7 @@ impl Store {
             ))
         })?;
         let mut tx = self.write_tx().await?;
-        let exists = sqlx::query("SELECT 1 FROM events WHERE name = ?")
+        let exists = sqlx::query("SELECT 1 FROM events WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await
@@ -213,7 +211,7 @@ impl Store {
         let res: Result<(), sqlx::Error> = async {
             sqlx::query(
                 "INSERT INTO events (id, name, start_at, end_at, bit, created_at) \
-                 SELECT COALESCE(MAX(id), 0) + 1, ?, ?, ?, ?, ? FROM events",
+                 SELECT COALESCE(MAX(id), 0) + 1, $1, $2, $3, $4, $5 FROM events",
             )
             .bind(name)
             .bind(start)
@@ -267,14 +265,14 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
-        let ev = sqlx::query("SELECT id FROM events WHERE name = ?")
+        let ev = sqlx::query("SELECT id FROM events WHERE name = $1")
             .bind(event)
             .fetch_optional(&mut *tx)
             .await
             .map_err(|e| self.err(e))?
             .ok_or_else(|| StoreError::EventNotFound(event.to_owned()))?;
         let id: i64 = ev.try_get(0).map_err(|e| self.err(e))?;
-        let card = sqlx::query("SELECT 1 FROM cards WHERE serial = ?")
+        let card = sqlx::query("SELECT 1 FROM cards WHERE serial = $1")
             .bind(serial.0 as i64)
             .fetch_optional(&mut *tx)
             .await
@@ -285,7 +283,7 @@ impl Store {
         let res: Result<(), sqlx::Error> = async {
             let seq = next_change_seq(&mut tx).await?;
             sqlx::query(
-                "INSERT INTO card_events (serial, event_id, granted_at) VALUES (?, ?, ?) \
+                "INSERT INTO card_events (serial, event_id, granted_at) VALUES ($1, $2, $3) \
                  ON CONFLICT (serial, event_id) DO NOTHING",
             )
             .bind(serial.0 as i64)
@@ -293,7 +291,7 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("UPDATE cards SET change_seq = ?, updated_at = ? WHERE serial = ?")
+            sqlx::query("UPDATE cards SET change_seq = $1, updated_at = $2 WHERE serial = $3")
                 .bind(seq)
                 .bind(now)
                 .bind(serial.0 as i64)

@@ -193,6 +193,21 @@ impl StoreError {
     /// Classify a driver error: busy/locked and corruption get their own codes.
     pub(crate) fn db(path: &std::path::Path, e: sqlx::Error) -> StoreError {
         if let sqlx::Error::Database(d) = &e {
+            // PostgreSQL's SQLSTATE 55P03: the write lock (or a row lock) not had within
+            // lock_timeout, which is SQLite's busy timeout
+            if d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some()
+            {
+                if d.code().as_deref() == Some("55P03") {
+                    return StoreError::Locked {
+                        path: path.to_owned(),
+                    };
+                }
+                return StoreError::Db {
+                    path: path.to_owned(),
+                    source: e,
+                };
+            }
             // SQLite primary result codes: 5 BUSY, 6 LOCKED, 11 CORRUPT, 26 NOTADB
             let primary = d
                 .code()

@@ -82,17 +82,19 @@ impl Store {
                 .try_get(0)?;
             let after = since.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(-1);
             let sql =
-                format!("SELECT {CARD_COLUMNS} FROM cards WHERE change_seq > ? ORDER BY serial");
+                format!("SELECT {CARD_COLUMNS} FROM cards WHERE change_seq > $1 ORDER BY serial");
             let mut cards = fetch_cards(&mut tx, sqlx::query(&sql).bind(after)).await?;
             attach_events(&mut tx, &mut cards, None).await?;
             let removed: Vec<i64> = if since.is_some() {
-                sqlx::query("SELECT serial FROM removed_cards WHERE change_seq > ? ORDER BY serial")
-                    .bind(after)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get(0))
-                    .collect::<Result<_, _>>()?
+                sqlx::query(
+                    "SELECT serial FROM removed_cards WHERE change_seq > $1 ORDER BY serial",
+                )
+                .bind(after)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<Result<_, _>>()?
             } else {
                 Vec::new()
             };

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::Row;
 
 use super::error::StoreError;
 use super::time::format_interval;
-use super::{audit, Store};
+use super::{audit, Store, Tx};
 use crate::cas::types::{Key128, PackageBit, ServiceKey};
 
 /// One bit's key state, for `castmux keys status` (versions and ages only, never keys).
@@ -36,7 +36,7 @@ fn bit(v: i64) -> Result<PackageBit, sqlx::Error> {
 }
 
 async fn insert_key(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     bit: PackageBit,
     version: i64,
     now: i64,
@@ -45,7 +45,7 @@ async fn insert_key(
     let key = Key128::random();
     sqlx::query(
         "INSERT INTO service_keys (bit, version, key_hex, created_at, activated_at) \
-         VALUES (?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(i64::from(bit.get()))
     .bind(version)
@@ -59,11 +59,11 @@ async fn insert_key(
 
 /// Give `bit` a current (v1) and next (v2) key unless it has keys already.
 pub(crate) async fn ensure_keys(
-    tx: &mut Transaction<'_, Sqlite>,
+    tx: &mut Tx<'_>,
     bit: PackageBit,
     now: i64,
 ) -> Result<(), sqlx::Error> {
-    let have = sqlx::query("SELECT 1 FROM service_keys WHERE bit = ? LIMIT 1")
+    let have = sqlx::query("SELECT 1 FROM service_keys WHERE bit = $1 LIMIT 1")
         .bind(i64::from(bit.get()))
         .fetch_optional(&mut **tx)
         .await?;
@@ -83,13 +83,9 @@ pub(crate) async fn ensure_keys(
 }
 
 /// Rotate one bit inside `tx`; returns the new current version.
-async fn rotate_bit(
-    tx: &mut Transaction<'_, Sqlite>,
-    bit: PackageBit,
-    now: i64,
-) -> Result<i64, sqlx::Error> {
+async fn rotate_bit(tx: &mut Tx<'_>, bit: PackageBit, now: i64) -> Result<i64, sqlx::Error> {
     let b = i64::from(bit.get());
-    let next: i64 = sqlx::query("SELECT MAX(version) FROM service_keys WHERE bit = ?")
+    let next: i64 = sqlx::query("SELECT MAX(version) FROM service_keys WHERE bit = $1")
         .bind(b)
         .fetch_one(&mut **tx)
         .await?
@@ -100,13 +96,13 @@ async fn rotate_bit(
         ensure_keys(tx, bit, now).await?;
         return Ok(1);
     }
-    sqlx::query("UPDATE service_keys SET activated_at = ? WHERE bit = ? AND version = ?")
+    sqlx::query("UPDATE service_keys SET activated_at = $1 WHERE bit = $2 AND version = $3")
         .bind(now)
         .bind(b)
         .bind(next)
         .execute(&mut **tx)
         .await?;
-    sqlx::query("DELETE FROM service_keys WHERE bit = ? AND version < ?")
+    sqlx::query("DELETE FROM service_keys WHERE bit = $1 AND version < $2")
         .bind(b)
         .bind(next)
         .execute(&mut **tx)
@@ -125,7 +121,7 @@ async fn rotate_bit(
 
 /// The bits whose current key has been current for the rotation interval at `now` (none
 /// when rotation is by hand only), read inside `tx`.
-async fn due_bits(tx: &mut Transaction<'_, Sqlite>, now: i64) -> Result<Vec<i64>, sqlx::Error> {
+async fn due_bits(tx: &mut Tx<'_>, now: i64) -> Result<Vec<i64>, sqlx::Error> {
     let every: i64 = sqlx::query("SELECT rotate_every FROM settings WHERE id = 1")
         .fetch_one(&mut **tx)
         .await?
@@ -137,7 +133,7 @@ async fn due_bits(tx: &mut Transaction<'_, Sqlite>, now: i64) -> Result<Vec<i64>
     sqlx::query(
         "SELECT k.bit FROM service_keys k \
          WHERE k.version = (SELECT MAX(version) - 1 FROM service_keys m WHERE m.bit = k.bit) \
-         AND k.activated_at <= ? ORDER BY k.bit",
+         AND k.activated_at <= $1 ORDER BY k.bit",
     )
     .bind(now.saturating_sub(every))
     .fetch_all(&mut **tx)
@@ -191,7 +187,7 @@ impl Store {
         let mut tx = self.write_tx().await?;
         let bits: Vec<i64> = match package {
             Some(name) => {
-                let r = sqlx::query("SELECT bit FROM packages WHERE name = ?")
+                let r = sqlx::query("SELECT bit FROM packages WHERE name = $1")
                     .bind(name)
                     .fetch_optional(&mut *tx)
                     .await
@@ -266,7 +262,7 @@ impl Store {
         }
         let mut tx = self.write_tx().await?;
         let res: Result<(), sqlx::Error> = async {
-            sqlx::query("UPDATE settings SET rotate_every = ? WHERE id = 1")
+            sqlx::query("UPDATE settings SET rotate_every = $1 WHERE id = 1")
                 .bind(every)
                 .execute(&mut *tx)
                 .await?;

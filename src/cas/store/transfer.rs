@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
 use super::cards::{CardFilter, CardRecord, CARD_COLUMNS};
 use super::csv;
@@ -11,7 +11,7 @@ use super::error::StoreError;
 use super::fields::{
     check_text, check_window, parse_access, parse_finish, parse_pair, parse_serial, parse_start,
 };
-use super::{audit, next_change_seq, Store};
+use super::{audit, next_change_seq, values_placeholders, Store};
 
 /// The TVCAS CSV columns, in TVCAS's order.
 pub const CSV_COLUMNS: [&str; 7] = [
@@ -24,7 +24,7 @@ pub const CSV_COLUMNS: [&str; 7] = [
     "finish",
 ];
 
-/// Rows per multi-row statement (11 binds each stays far under SQLite's 32766 limit).
+/// Rows per multi-row statement (11 binds each stays far under SQLite's 32766 and PostgreSQL's 65535).
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// What an import did.
@@ -53,26 +53,11 @@ impl Store {
             let before: i64 = sqlx::query(COUNT).fetch_one(&mut *tx).await?.try_get(0)?;
             let seq = next_change_seq(&mut tx).await?;
             for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut qb: QueryBuilder<Sqlite> =
-                    QueryBuilder::new(format!("INSERT INTO cards ({CARD_COLUMNS}) "));
-                qb.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.card.serial.0 as i64)
-                        .push_bind(r.card.name.clone())
-                        .push_bind(r.card.info.clone())
-                        .push_bind(r.card.access.0 as i64)
-                        .push_bind(r.card.start)
-                        .push_bind(r.card.finish)
-                        .push_bind(i64::from(r.card.pair))
-                        .push_bind(if r.card.enabled {
-                            "enabled"
-                        } else {
-                            "disabled"
-                        })
-                        .push_bind(now)
-                        .push_bind(now)
-                        .push_bind(seq);
-                });
-                qb.push(
+                let mut sql = format!(
+                    "INSERT INTO cards ({CARD_COLUMNS}) VALUES {}",
+                    values_placeholders(chunk.len(), 11)
+                );
+                sql.push_str(
                     " ON CONFLICT (serial) DO UPDATE SET name = excluded.name, \
                      info = excluded.info, access_criteria = excluded.access_criteria, \
                      start_at = excluded.start_at, finish_at = excluded.finish_at, \
@@ -80,13 +65,32 @@ impl Store {
                      change_seq = excluded.change_seq",
                 );
                 if rows.first().is_some_and(|r| r.has_state) {
-                    qb.push(", state = excluded.state");
+                    sql.push_str(", state = excluded.state");
                 }
-                qb.build().execute(&mut *tx).await?;
+                let mut q = sqlx::query(&sql);
+                for r in chunk {
+                    q = q
+                        .bind(r.card.serial.0 as i64)
+                        .bind(r.card.name.clone())
+                        .bind(r.card.info.clone())
+                        .bind(r.card.access.0 as i64)
+                        .bind(r.card.start)
+                        .bind(r.card.finish)
+                        .bind(i64::from(r.card.pair))
+                        .bind(if r.card.enabled {
+                            "enabled"
+                        } else {
+                            "disabled"
+                        })
+                        .bind(now)
+                        .bind(now)
+                        .bind(seq);
+                }
+                q.execute(&mut *tx).await?;
             }
             sqlx::query(
                 "DELETE FROM removed_cards WHERE serial IN \
-                 (SELECT serial FROM cards WHERE change_seq = ?)",
+                 (SELECT serial FROM cards WHERE change_seq = $1)",
             )
             .bind(seq)
             .execute(&mut *tx)

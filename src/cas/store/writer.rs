@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
+
+use super::location::Backend;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cards::{set_card_in, CardChanges, CardRecord};
@@ -76,9 +78,10 @@ pub(super) type BeforeCommit = &'static [&'static str];
 impl CardWriter {
     /// Start the writer task on the current tokio runtime, writing through `pool` (the
     /// store's one writer connection).
-    pub(super) fn spawn(pool: SqlitePool, path: Arc<PathBuf>) -> CardWriter {
+    pub(super) fn spawn(pool: AnyPool, backend: Backend, path: Arc<PathBuf>) -> CardWriter {
         Self::spawn_inner(
             pool,
+            backend,
             path,
             #[cfg(test)]
             &[],
@@ -87,15 +90,17 @@ impl CardWriter {
 
     #[cfg(test)]
     pub(super) fn spawn_failing(
-        pool: SqlitePool,
+        pool: AnyPool,
+        backend: Backend,
         path: Arc<PathBuf>,
         before_commit: BeforeCommit,
     ) -> CardWriter {
-        Self::spawn_inner(pool, path, before_commit)
+        Self::spawn_inner(pool, backend, path, before_commit)
     }
 
     fn spawn_inner(
-        pool: SqlitePool,
+        pool: AnyPool,
+        backend: Backend,
         path: Arc<PathBuf>,
         #[cfg(test)] before_commit: BeforeCommit,
     ) -> CardWriter {
@@ -104,6 +109,7 @@ impl CardWriter {
         let task = Task {
             rx,
             pool,
+            backend,
             path: Arc::clone(&path),
             stats: Arc::clone(&stats),
             #[cfg(test)]
@@ -158,7 +164,8 @@ impl CardWriter {
 
 struct Task {
     rx: mpsc::Receiver<Msg>,
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     path: Arc<PathBuf>,
     stats: Arc<WriterStats>,
     #[cfg(test)]
@@ -236,7 +243,7 @@ impl Task {
         &self,
         batch: &[Job],
     ) -> Result<Vec<Result<CardRecord, StoreError>>, sqlx::Error> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = super::begin_write(&self.pool, self.backend).await?;
         let mut results = Vec::with_capacity(batch.len());
         for job in batch {
             // savepoints by hand on the one transaction: sqlx's nested transactions borrow it
@@ -471,6 +478,7 @@ mod tests {
         let (store, seq0) = store_with_cards(dir.path()).await;
         let failing = CardWriter::spawn_failing(
             store.writer.clone(),
+            store.backend,
             Arc::clone(&store.path),
             &[
                 "PRAGMA defer_foreign_keys = ON",

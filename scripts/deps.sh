@@ -5,6 +5,8 @@
 # chromium and chromium-driver, firefox-esr and geckodriver (the web page's browser tests;
 # geckodriver is not a Debian package, so Mozilla's crate is built with cargo install),
 # systemd (systemd-analyze verifies the service unit; no systemd needs to run),
+# postgresql and postgresql-client (the store's second backend: scripts/pg.sh starts a
+# throw-away cluster from the server's binaries, the tests make their databases with psql),
 # fonts-dejavu-core (the TrueType
 # font `loadtest --plot` draws its text with; read at run time, nothing to link). Called by
 # scripts/test.sh, so the README's test command works on a fresh Debian machine by itself. A peer that cannot be installed stops here, loudly:
@@ -12,7 +14,7 @@
 set -euo pipefail
 
 need_pkgs=(libdvbcsa-dev ffmpeg srt-tools tshark openssl curl prometheus chromium chromium-driver
-  fonts-dejavu-core firefox-esr systemd)
+  fonts-dejavu-core firefox-esr systemd postgresql postgresql-client)
 missing=()
 for p in "${need_pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -26,11 +26,20 @@ case "${1:-}" in
     port=${CASTMUX_TEST_PG_PORT:-$((20000 + RANDOM % 20000))}
     "${as_owner[@]}" "$bindir/initdb" -D "$dir/data" -U castmux --auth=trust -E UTF8 \
       --no-sync >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
+    echo "-h 127.0.0.1 -p $port -k $dir -F -c max_connections=400 -c shared_buffers=64MB" >"$dir/opts"
     "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-      -o "-h 127.0.0.1 -p $port -k $dir -F -c max_connections=400 -c shared_buffers=64MB" \
-      start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
+      -o "$(cat "$dir/opts")" start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     echo "export CASTMUX_TEST_PG=postgres://castmux@127.0.0.1:$port/postgres"
     echo "export CASTMUX_TEST_PG_DIR=$dir"
+    ;;
+  pause)
+    dir=${2:?usage: scripts/pg.sh pause DIR}
+    "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    ;;
+  resume)
+    dir=${2:?usage: scripts/pg.sh resume DIR}
+    "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+      -o "$(cat "$dir/opts")" start >/dev/null || { cat "$dir/server.log" >&2; exit 1; }
     ;;
   stop)
     dir=${2:?usage: scripts/pg.sh stop DIR}
@@ -38,7 +47,7 @@ case "${1:-}" in
     rm -rf "$dir"
     ;;
   *)
-    echo "usage: scripts/pg.sh start | stop DIR" >&2
+    echo "usage: scripts/pg.sh start | pause DIR | resume DIR | stop DIR" >&2
     exit 2
     ;;
 esac

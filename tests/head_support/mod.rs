@@ -19,7 +19,10 @@ pub const WAIT: Duration = Duration::from_secs(60);
 /// A card store in a temp dir with package `sport` (bit 0) and one card for it, exported.
 pub struct Head {
     pub dir: tempfile::TempDir,
+    /// The store's file; with [`Head::on`] a PostgreSQL URL, a path that is never made.
     pub db: PathBuf,
+    /// What `--db` is given: `db`, or the PostgreSQL URL.
+    pub at: String,
     pub card: PathBuf,
     pub serial: String,
 }
@@ -31,12 +34,19 @@ impl Head {
 
     /// A store whose cards and ECMs carry `ca_system_id` (hex).
     pub fn with_ca_system_id(ca_system_id: &str) -> Head {
+        Head::on(ca_system_id, None)
+    }
+
+    /// The store at `at` (a PostgreSQL URL), or in a file of the temp dir when `None`.
+    pub fn on(ca_system_id: &str, at: Option<String>) -> Head {
         let dir = tmp();
         let db = dir.path().join("castmux.db");
         let card = dir.path().join("card.json");
+        let at = at.unwrap_or_else(|| s(&db).to_owned());
         let mut h = Head {
             dir,
             db,
+            at,
             card,
             serial: String::new(),
         };
@@ -59,7 +69,7 @@ impl Head {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
-        c.arg("--db").arg(&self.db).env_remove("CASTMUX_DB");
+        c.arg("--db").arg(&self.at).env_remove("CASTMUX_DB");
         c
     }
 

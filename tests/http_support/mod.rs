@@ -15,7 +15,7 @@ pub use crate::cli_support::{start_server, Server};
 pub const KEY: &str = "mysecretkey123";
 
 /// The `castmux serve` command on `db` (no key given: the caller adds one).
-pub fn serve_command(db: &Path, extra: &[&str]) -> Command {
+pub fn serve_command(db: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
     c.arg("--db")
         .arg(db)
@@ -32,7 +32,7 @@ pub fn serve_command(db: &Path, extra: &[&str]) -> Command {
 
 /// Start `castmux serve` on `db` with [`KEY`] in CASTMUX_API_KEY; its address is read from
 /// its log.
-pub fn serve(db: &Path, extra: &[&str]) -> Server {
+pub fn serve(db: impl AsRef<std::ffi::OsStr>, extra: &[&str]) -> Server {
     let mut c = serve_command(db, extra);
     c.env("CASTMUX_API_KEY", KEY);
     start_server(c)
@@ -40,7 +40,7 @@ pub fn serve(db: &Path, extra: &[&str]) -> Server {
 
 /// Start `castmux headend --workers 1 --config CFG` on `db` with [`KEY`] in
 /// CASTMUX_API_KEY; the file's `[http]` listens where its log says.
-pub fn headend(db: &Path, cfg: &Path) -> Server {
+pub fn headend(db: impl AsRef<std::ffi::OsStr>, cfg: &Path) -> Server {
     let mut c = Command::new(env!("CARGO_BIN_EXE_castmux"));
     c.arg("--db")
         .arg(db)

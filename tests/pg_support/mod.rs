@@ -2,6 +2,8 @@
 //! CASTMUX_TEST_PG (scripts/test.sh starts a throw-away one with scripts/pg.sh). Without it
 //! the test fails, saying how to get one: a PostgreSQL test never quietly passes.
 
+#![allow(dead_code)]
+
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -18,8 +20,13 @@ pub fn cluster() -> String {
 
 /// Run SQL on the cluster's `postgres` database with psql; panics with psql's message.
 pub fn psql(sql: &str) {
+    psql_on(&cluster(), sql)
+}
+
+/// [`psql`] on the database at `url`.
+pub fn psql_on(url: &str, sql: &str) {
     let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &cluster(), "-c", sql])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
         .output()
         .expect("psql (Debian postgresql-client) must be installed for the PostgreSQL tests");
     assert!(
@@ -31,6 +38,11 @@ pub fn psql(sql: &str) {
 
 /// A new, empty database; its URL.
 pub fn fresh_database() -> String {
+    fresh_database_on(&cluster())
+}
+
+/// A new, empty database on the cluster whose `postgres` database is at `base`.
+pub fn fresh_database_on(base: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -41,10 +53,68 @@ pub fn fresh_database() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
-    psql(&format!("CREATE DATABASE {name}"));
-    let base = cluster();
+    psql_on(base, &format!("CREATE DATABASE {name}"));
     let (server, _) = base
         .rsplit_once('/')
         .expect("CASTMUX_TEST_PG is postgres://USER@HOST:PORT/DB");
     format!("{server}/{name}")
+}
+
+/// A cluster of the test's own (scripts/pg.sh), for a test that stops and restarts its
+/// server, which the shared one must not be. Stopped and removed when dropped.
+pub struct OwnCluster {
+    dir: String,
+    /// The URL of its `postgres` database.
+    pub url: String,
+}
+
+fn pg_sh(args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("run scripts/pg.sh");
+    assert!(
+        out.status.success(),
+        "scripts/pg.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+impl OwnCluster {
+    pub fn start() -> OwnCluster {
+        let out = pg_sh(&["start"]);
+        let var = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {out}"))
+                .to_owned()
+        };
+        OwnCluster {
+            dir: var("CASTMUX_TEST_PG_DIR"),
+            url: var("CASTMUX_TEST_PG"),
+        }
+    }
+
+    /// Stop the server (fast shutdown: every connection is cut).
+    pub fn pause(&self) {
+        pg_sh(&["pause", &self.dir]);
+    }
+
+    /// Start it again on the same port with the same data.
+    pub fn resume(&self) {
+        pg_sh(&["resume", &self.dir]);
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg.sh");
+        let _ = Command::new("bash")
+            .arg(script)
+            .args(["stop", &self.dir])
+            .output();
+    }
 }

@@ -34,6 +34,17 @@ pub enum StoreError {
         /// The store path.
         path: PathBuf,
     },
+    /// No connection to the store's server within the wait (PostgreSQL down, unreachable,
+    /// or every connection busy).
+    #[error("STORE_UNREACHABLE: {path}: no connection to the store's server within {secs} s ({detail}); check that PostgreSQL is up and reachable, castmux keeps trying")]
+    Unreachable {
+        /// The store.
+        path: PathBuf,
+        /// The wait.
+        secs: u64,
+        /// The driver's words.
+        detail: String,
+    },
     /// The transaction that carried this change (with others committed together) failed;
     /// nothing of it was written.
     #[error("DB_ERROR: {path}: the change was not committed ({detail}); nothing was written, send it again")]
@@ -164,6 +175,7 @@ impl StoreError {
             StoreError::Exists { .. } => "STORE_EXISTS",
             StoreError::Corrupt { .. } | StoreError::Migrate { .. } => "STORE_ERROR",
             StoreError::Locked { .. } => "STORE_LOCKED",
+            StoreError::Unreachable { .. } => "STORE_UNREACHABLE",
             StoreError::Db { .. } | StoreError::NotCommitted { .. } => "DB_ERROR",
             StoreError::WriterStopped { .. } => "STORE_CLOSED",
             StoreError::Io { .. } | StoreError::KeyFile(_) | StoreError::NotUtf8Path(_) => {
@@ -192,6 +204,13 @@ impl StoreError {
 
     /// Classify a driver error: busy/locked and corruption get their own codes.
     pub(crate) fn db(path: &std::path::Path, e: sqlx::Error) -> StoreError {
+        if matches!(e, sqlx::Error::PoolTimedOut) && path.to_string_lossy().contains("://") {
+            return StoreError::Unreachable {
+                path: path.to_owned(),
+                secs: super::PG_ACQUIRE.as_secs(),
+                detail: e.to_string(),
+            };
+        }
         if let sqlx::Error::Database(d) = &e {
             // PostgreSQL's SQLSTATE 55P03: the write lock (or a row lock) not had within
             // lock_timeout, which is SQLite's busy timeout

@@ -62,6 +62,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// How long a PostgreSQL store operation waits for a connection (the server down, or every
+/// connection of the pool busy) before it fails with `STORE_UNREACHABLE`.
+pub(crate) const PG_ACQUIRE: Duration = Duration::from_secs(3);
+
 /// A transaction on either backend.
 pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
@@ -155,9 +159,17 @@ async fn connect_pool(at: &StoreLocation, max: u32) -> Result<AnyPool, StoreErro
         let _ = sqlx::Connection::close(probe).await;
         setup.map_err(|e| StoreError::db(&label, e))?;
     }
+    // SQLite: a connection waits for the file's lock within the busy timeout, so it is had
+    // by then. PostgreSQL: a server that is down makes the pool retry its connection; a
+    // caller learns of it within PG_ACQUIRE (the follower counts it and keeps its keys)
+    // rather than hanging; the write lock is waited for inside the statement instead
+    let acquire = match backend {
+        Backend::Sqlite => BUSY_TIMEOUT + Duration::from_secs(5),
+        Backend::Postgres => PG_ACQUIRE,
+    };
     AnyPoolOptions::new()
         .max_connections(max)
-        .acquire_timeout(BUSY_TIMEOUT + Duration::from_secs(5))
+        .acquire_timeout(acquire)
         .after_connect(move |conn, _| Box::pin(session_setup(conn, backend)))
         .connect_with(opts)
         .await

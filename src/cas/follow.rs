@@ -242,7 +242,7 @@ impl StoreFollower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cas::store::InitOptions;
+    use crate::cas::store::{Backend, InitOptions};
 
     #[derive(Default)]
     struct Seen {
@@ -263,8 +263,12 @@ mod tests {
     }
 
     async fn store_with_package(dir: &std::path::Path, now: i64) -> Store {
+        store_with_package_on(Backend::Sqlite, dir, now).await
+    }
+
+    async fn store_with_package_on(backend: Backend, dir: &std::path::Path, now: i64) -> Store {
         let store = Store::init(
-            &dir.join("castmux.db"),
+            crate::cas::store::test_location(backend, dir),
             InitOptions {
                 now,
                 ..InitOptions::default()
@@ -280,11 +284,21 @@ mod tests {
     /// once, and both load the same new keys.
     #[tokio::test]
     async fn a_due_rotation_happens_once_for_several_followers() {
+        a_due_rotation_happens_once_for_several_followers_on(Backend::Sqlite).await
+    }
+
+    /// The same with the two followers on one PostgreSQL store.
+    #[tokio::test]
+    async fn a_due_rotation_happens_once_for_several_followers_on_postgres() {
+        a_due_rotation_happens_once_for_several_followers_on(Backend::Postgres).await
+    }
+
+    async fn a_due_rotation_happens_once_for_several_followers_on(backend: Backend) {
         let dir = tempfile::tempdir().unwrap();
         let t0 = 1_700_000_000;
-        let store = store_with_package(dir.path(), t0).await;
+        let store = store_with_package_on(backend, dir.path(), t0).await;
         store.set_rotate_every(60, t0).await.unwrap();
-        let other = Store::open(store.path()).await.unwrap();
+        let other = Store::open(store.location()).await.unwrap();
         let (mut a, _) = StoreFollower::start(store.clone(), false).await.unwrap();
         let (mut b, _) = StoreFollower::start(other, true).await.unwrap();
         let (mut sa, mut sb) = (Seen::default(), Seen::default());

@@ -643,6 +643,41 @@ pub(crate) async fn next_change_seq(tx: &mut Tx<'_>) -> Result<i64, sqlx::Error>
     row.try_get(0)
 }
 
+/// Stores for the unit tests on either backend: a file in `dir`, or a fresh database on the
+/// PostgreSQL cluster CASTMUX_TEST_PG names (scripts/test.sh starts one; without it the
+/// test fails, saying so).
+#[cfg(test)]
+pub(crate) fn test_location(backend: Backend, dir: &Path) -> StoreLocation {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    match backend {
+        Backend::Sqlite => StoreLocation::File(dir.join("castmux.db")),
+        Backend::Postgres => {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let base = std::env::var("CASTMUX_TEST_PG").expect(
+                "CASTMUX_TEST_PG is not set: the PostgreSQL store tests need a server \
+                 (scripts/test.sh starts one with scripts/pg.sh)",
+            );
+            let name = format!(
+                "castmux_u{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let out = std::process::Command::new("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &base, "-c"])
+                .arg(format!("CREATE DATABASE {name}"))
+                .output()
+                .expect("psql (postgresql-client)");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let (server, _) = base.rsplit_once('/').expect("postgres://USER@HOST:PORT/DB");
+            StoreLocation::Postgres(format!("{server}/{name}"))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

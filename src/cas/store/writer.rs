@@ -302,8 +302,12 @@ mod tests {
 
     /// A store with cards 100 and 101 (named "card"), and its change sequence number.
     async fn store_with_cards(dir: &Path) -> (Store, u64) {
+        store_with_cards_on(Backend::Sqlite, dir).await
+    }
+
+    async fn store_with_cards_on(backend: Backend, dir: &Path) -> (Store, u64) {
         let store = Store::init(
-            &dir.join("castmux.db"),
+            crate::cas::store::test_location(backend, dir),
             InitOptions {
                 now: T0,
                 ..InitOptions::default()
@@ -359,8 +363,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_change_rolls_back_alone_and_the_rest_of_its_batch_commits() {
+        a_failing_change_rolls_back_alone_and_the_rest_of_its_batch_commits_on(Backend::Sqlite)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_failing_change_rolls_back_alone_and_the_rest_of_its_batch_commits_on_postgres() {
+        a_failing_change_rolls_back_alone_and_the_rest_of_its_batch_commits_on(Backend::Postgres)
+            .await
+    }
+
+    async fn a_failing_change_rolls_back_alone_and_the_rest_of_its_batch_commits_on(
+        backend: Backend,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, seq0) = store_with_cards(dir.path()).await;
+        let (store, seq0) = store_with_cards_on(backend, dir.path()).await;
         let batches0 = store.card_writer.stats.batches.load(Relaxed);
         let bad_window = CardChanges {
             start: Some(2_000_000_000),
@@ -440,8 +457,17 @@ mod tests {
 
     #[tokio::test]
     async fn changes_to_one_card_apply_in_arrival_order_across_batches() {
+        changes_to_one_card_apply_in_arrival_order_across_batches_on(Backend::Sqlite).await
+    }
+
+    #[tokio::test]
+    async fn changes_to_one_card_apply_in_arrival_order_across_batches_on_postgres() {
+        changes_to_one_card_apply_in_arrival_order_across_batches_on(Backend::Postgres).await
+    }
+
+    async fn changes_to_one_card_apply_in_arrival_order_across_batches_on(backend: Backend) {
         let dir = tempfile::tempdir().unwrap();
-        let (store, seq0) = store_with_cards(dir.path()).await;
+        let (store, seq0) = store_with_cards_on(backend, dir.path()).await;
         let batches0 = store.card_writer.stats.batches.load(Relaxed);
         let n = MAX_BATCH + 36;
         let changes: Vec<CardChanges> = (0..n).map(|i| name(&format!("n{i}"))).collect();

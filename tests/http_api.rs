@@ -754,7 +754,7 @@ fn serve_needs_a_key_and_takes_it_from_the_environment_or_a_file() {
     let err = run(serve_command(&db, &["--api-key-file", kf]).env("CASTMUX_API_KEY", KEY));
     assert!(err.contains("give one"), "{err}");
     let err = run(&mut serve_command(
-        &dir.path().join("none.db"),
+        dir.path().join("none.db"),
         &["--api-key-file", kf],
     ));
     assert!(err.contains("STORE_NOT_FOUND"), "{err}");

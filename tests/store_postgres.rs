@@ -24,6 +24,9 @@ use serde_json::json;
 
 const EMM_PID: &str = "0x1F00";
 
+/// A datagram and when it came.
+type Datagram = (Instant, Vec<u8>);
+
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,7 +128,7 @@ fn a_card_added_through_one_nodes_api_is_on_air_through_another_within_2s() {
     rx.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let url = format!("udp://{}", rx.local_addr().unwrap());
-    let got: Arc<Mutex<Vec<(Instant, Vec<u8>)>>> = Arc::default();
+    let got: Arc<Mutex<Vec<Datagram>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (got, stop) = (Arc::clone(&got), Arc::clone(&stop));
@@ -428,5 +431,50 @@ fn a_sqlite_store_copied_into_postgres_and_backed_up_out_again() {
         !names.iter().any(|n| n.contains("backup.db")
             && !["backup.db", "backup.db-wal", "backup.db-shm"].contains(&n.as_str())),
         "no temporary file left: {names:?}"
+    );
+}
+
+/// The deployment's head-end files (docs/deployment/) are files `castmux headend` takes, and
+/// its store file names a PostgreSQL store without a password.
+#[test]
+fn the_deployment_files_are_ones_castmux_takes() {
+    let dir = tmp();
+    for f in ["headend-a.toml", "headend-b.toml"] {
+        let path = format!("{}/docs/deployment/{f}", env!("CARGO_MANIFEST_DIR"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_castmux"))
+            .args(["--db", s(&dir.path().join("none.db"))])
+            .args(["headend", "--config", &path, "--check"])
+            .env_remove("CASTMUX_DB")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("2 channel(s), shared EMMG port"),
+            "{f}"
+        );
+    }
+    let env = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/deployment/store.env"
+    ))
+    .unwrap();
+    let url = env
+        .lines()
+        .find_map(|l| l.strip_prefix("CASTMUX_DB="))
+        .expect("CASTMUX_DB in store.env");
+    let at: StoreLocation = url.parse().unwrap();
+    assert_eq!(at.backend(), castmux::cas::store::Backend::Postgres);
+    assert!(
+        !url.contains(':')
+            || !url["postgres://".len()..]
+                .split('@')
+                .next()
+                .unwrap()
+                .contains(':'),
+        "no password in the URL"
     );
 }

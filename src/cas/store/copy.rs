@@ -25,8 +25,11 @@ enum Kind {
 
 use Kind::{Int, NullInt, Text};
 
+/// A table: its name, its ORDER BY (the primary key) and its columns.
+type Table = (&'static str, &'static str, &'static [(&'static str, Kind)]);
+
 /// The tables in an order the foreign keys accept, each in primary-key order.
-const TABLES: &[(&str, &str, &[(&str, Kind)])] = &[
+const TABLES: &[Table] = &[
     (
         "settings",
         "id",

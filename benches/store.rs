@@ -1,0 +1,377 @@
+//! The card store past one box (issue 16), against the real binary and a real PostgreSQL
+//! (a throw-away cluster from scripts/pg.sh, unless CASTMUX_TEST_PG names one), printed side
+//! by side with the targets:
+//! - `castmux card add --count 100000` into a SQLite file and into PostgreSQL (whole process);
+//! - 1,000,000 cards in PostgreSQL (900,000 more added), then `card show` of one of them;
+//! - a full EMM cycle over those 1,000,000 cards at 1 Mbit/s: the cards read from
+//!   PostgreSQL as a follower reads them, every card's EMM built by the carousel in
+//!   simulated time; the air time of one cycle and the CPU it took (target: ≤ 10 minutes of
+//!   air at 1 Mbit/s);
+//! - TVCAS card updates (`GET /api.php?…&set[name]=…`) across two `castmux serve` nodes on
+//!   the one PostgreSQL store (both pinned to core 0, the clients on core 1, PostgreSQL
+//!   unpinned), CLIENTS connections split between the nodes, SECS seconds; afterwards every
+//!   card is read back through the other node (target: ≥ 1,000 updates per second).
+//!
+//! Run: `cargo bench --bench store` (env: CASTMUX_BENCH_CARDS for the EMM cycle, default
+//! 1000000; CASTMUX_BENCH_CLIENTS, default 4; CASTMUX_BENCH_SECS, default 10).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use castmux::cas::store::{Store, StoreLocation};
+use castmux::cas::EmmCarousel;
+use castmux::loadtest::headend::cpu_seconds;
+use hdrhistogram::Histogram;
+
+#[path = "support/load.rs"]
+mod load;
+use load::{env_num, pin_to};
+#[path = "support/http_client.rs"]
+mod http_client;
+use http_client::{start, Conn};
+
+const KEY: &str = "bench-api-key-0123456789";
+
+/// `scripts/pg.sh`, from the workspace.
+fn pg_sh(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg.sh"))
+        .args(args)
+        .output()
+        .expect("run scripts/pg.sh");
+    assert!(
+        out.status.success(),
+        "scripts/pg.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// The cluster the bench uses: CASTMUX_TEST_PG's, or one of its own, stopped on drop.
+struct Cluster {
+    url: String,
+    own: Option<String>,
+}
+
+impl Cluster {
+    fn get() -> Cluster {
+        if let Ok(url) = std::env::var("CASTMUX_TEST_PG") {
+            return Cluster { url, own: None };
+        }
+        let out = pg_sh(&["start"]);
+        let var = |name: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {out}"))
+                .to_owned()
+        };
+        Cluster {
+            url: var("CASTMUX_TEST_PG"),
+            own: Some(var("CASTMUX_TEST_PG_DIR")),
+        }
+    }
+
+    /// A new database; its URL.
+    fn database(&self, name: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &self.url, "-c"])
+            .arg(format!("CREATE DATABASE {name}"))
+            .output()
+            .expect("psql (postgresql-client)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (server, _) = self.url.rsplit_once('/').expect("a postgres:// URL");
+        format!("{server}/{name}")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.own {
+            pg_sh(&["stop", dir]);
+        }
+    }
+}
+
+/// Run `castmux --db AT ARGS` to its end; its wall time.
+fn timed(at: &str, args: &[&str]) -> f64 {
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .args(["--db", at])
+        .args(args)
+        .env("CASTMUX_LOG", "warn")
+        .env_remove("CASTMUX_DB")
+        .output()
+        .expect("run castmux");
+    assert!(
+        out.status.success(),
+        "castmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed().as_secs_f64()
+}
+
+fn new_store(at: &str) {
+    timed(at, &["init"]);
+    timed(at, &["package", "add", "sport"]);
+    timed(at, &["package", "add", "movies"]);
+    timed(at, &["package", "add", "kids"]);
+    timed(at, &["package", "add", "news"]);
+}
+
+struct Cycle {
+    cards: usize,
+    read_s: f64,
+    air_s: f64,
+    cpu_s: f64,
+    bytes: u64,
+}
+
+/// One full turn of the carousel over every card of the store at `at`, at `bitrate`.
+fn emm_cycle(at: &str, bitrate: u64) -> Cycle {
+    let at: StoreLocation = at.parse().expect("store URL");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let t = Instant::now();
+    let (cards, keys) = rt.block_on(async {
+        let store = Store::open(&at).await.expect("open the store");
+        let (cards, _) = store.emm_cards().await.expect("read the cards");
+        let keys = store.service_keys().await.expect("read the keys");
+        store.close().await;
+        (cards, keys)
+    });
+    let read_s = t.elapsed().as_secs_f64();
+    let n = cards.len();
+    let cpu0 = cpu_seconds(std::process::id());
+    let mut c = EmmCarousel::new(bitrate);
+    c.set_service_keys(keys);
+    for r in cards {
+        c.upsert_card(r.serial, r.card_key, r.entitlements, false);
+    }
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut now = Duration::ZERO;
+    while c.counters().cycles == 0 {
+        now += Duration::from_millis(10);
+        out.clear();
+        while c.poll(now, &mut out) {}
+        assert!(now < Duration::from_secs(24 * 3600), "no cycle in a day");
+    }
+    Cycle {
+        cards: n,
+        read_s,
+        air_s: now.as_secs_f64(),
+        cpu_s: cpu_seconds(std::process::id()) - cpu0,
+        bytes: c.counters().air_bytes,
+    }
+}
+
+struct Updates {
+    updates: u64,
+    per_second: f64,
+    hist: Histogram<u64>,
+    verified: usize,
+}
+
+/// TVCAS name changes through two nodes on one store; every card read back through the
+/// node that did not change it last.
+fn two_node_updates(at: &str, cards: usize, clients: usize, secs: f64) -> Updates {
+    let serial = |i: usize| 2_100_000_000u64 + i as u64;
+    let (mut a, addr_a) = start(at, KEY, &["serve", "--listen", "127.0.0.1:0"], "");
+    let (mut b, addr_b) = start(at, KEY, &["serve", "--listen", "127.0.0.1:0"], "");
+    let nodes = [addr_a, addr_b];
+    pin_to(1);
+    let path = |i: usize, round: u64| {
+        format!(
+            "/api.php?api_key={KEY}&serial_no={}&set%5Bname%5D=bench%20{round}%20{i}",
+            serial(i)
+        )
+    };
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let results: Vec<(u64, Histogram<u64>, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|k| {
+                let path = &path;
+                s.spawn(move || {
+                    let mut conn = Conn::open(nodes[k % 2]);
+                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    let mut last = vec![0u64; cards];
+                    let (mut n, mut round) = (0u64, 1u64);
+                    while Instant::now() < end {
+                        for i in (k..cards).step_by(clients) {
+                            let t = Instant::now();
+                            let (status, body) = conn.get(&path(i, round));
+                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                            hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                            last[i] = round;
+                            n += 1;
+                            if Instant::now() >= end {
+                                break;
+                            }
+                        }
+                        round += 1;
+                    }
+                    (n, hist, last)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+    let mut updates = 0;
+    let mut verified = 0;
+    let mut conns = [Conn::open(addr_a), Conn::open(addr_b)];
+    for (k, (n, h, last)) in results.into_iter().enumerate() {
+        updates += n;
+        hist.add(&h).unwrap();
+        // read back through the other node
+        let conn = &mut conns[(k + 1) % 2];
+        for i in (k..cards).step_by(clients) {
+            let (status, body) =
+                conn.get(&format!("/api.php?api_key={KEY}&serial_no={}", serial(i)));
+            assert_eq!(status, 200);
+            let card: serde_json::Value = serde_json::from_slice(&body).expect("card JSON");
+            if last[i] > 0 {
+                assert_eq!(
+                    card["name"],
+                    format!("bench {} {i}", last[i]).as_str(),
+                    "card {}",
+                    serial(i)
+                );
+            }
+            verified += 1;
+        }
+    }
+    for c in [&mut a, &mut b] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Updates {
+        updates,
+        per_second: updates as f64 / elapsed,
+        hist,
+        verified,
+    }
+}
+
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
+}
+
+fn main() {
+    let emm_cards = env_num("CASTMUX_BENCH_CARDS", 1_000_000.0) as usize;
+    let clients = env_num("CASTMUX_BENCH_CLIENTS", 4.0).max(2.0) as usize;
+    let secs = env_num("CASTMUX_BENCH_SECS", 10.0);
+    let cluster = Cluster::get();
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let tag = std::process::id();
+
+    let file = dir.path().join("cards.db");
+    let file = file.to_str().expect("utf-8 path").to_owned();
+    new_store(&file);
+    let add_file = timed(
+        &file,
+        &["card", "add", "--count", "100000", "--packages", "sport"],
+    );
+    let pg = cluster.database(&format!("castmux_bench_{tag}"));
+    new_store(&pg);
+    let add_pg = timed(
+        &pg,
+        &["card", "add", "--count", "100000", "--packages", "sport"],
+    );
+    let more = emm_cards.saturating_sub(100_000).max(1).to_string();
+    let add_rest = timed(
+        &pg,
+        &[
+            "card",
+            "add",
+            "--count",
+            &more,
+            "--packages",
+            "sport,movies,kids,news",
+        ],
+    );
+    let show = timed(&pg, &["card", "show", "2100654321"]);
+    let cycle = emm_cycle(&pg, 1_000_000);
+    let updates = two_node_updates(&pg, 1000, clients, secs);
+
+    println!("\n{:<66} {:>14} {:>12}", "run", "measured", "target");
+    let row = |run: String, measured: String, target: &str| {
+        println!("{run:<66} {measured:>14} {target:>12}");
+    };
+    row(
+        "card add --count 100000, SQLite file (process)".into(),
+        format!("{add_file:.2} s"),
+        "seconds",
+    );
+    row(
+        "card add --count 100000, PostgreSQL (process)".into(),
+        format!("{add_pg:.2} s"),
+        "seconds",
+    );
+    row(
+        format!(
+            "card add --count {more}, PostgreSQL, to {} cards",
+            cycle.cards
+        ),
+        format!("{add_rest:.2} s"),
+        "seconds",
+    );
+    row(
+        format!(
+            "card show among {} cards, PostgreSQL (process)",
+            cycle.cards
+        ),
+        format!("{:.0} ms", show * 1e3),
+        "-",
+    );
+    row(
+        format!("{} cards read from PostgreSQL with their keys", cycle.cards),
+        format!("{:.2} s", cycle.read_s),
+        "-",
+    );
+    row(
+        format!(
+            "full EMM cycle, {} cards at 1 Mbit/s: air time ({} MB)",
+            cycle.cards,
+            cycle.bytes / 1_000_000
+        ),
+        format!("{:.1} min", cycle.air_s / 60.0),
+        "<= 10 min",
+    );
+    row(
+        "  CPU to build that cycle (one core)".into(),
+        format!("{:.2} s", cycle.cpu_s),
+        "-",
+    );
+    row(
+        format!("TVCAS set[name], two serve nodes on PostgreSQL, {clients} connections"),
+        format!("{:.0}/s", updates.per_second),
+        ">= 1000/s",
+    );
+    row(
+        "  answer time p50 / p99 / max".into(),
+        format!(
+            "{:.1}/{:.1}/{:.0} ms",
+            ms(&updates.hist, 0.5),
+            ms(&updates.hist, 0.99),
+            updates.hist.max() as f64 / 1000.0
+        ),
+        "-",
+    );
+    println!(
+        "{} updates in all; {} cards read back through the other node with the last name set",
+        updates.updates, updates.verified
+    );
+    let met = cycle.air_s <= 600.0 && updates.per_second >= 1000.0;
+    println!(
+        "targets: {}",
+        if met { "met" } else { "NOT met (see above)" }
+    );
+}

@@ -4,6 +4,7 @@
 
 mod cli_support;
 mod http_support;
+mod pg_support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -18,18 +19,35 @@ const SERIAL: &str = "2100000000";
 /// The TVCAS document's example answer, byte for byte, for the card it describes.
 const SEED_ANSWER: &str = r#"{"serial_no":"2100000000","name":"Ivan Petrov","info":"Zeleenaya street 123-234","access_criteria":"01010101","pair":"0","start":"1586693700","finish":"1589285580"}"#;
 
-fn card_in_store(db: &std::path::Path) -> serde_json::Value {
+fn card_in_store(db: impl AsRef<std::ffi::OsStr>) -> serde_json::Value {
     serde_json::from_str(&castmux(db, &["card", "show", SERIAL, "--json"])).unwrap()
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The seed store on `backend`: its `--db`.
+fn seeded(dir: &std::path::Path, backend: Backend) -> String {
+    match backend {
+        Backend::Sqlite => seed_store(dir).to_str().expect("utf-8 temp dir").to_owned(),
+        Backend::Postgres => {
+            let url = pg_support::fresh_database();
+            seed_store_at(&url);
+            url
+        }
+    }
 }
 
 fn api_php(srv: &Server, query: &str) -> Reply {
     get(srv.addr, &format!("/api.php?{query}"))
 }
 
-#[test]
-fn tvcas_reads_a_card_and_sets_fields_then_answers_the_changed_card() {
+fn tvcas_reads_a_card_and_sets_fields_then_answers_the_changed_card(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = seed_store(dir.path());
+    let db = seeded(dir.path(), b);
     let srv = serve(&db, &[]);
 
     // no set[x]: the card as it is, in the document's exact shape
@@ -104,10 +122,9 @@ fn tvcas_reads_a_card_and_sets_fields_then_answers_the_changed_card() {
     assert!(!log.iter().any(|l| l.contains(KEY)), "{log:?}");
 }
 
-#[test]
-fn tvcas_error_words_and_status() {
+fn tvcas_error_words_and_status(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = seed_store(dir.path());
+    let db = seeded(dir.path(), b);
     let srv = serve(&db, &["--auth-fail-delay", "100ms"]);
     let card = |q: &str| format!("api_key={KEY}&serial_no={SERIAL}&{q}");
     let cases: Vec<(String, &str)> = vec![
@@ -241,10 +258,9 @@ fn rest_needs_the_key_in_any_of_three_forms() {
     );
 }
 
-#[test]
-fn rest_cards_packages_events_keys_and_audit() {
+fn rest_cards_packages_events_keys_and_audit(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = seed_store(dir.path());
+    let db = seeded(dir.path(), b);
     let srv = serve(&db, &[]);
     let a = srv.addr;
 
@@ -779,10 +795,9 @@ fn export_path(serial: &str) -> String {
 /// Card keys over HTTP: only with the export key (the API key is not enough), refused when
 /// none is configured; the answer is the CLI's card.json, which the software card loads,
 /// and the export is audited; no key in the log or in the card's own answer.
-#[test]
-fn card_keys_leave_only_through_the_export_key() {
+fn card_keys_leave_only_through_the_export_key(b: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let db = seed_store(dir.path());
+    let db = seeded(dir.path(), b);
     let path = export_path(SERIAL);
 
     // no export key configured: refused, whatever is presented
@@ -948,3 +963,28 @@ fn the_export_key_is_its_own_key() {
     let err = run(&mut with_api_key(&["--export-key", EXPORT_KEY]));
     assert!(err.contains("--export-key"), "{err}");
 }
+
+/// The API tests that hold for any store, run on each backend.
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name(super::Backend::Postgres)
+            })*
+        }
+    };
+}
+
+on_every_backend!(
+    tvcas_reads_a_card_and_sets_fields_then_answers_the_changed_card,
+    tvcas_error_words_and_status,
+    rest_cards_packages_events_keys_and_audit,
+    card_keys_leave_only_through_the_export_key,
+);

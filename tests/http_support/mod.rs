@@ -59,7 +59,14 @@ pub fn headend(db: impl AsRef<std::ffi::OsStr>, cfg: &Path) -> Server {
 /// 2100000000 (Ivan Petrov, 01010101 — bits 0, 2, 4, 6 — pair 0, 1586693700..1589285580).
 pub fn seed_store(dir: &Path) -> PathBuf {
     let db = dir.join("castmux.db");
-    castmux(&db, &["init"]);
+    seed_store_at(&db);
+    db
+}
+
+/// [`seed_store`] at `db`: a file path or a PostgreSQL database's URL.
+pub fn seed_store_at(db: impl AsRef<std::ffi::OsStr>) {
+    let db = db.as_ref();
+    castmux(db, &["init"]);
     castmux(&db, &["package", "add", "basic", "--bit", "0"]);
     castmux(&db, &["package", "add", "sport", "--bit", "2"]);
     castmux(
@@ -81,11 +88,10 @@ pub fn seed_store(dir: &Path) -> PathBuf {
             "1589285580",
         ],
     );
-    db
 }
 
 /// Run `castmux --db DB ARGS...` to its end; its stdout. Fails the test if it fails.
-pub fn castmux(db: &Path, args: &[&str]) -> String {
+pub fn castmux(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
         .arg("--db")
         .arg(db)

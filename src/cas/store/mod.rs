@@ -66,6 +66,9 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// connection of the pool busy) before it fails with `STORE_UNREACHABLE`.
 pub(crate) const PG_ACQUIRE: Duration = Duration::from_secs(3);
 
+/// How long a PostgreSQL connection a pool no longer uses stays open.
+const PG_IDLE: Duration = Duration::from_secs(60);
+
 /// A transaction on either backend.
 pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
@@ -137,17 +140,22 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// A pool of at most `max` connections to `at`, each set up as [`session_setup`] says.
-async fn connect_pool(at: &StoreLocation, max: u32) -> Result<AnyPool, StoreError> {
+/// The driver's options for `at`.
+fn connect_options(at: &StoreLocation) -> Result<AnyConnectOptions, StoreError> {
     static DRIVERS: std::sync::Once = std::sync::Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
-    let label = at.label();
-    let opts: AnyConnectOptions = at
+    Ok(at
         .connect_url()?
         .parse::<AnyConnectOptions>()
-        .map_err(|e| StoreError::db(&label, e))?
+        .map_err(|e| StoreError::db(&at.label(), e))?
         // statement logging off: bulk statements are slow by design, and binds are never logged
-        .disable_statement_logging();
+        .disable_statement_logging())
+}
+
+/// A pool of at most `max` connections to `at`, each set up as [`session_setup`] says.
+async fn connect_pool(at: &StoreLocation, max: u32) -> Result<AnyPool, StoreError> {
+    let label = at.label();
+    let opts = connect_options(at)?;
     let backend = at.backend();
     if backend == Backend::Sqlite {
         // the pool retries a connection whose setup failed until its timeout; a file that is
@@ -167,13 +175,33 @@ async fn connect_pool(at: &StoreLocation, max: u32) -> Result<AnyPool, StoreErro
         Backend::Sqlite => BUSY_TIMEOUT + Duration::from_secs(5),
         Backend::Postgres => PG_ACQUIRE,
     };
-    AnyPoolOptions::new()
+    let pool = AnyPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(acquire)
-        .after_connect(move |conn, _| Box::pin(session_setup(conn, backend)))
-        .connect_with(opts)
-        .await
-        .map_err(|e| StoreError::db(&label, e))
+        .after_connect(move |conn, _| Box::pin(session_setup(conn, backend)));
+    match backend {
+        Backend::Sqlite => pool.connect_with(opts).await,
+        // a server's connections are a shared, counted resource (max_connections): one a
+        // pool no longer uses is closed after a minute
+        Backend::Postgres => pool.idle_timeout(Some(PG_IDLE)).connect_with(opts).await,
+    }
+    .map_err(|e| StoreError::db(&label, e))
+}
+
+/// The writer pool of [`Store::open`]: on PostgreSQL it connects at the first write, so a
+/// process that only reads (a follower, a channel's built-in CAS) holds one connection, not
+/// two.
+async fn connect_writer(at: &StoreLocation) -> Result<AnyPool, StoreError> {
+    if at.backend() == Backend::Sqlite {
+        return connect_pool(at, 1).await;
+    }
+    let opts = connect_options(at)?;
+    Ok(AnyPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(PG_ACQUIRE)
+        .idle_timeout(Some(PG_IDLE))
+        .after_connect(|conn, _| Box::pin(session_setup(conn, Backend::Postgres)))
+        .connect_lazy_with(opts))
 }
 
 /// What every connection is told first. SQLite: WAL, fsync at every commit, foreign keys
@@ -299,7 +327,7 @@ impl Store {
         };
         // one writer connection per process: its write transactions queue here, first come
         // first served, rather than at the store-wide lock
-        let writer = match connect_pool(&at, 1).await {
+        let writer = match connect_writer(&at).await {
             Ok(w) => w,
             Err(e) => {
                 pool.close().await;

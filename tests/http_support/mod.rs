@@ -67,10 +67,10 @@ pub fn seed_store(dir: &Path) -> PathBuf {
 pub fn seed_store_at(db: impl AsRef<std::ffi::OsStr>) {
     let db = db.as_ref();
     castmux(db, &["init"]);
-    castmux(&db, &["package", "add", "basic", "--bit", "0"]);
-    castmux(&db, &["package", "add", "sport", "--bit", "2"]);
+    castmux(db, &["package", "add", "basic", "--bit", "0"]);
+    castmux(db, &["package", "add", "sport", "--bit", "2"]);
     castmux(
-        &db,
+        db,
         &[
             "card",
             "add",

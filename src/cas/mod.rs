@@ -10,6 +10,7 @@ mod codec;
 pub mod ecm;
 pub mod ecmg;
 pub mod emm;
+pub mod emm_tee;
 pub mod emmg;
 pub mod follow;
 pub mod keyring;

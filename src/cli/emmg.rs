@@ -5,10 +5,12 @@
 //! versions go to every card.
 
 use castmux::cas::store::StoreLocation;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use castmux::cas::emm_tee::EmmTee;
 use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, StoreFollower, StoreSink};
 use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
@@ -20,10 +22,12 @@ use super::init::open;
 #[derive(Debug, Args)]
 pub struct EmmgArgs {
     /// The mux's EMMG port, HOST:PORT (`castmux scramble --emmg-listen`, a head-end's
-    /// `[emmg]`, Astra's EMM port). Repeat to feed several muxes: each gets every EMM at
-    /// the bandwidth, over a link of its own that reconnects on its own.
-    #[arg(long, value_name = "HOST:PORT", required = true)]
-    mux: Vec<String>,
+    /// `[emmg]`, Astra's EMM port). Repeat to feed several muxes, each over a link of its own
+    /// that reconnects on its own. Muxes at one bandwidth share one carousel: every EMM is
+    /// built once and each of them gets the same EMMs. HOST:PORT?bandwidth=RATE gives a mux
+    /// a bandwidth of its own (a carousel of its own too).
+    #[arg(long, value_name = "HOST:PORT[?bandwidth=RATE]", required = true, value_parser = mux_spec)]
+    mux: Vec<MuxSpec>,
     /// Send data_provision over UDP to the same HOST:PORT (setup stays on TCP).
     #[arg(long)]
     udp: bool,
@@ -40,6 +44,30 @@ pub struct EmmgArgs {
     /// EMMG<->MUX protocol version, 2 or 3. Default 3.
     #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     emmg_version: u8,
+}
+
+/// One `--mux`: the address, and its own bandwidth if it has one.
+#[derive(Debug, Clone)]
+struct MuxSpec {
+    addr: String,
+    bandwidth: Option<u64>,
+}
+
+fn mux_spec(text: &str) -> Result<MuxSpec, String> {
+    let Some((addr, query)) = text.split_once('?') else {
+        return Ok(MuxSpec {
+            addr: text.to_owned(),
+            bandwidth: None,
+        });
+    };
+    let rate = query.strip_prefix("bandwidth=").ok_or_else(|| {
+        format!("{text:?}: the only setting of a --mux is ?bandwidth=RATE (like 1M)")
+    })?;
+    let bandwidth = super::args::emm_bandwidth(rate).map_err(|e| format!("{text:?}: {e}"))?;
+    Ok(MuxSpec {
+        addr: addr.to_owned(),
+        bandwidth: Some(bandwidth),
+    })
 }
 
 /// The carousel shared between the EMMG link (which polls it) and the store refresher.
@@ -99,19 +127,22 @@ async fn feed(
     let (follower, snapshot) = StoreFollower::start(store.clone(), true).await?;
     let follower_stats = follower.stats();
     let n_cards = snapshot.cards.len();
-    // one carousel per mux: each link takes every EMM at its own pace
-    let carousels: Vec<Arc<Mutex<EmmCarousel>>> = a
-        .mux
-        .iter()
-        .map(|_| {
-            let mut c = EmmCarousel::new(a.bandwidth);
+    // one carousel per bandwidth: the links at that bandwidth take its EMMs through a tee,
+    // so each EMM is built once however many muxes get it
+    let mut classes: BTreeMap<u64, (Arc<Mutex<EmmCarousel>>, EmmTee)> = BTreeMap::new();
+    for m in &a.mux {
+        let bandwidth = m.bandwidth.unwrap_or(a.bandwidth);
+        classes.entry(bandwidth).or_insert_with(|| {
+            let mut c = EmmCarousel::new(bandwidth);
             for r in &snapshot.cards {
                 c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), false);
             }
             c.set_service_keys(snapshot.keys.clone());
-            Arc::new(Mutex::new(c))
-        })
-        .collect();
+            let c = Arc::new(Mutex::new(c));
+            let tee = EmmTee::new(SharedCarousel(Arc::clone(&c)));
+            (c, tee)
+        });
+    }
 
     let client_id = a.client_id.unwrap_or(u32::from(store.ca_system_id()) << 16);
     let stats = Arc::new(EmmgStats::default());
@@ -121,43 +152,57 @@ async fn feed(
         }
     };
     let mut links = Vec::with_capacity(a.mux.len());
-    for (mux, carousel) in a.mux.iter().zip(&carousels) {
-        let mut config = EmmgConfig::new(mux.clone(), client_id);
+    let mut skipped = Vec::with_capacity(a.mux.len());
+    for m in &a.mux {
+        let bandwidth = m.bandwidth.unwrap_or(a.bandwidth);
+        let mut config = EmmgConfig::new(m.addr.clone(), client_id);
         config.udp = a.udp;
         config.version = a.emmg_version;
         config.data_id = a.data_id;
-        config.bandwidth_kbps = (a.bandwidth / 1000).clamp(1, u64::from(u16::MAX)) as u16;
+        config.bandwidth_kbps = (bandwidth / 1000).clamp(1, u64::from(u16::MAX)) as u16;
         tracing::info!(
-            mux = %mux,
+            mux = %m.addr,
             udp = a.udp,
             client_id = %format!("{client_id:08X}"),
-            bandwidth_bps = a.bandwidth,
+            bandwidth_bps = bandwidth,
             cards = n_cards,
             "emmg: feeding"
         );
         let (stats, stopped) = (stats.clone(), stopped());
-        let mut source = SharedCarousel(carousel.clone());
+        let mut source = classes[&bandwidth].1.subscribe();
+        skipped.push((m.addr.clone(), source.skipped_counter()));
         links.push(async move { run_emmg(config, &mut source, stats, stopped).await });
     }
-    let mut sink = Carousels(carousels.iter().cloned().map(SharedCarousel).collect());
+    let mut sink = Carousels(
+        classes
+            .values()
+            .map(|(c, _)| SharedCarousel(Arc::clone(c)))
+            .collect(),
+    );
     tokio::join!(
         futures::future::join_all(links),
         follower.run(&mut sink, stopped())
     );
     tracing::info!(store = ?follower_stats, "emmg: store follower");
-    for (mux, carousel) in a.mux.iter().zip(&carousels) {
+    for (bandwidth, (carousel, _)) in &classes {
         let counters = carousel
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .counters();
         tracing::info!(
-            mux = %mux,
+            bandwidth_bps = bandwidth,
             emitted = counters.emitted,
             urgent = counters.urgent,
             cycles = counters.cycles,
             build_errors = counters.build_errors,
             "emmg: carousel"
         );
+    }
+    for (mux, skipped) in &skipped {
+        let n = skipped.load(Relaxed);
+        if n > 0 {
+            tracing::info!(mux = %mux, skipped_chunks = n, "emmg: a link fell behind and skipped");
+        }
     }
     store.close().await;
     Ok(stats)

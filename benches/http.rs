@@ -17,7 +17,7 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use castmux::loadtest::headend::cpu_seconds;
 use hdrhistogram::Histogram;
@@ -27,7 +27,7 @@ mod load;
 use load::{env_num, pin_to};
 #[path = "support/http_client.rs"]
 mod http_client;
-use http_client::{start, Conn};
+use http_client::{set_name_path, start, tvcas_updates, Conn};
 
 const KEY: &str = "bench-api-key-0123456789";
 
@@ -76,64 +76,16 @@ fn card_updates(dir: &Path, cards: usize, clients: usize, secs: f64) -> Updates 
     let (mut child, addr) = start(&db, KEY, &["serve", "--listen", "127.0.0.1:0"], "");
     pin_to(1);
     let serial = |i: usize| 3_000_000_000u64 + i as u64;
-    let path = |i: usize, round: u64| {
-        format!(
-            "/api.php?api_key={KEY}&serial_no={}&set%5Bname%5D=bench%20{round}%20{i}",
-            serial(i)
-        )
-    };
     // warm up: one update per client
     for k in 0..clients {
-        let (status, body) = Conn::open(addr).get(&path(k, 0));
+        let (status, body) = Conn::open(addr).get(&set_name_path(KEY, serial(k), k, 0));
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     }
     let pid = child.id();
     let cpu0 = cpu_seconds(pid);
-    let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(secs);
-    let results: Vec<(u64, Histogram<u64>, Vec<u64>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|k| {
-                let path = &path;
-                s.spawn(move || {
-                    let mut conn = Conn::open(addr);
-                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                    // the round of the last name set on each of this client's cards
-                    let mut last = vec![0u64; cards];
-                    let mut n = 0u64;
-                    let mut round = 1u64;
-                    while Instant::now() < end {
-                        for i in (k..cards).step_by(clients) {
-                            let t = Instant::now();
-                            let (status, body) = conn.get(&path(i, round));
-                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-                            hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                            last[i] = round;
-                            n += 1;
-                            if Instant::now() >= end {
-                                break;
-                            }
-                        }
-                        round += 1;
-                    }
-                    (n, hist, last)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let elapsed = t0.elapsed().as_secs_f64();
+    let run = tvcas_updates(&[addr], KEY, &serial, cards, clients, secs);
+    let (elapsed, updates, hist, last) = (run.elapsed, run.updates, run.hist, run.last);
     let cpu = cpu_seconds(pid) - cpu0;
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut updates = 0;
-    let mut last = vec![0u64; cards];
-    for (k, (n, h, l)) in results.into_iter().enumerate() {
-        updates += n;
-        hist.add(&h).unwrap();
-        for i in (k..cards).step_by(clients) {
-            last[i] = l[i];
-        }
-    }
     // every card carries the last name set for it
     let mut conn = Conn::open(addr);
     let mut verified = 0;

@@ -28,70 +28,31 @@ mod load;
 use load::{env_num, pin_to};
 #[path = "support/http_client.rs"]
 mod http_client;
-use http_client::{start, Conn};
+use http_client::{start, tvcas_updates, Conn};
+#[path = "../tests/pg_support/mod.rs"]
+mod pg_support;
 
 const KEY: &str = "bench-api-key-0123456789";
 
-/// `scripts/pg.sh`, from the workspace.
-fn pg_sh(args: &[&str]) -> String {
-    let out = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg.sh"))
-        .args(args)
-        .output()
-        .expect("run scripts/pg.sh");
-    assert!(
-        out.status.success(),
-        "scripts/pg.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-/// The cluster the bench uses: CASTMUX_TEST_PG's, or one of its own, stopped on drop.
-struct Cluster {
-    url: String,
-    own: Option<String>,
+/// The cluster the bench uses: CASTMUX_TEST_PG's, or one of its own (stopped on drop).
+enum Cluster {
+    Given(String),
+    Own(pg_support::OwnCluster),
 }
 
 impl Cluster {
     fn get() -> Cluster {
-        if let Ok(url) = std::env::var("CASTMUX_TEST_PG") {
-            return Cluster { url, own: None };
-        }
-        let out = pg_sh(&["start"]);
-        let var = |name: &str| {
-            out.lines()
-                .find_map(|l| l.strip_prefix(&format!("export {name}=")))
-                .unwrap_or_else(|| panic!("no {name} in {out}"))
-                .to_owned()
-        };
-        Cluster {
-            url: var("CASTMUX_TEST_PG"),
-            own: Some(var("CASTMUX_TEST_PG_DIR")),
+        match std::env::var("CASTMUX_TEST_PG") {
+            Ok(url) => Cluster::Given(url),
+            Err(_) => Cluster::Own(pg_support::OwnCluster::start()),
         }
     }
 
     /// A new database; its URL.
-    fn database(&self, name: &str) -> String {
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", &self.url, "-c"])
-            .arg(format!("CREATE DATABASE {name}"))
-            .output()
-            .expect("psql (postgresql-client)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (server, _) = self.url.rsplit_once('/').expect("a postgres:// URL");
-        format!("{server}/{name}")
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.own {
-            pg_sh(&["stop", dir]);
+    fn database(&self) -> String {
+        match self {
+            Cluster::Given(url) => pg_support::fresh_database_on(url),
+            Cluster::Own(c) => pg_support::fresh_database_on(&c.url),
         }
     }
 }
@@ -183,79 +144,34 @@ fn two_node_updates(at: &str, cards: usize, clients: usize, secs: f64) -> Update
     let serial = |i: usize| 2_100_000_000u64 + i as u64;
     let (mut a, addr_a) = start(at, KEY, &["serve", "--listen", "127.0.0.1:0"], "");
     let (mut b, addr_b) = start(at, KEY, &["serve", "--listen", "127.0.0.1:0"], "");
-    let nodes = [addr_a, addr_b];
     pin_to(1);
-    let path = |i: usize, round: u64| {
-        format!(
-            "/api.php?api_key={KEY}&serial_no={}&set%5Bname%5D=bench%20{round}%20{i}",
-            serial(i)
-        )
-    };
-    let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(secs);
-    let results: Vec<(u64, Histogram<u64>, Vec<u64>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..clients)
-            .map(|k| {
-                let path = &path;
-                s.spawn(move || {
-                    let mut conn = Conn::open(nodes[k % 2]);
-                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-                    let mut last = vec![0u64; cards];
-                    let (mut n, mut round) = (0u64, 1u64);
-                    while Instant::now() < end {
-                        for i in (k..cards).step_by(clients) {
-                            let t = Instant::now();
-                            let (status, body) = conn.get(&path(i, round));
-                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-                            hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
-                            last[i] = round;
-                            n += 1;
-                            if Instant::now() >= end {
-                                break;
-                            }
-                        }
-                        round += 1;
-                    }
-                    (n, hist, last)
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let elapsed = t0.elapsed().as_secs_f64();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
-    let mut updates = 0;
-    let mut verified = 0;
+    let run = tvcas_updates(&[addr_a, addr_b], KEY, &serial, cards, clients, secs);
+    // client k wrote through node k % 2: read its cards back through the other one
     let mut conns = [Conn::open(addr_a), Conn::open(addr_b)];
-    for (k, (n, h, last)) in results.into_iter().enumerate() {
-        updates += n;
-        hist.add(&h).unwrap();
-        // read back through the other node
-        let conn = &mut conns[(k + 1) % 2];
-        for i in (k..cards).step_by(clients) {
-            let (status, body) =
-                conn.get(&format!("/api.php?api_key={KEY}&serial_no={}", serial(i)));
-            assert_eq!(status, 200);
-            let card: serde_json::Value = serde_json::from_slice(&body).expect("card JSON");
-            if last[i] > 0 {
-                assert_eq!(
-                    card["name"],
-                    format!("bench {} {i}", last[i]).as_str(),
-                    "card {}",
-                    serial(i)
-                );
-            }
-            verified += 1;
+    let mut verified = 0;
+    for (i, round) in run.last.iter().enumerate() {
+        let conn = &mut conns[(i % clients + 1) % 2];
+        let (status, body) = conn.get(&format!("/api.php?api_key={KEY}&serial_no={}", serial(i)));
+        assert_eq!(status, 200);
+        let card: serde_json::Value = serde_json::from_slice(&body).expect("card JSON");
+        if *round > 0 {
+            assert_eq!(
+                card["name"],
+                format!("bench {round} {i}").as_str(),
+                "card {}",
+                serial(i)
+            );
         }
+        verified += 1;
     }
     for c in [&mut a, &mut b] {
         let _ = c.kill();
         let _ = c.wait();
     }
     Updates {
-        updates,
-        per_second: updates as f64 / elapsed,
-        hist,
+        updates: run.updates,
+        per_second: run.updates as f64 / run.elapsed,
+        hist: run.hist,
         verified,
     }
 }
@@ -270,7 +186,6 @@ fn main() {
     let secs = env_num("CASTMUX_BENCH_SECS", 10.0);
     let cluster = Cluster::get();
     let dir = tempfile::tempdir().expect("temporary directory");
-    let tag = std::process::id();
 
     let file = dir.path().join("cards.db");
     let file = file.to_str().expect("utf-8 path").to_owned();
@@ -279,7 +194,7 @@ fn main() {
         &file,
         &["card", "add", "--count", "100000", "--packages", "sport"],
     );
-    let pg = cluster.database(&format!("castmux_bench_{tag}"));
+    let pg = cluster.database();
     new_store(&pg);
     let add_pg = timed(
         &pg,
@@ -297,7 +212,9 @@ fn main() {
             "sport,movies,kids,news",
         ],
     );
-    let show = timed(&pg, &["card", "show", "2100654321"]);
+    // a card in the middle of the store
+    let middle = (2_100_000_000 + emm_cards.max(2) / 2).to_string();
+    let show = timed(&pg, &["card", "show", &middle]);
     let cycle = emm_cycle(&pg, 1_000_000);
     let updates = two_node_updates(&pg, 1000, clients, secs);
 

@@ -10,11 +10,7 @@ use castmux::cas::{derive_card_key, CardFile, CardSerial};
 
 mod pg_support;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
+use pg_support::Backend;
 
 struct Db {
     _dir: tempfile::TempDir,
@@ -765,24 +761,6 @@ fn a_locked_store_fails_with_store_locked_and_stays_unchanged() {
         started.elapsed().as_secs_f64()
     );
     assert_eq!(db.csv(), before);
-}
-
-/// The store tests that hold for any backend, run on each.
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Sqlite)
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Postgres)
-            })*
-        }
-    };
 }
 
 on_every_backend!(

@@ -57,28 +57,6 @@ fn descrambled_es(h: &Head, scrambled: &std::path::Path) -> (serde_json::Value, 
     (json(&stats), got.len())
 }
 
-fn scramble_args<'a>(out: &'a str, ecmg: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec![
-        "scramble",
-        "-i",
-        "-",
-        "-o",
-        out,
-        "--ecmg",
-        ecmg,
-        "--super-cas-id",
-        "4AE10000",
-        "--access-criteria",
-        "00000001",
-        "--crypto-period",
-        "1s",
-        "--wall-clock",
-        "--stats",
-    ];
-    v.extend_from_slice(extra);
-    v
-}
-
 /// `--ecmg PRIMARY,BACKUP`: the primary killed 3 s in, the backup carries on with no key
 /// switch held; the primary back 3 s later takes the link back.
 #[test]
@@ -88,7 +66,7 @@ fn a_backup_ecmg_takes_over_and_the_primary_comes_back() {
     let (_backup, backup_addr) = h.ecmg("127.0.0.1:0");
     let out = h.path("out.ts");
     let list = format!("{primary_addr},{backup_addr}");
-    let mut scr = h.spawn(&scramble_args(s(&out), &list, &[]), true);
+    let mut scr = h.spawn(&ecmg_scramble_args(s(&out), &list, &[]), true);
     let data = std::fs::read(sample("spts.ts")).unwrap();
     let mut primary = Some(primary);
     let mut again = None;
@@ -131,7 +109,7 @@ fn a_live_channel_starts_with_its_ecmg_down_and_goes_on_air_when_it_comes_up() {
     };
     let addr = format!("127.0.0.1:{port}");
     let out = h.path("out.ts");
-    let mut scr = h.spawn(&scramble_args(s(&out), &addr, &[]), true);
+    let mut scr = h.spawn(&ecmg_scramble_args(s(&out), &addr, &[]), true);
     let data = std::fs::read(sample("spts.ts")).unwrap();
     let mut ecmg = None;
     feed_paced(scr.stdin(), &data, Duration::from_secs(14), |t| {

@@ -6,6 +6,8 @@ mod cli_support;
 mod http_support;
 mod pg_support;
 
+use pg_support::Backend;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
@@ -21,12 +23,6 @@ const SEED_ANSWER: &str = r#"{"serial_no":"2100000000","name":"Ivan Petrov","inf
 
 fn card_in_store(db: impl AsRef<std::ffi::OsStr>) -> serde_json::Value {
     serde_json::from_str(&castmux(db, &["card", "show", SERIAL, "--json"])).unwrap()
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
 }
 
 /// The seed store on `backend`: its `--db`.
@@ -965,24 +961,6 @@ fn the_export_key_is_its_own_key() {
     // no option takes the key itself
     let err = run(&mut with_api_key(&["--export-key", EXPORT_KEY]));
     assert!(err.contains("--export-key"), "{err}");
-}
-
-/// The API tests that hold for any store, run on each backend.
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Sqlite)
-            })*
-        }
-        mod postgres {
-            $(#[test]
-            fn $name() {
-                super::$name(super::Backend::Postgres)
-            })*
-        }
-    };
 }
 
 on_every_backend!(

@@ -46,6 +46,29 @@ fn with_store<T>(at: &str, f: impl AsyncFnOnce(&Store) -> T) -> T {
     })
 }
 
+/// `scramble` of stdin (paced) to `out` with the built-in CAS for package `sport`, EMMs on
+/// [`EMM_PID`], 1 s periods; then `extra`.
+fn builtin_scramble_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "scramble",
+        "-i",
+        "-",
+        "-o",
+        out,
+        "--cas",
+        "builtin",
+        "--packages",
+        "sport",
+        "--emm-pid",
+        EMM_PID,
+        "--crypto-period",
+        "1s",
+        "--wall-clock",
+    ];
+    v.extend_from_slice(extra);
+    v
+}
+
 /// The EMM sections in `pkts` on the EMM PID (each castmux EMM of one package fits one
 /// packet), with the index of their packet.
 fn emm_sections(pkts: &[Packet]) -> Vec<(usize, Vec<u8>)> {
@@ -81,26 +104,7 @@ fn two_ecmg_nodes_on_one_store_one_killed_misses_no_period() {
     let (_b, b_addr) = h.ecmg("127.0.0.1:0");
     let out = h.path("out.ts");
     let list = format!("{a_addr},{b_addr}");
-    let mut scr = h.spawn(
-        &[
-            "scramble",
-            "-i",
-            "-",
-            "-o",
-            s(&out),
-            "--ecmg",
-            &list,
-            "--super-cas-id",
-            "4AE10000",
-            "--access-criteria",
-            "00000001",
-            "--crypto-period",
-            "1s",
-            "--wall-clock",
-            "--stats",
-        ],
-        true,
-    );
+    let mut scr = h.spawn(&ecmg_scramble_args(s(&out), &list, &[]), true);
     let data = std::fs::read(sample("spts.ts")).unwrap();
     let mut a = Some(a);
     feed_paced(scr.stdin(), &data, Duration::from_secs(12), |t| {
@@ -143,25 +147,7 @@ fn a_card_added_through_one_nodes_api_is_on_air_through_another_within_2s() {
             }
         })
     };
-    let mut scr = h.spawn(
-        &[
-            "scramble",
-            "-i",
-            "-",
-            "-o",
-            &url,
-            "--cas",
-            "builtin",
-            "--packages",
-            "sport",
-            "--emm-pid",
-            EMM_PID,
-            "--crypto-period",
-            "1s",
-            "--wall-clock",
-        ],
-        true,
-    );
+    let mut scr = h.spawn(&builtin_scramble_args(&url, &[]), true);
     let data = std::fs::read(sample("spts.ts")).unwrap();
     let mut added: Option<(Instant, u64)> = None;
     feed_paced(scr.stdin(), &data, Duration::from_secs(9), |t| {
@@ -251,26 +237,7 @@ fn the_server_restarted_mid_run_channels_hold_their_keys_and_recover() {
     let cluster = pg_support::OwnCluster::start();
     let h = Head::on("0x4AE1", Some(pg_support::fresh_database_on(&cluster.url)));
     let out = h.path("out.ts");
-    let mut scr = h.spawn(
-        &[
-            "scramble",
-            "-i",
-            "-",
-            "-o",
-            s(&out),
-            "--cas",
-            "builtin",
-            "--packages",
-            "sport",
-            "--emm-pid",
-            EMM_PID,
-            "--crypto-period",
-            "1s",
-            "--wall-clock",
-            "--stats",
-        ],
-        true,
-    );
+    let mut scr = h.spawn(&builtin_scramble_args(s(&out), &["--stats"]), true);
     let data = std::fs::read(sample("spts.ts")).unwrap();
     let (mut paused, mut resumed, mut added, mut refused) = (false, false, None, None);
     feed_paced(scr.stdin(), &data, Duration::from_secs(16), |t| {

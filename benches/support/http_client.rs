@@ -7,7 +7,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
 
 /// Start `castmux ARGS` on core 0 with the API key; its HTTP address once it logs it.
 pub fn start(
@@ -111,4 +113,79 @@ impl Conn {
         assert!(n > 0, "the server closed the connection");
         self.buf.extend_from_slice(&chunk[..n]);
     }
+}
+
+/// What [`tvcas_updates`] did.
+pub struct UpdateRun {
+    /// Updates answered.
+    pub updates: u64,
+    /// Seconds the run took.
+    pub elapsed: f64,
+    /// Answer times, µs.
+    pub hist: Histogram<u64>,
+    /// Per card, the round of the last name set on it (`bench ROUND I`; 0: none).
+    pub last: Vec<u64>,
+}
+
+/// The TVCAS set-name path of card `i` (serial `serial`) in round `round`.
+pub fn set_name_path(key: &str, serial: u64, i: usize, round: u64) -> String {
+    format!("/api.php?api_key={key}&serial_no={serial}&set%5Bname%5D=bench%20{round}%20{i}")
+}
+
+/// CLIENTS keep-alive connections, client k to `nodes[k % nodes.len()]`, each setting the
+/// name of its share of the cards (every CLIENTS-th from k; card i has serial `serial(i)`)
+/// round after round for SECS seconds, each waiting for its answer.
+pub fn tvcas_updates(
+    nodes: &[SocketAddr],
+    key: &str,
+    serial: &(dyn Fn(usize) -> u64 + Sync),
+    cards: usize,
+    clients: usize,
+    secs: f64,
+) -> UpdateRun {
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(secs);
+    let results: Vec<(u64, Histogram<u64>, Vec<u64>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|k| {
+                s.spawn(move || {
+                    let mut conn = Conn::open(nodes[k % nodes.len()]);
+                    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+                    let mut last = vec![0u64; cards];
+                    let (mut n, mut round) = (0u64, 1u64);
+                    while Instant::now() < end {
+                        for i in (k..cards).step_by(clients) {
+                            let t = Instant::now();
+                            let (status, body) = conn.get(&set_name_path(key, serial(i), i, round));
+                            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+                            hist.record(t.elapsed().as_micros().max(1) as u64).unwrap();
+                            last[i] = round;
+                            n += 1;
+                            if Instant::now() >= end {
+                                break;
+                            }
+                        }
+                        round += 1;
+                    }
+                    (n, hist, last)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let elapsed = t0.elapsed().as_secs_f64();
+    let mut run = UpdateRun {
+        updates: 0,
+        elapsed,
+        hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+        last: vec![0u64; cards],
+    };
+    for (k, (n, h, l)) in results.into_iter().enumerate() {
+        run.updates += n;
+        run.hist.add(&h).unwrap();
+        for i in (k..cards).step_by(clients) {
+            run.last[i] = l[i];
+        }
+    }
+    run
 }

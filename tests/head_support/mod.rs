@@ -281,3 +281,28 @@ pub fn assert_no_clear_es(out: &[Packet]) -> usize {
     }
     es.len()
 }
+
+/// `scramble` of stdin (paced, `--wall-clock`) to `out` under ECMs from `ecmg` (a list with
+/// backups after commas), Super_CAS_id 4AE10000, access criteria 00000001, 1 s periods,
+/// `--stats`; then `extra`.
+pub fn ecmg_scramble_args<'a>(out: &'a str, ecmg: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "scramble",
+        "-i",
+        "-",
+        "-o",
+        out,
+        "--ecmg",
+        ecmg,
+        "--super-cas-id",
+        "4AE10000",
+        "--access-criteria",
+        "00000001",
+        "--crypto-period",
+        "1s",
+        "--wall-clock",
+        "--stats",
+    ];
+    v.extend_from_slice(extra);
+    v
+}

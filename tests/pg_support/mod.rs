@@ -5,6 +5,32 @@
 #![allow(dead_code)]
 
 use std::process::Command;
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Run each named `fn NAME(b: Backend)` as two tests, `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::pg_support::Backend::Sqlite)
+            })*
+        }
+        mod postgres {
+            $(#[test]
+            fn $name() {
+                super::$name($crate::pg_support::Backend::Postgres)
+            })*
+        }
+    };
+}
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The cluster's URL (its `postgres` database).

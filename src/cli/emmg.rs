@@ -1,15 +1,18 @@
 //! `castmux emmg`: the built-in EMM carousel as a SimulCrypt EMMG (EMMG<->MUX, TS 103 197):
-//! connects to a mux's EMMG port and sends every card's EMM at the allocated bandwidth.
-//! The store follower (the one `scramble --cas builtin` and `castmux ecmg` run, scheduled
+//! connects to a mux's EMMG port and sends every group's EMM and every card's unique EMM
+//! at the allocated bandwidth. The store follower (the one `scramble --cas builtin` and `castmux ecmg` run, scheduled
 //! rotation included) checks the store every second: changed cards go out first, new key
-//! versions go to every card.
+//! versions go to every group.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, StoreFollower, StoreSink};
+use castmux::cas::{
+    derive_group_key, CardKeyRecord, EmmCarousel, GroupId, Key128, ServiceKey, StoreFollower,
+    StoreSink,
+};
 use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
 use clap::Args;
@@ -58,8 +61,8 @@ impl EmmSource for SharedCarousel {
 }
 
 /// The carousels of every mux link, which the store follower's findings go into: new keys
-/// to every card, changed cards first.
-struct Carousels(Vec<SharedCarousel>);
+/// to every group, changed cards first. `root` derives the group keys.
+struct Carousels(Vec<SharedCarousel>, Key128);
 
 impl StoreSink for Carousels {
     fn keys_changed(&mut self, keys: &[ServiceKey]) -> bool {
@@ -75,6 +78,8 @@ impl StoreSink for Carousels {
         for c in &self.0 {
             let mut c = c.lock();
             for r in &cards {
+                let group = GroupId::of(r.serial);
+                c.set_group_key(group, derive_group_key(&self.1, group));
                 c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), true);
             }
         }
@@ -100,8 +105,10 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
         .mux
         .iter()
         .map(|_| {
-            let mut c = EmmCarousel::new(a.bandwidth);
+            let mut c = EmmCarousel::grouped(a.bandwidth, store.ca_system_id());
             for r in &snapshot.cards {
+                let group = GroupId::of(r.serial);
+                c.set_group_key(group, derive_group_key(store.root_key(), group));
                 c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), false);
             }
             c.set_service_keys(snapshot.keys.clone());
@@ -135,7 +142,10 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
         let mut source = SharedCarousel(carousel.clone());
         links.push(async move { run_emmg(config, &mut source, stats, stopped).await });
     }
-    let mut sink = Carousels(carousels.iter().cloned().map(SharedCarousel).collect());
+    let mut sink = Carousels(
+        carousels.iter().cloned().map(SharedCarousel).collect(),
+        store.root_key().clone(),
+    );
     tokio::join!(
         futures::future::join_all(links),
         follower.run(&mut sink, stopped())

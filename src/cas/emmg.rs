@@ -1,10 +1,11 @@
 //! The EMM carousel: cycles every card's EMMs at a fixed bitrate on the EMM PID.
 //!
 //! Two layouts ([`EmmLayout`]):
-//! - **Grouped** (what the head-end sends): cards are taken in serial order, and on
-//!   entering each group of 256 serials its group EMM (the current and next service keys
-//!   of the packages its live cards watch, under the group key) goes first, then the slim
-//!   unique EMM (format 2: entitlements, events, group key) of each of its cards. Sections
+//! - **Grouped** (what the head-end sends): cards are taken in serial order, the slim
+//!   unique EMM (format 2: entitlements, events, group key) of each card of a group of
+//!   256 serials, then the group's EMM (the current and next service keys of the packages
+//!   its live cards watch, under the group key), so a card that learns its group key in
+//!   a pass gets the keys in the same pass. Sections
 //!   are packed back to back into TS packets, a chunk of up to [`CHUNK_PACKETS`] packets
 //!   at a time, so about three unique EMMs share a packet. A key rotation puts every
 //!   group's EMM at the head of the queue (behind changed cards): it reaches all cards in
@@ -108,7 +109,7 @@ pub struct EmmCarousel {
     cards: BTreeMap<CardSerial, CardEntry>,
     groups: BTreeMap<GroupId, GroupEntry>,
     cursor: Option<CardSerial>,
-    /// The group whose EMM went out for the cards the cursor is passing.
+    /// The group of the cards the cursor is passing: its EMM goes out after them.
     entered: Option<GroupId>,
     urgent: VecDeque<CardSerial>,
     urgent_groups: VecDeque<GroupId>,
@@ -452,24 +453,24 @@ impl EmmCarousel {
                 .map(|(s, _)| *s),
             None => self.cards.keys().next().copied(),
         };
+        if let Some(group) = self.entered {
+            if after.map(GroupId::of) != Some(group) {
+                // past the group's last card: its EMM, so a card that just got the
+                // group key in its unique EMM gets the keys in the same pass
+                self.entered = None;
+                return Some((Item::Group(group), false));
+            }
+        }
         let serial = match after {
             Some(s) => s,
             None => {
                 let first = *self.cards.keys().next()?;
                 self.counters.cycles += 1;
-                self.entered = None;
-                // from the first card again (a group EMM may go before it)
-                self.cursor = None;
                 first
             }
         };
         if self.layout != EmmLayout::Unique {
-            let group = GroupId::of(serial);
-            if self.entered != Some(group) {
-                // the group's EMM first; the cursor stays before its first card
-                self.entered = Some(group);
-                return Some((Item::Group(group), false));
-            }
+            self.entered = Some(GroupId::of(serial));
         }
         self.cursor = Some(serial);
         Some((Item::Card(serial), false))
@@ -731,14 +732,14 @@ mod tests {
         let mut t = Duration::ZERO;
         let secs = run(&mut c, &mut t, 1);
         let order: Vec<(u8, u64)> = secs.iter().map(|s| who(s)).collect();
-        // a pass: group a, its three cards, group b, its card, and again
+        // a pass: group a's three cards, group a, group b's card, group b, and again
         let pass = [
-            (0x84, a >> 8),
             (0x83, a),
             (0x83, a + 7),
             (0x83, a + 9),
-            (0x84, b >> 8),
+            (0x84, a >> 8),
             (0x83, b),
+            (0x84, b >> 8),
         ];
         let start = order.iter().position(|w| *w == pass[0]).unwrap();
         assert_eq!(&order[start..start + 6], &pass);
@@ -747,20 +748,16 @@ mod tests {
         assert!(c.counters().group_sections >= 2);
         // group a's EMM: packages 0 and 2 (its live cards'), not 1 (the disabled card's)
         let gk = derive_group_key(&root, GroupId(a >> 8));
-        let g = open_group_emm(&secs[start], &gk).unwrap();
+        let g = open_group_emm(&secs[start + 3], &gk).unwrap();
         let bits: Vec<(u8, u32)> = g.keys.iter().map(|k| (k.bit.get(), k.version)).collect();
         assert_eq!(bits, [(0, 1), (0, 2), (2, 1), (2, 2)]);
         // the cards: the group key for enabled ones, none for the disabled one
-        let u = open_emm2(&secs[start + 1], &key(a)).unwrap();
+        let u = open_emm2(&secs[start], &key(a)).unwrap();
         assert_eq!(u.group_key.as_ref(), Some(&gk));
-        let off = open_emm2(&secs[start + 3], &key(a + 9)).unwrap();
+        let off = open_emm2(&secs[start + 2], &key(a + 9)).unwrap();
         assert!(!off.entitlements.enabled && off.group_key.is_none());
         // a repeat of a card's EMM is the same bytes (one content per sequence)
-        let again = order[start + 6..]
-            .iter()
-            .position(|w| *w == (0x83, a))
-            .unwrap();
-        assert_eq!(secs[start + 6 + again], secs[start + 1]);
+        assert_eq!(secs[start + 6], secs[start]);
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn one_cycle(layout: EmmLayout, n: u64) -> Cycle {
     let root = root();
     for i in 0..n {
         let serial = CardSerial(FIRST_SERIAL + i);
-        if i == 0 || serial.0 % GROUP_SIZE == 0 {
+        if i == 0 || serial.0.is_multiple_of(GROUP_SIZE) {
             let g = GroupId::of(serial);
             c.set_group_key(g, derive_group_key(&root, g));
         }

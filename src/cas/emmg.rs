@@ -208,6 +208,14 @@ impl EmmCarousel {
                 if g.key.as_ref() != Some(&key) {
                     g.key = Some(key);
                     g.seq = seq;
+                    // the cards' EMMs carry the key: a new content, a new sequence (the
+                    // sequence is their nonce)
+                    for (_, c) in self
+                        .cards
+                        .range_mut(group.first_serial()..=group.last_serial())
+                    {
+                        c.seq = seq;
+                    }
                 }
             }
             Entry::Vacant(v) => {
@@ -800,6 +808,38 @@ mod tests {
         let groups: Vec<(u8, u64)> = secs[first..first + 8].iter().map(|s| who(s)).collect();
         assert_eq!(groups, (0..8).map(|g| (0x84, g)).collect::<Vec<_>>());
         assert!(GroupEmmHeader::parse(&secs[first]).unwrap().sequence > before);
+    }
+
+    #[test]
+    fn a_new_group_key_gives_the_group_s_cards_a_new_sequence() {
+        let mut c = grouped_with(&[(0x200, 0b1, true), (0x201, 0b1, true)]);
+        let mut t = Duration::ZERO;
+        let before = run(&mut c, &mut t, 1);
+        let seq = |secs: &[Vec<u8>], serial: u64| {
+            secs.iter()
+                .filter(|s| who(s) == (0x83, serial))
+                .map(|s| Emm2Header::parse(s).unwrap().sequence)
+                .last()
+                .unwrap()
+        };
+        let old = seq(&before, 0x201);
+        // the same key again changes nothing; another key, a new sequence for each card
+        let g = GroupId(2);
+        c.set_group_key(g, derive_group_key(&Key128::from_bytes([5; 16]), g));
+        assert_eq!(seq(&run(&mut c, &mut t, 1), 0x201), old);
+        c.set_group_key(g, Key128::from_bytes([6; 16]));
+        let after = run(&mut c, &mut t, 1);
+        assert!(seq(&after, 0x201) > old);
+        let u = open_emm2(
+            after
+                .iter()
+                .rev()
+                .find(|s| who(s) == (0x83, 0x201))
+                .unwrap(),
+            &key(0x201),
+        )
+        .unwrap();
+        assert_eq!(u.group_key, Some(Key128::from_bytes([6; 16])));
     }
 
     #[test]

@@ -843,6 +843,34 @@ mod tests {
     }
 
     #[test]
+    fn grouped_urgent_card_is_on_air_within_two_seconds_at_50k() {
+        let cards: Vec<(u64, u64, bool)> = (0..10_000).map(|s| (s, 0b1, true)).collect();
+        let mut c = grouped_with(&cards);
+        c.bitrate_bps = 50_000;
+        let mut t = Duration::ZERO;
+        run(&mut c, &mut t, 5);
+        c.upsert_card(CardSerial(9_999), key(9_999), ent(false), true);
+        let asked = t;
+        let mut out = Vec::new();
+        'wait: loop {
+            t += Duration::from_millis(10);
+            while c.poll(t, &mut out) {
+                if split(&out).iter().any(|s| who(s) == (0x83, 9_999)) {
+                    break 'wait;
+                }
+                out.clear();
+            }
+            assert!(t - asked < Duration::from_secs(2), "not on air in 2 s");
+        }
+        // a chunk's budget (20 packets) at 50 kbit/s is 0.6 s
+        assert!(
+            t - asked <= Duration::from_millis(700),
+            "took {:?}",
+            t - asked
+        );
+    }
+
+    #[test]
     fn grouped_packs_about_three_cards_a_packet_at_the_bitrate() {
         let cards: Vec<(u64, u64, bool)> = (0..5000).map(|s| (s, 0b1111, true)).collect();
         let mut c = grouped_with(&cards);

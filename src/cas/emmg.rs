@@ -46,6 +46,28 @@ use crate::ts::Packetizer;
 /// waits for that much budget, so only the last packet of a chunk is padded.
 pub const CHUNK_PACKETS: usize = 20;
 
+/// Which EMMs a head-end sends, as an operator chooses it (`--emm-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmmFormat {
+    /// Group EMMs and unique EMMs of format 2 ([`EmmLayout::Grouped`]). Default.
+    #[default]
+    Grouped,
+    /// Unique EMMs of format 1 only ([`EmmLayout::Unique`]), for cards of castmux
+    /// versions that read nothing else.
+    Unique,
+}
+
+impl EmmFormat {
+    /// The carousel layout for an operator of `ca_system_id`.
+    pub fn layout(self, ca_system_id: u16) -> EmmLayout {
+        match self {
+            EmmFormat::Grouped => EmmLayout::Grouped { ca_system_id },
+            EmmFormat::Unique => EmmLayout::Unique,
+        }
+    }
+}
+
 /// What a carousel sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EmmLayout {

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::emmg::EmmCarousel;
+use super::emmg::{EmmCarousel, EmmFormat};
 use super::follow::{FollowerStats, StoreFollower, StoreSink};
 use super::keyring::SharedKeyRing;
 use super::store::{CardKeyRecord, Store, StoreError};
@@ -173,11 +173,13 @@ impl StoreSink for ToCarousel {
 
 impl LiveCas {
     /// Open the store at `db`, load keys and cards, and keep them current. With
-    /// `emm_bitrate`, an EMM carousel of all cards is made (take it with [`LiveCas::take_emm_source`]).
+    /// `emm_bitrate`, an EMM carousel of all cards sending `emm_format` is made (take it
+    /// with [`LiveCas::take_emm_source`]).
     pub fn start(
         db: &Path,
         access: ChannelAccess,
         emm_bitrate: Option<u64>,
+        emm_format: EmmFormat,
     ) -> Result<LiveCas, LiveCasError> {
         let (init_tx, init_rx) = mpsc::sync_channel::<Result<Start, LiveCasError>>(1);
         let (upd_tx, upd_rx) = mpsc::sync_channel::<Update>(UPDATES);
@@ -196,7 +198,7 @@ impl LiveCas {
             Err(_) => return Err(LiveCasError::Thread("it ended at start".to_owned())),
         };
         let emm = emm_bitrate.map(|bps| {
-            let mut carousel = EmmCarousel::grouped(bps, start.ca_system_id);
+            let mut carousel = EmmCarousel::with_layout(bps, emm_format.layout(start.ca_system_id));
             carousel.set_service_keys(start.keys.clone());
             for (group, key) in &start.group_keys {
                 carousel.set_group_key(*group, key.clone());

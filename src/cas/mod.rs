@@ -27,7 +27,7 @@ pub use ecm::{build_ecm, open_ecm, EcmBuildError, EcmContent, EcmParams, EcmRef}
 pub use ecmg::{build_ecm_with_ring, BuiltinEcmg};
 pub use emm::{build_emm, open_emm, EmmBuildError, EmmHeader, EmmPart};
 pub use emm2::{build_emm2, open_emm2, Emm2Header, Emm2Part};
-pub use emmg::{EmmCarousel, EmmCounters};
+pub use emmg::{EmmCarousel, EmmCounters, EmmFormat, EmmLayout};
 pub use follow::{FollowerStats, RingOnly, StoreFollower, StoreSink, StoreSnapshot};
 pub use group_emm::{
     build_group_emm, open_group_emm, GroupEmmBuildError, GroupEmmHeader, GroupEmmPart,

@@ -40,6 +40,11 @@ pub struct EmmgArgs {
     /// 1k to 65535k. Default 50k.
     #[arg(long, value_name = "RATE", default_value = "50k", value_parser = super::args::emm_bandwidth)]
     bandwidth: u64,
+    /// Which EMMs: `grouped` (a group EMM per 256 cards with the service keys, a slim
+    /// unique EMM per card) or `unique` (one EMM per card carrying its keys, for software
+    /// cards older than group EMMs). Default grouped.
+    #[arg(long, value_enum, default_value_t = super::scramble::EmmFormat::Grouped)]
+    format: super::scramble::EmmFormat,
     /// EMMG<->MUX protocol version, 2 or 3. Default 3.
     #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     emmg_version: u8,
@@ -105,7 +110,8 @@ async fn feed(db: &Path, a: EmmgArgs, stop: Arc<AtomicBool>) -> anyhow::Result<A
         .mux
         .iter()
         .map(|_| {
-            let mut c = EmmCarousel::grouped(a.bandwidth, store.ca_system_id());
+            let mut c =
+                EmmCarousel::with_layout(a.bandwidth, a.format.spec().layout(store.ca_system_id()));
             for r in &snapshot.cards {
                 let group = GroupId::of(r.serial);
                 c.set_group_key(group, derive_group_key(store.root_key(), group));

@@ -839,9 +839,9 @@ mod tests {
         let before = run(&mut c, &mut t, 1);
         let seq = |secs: &[Vec<u8>], serial: u64| {
             secs.iter()
-                .filter(|s| who(s) == (0x83, serial))
+                .rev()
+                .find(|s| who(s) == (0x83, serial))
                 .map(|s| Emm2Header::parse(s).unwrap().sequence)
-                .last()
                 .unwrap()
         };
         let old = seq(&before, 0x201);

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 
 secs="${1:-20}"
 shift || true
-all=(ts_packets analyzer backup_inputs cbr mpts_mux psi_section scrambler simulcrypt_tlv newcamd cas_card csv_import headend_toml url rtp_sync http_api http_ts_request)
+all=(ts_packets analyzer backup_inputs cbr mpts_mux psi_section scrambler simulcrypt_tlv newcamd cas_card cas_group_emm csv_import headend_toml url rtp_sync http_api http_ts_request)
 targets=("${@:-${all[@]}}")
 [ ${#targets[@]} -gt 0 ] || targets=("${all[@]}")
 

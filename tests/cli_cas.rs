@@ -189,6 +189,53 @@ fn builtin_cas_entitled_card_descrambles_and_others_are_refused() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cards[3]).unwrap()).unwrap();
     assert_eq!(saved["entitlements"]["access"], "00000001", "{saved}");
+    // the EMMs were group EMMs (0x84) and slim unique ones (0x83), several to a packet
+    let grouped = emm_tables(&out);
+    assert!(
+        grouped.contains(&0x83) && grouped.contains(&0x84),
+        "{grouped:?}"
+    );
+    assert!(!grouped.contains(&0x82), "{grouped:?}");
+
+    // --emm-format unique: the format-1 EMMs of older castmux versions, which A still reads
+    let unique = d.join("unique.ts");
+    ok(&db_args(
+        &db,
+        &[
+            "scramble",
+            "-i",
+            s(&input),
+            "-o",
+            s(&unique),
+            "--cas",
+            "builtin",
+            "--packages",
+            "news",
+            "--crypto-period",
+            "1s",
+            "--emm-bitrate",
+            "100k",
+            "--emm-format",
+            "unique",
+        ],
+    ));
+    assert_eq!(
+        emm_tables(&packets(&unique)),
+        BTreeSet::from([0x82]),
+        "unique EMMs only"
+    );
+    let (clear, st) = play(d, &cards[0], &unique, "a2");
+    assert_eq!(st["refusals"], 0, "{st}");
+    assert!(on_pids(&clear, &es) == want, "A: descrambled ES differs");
+}
+
+/// The table_id of each EMM section that begins in a packet of PID 0x1FF1 (first ones
+/// after the pointer_field; sections packed behind it are not looked at).
+fn emm_tables(pkts: &[Packet]) -> BTreeSet<u8> {
+    pkts.iter()
+        .filter(|p| pid(p) == 0x1FF1 && p[1] & 0x40 != 0 && p[3] & 0x30 == 0x10)
+        .filter_map(|p| p.get(5 + usize::from(p[4])).copied())
+        .collect()
 }
 
 #[test]

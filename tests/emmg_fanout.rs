@@ -98,14 +98,8 @@ fn one_emmg_feeds_three_muxes_building_each_emm_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     drop(emmg);
-    // air bit/s as the bandwidth counts it: each section in the TS packets it takes
-    let rate = |b: &[u8]| {
-        let packets: usize = sections(b)
-            .iter()
-            .map(|s| (s.len() + 1).div_ceil(184))
-            .sum();
-        (packets * 188 * 8) as f64 / secs
-    };
+    // air bit/s as the bandwidth counts it: the sections packed into TS packets
+    let rate = |b: &[u8]| b.len() as f64 * 188.0 / 184.0 * 8.0 / secs;
     let (ra, rb, rc) = (rate(&got[0]), rate(&got[1]), rate(&got[2]));
     println!("400k muxes: {ra:.0} and {rc:.0} bit/s; the 100k mux: {rb:.0} bit/s (TS)");
     for m in &muxes {
@@ -134,9 +128,9 @@ fn one_emmg_feeds_three_muxes_building_each_emm_once() {
     }
 }
 
-/// The card a unique EMM is addressed to (format 1, table 0x82), by its clear header.
+/// The card a unique EMM is addressed to (format 2, table 0x83), by its clear header.
 fn card_serial(section: &[u8]) -> Option<Vec<u8>> {
-    castmux::cas::EmmHeader::parse(section)
+    castmux::cas::Emm2Header::parse(section)
         .ok()
         .map(|h| h.serial.0.to_be_bytes().to_vec())
 }

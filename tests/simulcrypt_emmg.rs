@@ -91,9 +91,12 @@ fn drain(src: &mut EmmQueueSource, into: &mut Vec<u32>) {
     let mut out = Vec::new();
     while let Some(kind) = src.poll(Duration::ZERO, &mut out) {
         assert_eq!(kind, EmmData::Sections);
-        assert_eq!(out.len(), 100);
-        assert_eq!(out[0], 0x82);
-        into.push(u32::from_be_bytes(out[3..7].try_into().unwrap()));
+        // sections waiting are handed over together, whole
+        assert_eq!(out.len() % 100, 0);
+        for s in out.chunks(100) {
+            assert_eq!(s[0], 0x82);
+            into.push(u32::from_be_bytes(s[3..7].try_into().unwrap()));
+        }
         out.clear();
     }
 }

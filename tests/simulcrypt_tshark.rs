@@ -371,8 +371,10 @@ fn tshark_decodes_emmg_mux_traffic_of_both_versions() {
         let mut got = 0;
         assert!(wait_until(Duration::from_secs(20), || {
             let mut out = Vec::new();
+            // sections waiting are handed over together
             while src.poll(Duration::ZERO, &mut out).is_some() {
-                got += 1;
+                got += castmux::ts::section::check_sections(&out, 0x82..=0x8F).unwrap();
+                out.clear();
             }
             got == 5
         }));

@@ -6,9 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use castmux::cas::derive_card_key;
+use castmux::cas::{derive_card_key, derive_group_key};
 use castmux::cas::{
-    AccessCriteria, BuiltinEcmg, CardFile, CardSerial, EmmCarousel, Entitlements, Key128,
+    AccessCriteria, BuiltinEcmg, CardFile, CardSerial, EmmCarousel, Entitlements, GroupId, Key128,
     PackageBit, ServiceKey, ServiceKeyRing, CARD_FILE_FORMAT,
 };
 use castmux::scramble::{
@@ -79,6 +79,16 @@ fn scramble_with(
     keys: &[ServiceKey],
     emm_cards: &[(CardSerial, Key128, Entitlements)],
 ) -> Vec<Packet> {
+    let mut carousel = EmmCarousel::new(200_000);
+    carousel.set_service_keys(keys.to_vec());
+    for (serial, key, ent) in emm_cards {
+        carousel.upsert_card(*serial, key.clone(), ent.clone(), true);
+    }
+    scramble_carousel(ecmg, carousel)
+}
+
+/// Scramble the sample as [`scramble_with`] does, with `carousel` on the EMM PID.
+fn scramble_carousel(ecmg: Box<dyn EcmGenerator>, carousel: EmmCarousel) -> Vec<Packet> {
     let config = ScrambleConfig {
         keys: KeyMode::Rotating,
         crypto_period: Duration::from_secs(1),
@@ -88,11 +98,6 @@ fn scramble_with(
         ..ScrambleConfig::default()
     };
     let mut s = Scrambler::new(config, None, vec![ecmg]).unwrap();
-    let mut carousel = EmmCarousel::new(200_000);
-    carousel.set_service_keys(keys.to_vec());
-    for (serial, key, ent) in emm_cards {
-        carousel.upsert_card(*serial, key.clone(), ent.clone(), true);
-    }
     s.set_emm_source(Box::new(carousel)).unwrap();
     let mut out = Vec::new();
     for batch in sample().chunks(256) {
@@ -239,6 +244,71 @@ fn a_card_with_no_keys_learns_them_from_its_emm() {
         "descrambled ES differs"
     );
     assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+}
+
+#[test]
+fn a_card_with_no_keys_learns_them_from_its_group_emm() {
+    // the head-end's layout: the card's unique EMM (format 2) gives it its entitlements
+    // and group key, its group's EMM the keys; packed several to a TS packet on the PID
+    let keys = service_keys();
+    let root = Key128::from_bytes([9; 16]);
+    let serial = CardSerial(2100000005);
+    let ent = entitlements(1, now() - DAY, now() + DAY, true);
+    let mut carousel = EmmCarousel::grouped(200_000, CAID);
+    carousel.set_service_keys(keys.clone());
+    // the card and 299 others around it, in two groups
+    for s in (serial.0 - 150)..(serial.0 + 150) {
+        let s = CardSerial(s);
+        let g = GroupId::of(s);
+        carousel.set_group_key(g, derive_group_key(&root, g));
+        let e = if s == serial {
+            ent.clone()
+        } else {
+            entitlements(0b10, now() - DAY, now() + DAY, true)
+        };
+        carousel.upsert_card(s, derive_card_key(&root, s), e, s == serial);
+    }
+    let ring = ServiceKeyRing::from_keys(keys.iter().cloned()).shared();
+    let scrambled = scramble_carousel(
+        Box::new(BuiltinEcmg::new(ring, AccessCriteria(1), CAID)),
+        carousel,
+    );
+    // more EMM sections than EMM packets: they are packed
+    let emm_packets = scrambled
+        .iter()
+        .filter(|p| (u16::from(p[1] & 0x1F) << 8 | u16::from(p[2])) == 0x1FF1)
+        .count();
+    let (clear, c) = play(card(serial.0, ent.clone(), vec![]), &scrambled);
+    assert!(c.emm_pid == Some(0x1FF1), "{c:?}");
+    assert!(
+        c.emms > emm_packets as u64 * 2,
+        "{} sections in {emm_packets} packets",
+        c.emms
+    );
+    assert!(
+        c.descrambled > 0,
+        "the card opened ECMs after its EMMs: {c:?}"
+    );
+    let got = es(&clear);
+    let want = es(&sample());
+    let first_clear = got.iter().position(|p| p[3] >> 6 == 0).unwrap();
+    assert!(
+        got[first_clear..] == want[first_clear..],
+        "descrambled ES differs"
+    );
+    assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+
+    // a card of the same group that is not entitled to package 0 learns no key of it
+    let other = CardSerial(serial.0 + 1);
+    let (_, c) = play(
+        card(
+            other.0,
+            entitlements(0b10, now() - DAY, now() + DAY, true),
+            vec![],
+        ),
+        &scrambled,
+    );
+    assert_eq!(c.descrambled, 0, "{c:?}");
 }
 
 /// TSDuck's scrambler by default: the ECMG gets the full 64-bit CW, the packets are

@@ -14,10 +14,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use castmux::cas::emm::{open_emm, EmmHeader};
 use castmux::cas::store::{AuditQuery, Store, StoreLocation};
 use castmux::cas::{derive_card_key, CardSerial};
-use castmux::ts::section::section_total_len;
+use castmux::cas::{open_emm2, Emm2Header};
 use cli_support::*;
 use head_support::*;
 use serde_json::json;
@@ -69,29 +68,12 @@ fn builtin_scramble_args<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// The EMM sections in `pkts` on the EMM PID (each castmux EMM of one package fits one
-/// packet), with the index of their packet.
+/// The EMM sections in `pkts`, each with the index of the packet it ends in.
 fn emm_sections(pkts: &[Packet]) -> Vec<(usize, Vec<u8>)> {
-    let emm_pid = u16::from_str_radix(EMM_PID.trim_start_matches("0x"), 16).unwrap();
-    let mut out = Vec::new();
-    for (i, p) in pkts.iter().enumerate() {
-        if pid(p) != emm_pid || p[1] & 0x40 == 0 || !has_payload(p) {
-            continue;
-        }
-        let mut at = 4;
-        if p[3] & 0x20 != 0 {
-            at += 1 + p[4] as usize;
-        }
-        let Some(&pointer) = p.get(at) else { continue };
-        let start = at + 1 + pointer as usize;
-        let Some(rest) = p.get(start..) else { continue };
-        if let Some(len) = section_total_len(rest) {
-            if len <= rest.len() {
-                out.push((i, rest[..len].to_vec()));
-            }
-        }
-    }
-    out
+    pid_sections(
+        pkts,
+        u16::from_str_radix(EMM_PID.trim_start_matches("0x"), 16).unwrap(),
+    )
 }
 
 /// Two `castmux ecmg` nodes on one PostgreSQL store behind one mux (`--ecmg A,B`); node A
@@ -172,17 +154,24 @@ fn a_card_added_through_one_nodes_api_is_on_air_through_another_within_2s() {
     });
     let got = got.lock().unwrap();
     let mut first = None;
-    for (when, datagram) in got.iter() {
-        for (_, section) in emm_sections(&packets_of(datagram)) {
-            if EmmHeader::parse(&section).map(|h| h.serial) == Ok(CardSerial(serial)) {
-                let part = open_emm(&section, &card_key).expect("the EMM opens with the card key");
-                assert_eq!(
-                    part.entitlements.access.0 & 1,
-                    1,
-                    "the card is entitled to sport"
-                );
-                first.get_or_insert(*when);
-            }
+    // the stream as one, each packet with the time its datagram came
+    let mut pkts = Vec::new();
+    let mut when = Vec::new();
+    for (t, datagram) in got.iter() {
+        for p in packets_of(datagram) {
+            pkts.push(p);
+            when.push(*t);
+        }
+    }
+    for (i, section) in emm_sections(&pkts) {
+        if Emm2Header::parse(&section).map(|h| h.serial) == Ok(CardSerial(serial)) {
+            let part = open_emm2(&section, &card_key).expect("the EMM opens with the card key");
+            assert_eq!(
+                part.entitlements.access.0 & 1,
+                1,
+                "the card is entitled to sport"
+            );
+            first.get_or_insert(when[i]);
         }
     }
     let first = first.unwrap_or_else(|| panic!("card {serial}'s EMM never on air"));
@@ -290,7 +279,7 @@ fn the_server_restarted_mid_run_channels_hold_their_keys_and_recover() {
     assert!(
         emm_sections(&pkts)
             .iter()
-            .any(|(_, s)| EmmHeader::parse(s).map(|h| h.serial) == Ok(CardSerial(serial))),
+            .any(|(_, s)| Emm2Header::parse(s).map(|h| h.serial) == Ok(CardSerial(serial))),
         "card {serial}, added after the restart, never on air"
     );
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use castmux::cas::ecm::{build_ecm, EcmParams};
 use castmux::cas::emm::build_emm;
-use castmux::cas::{AccessCriteria, CardSerial, Key128, ServiceKeyRing};
+use castmux::cas::{
+    build_emm2, build_group_emm, AccessCriteria, CardSerial, GroupId, Key128, ServiceKeyRing,
+};
 use castmux::scramble::Cw;
 use castmux::simulcrypt::{ChannelIds, CpCw, CwProvision, EcmgMessage, EmmgMessage, StreamIds};
 use castmux::softcard::newcamd::frame::{seal, FrameHeader, Message};
@@ -270,6 +272,62 @@ fn cas_seeds() {
     write("cas_card", "sealed-emm", &s);
 }
 
+/// cas_group_emm: the card's unique EMM of format 2 then its group's EMM, raw (op 0) and
+/// as the harness seals them (ops 1 and 2: the content in clear), and a round trip (op 3).
+fn group_emm_seeds() {
+    let card_key = Key128::from_bytes(CARD_KEY);
+    let group_key = Key128::from_bytes([0x6B; 16]);
+    let group = GroupId::of(CardSerial(SERIAL));
+    let mut unique = Vec::new();
+    build_emm2(
+        CardSerial(SERIAL),
+        &card_key,
+        2,
+        &entitlements(),
+        Some(&group_key),
+        &mut unique,
+    )
+    .expect("builds");
+    let keys = service_keys();
+    let mut grp = Vec::new();
+    build_group_emm(CAS, group, &group_key, 3, &keys, &mut grp).expect("builds");
+    let chunk = |op: u8, bytes: &[u8]| {
+        let mut v = vec![op, 0];
+        v.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        v.extend_from_slice(bytes);
+        v
+    };
+    write(
+        "cas_group_emm",
+        "raw-unique-group",
+        &[chunk(0, &unique), chunk(0, &grp)].concat(),
+    );
+    // sealed unique (op 1 | 0x40: the group key appended): sequence, part byte, content
+    let ent = entitlements();
+    let mut body = Vec::new();
+    body.extend_from_slice(&ent.access.0.to_be_bytes());
+    body.extend_from_slice(&((NOW - 86_400) as u32).to_be_bytes());
+    body.extend_from_slice(&((NOW + 86_400) as u32).to_be_bytes());
+    body.extend_from_slice(&[0b101, 0]);
+    let mut s = vec![0x41, 0, 5, 0];
+    s.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    s.extend_from_slice(&body);
+    // sealed group (op 2): sequence, part, parts, nonce, content (keys)
+    let mut body = vec![keys.len() as u8];
+    for k in &keys {
+        body.push(k.bit.get());
+        body.extend_from_slice(&k.version.to_be_bytes());
+        body.extend_from_slice(&[0x33; 16]);
+    }
+    s.extend_from_slice(&[2, 0, 6, 0, 1]);
+    s.extend_from_slice(&[7; 12]);
+    s.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    s.extend_from_slice(&body);
+    write("cas_group_emm", "sealed-unique-group", &s);
+    // a round trip: op 3, minute, then the builder inputs (zeros where short)
+    write("cas_group_emm", "round-trip", &[3, 0, 0, 0, 0, 0, 0, 0, 0, 0x0F, 1, 2, 3]);
+}
+
 fn text_seeds() {
     write(
         "csv_import",
@@ -386,6 +444,7 @@ fn main() {
     simulcrypt_seeds();
     newcamd_seeds();
     cas_seeds();
+    group_emm_seeds();
     text_seeds();
     rtp_seeds();
 }

@@ -3,8 +3,9 @@
 //! AES-128 wrap of a fresh content key.
 
 use aes::cipher::{BlockDecrypt, BlockEncrypt};
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::AeadInPlace;
-use aes_gcm::{Aes128Gcm, KeyInit, Nonce, Tag};
+use aes_gcm::{Aes128Gcm, AesGcm, KeyInit, Nonce, Tag};
 
 use super::types::Key128;
 
@@ -12,6 +13,13 @@ use super::types::Key128;
 pub(crate) const NONCE_LEN: usize = 12;
 /// AES-GCM tag length.
 pub(crate) const TAG_LEN: usize = 16;
+
+/// AES-GCM short tag length (96 bits), for the unique EMM of format 2.
+pub(crate) const SHORT_TAG_LEN: usize = 12;
+
+/// AES-128-GCM with a 96-bit nonce and a 96-bit tag (NIST SP 800-38D §5.2.1.2 allows
+/// 96..=128-bit tags with no further limits on use).
+type Aes128Gcm96 = AesGcm<aes::Aes128, U12, U12>;
 
 /// A cursor that never reads past its slice: every read returns `None` instead.
 #[derive(Debug)]
@@ -96,6 +104,40 @@ pub(crate) fn open(
         .is_ok()
 }
 
+/// [`seal`] with a 96-bit tag.
+pub(crate) fn seal_short(
+    key: &[u8; 16],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> [u8; SHORT_TAG_LEN] {
+    let cipher = Aes128Gcm96::new(key.into());
+    // encryption fails only for inputs beyond GCM's 64 GiB limit; sections are < 4 KiB
+    let tag = cipher
+        .encrypt_in_place_detached(Nonce::from_slice(nonce), aad, buf)
+        .expect("AES-GCM input within limits");
+    tag.into()
+}
+
+/// [`open`] with a 96-bit tag.
+pub(crate) fn open_short(
+    key: &[u8; 16],
+    nonce: &[u8; NONCE_LEN],
+    aad: &[u8],
+    buf: &mut [u8],
+    tag: &[u8; SHORT_TAG_LEN],
+) -> bool {
+    let cipher = Aes128Gcm96::new(key.into());
+    cipher
+        .decrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            aad,
+            buf,
+            aes_gcm::aead::generic_array::GenericArray::from_slice(tag),
+        )
+        .is_ok()
+}
+
 /// Wrap a 16-byte content key under a service key: one AES-128 block encryption. The
 /// content key is fresh and uniformly random, and the wrapped bytes are covered by the
 /// ECM's GCM tag, so a single block is enough (docs/cas-formats.md, "Key wrap").
@@ -143,6 +185,28 @@ mod tests {
         let mut bad = buf;
         bad[0] ^= 1;
         assert!(!open(&key, &nonce, b"hdr", &mut bad, &tag));
+    }
+
+    #[test]
+    fn short_tag_gcm_detects_changes() {
+        let key = [3u8; 16];
+        let nonce = [2u8; NONCE_LEN];
+        let mut buf = *b"entitlements";
+        let tag = seal_short(&key, &nonce, b"hdr", &mut buf);
+        let mut ok = buf;
+        assert!(open_short(&key, &nonce, b"hdr", &mut ok, &tag));
+        assert_eq!(&ok, b"entitlements");
+        let mut bad = buf;
+        assert!(!open_short(&key, &[9; NONCE_LEN], b"hdr", &mut bad, &tag));
+        let mut bad = buf;
+        let mut t = tag;
+        t[11] ^= 1;
+        assert!(!open_short(&key, &nonce, b"hdr", &mut bad, &t));
+        // the short tag is not the full tag cut short: GCM's tag is truncated, and the
+        // two agree on the first 12 bytes
+        let mut full = *b"entitlements";
+        let long = seal(&key, &nonce, b"hdr", &mut full);
+        assert_eq!(&long[..SHORT_TAG_LEN], &tag);
     }
 
     #[test]

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::emmg::EmmCarousel;
+use super::emmg::{EmmCarousel, EmmFormat};
 use super::follow::{FollowerStats, StoreFollower, StoreSink};
 use super::keyring::SharedKeyRing;
 use super::store::{CardKeyRecord, Store, StoreError};
-use super::types::{AccessCriteria, ServiceKey};
+use super::types::{derive_group_key, AccessCriteria, GroupId, Key128, ServiceKey};
 use crate::scramble::{EmmData, EmmSource};
 
 pub use super::follow::REFRESH;
@@ -48,7 +48,8 @@ pub enum ChannelAccess {
 }
 
 enum Update {
-    Card(CardKeyRecord),
+    /// A changed card, and the key of its group.
+    Card(CardKeyRecord, Key128),
     Keys(Vec<ServiceKey>),
 }
 
@@ -71,7 +72,9 @@ impl EmmSource for LiveEmmSource {
     fn poll(&mut self, now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
         for _ in 0..UPDATES_PER_POLL {
             match self.updates.try_recv() {
-                Ok(Update::Card(r)) => {
+                Ok(Update::Card(r, group_key)) => {
+                    self.carousel
+                        .set_group_key(GroupId::of(r.serial), group_key);
                     self.carousel
                         .upsert_card(r.serial, r.card_key, r.entitlements, true)
                 }
@@ -123,6 +126,8 @@ impl Drop for LiveCas {
 struct Start {
     keys: Vec<ServiceKey>,
     cards: Vec<CardKeyRecord>,
+    /// The key of every group that has cards.
+    group_keys: Vec<(GroupId, Key128)>,
     access: AccessCriteria,
     ca_system_id: u16,
     ring: SharedKeyRing,
@@ -132,13 +137,17 @@ struct Start {
 /// The follower's findings, sent to the data path's EMM carousel while there is one. The
 /// key ring is what the ECMs need, so following goes on without a carousel (none asked
 /// for, or the mux dropped it).
-struct ToCarousel(Option<mpsc::SyncSender<Update>>);
+struct ToCarousel {
+    tx: Option<mpsc::SyncSender<Update>>,
+    /// The store's root key, to derive group keys (set once the store is open).
+    root: Option<Key128>,
+}
 
 impl ToCarousel {
     fn send(&mut self, u: Update) {
-        if let Some(tx) = &self.0 {
+        if let Some(tx) = &self.tx {
             if tx.send(u).is_err() {
-                self.0 = None;
+                self.tx = None;
             }
         }
     }
@@ -151,8 +160,12 @@ impl StoreSink for ToCarousel {
     }
 
     fn cards_changed(&mut self, cards: Vec<CardKeyRecord>) -> bool {
+        let Some(root) = self.root.clone() else {
+            return true;
+        };
         for c in cards {
-            self.send(Update::Card(c));
+            let group_key = derive_group_key(&root, GroupId::of(c.serial));
+            self.send(Update::Card(c, group_key));
         }
         true
     }
@@ -160,16 +173,21 @@ impl StoreSink for ToCarousel {
 
 impl LiveCas {
     /// Open the store at `db`, load keys and cards, and keep them current. With
-    /// `emm_bitrate`, an EMM carousel of all cards is made (take it with [`LiveCas::take_emm_source`]).
+    /// `emm_bitrate`, an EMM carousel of all cards sending `emm_format` is made (take it
+    /// with [`LiveCas::take_emm_source`]).
     pub fn start(
         db: &StoreLocation,
         access: ChannelAccess,
         emm_bitrate: Option<u64>,
+        emm_format: EmmFormat,
     ) -> Result<LiveCas, LiveCasError> {
         let (init_tx, init_rx) = mpsc::sync_channel::<Result<Start, LiveCasError>>(1);
         let (upd_tx, upd_rx) = mpsc::sync_channel::<Update>(UPDATES);
         let (stop, stop_rx) = oneshot::channel();
-        let sink = ToCarousel(emm_bitrate.is_some().then_some(upd_tx));
+        let sink = ToCarousel {
+            tx: emm_bitrate.is_some().then_some(upd_tx),
+            root: None,
+        };
         let db = db.clone();
         let thread = std::thread::Builder::new()
             .name("castmux-cas".to_owned())
@@ -180,8 +198,11 @@ impl LiveCas {
             Err(_) => return Err(LiveCasError::Thread("it ended at start".to_owned())),
         };
         let emm = emm_bitrate.map(|bps| {
-            let mut carousel = EmmCarousel::new(bps);
+            let mut carousel = EmmCarousel::with_layout(bps, emm_format.layout(start.ca_system_id));
             carousel.set_service_keys(start.keys.clone());
+            for (group, key) in &start.group_keys {
+                carousel.set_group_key(*group, key.clone());
+            }
             for c in &start.cards {
                 carousel.upsert_card(c.serial, c.card_key.clone(), c.entitlements.clone(), false);
             }
@@ -247,9 +268,20 @@ fn feed_thread(
                 return;
             }
         };
+        let root = follower.store().root_key().clone();
+        let mut group_keys: Vec<(GroupId, Key128)> = Vec::new();
+        for c in &snapshot.cards {
+            let group = GroupId::of(c.serial);
+            // the cards come in serial order: one derivation per group
+            if group_keys.last().is_none_or(|(g, _)| *g != group) {
+                group_keys.push((group, derive_group_key(&root, group)));
+            }
+        }
+        sink.root = Some(root);
         let _ = init_tx.send(Ok(Start {
             keys: snapshot.keys,
             cards: snapshot.cards,
+            group_keys,
             access,
             ca_system_id: follower.store().ca_system_id(),
             ring: follower.ring(),

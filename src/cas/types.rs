@@ -108,6 +108,27 @@ pub mod key_hex {
     }
 }
 
+/// serde of an optional key as hex (or null), for saved card state only.
+pub mod key_hex_opt {
+    use super::Key128;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Serialize as 32 hex digits, or null.
+    pub fn serialize<S: Serializer>(k: &Option<Key128>, s: S) -> Result<S::Ok, S::Error> {
+        match k {
+            Some(k) => s.serialize_str(&k.expose_hex()),
+            None => s.serialize_none(),
+        }
+    }
+
+    /// Deserialize from 32 hex digits, or null.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Key128>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| Key128::from_hex(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// The per-card unique key: HKDF-SHA256 (RFC 5869) with the operator root key as input
 /// keying material, salt `castmux card key v1`, and the serial as 8 big-endian bytes for info.
 pub fn derive_card_key(root: &Key128, serial: CardSerial) -> Key128 {
@@ -115,6 +136,51 @@ pub fn derive_card_key(root: &Key128, serial: CardSerial) -> Key128 {
     let mut okm = [0u8; 16];
     // 16 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail
     hk.expand(&serial.0.to_be_bytes(), &mut okm)
+        .expect("HKDF output length is valid");
+    Key128(okm)
+}
+
+/// Cards per group (shared address): serials `g·256 ..= g·256 + 255` form group `g`.
+pub const GROUP_SIZE: u64 = 1 << GROUP_SHIFT;
+/// `serial >> GROUP_SHIFT` is a card's group.
+pub const GROUP_SHIFT: u32 = 8;
+
+/// A group of [`GROUP_SIZE`] consecutive card serials that share a group key and hear the
+/// same group EMMs (an Irdeto/Conax-style shared address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+impl GroupId {
+    /// The group of `serial`.
+    pub fn of(serial: CardSerial) -> GroupId {
+        GroupId(serial.0 >> GROUP_SHIFT)
+    }
+
+    /// The first serial of the group.
+    pub fn first_serial(self) -> CardSerial {
+        CardSerial(self.0 << GROUP_SHIFT)
+    }
+
+    /// The last serial of the group.
+    pub fn last_serial(self) -> CardSerial {
+        CardSerial((self.0 << GROUP_SHIFT) | (GROUP_SIZE - 1))
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The key of a group: HKDF-SHA256 (RFC 5869) with the operator root key as input keying
+/// material, salt `castmux group key v1`, and the group number as 8 big-endian bytes for
+/// info. Seals the group's EMMs; a card learns it from its unique EMM (format 2).
+pub fn derive_group_key(root: &Key128, group: GroupId) -> Key128 {
+    let hk = Hkdf::<Sha256>::new(Some(b"castmux group key v1"), root.as_bytes());
+    let mut okm = [0u8; 16];
+    // 16 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail
+    hk.expand(&group.0.to_be_bytes(), &mut okm)
         .expect("HKDF output length is valid");
     Key128(okm)
 }
@@ -390,6 +456,25 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(a, derive_card_key(&root, CardSerial(2100000000)));
+    }
+
+    #[test]
+    fn group_key_depends_on_root_and_group() {
+        let root = Key128::from_bytes([7; 16]);
+        let g = GroupId::of(CardSerial(2100000000));
+        assert_eq!(g, GroupId(2100000000 >> 8));
+        assert_eq!(GroupId::of(g.first_serial()), g);
+        assert_eq!(GroupId::of(g.last_serial()), g);
+        assert_eq!(
+            GroupId::of(CardSerial(g.last_serial().0 + 1)),
+            GroupId(g.0 + 1)
+        );
+        let a = derive_group_key(&root, g);
+        assert_ne!(a, derive_group_key(&root, GroupId(g.0 + 1)));
+        assert_ne!(a, derive_group_key(&Key128::from_bytes([8; 16]), g));
+        // not the card key of a serial that happens to equal the group number
+        assert_ne!(a, derive_card_key(&root, CardSerial(g.0)));
+        assert_eq!(a, derive_group_key(&root, g));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! `castmux emmg`: the built-in EMM carousel as a SimulCrypt EMMG (EMMG<->MUX, TS 103 197):
-//! connects to a mux's EMMG port and sends every card's EMM at the allocated bandwidth.
-//! The store follower (the one `scramble --cas builtin` and `castmux ecmg` run, scheduled
+//! connects to a mux's EMMG port and sends every group's EMM and every card's unique EMM
+//! at the allocated bandwidth. The store follower (the one `scramble --cas builtin` and `castmux ecmg` run, scheduled
 //! rotation included) checks the store every second: changed cards go out first, new key
-//! versions go to every card.
+//! versions go to every group.
 
 use castmux::cas::store::StoreLocation;
 use std::collections::BTreeMap;
@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use castmux::cas::emm_tee::EmmTee;
-use castmux::cas::{CardKeyRecord, EmmCarousel, ServiceKey, StoreFollower, StoreSink};
+use castmux::cas::{
+    derive_group_key, CardKeyRecord, EmmCarousel, GroupId, Key128, ServiceKey, StoreFollower,
+    StoreSink,
+};
 use castmux::scramble::{EmmData, EmmSource};
 use castmux::simulcrypt::{run_emmg, EmmgConfig, EmmgStats};
 use clap::Args;
@@ -41,6 +44,11 @@ pub struct EmmgArgs {
     /// 1k to 65535k. Default 50k.
     #[arg(long, value_name = "RATE", default_value = "50k", value_parser = super::args::emm_bandwidth)]
     bandwidth: u64,
+    /// Which EMMs: `grouped` (a group EMM per 256 cards with the service keys, a slim
+    /// unique EMM per card) or `unique` (one EMM per card carrying its keys, for software
+    /// cards older than group EMMs). Default grouped.
+    #[arg(long, value_enum, default_value_t = super::scramble::EmmFormat::Grouped)]
+    format: super::scramble::EmmFormat,
     /// EMMG<->MUX protocol version, 2 or 3. Default 3.
     #[arg(long, value_name = "2|3", default_value_t = 3, value_parser = clap::value_parser!(u8).range(2..=3))]
     emmg_version: u8,
@@ -86,8 +94,8 @@ impl EmmSource for SharedCarousel {
 }
 
 /// The carousels of every mux link, which the store follower's findings go into: new keys
-/// to every card, changed cards first.
-struct Carousels(Vec<SharedCarousel>);
+/// to every group, changed cards first. `root` derives the group keys.
+struct Carousels(Vec<SharedCarousel>, Key128);
 
 impl StoreSink for Carousels {
     fn keys_changed(&mut self, keys: &[ServiceKey]) -> bool {
@@ -103,6 +111,8 @@ impl StoreSink for Carousels {
         for c in &self.0 {
             let mut c = c.lock();
             for r in &cards {
+                let group = GroupId::of(r.serial);
+                c.set_group_key(group, derive_group_key(&self.1, group));
                 c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), true);
             }
         }
@@ -133,8 +143,11 @@ async fn feed(
     for m in &a.mux {
         let bandwidth = m.bandwidth.unwrap_or(a.bandwidth);
         classes.entry(bandwidth).or_insert_with(|| {
-            let mut c = EmmCarousel::new(bandwidth);
+            let mut c =
+                EmmCarousel::with_layout(bandwidth, a.format.spec().layout(store.ca_system_id()));
             for r in &snapshot.cards {
+                let group = GroupId::of(r.serial);
+                c.set_group_key(group, derive_group_key(store.root_key(), group));
                 c.upsert_card(r.serial, r.card_key.clone(), r.entitlements.clone(), false);
             }
             c.set_service_keys(snapshot.keys.clone());
@@ -178,6 +191,7 @@ async fn feed(
             .values()
             .map(|(c, _)| SharedCarousel(Arc::clone(c)))
             .collect(),
+        store.root_key().clone(),
     );
     tokio::join!(
         futures::future::join_all(links),

@@ -46,6 +46,26 @@ pub enum Cas {
     Builtin,
 }
 
+/// Which EMMs the built-in CAS sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EmmFormat {
+    /// A group EMM per 256 cards with the service keys, and a slim unique EMM per card
+    /// (entitlements, group key), packed into TS packets.
+    Grouped,
+    /// One unique EMM per card carrying its keys (format 1): for software cards of castmux
+    /// versions before group EMMs.
+    Unique,
+}
+
+impl EmmFormat {
+    pub fn spec(self) -> castmux::cas::EmmFormat {
+        match self {
+            EmmFormat::Grouped => castmux::cas::EmmFormat::Grouped,
+            EmmFormat::Unique => castmux::cas::EmmFormat::Unique,
+        }
+    }
+}
+
 /// Options of `castmux scramble`.
 #[derive(Debug, Args)]
 pub struct ScrambleArgs {
@@ -167,6 +187,11 @@ pub struct ScrambleArgs {
     /// Default 50k.
     #[arg(long, value_name = "RATE", requires = "cas", default_value = "50k", value_parser = args::emm_bandwidth)]
     emm_bitrate: u64,
+    /// With --cas builtin: which EMMs: `grouped` (a group EMM per 256 cards with the
+    /// service keys, a slim unique EMM per card) or `unique` (one EMM per card carrying
+    /// its keys, for software cards older than group EMMs). Default grouped.
+    #[arg(long, value_enum, requires = "cas", default_value_t = EmmFormat::Grouped)]
+    emm_format: EmmFormat,
     /// Leave audio PIDs clear. Default: audio is scrambled.
     #[arg(long)]
     no_audio: bool,
@@ -259,6 +284,7 @@ impl ScrambleArgs {
             access_criteria: self.access_criteria.clone(),
             packages: self.packages.clone(),
             emm_bitrate: self.emm_bitrate,
+            emm_format: self.emm_format.spec(),
             no_audio: self.no_audio,
             only_pid: self.only_pids.clone(),
             exclude_pid: self.exclude_pids.clone(),

@@ -161,7 +161,7 @@ impl Channel {
                     };
                     ChannelAccess::Criteria(text.parse().context("--access-criteria")?)
                 };
-                let cas = LiveCas::start(env.db, access, Some(a.emm_bitrate))
+                let cas = LiveCas::start(env.db, access, Some(a.emm_bitrate), a.emm_format)
                     .with_context(|| format!("the card store {}", env.db))?;
                 if cas.access.is_empty() {
                     bail!("the channel's access criteria name no package");

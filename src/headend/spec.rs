@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::ecmg_spec::EcmgSpec;
+use crate::cas::EmmFormat;
 use crate::scramble::config::{CasPolicy, DEFAULT_CA_SYSTEM_ID, DEFAULT_CRYPTO_PERIOD};
 use crate::ts::Pid;
 use crate::value;
@@ -225,6 +226,9 @@ pub struct ChannelSpec {
     /// With `cas = "builtin"`: EMM bandwidth in bit/s.
     #[serde(deserialize_with = "emm_bitrate")]
     pub emm_bitrate: u64,
+    /// With `cas = "builtin"`: group EMMs and slim unique EMMs (`grouped`), or unique EMMs
+    /// of format 1 only (`unique`).
+    pub emm_format: EmmFormat,
     pub no_audio: bool,
     #[serde(deserialize_with = "pid_list")]
     pub only_pid: Vec<Pid>,
@@ -310,6 +314,7 @@ impl Default for ChannelSpec {
             access_criteria: None,
             packages: Vec::new(),
             emm_bitrate: 50_000,
+            emm_format: EmmFormat::Grouped,
             no_audio: false,
             only_pid: Vec::new(),
             exclude_pid: Vec::new(),
@@ -729,6 +734,7 @@ mod tests {
             ecmg = "127.0.0.1:43000?super_cas_id=4AE10000"
             only_pid = 256
             emm_bitrate = "1M"
+            emm_format = "unique"
             monitor = true
             "#,
         )
@@ -743,6 +749,8 @@ mod tests {
         assert_eq!(s.ecmg[0].super_cas_id, Some(0x4AE1_0000));
         assert_eq!(s.only_pid, [Pid::new(256)]);
         assert_eq!(s.emm_bitrate, 1_000_000);
+        assert_eq!(s.emm_format, EmmFormat::Unique);
+        assert_eq!(ChannelSpec::default().emm_format, EmmFormat::Grouped);
         assert_eq!(s.batch, 512);
         assert!(s.monitor && !ChannelSpec::default().monitor);
         s.check().unwrap();

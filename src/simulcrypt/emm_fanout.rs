@@ -78,6 +78,7 @@ impl EmmSubscribers {
         });
         EmmQueueSource {
             rx,
+            held: None,
             id,
             list: Arc::downgrade(&self.shared),
             dropped,
@@ -136,10 +137,12 @@ impl EmmSubscribers {
 /// Dropping it unsubscribes it.
 pub struct EmmQueueSource {
     rx: Receiver<Chunk>,
+    /// A chunk taken from the queue that did not fit the last poll.
+    held: Option<Chunk>,
     id: u64,
     list: Weak<Shared>,
     dropped: Arc<AtomicU64>,
-    /// Chunks handed to the pipeline.
+    /// Chunks handed to the pipeline (several sections may go in one poll).
     pub delivered: u64,
 }
 
@@ -165,11 +168,32 @@ impl std::fmt::Debug for EmmQueueSource {
     }
 }
 
+/// Most bytes of sections handed over in one poll (the [`EmmSource`] bound).
+const GATHER: usize = 4096;
+
 impl EmmSource for EmmQueueSource {
+    /// The next chunk; sections are gathered from the chunks waiting, back to back, up to
+    /// [`GATHER`] bytes, so the mux packs short sections (castmux's grouped EMMs: about
+    /// three per TS packet) as the EMMG's bandwidth was reckoned, instead of padding each
+    /// to a packet.
     fn poll(&mut self, _now: Duration, out: &mut Vec<u8>) -> Option<EmmData> {
-        let (kind, bytes) = self.rx.try_recv().ok()?;
+        let (kind, bytes) = match self.held.take() {
+            Some(c) => c,
+            None => self.rx.try_recv().ok()?,
+        };
+        let start = out.len();
         out.extend_from_slice(&bytes);
         self.delivered += 1;
+        if kind == EmmData::Sections {
+            while let Ok((k, b)) = self.rx.try_recv() {
+                if k != EmmData::Sections || out.len() - start + b.len() > GATHER {
+                    self.held = Some((k, b));
+                    break;
+                }
+                out.extend_from_slice(&b);
+                self.delivered += 1;
+            }
+        }
         Some(kind)
     }
 }
@@ -193,8 +217,10 @@ mod tests {
     fn drain(src: &mut EmmQueueSource) -> Vec<u8> {
         let mut got = Vec::new();
         let mut out = Vec::new();
-        while src.poll(Duration::ZERO, &mut out).is_some() {
-            got.push(out[3]);
+        while let Some(kind) = src.poll(Duration::ZERO, &mut out) {
+            // sections come gathered, packets one chunk a poll
+            got.extend(out.chunks(4).map(|c| c[3]));
+            assert!(kind == EmmData::Sections || out.len() == 4);
             out.clear();
         }
         got

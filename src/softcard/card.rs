@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::cas::ecm::EcmRef;
 use crate::cas::emm::{open_emm, EmmHeader};
+use crate::cas::emm2::{open_emm2, Emm2Header, EMM2_TABLE_ID};
+use crate::cas::group_emm::{open_group_emm, GroupEmmHeader, GROUP_EMM_TABLE_ID};
 use crate::cas::types::{
-    AccessCriteria, CardFile, CardSerial, Entitlements, ServiceKey, CARD_FILE_FORMAT,
+    key_hex_opt, AccessCriteria, CardFile, CardSerial, Entitlements, GroupId, Key128, ServiceKey,
+    CARD_FILE_FORMAT,
 };
 use crate::cas::{Refusal, RefusalCounts};
 use crate::io::private_file::{self, Existing};
@@ -84,6 +87,9 @@ pub enum EmmOutcome {
     NotForThisCard,
     /// The part of the last applied sequence already applied (the carousel repeats it).
     AlreadyApplied,
+    /// A group EMM of the card's group, but the card has no group key yet (its unique
+    /// EMM of format 2 gives it): ignored.
+    NoGroupKey,
 }
 
 /// Why a card file could not be read or written.
@@ -122,8 +128,10 @@ pub struct CardCounters {
     pub emm_applied: u64,
     /// EMM sections repeating one already applied.
     pub emm_already_applied: u64,
-    /// EMM sections for other cards.
+    /// EMM sections for other cards (or other groups).
     pub emm_not_for_this_card: u64,
+    /// Group EMM sections ignored for want of the group key.
+    pub emm_no_group_key: u64,
     /// Refusals of ECMs and EMMs, by kind.
     pub refusals: RefusalCounts,
 }
@@ -143,6 +151,15 @@ struct CardState {
     /// Newest ECM timestamp accepted.
     #[serde(default)]
     newest_ecm_time: Option<i64>,
+    /// The key of the card's group, from its unique EMM of format 2.
+    #[serde(default, with = "key_hex_opt", skip_serializing_if = "Option::is_none")]
+    group_key: Option<Key128>,
+    /// Sequence of the last group EMM applied.
+    #[serde(default)]
+    last_group_sequence: u64,
+    /// Parts of that group EMM applied (bit i = part i).
+    #[serde(default)]
+    group_parts_applied: u64,
 }
 
 /// The newest ECM a stream got accepted, per parity: (timestamp, period number).
@@ -184,6 +201,7 @@ impl fmt::Debug for SoftCard {
             )
             .field("entitlements", &self.card.entitlements)
             .field("service_keys", &self.card.service_keys.len())
+            .field("group_key", &self.state.group_key.is_some())
             .field("counters", &self.counters)
             .finish_non_exhaustive()
     }
@@ -325,6 +343,7 @@ impl SoftCard {
             Ok(EmmOutcome::Applied) => self.counters.emm_applied += 1,
             Ok(EmmOutcome::AlreadyApplied) => self.counters.emm_already_applied += 1,
             Ok(EmmOutcome::NotForThisCard) => self.counters.emm_not_for_this_card += 1,
+            Ok(EmmOutcome::NoGroupKey) => self.counters.emm_no_group_key += 1,
             Err(e) => self.counters.refusals.count(e),
         }
         r
@@ -532,22 +551,88 @@ impl SoftCard {
         st
     }
 
+    /// Card rules (EMM): a unique EMM of format 1 (0x82) or 2 (0x83), or a group EMM (0x84).
     fn apply_emm(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
+        match section.first() {
+            Some(&EMM2_TABLE_ID) => self.apply_emm2(section, now),
+            Some(&GROUP_EMM_TABLE_ID) => self.apply_group_emm(section),
+            // 0x82, and anything else for the format-1 parser to refuse
+            _ => self.apply_emm1(section, now),
+        }
+    }
+
+    fn apply_emm1(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
         let h = EmmHeader::parse(section)?;
         if h.serial != self.card.serial {
             return Ok(EmmOutcome::NotForThisCard);
         }
-        let part_bit = 1u64 << h.part;
-        if h.sequence < self.state.last_emm_sequence {
-            return Err(Refusal::Replay);
-        }
-        let same_sequence = h.sequence == self.state.last_emm_sequence;
-        if same_sequence && self.state.emm_parts_applied & part_bit != 0 {
-            return Ok(EmmOutcome::AlreadyApplied);
+        if let Some(outcome) = self.unique_seen(h.sequence, h.part)? {
+            return Ok(outcome);
         }
         let part = open_emm(section, &self.card.card_key)?;
+        self.apply_unique(
+            h.sequence,
+            h.part,
+            h.parts,
+            part.entitlements,
+            part.keys,
+            now,
+        );
+        Ok(EmmOutcome::Applied)
+    }
+
+    fn apply_emm2(&mut self, section: &[u8], now: i64) -> Result<EmmOutcome, Refusal> {
+        let h = Emm2Header::parse(section)?;
+        if h.serial != self.card.serial {
+            return Ok(EmmOutcome::NotForThisCard);
+        }
+        if let Some(outcome) = self.unique_seen(h.sequence, h.part)? {
+            return Ok(outcome);
+        }
+        let part = open_emm2(section, &self.card.card_key)?;
+        match part.group_key {
+            Some(k) => self.state.group_key = Some(k),
+            // a switched-off card is given no group key, and forgets the one it had
+            None if !part.entitlements.enabled => self.state.group_key = None,
+            None => {}
+        }
+        self.apply_unique(
+            h.sequence,
+            h.part,
+            h.parts,
+            part.entitlements,
+            Vec::new(),
+            now,
+        );
+        Ok(EmmOutcome::Applied)
+    }
+
+    /// Replay rules of a unique EMM (card rule 3): `Some` when nothing is to be done.
+    fn unique_seen(&self, sequence: u64, part: u8) -> Result<Option<EmmOutcome>, Refusal> {
+        if sequence < self.state.last_emm_sequence {
+            return Err(Refusal::Replay);
+        }
+        if sequence == self.state.last_emm_sequence
+            && self.state.emm_parts_applied & (1u64 << part) != 0
+        {
+            return Ok(Some(EmmOutcome::AlreadyApplied));
+        }
+        Ok(None)
+    }
+
+    /// Apply an authentic part of a unique EMM (card rule 5).
+    fn apply_unique(
+        &mut self,
+        sequence: u64,
+        part: u8,
+        parts: u8,
+        entitlements: Entitlements,
+        keys: Vec<ServiceKey>,
+        now: i64,
+    ) {
+        let same_sequence = sequence == self.state.last_emm_sequence;
         let ent = &mut self.card.entitlements;
-        let mut events = part.entitlements.events;
+        let mut events = entitlements.events;
         if same_sequence {
             // another part of the same EMM: its events add to those already applied
             events.retain(|e| !ent.events.iter().any(|o| o.id == e.id));
@@ -555,43 +640,89 @@ impl SoftCard {
             all.extend(events);
             events = all;
         } else {
-            self.state.last_emm_sequence = h.sequence;
+            self.state.last_emm_sequence = sequence;
             self.state.emm_parts_applied = 0;
-            self.state.emm_parts = h.parts;
+            self.state.emm_parts = parts;
         }
         *ent = Entitlements {
             events,
-            ..part.entitlements
+            ..entitlements
         };
         // an event that ended before any ECM the card would still accept is of no use
         let oldest_fresh = now.saturating_sub(self.replay_tolerance);
         ent.events.retain(|e| e.end > oldest_fresh);
-        self.state.emm_parts_applied |= part_bit;
-        for k in part.keys {
-            let keys = &mut self.card.service_keys;
-            match keys
+        self.state.emm_parts_applied |= 1u64 << part;
+        self.merge_keys(keys);
+        let complete = self.state.emm_parts_applied.count_ones() >= u32::from(self.state.emm_parts);
+        if complete {
+            // the whole state has arrived: drop keys of packages the card lost
+            let allowed = self.allowed();
+            self.card.service_keys.retain(|k| allowed.contains(k.bit));
+        }
+        self.trim_keys();
+    }
+
+    /// The packages whose keys the card may hold: its subscriptions and events while it
+    /// is enabled, none when it is not.
+    fn allowed(&self) -> AccessCriteria {
+        let ent = &self.card.entitlements;
+        if !ent.enabled {
+            return AccessCriteria::NONE;
+        }
+        AccessCriteria(
+            ent.events
+                .iter()
+                .fold(ent.access.0, |m, e| m | AccessCriteria::single(e.bit).0),
+        )
+    }
+
+    fn merge_keys(&mut self, keys: Vec<ServiceKey>) {
+        for k in keys {
+            let held = &mut self.card.service_keys;
+            match held
                 .iter_mut()
                 .find(|o| o.bit == k.bit && o.version == k.version)
             {
                 Some(o) => *o = k,
-                None => keys.push(k),
+                None => held.push(k),
             }
         }
-        let complete = self.state.emm_parts_applied.count_ones() >= u32::from(self.state.emm_parts);
-        if complete {
-            // the whole state has arrived: drop keys of packages the card lost
-            let ent = &self.card.entitlements;
-            let allowed = if ent.enabled {
-                ent.events
-                    .iter()
-                    .fold(ent.access.0, |m, e| m | AccessCriteria::single(e.bit).0)
-            } else {
-                0
-            };
-            self.card
-                .service_keys
-                .retain(|k| AccessCriteria(allowed).contains(k.bit));
+    }
+
+    /// Card rules (group EMM): shape, operator, group, group key held, replay, tag; then
+    /// only the keys of packages the card is entitled to are taken.
+    fn apply_group_emm(&mut self, section: &[u8]) -> Result<EmmOutcome, Refusal> {
+        let h = GroupEmmHeader::parse(section)?;
+        if h.ca_system_id != self.card.ca_system_id {
+            return Err(Refusal::WrongCaSystem {
+                got: h.ca_system_id,
+                card: self.card.ca_system_id,
+            });
         }
+        if h.group != GroupId::of(self.card.serial) {
+            return Ok(EmmOutcome::NotForThisCard);
+        }
+        let Some(group_key) = &self.state.group_key else {
+            return Ok(EmmOutcome::NoGroupKey);
+        };
+        let part_bit = 1u64 << h.part;
+        if h.sequence < self.state.last_group_sequence {
+            return Err(Refusal::Replay);
+        }
+        let same_sequence = h.sequence == self.state.last_group_sequence;
+        if same_sequence && self.state.group_parts_applied & part_bit != 0 {
+            return Ok(EmmOutcome::AlreadyApplied);
+        }
+        let part = open_group_emm(section, group_key)?;
+        if !same_sequence {
+            self.state.last_group_sequence = h.sequence;
+            self.state.group_parts_applied = 0;
+        }
+        self.state.group_parts_applied |= part_bit;
+        let allowed = self.allowed();
+        let mut keys = part.keys;
+        keys.retain(|k| allowed.contains(k.bit));
+        self.merge_keys(keys);
         self.trim_keys();
         Ok(EmmOutcome::Applied)
     }
@@ -639,4 +770,253 @@ struct SavedCardRef<'a> {
     #[serde(flatten)]
     card: &'a CardFile,
     state: &'a CardState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::types::{derive_card_key, derive_group_key, Key128, PackageBit};
+    use crate::cas::{build_emm, build_emm2, build_group_emm};
+
+    const CAID: u16 = 0x4AE1;
+    const SERIAL: u64 = 2_100_000_005;
+    const NOW: i64 = 1_700_000_000;
+
+    fn root() -> Key128 {
+        Key128::from_bytes([9; 16])
+    }
+
+    fn ent(access: u64, enabled: bool) -> Entitlements {
+        Entitlements {
+            access: AccessCriteria(access),
+            start: 0,
+            finish: i64::MAX,
+            pair: 0,
+            enabled,
+            events: vec![],
+        }
+    }
+
+    fn sk(bit: u32, version: u32) -> ServiceKey {
+        ServiceKey {
+            bit: PackageBit::new(bit).unwrap(),
+            version,
+            key: Key128::from_bytes([bit as u8 ^ version as u8; 16]),
+        }
+    }
+
+    fn card() -> SoftCard {
+        SoftCard::from_card_file(CardFile {
+            format: CARD_FILE_FORMAT,
+            serial: CardSerial(SERIAL),
+            ca_system_id: CAID,
+            card_key: derive_card_key(&root(), CardSerial(SERIAL)),
+            entitlements: ent(0, true),
+            service_keys: vec![],
+            issued_at: NOW,
+        })
+        .unwrap()
+    }
+
+    fn group() -> GroupId {
+        GroupId::of(CardSerial(SERIAL))
+    }
+
+    fn unique2(root: &Key128, serial: u64, seq: u64, e: &Entitlements) -> Vec<u8> {
+        let s = CardSerial(serial);
+        let gk = e.enabled.then(|| derive_group_key(root, GroupId::of(s)));
+        let mut out = Vec::new();
+        build_emm2(s, &derive_card_key(root, s), seq, e, gk.as_ref(), &mut out).unwrap();
+        out
+    }
+
+    fn group_emm(caid: u16, g: GroupId, gk: &Key128, seq: u64, keys: &[ServiceKey]) -> Vec<u8> {
+        let mut out = Vec::new();
+        build_group_emm(caid, g, gk, seq, keys, &mut out).unwrap();
+        out
+    }
+
+    fn gk() -> Key128 {
+        derive_group_key(&root(), group())
+    }
+
+    #[test]
+    fn unique_emm_of_format_2_gives_entitlements_and_the_group_key() {
+        let mut c = card();
+        let e = ent(0b101, true);
+        let m = unique2(&root(), SERIAL, 100, &e);
+        assert_eq!(c.process_emm(&m, NOW), Ok(EmmOutcome::Applied));
+        assert_eq!(c.entitlements(), &e);
+        assert_eq!(c.state.group_key.as_ref(), Some(&gk()));
+        // repeated by the carousel
+        assert_eq!(c.process_emm(&m, NOW), Ok(EmmOutcome::AlreadyApplied));
+        // another card of the same group: not for this one
+        let other = unique2(&root(), SERIAL + 1, 200, &ent(u64::MAX, true));
+        assert_eq!(c.process_emm(&other, NOW), Ok(EmmOutcome::NotForThisCard));
+        // forged: a changed byte
+        let mut forged = unique2(&root(), SERIAL, 300, &ent(u64::MAX, true));
+        let last = forged.len() - 20;
+        forged[last] ^= 1;
+        assert_eq!(c.process_emm(&forged, NOW), Err(Refusal::BadMac));
+        // another operator (another root): the card key differs
+        let foreign = unique2(
+            &Key128::from_bytes([1; 16]),
+            SERIAL,
+            400,
+            &ent(u64::MAX, true),
+        );
+        assert_eq!(c.process_emm(&foreign, NOW), Err(Refusal::BadMac));
+        // switched off: no group key, and the one held is forgotten
+        let off = unique2(&root(), SERIAL, 500, &ent(0b101, false));
+        assert_eq!(c.process_emm(&off, NOW), Ok(EmmOutcome::Applied));
+        assert!(c.state.group_key.is_none());
+        // the old EMM replayed does not switch it back on
+        assert_eq!(c.process_emm(&m, NOW), Err(Refusal::Replay));
+        assert!(!c.entitlements().enabled);
+        assert_eq!(c.counters().refusals.bad_mac, 2);
+        assert_eq!(c.counters().refusals.replay, 1);
+    }
+
+    #[test]
+    fn group_emm_gives_only_the_keys_of_entitled_packages() {
+        let mut c = card();
+        let keys = [sk(0, 1), sk(0, 2), sk(1, 1), sk(1, 2), sk(2, 7)];
+        let g = group_emm(CAID, group(), &gk(), 10, &keys);
+        // no group key yet: ignored, not refused
+        assert_eq!(c.process_emm(&g, NOW), Ok(EmmOutcome::NoGroupKey));
+        assert_eq!(c.counters().emm_no_group_key, 1);
+        let u = unique2(&root(), SERIAL, 5, &ent(0b101, true));
+        assert_eq!(c.process_emm(&u, NOW), Ok(EmmOutcome::Applied));
+        assert_eq!(c.process_emm(&g, NOW), Ok(EmmOutcome::Applied));
+        // package 1 is in the group EMM, but not the card's
+        assert_eq!(c.key_versions(), [(0, 1), (0, 2), (2, 7)]);
+        assert_eq!(c.process_emm(&g, NOW), Ok(EmmOutcome::AlreadyApplied));
+        // a rotation: a newer group EMM adds the new version
+        let g2 = group_emm(CAID, group(), &gk(), 11, &[sk(0, 2), sk(0, 3)]);
+        assert_eq!(c.process_emm(&g2, NOW), Ok(EmmOutcome::Applied));
+        assert_eq!(c.key_versions(), [(0, 1), (0, 2), (0, 3), (2, 7)]);
+        // a later unique EMM (no keys in it) keeps the keys of packages still entitled
+        let u2 = unique2(&root(), SERIAL, 6, &ent(0b001, true));
+        assert_eq!(c.process_emm(&u2, NOW), Ok(EmmOutcome::Applied));
+        assert_eq!(c.key_versions(), [(0, 1), (0, 2), (0, 3)]);
+    }
+
+    #[test]
+    fn group_emm_refusals() {
+        let mut c = card();
+        let u = unique2(&root(), SERIAL, 5, &ent(0b1, true));
+        assert_eq!(c.process_emm(&u, NOW), Ok(EmmOutcome::Applied));
+        let keys = [sk(0, 1)];
+        // forged: every byte changed in turn is refused (or not for this card), never
+        // applied (the top bits of byte 1 are set as castmux writes them: flip a length bit)
+        let g = group_emm(CAID, group(), &gk(), 20, &keys);
+        for i in 0..g.len() {
+            let mut bad = g.clone();
+            bad[i] ^= if i == 1 { 0x01 } else { 0x40 };
+            let r = c.process_emm(&bad, NOW);
+            assert!(
+                matches!(
+                    r,
+                    Err(_) | Ok(EmmOutcome::NotForThisCard) | Ok(EmmOutcome::NoGroupKey)
+                ),
+                "byte {i}: {r:?}"
+            );
+        }
+        assert!(c.key_versions().is_empty());
+        assert_eq!(
+            c.process_emm(
+                &group_emm(CAID, group(), &Key128::from_bytes([3; 16]), 20, &keys),
+                NOW
+            ),
+            Err(Refusal::BadMac)
+        );
+        // another operator with the same CA_system_ID: its group key differs
+        let other_root = derive_group_key(&Key128::from_bytes([1; 16]), group());
+        assert_eq!(
+            c.process_emm(&group_emm(CAID, group(), &other_root, 20, &keys), NOW),
+            Err(Refusal::BadMac)
+        );
+        // another operator
+        assert_eq!(
+            c.process_emm(&group_emm(0x0B00, group(), &gk(), 20, &keys), NOW),
+            Err(Refusal::WrongCaSystem {
+                got: 0x0B00,
+                card: CAID
+            })
+        );
+        // another group, even sealed under this group's key
+        let next = GroupId(group().0 + 1);
+        assert_eq!(
+            c.process_emm(&group_emm(CAID, next, &gk(), 20, &keys), NOW),
+            Ok(EmmOutcome::NotForThisCard)
+        );
+        assert!(c.key_versions().is_empty());
+        // the real one, then an older one replayed
+        assert_eq!(c.process_emm(&g, NOW), Ok(EmmOutcome::Applied));
+        let old = group_emm(CAID, group(), &gk(), 19, &[sk(0, 9)]);
+        assert_eq!(c.process_emm(&old, NOW), Err(Refusal::Replay));
+        assert_eq!(c.key_versions(), [(0, 1)]);
+        // malformed
+        assert!(matches!(
+            c.process_emm(&g[..g.len() - 1], NOW),
+            Err(Refusal::Malformed(_))
+        ));
+        let r = c.counters().refusals;
+        // the byte flips above count too: two in the CA_system_ID, many in the sealed part
+        assert_eq!((r.replay, r.wrong_ca_system), (1, 3));
+        assert!(r.bad_mac >= 2, "{r:?}");
+    }
+
+    #[test]
+    fn a_disabled_card_takes_no_key_from_a_group_emm() {
+        let mut c = card();
+        let u = unique2(&root(), SERIAL, 5, &ent(0b1, true));
+        assert_eq!(c.process_emm(&u, NOW), Ok(EmmOutcome::Applied));
+        // switched off, but (say) it kept the group key from a saved state
+        let kept = c.state.group_key.clone();
+        let off = unique2(&root(), SERIAL, 6, &ent(0b1, false));
+        assert_eq!(c.process_emm(&off, NOW), Ok(EmmOutcome::Applied));
+        c.state.group_key = kept;
+        let g = group_emm(CAID, group(), &gk(), 30, &[sk(0, 1)]);
+        assert_eq!(c.process_emm(&g, NOW), Ok(EmmOutcome::Applied));
+        assert!(c.key_versions().is_empty());
+    }
+
+    #[test]
+    fn format_1_unique_emms_still_apply() {
+        let mut c = card();
+        let s = CardSerial(SERIAL);
+        let mut m = Vec::new();
+        build_emm(
+            s,
+            &derive_card_key(&root(), s),
+            7,
+            &ent(0b10, true),
+            &[sk(1, 4)],
+            &mut m,
+        )
+        .unwrap();
+        assert_eq!(c.process_emm(&m, NOW), Ok(EmmOutcome::Applied));
+        assert_eq!(c.key_versions(), [(1, 4)]);
+        // and a format-2 EMM of an older sequence is a replay of the card's state
+        let old = unique2(&root(), SERIAL, 6, &ent(0, true));
+        assert_eq!(c.process_emm(&old, NOW), Err(Refusal::Replay));
+    }
+
+    #[test]
+    fn the_group_key_survives_a_restart_and_stays_out_of_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("card.json");
+        let mut c = card();
+        let u = unique2(&root(), SERIAL, 5, &ent(0b1, true));
+        assert_eq!(c.process_emm(&u, NOW), Ok(EmmOutcome::Applied));
+        let g = group_emm(CAID, group(), &gk(), 40, &[sk(0, 1)]);
+        assert_eq!(c.process_emm(&g, NOW), Ok(EmmOutcome::Applied));
+        c.save(&path).unwrap();
+        let mut again = SoftCard::load(&path).unwrap();
+        assert_eq!(again.state.group_key.as_ref(), Some(&gk()));
+        assert_eq!(again.process_emm(&g, NOW), Ok(EmmOutcome::AlreadyApplied));
+        let hex = gk().expose_hex();
+        assert!(!format!("{again:?}").contains(&hex));
+    }
 }

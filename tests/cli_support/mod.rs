@@ -220,6 +220,56 @@ pub fn av_pids(p: &Psi) -> BTreeSet<u16> {
         .collect()
 }
 
+/// The private sections carried on `pid` (EMMs packed back to back, a section across
+/// packets), each with the index of the packet it ends in. A PID's payload is read as one
+/// stream: the pointer_field of a packet that starts a section is dropped, stuffing (0xFF)
+/// skipped; a section is taken once all its bytes are there.
+pub fn pid_sections(pkts: &[Packet], pid_: u16) -> Vec<(usize, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut synced = false;
+    for (i, p) in pkts.iter().enumerate() {
+        if pid(p) != pid_ || !has_payload(p) {
+            continue;
+        }
+        let mut at = 4;
+        if p[3] & 0x20 != 0 {
+            at += 1 + usize::from(p[4]);
+        }
+        if at >= 188 {
+            continue;
+        }
+        let mut payload = &p[at..];
+        if p[1] & 0x40 != 0 {
+            let pointer = usize::from(payload[0]);
+            if !synced {
+                // the first section starts where the pointer says
+                synced = true;
+                payload = payload.get(1 + pointer..).unwrap_or(&[]);
+            } else {
+                buf.extend_from_slice(payload.get(1..).unwrap_or(&[]));
+                payload = &[];
+            }
+        } else if !synced {
+            continue;
+        }
+        buf.extend_from_slice(payload);
+        loop {
+            while buf.first() == Some(&0xFF) {
+                buf.remove(0);
+            }
+            match castmux::ts::section::section_total_len(&buf) {
+                Some(len) if len <= buf.len() => {
+                    out.push((i, buf[..len].to_vec()));
+                    buf.drain(..len);
+                }
+                _ => break,
+            }
+        }
+    }
+    out
+}
+
 /// The ES packets of `pids`, in order.
 pub fn on_pids(pkts: &[Packet], pids: &BTreeSet<u16>) -> Vec<Packet> {
     pkts.iter()

@@ -105,7 +105,7 @@ impl CardBackend for SoftCardBackend {
         {
             Ok(EmmOutcome::Applied) => EmmResult::Applied,
             Ok(EmmOutcome::AlreadyApplied) => EmmResult::Unchanged,
-            Ok(EmmOutcome::NotForThisCard) | Err(_) => EmmResult::Rejected,
+            Ok(EmmOutcome::NotForThisCard | EmmOutcome::NoGroupKey) | Err(_) => EmmResult::Rejected,
         }
     }
 }

@@ -416,10 +416,11 @@ pub(super) async fn set_card_in(
         .bind(serial.0 as i64)
         .fetch_one(&mut **tx)
         .await?;
-        let mut stored = [card_from_row(&row)?];
-        attach_events(tx, &mut stored, Some(serial)).await?;
+        let mut stored = card_from_row(&row)?;
+        // the grants were read above in this transaction, which holds the write lock, and a
+        // card change does not touch them: no second read
+        stored.events = std::mem::take(&mut card.events);
         audit::record(tx, now, "card.set", &serial.to_string(), &what.join(" ")).await?;
-        let [stored] = stored;
         Ok(stored)
     }
     .await;

@@ -16,7 +16,6 @@
 //! CASTMUX_BENCH_SECS, CASTMUX_BENCH_CHANNELS, CASTMUX_BENCH_SCRAPES).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use castmux::loadtest::headend::cpu_seconds;
@@ -24,27 +23,12 @@ use hdrhistogram::Histogram;
 
 #[path = "support/load.rs"]
 mod load;
-use load::{env_num, pin_to};
+use load::{castmux_db, env_num, pin_to};
 #[path = "support/http_client.rs"]
 mod http_client;
 use http_client::{set_name_path, start, tvcas_updates, Conn};
 
 const KEY: &str = "bench-api-key-0123456789";
-
-fn castmux(db: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .arg("--db")
-        .arg(db)
-        .args(args)
-        .env("CASTMUX_LOG", "warn")
-        .output()
-        .expect("run castmux");
-    assert!(
-        out.status.success(),
-        "castmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn percentile_ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
@@ -62,7 +46,7 @@ struct Updates {
 
 fn card_updates(dir: &Path, cards: usize, clients: usize, secs: f64) -> Updates {
     let db = dir.join("cards.db");
-    castmux(&db, &["init"]);
+    castmux_db(&db, &["init"]);
     let csv = dir.join("cards.csv");
     let mut text = String::from("serial_no,name,info,access_criteria,pair,start,finish\n");
     for i in 0..cards {
@@ -72,7 +56,7 @@ fn card_updates(dir: &Path, cards: usize, clients: usize, secs: f64) -> Updates 
         ));
     }
     std::fs::write(&csv, text).expect("write cards.csv");
-    castmux(&db, &["card", "import", csv.to_str().expect("utf-8 path")]);
+    castmux_db(&db, &["card", "import", csv.to_str().expect("utf-8 path")]);
     let (mut child, addr) = start(&db, KEY, &["serve", "--listen", "127.0.0.1:0"], "");
     pin_to(1);
     let serial = |i: usize| 3_000_000_000u64 + i as u64;
@@ -128,7 +112,7 @@ struct Scrapes {
 
 fn metrics_scrapes(dir: &Path, channels: usize, scrapes: usize) -> Scrapes {
     let db = dir.join("metrics.db");
-    castmux(&db, &["init"]);
+    castmux_db(&db, &["init"]);
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind sink");
     let out_port = sink.local_addr().expect("sink address").port();
     let mut toml = String::from("[http]\nlisten = \"127.0.0.1:0\"\n\n");

@@ -16,7 +16,6 @@
 //! Run: `cargo bench --bench store` (env: CASTMUX_BENCH_CARDS for the EMM cycle, default
 //! 1000000; CASTMUX_BENCH_CLIENTS, default 4; CASTMUX_BENCH_SECS, default 10).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use castmux::cas::store::{Store, StoreLocation};
@@ -26,7 +25,7 @@ use hdrhistogram::Histogram;
 
 #[path = "support/load.rs"]
 mod load;
-use load::{env_num, pin_to};
+use load::{castmux_db, env_num, pin_to};
 #[path = "support/http_client.rs"]
 mod http_client;
 use http_client::{start, tvcas_updates, Conn};
@@ -58,30 +57,12 @@ impl Cluster {
     }
 }
 
-/// Run `castmux --db AT ARGS` to its end; its wall time.
-fn timed(at: &str, args: &[&str]) -> f64 {
-    let t = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .args(["--db", at])
-        .args(args)
-        .env("CASTMUX_LOG", "warn")
-        .env_remove("CASTMUX_DB")
-        .output()
-        .expect("run castmux");
-    assert!(
-        out.status.success(),
-        "castmux {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    t.elapsed().as_secs_f64()
-}
-
 fn new_store(at: &str) {
-    timed(at, &["init"]);
-    timed(at, &["package", "add", "sport"]);
-    timed(at, &["package", "add", "movies"]);
-    timed(at, &["package", "add", "kids"]);
-    timed(at, &["package", "add", "news"]);
+    castmux_db(at, &["init"]);
+    castmux_db(at, &["package", "add", "sport"]);
+    castmux_db(at, &["package", "add", "movies"]);
+    castmux_db(at, &["package", "add", "kids"]);
+    castmux_db(at, &["package", "add", "news"]);
 }
 
 struct Cycle {
@@ -202,18 +183,18 @@ fn main() {
     let file = dir.path().join("cards.db");
     let file = file.to_str().expect("utf-8 path").to_owned();
     new_store(&file);
-    let add_file = timed(
+    let add_file = castmux_db(
         &file,
         &["card", "add", "--count", "100000", "--packages", "sport"],
     );
     let pg = cluster.database();
     new_store(&pg);
-    let add_pg = timed(
+    let add_pg = castmux_db(
         &pg,
         &["card", "add", "--count", "100000", "--packages", "sport"],
     );
     let more = emm_cards.saturating_sub(100_000).max(1).to_string();
-    let add_rest = timed(
+    let add_rest = castmux_db(
         &pg,
         &[
             "card",
@@ -226,7 +207,7 @@ fn main() {
     );
     // a card in the middle of the store
     let middle = (2_100_000_000 + emm_cards.max(2) / 2).to_string();
-    let show = timed(&pg, &["card", "show", &middle]);
+    let show = castmux_db(&pg, &["card", "show", &middle]);
     let unique = emm_cycle(&pg, 1_000_000, EmmFormat::Unique);
     let cycle = emm_cycle(&pg, 1_000_000, EmmFormat::Grouped);
     let updates = two_node_updates(&pg, 1000, clients, secs);

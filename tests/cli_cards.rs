@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use castmux::cas::store::{AuditQuery, Store, StoreLocation};
+use castmux::cas::store::{AuditQuery, Store};
 use castmux::cas::{derive_card_key, CardFile, CardSerial};
 
 mod pg_support;
 
-use pg_support::Backend;
+use pg_support::{block_on, Backend};
 
 struct Db {
     _dir: tempfile::TempDir,
@@ -78,22 +78,8 @@ impl Db {
     }
 
     fn store<T>(&self, f: impl AsyncFnOnce(&Store) -> T) -> T {
-        block_on(async {
-            let at: StoreLocation = self.at.parse().expect("store location");
-            let s = Store::open(&at).await.expect("open store");
-            let r = f(&s).await;
-            s.close().await;
-            r
-        })
+        pg_support::with_store(&self.at, f)
     }
-}
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 fn json(text: &str) -> serde_json::Value {

@@ -124,14 +124,14 @@ fn builtin_cas_entitled_card_descrambles_and_others_are_refused() {
 
     let scrambled = d.join("out.ts");
     let input = sample("spts.ts");
-    ok(&db_args(
-        &db,
-        &[
+    // the news channel, scrambled under the built-in CAS, to `out`; then `extra`
+    let scramble_news = |out: &std::path::Path, extra: &[&str]| {
+        let mut args = vec![
             "scramble",
             "-i",
             s(&input),
             "-o",
-            s(&scrambled),
+            s(out),
             "--cas",
             "builtin",
             "--packages",
@@ -140,8 +140,11 @@ fn builtin_cas_entitled_card_descrambles_and_others_are_refused() {
             "1s",
             "--emm-bitrate",
             "100k",
-        ],
-    ));
+        ];
+        args.extend_from_slice(extra);
+        ok(&db_args(&db, &args));
+    };
+    scramble_news(&scrambled, &[]);
     let out = packets(&scrambled);
     let psi_out = psi(&out);
     assert_eq!(psi_out.program_ca.get(&1), Some(&vec![(0x5510, 0x1FF0)]));
@@ -199,26 +202,7 @@ fn builtin_cas_entitled_card_descrambles_and_others_are_refused() {
 
     // --emm-format unique: the format-1 EMMs of older castmux versions, which A still reads
     let unique = d.join("unique.ts");
-    ok(&db_args(
-        &db,
-        &[
-            "scramble",
-            "-i",
-            s(&input),
-            "-o",
-            s(&unique),
-            "--cas",
-            "builtin",
-            "--packages",
-            "news",
-            "--crypto-period",
-            "1s",
-            "--emm-bitrate",
-            "100k",
-            "--emm-format",
-            "unique",
-        ],
-    ));
+    scramble_news(&unique, &["--emm-format", "unique"]);
     assert_eq!(
         emm_tables(&packets(&unique)),
         BTreeSet::from([0x82]),

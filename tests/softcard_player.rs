@@ -164,6 +164,18 @@ fn scrambled_es_count(pkts: &[Packet]) -> usize {
     es(pkts).iter().filter(|p| p[3] >> 6 != 0).count()
 }
 
+/// From the first ES packet the card opened on, every ES packet is clear and the sample's.
+fn assert_clear_from_the_first_answer(clear: &[Packet]) {
+    let got = es(clear);
+    let want = es(&sample());
+    let first_clear = got.iter().position(|p| p[3] >> 6 == 0).unwrap();
+    assert!(
+        got[first_clear..] == want[first_clear..],
+        "descrambled ES differs"
+    );
+    assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+}
+
 #[test]
 fn entitled_card_descrambles_every_es_packet() {
     let keys = service_keys();
@@ -236,14 +248,7 @@ fn a_card_with_no_keys_learns_them_from_its_emm() {
         "the card opened ECMs after its EMM: {c:?}"
     );
     // after the first answer every packet is clear and right
-    let got = es(&clear);
-    let want = es(&sample());
-    let first_clear = got.iter().position(|p| p[3] >> 6 == 0).unwrap();
-    assert!(
-        got[first_clear..] == want[first_clear..],
-        "descrambled ES differs"
-    );
-    assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+    assert_clear_from_the_first_answer(&clear);
 }
 
 #[test]
@@ -289,14 +294,7 @@ fn a_card_with_no_keys_learns_them_from_its_group_emm() {
         c.descrambled > 0,
         "the card opened ECMs after its EMMs: {c:?}"
     );
-    let got = es(&clear);
-    let want = es(&sample());
-    let first_clear = got.iter().position(|p| p[3] >> 6 == 0).unwrap();
-    assert!(
-        got[first_clear..] == want[first_clear..],
-        "descrambled ES differs"
-    );
-    assert_eq!(scrambled_es_count(&got[first_clear..]), 0);
+    assert_clear_from_the_first_answer(&clear);
 
     // a card of the same group that is not entitled to package 0 learns no key of it
     let other = CardSerial(serial.0 + 1);

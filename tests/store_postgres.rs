@@ -14,36 +14,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use castmux::cas::store::{AuditQuery, Store, StoreLocation};
+use castmux::cas::store::{AuditQuery, StoreLocation};
 use castmux::cas::{derive_card_key, CardSerial};
 use castmux::cas::{open_emm2, Emm2Header};
 use cli_support::*;
 use head_support::*;
+use pg_support::with_store;
 use serde_json::json;
 
 const EMM_PID: &str = "0x1F00";
 
 /// A datagram and when it came.
 type Datagram = (Instant, Vec<u8>);
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
-/// Run `f` on the store at `at`, opened and closed on one runtime (its pool lives there).
-fn with_store<T>(at: &str, f: impl AsyncFnOnce(&Store) -> T) -> T {
-    let at: StoreLocation = at.parse().unwrap();
-    block_on(async {
-        let store = Store::open(&at).await.expect("open the store");
-        let r = f(&store).await;
-        store.close().await;
-        r
-    })
-}
 
 /// `scramble` of stdin (paced) to `out` with the built-in CAS for package `sport`, EMMs on
 /// [`EMM_PID`], 1 s periods; then `extra`.
@@ -305,19 +287,7 @@ fn a_sqlite_store_copied_into_postgres_and_backed_up_out_again() {
     let out = h.ok(&["store", "copy", s(&h.db), &pg]);
     assert!(out.contains("cards 1201"), "{out}");
 
-    let csv = |at: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_castmux"))
-            .args(["--db", at, "card", "list", "--csv"])
-            .env_remove("CASTMUX_DB")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let csv = |at: &str| http_support::castmux(at, &["card", "list", "--csv"]);
     let file_csv = csv(s(&h.db));
     assert_eq!(csv(&pg), file_csv);
     let read = |at: &str| {
@@ -358,16 +328,7 @@ fn a_sqlite_store_copied_into_postgres_and_backed_up_out_again() {
 
     // a backup of the PostgreSQL store is a SQLite file, private, with the same cards
     let backup = h.path("backup.db");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castmux"))
-        .args(["--db", &pg, "backup", s(&backup)])
-        .env_remove("CASTMUX_DB")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    http_support::castmux(&pg, &["backup", s(&backup)]);
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

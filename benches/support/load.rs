@@ -10,6 +10,26 @@ pub fn env_num(name: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
+/// Run `castmux --db DB ARGS` to its end and require success; its wall time in seconds.
+#[allow(dead_code)]
+pub fn castmux_db(db: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> f64 {
+    let t = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_castmux"))
+        .arg("--db")
+        .arg(db)
+        .args(args)
+        .env("CASTMUX_LOG", "warn")
+        .env_remove("CASTMUX_DB")
+        .output()
+        .expect("run castmux");
+    assert!(
+        out.status.success(),
+        "castmux {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    t.elapsed().as_secs_f64()
+}
+
 /// Run the calling thread on core `cpu` only (left as it is where that fails).
 pub fn pin_to(cpu: usize) {
     let mut set = nix::sched::CpuSet::new();

@@ -12,8 +12,8 @@ use aes_gcm::{Aes128Gcm, Nonce};
 use castmux::cas::ecm::EcmRef;
 use castmux::cas::emm::EmmHeader;
 use castmux::cas::AccessCriteria;
-use castmux::softcard::card::{SoftCard, KEY_VERSIONS_KEPT};
-use castmux_fuzz::card::{test_card, CARD_KEY, CAS, NOW, SERIAL};
+use castmux::softcard::card::SoftCard;
+use castmux_fuzz::card::{check_card, test_card, CARD_KEY, CAS, NOW, SERIAL};
 use castmux_fuzz::Cursor;
 use libfuzzer_sys::fuzz_target;
 
@@ -101,14 +101,6 @@ fn sealed_emm(c: &mut Cursor<'_>, op: u8) -> Vec<u8> {
     gcm(&CARD_KEY, &nonce, &out.clone(), &mut body);
     out.extend_from_slice(&body);
     out
-}
-
-fn check_card(card: &SoftCard) {
-    let versions = card.key_versions();
-    for bit in 0..64u8 {
-        let n = versions.iter().filter(|(b, _)| *b == bit).count();
-        assert!(n <= KEY_VERSIONS_KEPT, "bit {bit} holds {n} key versions");
-    }
 }
 
 fuzz_target!(|data: &[u8]| {

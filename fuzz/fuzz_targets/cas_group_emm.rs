@@ -15,8 +15,8 @@ use castmux::cas::{
     AccessCriteria, CardSerial, Entitlements, EventGrant, GroupId, Key128, PackageBit,
     ServiceKey,
 };
-use castmux::softcard::card::{EmmOutcome, SoftCard, KEY_VERSIONS_KEPT};
-use castmux_fuzz::card::{test_card, CARD_KEY, CAS, NOW, SERIAL};
+use castmux::softcard::card::{EmmOutcome, SoftCard};
+use castmux_fuzz::card::{check_card, test_card, CARD_KEY, CAS, NOW, SERIAL};
 use castmux_fuzz::Cursor;
 use libfuzzer_sys::fuzz_target;
 
@@ -175,14 +175,6 @@ fn round_trip(c: &mut Cursor<'_>) {
         rest = &rest[len..];
     }
     assert_eq!(got, keys);
-}
-
-fn check_card(card: &SoftCard) {
-    let versions = card.key_versions();
-    for b in 0..64u8 {
-        let n = versions.iter().filter(|(x, _)| *x == b).count();
-        assert!(n <= KEY_VERSIONS_KEPT, "bit {b} holds {n} key versions");
-    }
 }
 
 fuzz_target!(|data: &[u8]| {

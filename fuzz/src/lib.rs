@@ -141,7 +141,7 @@ pub mod card {
         AccessCriteria, CardFile, CardSerial, Entitlements, EventGrant, Key128, PackageBit,
         ServiceKey, CARD_FILE_FORMAT,
     };
-    use castmux::softcard::card::SoftCard;
+    use castmux::softcard::card::{SoftCard, KEY_VERSIONS_KEPT};
 
     /// The card's serial.
     pub const SERIAL: u64 = 2_100_000_007;
@@ -195,6 +195,16 @@ pub mod card {
             issued_at: NOW - 86_400,
         })
         .expect("the test card is well formed")
+    }
+
+    /// What a card must hold whatever it was fed: at most [`KEY_VERSIONS_KEPT`] key
+    /// versions per package bit.
+    pub fn check_card(card: &SoftCard) {
+        let versions = card.key_versions();
+        for bit in 0..64u8 {
+            let n = versions.iter().filter(|(b, _)| *b == bit).count();
+            assert!(n <= KEY_VERSIONS_KEPT, "bit {bit} holds {n} key versions");
+        }
     }
 }
 

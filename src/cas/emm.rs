@@ -153,27 +153,48 @@ pub struct EmmHeader {
     pub parts: u8,
 }
 
+/// The opening every castmux EMM section shares, checked in this order: `table_id` (else
+/// `wrong_table`), a section_length without section_syntax_indicator that matches the
+/// bytes given (one section, at most [`MAX_EMM_SECTION`]), and the format `version` (else
+/// `wrong_version`). The reader is left after the version byte.
+pub(super) fn open_section<'a>(
+    section: &'a [u8],
+    table_id: u8,
+    wrong_table: &'static str,
+    version: u8,
+    wrong_version: &'static str,
+) -> Result<Reader<'a>, Refusal> {
+    let mut r = Reader::new(section);
+    if r.u8().ok_or(Refusal::Malformed("empty EMM"))? != table_id {
+        return Err(Refusal::Malformed(wrong_table));
+    }
+    let len = r
+        .u16()
+        .ok_or(Refusal::Malformed("truncated section header"))?;
+    if len & 0x8000 != 0 {
+        return Err(Refusal::Malformed("section_syntax_indicator set in an EMM"));
+    }
+    if usize::from(len & 0x0FFF) != r.remaining() || section.len() > MAX_EMM_SECTION {
+        return Err(Refusal::Malformed(
+            "section_length does not match the EMM size",
+        ));
+    }
+    if r.u8() != Some(version) {
+        return Err(Refusal::Malformed(wrong_version));
+    }
+    Ok(r)
+}
+
 impl EmmHeader {
     /// Read the clear header of an EMM section (exactly one section).
     pub fn parse(section: &[u8]) -> Result<EmmHeader, Refusal> {
-        let mut r = Reader::new(section);
-        if r.u8().ok_or(Refusal::Malformed("empty EMM"))? != EMM_TABLE_ID {
-            return Err(Refusal::Malformed("table_id is not a castmux EMM's (0x82)"));
-        }
-        let len = r
-            .u16()
-            .ok_or(Refusal::Malformed("truncated section header"))?;
-        if len & 0x8000 != 0 {
-            return Err(Refusal::Malformed("section_syntax_indicator set in an EMM"));
-        }
-        if usize::from(len & 0x0FFF) != r.remaining() || section.len() > MAX_EMM_SECTION {
-            return Err(Refusal::Malformed(
-                "section_length does not match the EMM size",
-            ));
-        }
-        if r.u8() != Some(EMM_FORMAT_VERSION) {
-            return Err(Refusal::Malformed("unknown EMM format version"));
-        }
+        let mut r = open_section(
+            section,
+            EMM_TABLE_ID,
+            "table_id is not a castmux EMM's (0x82)",
+            EMM_FORMAT_VERSION,
+            "unknown EMM format version",
+        )?;
         let short = Refusal::Malformed("truncated EMM header");
         let serial = CardSerial(r.u64().ok_or(short.clone())?);
         let sequence = r.u64().ok_or(short.clone())?;

@@ -20,7 +20,7 @@
 //! 12 nonce bytes of format 1, and the 96-bit tag saves 4 more.
 
 use super::codec::{self, Reader, NONCE_LEN, SHORT_TAG_LEN};
-use super::emm::{EmmBuildError, MAX_EMM_SECTION};
+use super::emm::{open_section, EmmBuildError, MAX_EMM_SECTION};
 use super::refusal::Refusal;
 use super::types::{AccessCriteria, CardSerial, Entitlements, EventGrant, Key128, PackageBit};
 
@@ -186,26 +186,13 @@ pub struct Emm2Header {
 impl Emm2Header {
     /// Read the clear header of a format-2 EMM section (exactly one section).
     pub fn parse(section: &[u8]) -> Result<Emm2Header, Refusal> {
-        let mut r = Reader::new(section);
-        if r.u8().ok_or(Refusal::Malformed("empty EMM"))? != EMM2_TABLE_ID {
-            return Err(Refusal::Malformed(
-                "table_id is not a castmux unique EMM's of format 2 (0x83)",
-            ));
-        }
-        let len = r
-            .u16()
-            .ok_or(Refusal::Malformed("truncated section header"))?;
-        if len & 0x8000 != 0 {
-            return Err(Refusal::Malformed("section_syntax_indicator set in an EMM"));
-        }
-        if usize::from(len & 0x0FFF) != r.remaining() || section.len() > MAX_EMM_SECTION {
-            return Err(Refusal::Malformed(
-                "section_length does not match the EMM size",
-            ));
-        }
-        if r.u8() != Some(EMM2_FORMAT_VERSION) {
-            return Err(Refusal::Malformed("unknown EMM format version"));
-        }
+        let mut r = open_section(
+            section,
+            EMM2_TABLE_ID,
+            "table_id is not a castmux unique EMM's of format 2 (0x83)",
+            EMM2_FORMAT_VERSION,
+            "unknown EMM format version",
+        )?;
         let short = Refusal::Malformed("truncated EMM header");
         let serial = CardSerial(r.u64().ok_or(short.clone())?);
         let sequence = r.u64().ok_or(short.clone())?;

@@ -16,7 +16,7 @@
 //! ```
 
 use super::codec::{self, Reader, NONCE_LEN, TAG_LEN};
-use super::emm::MAX_EMM_SECTION;
+use super::emm::{open_section, MAX_EMM_SECTION};
 use super::refusal::Refusal;
 use super::types::{GroupId, Key128, PackageBit, ServiceKey};
 
@@ -131,26 +131,13 @@ pub struct GroupEmmHeader {
 impl GroupEmmHeader {
     /// Read the clear header of a group EMM section (exactly one section).
     pub fn parse(section: &[u8]) -> Result<GroupEmmHeader, Refusal> {
-        let mut r = Reader::new(section);
-        if r.u8().ok_or(Refusal::Malformed("empty EMM"))? != GROUP_EMM_TABLE_ID {
-            return Err(Refusal::Malformed(
-                "table_id is not a castmux group EMM's (0x84)",
-            ));
-        }
-        let len = r
-            .u16()
-            .ok_or(Refusal::Malformed("truncated section header"))?;
-        if len & 0x8000 != 0 {
-            return Err(Refusal::Malformed("section_syntax_indicator set in an EMM"));
-        }
-        if usize::from(len & 0x0FFF) != r.remaining() || section.len() > MAX_EMM_SECTION {
-            return Err(Refusal::Malformed(
-                "section_length does not match the EMM size",
-            ));
-        }
-        if r.u8() != Some(GROUP_EMM_FORMAT_VERSION) {
-            return Err(Refusal::Malformed("unknown group EMM format version"));
-        }
+        let mut r = open_section(
+            section,
+            GROUP_EMM_TABLE_ID,
+            "table_id is not a castmux group EMM's (0x84)",
+            GROUP_EMM_FORMAT_VERSION,
+            "unknown group EMM format version",
+        )?;
         let short = Refusal::Malformed("truncated group EMM header");
         let ca_system_id = r.u16().ok_or(short.clone())?;
         let group = GroupId(r.u64().ok_or(short.clone())?);

@@ -33,6 +33,29 @@ macro_rules! on_every_backend {
 }
 use std::sync::atomic::{AtomicU32, Ordering};
 
+/// Run `f` to its end on a runtime of its own.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Run `f` on the store at `at` (a path or a postgres:// URL), opened and closed on one
+/// runtime (its pool lives there).
+pub fn with_store<T>(at: &str, f: impl AsyncFnOnce(&castmux::cas::store::Store) -> T) -> T {
+    let at: castmux::cas::store::StoreLocation = at.parse().expect("store location");
+    block_on(async {
+        let store = castmux::cas::store::Store::open(&at)
+            .await
+            .expect("open the store");
+        let r = f(&store).await;
+        store.close().await;
+        r
+    })
+}
+
 /// The cluster's URL (its `postgres` database).
 pub fn cluster() -> String {
     std::env::var("CASTMUX_TEST_PG").unwrap_or_else(|_| {

@@ -265,3 +265,49 @@ async fn insert(
     q.execute(&mut **tx).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::store::InitOptions;
+
+    /// [`TABLES`] is the schema's column lists written out again: a migration that adds a
+    /// table or a column must add it there, or a copy would leave it behind. This holds
+    /// the two together.
+    #[tokio::test]
+    async fn the_copy_names_every_table_and_column_of_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(&dir.path().join("castmux.db"), InitOptions::default())
+            .await
+            .unwrap();
+        let mut schema: Vec<(String, Vec<String>)> = Vec::new();
+        let tables: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE '\\_sqlx%' ESCAPE '\\' AND name NOT LIKE 'sqlite%' ORDER BY name",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        for t in tables {
+            let cols: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT name FROM pragma_table_info('{t}') ORDER BY cid"
+            ))
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+            schema.push((t, cols));
+        }
+        let mut copied: Vec<(String, Vec<String>)> = TABLES
+            .iter()
+            .map(|(t, _, cols)| {
+                (
+                    t.to_string(),
+                    cols.iter().map(|(c, _)| c.to_string()).collect(),
+                )
+            })
+            .collect();
+        copied.sort();
+        assert_eq!(copied, schema);
+        store.close().await;
+    }
+}

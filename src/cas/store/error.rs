@@ -36,7 +36,7 @@ pub enum StoreError {
     },
     /// No connection to the store's server within the wait (PostgreSQL down, unreachable,
     /// or every connection busy).
-    #[error("STORE_UNREACHABLE: {path}: no connection to the store's server within {secs} s ({detail}); check that PostgreSQL is up and reachable, castmux keeps trying")]
+    #[error("STORE_UNREACHABLE: {path}: no connection to the store's server within {secs} s ({detail}); check that PostgreSQL is up and reachable (running castmux processes keep their keys and try again)")]
     Unreachable {
         /// The store.
         path: PathBuf,

@@ -149,6 +149,43 @@ fn datagram_count_follows_pkt() {
     assert!(output.write_batch(&[0x47; 100]).is_err());
 }
 
+/// A write of many datagrams (sent as UDP GSO where the kernel offers it, and
+/// beyond one GSO send's limit) arrives as whole 7-packet datagrams, in order,
+/// with the held tail first.
+#[test]
+fn one_write_of_many_datagrams_arrives_datagram_by_datagram() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(4 << 20);
+    let port = rx.local_addr().unwrap().port();
+    let out_opts = OutputOptions::default();
+    let url = OutputUrl::parse(&format!("udp://127.0.0.1:{port}")).unwrap();
+    let mut output = Output::open(&url, &out_opts).unwrap();
+    let data = stream(3 + 7 * 80 + 2);
+    output.write_batch(&data[..3 * TS_PACKET_SIZE]).unwrap();
+    assert_eq!(out_opts.stats.snapshot().datagrams_out, 0);
+    output.write_batch(&data[3 * TS_PACKET_SIZE..]).unwrap();
+    // the tail completed by 4 packets, 79 more whole datagrams; 5 packets held
+    assert_eq!(out_opts.stats.snapshot().datagrams_out, 80);
+    let mut buf = [0u8; 65536];
+    let mut next = 0u32;
+    for d in 0..80 {
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(n, 7 * TS_PACKET_SIZE, "datagram {d}");
+        for p in buf[..n].chunks_exact(TS_PACKET_SIZE) {
+            assert_eq!(counter(p.try_into().unwrap()), next);
+            next += 1;
+        }
+    }
+    output.flush().unwrap();
+    assert_eq!(rx.recv(&mut buf).unwrap(), 5 * TS_PACKET_SIZE);
+    let s = out_opts.stats.snapshot();
+    assert_eq!(
+        (s.datagrams_out, s.packets_out, s.send_errors),
+        (81, 565, 0)
+    );
+}
+
 #[test]
 fn multicast_loopback() {
     // Group 239.255.42.x joined on the loopback interface; the sender picks

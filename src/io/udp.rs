@@ -4,12 +4,14 @@
 //! Receive: up to [`RECV_DATAGRAMS`] datagrams per syscall land in one
 //! preallocated slab; each datagram is unwrapped if it is RTP and fed
 //! through the resynchroniser (which copies aligned packets straight into
-//! the caller's batch). Send: `pkt` packets per datagram, up to
-//! [`SEND_DATAGRAMS`] datagrams per syscall; a tail of fewer than `pkt`
-//! packets waits for the next write or `flush()`.
+//! the caller's batch). Send: `pkt` packets per datagram, a write's datagrams
+//! in one syscall where it can (UDP GSO: up to [`GSO_SEGMENTS`] datagrams the
+//! kernel cuts; else sendmmsg, up to [`SEND_DATAGRAMS`]); a tail of fewer than
+//! `pkt` packets waits for the next write or `flush()`.
 //!
-//! When the kernel (or a seccomp filter) refuses recvmmsg/sendmmsg, the
-//! socket falls back to one recv/send per datagram for the rest of its life.
+//! When the kernel (or a seccomp filter) refuses GSO, recvmmsg or sendmmsg,
+//! the socket steps down (GSO to sendmmsg, sendmmsg or recvmmsg to one
+//! recv/send per datagram) for the rest of its life.
 //!
 //! nix's `MultiHeaders` holds raw pointers and is not `Send`; it lives in a
 //! thread-local, built once per thread, so sockets stay `Send` and nothing
@@ -43,6 +45,20 @@ pub const RECV_DATAGRAMS: usize = 64;
 pub const RECV_SLOT: usize = 2048;
 /// Datagrams per sendmmsg call.
 pub const SEND_DATAGRAMS: usize = 64;
+/// Datagrams per UDP GSO send: the kernel takes at most 64 segments and 64 KB
+/// (49 datagrams of 7 packets).
+pub const GSO_SEGMENTS: usize = 32;
+
+/// How a UDP output hands datagrams to the kernel; it steps down once when refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendMode {
+    /// Several datagrams per sendmsg, cut by the kernel (UDP_SEGMENT, Linux 4.18).
+    Gso,
+    /// sendmmsg.
+    Batched,
+    /// One send per datagram.
+    Single,
+}
 
 thread_local! {
     // Receive headers need real address storage: the kernel writes the
@@ -60,6 +76,14 @@ fn refused(e: Errno) -> bool {
         e,
         Errno::ENOSYS | Errno::EPERM | Errno::EACCES | Errno::EOPNOTSUPP
     )
+}
+
+/// Errors of a UDP GSO send that mean "not on this socket's route": fall back to sendmmsg.
+fn gso_refused(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::EINVAL | Errno::EIO | Errno::ENOPROTOOPT | Errno::EOPNOTSUPP | Errno::EMSGSIZE
+    ) || refused(e)
 }
 
 /// Settings for a UDP input.
@@ -200,9 +224,12 @@ impl UdpInput {
     ) -> IoResult<ReadStatus> {
         batch.clear();
         let deadline = Instant::now() + timeout;
+        // the last receive of this call found the socket empty (a short recvmmsg): asking
+        // again would only get EAGAIN, so a batch with packets is done
+        let mut drained = false;
         loop {
             self.drain(batch);
-            if batch.is_full() {
+            if batch.is_full() || (drained && !batch.is_empty()) {
                 break;
             }
             let wait = if batch.is_empty() {
@@ -211,6 +238,7 @@ impl UdpInput {
                 Duration::ZERO
             };
             let got = self.receive(wait)?;
+            drained = got < RECV_DATAGRAMS;
             if got == 0 {
                 if !batch.is_empty() {
                     break;
@@ -398,7 +426,7 @@ pub struct UdpOutput {
     dest: SocketAddr,
     datagram: usize,
     tail: Vec<u8>,
-    batched: bool,
+    mode: SendMode,
     stats: Arc<IoStats>,
     last_warn: Option<Instant>,
     errors_since_warn: u64,
@@ -486,7 +514,11 @@ impl UdpOutput {
             dest,
             datagram,
             tail: Vec::with_capacity(datagram),
-            batched: !cfg.force_single,
+            mode: if cfg.force_single {
+                SendMode::Single
+            } else {
+                SendMode::Gso
+            },
             stats,
             last_warn: None,
             errors_since_warn: 0,
@@ -500,20 +532,23 @@ impl UdpOutput {
 
     /// Send whole datagrams now; keep a short tail for the next write.
     pub fn write(&mut self, mut bytes: &[u8]) -> IoResult<()> {
+        // a held tail that this write completes goes out first, in the same syscall
+        let mut head = Vec::new();
         if !self.tail.is_empty() {
             let take = (self.datagram - self.tail.len()).min(bytes.len());
             self.tail.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            if self.tail.len() == self.datagram {
-                let tail = std::mem::take(&mut self.tail);
-                self.send_all(&tail);
-                self.tail = tail;
-                self.tail.clear();
+            if self.tail.len() < self.datagram {
+                return Ok(());
             }
+            head = std::mem::take(&mut self.tail);
         }
         let whole = bytes.len() / self.datagram * self.datagram;
-        if whole > 0 {
-            self.send_all(&bytes[..whole]);
+        self.send_all(&head, &bytes[..whole]);
+        if !head.is_empty() {
+            // keep the tail's allocation
+            head.clear();
+            self.tail = head;
         }
         self.tail.extend_from_slice(&bytes[whole..]);
         Ok(())
@@ -522,42 +557,59 @@ impl UdpOutput {
     /// Send the held tail, if any, as a short datagram.
     pub fn flush(&mut self) -> IoResult<()> {
         if !self.tail.is_empty() {
-            let tail = std::mem::take(&mut self.tail);
-            self.send_all(&tail);
+            let mut tail = std::mem::take(&mut self.tail);
+            self.send_all(&tail, &[]);
+            tail.clear();
             self.tail = tail;
-            self.tail.clear();
         }
         Ok(())
     }
 
-    /// Send `data` as datagrams of `self.datagram` bytes (the last may be short).
-    /// Failures are counted and logged at most once a minute; UDP has no
-    /// "closed" to report, so they never stop the stream.
-    fn send_all(&mut self, data: &[u8]) {
-        let mut chunks: &[u8] = data;
-        while !chunks.is_empty() {
-            let res = if self.batched {
-                self.send_mmsg(chunks)
-            } else {
-                self.send_one(chunks)
+    /// Send `head` (one datagram, or nothing) and then `data` as datagrams of
+    /// `self.datagram` bytes (the last may be short), as few syscalls as the socket
+    /// allows: one UDP GSO send for up to [`GSO_SEGMENTS`] datagrams where the kernel
+    /// offers it, else sendmmsg, else send. Failures are counted and logged at most once a
+    /// minute; UDP has no "closed" to report, so they never stop the stream.
+    fn send_all(&mut self, head: &[u8], data: &[u8]) {
+        let datagram = self.datagram;
+        let total = usize::from(!head.is_empty()) + data.len().div_ceil(datagram);
+        // the datagrams from the `done`th on, up to `max` of them
+        let parts = |done: usize, max: usize| {
+            let skip_head = usize::from(!head.is_empty()).min(done);
+            let head_part = (skip_head == 0 && !head.is_empty()).then_some(head);
+            head_part
+                .into_iter()
+                .chain(data.chunks(datagram).skip(done - skip_head))
+                .take(max)
+        };
+        let mut done = 0;
+        while done < total {
+            let res = match self.mode {
+                SendMode::Gso if total - done > 1 => self.send_gso(parts(done, GSO_SEGMENTS)),
+                SendMode::Gso | SendMode::Batched => self.send_mmsg(parts(done, SEND_DATAGRAMS)),
+                SendMode::Single => self.send_one(parts(done, 1)),
             };
             match res {
-                Ok(sent) => {
-                    let bytes = (sent * self.datagram).min(chunks.len());
+                Ok((sent, bytes)) => {
                     IoStats::add(&self.stats.datagrams_out, sent as u64);
                     IoStats::add(&self.stats.bytes_out, bytes as u64);
                     IoStats::add(&self.stats.packets_out, (bytes / TS_PACKET_SIZE) as u64);
-                    chunks = &chunks[bytes..];
+                    done += sent;
                 }
                 Err(Errno::EINTR) => {}
-                Err(e) if self.batched && refused(e) => {
+                Err(e) if self.mode == SendMode::Gso && gso_refused(e) => {
+                    // this socket's route cannot segment (no checksum offload, an MTU
+                    // under the datagram, an old kernel): batch without it from now on
+                    tracing::info!(url = %self.url, error = %e, "UDP GSO refused, using sendmmsg");
+                    self.mode = SendMode::Batched;
+                }
+                Err(e) if self.mode != SendMode::Single && refused(e) => {
                     tracing::info!(url = %self.url, error = %e, "sendmmsg refused, using send");
-                    self.batched = false;
+                    self.mode = SendMode::Single;
                 }
                 Err(e) => {
                     // Drop one datagram and go on with the rest.
-                    let skip = self.datagram.min(chunks.len());
-                    chunks = &chunks[skip..];
+                    done += 1;
                     self.send_error(e);
                 }
             }
@@ -579,15 +631,19 @@ impl UdpOutput {
         }
     }
 
-    fn send_mmsg(&self, data: &[u8]) -> nix::Result<usize> {
+    /// One sendmmsg; gives the datagrams and bytes the kernel took.
+    fn send_mmsg<'a>(&self, parts: impl Iterator<Item = &'a [u8]>) -> nix::Result<(usize, usize)> {
         let fd = self.socket.as_raw_fd();
-        let datagram = self.datagram;
         SEND_HEADERS.with(|h| {
             let mut headers = h.borrow_mut();
-            let mut parts = data.chunks(datagram);
+            let mut lens = [0usize; SEND_DATAGRAMS];
+            let mut n = 0;
+            let mut parts = parts.inspect(|p| {
+                lens[n] = p.len();
+                n += 1;
+            });
             let iovs: [[IoSlice<'_>; 1]; SEND_DATAGRAMS] =
                 std::array::from_fn(|_| [IoSlice::new(parts.next().unwrap_or(&[]))]);
-            let n = data.len().div_ceil(datagram).min(SEND_DATAGRAMS);
             let addrs = [None::<()>; SEND_DATAGRAMS];
             let none: [ControlMessage<'_>; 0] = [];
             let sent = sendmmsg(
@@ -597,14 +653,43 @@ impl UdpOutput {
                 addrs,
                 none,
                 MsgFlags::empty(),
-            )?;
-            Ok(sent.count())
+            )?
+            .count();
+            Ok((sent, lens[..sent].iter().sum()))
         })
     }
 
-    fn send_one(&self, data: &[u8]) -> nix::Result<usize> {
-        let end = self.datagram.min(data.len());
-        nix::sys::socket::send(self.socket.as_raw_fd(), &data[..end], MsgFlags::empty())?;
-        Ok(1)
+    /// One sendmsg of several datagrams that the kernel (or the NIC) cuts at
+    /// `self.datagram` bytes (UDP_SEGMENT): one pass through the stack for them all.
+    fn send_gso<'a>(&self, parts: impl Iterator<Item = &'a [u8]>) -> nix::Result<(usize, usize)> {
+        let mut iovs = [IoSlice::new(&[]); GSO_SEGMENTS];
+        let (mut n, mut bytes) = (0, 0);
+        for p in parts {
+            iovs[n] = IoSlice::new(p);
+            n += 1;
+            bytes += p.len();
+        }
+        let size = self.datagram as u16;
+        let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &iovs[..n],
+            &cmsg,
+            MsgFlags::empty(),
+            None,
+        )?;
+        // a datagram socket takes all of it or nothing
+        Ok((n, sent.min(bytes)))
+    }
+
+    fn send_one<'a>(
+        &self,
+        mut parts: impl Iterator<Item = &'a [u8]>,
+    ) -> nix::Result<(usize, usize)> {
+        let Some(p) = parts.next() else {
+            return Ok((0, 0));
+        };
+        nix::sys::socket::send(self.socket.as_raw_fd(), p, MsgFlags::empty())?;
+        Ok((1, p.len()))
     }
 }

@@ -15,7 +15,8 @@
 //! core; idle 1000 channels ≤ 10 % of a core, RSS ≤ 2 MB per channel.
 //!
 //! Run: `cargo bench --bench headend` (env: CASTMUX_BENCH_CHANNELS, CASTMUX_BENCH_RATE,
-//! CASTMUX_BENCH_SECS, CASTMUX_BENCH_IDLE, CASTMUX_BENCH_WORKERS). With
+//! CASTMUX_BENCH_SECS, CASTMUX_BENCH_IDLE, CASTMUX_BENCH_WORKERS, CASTMUX_BENCH_UDP_BURST:
+//! `headend --udp-burst`). With
 //! CASTMUX_BENCH_OTHER=/path/to/castmux the same two runs are made against that binary too
 //! (e.g. a build of an earlier commit) and printed beside this one's; channels are written
 //! in the `args = "…"` form every version reads.
@@ -193,6 +194,9 @@ fn start_headend(
         .arg(&cfg);
     if bin.workers {
         cmd.args(["--workers", &workers.to_string()]);
+        if let Ok(burst) = std::env::var("CASTMUX_BENCH_UDP_BURST") {
+            cmd.args(["--udp-burst", &burst]);
+        }
     }
     load::start_headend(cmd)
 }

@@ -186,6 +186,50 @@ fn one_write_of_many_datagrams_arrives_datagram_by_datagram() {
     );
 }
 
+/// Coalescing (as the shared data plane sets it): whole datagrams wait for a second one,
+/// or until the oldest is due at the next write; flush sends everything, in order.
+#[test]
+fn coalescing_gathers_datagrams_and_holds_none_too_long() {
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let out_opts = OutputOptions::default();
+    let url = OutputUrl::parse(&format!("udp://127.0.0.1:{port}")).unwrap();
+    let mut output = Output::open(&url, &out_opts).unwrap();
+    output.set_udp_coalesce(2, Duration::from_millis(50));
+    let data = stream(7 * 3 + 3 + 5);
+    let p = |n: usize| n * TS_PACKET_SIZE;
+    let sent = || out_opts.stats.snapshot().datagrams_out;
+    output.write_batch(&data[..p(7)]).unwrap();
+    assert_eq!(sent(), 0, "one datagram waits for a second");
+    output.write_batch(&data[p(7)..p(14)]).unwrap();
+    assert_eq!(sent(), 2, "two go together");
+    output.write_batch(&data[p(14)..p(21)]).unwrap();
+    assert_eq!(sent(), 2);
+    std::thread::sleep(Duration::from_millis(60));
+    output.write_batch(&data[p(21)..p(24)]).unwrap();
+    assert_eq!(sent(), 3, "the held datagram was due");
+    output.write_batch(&data[p(24)..]).unwrap();
+    assert_eq!(
+        sent(),
+        3,
+        "8 packets held: a datagram not yet due, and a tail"
+    );
+    output.flush().unwrap();
+    assert_eq!(sent(), 5);
+    let mut buf = [0u8; 4096];
+    let mut next = 0u32;
+    for want in [7, 7, 7, 7, 1] {
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(n, want * TS_PACKET_SIZE);
+        for q in buf[..n].chunks_exact(TS_PACKET_SIZE) {
+            assert_eq!(counter(q.try_into().unwrap()), next);
+            next += 1;
+        }
+    }
+    assert_eq!(next, 29);
+}
+
 #[test]
 fn multicast_loopback() {
     // Group 239.255.42.x joined on the loopback interface; the sender picks

@@ -29,6 +29,11 @@ pub struct HeadendArgs {
     /// Data-plane worker threads serving the UDP channels. Default: one per core.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
+    /// Whole UDP datagrams a channel's output gathers per send (one UDP GSO send), none
+    /// held past the 2 ms flush interval. 1 sends each datagram at once (lowest latency,
+    /// more CPU). Default 2.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
+    udp_burst: Option<u8>,
 }
 
 /// A channel's options parsed as `castmux scramble`'s.
@@ -74,6 +79,9 @@ pub fn run(a: HeadendArgs, db: &StoreLocation) -> anyhow::Result<()> {
     let mut opts = PlaneOptions::default();
     if let Some(n) = a.workers {
         opts.workers = usize::from(n);
+    }
+    if let Some(n) = a.udp_burst {
+        opts.udp_burst = usize::from(n);
     }
     // SIGHUP: the file read again; a bad one is refused and the running set kept
     let reloader = || {

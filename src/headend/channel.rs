@@ -605,6 +605,14 @@ impl ChannelOutput {
         })
     }
 
+    /// UDP outputs written directly gather `burst` datagrams per send, holding none past
+    /// `max_hold` (a constant-bitrate output keeps its own schedule).
+    pub(crate) fn set_udp_coalesce(&mut self, burst: usize, max_hold: Duration) {
+        if let Sink::Direct(o) = &mut self.sink {
+            o.set.set_udp_coalesce(burst, max_hold);
+        }
+    }
+
     /// The constant-bitrate counters, with the bitrate.
     fn cbr_stats(&self) -> Option<(u64, Arc<CbrStats>)> {
         match &self.sink {

@@ -43,6 +43,11 @@ pub struct PlaneOptions {
     pub workers: usize,
     /// Longest time a short output datagram is held while its channel is quiet. Default 2 ms.
     pub flush_interval: Duration,
+    /// Whole UDP datagrams a channel's output gathers per send (one UDP GSO send for them
+    /// all), holding none past the flush interval. Default 2: at 5 Mbit/s it saves a
+    /// pass through the kernel's send path for every second datagram (measured: about an
+    /// eighth of a core for 200 such channels) and adds at most one datagram's spacing.
+    pub udp_burst: usize,
 }
 
 impl Default for PlaneOptions {
@@ -50,6 +55,7 @@ impl Default for PlaneOptions {
         PlaneOptions {
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             flush_interval: Duration::from_millis(2),
+            udp_burst: 2,
         }
     }
 }
@@ -75,8 +81,11 @@ struct Slot {
 }
 
 impl Slot {
-    fn new(id: u64, mut ch: Channel, now: Instant) -> Slot {
+    fn new(id: u64, mut ch: Channel, now: Instant, cx: &WorkerCx) -> Slot {
         ch.parts_mut().1.scrambler_mut().set_deferred(true);
+        ch.parts_mut()
+            .2
+            .set_udp_coalesce(cx.udp_burst, cx.flush_interval);
         let opts = ch.run_options(Arc::default());
         let (batch_packets, idle_timeout) = (opts.batch_packets.max(1), opts.idle_timeout);
         Slot {
@@ -154,6 +163,7 @@ impl Plane {
                 channels: Arc::clone(&channels),
                 ended: ended.clone(),
                 flush_interval: opts.flush_interval,
+                udp_burst: opts.udp_burst,
                 stop: Arc::clone(stop),
                 log_failures,
             };
@@ -223,6 +233,7 @@ struct WorkerCx {
     channels: Arc<AtomicUsize>,
     ended: std::sync::mpsc::Sender<Event>,
     flush_interval: Duration,
+    udp_burst: usize,
     stop: Arc<AtomicBool>,
     log_failures: bool,
 }
@@ -272,7 +283,7 @@ fn take_commands(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) ->
                     slots.push(None);
                     slots.len() - 1
                 });
-                let mut s = Slot::new(id, *ch, Instant::now());
+                let mut s = Slot::new(id, *ch, Instant::now(), cx);
                 let added = if s.ch.plane_served() {
                     // every input of the channel (a primary and its backups) wakes it
                     s.ch.parts_mut().0.fds().into_iter().try_for_each(|fd| {

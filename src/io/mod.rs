@@ -279,6 +279,14 @@ impl Output {
         self.write_batch(batch.as_bytes())
     }
 
+    /// UDP: gather `burst` datagrams per send, holding none past `max_hold`
+    /// ([`UdpOutput::set_coalesce`]); other outputs write as they do.
+    pub fn set_udp_coalesce(&mut self, burst: usize, max_hold: Duration) {
+        if let Output::Udp(o) = self {
+            o.set_coalesce(burst, max_hold);
+        }
+    }
+
     /// Send or write out anything held back (a short UDP datagram, the file buffer).
     pub fn flush(&mut self) -> IoResult<()> {
         match self {

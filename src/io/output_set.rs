@@ -163,6 +163,13 @@ impl OutputSet {
         self.each(|o| o.write_batch(bytes))
     }
 
+    /// Every UDP output gathers `burst` datagrams per send ([`Output::set_udp_coalesce`]).
+    pub fn set_udp_coalesce(&mut self, burst: usize, max_hold: Duration) {
+        for o in self.slots.iter_mut().filter_map(|s| s.output.as_mut()) {
+            o.set_udp_coalesce(burst, max_hold);
+        }
+    }
+
     /// Flush every working output (a held UDP tail, a file buffer).
     pub fn flush(&mut self) -> IoResult<()> {
         self.each(Output::flush)

@@ -426,6 +426,13 @@ pub struct UdpOutput {
     dest: SocketAddr,
     datagram: usize,
     tail: Vec<u8>,
+    /// Whole datagrams to gather in `tail` before a send (1: send at once); see
+    /// [`UdpOutput::set_coalesce`].
+    burst: usize,
+    /// The longest whole datagrams wait for the burst to fill.
+    max_hold: Duration,
+    /// When the oldest byte in `tail` came.
+    held_since: Option<Instant>,
     mode: SendMode,
     stats: Arc<IoStats>,
     last_warn: Option<Instant>,
@@ -514,6 +521,9 @@ impl UdpOutput {
             dest,
             datagram,
             tail: Vec::with_capacity(datagram),
+            burst: 1,
+            max_hold: Duration::ZERO,
+            held_since: None,
             mode: if cfg.force_single {
                 SendMode::Single
             } else {
@@ -530,64 +540,82 @@ impl UdpOutput {
         self.dest
     }
 
-    /// Send whole datagrams now; keep a short tail for the next write.
-    pub fn write(&mut self, mut bytes: &[u8]) -> IoResult<()> {
-        // a held tail that this write completes goes out first, in the same syscall
-        let mut head = Vec::new();
-        if !self.tail.is_empty() {
-            let take = (self.datagram - self.tail.len()).min(bytes.len());
-            self.tail.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if self.tail.len() < self.datagram {
-                return Ok(());
+    /// Gather `burst` whole datagrams before sending them together (one GSO send where the
+    /// kernel offers it: one pass through the send path instead of `burst`), but never hold
+    /// a datagram past `max_hold` when the next write comes; `flush()` sends everything.
+    /// `burst` 1 (the default) sends whole datagrams at once. The shared data plane sets
+    /// this: many channels at a few Mbit/s each bring a datagram per wake-up.
+    pub fn set_coalesce(&mut self, burst: usize, max_hold: Duration) {
+        self.burst = burst.clamp(1, GSO_SEGMENTS);
+        self.max_hold = max_hold;
+        self.tail.reserve((self.burst + 1) * self.datagram);
+        // what is held whole goes now when no longer coalescing
+        if self.burst == 1 {
+            self.write(&[]).ok();
+        }
+    }
+
+    /// Send whole datagrams now (coalescing: once `burst` of them are held, or the oldest
+    /// held is due); keep the rest for the next write. Held bytes are sent from where
+    /// they are, with the write's own bytes, in one syscall: no copy of what goes now.
+    pub fn write(&mut self, bytes: &[u8]) -> IoResult<()> {
+        let held = self.tail.len();
+        let whole = (held + bytes.len()) / self.datagram;
+        let send = whole >= self.burst
+            || (whole > 0 && {
+                let now = Instant::now();
+                let since = *self.held_since.get_or_insert(now);
+                now.duration_since(since) >= self.max_hold
+            });
+        if !send {
+            if held == 0 && !bytes.is_empty() && self.burst > 1 {
+                self.held_since = Some(Instant::now());
             }
-            head = std::mem::take(&mut self.tail);
+            self.tail.extend_from_slice(bytes);
+            return Ok(());
         }
-        let whole = bytes.len() / self.datagram * self.datagram;
-        self.send_all(&head, &bytes[..whole]);
-        if !head.is_empty() {
-            // keep the tail's allocation
-            head.clear();
-            self.tail = head;
+        let end = whole * self.datagram;
+        let mut tail = std::mem::take(&mut self.tail);
+        if end <= held {
+            self.send_all(&tail[..end], &[]);
+            tail.drain(..end);
+            tail.extend_from_slice(bytes);
+        } else {
+            self.send_all(&tail, &bytes[..end - held]);
+            tail.clear();
+            tail.extend_from_slice(&bytes[end - held..]);
         }
-        self.tail.extend_from_slice(&bytes[whole..]);
+        self.tail = tail;
+        self.held_since = (self.burst > 1 && !self.tail.is_empty()).then(Instant::now);
         Ok(())
     }
 
-    /// Send the held tail, if any, as a short datagram.
+    /// Send what is held: whole datagrams, then the tail as a short datagram.
     pub fn flush(&mut self) -> IoResult<()> {
         if !self.tail.is_empty() {
-            let mut tail = std::mem::take(&mut self.tail);
-            self.send_all(&tail, &[]);
-            tail.clear();
-            self.tail = tail;
+            let mut held = std::mem::take(&mut self.tail);
+            self.send_all(&held, &[]);
+            held.clear();
+            self.tail = held;
         }
+        self.held_since = None;
         Ok(())
     }
 
-    /// Send `head` (one datagram, or nothing) and then `data` as datagrams of
-    /// `self.datagram` bytes (the last may be short), as few syscalls as the socket
-    /// allows: one UDP GSO send for up to [`GSO_SEGMENTS`] datagrams where the kernel
-    /// offers it, else sendmmsg, else send. Failures are counted and logged at most once a
-    /// minute; UDP has no "closed" to report, so they never stop the stream.
+    /// Send `head` then `data` as datagrams of `self.datagram` bytes cut from the two
+    /// together (the last may be short), in as few syscalls as the socket allows: one
+    /// UDP GSO send for up to [`GSO_SEGMENTS`] datagrams where the kernel offers it, else
+    /// sendmmsg, else send. Failures are counted and logged at most once a minute; UDP
+    /// has no "closed" to report, so they never stop the stream.
     fn send_all(&mut self, head: &[u8], data: &[u8]) {
-        let datagram = self.datagram;
-        let total = usize::from(!head.is_empty()) + data.len().div_ceil(datagram);
-        // the datagrams from the `done`th on, up to `max` of them
-        let parts = |done: usize, max: usize| {
-            let skip_head = usize::from(!head.is_empty()).min(done);
-            let head_part = (skip_head == 0 && !head.is_empty()).then_some(head);
-            head_part
-                .into_iter()
-                .chain(data.chunks(datagram).skip(done - skip_head))
-                .take(max)
-        };
+        let total = (head.len() + data.len()).div_ceil(self.datagram);
         let mut done = 0;
         while done < total {
+            let parts = DatagramParts::new(head, data, self.datagram, done);
             let res = match self.mode {
-                SendMode::Gso if total - done > 1 => self.send_gso(parts(done, GSO_SEGMENTS)),
-                SendMode::Gso | SendMode::Batched => self.send_mmsg(parts(done, SEND_DATAGRAMS)),
-                SendMode::Single => self.send_one(parts(done, 1)),
+                SendMode::Gso if total - done > 1 => self.send_gso(parts.take(GSO_SEGMENTS)),
+                SendMode::Gso | SendMode::Batched => self.send_mmsg(parts.take(SEND_DATAGRAMS)),
+                SendMode::Single => self.send_one(parts),
             };
             match res {
                 Ok((sent, bytes)) => {
@@ -632,18 +660,23 @@ impl UdpOutput {
     }
 
     /// One sendmmsg; gives the datagrams and bytes the kernel took.
-    fn send_mmsg<'a>(&self, parts: impl Iterator<Item = &'a [u8]>) -> nix::Result<(usize, usize)> {
+    fn send_mmsg<'a>(
+        &self,
+        parts: impl Iterator<Item = [&'a [u8]; 2]>,
+    ) -> nix::Result<(usize, usize)> {
         let fd = self.socket.as_raw_fd();
         SEND_HEADERS.with(|h| {
             let mut headers = h.borrow_mut();
             let mut lens = [0usize; SEND_DATAGRAMS];
             let mut n = 0;
-            let mut parts = parts.inspect(|p| {
-                lens[n] = p.len();
+            let mut parts = parts.inspect(|[a, b]| {
+                lens[n] = a.len() + b.len();
                 n += 1;
             });
-            let iovs: [[IoSlice<'_>; 1]; SEND_DATAGRAMS] =
-                std::array::from_fn(|_| [IoSlice::new(parts.next().unwrap_or(&[]))]);
+            let iovs: [[IoSlice<'_>; 2]; SEND_DATAGRAMS] = std::array::from_fn(|_| {
+                let [a, b] = parts.next().unwrap_or([&[], &[]]);
+                [IoSlice::new(a), IoSlice::new(b)]
+            });
             let addrs = [None::<()>; SEND_DATAGRAMS];
             let none: [ControlMessage<'_>; 0] = [];
             let sent = sendmmsg(
@@ -661,19 +694,25 @@ impl UdpOutput {
 
     /// One sendmsg of several datagrams that the kernel (or the NIC) cuts at
     /// `self.datagram` bytes (UDP_SEGMENT): one pass through the stack for them all.
-    fn send_gso<'a>(&self, parts: impl Iterator<Item = &'a [u8]>) -> nix::Result<(usize, usize)> {
-        let mut iovs = [IoSlice::new(&[]); GSO_SEGMENTS];
-        let (mut n, mut bytes) = (0, 0);
-        for p in parts {
-            iovs[n] = IoSlice::new(p);
+    fn send_gso<'a>(
+        &self,
+        parts: impl Iterator<Item = [&'a [u8]; 2]>,
+    ) -> nix::Result<(usize, usize)> {
+        let mut iovs = [IoSlice::new(&[]); 2 * GSO_SEGMENTS];
+        let (mut n, mut slices, mut bytes) = (0, 0, 0);
+        for part in parts {
+            for p in part.into_iter().filter(|p| !p.is_empty()) {
+                iovs[slices] = IoSlice::new(p);
+                slices += 1;
+                bytes += p.len();
+            }
             n += 1;
-            bytes += p.len();
         }
         let size = self.datagram as u16;
         let cmsg = [ControlMessage::UdpGsoSegments(&size)];
         let sent = nix::sys::socket::sendmsg::<()>(
             self.socket.as_raw_fd(),
-            &iovs[..n],
+            &iovs[..slices],
             &cmsg,
             MsgFlags::empty(),
             None,
@@ -684,12 +723,61 @@ impl UdpOutput {
 
     fn send_one<'a>(
         &self,
-        mut parts: impl Iterator<Item = &'a [u8]>,
+        mut parts: impl Iterator<Item = [&'a [u8]; 2]>,
     ) -> nix::Result<(usize, usize)> {
-        let Some(p) = parts.next() else {
+        let Some([a, b]) = parts.next() else {
             return Ok((0, 0));
         };
-        nix::sys::socket::send(self.socket.as_raw_fd(), p, MsgFlags::empty())?;
-        Ok((1, p.len()))
+        let iov = [IoSlice::new(a), IoSlice::new(b)];
+        let none: [ControlMessage<'_>; 0] = [];
+        nix::sys::socket::sendmsg::<()>(
+            self.socket.as_raw_fd(),
+            &iov,
+            &none,
+            MsgFlags::empty(),
+            None,
+        )?;
+        Ok((1, a.len() + b.len()))
+    }
+}
+
+/// The datagrams of `head` followed by `data`, cut every `size` bytes, from the `skip`th
+/// on: each as its part in `head` and its part in `data` (either may be empty).
+struct DatagramParts<'a> {
+    head: &'a [u8],
+    data: &'a [u8],
+    size: usize,
+    next: usize,
+    total: usize,
+}
+
+impl<'a> DatagramParts<'a> {
+    fn new(head: &'a [u8], data: &'a [u8], size: usize, skip: usize) -> Self {
+        let total = (head.len() + data.len()).div_ceil(size);
+        DatagramParts {
+            head,
+            data,
+            size,
+            next: skip,
+            total,
+        }
+    }
+}
+
+impl<'a> Iterator for DatagramParts<'a> {
+    type Item = [&'a [u8]; 2];
+
+    fn next(&mut self) -> Option<[&'a [u8]; 2]> {
+        if self.next >= self.total {
+            return None;
+        }
+        let h = self.head.len();
+        let start = self.next * self.size;
+        let end = (start + self.size).min(h + self.data.len());
+        self.next += 1;
+        Some([
+            &self.head[start.min(h)..end.min(h)],
+            &self.data[start.saturating_sub(h)..end.saturating_sub(h)],
+        ])
     }
 }

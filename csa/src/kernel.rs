@@ -103,6 +103,54 @@ extern "C" {
         len: *const u8,
         n: usize,
     );
+    fn castmux_csa_avx512vl256_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl256_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl256_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl256_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
 }
 
 /// A CSA implementation. `Scalar` is the plain Rust reference; the others
@@ -117,17 +165,24 @@ pub enum Backend {
     Sse2,
     /// AVX2, 256 payloads per call; the block S-box by byte shuffles.
     Avx2,
-    /// AVX-512 (F, BW, VBMI, GFNI), 512 payloads per call.
+    /// AVX-512 (F, BW, VL, VBMI, GFNI), 512 payloads per call.
     Avx512,
+    /// The AVX-512 kernel at 256 lanes (ymm; the same CPU features).
+    Avx512Vl256,
+    /// The AVX-512 kernel at 128 lanes (xmm; the same CPU features).
+    Avx512Vl128,
 }
 
 impl Backend {
-    /// Every backend, slowest first ([`Backend::best`] takes the last this CPU runs).
-    pub const ALL: [Backend; 5] = [
+    /// Every backend, slowest first at full batches ([`Backend::best`] takes
+    /// the last this CPU runs).
+    pub const ALL: [Backend; 7] = [
         Backend::Scalar,
         Backend::U64,
         Backend::Sse2,
         Backend::Avx2,
+        Backend::Avx512Vl128,
+        Backend::Avx512Vl256,
         Backend::Avx512,
     ];
 
@@ -138,6 +193,8 @@ impl Backend {
             Backend::Sse2 => "sse2",
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
+            Backend::Avx512Vl256 => "avx512vl256",
+            Backend::Avx512Vl128 => "avx512vl128",
         }
     }
 
@@ -155,6 +212,8 @@ impl Backend {
             Backend::Sse2 => 128,
             Backend::Avx2 => 256,
             Backend::Avx512 => 512,
+            Backend::Avx512Vl256 => 256,
+            Backend::Avx512Vl128 => 128,
         }
     }
 
@@ -167,7 +226,7 @@ impl Backend {
             #[cfg(csa_x86_backends)]
             Backend::Avx2 => std::is_x86_feature_detected!("avx2"),
             #[cfg(csa_x86_backends)]
-            Backend::Avx512 => {
+            Backend::Avx512 | Backend::Avx512Vl256 | Backend::Avx512Vl128 => {
                 std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512vbmi")
@@ -226,6 +285,20 @@ impl Backend {
                 scramble_keyed: castmux_csa_avx512_scramble_keyed,
                 descramble_keyed: castmux_csa_avx512_descramble_keyed,
             }),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Vl256 => Some(Kernels {
+                scramble: castmux_csa_avx512vl256_scramble,
+                descramble: castmux_csa_avx512vl256_descramble,
+                scramble_keyed: castmux_csa_avx512vl256_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512vl256_descramble_keyed,
+            }),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Vl128 => Some(Kernels {
+                scramble: castmux_csa_avx512vl128_scramble,
+                descramble: castmux_csa_avx512vl128_descramble,
+                scramble_keyed: castmux_csa_avx512vl128_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512vl128_descramble_keyed,
+            }),
             #[cfg(not(csa_x86_backends))]
             _ => None,
         }
@@ -235,7 +308,8 @@ impl Backend {
 /// 0 = not chosen yet, else 1 + index in Backend::ALL.
 static SELECTED: AtomicU8 = AtomicU8::new(0);
 
-/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`, `avx2`, `avx512`).
+/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`,
+/// `avx2`, `avx512`, `avx512vl256`, `avx512vl128`).
 pub const BACKEND_ENV: &str = "CASTMUX_CSA_BACKEND";
 
 /// The backend in use: forced by [`force_backend`] or `CASTMUX_CSA_BACKEND`,
@@ -366,4 +440,17 @@ pub fn kernel_stream_sbox_circuits() -> [u32; 14] {
 pub fn kernel_block_sbox() -> [u8; 256] {
     // SAFETY: an immutable, initialised C array of 256 bytes generated by build.rs (csa_tables.c).
     unsafe { castmux_csa_block_sbox }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_backend_is_found_by_its_name() {
+        for b in Backend::ALL {
+            assert_eq!(Backend::from_name(b.name()), Some(b));
+            assert_eq!(Backend::from_name(&b.name().to_uppercase()), Some(b));
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! castmux's scrambling engine: DVB-CSA2 with SIMD bitslice kernels written
-//! in C (portable 64-bit, SSE2, AVX2, AVX-512 with VBMI and GFNI), chosen at
-//! run time, and the AES modes DVB-CISSA and ATIS-IDSA.
+//! in C (portable 64-bit, SSE2, AVX2, AVX-512 with VBMI and GFNI at 512, 256
+//! and 128 lanes), chosen at run time, and the AES modes DVB-CISSA and ATIS-IDSA.
 //!
 //! Design:
 //! - the scalar Rust path ([`scalar`]) is the plain description of the

@@ -153,6 +153,12 @@ extern "C" {
     );
 }
 
+/// Calls of up to this many payloads run on [`Backend::Avx512Vl128`] when
+/// [`Backend::Avx512`] is the automatic choice ([`Backend::for_batch`]).
+const VL128_UP_TO: usize = 128;
+/// And up to this many on [`Backend::Avx512Vl256`].
+const VL256_UP_TO: usize = 256;
+
 /// A CSA implementation. `Scalar` is the plain Rust reference; the others
 /// are the C bitslice kernel built for one lane width each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,7 +173,8 @@ pub enum Backend {
     Avx2,
     /// AVX-512 (F, BW, VL, VBMI, GFNI), 512 payloads per call.
     Avx512,
-    /// The AVX-512 kernel at 256 lanes (ymm; the same CPU features).
+    /// The AVX-512 kernel at 256 lanes (ymm; the same CPU features): a call
+    /// costs less than a 512-lane one, so small batches run here.
     Avx512Vl256,
     /// The AVX-512 kernel at 128 lanes (xmm; the same CPU features).
     Avx512Vl128,
@@ -175,7 +182,8 @@ pub enum Backend {
 
 impl Backend {
     /// Every backend, slowest first at full batches ([`Backend::best`] takes
-    /// the last this CPU runs).
+    /// the last this CPU runs); the narrow AVX-512 kernels come before the
+    /// full-width one, which [`Backend::for_batch`] narrows per call.
     pub const ALL: [Backend; 7] = [
         Backend::Scalar,
         Backend::U64,
@@ -255,6 +263,20 @@ impl Backend {
             .unwrap_or(Backend::Scalar)
     }
 
+    /// The backend that runs one call of `n` payloads cheapest when `self` is
+    /// the automatic choice: a narrower AVX-512 kernel for a call that fits
+    /// it, `self` otherwise. A call costs a fixed part (the bit-sliced stream
+    /// cipher over every lane of the width) plus a part per payload; the
+    /// bounds are where the narrow kernels stop winning, measured with the
+    /// `csa-batch` groups of `benches/csa.rs` (README.md, Performance).
+    pub fn for_batch(self, n: usize) -> Backend {
+        match self {
+            Backend::Avx512 if n <= VL128_UP_TO => Backend::Avx512Vl128,
+            Backend::Avx512 if n <= VL256_UP_TO => Backend::Avx512Vl256,
+            b => b,
+        }
+    }
+
     fn kernels(self) -> Option<Kernels> {
         match self {
             Backend::Scalar => None,
@@ -305,8 +327,10 @@ impl Backend {
     }
 }
 
-/// 0 = not chosen yet, else 1 + index in Backend::ALL.
+/// 0 = not chosen yet, else 1 + index in Backend::ALL, plus [`FORCED`] when
+/// `CASTMUX_CSA_BACKEND` or [`force_backend`] chose it.
 static SELECTED: AtomicU8 = AtomicU8::new(0);
+const FORCED: u8 = 0x80;
 
 /// The environment variable that forces a backend (`scalar`, `u64`, `sse2`,
 /// `avx2`, `avx512`, `avx512vl256`, `avx512vl128`).
@@ -316,17 +340,23 @@ pub const BACKEND_ENV: &str = "CASTMUX_CSA_BACKEND";
 /// else the fastest the CPU supports. A forced backend the CPU cannot run
 /// falls back to the best one.
 pub fn selected_backend() -> Backend {
+    selection().0
+}
+
+/// The process-wide backend, and whether it was forced (a forced backend runs
+/// every call; an automatic one is narrowed per call by [`Backend::for_batch`]).
+pub(crate) fn selection() -> (Backend, bool) {
     match SELECTED.load(Ordering::Relaxed) {
         0 => {
-            let chosen = std::env::var(BACKEND_ENV)
+            let forced = std::env::var(BACKEND_ENV)
                 .ok()
                 .and_then(|v| Backend::from_name(&v))
-                .filter(|b| b.is_supported())
-                .unwrap_or_else(Backend::best);
-            store(chosen);
-            chosen
+                .filter(|b| b.is_supported());
+            let chosen = forced.unwrap_or_else(Backend::best);
+            store(chosen, forced.is_some());
+            (chosen, forced.is_some())
         }
-        n => Backend::ALL[(n - 1) as usize],
+        n => (Backend::ALL[((n & !FORCED) - 1) as usize], n & FORCED != 0),
     }
 }
 
@@ -337,7 +367,7 @@ pub fn force_backend(backend: Option<Backend>) -> bool {
     match backend {
         Some(b) if !b.is_supported() => false,
         Some(b) => {
-            store(b);
+            store(b, true);
             true
         }
         None => {
@@ -347,9 +377,12 @@ pub fn force_backend(backend: Option<Backend>) -> bool {
     }
 }
 
-fn store(b: Backend) {
+fn store(b: Backend, forced: bool) {
     let idx = Backend::ALL.iter().position(|x| *x == b).unwrap_or(0);
-    SELECTED.store(idx as u8 + 1, Ordering::Relaxed);
+    SELECTED.store(
+        idx as u8 + 1 | if forced { FORCED } else { 0 },
+        Ordering::Relaxed,
+    );
 }
 
 /// Runs one kernel call over up to `backend.lanes()` payloads, all under `key`.
@@ -445,6 +478,22 @@ pub fn kernel_block_sbox() -> [u8; 256] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn for_batch_narrows_only_avx512_and_only_to_a_kernel_that_holds_the_call() {
+        for b in Backend::ALL {
+            for n in 1..=b.lanes() {
+                let narrowed = b.for_batch(n);
+                assert!(narrowed.lanes() >= n, "{b:?} n={n} -> {narrowed:?}");
+                if b != Backend::Avx512 {
+                    assert_eq!(narrowed, b);
+                }
+                // the narrow kernels need the features the wide one does
+                assert_eq!(narrowed.is_supported(), b.is_supported(), "{b:?} n={n}");
+            }
+        }
+        assert_eq!(Backend::Avx512.for_batch(512), Backend::Avx512);
+    }
 
     #[test]
     fn every_backend_is_found_by_its_name() {

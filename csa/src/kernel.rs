@@ -380,7 +380,7 @@ pub fn force_backend(backend: Option<Backend>) -> bool {
 fn store(b: Backend, forced: bool) {
     let idx = Backend::ALL.iter().position(|x| *x == b).unwrap_or(0);
     SELECTED.store(
-        idx as u8 + 1 | if forced { FORCED } else { 0 },
+        (idx as u8 + 1) | if forced { FORCED } else { 0 },
         Ordering::Relaxed,
     );
 }

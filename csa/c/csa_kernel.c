@@ -4,8 +4,8 @@
  * One source, built once per lane width and instruction set by build.rs
  * (portable 64-bit, SSE2, AVX2, AVX-512; and AVX-512 again at 256 and 128
  * lanes with CSA_AVX512VL, whose calls cost less for small batches: the
- * 512-lane S-boxes on ymm/xmm, the 128/256-lane transposes). A call
- * processes up to LANES payloads at once:
+ * 512-lane block S-box on a widened ymm/xmm, GFNI bit transposes, the
+ * 128/256-lane gathers). A call processes up to LANES payloads at once:
  *
  *  - the block cipher runs byte-sliced: byte j of every payload's block sits
  *    in one SIMD byte lane, so a round is a few XORs plus the S-box and its
@@ -13,9 +13,10 @@
  *    permutation; AVX2: 16-entry byte shuffles; u64 and SSE2: table lookups,
  *    which at 128 bits measured as fast as SSSE3 shuffles);
  *  - the stream cipher runs bit-sliced: bit l of every word belongs to
- *    payload l, so its seven 5->2 S-boxes are boolean circuits (AVX-512:
- *    vpternlog, one instruction per 3-input function; elsewhere circuits of
- *    two-input gates derived by examples/stream_sbox_circuits.rs).
+ *    payload l, so its seven 5->2 S-boxes are boolean circuits (512-lane
+ *    AVX-512: vpternlog, one instruction per 3-input function; elsewhere
+ *    circuits of two-input gates derived by examples/stream_sbox_circuits.rs,
+ *    which the AVX-512VL builds' compiler fuses into vpternlog).
  *
  * Payloads are gathered into a byte-sliced scratch area (rows[pos][lane]),
  * processed there and scattered back; each lane keeps its own length, so a
@@ -54,14 +55,12 @@
 #if defined(CSA_WIDTH_512)
 #include <immintrin.h>
 #define WBYTES 64
-typedef __m512i VI;
 #elif defined(CSA_WIDTH_256)
 #include <immintrin.h>
 #ifndef CSA_AVX512VL
 #define CSA_PSHUFB
 #endif
 #define WBYTES 32
-typedef __m256i VI;
 #elif defined(CSA_WIDTH_128)
 #ifdef CSA_AVX512VL
 #include <immintrin.h>
@@ -69,14 +68,19 @@ typedef __m256i VI;
 #include <emmintrin.h>
 #endif
 #define WBYTES 16
-typedef __m128i VI;
 #else
 #define WBYTES 8
 #endif
 
-/* The stream S-boxes by vpternlog (AVX-512 at every width it is built for). */
-#if (defined(CSA_WIDTH_512) || defined(CSA_AVX512VL)) && !defined(CSA_STREAM_CIRCUITS)
+/* The stream S-boxes as vpternlog mux trees over their truth tables: at 512
+ * lanes. The AVX-512VL builds keep the two-input-gate circuits, which GCC
+ * fuses into vpternlog where it can, in a cipher state held in registers
+ * (STREAM_LOCAL): measured faster there (README.md, Performance). */
+#if defined(CSA_WIDTH_512)
 #define CSA_TERNLOG
+#endif
+#if defined(CSA_AVX512VL)
+#define STREAM_LOCAL
 #endif
 
 /* A word of lanes. GCC/Clang vector extensions give &, |, ^, ~ at every width. */
@@ -97,14 +101,8 @@ static inline void w_store(void *p, W w) { memcpy(p, &w, sizeof w); }
 
 /* mux: c ? a : b */
 #if defined(CSA_TERNLOG)
-#if defined(CSA_WIDTH_512)
-#define LUT3_VI _mm512_ternarylogic_epi64
-#elif defined(CSA_WIDTH_256)
-#define LUT3_VI _mm256_ternarylogic_epi64
-#else
-#define LUT3_VI _mm_ternarylogic_epi64
-#endif
-#define LUT3(a, b, c, imm) ((W)LUT3_VI((VI)(a), (VI)(b), (VI)(c), (imm)))
+#define LUT3(a, b, c, imm) \
+    ((W)_mm512_ternarylogic_epi64((__m512i)(a), (__m512i)(b), (__m512i)(c), (imm)))
 #define MUX(c, a, b) LUT3((c), (a), (b), 0xCA)
 
 /* A 5-input function by its 32-bit truth table, index = x4 x3 x2 x1 x0
@@ -174,11 +172,20 @@ const uint32_t castmux_csa_stream_sbox_truth_tables[14] = {
  * after the block the 10 live nibbles move back to 32..41. */
 #define REG_LEN 42
 
+/* The cipher's other state. With STREAM_LOCAL a block's clocks work on a
+ * local copy, which the compiler holds in registers, where a struct behind a
+ * pointer is loaded and stored again every clock; it pays with 32 vector
+ * registers and the two-input-gate S-boxes (the AVX-512VL builds); with 16
+ * registers, or the 512-lane mux trees, it spills more than it saves. */
+struct stream_regs {
+    W x[4], y[4], z[4], d[4], e[4], f[4];
+    W p, q, r;
+};
+
 struct stream_state {
     W a[REG_LEN][4];
     W b[REG_LEN][4];
-    W x[4], y[4], z[4], d[4], e[4], f[4];
-    W p, q, r;
+    struct stream_regs g;
 };
 
 /* Loads the CW into the registers: bits[i][b] holds bit b of CW byte i, per lane. */
@@ -208,7 +215,7 @@ static void stream_load_key(struct stream_state *s, const uint8_t cw[8]) {
  * in_a/in_b are the nibbles fed in; otherwise the two output bits are
  * returned in *o1 (bit 1: d2^d3) and *o0 (bit 0: d0^d1). */
 static inline __attribute__((always_inline)) void
-stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in_b, W *o1, W *o0) {
+stream_clock(struct stream_state *s, struct stream_regs *g, int k, int init, const W *in_a, const W *in_b, W *o1, W *o0) {
     W (*A)[4] = s->a + k;
     W (*B)[4] = s->b + k;
 
@@ -234,66 +241,74 @@ stream_clock(struct stream_state *s, int k, int init, const W *in_a, const W *in
     W *na = A[0], *nb = B[0];
     W tb[4];
     for (int i = 0; i < 4; i++) {
-        W va = A[10][i] ^ s->x[i];
-        W vb = B[7][i] ^ B[10][i] ^ s->y[i];
+        W va = A[10][i] ^ g->x[i];
+        W vb = B[7][i] ^ B[10][i] ^ g->y[i];
         if (init) {
-            va ^= s->d[i] ^ in_a[i];
+            va ^= g->d[i] ^ in_a[i];
             vb ^= in_b[i];
         }
         na[i] = va;
         tb[i] = vb;
     }
     /* p = 1: rotate the B input left by one bit. */
-    nb[0] = MUX(s->p, tb[3], tb[0]);
-    nb[1] = MUX(s->p, tb[0], tb[1]);
-    nb[2] = MUX(s->p, tb[1], tb[2]);
-    nb[3] = MUX(s->p, tb[2], tb[3]);
+    nb[0] = MUX(g->p, tb[3], tb[0]);
+    nb[1] = MUX(g->p, tb[0], tb[1]);
+    nb[2] = MUX(g->p, tb[1], tb[2]);
+    nb[3] = MUX(g->p, tb[2], tb[3]);
 
-    W carry = s->r;
+    W carry = g->r;
     for (int i = 0; i < 4; i++) {
-        const W z = s->z[i], e = s->e[i];
+        const W z = g->z[i], e = g->e[i];
         /* q = 1: F = Z + E + r (nibble add); q = 0: F = E. */
 #if defined(CSA_TERNLOG)
-        s->d[i] = e ^ z ^ extra[i];
-        const W nf = e ^ (s->q & (z ^ carry));
+        g->d[i] = e ^ z ^ extra[i];
+        const W nf = e ^ (g->q & (z ^ carry));
         carry = LUT3(z, e, carry, 0xE8); /* majority */
 #else
         /* majority(z, e, c) = z ^ ((z ^ c) & (z ^ e)), sharing both XORs */
         const W ze = z ^ e, zc = z ^ carry;
-        s->d[i] = ze ^ extra[i];
-        const W nf = e ^ (s->q & zc);
+        g->d[i] = ze ^ extra[i];
+        const W nf = e ^ (g->q & zc);
         carry = z ^ (zc & ze);
 #endif
-        s->e[i] = s->f[i];
-        s->f[i] = nf;
+        g->e[i] = g->f[i];
+        g->f[i] = nf;
     }
-    s->r = MUX(s->q, carry, s->r);
+    g->r = MUX(g->q, carry, g->r);
 
 #if defined(CSA_TERNLOG)
-    s->x[0] = s1_1; s->x[1] = s2_1; s->x[2] = s3_0; s->x[3] = s4_0;
-    s->y[0] = s3_1; s->y[1] = s4_1; s->y[2] = s5_0; s->y[3] = s6_0;
-    s->z[0] = s5_1; s->z[1] = s6_1; s->z[2] = s1_0; s->z[3] = s2_0;
-    s->p = s7_1;
-    s->q = s7_0;
+    g->x[0] = s1_1; g->x[1] = s2_1; g->x[2] = s3_0; g->x[3] = s4_0;
+    g->y[0] = s3_1; g->y[1] = s4_1; g->y[2] = s5_0; g->y[3] = s6_0;
+    g->z[0] = s5_1; g->z[1] = s6_1; g->z[2] = s1_0; g->z[3] = s2_0;
+    g->p = s7_1;
+    g->q = s7_0;
 #else
     /* The S-boxes read A[1..9], which this clock has not changed, so they run
      * once the old x, y, z, p, q are used up and write their outputs straight
      * into them: fewer values live at once (16 registers). Inputs in the order
      * of tables.rs STREAM_SBOX_INPUTS (first = MSB). */
-    STREAM_SBOX(1, A[4][0], A[1][2], A[6][1], A[7][3], A[9][0], &s->x[0], &s->z[2]);
-    STREAM_SBOX(2, A[2][1], A[3][2], A[6][3], A[7][0], A[9][1], &s->x[1], &s->z[3]);
-    STREAM_SBOX(3, A[1][3], A[2][0], A[5][1], A[5][3], A[6][2], &s->y[0], &s->x[2]);
-    STREAM_SBOX(4, A[3][3], A[1][1], A[2][3], A[4][2], A[8][0], &s->y[1], &s->x[3]);
-    STREAM_SBOX(5, A[5][2], A[4][3], A[6][0], A[8][1], A[9][2], &s->z[0], &s->y[2]);
-    STREAM_SBOX(6, A[3][1], A[4][1], A[5][0], A[7][2], A[9][3], &s->z[1], &s->y[3]);
-    STREAM_SBOX(7, A[2][2], A[3][0], A[7][1], A[8][2], A[8][3], &s->p, &s->q);
+    STREAM_SBOX(1, A[4][0], A[1][2], A[6][1], A[7][3], A[9][0], &g->x[0], &g->z[2]);
+    STREAM_SBOX(2, A[2][1], A[3][2], A[6][3], A[7][0], A[9][1], &g->x[1], &g->z[3]);
+    STREAM_SBOX(3, A[1][3], A[2][0], A[5][1], A[5][3], A[6][2], &g->y[0], &g->x[2]);
+    STREAM_SBOX(4, A[3][3], A[1][1], A[2][3], A[4][2], A[8][0], &g->y[1], &g->x[3]);
+    STREAM_SBOX(5, A[5][2], A[4][3], A[6][0], A[8][1], A[9][2], &g->z[0], &g->y[2]);
+    STREAM_SBOX(6, A[3][1], A[4][1], A[5][0], A[7][2], A[9][3], &g->z[1], &g->y[3]);
+    STREAM_SBOX(7, A[2][2], A[3][0], A[7][1], A[8][2], A[8][3], &g->p, &g->q);
 #endif
 
     if (!init) {
-        *o1 = s->d[2] ^ s->d[3];
-        *o0 = s->d[0] ^ s->d[1];
+        *o1 = g->d[2] ^ g->d[3];
+        *o0 = g->d[0] ^ g->d[1];
     }
 }
+
+#if defined(STREAM_LOCAL)
+#define STREAM_REGS_BEGIN(st, rp) struct stream_regs local = (st)->g, *rp = &local
+#define STREAM_REGS_END(st, rp) ((st)->g = local)
+#else
+#define STREAM_REGS_BEGIN(st, rp) struct stream_regs *rp = &(st)->g
+#define STREAM_REGS_END(st, rp) ((void)0)
+#endif
 
 static inline void stream_slide(struct stream_state *s) {
     memmove(s->a[32], s->a[0], sizeof(s->a[0]) * 10);
@@ -302,25 +317,29 @@ static inline void stream_slide(struct stream_state *s) {
 
 /* Runs the 32 initialisation clocks; iv[byte][bit] bit-sliced. */
 static void stream_init(struct stream_state *s, W iv[8][8]) {
+    STREAM_REGS_BEGIN(s, g);
     for (int i = 0; i < 8; i++) {
         for (int j = 0; j < 4; j++) {
             const int k = 31 - 4 * i - j;
             /* even clocks: A takes the high nibble, B the low; odd: swapped */
             const W *hi = &iv[i][4], *lo = &iv[i][0];
-            stream_clock(s, k, 1, (j & 1) ? lo : hi, (j & 1) ? hi : lo, NULL, NULL);
+            stream_clock(s, g, k, 1, (j & 1) ? lo : hi, (j & 1) ? hi : lo, NULL, NULL);
         }
     }
+    STREAM_REGS_END(s, g);
     stream_slide(s);
 }
 
 /* Generates 8 keystream bytes, bit-sliced: ks[byte][bit]. */
 static void stream_generate(struct stream_state *s, W ks[8][8]) {
+    STREAM_REGS_BEGIN(s, g);
     for (int i = 0; i < 8; i++) {
         for (int j = 0; j < 4; j++) {
             const int k = 31 - 4 * i - j;
-            stream_clock(s, k, 0, NULL, NULL, &ks[i][7 - 2 * j], &ks[i][6 - 2 * j]);
+            stream_clock(s, g, k, 0, NULL, NULL, &ks[i][7 - 2 * j], &ks[i][6 - 2 * j]);
         }
     }
+    STREAM_REGS_END(s, g);
     stream_slide(s);
 }
 
@@ -530,36 +549,30 @@ block_sbox(const struct block_tables *t, W x, W *s, W *p) {
 }
 #define KEY_BROADCAST(k) ((W)_mm512_set1_epi8((char)(k)))
 #elif defined(CSA_AVX512VL)
-/* The 512-lane S-box at 256 bits: a VPERMT2B looks up 64 entries of two
- * ymm tables by the low 6 index bits, four cover the 256; byte blends on
- * index bits 6 and 7 pick the quarter; GFNI permutes the bits. The 128-lane
- * build runs the same on its xmm widened (Zen 4 and Intel cores run a ymm
- * permute as fast as an xmm one, and the xmm VPERMT2B reaches 32 entries). */
+/* The 512-lane S-box on the ymm/xmm widened to a zmm (the upper lanes are
+ * garbage, their results dropped): two VPERMT2B of 128 entries, a blend on
+ * bit 7, then GFNI permutes the bits at the build's width. Measured faster
+ * than four ymm VPERMT2B of 64 entries and three blends (README.md). */
 struct block_tables {
-    __m256i sbox[8];
+    __m512i sbox[4];
     __m256i perm_matrix;
 };
 
 static void block_tables_init(struct block_tables *t) {
-    for (int i = 0; i < 8; i++) t->sbox[i] = _mm256_loadu_si256((const __m256i *)(castmux_csa_block_sbox + 32 * i));
+    for (int i = 0; i < 4; i++) t->sbox[i] = _mm512_loadu_si512(castmux_csa_block_sbox + 64 * i);
     t->perm_matrix = _mm256_set1_epi64x((long long)CSA_PERM_MATRIX);
 }
 
 static inline __attribute__((always_inline)) void
 block_sbox(const struct block_tables *t, W x, W *s, W *p) {
 #if defined(CSA_WIDTH_256)
-    const __m256i xi = (__m256i)x;
+    const __m512i xi = _mm512_castsi256_si512((__m256i)x);
 #else
-    const __m256i xi = _mm256_castsi128_si256((__m128i)x);
+    const __m512i xi = _mm512_castsi128_si512((__m128i)x);
 #endif
-    const __m256i q0 = _mm256_permutex2var_epi8(t->sbox[0], xi, t->sbox[1]);
-    const __m256i q1 = _mm256_permutex2var_epi8(t->sbox[2], xi, t->sbox[3]);
-    const __m256i q2 = _mm256_permutex2var_epi8(t->sbox[4], xi, t->sbox[5]);
-    const __m256i q3 = _mm256_permutex2var_epi8(t->sbox[6], xi, t->sbox[7]);
-    const __mmask32 b6 = _mm256_test_epi8_mask(xi, _mm256_set1_epi8(0x40));
-    const __mmask32 b7 = _mm256_movepi8_mask(xi);
-    const __m256i lo = _mm256_mask_blend_epi8(b6, q0, q1), hi = _mm256_mask_blend_epi8(b6, q2, q3);
-    const __m256i sv = _mm256_mask_blend_epi8(b7, lo, hi);
+    const __m512i lo = _mm512_permutex2var_epi8(t->sbox[0], xi, t->sbox[1]);
+    const __m512i hi = _mm512_permutex2var_epi8(t->sbox[2], xi, t->sbox[3]);
+    const __m256i sv = _mm512_castsi512_si256(_mm512_mask_blend_epi8(_mm512_movepi8_mask(xi), lo, hi));
     const __m256i pv = _mm256_gf2p8affine_epi64_epi8(sv, t->perm_matrix, 0);
 #if defined(CSA_WIDTH_256)
     *s = (W)sv;
@@ -742,12 +755,32 @@ block_decrypt_groups(const struct block_tables *t, const struct round_keys *k, W
     }
 }
 
-/* Groups the drivers run together (AVX-512 keeps one: unmeasured there). */
+/* Groups the drivers run together (AVX-512 keeps one: unmeasured there; the
+ * AVX-512VL builds four, measured), the last groups of a call in a pair and
+ * alone as they fall. */
 #if defined(CSA_WIDTH_512)
 #define BLOCK_NG 1
+#elif defined(CSA_AVX512VL)
+#define BLOCK_NG 4
 #else
 #define BLOCK_NG 2
 #endif
+
+/* Runs STEP(g0, ng) over groups 0..ngroups, BLOCK_NG at a time while they last. */
+#define FOR_GROUPS(ngroups, STEP)                                          \
+    for (int g0 = 0; g0 < (ngroups);) {                                    \
+        const int left = (ngroups) - g0;                                   \
+        if (left >= BLOCK_NG) {                                            \
+            STEP(g0, BLOCK_NG);                                            \
+            g0 += BLOCK_NG;                                                \
+        } else if (BLOCK_NG > 2 && left >= 2) {                            \
+            STEP(g0, 2);                                                   \
+            g0 += 2;                                                       \
+        } else {                                                           \
+            STEP(g0, 1);                                                   \
+            g0 += 1;                                                       \
+        }                                                                  \
+    }
 
 /* ---------------------------------------------------------------------- */
 /* Batch driver.                                                          */
@@ -1033,6 +1066,33 @@ decrypt_block_groups(const struct block_tables *t, const struct castmux_csa_key 
     }
 }
 
+/* Blocks k0..k0+nk of group g in place, decrypted together: unlike
+ * encryption (each block chained to the one after it, already encrypted),
+ * every block decrypts on its own, so a call with fewer groups than BLOCK_NG
+ * interleaves blocks instead (the AVX-512VL builds, whose small calls have a
+ * group or two). Block k + 1 is still ciphertext when block k
+ * reads it (stored in order, after every block of the set is decrypted). */
+static inline __attribute__((always_inline)) void
+decrypt_blocks_of_group(const struct block_tables *t, const struct castmux_csa_key *key,
+                        const uint8_t (*krows)[LANES], struct scratch *sc, int k0, const int nk,
+                        int blocks, int g) {
+    struct round_keys rk[BLOCK_NG];
+    W r[BLOCK_NG][8], old[BLOCK_NG][8];
+    for (int b = 0; b < nk; b++) {
+        rk[b] = (struct round_keys){krows ? NULL : key->kk, krows, g};
+        for (int j = 0; j < 8; j++) r[b][j] = old[b][j] = load_group(sc->rows[8 * (k0 + b) + j], g);
+    }
+    block_decrypt_groups(t, rk, r, nk);
+    for (int b = 0; b < nk; b++) {
+        const int k = k0 + b;
+        const W here = load_group(sc->full[k], g), next = load_group(sc->full[k + 1], g);
+        for (int j = 0; j < 8; j++) {
+            W chained = k + 1 < blocks ? load_group(sc->rows[8 * (k + 1) + j], g) & next : w_zero();
+            store_group(sc->rows[8 * k + j], g, MUX(here, r[b][j] ^ chained, old[b][j]));
+        }
+    }
+}
+
 /* The two drivers. `key` is the one key of every lane, or NULL with `krows`
  * holding a key per lane (key_rows()). Inlined into each entry point, so the
  * one-key entry points are compiled with krows a constant NULL. */
@@ -1047,12 +1107,9 @@ scramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES],
     const int ngroups = (int)((n + WBYTES - 1) / WBYTES);
     /* Block cipher, chained from the last block to the first. */
     for (int k = blocks - 1; k >= 0; k--) {
-        for (int g0 = 0; g0 < ngroups; g0 += BLOCK_NG) {
-            if (g0 + BLOCK_NG <= ngroups)
-                encrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, BLOCK_NG);
-            else
-                encrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, 1);
-        }
+#define ENCRYPT_STEP(g0, ng) encrypt_block_groups(&t, key, krows, &sc, k, blocks, (g0), (ng))
+        FOR_GROUPS(ngroups, ENCRYPT_STEP)
+#undef ENCRYPT_STEP
     }
     if (krows)
         stream_xor_rows_keyed(&sc, krows, max_len, n);
@@ -1075,13 +1132,19 @@ descramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES
     else
         stream_xor_rows(&sc, key->cw, max_len, n);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
-    for (int k = 0; k < blocks; k++) {
-        for (int g0 = 0; g0 < ngroups; g0 += BLOCK_NG) {
-            if (g0 + BLOCK_NG <= ngroups)
-                decrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, BLOCK_NG);
-            else
-                decrypt_block_groups(&t, key, krows, &sc, k, blocks, g0, 1);
+#if defined(CSA_AVX512VL)
+    if (ngroups < BLOCK_NG) {
+        for (int g = 0; g < ngroups; g++) {
+#define DECRYPT_BLOCKS_STEP(k0, nk) decrypt_blocks_of_group(&t, key, krows, &sc, (k0), (nk), blocks, g)
+            FOR_GROUPS(blocks, DECRYPT_BLOCKS_STEP)
+#undef DECRYPT_BLOCKS_STEP
         }
+    } else
+#endif
+    for (int k = 0; k < blocks; k++) {
+#define DECRYPT_STEP(g0, ng) decrypt_block_groups(&t, key, krows, &sc, k, blocks, (g0), (ng))
+        FOR_GROUPS(ngroups, DECRYPT_STEP)
+#undef DECRYPT_STEP
     }
     scatter(&sc, data, len, n, max_len);
 }

@@ -153,10 +153,11 @@ extern "C" {
     );
 }
 
-/// Calls of up to this many payloads run on [`Backend::Avx512Vl128`] when
-/// [`Backend::Avx512`] is the automatic choice ([`Backend::for_batch`]).
-const VL128_UP_TO: usize = 128;
-/// And up to this many on [`Backend::Avx512Vl256`].
+/// Calls of up to this many payloads run on [`Backend::Avx512Vl256`] when
+/// [`Backend::Avx512`] is the automatic choice ([`Backend::for_batch`]). The
+/// 128-lane kernel is not used there: on the Zen 4 it was measured on, its
+/// calls cost what a 256-lane call does up to 32 payloads (within the noise,
+/// either way) and more above.
 const VL256_UP_TO: usize = 256;
 
 /// A CSA implementation. `Scalar` is the plain Rust reference; the others
@@ -174,9 +175,11 @@ pub enum Backend {
     /// AVX-512 (F, BW, VL, VBMI, GFNI), 512 payloads per call.
     Avx512,
     /// The AVX-512 kernel at 256 lanes (ymm; the same CPU features): a call
-    /// costs less than a 512-lane one, so small batches run here.
+    /// costs less than a 512-lane one, so calls of up to 256 payloads run here
+    /// when AVX-512 is the automatic choice ([`Backend::for_batch`]).
     Avx512Vl256,
-    /// The AVX-512 kernel at 128 lanes (xmm; the same CPU features).
+    /// The AVX-512 kernel at 128 lanes (xmm; the same CPU features); forced
+    /// only (measured no cheaper than 256 lanes, README.md Performance).
     Avx512Vl128,
 }
 
@@ -264,14 +267,12 @@ impl Backend {
     }
 
     /// The backend that runs one call of `n` payloads cheapest when `self` is
-    /// the automatic choice: a narrower AVX-512 kernel for a call that fits
+    /// the automatic choice: the 256-lane AVX-512 kernel for a call that fits
     /// it, `self` otherwise. A call costs a fixed part (the bit-sliced stream
-    /// cipher over every lane of the width) plus a part per payload; the
-    /// bounds are where the narrow kernels stop winning, measured with the
-    /// `csa-batch` groups of `benches/csa.rs` (README.md, Performance).
+    /// cipher over every lane of the width) plus a part per payload; measured
+    /// with the `csa-batch` groups of `benches/csa.rs` (README.md, Performance).
     pub fn for_batch(self, n: usize) -> Backend {
         match self {
-            Backend::Avx512 if n <= VL128_UP_TO => Backend::Avx512Vl128,
             Backend::Avx512 if n <= VL256_UP_TO => Backend::Avx512Vl256,
             b => b,
         }

@@ -7,8 +7,8 @@
 //!   cipher and the oracle every kernel is tested against;
 //! - the C kernel is one source built per lane width; [`Backend`] picks one
 //!   from the CPU, `CASTMUX_CSA_BACKEND` or [`force_backend`] force one; on
-//!   AVX-512 the automatic choice narrows each small call to a 256- or
-//!   128-lane kernel ([`Backend::for_batch`]);
+//!   AVX-512 the automatic choice narrows each call of up to 256 payloads to
+//!   the 256-lane kernel ([`Backend::for_batch`]);
 //! - the safe API is [`KeyContext`]: even and odd keys expanded once per CW
 //!   change, batches of 188-byte packets processed in place; [`MultiBatch`]
 //!   runs the packets of many contexts in one pass, a key per kernel lane;

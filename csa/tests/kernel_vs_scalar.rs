@@ -100,7 +100,7 @@ fn automatic_backend_single_and_small_batches_match_scalar() {
 }
 
 /// The automatic backend narrows each call to the kernel that runs it cheapest
-/// (on AVX-512: 128, 256 or 512 lanes): every size around those edges, and
+/// (on AVX-512: 256 or 512 lanes): every size around 128, 256 and 512, and
 /// batches that end in a partial lane set of each width, against the scalar oracle.
 #[test]
 fn automatic_backend_at_the_narrowing_edges_matches_scalar() {

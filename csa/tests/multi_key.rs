@@ -226,7 +226,7 @@ fn many_csa_keys_match_scalar_on_every_backend() {
 
 /// The automatic backend, with its scalar shortcut for a lone payload and
 /// (on AVX-512) its narrower kernels for partial lane sets: last sets of about
-/// 128, 256 and 512 payloads, under a key each.
+/// 128, 256 and 512 payloads (the 256-lane kernel up to 256), under a key each.
 #[test]
 fn automatic_backend_matches_scalar() {
     let mut rng = rng(0x3018);

@@ -75,7 +75,8 @@
 /* The stream S-boxes as vpternlog mux trees over their truth tables: at 512
  * lanes. The AVX-512VL builds keep the two-input-gate circuits, which GCC
  * fuses into vpternlog where it can, in a cipher state held in registers
- * (STREAM_LOCAL): measured faster there (README.md, Performance). */
+ * (STREAM_LOCAL): the mux trees in a state behind a pointer made a call cost
+ * 7 % to 100 % more there (C timing loop, README.md Performance). */
 #if defined(CSA_WIDTH_512)
 #define CSA_TERNLOG
 #endif
@@ -551,8 +552,8 @@ block_sbox(const struct block_tables *t, W x, W *s, W *p) {
 #elif defined(CSA_AVX512VL)
 /* The 512-lane S-box on the ymm/xmm widened to a zmm (the upper lanes are
  * garbage, their results dropped): two VPERMT2B of 128 entries, a blend on
- * bit 7, then GFNI permutes the bits at the build's width. Measured faster
- * than four ymm VPERMT2B of 64 entries and three blends (README.md). */
+ * bit 7, then GFNI permutes the bits at the build's width. Measured as fast
+ * as four ymm VPERMT2B of 64 entries and three blends, in fewer instructions. */
 struct block_tables {
     __m512i sbox[4];
     __m256i perm_matrix;
@@ -756,8 +757,8 @@ block_decrypt_groups(const struct block_tables *t, const struct round_keys *k, W
 }
 
 /* Groups the drivers run together (AVX-512 keeps one: unmeasured there; the
- * AVX-512VL builds four, measured), the last groups of a call in a pair and
- * alone as they fall. */
+ * AVX-512VL builds four, measured as fast as two), the last groups of a call
+ * in a pair and alone as they fall. */
 #if defined(CSA_WIDTH_512)
 #define BLOCK_NG 1
 #elif defined(CSA_AVX512VL)

@@ -144,21 +144,36 @@ fn engines(c: &mut Criterion) {
     }
 }
 
+/// Packets per call in the batch-size curve.
+const CURVE: [usize; 7] = [8, 32, 64, 128, 256, 512, 2048];
+
+/// The curve's series: the automatic choice (which narrows small calls on
+/// AVX-512) and every SIMD backend forced.
+fn curve_series() -> Vec<(String, Option<Backend>)> {
+    let mut v = vec![("castmux-auto".to_string(), None)];
+    for b in Backend::supported().into_iter().rev() {
+        if b != Backend::Scalar {
+            v.push((format!("castmux-{}", b.name()), Some(b)));
+        }
+    }
+    v
+}
+
+/// One call per batch of `n` packets (up to 2048), for the automatic backend
+/// and each forced one: what a call costs for few packets.
 fn batch_curve(c: &mut Criterion) {
-    let best = Backend::best();
     for (group_name, scramble) in [("scramble", true), ("descramble", false)] {
         let mut g = c.benchmark_group(format!("csa-batch-{group_name}"));
         g.sample_size(10)
             .measurement_time(Duration::from_secs(1))
             .warm_up_time(Duration::from_millis(200));
-        let k = ctx(best);
-        for n in [8usize, 32, 128, 512, 2048] {
-            let mut buf = packets(n, 0);
-            g.throughput(Throughput::Bytes((n * 188) as u64));
-            g.bench_with_input(
-                BenchmarkId::new(format!("castmux-{}", best.name()), n),
-                &n,
-                |b, _| {
+        for (series, backend) in curve_series() {
+            let k = KeyContext::csa2(&ControlWord::from_bytes(CW), &ControlWord::from_bytes(CW))
+                .with_backend(backend);
+            for n in CURVE {
+                let mut buf = packets(n, 0);
+                g.throughput(Throughput::Bytes((n * 188) as u64));
+                g.bench_with_input(BenchmarkId::new(&series, n), &n, |b, _| {
                     b.iter(|| {
                         for p in buf.chunks_exact_mut(188) {
                             p[3] = (p[3] & 0x3f) | if scramble { 0 } else { 0x80 };
@@ -169,8 +184,8 @@ fn batch_curve(c: &mut Criterion) {
                             k.descramble(black_box(&mut buf)).unwrap();
                         }
                     })
-                },
-            );
+                });
+            }
         }
         g.finish();
     }
@@ -285,6 +300,32 @@ fn summary() {
         ratio("csa-descramble", "rcsa-avx2"),
         ratio("csa-descramble", "libdvbcsa-bitslice")
     );
+    for dir in ["scramble", "descramble"] {
+        let group = format!("csa-batch-{dir}");
+        let series = curve_series();
+        let cell = |name: &str, n: usize| find(&group, &format!("/{name}/{n}"));
+        // The peak: the fastest figure of any series at any size.
+        let peak = series
+            .iter()
+            .flat_map(|(name, _)| CURVE.iter().filter_map(move |&n| cell(name, n)))
+            .fold(0.0f64, f64::max);
+        println!("\nbatch curve, {dir} (Gbit/s, and % of the peak {peak:.2}):");
+        println!(
+            "{:<22}{}",
+            "packets per call",
+            CURVE.iter().map(|n| format!("{n:>14}")).collect::<String>()
+        );
+        for (name, _) in &series {
+            let cells: String = CURVE
+                .iter()
+                .map(|&n| match cell(name, n) {
+                    Some(v) if peak > 0.0 => format!("{:>7.2} ({:>3.0}%)", v, 100.0 * v / peak),
+                    _ => format!("{:>14}", "n/a"),
+                })
+                .collect();
+            println!("{name:<22}{cells}");
+        }
+    }
     println!("\n{CHANNELS} channels x {PER_CHANNEL} packets, {best} (Gbit/s):");
     let cases = [
         "multi-200x8",

@@ -88,29 +88,39 @@ fn main() {
         .file(out.join("csa_tables.c"))
         .compile("castmux_csa_tables");
 
-    let mut backends: Vec<(&str, &str, &[&str])> = vec![("u64", "CSA_WIDTH_64", &[])];
+    // (name, lane width define, extra define, compiler flags)
+    type Spec = (
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        &'static [&'static str],
+    );
+    const AVX512: &[&str] = &[
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vbmi",
+        "-mgfni",
+        "-mavx512vl",
+    ];
+    let mut backends: Vec<Spec> = vec![("u64", "CSA_WIDTH_64", None, &[])];
     if target_arch == "x86_64" {
-        backends.push(("sse2", "CSA_WIDTH_128", &["-msse2"]));
-        backends.push(("avx2", "CSA_WIDTH_256", &["-mavx2"]));
-        backends.push((
-            "avx512",
-            "CSA_WIDTH_512",
-            &[
-                "-mavx512f",
-                "-mavx512bw",
-                "-mavx512vbmi",
-                "-mgfni",
-                "-mavx512vl",
-            ],
-        ));
+        backends.push(("sse2", "CSA_WIDTH_128", None, &["-msse2"]));
+        backends.push(("avx2", "CSA_WIDTH_256", None, &["-mavx2"]));
+        backends.push(("avx512", "CSA_WIDTH_512", None, AVX512));
+        // The same instruction sets at 256 and 128 lanes, for small batches.
+        backends.push(("avx512vl256", "CSA_WIDTH_256", Some("CSA_AVX512VL"), AVX512));
+        backends.push(("avx512vl128", "CSA_WIDTH_128", Some("CSA_AVX512VL"), AVX512));
         println!("cargo:rustc-cfg=csa_x86_backends");
     }
     println!("cargo::rustc-check-cfg=cfg(csa_x86_backends)");
-    for (name, width, flags) in backends {
+    for (name, width, extra, flags) in backends {
         let mut b = common.clone();
         b.file("c/csa_kernel.c")
             .define("CSA_BACKEND", name)
             .define(width, None);
+        if let Some(d) = extra {
+            b.define(d, None);
+        }
         if name == "u64" {
             b.define("CSA_EXPORT_TABLES", None);
         }

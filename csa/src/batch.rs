@@ -425,13 +425,32 @@ fn descramble_rule(
     }
 }
 
-/// The backend a batch uses, and whether the caller pinned it: a pinned
-/// backend runs every payload (no scalar shortcut for a lone payload); one the
-/// CPU cannot run falls back to the process-wide choice.
-fn resolve_backend(choice: Option<Backend>) -> (Backend, bool) {
+/// The backend a batch uses and how it was chosen: `pinned` by the caller, it
+/// runs every payload (no scalar shortcut for a lone payload; one the CPU
+/// cannot run falls back to the process-wide choice); `automatic` (neither
+/// pinned nor forced process-wide), each call may take a narrower kernel
+/// ([`Backend::for_batch`]).
+struct Resolved {
+    backend: Backend,
+    pinned: bool,
+    automatic: bool,
+}
+
+fn resolve_backend(choice: Option<Backend>) -> Resolved {
     match choice {
-        Some(b) if b.is_supported() => (b, true),
-        _ => (kernel::selected_backend(), choice.is_some()),
+        Some(backend) if backend.is_supported() => Resolved {
+            backend,
+            pinned: true,
+            automatic: false,
+        },
+        _ => {
+            let (backend, forced) = kernel::selection();
+            Resolved {
+                backend,
+                pinned: choice.is_some(),
+                automatic: choice.is_none() && !forced,
+            }
+        }
     }
 }
 
@@ -471,8 +490,10 @@ impl LaneStore {
 /// borrow unprocessed.
 struct Lanes<'a> {
     store: &'a mut LaneStore,
+    /// The backend of a full lane set, and how it was chosen.
     backend: Backend,
     pinned: bool,
+    automatic: bool,
     lanes: usize,
     scramble: bool,
     /// Kernel calls made, and the payloads they ran.
@@ -484,12 +505,17 @@ struct Lanes<'a> {
 
 impl<'a> Lanes<'a> {
     fn new(store: &'a mut LaneStore, backend: Option<Backend>, scramble: bool) -> Self {
-        let (backend, pinned) = resolve_backend(backend);
+        let Resolved {
+            backend,
+            pinned,
+            automatic,
+        } = resolve_backend(backend);
         store.n = 0;
         Lanes {
             store,
             backend,
             pinned,
+            automatic,
             lanes: backend.lanes().min(MAX_LANES),
             scramble,
             calls: 0,
@@ -517,7 +543,8 @@ impl<'a> Lanes<'a> {
 
     /// Runs the queued payloads in one kernel call: the one-key kernel when
     /// they all share a key, the keyed one otherwise; a lone payload goes the
-    /// scalar way unless the backend is pinned.
+    /// scalar way unless the backend is pinned. On the automatic backend a
+    /// partial set takes the narrowest kernel that runs it cheapest.
     fn flush(&mut self) {
         let s = &mut *self.store;
         let n = std::mem::take(&mut s.n);
@@ -538,14 +565,20 @@ impl<'a> Lanes<'a> {
             };
             scalar_payload(self.scramble, key, payload);
         } else {
+            let backend = if self.automatic {
+                self.backend.for_batch(n)
+            } else {
+                self.backend
+            };
             if keys.iter().all(|&k| std::ptr::eq(k, keys[0])) {
                 // SAFETY: as above for every entry: disjoint payloads (each was an
-                // exclusive borrow) of 8..=184 bytes, live keys; `self.backend` is
-                // supported (`resolve_backend`).
-                unsafe { kernel::run(self.backend, self.scramble, &*keys[0], ptrs, lens) }
+                // exclusive borrow) of 8..=184 bytes, live keys; `backend` is
+                // supported (`resolve_backend`; `for_batch` narrows AVX-512 only
+                // to kernels of the same CPU features) and has `n` lanes or more.
+                unsafe { kernel::run(backend, self.scramble, &*keys[0], ptrs, lens) }
             } else {
                 // SAFETY: as for `kernel::run` above.
-                unsafe { kernel::run_keyed(self.backend, self.scramble, keys, ptrs, lens) }
+                unsafe { kernel::run_keyed(backend, self.scramble, keys, ptrs, lens) }
             }
             self.calls += 1;
             self.payloads += n as u64;
@@ -646,7 +679,7 @@ impl MultiBatch {
 
     /// Payloads per kernel call on this batch's backend (1 for the scalar path).
     pub fn lanes(&self) -> usize {
-        resolve_backend(self.backend).0.lanes()
+        resolve_backend(self.backend).backend.lanes()
     }
 
     /// Starts a pass. Everything pushed into it stays borrowed until it ends.

@@ -103,7 +103,62 @@ extern "C" {
         len: *const u8,
         n: usize,
     );
+    fn castmux_csa_avx512vl256_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl256_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl256_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl256_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512vl128_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
 }
+
+/// Calls of up to this many payloads run on [`Backend::Avx512Vl256`] when
+/// [`Backend::Avx512`] is the automatic choice ([`Backend::for_batch`]). The
+/// 128-lane kernel is not used there: on the Zen 4 it was measured on, its
+/// calls cost what a 256-lane call does up to 32 payloads (within the noise,
+/// either way) and more above.
+const VL256_UP_TO: usize = 256;
 
 /// A CSA implementation. `Scalar` is the plain Rust reference; the others
 /// are the C bitslice kernel built for one lane width each.
@@ -117,17 +172,28 @@ pub enum Backend {
     Sse2,
     /// AVX2, 256 payloads per call; the block S-box by byte shuffles.
     Avx2,
-    /// AVX-512 (F, BW, VBMI, GFNI), 512 payloads per call.
+    /// AVX-512 (F, BW, VL, VBMI, GFNI), 512 payloads per call.
     Avx512,
+    /// The AVX-512 kernel at 256 lanes (ymm; the same CPU features): a call
+    /// costs less than a 512-lane one, so calls of up to 256 payloads run here
+    /// when AVX-512 is the automatic choice ([`Backend::for_batch`]).
+    Avx512Vl256,
+    /// The AVX-512 kernel at 128 lanes (xmm; the same CPU features); forced
+    /// only (measured no cheaper than 256 lanes, README.md Performance).
+    Avx512Vl128,
 }
 
 impl Backend {
-    /// Every backend, slowest first ([`Backend::best`] takes the last this CPU runs).
-    pub const ALL: [Backend; 5] = [
+    /// Every backend, slowest first at full batches ([`Backend::best`] takes
+    /// the last this CPU runs); the narrow AVX-512 kernels come before the
+    /// full-width one, which [`Backend::for_batch`] narrows per call.
+    pub const ALL: [Backend; 7] = [
         Backend::Scalar,
         Backend::U64,
         Backend::Sse2,
         Backend::Avx2,
+        Backend::Avx512Vl128,
+        Backend::Avx512Vl256,
         Backend::Avx512,
     ];
 
@@ -138,6 +204,8 @@ impl Backend {
             Backend::Sse2 => "sse2",
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
+            Backend::Avx512Vl256 => "avx512vl256",
+            Backend::Avx512Vl128 => "avx512vl128",
         }
     }
 
@@ -155,6 +223,8 @@ impl Backend {
             Backend::Sse2 => 128,
             Backend::Avx2 => 256,
             Backend::Avx512 => 512,
+            Backend::Avx512Vl256 => 256,
+            Backend::Avx512Vl128 => 128,
         }
     }
 
@@ -167,7 +237,7 @@ impl Backend {
             #[cfg(csa_x86_backends)]
             Backend::Avx2 => std::is_x86_feature_detected!("avx2"),
             #[cfg(csa_x86_backends)]
-            Backend::Avx512 => {
+            Backend::Avx512 | Backend::Avx512Vl256 | Backend::Avx512Vl128 => {
                 std::is_x86_feature_detected!("avx512f")
                     && std::is_x86_feature_detected!("avx512bw")
                     && std::is_x86_feature_detected!("avx512vbmi")
@@ -194,6 +264,18 @@ impl Backend {
             .rev()
             .find(|b| b.is_supported() && *b != Backend::Scalar)
             .unwrap_or(Backend::Scalar)
+    }
+
+    /// The backend that runs one call of `n` payloads cheapest when `self` is
+    /// the automatic choice: the 256-lane AVX-512 kernel for a call that fits
+    /// it, `self` otherwise. A call costs a fixed part (the bit-sliced stream
+    /// cipher over every lane of the width) plus a part per payload; measured
+    /// with the `csa-batch` groups of `benches/csa.rs` (README.md, Performance).
+    pub fn for_batch(self, n: usize) -> Backend {
+        match self {
+            Backend::Avx512 if n <= VL256_UP_TO => Backend::Avx512Vl256,
+            b => b,
+        }
     }
 
     fn kernels(self) -> Option<Kernels> {
@@ -226,33 +308,56 @@ impl Backend {
                 scramble_keyed: castmux_csa_avx512_scramble_keyed,
                 descramble_keyed: castmux_csa_avx512_descramble_keyed,
             }),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Vl256 => Some(Kernels {
+                scramble: castmux_csa_avx512vl256_scramble,
+                descramble: castmux_csa_avx512vl256_descramble,
+                scramble_keyed: castmux_csa_avx512vl256_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512vl256_descramble_keyed,
+            }),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Vl128 => Some(Kernels {
+                scramble: castmux_csa_avx512vl128_scramble,
+                descramble: castmux_csa_avx512vl128_descramble,
+                scramble_keyed: castmux_csa_avx512vl128_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512vl128_descramble_keyed,
+            }),
             #[cfg(not(csa_x86_backends))]
             _ => None,
         }
     }
 }
 
-/// 0 = not chosen yet, else 1 + index in Backend::ALL.
+/// 0 = not chosen yet, else 1 + index in Backend::ALL, plus [`FORCED`] when
+/// `CASTMUX_CSA_BACKEND` or [`force_backend`] chose it.
 static SELECTED: AtomicU8 = AtomicU8::new(0);
+const FORCED: u8 = 0x80;
 
-/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`, `avx2`, `avx512`).
+/// The environment variable that forces a backend (`scalar`, `u64`, `sse2`,
+/// `avx2`, `avx512`, `avx512vl256`, `avx512vl128`).
 pub const BACKEND_ENV: &str = "CASTMUX_CSA_BACKEND";
 
 /// The backend in use: forced by [`force_backend`] or `CASTMUX_CSA_BACKEND`,
 /// else the fastest the CPU supports. A forced backend the CPU cannot run
 /// falls back to the best one.
 pub fn selected_backend() -> Backend {
+    selection().0
+}
+
+/// The process-wide backend, and whether it was forced (a forced backend runs
+/// every call; an automatic one is narrowed per call by [`Backend::for_batch`]).
+pub(crate) fn selection() -> (Backend, bool) {
     match SELECTED.load(Ordering::Relaxed) {
         0 => {
-            let chosen = std::env::var(BACKEND_ENV)
+            let forced = std::env::var(BACKEND_ENV)
                 .ok()
                 .and_then(|v| Backend::from_name(&v))
-                .filter(|b| b.is_supported())
-                .unwrap_or_else(Backend::best);
-            store(chosen);
-            chosen
+                .filter(|b| b.is_supported());
+            let chosen = forced.unwrap_or_else(Backend::best);
+            store(chosen, forced.is_some());
+            (chosen, forced.is_some())
         }
-        n => Backend::ALL[(n - 1) as usize],
+        n => (Backend::ALL[((n & !FORCED) - 1) as usize], n & FORCED != 0),
     }
 }
 
@@ -263,7 +368,7 @@ pub fn force_backend(backend: Option<Backend>) -> bool {
     match backend {
         Some(b) if !b.is_supported() => false,
         Some(b) => {
-            store(b);
+            store(b, true);
             true
         }
         None => {
@@ -273,9 +378,12 @@ pub fn force_backend(backend: Option<Backend>) -> bool {
     }
 }
 
-fn store(b: Backend) {
+fn store(b: Backend, forced: bool) {
     let idx = Backend::ALL.iter().position(|x| *x == b).unwrap_or(0);
-    SELECTED.store(idx as u8 + 1, Ordering::Relaxed);
+    SELECTED.store(
+        (idx as u8 + 1) | if forced { FORCED } else { 0 },
+        Ordering::Relaxed,
+    );
 }
 
 /// Runs one kernel call over up to `backend.lanes()` payloads, all under `key`.
@@ -366,4 +474,33 @@ pub fn kernel_stream_sbox_circuits() -> [u32; 14] {
 pub fn kernel_block_sbox() -> [u8; 256] {
     // SAFETY: an immutable, initialised C array of 256 bytes generated by build.rs (csa_tables.c).
     unsafe { castmux_csa_block_sbox }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn for_batch_narrows_only_avx512_and_only_to_a_kernel_that_holds_the_call() {
+        for b in Backend::ALL {
+            for n in 1..=b.lanes() {
+                let narrowed = b.for_batch(n);
+                assert!(narrowed.lanes() >= n, "{b:?} n={n} -> {narrowed:?}");
+                if b != Backend::Avx512 {
+                    assert_eq!(narrowed, b);
+                }
+                // the narrow kernels need the features the wide one does
+                assert_eq!(narrowed.is_supported(), b.is_supported(), "{b:?} n={n}");
+            }
+        }
+        assert_eq!(Backend::Avx512.for_batch(512), Backend::Avx512);
+    }
+
+    #[test]
+    fn every_backend_is_found_by_its_name() {
+        for b in Backend::ALL {
+            assert_eq!(Backend::from_name(b.name()), Some(b));
+            assert_eq!(Backend::from_name(&b.name().to_uppercase()), Some(b));
+        }
+    }
 }

@@ -99,6 +99,60 @@ fn automatic_backend_single_and_small_batches_match_scalar() {
     }
 }
 
+/// The automatic backend narrows each call to the kernel that runs it cheapest
+/// (on AVX-512: 256 or 512 lanes): every size around 128, 256 and 512, and
+/// batches that end in a partial lane set of each width, against the scalar oracle.
+#[test]
+fn automatic_backend_at_the_narrowing_edges_matches_scalar() {
+    let mut rng = rng(5);
+    for n in [
+        2usize,
+        127,
+        128,
+        129,
+        255,
+        256,
+        257,
+        511,
+        512,
+        513,
+        512 + 129,
+        1024 + 255,
+    ] {
+        let even = random_cw(&mut rng);
+        let odd = random_cw(&mut rng);
+        let ctx = KeyContext::csa2(
+            &ControlWord::from_bytes(even),
+            &ControlWord::from_bytes(odd),
+        );
+        let mut clear = Vec::with_capacity(n * 188);
+        let mut parities = Vec::with_capacity(n);
+        for _ in 0..n {
+            let len = random_len(&mut rng);
+            clear.extend_from_slice(&packet(&mut rng, 0x100, len));
+            parities.push(if rng.gen_bool(0.5) {
+                Parity::Even
+            } else {
+                Parity::Odd
+            });
+        }
+        let mut expect = clear.clone();
+        for (i, p) in expect.chunks_exact_mut(188).enumerate() {
+            let cw = if parities[i] == Parity::Even {
+                &even
+            } else {
+                &odd
+            };
+            scalar_scramble(cw, p.try_into().unwrap(), parities[i]);
+        }
+        let mut got = clear.clone();
+        ctx.scramble_with(&mut got, |i| parities[i]).unwrap();
+        assert!(got == expect, "automatic scramble n={n}");
+        ctx.descramble(&mut got).unwrap();
+        assert!(got == clear, "automatic descramble n={n}");
+    }
+}
+
 /// `descramble_selected` descrambles exactly the selected packets (as `descramble` would)
 /// and leaves the others byte for byte, on every backend.
 #[test]

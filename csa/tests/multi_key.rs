@@ -224,12 +224,27 @@ fn many_csa_keys_match_scalar_on_every_backend() {
     }
 }
 
-/// The automatic backend, with its scalar shortcut for a lone payload.
+/// The automatic backend, with its scalar shortcut for a lone payload and
+/// (on AVX-512) its narrower kernels for partial lane sets: last sets of about
+/// 128, 256 and 512 payloads (the 256-lane kernel up to 256), under a key each.
 #[test]
 fn automatic_backend_matches_scalar() {
     let mut rng = rng(0x3018);
     let mut batch = MultiBatch::new();
-    for counts in [vec![1], vec![1, 1], vec![2, 0, 1], vec![9; 40]] {
+    for counts in [
+        vec![1],
+        vec![1, 1],
+        vec![2, 0, 1],
+        vec![9; 40],
+        vec![1; 127],
+        vec![1; 129],
+        vec![64, 64],
+        vec![200, 56, 1],
+        vec![1; 257],
+        vec![8; 64],
+        vec![500, 12, 1],
+        vec![512, 1],
+    ] {
         let channels: Vec<Channel> = counts
             .iter()
             .map(|&n| channel(&mut rng, Algorithm::Csa2, n))

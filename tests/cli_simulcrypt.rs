@@ -115,26 +115,7 @@ fn ecmg_killed_and_restarted_mid_run() {
     let h = Head::new();
     let (ecmg, addr) = h.ecmg("127.0.0.1:0");
     let out = h.path("out.ts");
-    let mut scr = h.spawn(
-        &[
-            "scramble",
-            "-i",
-            "-",
-            "-o",
-            s(&out),
-            "--ecmg",
-            &addr,
-            "--super-cas-id",
-            "4AE10000",
-            "--access-criteria",
-            "00000001",
-            "--crypto-period",
-            "1s",
-            "--wall-clock",
-            "--stats",
-        ],
-        true,
-    );
+    let mut scr = h.spawn(&ecmg_scramble_args(s(&out), &addr, &[]), true);
     let data = std::fs::read(sample("spts.ts")).unwrap();
     let mut first = Some(ecmg);
     let mut second = None;

@@ -12,6 +12,37 @@ fn scalar_scramble(cw: &[u8; 8], pkt: &mut [u8; 188], parity: Parity) {
     }
 }
 
+/// `n` random packets with random parities, and what the scalar oracle makes of them
+/// under `even` / `odd`.
+fn random_case(
+    rng: &mut rand::rngs::SmallRng,
+    n: usize,
+    even: &[u8; 8],
+    odd: &[u8; 8],
+) -> (Vec<u8>, Vec<Parity>, Vec<u8>) {
+    let mut clear = Vec::with_capacity(n * 188);
+    let mut parities = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = random_len(rng);
+        clear.extend_from_slice(&packet(rng, 0x100, len));
+        parities.push(if rng.gen_bool(0.5) {
+            Parity::Even
+        } else {
+            Parity::Odd
+        });
+    }
+    let mut expect = clear.clone();
+    for (i, p) in expect.chunks_exact_mut(188).enumerate() {
+        let cw = if parities[i] == Parity::Even {
+            even
+        } else {
+            odd
+        };
+        scalar_scramble(cw, p.try_into().unwrap(), parities[i]);
+    }
+    (clear, parities, expect)
+}
+
 #[test]
 fn every_backend_matches_scalar_both_directions() {
     let mut rng = rng(1);
@@ -25,26 +56,7 @@ fn every_backend_matches_scalar_both_directions() {
             )
             .with_backend(Some(backend));
             let n = [1, 7, 63, 64, 65, 513, 1100][round % 7];
-            let mut clear = Vec::with_capacity(n * 188);
-            let mut parities = Vec::new();
-            for _ in 0..n {
-                let len = random_len(&mut rng);
-                clear.extend_from_slice(&packet(&mut rng, 0x100, len));
-                parities.push(if rng.gen_bool(0.5) {
-                    Parity::Even
-                } else {
-                    Parity::Odd
-                });
-            }
-            let mut expect = clear.clone();
-            for (i, p) in expect.chunks_exact_mut(188).enumerate() {
-                let cw = if parities[i] == Parity::Even {
-                    &even
-                } else {
-                    &odd
-                };
-                scalar_scramble(cw, p.try_into().unwrap(), parities[i]);
-            }
+            let (clear, parities, expect) = random_case(&mut rng, n, &even, &odd);
             let mut got = clear.clone();
             ctx.scramble_with(&mut got, |i| parities[i]).unwrap();
             for i in 0..n {
@@ -125,26 +137,7 @@ fn automatic_backend_at_the_narrowing_edges_matches_scalar() {
             &ControlWord::from_bytes(even),
             &ControlWord::from_bytes(odd),
         );
-        let mut clear = Vec::with_capacity(n * 188);
-        let mut parities = Vec::with_capacity(n);
-        for _ in 0..n {
-            let len = random_len(&mut rng);
-            clear.extend_from_slice(&packet(&mut rng, 0x100, len));
-            parities.push(if rng.gen_bool(0.5) {
-                Parity::Even
-            } else {
-                Parity::Odd
-            });
-        }
-        let mut expect = clear.clone();
-        for (i, p) in expect.chunks_exact_mut(188).enumerate() {
-            let cw = if parities[i] == Parity::Even {
-                &even
-            } else {
-                &odd
-            };
-            scalar_scramble(cw, p.try_into().unwrap(), parities[i]);
-        }
+        let (clear, parities, expect) = random_case(&mut rng, n, &even, &odd);
         let mut got = clear.clone();
         ctx.scramble_with(&mut got, |i| parities[i]).unwrap();
         assert!(got == expect, "automatic scramble n={n}");

@@ -90,10 +90,15 @@ pub struct StreamCounters {
     pub emm: super::emm::EmmCounters,
 }
 
-/// Counters for all 8192 PIDs (allocated once) plus stream-wide ones.
+/// Counters of every PID seen plus stream-wide ones. A stream carries a few dozen PIDs at
+/// most, so their counters sit together in a short list found through a 16 KB index,
+/// not in a table of all 8192 (720 KB a channel, and a cold cache line and TLB entry per
+/// channel visit in a head-end of hundreds).
 #[derive(Debug, Clone)]
 pub struct Counters {
-    pids: Vec<PidCounters>,
+    /// PID -> its place in `seen`, plus one; 0 = not seen yet.
+    index: Box<[u16]>,
+    seen: Vec<(Pid, PidCounters)>,
     /// Stream-wide counters.
     pub stream: StreamCounters,
 }
@@ -101,11 +106,30 @@ pub struct Counters {
 impl Default for Counters {
     fn default() -> Self {
         Counters {
-            pids: vec![PidCounters::default(); 0x2000],
+            index: vec![0; 0x2000].into_boxed_slice(),
+            seen: Vec::with_capacity(SEEN_RESERVED),
             stream: StreamCounters::default(),
         }
     }
 }
+
+/// PIDs a channel's counters have room for before the list grows (once per PID after).
+const SEEN_RESERVED: usize = 32;
+
+/// What an unseen PID's counters read.
+static NO_COUNTS: PidCounters = PidCounters {
+    input: 0,
+    scrambled: 0,
+    passed: 0,
+    already_scrambled: 0,
+    no_payload: 0,
+    short_payload: 0,
+    inserted: 0,
+    replaced_null: 0,
+    dropped: 0,
+    errors: 0,
+    cc_errors: 0,
+};
 
 /// One PID's counters in a report.
 #[derive(Debug, Clone, Serialize)]
@@ -129,18 +153,27 @@ pub struct Report {
 impl Counters {
     /// The counters of `pid`.
     pub fn pid(&self, pid: Pid) -> &PidCounters {
-        &self.pids[usize::from(pid.value())]
+        match self.index[usize::from(pid.value())] {
+            0 => &NO_COUNTS,
+            i => &self.seen[usize::from(i) - 1].1,
+        }
     }
 
-    /// The counters of `pid`, to update.
+    /// The counters of `pid`, to update (a PID's first use adds it to the list).
     pub fn pid_mut(&mut self, pid: Pid) -> &mut PidCounters {
-        &mut self.pids[usize::from(pid.value())]
+        let slot = &mut self.index[usize::from(pid.value())];
+        if *slot == 0 {
+            self.seen.push((pid, PidCounters::default()));
+            // at most 8192 PIDs: the place fits
+            *slot = self.seen.len() as u16;
+        }
+        &mut self.seen[usize::from(*slot) - 1].1
     }
 
     /// Totals over every PID.
     pub fn totals(&self) -> PidCounters {
         let mut t = PidCounters::default();
-        for c in &self.pids {
+        for (_, c) in &self.seen {
             t.input += c.input;
             t.scrambled += c.scrambled;
             t.passed += c.passed;
@@ -158,18 +191,19 @@ impl Counters {
 
     /// The report of PIDs with activity.
     pub fn report(&self) -> Report {
+        let mut pids: Vec<PidReport> = self
+            .seen
+            .iter()
+            .filter(|(_, c)| *c != PidCounters::default())
+            .map(|(pid, c)| PidReport {
+                pid: pid.value(),
+                counters: *c,
+            })
+            .collect();
+        pids.sort_by_key(|p| p.pid);
         Report {
             stream: self.stream,
-            pids: self
-                .pids
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c != PidCounters::default())
-                .map(|(pid, c)| PidReport {
-                    pid: pid as u16,
-                    counters: *c,
-                })
-                .collect(),
+            pids,
         }
     }
 }
@@ -219,4 +253,38 @@ pub fn monotonic_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let start = *START.get_or_init(std::time::Instant::now);
     start.elapsed().as_millis() as u64 + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_per_pid_stay_apart_and_report_in_pid_order() {
+        let mut c = Counters::default();
+        assert_eq!(*c.pid(Pid::new(0x100)), PidCounters::default());
+        for (pid, n) in [(0x1FFF, 3), (0x100, 2), (0, 1), (0x100, 4)] {
+            c.pid_mut(Pid::new(pid)).input += n;
+        }
+        c.pid_mut(Pid::new(0x20)); // touched, nothing counted: not reported
+        assert_eq!(c.pid(Pid::new(0x100)).input, 6);
+        assert_eq!(c.pid(Pid::new(0x1FFF)).input, 3);
+        assert_eq!(c.pid(Pid::new(0x101)).input, 0);
+        assert_eq!(c.totals().input, 10);
+        let r = c.report();
+        let pids: Vec<(u16, u64)> = r.pids.iter().map(|p| (p.pid, p.counters.input)).collect();
+        assert_eq!(pids, [(0, 1), (0x100, 6), (0x1FFF, 3)]);
+    }
+
+    #[test]
+    fn every_pid_can_be_counted() {
+        let mut c = Counters::default();
+        for pid in (0..0x2000).rev() {
+            c.pid_mut(Pid::new(pid)).dropped += u64::from(pid) + 1;
+        }
+        for pid in 0..0x2000u16 {
+            assert_eq!(c.pid(Pid::new(pid)).dropped, u64::from(pid) + 1);
+        }
+        assert_eq!(c.report().pids.len(), 0x2000);
+    }
 }

@@ -1,6 +1,6 @@
 //! The scrambling pipeline against the raw cipher, side by side in one run, on a 200 MB
 //! stream (samples/spts.ts repeated) held in memory:
-//! - `raw-csa`: copy each 512-packet batch and scramble it with `csa::KeyContext` (the
+//! - `raw-csa`: copy each 2048-packet batch (a file input's default batch) and scramble it with `csa::KeyContext` (the
 //!   engine's ceiling for this stream);
 //! - `scrambler-memory`: `Scrambler::process` on the same batches (PSI tracking, PMT
 //!   rewrite, ES selection, crypto periods, counters; one thread, no I/O);
@@ -24,7 +24,8 @@ use criterion::{BatchSize, Criterion, Throughput};
 use csa::{ControlWord, KeyContext};
 
 const TARGET_BYTES: usize = 200 * 1000 * 1000;
-const BATCH: usize = 512;
+/// Every path runs batches of what `castmux scramble` takes from a file by default.
+const BATCH: usize = castmux::headend::spec::DEFAULT_FILE_BATCH;
 
 fn stream() -> Vec<u8> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -90,7 +91,11 @@ fn benches(c: &mut Criterion, data: &[u8]) {
             .expect("open input");
         let mut output = Output::open(&OutputUrl::File(dst.clone()), &OutputOptions::default())
             .expect("open output");
-        run_scramble(&mut input, &mut output, &mut s, &RunOptions::default()).expect("run");
+        let opts = RunOptions {
+            batch_packets: BATCH,
+            ..RunOptions::default()
+        };
+        run_scramble(&mut input, &mut output, &mut s, &opts).expect("run");
         output.close(Duration::from_secs(1)).expect("close");
     };
     // overwrites the previous iteration's output: opening it truncates 200 MB (the kernel

@@ -319,7 +319,7 @@ impl Channel {
                     services: Vec::new(),
                 },
             };
-            Mpts::open(opts, &program_urls, a.batch)
+            Mpts::open(opts, &program_urls, a.batch_packets())
                 .map(|m| ChannelInput::Mpts(Box::new(m)))
                 .with_context(|| {
                     format!(
@@ -332,18 +332,22 @@ impl Channel {
                     )
                 })?
         } else {
-            ChannelInput::open(&input_urls, a.slate.as_deref(), backup_opts, a.batch).with_context(
-                || {
-                    format!(
-                        "opening input {}",
-                        input_urls
-                            .iter()
-                            .map(InputUrl::display)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                },
-            )?
+            ChannelInput::open(
+                &input_urls,
+                a.slate.as_deref(),
+                backup_opts,
+                a.batch_packets(),
+            )
+            .with_context(|| {
+                format!(
+                    "opening input {}",
+                    input_urls
+                        .iter()
+                        .map(InputUrl::display)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?
         };
         let output = OutputSet::open(&output_urls, &OutputOptions::default())
             .with_context(|| format!("opening output {}", outputs_display(&output_urls)))?;
@@ -425,7 +429,7 @@ impl Channel {
     /// The run loop's settings from the spec, with `stop`.
     pub fn run_options(&self, stop: Arc<AtomicBool>) -> RunOptions {
         RunOptions {
-            batch_packets: self.spec.batch,
+            batch_packets: self.spec.batch_packets(),
             idle_timeout: self.spec.idle_timeout,
             stop,
             ..RunOptions::default()

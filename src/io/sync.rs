@@ -89,20 +89,31 @@ impl Resync {
                 break;
             }
             if self.stage_len == 0 && self.state == State::Locked {
-                // Fast path: aligned input straight into the batch.
-                while !out.is_full() && input.len() >= TS_PACKET_SIZE {
+                // Fast path: aligned input straight into the batch, the run of good
+                // packets in one copy (a datagram's 7 packets: one memcpy, not seven).
+                let whole = (input.len() / TS_PACKET_SIZE).min(out.remaining());
+                let mut good = 0;
+                let mut lost = false;
+                while good < whole {
+                    let at = good * TS_PACKET_SIZE;
                     // A packet whose successor's sync byte is visible and
                     // wrong is probably cut short: drop it and hunt.
-                    let next_bad =
-                        input.len() > TS_PACKET_SIZE && input[TS_PACKET_SIZE] != TS_SYNC_BYTE;
-                    if input[0] != TS_SYNC_BYTE || next_bad {
-                        self.lose_sync(stats);
+                    let next_bad = input.len() > at + TS_PACKET_SIZE
+                        && input[at + TS_PACKET_SIZE] != TS_SYNC_BYTE;
+                    if input[at] != TS_SYNC_BYTE || next_bad {
+                        lost = true;
                         break;
                     }
-                    let (pkt, rest) = input.split_at(TS_PACKET_SIZE);
-                    let slot = out.push_slot().expect("batch checked not full");
-                    slot.copy_from_slice(pkt);
-                    input = rest;
+                    good += 1;
+                }
+                let bytes = good * TS_PACKET_SIZE;
+                out.spare_mut()[..good]
+                    .as_flattened_mut()
+                    .copy_from_slice(&input[..bytes]);
+                out.commit(good);
+                input = &input[bytes..];
+                if lost {
+                    self.lose_sync(stats);
                 }
                 if out.is_full() {
                     break;

@@ -164,7 +164,12 @@ struct stream_state {
 
 /* Loads the CW into the registers: bits[i][b] holds bit b of CW byte i, per lane. */
 static void stream_load_bits(struct stream_state *s, W bits[8][8]) {
-    memset(s, 0, sizeof *s);
+    /* The first clock reads indexes 32..41, and every clock writes the index
+     * below the ones it reads before any clock reads it: only 40, 41 and the
+     * other registers start as zeros. */
+    memset(s->a[40], 0, sizeof s->a[0] * 2);
+    memset(s->b[40], 0, sizeof s->b[0] * 2);
+    memset(&s->g, 0, sizeof s->g);
     for (int i = 0; i < 4; i++) {
         for (int bit = 0; bit < 4; bit++) {
             /* register k (1-based) at index 31 + k; A from CW bytes 0..3, B from 4..7,
@@ -314,18 +319,13 @@ static inline uint64_t transpose8(uint64_t x) {
 
 /* 8-lane groups of a call's `n` lanes worth converting between bytes and
  * bits: lanes past them hold nothing anyone reads, so small calls skip them
- * (AVX-512 converts them all, as it always has). */
-#if defined(CSA_WIDTH_512)
-#define USED_OCTETS(n) ((size_t)WBYTES)
-#else
+ * (the 512-lane keystream conversion, one pass over every lane, does not). */
 #define USED_OCTETS(n) (((n) + 7) / 8)
-#endif
 
 /* One byte row of LANES lanes -> 8 bit words (bit b of every lane); lanes of
  * octets past USED_OCTETS(n) come out zero. */
 static inline void row_to_bits(const uint8_t *row, W out[8], size_t n) {
     uint8_t tmp[8][WBYTES] __attribute__((aligned(64)));
-    (void)n; /* unused where USED_OCTETS is every octet */
     const size_t used = USED_OCTETS(n);
     if (used < WBYTES) memset(tmp, 0, sizeof tmp);
     for (size_t m = 0; m < used; m++) {
@@ -930,9 +930,12 @@ static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len
 }
 
 /* Each lane's key, byte-sliced into rows[KEY_ROWS][LANES] with 8x8 byte
- * transposes (the same as gather() does for payloads). Lanes past n get zeros. */
+ * transposes (the same as gather() does for payloads), up to the last group
+ * of WBYTES lanes the call uses: lanes past n get zeros, lanes past that
+ * group nothing (nothing reads them). */
 static void key_rows(const struct castmux_csa_key *const *keys, size_t n, uint8_t (*rows)[LANES]) {
-    for (size_t m = 0; m < LANES / 8; m++) {
+    const size_t octets = (n + WBYTES - 1) / WBYTES * WBYTES / 8;
+    for (size_t m = 0; m < octets; m++) {
         for (int q = 0; q < KEY_ROWS / 8; q++) {
             uint64_t x[8] = {0};
             for (int i = 0; i < 8; i++) {

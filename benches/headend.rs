@@ -236,7 +236,7 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
     let dir = tempfile::tempdir().expect("tempdir");
     let rx = UdpSocket::bind("127.0.0.1:0").expect("bind receiver");
     let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(64 << 20);
-    let _ = nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20));
+    let _ = setsockopt(&rx, sockopt::RcvBufForce, &(64 << 20));
     let out_port = rx.local_addr().unwrap().port();
     let base = input_base(channels);
     let mut child = start_headend(bin, dir.path(), channels, base, out_port);

@@ -589,8 +589,9 @@ impl Engines {
         let mut packets = Vec::new();
         for _ in 0..CALIBRATION_SWEEPS {
             for (lanes, best, multi) in backends.iter_mut() {
+                packets.resize(*lanes * PACKET_SIZE, 0);
                 for _ in 0..CALIBRATION_CALLS {
-                    packets.resize(*lanes * PACKET_SIZE, 0);
+                    // fresh clear packets each call: the last call left them scrambled
                     for p in packets.chunks_exact_mut(PACKET_SIZE) {
                         p.fill(0x5A);
                         p[0] = 0x47;

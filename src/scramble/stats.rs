@@ -116,21 +116,6 @@ impl Default for Counters {
 /// PIDs a channel's counters have room for before the list grows (once per PID after).
 const SEEN_RESERVED: usize = 32;
 
-/// What an unseen PID's counters read.
-static NO_COUNTS: PidCounters = PidCounters {
-    input: 0,
-    scrambled: 0,
-    passed: 0,
-    already_scrambled: 0,
-    no_payload: 0,
-    short_payload: 0,
-    inserted: 0,
-    replaced_null: 0,
-    dropped: 0,
-    errors: 0,
-    cc_errors: 0,
-};
-
 /// One PID's counters in a report.
 #[derive(Debug, Clone, Serialize)]
 pub struct PidReport {
@@ -151,11 +136,11 @@ pub struct Report {
 }
 
 impl Counters {
-    /// The counters of `pid`.
-    pub fn pid(&self, pid: Pid) -> &PidCounters {
+    /// The counters of `pid` (all zero for a PID not seen).
+    pub fn pid(&self, pid: Pid) -> PidCounters {
         match self.index[usize::from(pid.value())] {
-            0 => &NO_COUNTS,
-            i => &self.seen[usize::from(i) - 1].1,
+            0 => PidCounters::default(),
+            i => self.seen[usize::from(i) - 1].1,
         }
     }
 
@@ -262,7 +247,7 @@ mod tests {
     #[test]
     fn counters_per_pid_stay_apart_and_report_in_pid_order() {
         let mut c = Counters::default();
-        assert_eq!(*c.pid(Pid::new(0x100)), PidCounters::default());
+        assert_eq!(c.pid(Pid::new(0x100)), PidCounters::default());
         for (pid, n) in [(0x1FFF, 3), (0x100, 2), (0, 1), (0x100, 4)] {
             c.pid_mut(Pid::new(pid)).input += n;
         }

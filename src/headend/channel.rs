@@ -48,6 +48,13 @@ pub struct ChannelEnv<'a> {
 }
 
 /// The outputs as logs show them (SRT passphrases masked).
+fn inputs_display(urls: &[InputUrl]) -> String {
+    urls.iter()
+        .map(InputUrl::display)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn outputs_display(urls: &[OutputUrl]) -> String {
     urls.iter()
         .map(OutputUrl::display)
@@ -322,14 +329,7 @@ impl Channel {
             Mpts::open(opts, &program_urls, a.batch_packets())
                 .map(|m| ChannelInput::Mpts(Box::new(m)))
                 .with_context(|| {
-                    format!(
-                        "opening the inputs of {}",
-                        program_urls
-                            .iter()
-                            .map(InputUrl::display)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
+                    format!("opening the inputs of {}", inputs_display(&program_urls))
                 })?
         } else {
             ChannelInput::open(
@@ -338,16 +338,7 @@ impl Channel {
                 backup_opts,
                 a.batch_packets(),
             )
-            .with_context(|| {
-                format!(
-                    "opening input {}",
-                    input_urls
-                        .iter()
-                        .map(InputUrl::display)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            })?
+            .with_context(|| format!("opening input {}", inputs_display(&input_urls)))?
         };
         let output = OutputSet::open(&output_urls, &OutputOptions::default())
             .with_context(|| format!("opening output {}", outputs_display(&output_urls)))?;
@@ -370,11 +361,7 @@ impl Channel {
             stage,
             input,
             input_display: if mpts {
-                program_urls
-                    .iter()
-                    .map(InputUrl::display)
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                inputs_display(&program_urls)
             } else {
                 input_url.display()
             },

@@ -17,7 +17,9 @@
 //!
 //! Run: `cargo bench --bench headend` (env: CASTMUX_BENCH_CHANNELS, CASTMUX_BENCH_RATE,
 //! CASTMUX_BENCH_SECS, CASTMUX_BENCH_IDLE, CASTMUX_BENCH_WORKERS, CASTMUX_BENCH_UDP_BURST:
-//! `headend --udp-burst`). With
+//! `headend --udp-burst`, CASTMUX_BENCH_READ_INTERVAL: `headend --read-interval`;
+//! these two go to this build only; CASTMUX_BENCH_ROUNDS: live runs of each build, taking
+//! turns, summed). With
 //! CASTMUX_BENCH_OTHER=/path/to/castmux the same two runs are made against that binary too
 //! (e.g. a build of an earlier commit) and printed beside this one's; channels are written
 //! in the `args = "…"` form every version reads.
@@ -206,8 +208,14 @@ fn start_headend(
         .arg(&cfg);
     if bin.workers {
         cmd.args(["--workers", &workers.to_string()]);
-        if let Ok(burst) = std::env::var("CASTMUX_BENCH_UDP_BURST") {
-            cmd.args(["--udp-burst", &burst]);
+        // settings under test go to this build only; the other keeps its defaults
+        if bin.name == "this" {
+            if let Ok(burst) = std::env::var("CASTMUX_BENCH_UDP_BURST") {
+                cmd.args(["--udp-burst", &burst]);
+            }
+            if let Ok(d) = std::env::var("CASTMUX_BENCH_READ_INTERVAL") {
+                cmd.args(["--read-interval", &d]);
+            }
         }
     }
     load::start_headend(cmd)
@@ -222,6 +230,8 @@ struct Live {
     hist: Histogram<u64>,
     cpu_pct: f64,
     rss_mb: f64,
+    /// Runs summed into this one.
+    runs: u32,
 }
 
 /// A castmux binary to measure.
@@ -367,6 +377,23 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
         hist,
         cpu_pct: 100.0 * cpu / wall,
         rss_mb: rss as f64 / 1024.0,
+        runs: 1,
+    }
+}
+
+impl Live {
+    /// Two runs of the same load as one: counts and histograms added, CPU averaged (the
+    /// runs are equally long), the larger RSS.
+    fn merge(mut self, o: Live) -> Live {
+        let (a, b) = (f64::from(self.runs), f64::from(o.runs));
+        self.achieved_mbps = (self.achieved_mbps * a + o.achieved_mbps * b) / (a + b);
+        self.cpu_pct = (self.cpu_pct * a + o.cpu_pct * b) / (a + b);
+        self.runs += o.runs;
+        self.sent += o.sent;
+        self.received += o.received;
+        self.hist.add(&o.hist).expect("same histogram bounds");
+        self.rss_mb = self.rss_mb.max(o.rss_mb);
+        self
     }
 }
 
@@ -424,11 +451,39 @@ fn main() {
             workers: false,
         });
     }
+    // Live runs take turns, round after round (ABBA), each of SECS: a shared machine's
+    // speed moves by tens of percent from one stretch to the next, so one run of each can
+    // differ by more than the builds do; the rounds' sums, and the median of each round's
+    // CPU difference, are what compare.
+    let rounds = env_num("CASTMUX_BENCH_ROUNDS", 1.0).max(1.0) as usize;
+    let mut acc: Vec<Option<Live>> = bins.iter().map(|_| None).collect();
+    let mut cpu_rounds: Vec<Vec<f64>> = bins.iter().map(|_| Vec::new()).collect();
+    for r in 0..rounds {
+        let mut order: Vec<usize> = (0..bins.len()).collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for k in order {
+            let l = live(&bins[k], channels, rate, secs);
+            cpu_rounds[k].push(l.cpu_pct);
+            acc[k] = Some(match acc[k].take() {
+                None => l,
+                Some(a) => a.merge(l),
+            });
+        }
+        if rounds > 1 {
+            let cpus: Vec<String> = bins
+                .iter()
+                .zip(&cpu_rounds)
+                .map(|(b, c)| format!("{} {:.1} %", b.name, c[r]))
+                .collect();
+            println!("round {}: CPU {}", r + 1, cpus.join(", "));
+        }
+    }
     let mut rows = Vec::new();
-    for b in &bins {
-        let l = live(b, channels, rate, secs);
+    for (b, l) in bins.iter().zip(acc) {
         let i = idle(b, idle_channels, 5.0);
-        rows.push((b.name.clone(), l, i));
+        rows.push((b.name.clone(), l.expect("one round at least"), i));
     }
     println!(
         "\n{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
@@ -458,6 +513,20 @@ fn main() {
             "-",
             i.cpu_pct,
             i.rss_mb,
+        );
+    }
+    if rounds > 1 && bins.len() == 2 {
+        let mut d: Vec<f64> = cpu_rounds[0]
+            .iter()
+            .zip(&cpu_rounds[1])
+            .map(|(a, b)| a - b)
+            .collect();
+        d.sort_by(f64::total_cmp);
+        println!(
+            "CPU this - other over {rounds} rounds: median {:+.1} points (from {:+.1} to {:+.1})",
+            d[rounds / 2],
+            d[0],
+            d[rounds - 1]
         );
     }
     println!(

@@ -119,6 +119,12 @@ pub fn login_fail_delay(s: &str) -> Result<Duration, String> {
     duration_between(s, Duration::ZERO, secs(60))
 }
 
+/// `headend --read-interval`: 0 (read at every arrival) to 50ms (a packet's added
+/// latency is up to this).
+pub fn read_interval(s: &str) -> Result<Duration, String> {
+    duration_between(s, Duration::ZERO, ms(50))
+}
+
 /// `softcard serve --ecm-cache-ttl`: 0 (no cache) to 1h.
 pub fn ecm_cache_ttl(s: &str) -> Result<Duration, String> {
     duration_between(s, Duration::ZERO, secs(3600))

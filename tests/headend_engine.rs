@@ -72,6 +72,8 @@ struct Case {
     dead_input: Option<usize>,
     burst: usize,
     pause: Duration,
+    /// `headend --read-interval`, if not the default.
+    read_interval: Option<&'static str>,
 }
 
 #[test]
@@ -84,11 +86,13 @@ fn fifty_channels_each_descramble_and_a_dead_one_leaves_the_others_whole() {
         dead_input: Some(DEAD_INPUT),
         burst: 1,
         pause: Duration::from_millis(10),
+        read_interval: None,
     });
 }
 
-/// Bursts into small batches on one worker: a read fills the batch while the input holds
-/// more datagrams than the socket shows, and every packet must still come out.
+/// Bursts into small batches on one worker, reading at every arrival: a read fills the
+/// batch while the input holds more datagrams than the socket shows, and every packet must
+/// still come out.
 #[test]
 fn bursts_into_small_batches_lose_nothing_on_one_worker() {
     run(&Case {
@@ -99,6 +103,23 @@ fn bursts_into_small_batches_lose_nothing_on_one_worker() {
         dead_input: None,
         burst: 25,
         pause: Duration::from_millis(150),
+        read_interval: Some("0"),
+    });
+}
+
+/// Reading on a cadence: the worker sleeps between reads while traffic flows, and a read
+/// that fills a small batch is read again at once; every packet still comes out, in order.
+#[test]
+fn reading_on_a_cadence_loses_nothing() {
+    run(&Case {
+        channels: 12,
+        workers: 1,
+        batch: 8,
+        dead_output: None,
+        dead_input: Some(5),
+        burst: 4,
+        pause: Duration::from_millis(12),
+        read_interval: Some("4ms"),
     });
 }
 
@@ -135,6 +156,12 @@ fn run(case: &Case) {
             "--config",
         ])
         .arg(&cfg)
+        .args(
+            case.read_interval
+                .map(|d| ["--read-interval", d])
+                .into_iter()
+                .flatten(),
+        )
         .env("CASTMUX_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -30,10 +30,15 @@ pub struct HeadendArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     workers: Option<u16>,
     /// Whole UDP datagrams a channel's output gathers per send (one UDP GSO send), none
-    /// held past the 2 ms flush interval. 1 sends each datagram at once (lowest latency,
-    /// more CPU). Default 2.
+    /// held past the 2 ms flush interval. Default 1: the whole datagrams of each write go
+    /// at once (with `--read-interval 0`, 2 saves CPU for up to a datagram's spacing).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
     udp_burst: Option<u8>,
+    /// While traffic flows, a worker reads its UDP inputs once per this interval, not at
+    /// every datagram: fewer, fuller receive calls and cipher passes, up to this much added
+    /// latency. 0 reads at every arrival. Default 3ms.
+    #[arg(long, value_name = "DURATION", value_parser = super::args::read_interval)]
+    read_interval: Option<std::time::Duration>,
 }
 
 /// A channel's options parsed as `castmux scramble`'s.
@@ -82,6 +87,9 @@ pub fn run(a: HeadendArgs, db: &StoreLocation) -> anyhow::Result<()> {
     }
     if let Some(n) = a.udp_burst {
         opts.udp_burst = usize::from(n);
+    }
+    if let Some(d) = a.read_interval {
+        opts.read_interval = d;
     }
     // SIGHUP: the file read again; a bad one is refused and the running set kept
     let reloader = || {

@@ -614,8 +614,9 @@ impl UdpOutput {
             let parts = DatagramParts::new(head, data, self.datagram, done);
             let res = match self.mode {
                 SendMode::Gso if total - done > 1 => self.send_gso(parts.take(GSO_SEGMENTS)),
-                SendMode::Gso | SendMode::Batched => self.send_mmsg(parts.take(SEND_DATAGRAMS)),
-                SendMode::Single => self.send_one(parts),
+                SendMode::Batched if total - done > 1 => self.send_mmsg(parts.take(SEND_DATAGRAMS)),
+                // one datagram: a plain sendmsg, without sendmmsg's headers to build
+                _ => self.send_one(parts),
             };
             match res {
                 Ok((sent, bytes)) => {

@@ -1,7 +1,7 @@
 //! The scrambling pipeline against the raw cipher, side by side in one run, on a 200 MB
 //! stream (samples/spts.ts repeated) held in memory:
-//! - `raw-csa`: copy each 2048-packet batch (a file input's default batch) and scramble it with `csa::KeyContext` (the
-//!   engine's ceiling for this stream);
+//! - `raw-csa`: copy each 2048-packet batch (a file input's default batch) and scramble it
+//!   with `csa::KeyContext` (the engine's ceiling for this stream);
 //! - `scrambler-memory`: `Scrambler::process` on the same batches (PSI tracking, PMT
 //!   rewrite, ES selection, crypto periods, counters; one thread, no I/O);
 //! - `scramble-file`: `run_scramble` from a file to a file in /dev/shm, the real threaded
@@ -47,15 +47,14 @@ fn config() -> ScrambleConfig {
     }
 }
 
-fn benches(c: &mut Criterion, data: &[u8]) {
+fn benches(c: &mut Criterion, data: &[u8], files: &Files) {
     let mut g = c.benchmark_group("pipeline");
     g.throughput(Throughput::Bytes(data.len() as u64));
     g.sample_size(10)
         .measurement_time(Duration::from_secs(8))
         .warm_up_time(Duration::from_secs(1));
 
-    let cw = ControlWord::from_bytes([1, 2, 3, 6, 4, 5, 6, 15]);
-    let ctx = KeyContext::csa2(&cw, &cw);
+    let ctx = key();
     let mut buf = vec![0u8; BATCH * 188];
     g.bench_function("raw-csa", |b| b.iter(|| raw_csa(&ctx, data, &mut buf)));
 
@@ -70,8 +69,8 @@ fn benches(c: &mut Criterion, data: &[u8]) {
         })
     });
 
-    let (src, dst) = files(data);
-    let scramble_file = || scramble_file(&src, &dst);
+    let (src, dst) = (&files.src, &files.dst);
+    let scramble_file = || scramble_file(src, dst);
     // overwrites the previous iteration's output: opening it truncates 200 MB (the kernel
     // frees its pages, ~11 ms in /dev/shm), as a run over an existing file does
     g.bench_function("scramble-file", |b| b.iter(scramble_file));
@@ -79,15 +78,19 @@ fn benches(c: &mut Criterion, data: &[u8]) {
     g.bench_function("scramble-new-file", |b| {
         b.iter_batched(
             || {
-                let _ = std::fs::remove_file(&dst);
+                let _ = std::fs::remove_file(dst);
             },
             |()| scramble_file(),
             BatchSize::PerIteration,
         )
     });
     g.finish();
-    let _ = std::fs::remove_file(&src);
-    let _ = std::fs::remove_file(&dst);
+}
+
+/// The one key every path scrambles under.
+fn key() -> KeyContext {
+    let cw = ControlWord::from_bytes([1, 2, 3, 6, 4, 5, 6, 15]);
+    KeyContext::csa2(&cw, &cw)
 }
 
 /// Copy each batch of `data` and scramble it: the engine's ceiling for this stream.
@@ -99,18 +102,33 @@ fn raw_csa(ctx: &KeyContext, data: &[u8], buf: &mut [u8]) {
     }
 }
 
-/// The stream written to a file in /dev/shm (or the target dir), and the output's path.
-fn files(data: &[u8]) -> (PathBuf, PathBuf) {
-    let shm = PathBuf::from("/dev/shm");
-    let dir = if shm.is_dir() {
-        shm
-    } else {
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-    };
-    let src = dir.join(format!("castmux-bench-{}.ts", std::process::id()));
-    let dst = dir.join(format!("castmux-bench-{}.out", std::process::id()));
-    std::fs::write(&src, data).expect("write the bench input");
-    (src, dst)
+/// The stream written once to a file in /dev/shm (or the target dir), and the output's
+/// path; both are removed when this is dropped.
+struct Files {
+    src: PathBuf,
+    dst: PathBuf,
+}
+
+impl Files {
+    fn write(data: &[u8]) -> Files {
+        let shm = PathBuf::from("/dev/shm");
+        let dir = if shm.is_dir() {
+            shm
+        } else {
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        };
+        let src = dir.join(format!("castmux-bench-{}.ts", std::process::id()));
+        let dst = dir.join(format!("castmux-bench-{}.out", std::process::id()));
+        std::fs::write(&src, data).expect("write the bench input");
+        Files { src, dst }
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.src);
+        let _ = std::fs::remove_file(&self.dst);
+    }
 }
 
 /// `run_scramble` from `src` to `dst`, as `castmux scramble -i FILE -o FILE` runs it.
@@ -135,11 +153,10 @@ const ROUNDS: usize = 25;
 /// kept: on a shared machine the speed moves by tens of percent from one ten-second
 /// stretch to the next (criterion's means above are taken minutes apart), so only ratios
 /// within a round compare like with like. Prints the median ratio and the spread.
-fn interleaved(data: &[u8]) {
-    let cw = ControlWord::from_bytes([1, 2, 3, 6, 4, 5, 6, 15]);
-    let ctx = KeyContext::csa2(&cw, &cw);
+fn interleaved(data: &[u8], files: &Files) {
+    let ctx = key();
     let mut buf = vec![0u8; BATCH * 188];
-    let (src, dst) = files(data);
+    let (src, dst) = (&files.src, &files.dst);
     let time = |f: &mut dyn FnMut()| {
         let t = Instant::now();
         f();
@@ -147,13 +164,11 @@ fn interleaved(data: &[u8]) {
     };
     let (mut new_file, mut over_file) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
-        let _ = std::fs::remove_file(&dst);
+        let _ = std::fs::remove_file(dst);
         let raw = time(&mut || raw_csa(&ctx, data, &mut buf));
-        new_file.push(raw / time(&mut || scramble_file(&src, &dst)));
-        over_file.push(raw / time(&mut || scramble_file(&src, &dst)));
+        new_file.push(raw / time(&mut || scramble_file(src, dst)));
+        over_file.push(raw / time(&mut || scramble_file(src, dst)));
     }
-    let _ = std::fs::remove_file(&src);
-    let _ = std::fs::remove_file(&dst);
     println!(
         "\ninterleaved, {ROUNDS} rounds (each pipeline against the raw-csa run just before it):"
     );
@@ -189,9 +204,10 @@ fn summary() {
 
 fn main() {
     let data = stream();
+    let files = Files::write(&data);
     let mut c = Criterion::default().configure_from_args();
-    benches(&mut c, &data);
+    benches(&mut c, &data, &files);
     c.final_summary();
     summary();
-    interleaved(&data);
+    interleaved(&data, &files);
 }

@@ -47,7 +47,7 @@ pub struct ChannelEnv<'a> {
     pub emm_pid: Option<Pid>,
 }
 
-/// The outputs as logs show them (SRT passphrases masked).
+/// The inputs as logs show them (passphrases masked).
 fn inputs_display(urls: &[InputUrl]) -> String {
     urls.iter()
         .map(InputUrl::display)
@@ -55,6 +55,7 @@ fn inputs_display(urls: &[InputUrl]) -> String {
         .join(", ")
 }
 
+/// The outputs as logs show them (SRT passphrases masked).
 fn outputs_display(urls: &[OutputUrl]) -> String {
     urls.iter()
         .map(OutputUrl::display)

@@ -102,6 +102,7 @@ fn main() {
         "-mgfni",
         "-mavx512vl",
     ];
+    const AVX512BW: &[&str] = &["-mavx512f", "-mavx512bw", "-mavx512vl"];
     let mut backends: Vec<Spec> = vec![("u64", "CSA_WIDTH_64", None, &[])];
     if target_arch == "x86_64" {
         backends.push(("sse2", "CSA_WIDTH_128", None, &["-msse2"]));
@@ -110,6 +111,14 @@ fn main() {
         // The same instruction sets at 256 and 128 lanes, for small batches.
         backends.push(("avx512vl256", "CSA_WIDTH_256", Some("CSA_AVX512VL"), AVX512));
         backends.push(("avx512vl128", "CSA_WIDTH_128", Some("CSA_AVX512VL"), AVX512));
+        // AVX-512 without VBMI and GFNI (Skylake-SP, Cascade Lake), at 512 and 256 lanes.
+        backends.push(("avx512bw", "CSA_WIDTH_512", Some("CSA_AVX512BW"), AVX512BW));
+        backends.push((
+            "avx512bw256",
+            "CSA_WIDTH_256",
+            Some("CSA_AVX512BW"),
+            AVX512BW,
+        ));
         println!("cargo:rustc-cfg=csa_x86_backends");
     }
     println!("cargo::rustc-check-cfg=cfg(csa_x86_backends)");

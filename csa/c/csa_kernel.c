@@ -5,7 +5,11 @@
  * (portable 64-bit, SSE2, AVX2, AVX-512; and AVX-512 again at 256 and 128
  * lanes with CSA_AVX512VL, whose calls cost less for small batches: the
  * 512-lane block S-box on a widened ymm/xmm, GFNI bit transposes, the
- * 128/256-lane gathers). A call processes up to LANES payloads at once:
+ * 128/256-lane gathers; and with CSA_AVX512BW at 512 and 256 lanes for the
+ * AVX-512 CPUs without VBMI and GFNI, Skylake-SP and Cascade Lake: vpternlog
+ * and 32 registers for the stream cipher, byte shuffles under mask registers
+ * for the block S-box, the xmm transposes). A call processes up to LANES
+ * payloads at once:
  *
  *  - the block cipher runs byte-sliced: byte j of every payload's block sits
  *    in one SIMD byte lane, so a round is a few XORs plus the S-box and its
@@ -40,7 +44,7 @@
 #include "csa_kernel.h"
 
 #ifndef CSA_BACKEND
-#error "build.rs defines CSA_BACKEND (u64, sse2, avx2, avx512, avx512vl256, avx512vl128)"
+#error "build.rs defines CSA_BACKEND (u64, sse2, avx2, avx512, avx512vl256, avx512vl128, avx512bw, avx512bw256)"
 #endif
 
 #define CSA_CAT2(a, b) a##b
@@ -50,9 +54,26 @@
 #if defined(CSA_AVX512VL) && !defined(CSA_WIDTH_128) && !defined(CSA_WIDTH_256)
 #error "CSA_AVX512VL is the 128- and 256-lane build with AVX-512 (VL, VBMI, GFNI)"
 #endif
+#if defined(CSA_AVX512BW) && !defined(CSA_WIDTH_512) && !defined(CSA_WIDTH_256)
+#error "CSA_AVX512BW is the 512- and 256-lane build with AVX-512 (F, BW, VL) and no VBMI or GFNI"
+#endif
+
+/* The 512-lane build with VBMI and GFNI: byte permutes across the register,
+ * GFNI bit transposes, qword gathers and scatters. */
+#if defined(CSA_WIDTH_512) && !defined(CSA_AVX512BW)
+#define CSA_VBMI512
+#endif
+/* Byte <-> bit and lane <-> row transposes by xmm unpacks (every x86 build
+ * but CSA_VBMI512). */
+#if defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256) || defined(CSA_AVX512BW)
+#define CSA_XMM_TRANSPOSES
+#endif
 
 #if defined(CSA_WIDTH_512)
 #include <immintrin.h>
+#ifdef CSA_AVX512BW
+#define CSA_PSHUFB
+#endif
 #define WBYTES 64
 #elif defined(CSA_WIDTH_256)
 #include <immintrin.h>
@@ -77,7 +98,7 @@
  * ran mux trees of vpternlog over the truth tables (seven an output) in a
  * state behind a pointer until December 2026: a block's 32 clocks took 50 ns
  * there against 29 ns now (C timing loop, README.md Performance). */
-#if defined(CSA_WIDTH_512) || defined(CSA_AVX512VL)
+#if defined(CSA_WIDTH_512) || defined(CSA_AVX512VL) || defined(CSA_AVX512BW)
 #define STREAM_LOCAL
 #endif
 
@@ -337,7 +358,7 @@ static inline void row_to_bits(const uint8_t *row, W out[8], size_t n) {
     for (int b = 0; b < 8; b++) out[b] = w_load(tmp[b]);
 }
 
-#if defined(CSA_WIDTH_512)
+#if defined(CSA_VBMI512)
 /* Transposes an 8x8 matrix of qwords held in 8 zmm: out[g].q[b] = in[b].q[g]. */
 static inline void transpose_qwords(const __m512i in[8], __m512i out[8]) {
     __m512i t[8], u[8];
@@ -389,7 +410,7 @@ static inline void bits_xor_row(const W in[8], uint8_t *row, size_t n) {
         _mm512_storeu_si512(row + 64 * g, _mm512_xor_si512(r, bytes));
     }
 }
-#elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+#elif defined(CSA_XMM_TRANSPOSES)
 /* 8 rows of 16 bytes (r[j] = byte j of 16 lanes) -> 16 lanes of 8 bytes, two
  * per register (c[q]: lane 2q in the low half, 2q + 1 in the high), by
  * unpacks: bytes, words, dwords. */
@@ -480,7 +501,7 @@ static inline void bits_xor_row(const W in[8], uint8_t *row, size_t n) {
 /* ---------------------------------------------------------------------- */
 /* Byte-sliced block cipher.                                              */
 
-#if defined(CSA_WIDTH_512)
+#if defined(CSA_VBMI512)
 struct block_tables {
     __m512i sbox[4];
     __m512i perm_matrix;
@@ -547,10 +568,37 @@ block_sbox(const struct block_tables *t, W x, W *s, W *p) {
  * the high nibble: a shuffle per table indexed by x (zero where bit 7 of the
  * index is set, so x picks among T[0..7] and x ^ 0x80 among T[8..15]), then
  * a tree of byte blends on bits 4, 5, 6 and an OR for bit 7. The round's bit
- * permutation is linear, so p = P(s & 0x0f) ^ P(s & 0xf0): two more shuffles. */
+ * permutation is linear, so p = P(s & 0x0f) ^ P(s & 0xf0): two more shuffles.
+ * The AVX-512BW builds blend under mask registers, three bit tests a round
+ * (VPBLENDVB has no 512-bit form; at 256 bits it is two uops on Intel). */
+#if defined(CSA_WIDTH_512)
+typedef __m512i V;
+typedef __mmask64 K;
+#define V_TABLE(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))
+#define V_SHUF _mm512_shuffle_epi8
+#define V_SRL16 _mm512_srli_epi16
+#define V_SET1(b) _mm512_set1_epi8((char)(b))
+#define V_XOR _mm512_xor_si512
+#define V_OR _mm512_or_si512
+#define V_AND _mm512_and_si512
+/* k: lanes whose byte has bit `b` set; blend: b where k is set, else a */
+#define K_BIT(x, b) _mm512_test_epi8_mask((x), V_SET1(1 << (b)))
+#define K_BLEND(a, b, k) _mm512_mask_blend_epi8((k), (a), (b))
+#else
 typedef __m256i V;
 #define V_TABLE(p) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p)))
 #define V_SHUF _mm256_shuffle_epi8
+#define V_SLL16 _mm256_slli_epi16
+#define V_SRL16 _mm256_srli_epi16
+#define V_SET1(b) _mm256_set1_epi8((char)(b))
+#define V_XOR _mm256_xor_si256
+#define V_OR _mm256_or_si256
+#define V_AND _mm256_and_si256
+#if defined(CSA_AVX512BW)
+typedef __mmask32 K;
+#define K_BIT(x, b) _mm256_test_epi8_mask((x), V_SET1(1 << (b)))
+#define K_BLEND(a, b, k) _mm256_mask_blend_epi8((k), (a), (b))
+#else
 /* VPBLENDVB reads only bit 7 of each mask byte; through the intrinsic GCC
  * first widens the mask with a compare, one more instruction per blend level. */
 static inline __m256i v_blend(__m256i a, __m256i b, __m256i m) {
@@ -558,13 +606,11 @@ static inline __m256i v_blend(__m256i a, __m256i b, __m256i m) {
     __asm__("vpblendvb %3, %2, %1, %0" : "=x"(r) : "x"(a), "xm"(b), "x"(m));
     return r;
 }
-#define V_BLEND v_blend
-#define V_SLL16 _mm256_slli_epi16
-#define V_SRL16 _mm256_srli_epi16
-#define V_SET1(b) _mm256_set1_epi8((char)(b))
-#define V_XOR _mm256_xor_si256
-#define V_OR _mm256_or_si256
-#define V_AND _mm256_and_si256
+typedef __m256i K;
+#define K_BIT(x, b) V_SLL16((x), 7 - (b))
+#define K_BLEND(a, b, k) v_blend((a), (b), (k))
+#endif
+#endif
 struct block_tables {
     V sbox[16];
     V perm_lo, perm_hi;
@@ -579,15 +625,14 @@ static void block_tables_init(struct block_tables *t) {
 static inline __attribute__((always_inline)) void
 block_sbox(const struct block_tables *t, W x, W *s, W *p) {
     const V xv = (V)x, xh = V_XOR(xv, V_SET1(0x80));
-    /* blendv takes the second operand where the mask byte's bit 7 is set */
-    const V m4 = V_SLL16(xv, 3), m5 = V_SLL16(xv, 2), m6 = V_SLL16(xv, 1);
+    const K m4 = K_BIT(xv, 4), m5 = K_BIT(xv, 5), m6 = K_BIT(xv, 6);
     V u[8], v[4], w[2];
     for (int j = 0; j < 8; j++) {
         const V idx = j < 4 ? xv : xh;
-        u[j] = V_BLEND(V_SHUF(t->sbox[2 * j], idx), V_SHUF(t->sbox[2 * j + 1], idx), m4);
+        u[j] = K_BLEND(V_SHUF(t->sbox[2 * j], idx), V_SHUF(t->sbox[2 * j + 1], idx), m4);
     }
-    for (int j = 0; j < 4; j++) v[j] = V_BLEND(u[2 * j], u[2 * j + 1], m5);
-    for (int j = 0; j < 2; j++) w[j] = V_BLEND(v[2 * j], v[2 * j + 1], m6);
+    for (int j = 0; j < 4; j++) v[j] = K_BLEND(u[2 * j], u[2 * j + 1], m5);
+    for (int j = 0; j < 2; j++) w[j] = K_BLEND(v[2 * j], v[2 * j + 1], m6);
     const V sv = V_OR(w[0], w[1]);
     const V nib = V_SET1(0x0f);
     *s = (W)sv;
@@ -766,7 +811,7 @@ static inline void transpose8x8_bytes(uint64_t x[8]) {
     }
 }
 
-#if defined(CSA_WIDTH_512)
+#if defined(CSA_VBMI512)
 static inline __m512i byte_transpose_index(void) {
     uint8_t idx[64];
     for (int i = 0; i < 8; i++)
@@ -775,7 +820,7 @@ static inline __m512i byte_transpose_index(void) {
 }
 #endif
 
-#if defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+#if defined(CSA_XMM_TRANSPOSES)
 /* 16 lanes of 8 bytes (x[i] low half) -> 8 rows of 16 lanes (v[j] = byte j of
  * lanes 0..15), by unpacks: bytes, words, dwords, qwords. */
 static inline void transpose_16x8(const __m128i x[16], __m128i t[8], __m128i u[8], __m128i v[8]) {
@@ -819,7 +864,7 @@ static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *
         if (len[l] > max_len) max_len = len[l];
     const unsigned blocks = (max_len + 7) / 8;
     full_masks(sc, len, n, blocks);
-#if defined(CSA_WIDTH_512)
+#if defined(CSA_VBMI512)
     uint8_t *ptrs[LANES] __attribute__((aligned(64)));
     for (size_t l = 0; l < LANES; l++) ptrs[l] = l < n ? data[l] : 0;
     const size_t groups = (n + 63) / 64;
@@ -839,7 +884,7 @@ static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *
             for (int j = 0; j < 8; j++) _mm512_store_si512(&sc->rows[8 * k + j][64 * g], out[j]);
         }
     }
-#elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+#elif defined(CSA_XMM_TRANSPOSES)
     for (unsigned k = 0; k < blocks; k++) {
         for (size_t m = 0; m < (n + 15) / 16; m++) {
             __m128i x[16], t[8], u[8], v[8];
@@ -875,7 +920,7 @@ static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *
 /* rows[pos][lane] -> payloads, the inverse of gather (masked scatters on AVX-512). */
 static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n, unsigned max_len) {
     const unsigned blocks = max_len / 8;
-#if defined(CSA_WIDTH_512)
+#if defined(CSA_VBMI512)
     uint8_t *ptrs[LANES] __attribute__((aligned(64)));
     for (size_t l = 0; l < LANES; l++) ptrs[l] = l < n ? data[l] : 0;
     const size_t groups = (n + 63) / 64;
@@ -894,7 +939,7 @@ static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len
             }
         }
     }
-#elif defined(CSA_WIDTH_128) || defined(CSA_WIDTH_256)
+#elif defined(CSA_XMM_TRANSPOSES)
     for (unsigned k = 0; k < blocks; k++) {
         for (size_t m = 0; m < (n + 15) / 16; m++) {
             __m128i r[8], c[8];
@@ -1027,8 +1072,8 @@ decrypt_block_groups(const struct block_tables *t, const struct castmux_csa_key 
 /* Blocks k0..k0+nk of group g in place, decrypted together: unlike
  * encryption (each block chained to the one after it, already encrypted),
  * every block decrypts on its own, so a call with fewer groups than BLOCK_NG
- * interleaves blocks instead (the AVX-512VL builds, whose small calls have a
- * group or two). Block k + 1 is still ciphertext when block k
+ * interleaves blocks instead (the AVX-512VL and AVX-512BW builds, whose small
+ * calls have a group or two). Block k + 1 is still ciphertext when block k
  * reads it (stored in order, after every block of the set is decrypted). */
 static inline __attribute__((always_inline)) void
 decrypt_blocks_of_group(const struct block_tables *t, const struct castmux_csa_key *key,
@@ -1090,7 +1135,7 @@ descramble_lanes(const struct castmux_csa_key *key, const uint8_t (*krows)[LANES
     else
         stream_xor_rows(&sc, key->cw, max_len, n);
     /* Block cipher: every block decrypts on its own, then XORs the next ciphertext block. */
-#if defined(CSA_AVX512VL)
+#if defined(CSA_AVX512VL) || defined(CSA_AVX512BW)
     if (ngroups < BLOCK_NG) {
         for (int g = 0; g < ngroups; g++) {
 #define DECRYPT_BLOCKS_STEP(k0, nk) decrypt_blocks_of_group(&t, key, krows, &sc, (k0), (nk), blocks, g)

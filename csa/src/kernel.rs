@@ -151,6 +151,54 @@ extern "C" {
         len: *const u8,
         n: usize,
     );
+    fn castmux_csa_avx512bw_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw256_scramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw256_descramble(
+        key: *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw256_scramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
+    fn castmux_csa_avx512bw256_descramble_keyed(
+        keys: *const *const CKey,
+        data: *const *mut u8,
+        len: *const u8,
+        n: usize,
+    );
 }
 
 /// Calls of up to this many payloads run on [`Backend::Avx512Vl256`] when
@@ -181,17 +229,27 @@ pub enum Backend {
     /// The AVX-512 kernel at 128 lanes (xmm; the same CPU features); forced
     /// only (measured no cheaper than 256 lanes, README.md Performance).
     Avx512Vl128,
+    /// AVX-512 without VBMI and GFNI (F, BW, VL: Skylake-SP, Cascade Lake),
+    /// 512 payloads per call: the stream cipher as the AVX-512 kernel's, the
+    /// block S-box by byte shuffles under mask registers.
+    Avx512Bw,
+    /// The AVX-512BW kernel at 256 lanes (ymm; the same CPU features), for
+    /// calls of up to 256 payloads when [`Backend::Avx512Bw`] is the automatic
+    /// choice ([`Backend::for_batch`]).
+    Avx512Bw256,
 }
 
 impl Backend {
     /// Every backend, slowest first at full batches ([`Backend::best`] takes
     /// the last this CPU runs); the narrow AVX-512 kernels come before the
     /// full-width one, which [`Backend::for_batch`] narrows per call.
-    pub const ALL: [Backend; 7] = [
+    pub const ALL: [Backend; 9] = [
         Backend::Scalar,
         Backend::U64,
         Backend::Sse2,
         Backend::Avx2,
+        Backend::Avx512Bw256,
+        Backend::Avx512Bw,
         Backend::Avx512Vl128,
         Backend::Avx512Vl256,
         Backend::Avx512,
@@ -206,6 +264,8 @@ impl Backend {
             Backend::Avx512 => "avx512",
             Backend::Avx512Vl256 => "avx512vl256",
             Backend::Avx512Vl128 => "avx512vl128",
+            Backend::Avx512Bw => "avx512bw",
+            Backend::Avx512Bw256 => "avx512bw256",
         }
     }
 
@@ -225,6 +285,8 @@ impl Backend {
             Backend::Avx512 => 512,
             Backend::Avx512Vl256 => 256,
             Backend::Avx512Vl128 => 128,
+            Backend::Avx512Bw => 512,
+            Backend::Avx512Bw256 => 256,
         }
     }
 
@@ -243,6 +305,12 @@ impl Backend {
                     && std::is_x86_feature_detected!("avx512vbmi")
                     && std::is_x86_feature_detected!("avx512vl")
                     && std::is_x86_feature_detected!("gfni")
+            }
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Bw | Backend::Avx512Bw256 => {
+                std::is_x86_feature_detected!("avx512f")
+                    && std::is_x86_feature_detected!("avx512bw")
+                    && std::is_x86_feature_detected!("avx512vl")
             }
             #[cfg(not(csa_x86_backends))]
             _ => false,
@@ -267,13 +335,14 @@ impl Backend {
     }
 
     /// The backend that runs one call of `n` payloads cheapest when `self` is
-    /// the automatic choice: the 256-lane AVX-512 kernel for a call that fits
-    /// it, `self` otherwise. A call costs a fixed part (the bit-sliced stream
+    /// the automatic choice: the 256-lane build of an AVX-512 kernel for a
+    /// call that fits it, `self` otherwise. A call costs a fixed part (the bit-sliced stream
     /// cipher over every lane of the width) plus a part per payload; measured
     /// with the `csa-batch` groups of `benches/csa.rs` (README.md, Performance).
     pub fn for_batch(self, n: usize) -> Backend {
         match self {
             Backend::Avx512 if n <= VL256_UP_TO => Backend::Avx512Vl256,
+            Backend::Avx512Bw if n <= VL256_UP_TO => Backend::Avx512Bw256,
             b => b,
         }
     }
@@ -322,6 +391,20 @@ impl Backend {
                 scramble_keyed: castmux_csa_avx512vl128_scramble_keyed,
                 descramble_keyed: castmux_csa_avx512vl128_descramble_keyed,
             }),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Bw => Some(Kernels {
+                scramble: castmux_csa_avx512bw_scramble,
+                descramble: castmux_csa_avx512bw_descramble,
+                scramble_keyed: castmux_csa_avx512bw_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512bw_descramble_keyed,
+            }),
+            #[cfg(csa_x86_backends)]
+            Backend::Avx512Bw256 => Some(Kernels {
+                scramble: castmux_csa_avx512bw256_scramble,
+                descramble: castmux_csa_avx512bw256_descramble,
+                scramble_keyed: castmux_csa_avx512bw256_scramble_keyed,
+                descramble_keyed: castmux_csa_avx512bw256_descramble_keyed,
+            }),
             #[cfg(not(csa_x86_backends))]
             _ => None,
         }
@@ -334,7 +417,7 @@ static SELECTED: AtomicU8 = AtomicU8::new(0);
 const FORCED: u8 = 0x80;
 
 /// The environment variable that forces a backend (`scalar`, `u64`, `sse2`,
-/// `avx2`, `avx512`, `avx512vl256`, `avx512vl128`).
+/// `avx2`, `avx512`, `avx512vl256`, `avx512vl128`, `avx512bw`, `avx512bw256`).
 pub const BACKEND_ENV: &str = "CASTMUX_CSA_BACKEND";
 
 /// The backend in use: forced by [`force_backend`] or `CASTMUX_CSA_BACKEND`,
@@ -481,12 +564,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn for_batch_narrows_only_avx512_and_only_to_a_kernel_that_holds_the_call() {
+    fn for_batch_narrows_only_the_wide_avx512_kernels_and_only_to_one_that_holds_the_call() {
         for b in Backend::ALL {
             for n in 1..=b.lanes() {
                 let narrowed = b.for_batch(n);
                 assert!(narrowed.lanes() >= n, "{b:?} n={n} -> {narrowed:?}");
-                if b != Backend::Avx512 {
+                if b != Backend::Avx512 && b != Backend::Avx512Bw {
                     assert_eq!(narrowed, b);
                 }
                 // the narrow kernels need the features the wide one does
@@ -494,6 +577,8 @@ mod tests {
             }
         }
         assert_eq!(Backend::Avx512.for_batch(512), Backend::Avx512);
+        assert_eq!(Backend::Avx512Bw.for_batch(257), Backend::Avx512Bw);
+        assert_eq!(Backend::Avx512Bw.for_batch(256), Backend::Avx512Bw256);
     }
 
     #[test]

@@ -22,7 +22,10 @@
 //! turns, summed). With
 //! CASTMUX_BENCH_OTHER=/path/to/castmux the same two runs are made against that binary too
 //! (e.g. a build of an earlier commit) and printed beside this one's; channels are written
-//! in the `args = "…"` form every version reads.
+//! in the `args = "…"` form every version reads. With CASTMUX_BENCH_FLOOR=1 the live runs
+//! also take turns with a bare forwarder in castmux's place (`support/floor.rs`: the same
+//! sockets, cadence and writes, no cipher or PSI): the kernel's floor at that moment, and
+//! castmux's CPU above it round by round.
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
@@ -40,6 +43,8 @@ use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
 };
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "support/load.rs"]
 mod load;
 use load::{env_num, pin_to};
@@ -198,6 +203,13 @@ fn start_headend(
             base as usize + i
         ));
     }
+    if bin.floor {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"])
+            .arg(std::env::current_exe().expect("the bench's own path"))
+            .env(floor::ENV, format!("{base},{channels},{out_port}"));
+        return load::start_headend(cmd);
+    }
     let cfg = dir.join("headend.toml");
     std::fs::write(&cfg, toml).expect("write headend.toml");
     let workers = env_num("CASTMUX_BENCH_WORKERS", 1.0) as usize;
@@ -240,6 +252,8 @@ struct Bin {
     path: std::path::PathBuf,
     /// It has `headend --workers`.
     workers: bool,
+    /// The bare forwarder (this bench binary), not castmux.
+    floor: bool,
 }
 
 fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
@@ -430,6 +444,7 @@ fn idle(bin: &Bin, channels: usize, secs: f64) -> Idle {
 }
 
 fn main() {
+    floor::run_if_asked();
     let channels = env_num("CASTMUX_BENCH_CHANNELS", 200.0) as usize;
     let rate = env_num("CASTMUX_BENCH_RATE", 5.0);
     let secs = env_num("CASTMUX_BENCH_SECS", 10.0);
@@ -443,12 +458,22 @@ fn main() {
         name: "this".to_owned(),
         path: env!("CARGO_BIN_EXE_castmux").into(),
         workers: true,
+        floor: false,
     }];
     if let Ok(other) = std::env::var("CASTMUX_BENCH_OTHER") {
         bins.push(Bin {
             name: "other".to_owned(),
             path: other.into(),
             workers: false,
+            floor: false,
+        });
+    }
+    if env_num("CASTMUX_BENCH_FLOOR", 0.0) > 0.0 {
+        bins.push(Bin {
+            name: "floor".to_owned(),
+            path: std::env::current_exe().expect("the bench's own path"),
+            workers: false,
+            floor: true,
         });
     }
     // Live runs take turns, round after round (ABBA), each of SECS: a shared machine's
@@ -482,7 +507,8 @@ fn main() {
     }
     let mut rows = Vec::new();
     for (b, l) in bins.iter().zip(acc) {
-        let i = idle(b, idle_channels, 5.0);
+        // a forwarder with no input costs nothing worth a row
+        let i = (!b.floor).then(|| idle(b, idle_channels, 5.0));
         rows.push((b.name.clone(), l.expect("one round at least"), i));
     }
     println!(
@@ -502,6 +528,7 @@ fn main() {
             l.cpu_pct,
             l.rss_mb,
         );
+        let Some(i) = i else { continue };
         println!(
             "{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>8.1}",
             format!("{name}: idle {} ch", i.channels),
@@ -515,15 +542,16 @@ fn main() {
             i.rss_mb,
         );
     }
-    if rounds > 1 && bins.len() == 2 {
+    for (k, b) in bins.iter().enumerate().skip(1) {
         let mut d: Vec<f64> = cpu_rounds[0]
             .iter()
-            .zip(&cpu_rounds[1])
+            .zip(&cpu_rounds[k])
             .map(|(a, b)| a - b)
             .collect();
         d.sort_by(f64::total_cmp);
         println!(
-            "CPU this - other over {rounds} rounds: median {:+.1} points (from {:+.1} to {:+.1})",
+            "CPU this - {} over {rounds} rounds: median {:+.1} points (from {:+.1} to {:+.1})",
+            b.name,
             d[rounds / 2],
             d[0],
             d[rounds - 1]

@@ -192,6 +192,13 @@ fn start_headend(
     base: u16,
     out_port: u16,
 ) -> Child {
+    if bin.floor {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", "0"])
+            .arg(std::env::current_exe().expect("the bench's own path"))
+            .env(floor::ENV, format!("{base},{channels},{out_port}"));
+        return load::start_headend(cmd);
+    }
     let mut toml = String::new();
     for i in 0..channels {
         // each channel its own CW pair (a channel number in the key)
@@ -202,13 +209,6 @@ fn start_headend(
              -o udp://127.0.0.1:{out_port} --cw {even}:{odd} --allow-unscrambled\"\n\n",
             base as usize + i
         ));
-    }
-    if bin.floor {
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", "0"])
-            .arg(std::env::current_exe().expect("the bench's own path"))
-            .env(floor::ENV, format!("{base},{channels},{out_port}"));
-        return load::start_headend(cmd);
     }
     let cfg = dir.join("headend.toml");
     std::fs::write(&cfg, toml).expect("write headend.toml");

@@ -4,7 +4,7 @@
 The C kernel (csa/c/csa_kernel.c) is compiled to assembly once per x86 backend with
 the flags build.rs uses; the stream cipher's clock loop (in stream_generate) and the
 block cipher's round loop (the innermost loop of the scramble entry point with the
-most S-box instructions: a round over two lane groups) are cut out and handed to
+most S-box instructions: a round over BLOCK_NG lane groups) are cut out and handed to
 llvm-mca for each CPU model. Printed: cycles per loop iteration and per lane, so
 the backends compare at equal work. A model, not a measurement: use it to choose a
 backend for a CPU family that is not at hand, then measure where one is.
@@ -25,14 +25,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KERNEL = os.path.join(ROOT, "csa", "c", "csa_kernel.c")
 AVX512 = ["-mavx512f", "-mavx512bw", "-mavx512vbmi", "-mgfni", "-mavx512vl"]
 AVX512BW = ["-mavx512f", "-mavx512bw", "-mavx512vl"]
-# (backend, lanes, defines, flags): as in csa/build.rs.
+# (backend, lanes, lane groups a block round runs together (BLOCK_NG in the C), defines,
+# flags): as in csa/build.rs and csa_kernel.c.
 BACKENDS = [
-    ("sse2", 128, ["CSA_WIDTH_128"], ["-msse2"]),
-    ("avx2", 256, ["CSA_WIDTH_256"], ["-mavx2"]),
-    ("avx512bw256", 256, ["CSA_WIDTH_256", "CSA_AVX512BW"], AVX512BW),
-    ("avx512bw", 512, ["CSA_WIDTH_512", "CSA_AVX512BW"], AVX512BW),
-    ("avx512vl256", 256, ["CSA_WIDTH_256", "CSA_AVX512VL"], AVX512),
-    ("avx512", 512, ["CSA_WIDTH_512"], AVX512),
+    ("sse2", 128, 2, ["CSA_WIDTH_128"], ["-msse2"]),
+    ("avx2", 256, 2, ["CSA_WIDTH_256"], ["-mavx2"]),
+    ("avx512bw256", 256, 2, ["CSA_WIDTH_256", "CSA_AVX512BW"], AVX512BW),
+    ("avx512bw", 512, 2, ["CSA_WIDTH_512", "CSA_AVX512BW"], AVX512BW),
+    ("avx512vl256", 256, 4, ["CSA_WIDTH_256", "CSA_AVX512VL"], AVX512),
+    ("avx512", 512, 2, ["CSA_WIDTH_512"], AVX512),
 ]
 SBOX_OPS = re.compile(r"\b(v?pshufb|vpermt2b|vpermi2b|vgf2p8affineqb|pinsrw|vpinsrw)\b")
 LOGIC_OPS = re.compile(r"\b(vpternlog[dq]|v?pxor[dq]?|v?pand[dq]?|v?pandn[dq]?|v?por[dq]?)\b")
@@ -90,7 +91,7 @@ def main():
     inc = tables_dir()
     with tempfile.TemporaryDirectory() as work:
         loops = {}
-        for name, lanes, defines, flags in BACKENDS:
+        for name, lanes, groups, defines, flags in BACKENDS:
             s = os.path.join(work, name + ".s")
             cmd = ["gcc", "-O3", "-fno-strict-aliasing", "-S", "-I", os.path.dirname(KERNEL), "-I", inc,
                    f"-DCSA_BACKEND={name}", *[f"-D{d}" for d in defines], *flags, KERNEL, "-o", s]
@@ -98,16 +99,17 @@ def main():
             asm = open(s).read()
             stream = richest(function(asm, "stream_generate"), LOGIC_OPS)
             block = richest(function(asm, f"castmux_csa_{name}_scramble"), SBOX_OPS)
-            loops[name] = (lanes, stream, block)
+            loops[name] = (lanes, groups, stream, block)
         for cpu in cpus:
             print(f"\nllvm-mca -mcpu={cpu} (cycles per iteration; per lane in brackets, lower is better)")
-            print(f"{'backend':<14}{'lanes':>6}{'stream clock':>22}{'block round, 2 groups':>30}")
-            for name, (lanes, stream, block) in loops.items():
+            print(f"{'backend':<14}{'lanes':>6}{'stream clock':>22}{'block round (groups)':>30}")
+            for name, (lanes, groups, stream, block) in loops.items():
                 sc, bc = mca(cpu, stream, work), mca(cpu, block, work)
                 # the block cipher is byte-sliced: a group is one vector, lanes / 8 payloads
                 group = lanes // 8
                 cell = lambda c, per: "n/a" if c is None else f"{c:8.1f} ({c / per:.3f})"
-                print(f"{name:<14}{lanes:>6}{cell(sc, lanes):>22}{cell(bc, 2 * group):>30}")
+                block = f"{cell(bc, groups * group)} ({groups})"
+                print(f"{name:<14}{lanes:>6}{cell(sc, lanes):>22}{block:>30}")
 
 
 if __name__ == "__main__":

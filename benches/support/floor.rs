@@ -1,6 +1,6 @@
 //! The head-end bench's floor: a bare UDP forwarder run in castmux's place, on the same
-//! core, against the same sender and receiver, so what the kernel costs on this machine at
-//! this moment is measured beside castmux instead of remembered. It does what castmux's data
+//! core, against the same sender and receiver, so what the Linux kernel's network stack costs
+//! on this machine at this moment is measured beside castmux instead of remembered. It does what castmux's data
 //! plane does with the sockets and nothing else: epoll, on castmux's default cadence (while
 //! traffic flows, a round every 3 ms), recvmmsg from every ready channel, and one write per
 //! channel and round (UDP GSO for several datagrams, a plain send for one) on that channel's
@@ -64,7 +64,8 @@ fn forward(base: u16, channels: usize, out_port: u16) -> ! {
     eprintln!("headend: running (the bare forwarder, {channels} channels)");
     let mut slab = vec![0u8; VLEN * SLOT];
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(VLEN, None);
-    let mut events = vec![EpollEvent::empty(); 256];
+    // room for every channel: one epoll_wait a round sees them all, as castmux drains its
+    let mut events = vec![EpollEvent::empty(); channels.max(1)];
     let mut lens = [0usize; VLEN];
     let mut next_read: Option<Instant> = None;
     loop {
@@ -125,22 +126,27 @@ fn forward(base: u16, channels: usize, out_port: u16) -> ! {
     }
 }
 
-/// One write for a channel's datagrams: GSO when they are several of one size (at most
-/// 32 a write, inside a datagram's 64 KB).
+/// Datagrams a GSO write carries at most: 24 of up to SLOT bytes stay inside 64 KB.
+const GSO_MAX: usize = 24;
+
+/// One write for a channel's datagrams: GSO when they are several of one size; one send
+/// each when they are not, or when the kernel refuses GSO (as castmux steps down).
 fn send(out: &UdpSocket, slab: &[u8], lens: &[usize]) {
     let fd = out.as_raw_fd();
-    for (c, chunk) in lens.chunks(32).enumerate() {
-        let mut all = [std::io::IoSlice::new(&[]); 32];
+    for (c, chunk) in lens.chunks(GSO_MAX).enumerate() {
+        let mut all = [std::io::IoSlice::new(&[]); GSO_MAX];
         for (k, &l) in chunk.iter().enumerate() {
-            let at = (32 * c + k) * SLOT;
+            let at = (GSO_MAX * c + k) * SLOT;
             all[k] = std::io::IoSlice::new(&slab[at..at + l.min(SLOT)]);
         }
         let iovs = &all[..chunk.len()];
-        if chunk.len() > 1 && chunk.iter().all(|&l| l == chunk[0]) {
+        let gso = chunk.len() > 1 && chunk.iter().all(|&l| l == chunk[0]);
+        let sent = gso && {
             let size = chunk[0] as u16;
             let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-            let _ = sendmsg::<()>(fd, iovs, &cmsg, MsgFlags::empty(), None);
-        } else {
+            sendmsg::<()>(fd, iovs, &cmsg, MsgFlags::empty(), None).is_ok()
+        };
+        if !sent {
             for iov in iovs {
                 let _ = sendmsg::<()>(fd, std::slice::from_ref(iov), &[], MsgFlags::empty(), None);
             }

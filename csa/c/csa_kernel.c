@@ -340,7 +340,7 @@ static inline uint64_t transpose8(uint64_t x) {
 
 /* 8-lane groups of a call's `n` lanes worth converting between bytes and
  * bits: lanes past them hold nothing anyone reads, so small calls skip them
- * (the 512-lane keystream conversion, one pass over every lane, does not). */
+ * (the VBMI 512-lane keystream conversion, one pass over every lane, does not). */
 #define USED_OCTETS(n) (((n) + 7) / 8)
 
 /* One byte row of LANES lanes -> 8 bit words (bit b of every lane); lanes of
@@ -853,7 +853,7 @@ static void full_masks(struct scratch *sc, const uint8_t *len, size_t n, unsigne
     }
 }
 
-/* Payloads -> rows[pos][lane]. AVX-512 gathers each lane's full blocks with
+/* Payloads -> rows[pos][lane]. The VBMI 512-lane build gathers each lane's full blocks with
  * masked qword gathers straight from the packets, then an in-register 8x8
  * byte transpose and a qword transpose; elsewhere 8x8 byte transposes on
  * u64s. The trailing partial block is copied byte by byte. Bytes past a
@@ -917,7 +917,7 @@ static unsigned gather(struct scratch *sc, uint8_t *const *data, const uint8_t *
     return blocks * 8;
 }
 
-/* rows[pos][lane] -> payloads, the inverse of gather (masked scatters on AVX-512). */
+/* rows[pos][lane] -> payloads, the inverse of gather (masked scatters in the VBMI 512-lane build). */
 static void scatter(struct scratch *sc, uint8_t *const *data, const uint8_t *len, size_t n, unsigned max_len) {
     const unsigned blocks = max_len / 8;
 #if defined(CSA_VBMI512)

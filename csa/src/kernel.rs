@@ -208,6 +208,14 @@ extern "C" {
 /// either way) and more above.
 const VL256_UP_TO: usize = 256;
 
+/// Calls of up to this many payloads run on [`Backend::Avx512Bw256`] when
+/// [`Backend::Avx512Bw`] is the automatic choice. Its CPUs (Skylake-SP,
+/// Cascade Lake) run zmm operations at full width, so the 512-lane build's
+/// block rounds cost half per payload; llvm-mca's Skylake-SP model
+/// (`scripts/kernel_mca.py`) puts the 256-lane call cheaper only while its
+/// cheaper stream cipher outweighs that: up to one lane group of 32.
+const BW256_UP_TO: usize = 32;
+
 /// A CSA implementation. `Scalar` is the plain Rust reference; the others
 /// are the C bitslice kernel built for one lane width each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -234,7 +242,7 @@ pub enum Backend {
     /// block S-box by byte shuffles under mask registers.
     Avx512Bw,
     /// The AVX-512BW kernel at 256 lanes (ymm; the same CPU features), for
-    /// calls of up to 256 payloads when [`Backend::Avx512Bw`] is the automatic
+    /// calls of up to 32 payloads when [`Backend::Avx512Bw`] is the automatic
     /// choice ([`Backend::for_batch`]).
     Avx512Bw256,
 }
@@ -336,13 +344,15 @@ impl Backend {
 
     /// The backend that runs one call of `n` payloads cheapest when `self` is
     /// the automatic choice: the 256-lane build of an AVX-512 kernel for a
-    /// call that fits it, `self` otherwise. A call costs a fixed part (the bit-sliced stream
-    /// cipher over every lane of the width) plus a part per payload; measured
-    /// with the `csa-batch` groups of `benches/csa.rs` (README.md, Performance).
+    /// small call, `self` otherwise. A call costs a fixed part (the bit-sliced
+    /// stream cipher over every lane of the width) plus a part per payload;
+    /// measured with the `csa-batch` groups of `benches/csa.rs` (README.md,
+    /// Performance) for the VBMI builds, modelled for the AVX-512BW ones
+    /// ([`BW256_UP_TO`]).
     pub fn for_batch(self, n: usize) -> Backend {
         match self {
             Backend::Avx512 if n <= VL256_UP_TO => Backend::Avx512Vl256,
-            Backend::Avx512Bw if n <= VL256_UP_TO => Backend::Avx512Bw256,
+            Backend::Avx512Bw if n <= BW256_UP_TO => Backend::Avx512Bw256,
             b => b,
         }
     }
@@ -577,8 +587,8 @@ mod tests {
             }
         }
         assert_eq!(Backend::Avx512.for_batch(512), Backend::Avx512);
-        assert_eq!(Backend::Avx512Bw.for_batch(257), Backend::Avx512Bw);
-        assert_eq!(Backend::Avx512Bw.for_batch(256), Backend::Avx512Bw256);
+        assert_eq!(Backend::Avx512Bw.for_batch(33), Backend::Avx512Bw);
+        assert_eq!(Backend::Avx512Bw.for_batch(32), Backend::Avx512Bw256);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! castmux's scrambling engine: DVB-CSA2 with SIMD bitslice kernels written
 //! in C (portable 64-bit, SSE2, AVX2, AVX-512 with VBMI and GFNI at 512, 256
-//! and 128 lanes), chosen at run time, and the AES modes DVB-CISSA and ATIS-IDSA.
+//! and 128 lanes, AVX-512 without them at 512 and 256), chosen at run time, and
+//! the AES modes DVB-CISSA and ATIS-IDSA.
 //!
 //! Design:
 //! - the scalar Rust path ([`scalar`]) is the plain description of the
 //!   cipher and the oracle every kernel is tested against;
 //! - the C kernel is one source built per lane width; [`Backend`] picks one
 //!   from the CPU, `CASTMUX_CSA_BACKEND` or [`force_backend`] force one; on
-//!   AVX-512 the automatic choice narrows each call of up to 256 payloads to
-//!   the 256-lane kernel ([`Backend::for_batch`]);
+//!   AVX-512 the automatic choice narrows small calls to the 256-lane build
+//!   ([`Backend::for_batch`]);
 //! - the safe API is [`KeyContext`]: even and odd keys expanded once per CW
 //!   change, batches of 188-byte packets processed in place; [`MultiBatch`]
 //!   runs the packets of many contexts in one pass, a key per kernel lane;

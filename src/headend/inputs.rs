@@ -189,12 +189,13 @@ impl ChannelInput {
         }
     }
 
-    /// Whether the last read may have left packets queued (read again before waiting).
-    pub fn more_pending(&self, batch: &PacketBatch) -> bool {
+    /// Whether the last read left packets queued inside the input (read again before
+    /// waiting); a read that filled its batch may have left more too, which the caller sees.
+    pub fn more_pending(&self) -> bool {
         match self {
-            ChannelInput::One(_) => batch.is_full(),
-            ChannelInput::Backup(f) => f.more || batch.is_full(),
-            ChannelInput::Mpts(m) => m.more() || batch.is_full(),
+            ChannelInput::One(_) => false,
+            ChannelInput::Backup(f) => f.more,
+            ChannelInput::Mpts(m) => m.more(),
         }
     }
 

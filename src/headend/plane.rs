@@ -78,7 +78,8 @@ struct Slot {
     /// The head-end's id of this run of the channel.
     id: u64,
     ch: Channel,
-    batch: PacketBatch,
+    /// Packets a read takes at most (the worker's scratch batch of that size).
+    batch_packets: usize,
     out: Vec<u8>,
     last_data: Instant,
     /// Written since the last flush.
@@ -104,7 +105,7 @@ impl Slot {
         Slot {
             id,
             ch,
-            batch: PacketBatch::with_capacity(batch_packets),
+            batch_packets,
             // a batch plus what the mux adds to it (PMT, ECM, CAT, EMM packets)
             out: Vec::with_capacity((batch_packets + 64) * 188),
             last_data: now,
@@ -371,6 +372,7 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
     let mut ready: Vec<usize> = Vec::new();
     let mut next_ready: Vec<usize> = Vec::new();
     let mut in_pass: Vec<usize> = Vec::new();
+    let mut scratch: Vec<PacketBatch> = Vec::new();
     let mut pass_payloads = 0usize;
     let mut pass_since: Option<Instant> = None;
     let mut inbox = true;
@@ -463,13 +465,13 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
                 next_ready.push(i);
                 continue;
             }
-            match take_input(s, now) {
-                Ok(Some(payloads)) => {
+            match take_input(s, now, &mut scratch) {
+                Ok(Some((payloads, full))) => {
                     s.in_pass = true;
                     in_pass.push(i);
                     pass_payloads += payloads;
                     pass_since.get_or_insert(now);
-                    if s.ch.parts_mut().0.more_pending(&s.batch) {
+                    if full || s.ch.parts_mut().0.more_pending() {
                         // the input may hold more than the socket shows
                         next_ready.push(i);
                     } else {
@@ -667,20 +669,36 @@ impl Engines {
 }
 
 /// Read what the channel's socket holds and run it through the scrambler (its cipher
-/// deferred to the pass); gives the payloads left for the pass when a batch came.
-fn take_input(s: &mut Slot, now: Instant) -> Result<Option<usize>, HeadendError> {
+/// deferred to the pass); gives the payloads left for the pass when a batch came, and
+/// whether the read filled the batch. The packets pass through one of the worker's
+/// scratch batches (one per batch size): the scrambler copies them into the channel's
+/// output at once, and a batch every channel reuses stays in cache.
+fn take_input(
+    s: &mut Slot,
+    now: Instant,
+    scratch: &mut Vec<PacketBatch>,
+) -> Result<Option<(usize, bool)>, HeadendError> {
+    let k = match scratch.iter().position(|b| b.capacity() == s.batch_packets) {
+        Some(k) => k,
+        None => {
+            scratch.push(PacketBatch::with_capacity(s.batch_packets));
+            scratch.len() - 1
+        }
+    };
+    let batch = &mut scratch[k];
     let (input, stage, _) = s.ch.parts_mut();
-    let status = PacketSource::read_batch(input, &mut s.batch, Duration::ZERO).context("input")?;
+    let status = PacketSource::read_batch(input, batch, Duration::ZERO).context("input")?;
     match status {
         ReadStatus::Packets(_) => {
             s.last_data = now;
             s.out.clear();
-            stage.process_batch(&mut s.batch, &mut s.out)?;
+            let full = batch.is_full();
+            stage.process_batch(batch, &mut s.out)?;
             let payloads = stage
                 .scrambler()
                 .pending_cipher()
                 .map_or(0, |p| p.select.iter().filter(|x| **x).count());
-            Ok(Some(payloads))
+            Ok(Some((payloads, full)))
         }
         ReadStatus::TimedOut | ReadStatus::EndOfStream => Ok(None),
     }

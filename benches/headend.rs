@@ -195,7 +195,7 @@ fn start_headend(
     if bin.floor {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", "0"])
-            .arg(std::env::current_exe().expect("the bench's own path"))
+            .arg(&bin.path)
             .env(floor::ENV, format!("{base},{channels},{out_port}"));
         return load::start_headend(cmd);
     }

@@ -148,13 +148,28 @@ fn a_live_bursty_input_goes_out_at_a_constant_bitrate_with_exact_pcrs_paced() {
             windows[w] += 1;
         }
     }
+    // A stall of the machine running the tests (castmux's sender or this receiver not
+    // scheduled for a while) shows as one short window and a long one after it, the sum
+    // right; it is tolerated twice in 7 s. A pacing bug is off in most windows.
     let steady = &windows[10..80];
-    for (k, &n) in steady.iter().enumerate() {
+    let within = |n: u32, k: f64| (n as f64 - k * per_window).abs() <= k * per_window * 0.25 + 2.0;
+    let mut stalls = 0;
+    let mut k = 0;
+    while k < steady.len() {
+        if within(steady[k], 1.0) {
+            k += 1;
+            continue;
+        }
+        let caught_up = k + 1 < steady.len() && within(steady[k] + steady[k + 1], 2.0);
         assert!(
-            (n as f64 - per_window).abs() <= per_window * 0.25 + 2.0,
-            "window {k}: {n} datagrams, {per_window:.1} expected: {steady:?}"
+            caught_up,
+            "window {k}: {} datagrams, {per_window:.1} expected: {steady:?}",
+            steady[k]
         );
+        stalls += 1;
+        k += 2;
     }
+    assert!(stalls <= 2, "{stalls} stalls: {steady:?}");
 
     // castmux's own analyzer: no priority 1 or 2 error, PCRs within 500 ns
     let probe = castmux(&["probe", s(&out), "--json"]);

@@ -4,7 +4,10 @@
 //!
 //! Two runs, printed side by side:
 //! - live: CHANNELS channels (default 200) × RATE Mbit/s (default 5) for SECS seconds
-//!   (default 10), each channel its own fixed CW pair (CSA2). Every datagram carries one
+//!   (default 10), each channel its own fixed CW pair (CSA2) and its own phase (its
+//!   datagrams are spaced evenly, at an offset of its own: independent sources do not
+//!   send in step, and a bench that sends every channel's datagram at once measures a
+//!   burst no head-end sees). Every datagram carries one
 //!   marker packet: an adaptation-field-only packet on the scrambled video PID (no payload,
 //!   so it passes clear like a PCR-only packet) whose private data holds the channel, a
 //!   sequence number and the send time (realtime clock). Loss = markers sent − received;
@@ -34,7 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use castmux::loadtest::headend::{cpu_seconds, rss_kb};
+use castmux::loadtest::headend::{cpu_seconds, cpu_split, rss_kb};
 use castmux::ts::psi_write::SectionWriter;
 use castmux::ts::section::MAX_PSI_SECTION;
 use castmux::ts::{LongHeader, Packetizer, Pid};
@@ -106,6 +109,9 @@ struct Feed {
     cc_pmt: u8,
     cc_es: u8,
     seq: u32,
+    /// How far this channel's datagrams run ahead of the first channel's, in datagram
+    /// spacings (0 to 1): independent sources do not send in step.
+    phase: f64,
 }
 
 impl Feed {
@@ -241,6 +247,9 @@ struct Live {
     received: u64,
     hist: Histogram<u64>,
     cpu_pct: f64,
+    /// The user-space part of `cpu_pct` (the rest is the kernel: system calls, and on
+    /// loopback the receivers' network stack too).
+    user_pct: f64,
     rss_mb: f64,
     /// Runs summed into this one.
     runs: u32,
@@ -327,7 +336,7 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
     let _ = socket2::SockRef::from(&tx).set_send_buffer_size(16 << 20);
     let per_sec = rate_mbps * 1e6 / (PER_DATAGRAM as f64 * 188.0 * 8.0);
     let mut feeds: Vec<Feed> = (0..channels)
-        .map(|_| {
+        .map(|i| {
             let (pat, pmt) = psi_packets();
             Feed {
                 pat,
@@ -336,6 +345,8 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
                 cc_pmt: 0,
                 cc_es: 0,
                 seq: 0,
+                // spread evenly and not in channel order (the golden ratio's fraction)
+                phase: (i as f64 * 0.618_033_988_749_895).fract(),
             }
         })
         .collect();
@@ -343,7 +354,7 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
     let total = warmup + secs;
     let mut dgram = Vec::with_capacity(PER_DATAGRAM * 188);
     let start = Instant::now();
-    let mut window: Option<(Instant, f64)> = None;
+    let mut window: Option<(Instant, (f64, f64))> = None;
     let mut sent_counted = 0u64;
     loop {
         let t = start.elapsed().as_secs_f64();
@@ -351,10 +362,10 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
             break;
         }
         if window.is_none() && t >= warmup {
-            window = Some((Instant::now(), cpu_seconds(pid)));
+            window = Some((Instant::now(), cpu_split(pid)));
         }
-        let due = (t * per_sec) as u32;
         for (i, f) in feeds.iter_mut().enumerate() {
+            let due = (t * per_sec + f.phase) as u32;
             while f.seq < due {
                 let now = wall_us();
                 f.datagram(i as u16, now, &mut dgram);
@@ -368,9 +379,10 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    let (w_start, cpu0) = window.unwrap_or((Instant::now(), cpu_seconds(pid)));
+    let (w_start, (user0, sys0)) = window.unwrap_or((Instant::now(), cpu_split(pid)));
     let wall = w_start.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu0;
+    let (user1, sys1) = cpu_split(pid);
+    let (user, cpu) = (user1 - user0, user1 - user0 + sys1 - sys0);
     let rss = rss_kb(pid);
     let elapsed = start.elapsed().as_secs_f64() - warmup;
     std::thread::sleep(Duration::from_millis(300));
@@ -390,6 +402,7 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
         received,
         hist,
         cpu_pct: 100.0 * cpu / wall,
+        user_pct: 100.0 * user / wall,
         rss_mb: rss as f64 / 1024.0,
         runs: 1,
     }
@@ -402,6 +415,7 @@ impl Live {
         let (a, b) = (f64::from(self.runs), f64::from(o.runs));
         self.achieved_mbps = (self.achieved_mbps * a + o.achieved_mbps * b) / (a + b);
         self.cpu_pct = (self.cpu_pct * a + o.cpu_pct * b) / (a + b);
+        self.user_pct = (self.user_pct * a + o.user_pct * b) / (a + b);
         self.runs += o.runs;
         self.sent += o.sent;
         self.received += o.received;
@@ -483,6 +497,7 @@ fn main() {
     let rounds = env_num("CASTMUX_BENCH_ROUNDS", 1.0).max(1.0) as usize;
     let mut acc: Vec<Option<Live>> = bins.iter().map(|_| None).collect();
     let mut cpu_rounds: Vec<Vec<f64>> = bins.iter().map(|_| Vec::new()).collect();
+    let mut user_rounds: Vec<Vec<f64>> = bins.iter().map(|_| Vec::new()).collect();
     for r in 0..rounds {
         let mut order: Vec<usize> = (0..bins.len()).collect();
         if r % 2 == 1 {
@@ -491,6 +506,7 @@ fn main() {
         for k in order {
             let l = live(&bins[k], channels, rate, secs);
             cpu_rounds[k].push(l.cpu_pct);
+            user_rounds[k].push(l.user_pct);
             acc[k] = Some(match acc[k].take() {
                 None => l,
                 Some(a) => a.merge(l),
@@ -499,8 +515,8 @@ fn main() {
         if rounds > 1 {
             let cpus: Vec<String> = bins
                 .iter()
-                .zip(&cpu_rounds)
-                .map(|(b, c)| format!("{} {:.1} %", b.name, c[r]))
+                .zip(cpu_rounds.iter().zip(&user_rounds))
+                .map(|(b, (c, u))| format!("{} {:.1} % (user {:.1})", b.name, c[r], u[r]))
                 .collect();
             println!("round {}: CPU {}", r + 1, cpus.join(", "));
         }
@@ -512,12 +528,21 @@ fn main() {
         rows.push((b.name.clone(), l.expect("one round at least"), i));
     }
     println!(
-        "\n{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
-        "run", "Mbit/s", "markers", "lost", "p50 ms", "p99 ms", "max ms", "CPU %", "RSS MB"
+        "\n{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>7} {:>8}",
+        "run",
+        "Mbit/s",
+        "markers",
+        "lost",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "CPU %",
+        "user %",
+        "RSS MB"
     );
     for (name, l, i) in &rows {
         println!(
-            "{:<40} {:>8.0} {:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7.1} {:>8.1}",
+            "{:<40} {:>8.0} {:>9} {:>8} {:>8.2} {:>8.2} {:>8.2} {:>7.1} {:>7.1} {:>8.1}",
             format!("{name}: live {} ch x {} Mbit/s", l.channels, l.rate_mbps),
             l.achieved_mbps,
             l.sent,
@@ -526,11 +551,12 @@ fn main() {
             l.hist.value_at_quantile(0.99) as f64 / 1000.0,
             l.hist.max() as f64 / 1000.0,
             l.cpu_pct,
+            l.user_pct,
             l.rss_mb,
         );
         let Some(i) = i else { continue };
         println!(
-            "{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>8.1}",
+            "{:<40} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7.1} {:>7} {:>8.1}",
             format!("{name}: idle {} ch", i.channels),
             "-",
             "-",
@@ -539,23 +565,22 @@ fn main() {
             "-",
             "-",
             i.cpu_pct,
+            "-",
             i.rss_mb,
         );
     }
     for (k, b) in bins.iter().enumerate().skip(1) {
-        let mut d: Vec<f64> = cpu_rounds[0]
-            .iter()
-            .zip(&cpu_rounds[k])
-            .map(|(a, b)| a - b)
-            .collect();
-        d.sort_by(f64::total_cmp);
-        println!(
-            "CPU this - {} over {rounds} rounds: median {:+.1} points (from {:+.1} to {:+.1})",
-            b.name,
-            d[rounds / 2],
-            d[0],
-            d[rounds - 1]
-        );
+        for (what, r) in [("CPU", &cpu_rounds), ("user CPU", &user_rounds)] {
+            let mut d: Vec<f64> = r[0].iter().zip(&r[k]).map(|(a, b)| a - b).collect();
+            d.sort_by(f64::total_cmp);
+            println!(
+                "{what} this - {} over {rounds} rounds: median {:+.1} points (from {:+.1} to {:+.1})",
+                b.name,
+                d[rounds / 2],
+                d[0],
+                d[rounds - 1]
+            );
+        }
     }
     println!(
         "targets: live 0 lost, p99 <= 10 ms, CPU <= 70 % of one core; idle <= 10 % of a core, \

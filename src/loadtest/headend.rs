@@ -321,6 +321,13 @@ pub struct HeadendReport {
 
 /// utime + stime of a process, seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = cpu_split(pid);
+    user + system
+}
+
+/// CPU seconds a process has used so far, (user, system): the system part holds the
+/// network stack, which a change in castmux's own code does not move.
+pub fn cpu_split(pid: u32) -> (f64, f64) {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // the fields after the command name (which may hold spaces) start after ')'
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -330,7 +337,7 @@ pub fn cpu_seconds(pid: u32) -> f64 {
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    (ticks(11) + ticks(12)) / hz
+    (ticks(11) / hz, ticks(12) / hz)
 }
 
 /// Resident memory of a process, kB.

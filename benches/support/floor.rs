@@ -1,11 +1,8 @@
 //! The head-end bench's floor: a bare UDP forwarder run in castmux's place, on the same
 //! core, against the same sender and receiver, so what the Linux kernel's network stack costs
 //! on this machine at this moment is measured beside castmux instead of remembered. It does what castmux's data
-//! plane does with the sockets and nothing else: epoll, a round every 3 ms while traffic
-//! flows (castmux's default read interval as one cadence for all channels; castmux itself
-//! now reads each channel 3 ms after its own first unread arrival, which comes to fewer
-//! reads: the floor is the kernel's cost of the simpler schedule), recvmmsg from every
-//! ready channel, and one write per
+//! plane does with the sockets and nothing else: epoll, on castmux's default cadence (while
+//! traffic flows, a round every 3 ms), recvmmsg from every ready channel, and one write per
 //! channel and round (UDP GSO for several datagrams, a plain send for one) on that channel's
 //! own connected socket. No cipher, no PSI, no copies. The bench binary runs it when started
 //! again with [`ENV`] set (`base,channels,out_port`).
@@ -22,7 +19,7 @@ use nix::sys::socket::{
 };
 
 pub const ENV: &str = "CASTMUX_BENCH_FORWARDER";
-/// castmux's default `--read-interval`, as one cadence.
+/// castmux's default `--read-interval`.
 const INTERVAL: Duration = Duration::from_millis(3);
 /// Datagrams per recvmmsg, as castmux.
 const VLEN: usize = 64;

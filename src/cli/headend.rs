@@ -34,9 +34,9 @@ pub struct HeadendArgs {
     /// at once (with `--read-interval 0`, 2 saves CPU for up to a datagram's spacing).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=32))]
     udp_burst: Option<u8>,
-    /// While traffic flows, a UDP input is read once its first unread datagram has waited
-    /// this long, not at every datagram: fewer, fuller receive calls and sends, up to this
-    /// much (and a 1 ms round) added latency. 0 reads at every arrival. Default 3ms.
+    /// While traffic flows, a worker reads its UDP inputs once per this interval, not at
+    /// every datagram: fewer, fuller receive calls and cipher passes, up to this much added
+    /// latency. 0 reads at every arrival. Default 3ms.
     #[arg(long, value_name = "DURATION", value_parser = super::args::read_interval)]
     read_interval: Option<std::time::Duration>,
 }

@@ -284,14 +284,21 @@ fn live(bin: &Bin, channels: usize, rate_mbps: f64, secs: f64) -> Live {
     // period does not add to it.
     rx.set_nonblocking(true).unwrap();
     setsockopt(&rx, sockopt::ReceiveTimestampns, &true).expect("SO_TIMESTAMPNS");
+    // UDP GRO on the receiver: a GSO write reaches it as one buffer, as a NIC would take
+    // it whole, instead of loopback splitting it into datagrams on castmux's core.
+    let gro = env_num("CASTMUX_BENCH_RX_GRO", 1.0) > 0.0;
+    if gro {
+        setsockopt(&rx, sockopt::UdpGroSegment, &true).expect("UDP_GRO");
+    }
     let receiver = {
         let done = Arc::clone(&done);
         std::thread::spawn(move || {
             pin_to(1);
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut got = 0u64;
-            let mut buf = [0u8; 2048];
-            let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec);
+            // a GRO buffer holds up to 64 KB of datagrams
+            let mut buf = vec![0u8; 65536];
+            let mut cmsg = nix::cmsg_space!(nix::sys::time::TimeSpec, i32);
             loop {
                 let mut iov = [std::io::IoSliceMut::new(&mut buf)];
                 let got_one = recvmsg::<SockaddrStorage>(

@@ -28,7 +28,7 @@ use super::emm::{EmmInserter, EmmSource};
 use super::error::ScrambleError;
 use super::keys::CryptoPeriod;
 use super::schedule::{Schedule, Step, ECM_WAIT};
-use super::stats::{Counters, LiveCounters};
+use super::stats::{Counters, LiveCounters, CC_UNSET};
 use crate::ts::packet::{null_packet, Packet, PACKET_SIZE};
 use crate::ts::{PacketRef, Pid};
 
@@ -68,12 +68,7 @@ pub struct Scrambler {
     warned: Warned,
     /// Published after each batch for a monitor, if one asked.
     live: Option<Arc<LiveCounters>>,
-    /// The last continuity counter seen per PID ([`CC_UNSET`]: none yet).
-    last_cc: Vec<u8>,
 }
-
-/// No continuity counter seen yet on a PID.
-const CC_UNSET: u8 = 0xFF;
 
 /// The cipher work a batch left in deferred mode: the packets of the output buffer to
 /// scramble (`packets`, by index; `select[i]` says whether packet i is), with `ctx` under
@@ -138,7 +133,6 @@ impl Scrambler {
                 ..Warned::default()
             },
             live: None,
-            last_cc: vec![CC_UNSET; 0x2000],
         })
     }
 
@@ -344,18 +338,16 @@ impl Scrambler {
         self.sel.push(scramble);
     }
 
-    /// `batch_now`: the clock read at the start of the batch.
-    /// Whether `pkt` breaks its PID's continuity counter (the null PID has none; a packet
-    /// without payload keeps the counter; one repeat is allowed; a discontinuity flag
-    /// starts over).
-    fn cc_check(&mut self, pkt: &Packet, pid: Pid) -> bool {
+    /// Whether `pkt` breaks its PID's continuity counter, `last` (the null PID has none; a
+    /// packet without payload keeps the counter; one repeat is allowed; a discontinuity
+    /// flag starts over). `last` becomes `pkt`'s.
+    fn cc_breaks(pkt: &Packet, pid: Pid, last: &mut u8) -> bool {
         if pid == Pid::NULL {
             return false;
         }
         let cc = pkt[3] & 0x0F;
         let has_payload = pkt[3] & 0x10 != 0;
         let discontinuity = pkt[3] & 0x20 != 0 && pkt[4] > 0 && pkt[5] & 0x80 != 0;
-        let last = &mut self.last_cc[usize::from(pid.value())];
         let error = if *last == CC_UNSET || discontinuity {
             false
         } else if has_payload {
@@ -367,6 +359,7 @@ impl Scrambler {
         error
     }
 
+    /// `batch_now`: the clock read at the start of the batch.
     fn one_packet(&mut self, pkt: &Packet, batch_now: Duration) -> Result<(), ScrambleError> {
         let p = PacketRef::new(pkt);
         self.counters.stream.packets_in += 1;
@@ -376,15 +369,16 @@ impl Scrambler {
             return Ok(());
         }
         let pid = p.pid();
-        let cc_error = self.cc_check(pkt, pid);
-        {
-            let c = self.counters.pid_mut(pid);
+        let cc_error = {
+            let (c, last_cc) = self.counters.pid_and_cc_mut(pid);
+            let cc_error = Self::cc_breaks(pkt, pid, last_cc);
             c.input += 1;
             if p.tei() {
                 c.errors += 1;
             }
             c.cc_errors += u64::from(cc_error);
-        }
+            cc_error
+        };
         self.counters.stream.cc_errors += u64::from(cc_error);
         let now = if self.clock.is_stream() {
             if self.clock.pcr_pid().is_none() {

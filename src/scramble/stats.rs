@@ -91,21 +91,44 @@ pub struct StreamCounters {
 }
 
 /// Counters of every PID seen plus stream-wide ones. A stream carries a few dozen PIDs at
-/// most, so their counters sit together in a short list found through a 16 KB index,
-/// not in a table of all 8192 (720 KB a channel, and a cold cache line and TLB entry per
-/// channel visit in a head-end of hundreds).
+/// most, so their counters sit together in a short list, not in a table of all 8192 (720
+/// KB a channel, and a cold cache line and TLB entry per channel visit in a head-end of
+/// hundreds). The first [`NEAR`] PIDs seen are found by a scan of one small array, the
+/// rest through a 16 KB index: a head-end visits each channel's state cold, and a lookup
+/// through the index costs a cache miss of its own before the one on the counters.
 #[derive(Debug, Clone)]
 pub struct Counters {
+    /// The values of the first PIDs seen, in the order seen (so `near[i]` is `seen[i]`'s);
+    /// [`NO_PID`] where none yet.
+    near: [u16; NEAR],
     /// PID -> its place in `seen`, plus one; 0 = not seen yet.
     index: Box<[u16]>,
-    seen: Vec<(Pid, PidCounters)>,
+    seen: Vec<PidEntry>,
     /// Stream-wide counters.
     pub stream: StreamCounters,
+}
+
+/// PIDs found without the index.
+const NEAR: usize = 16;
+/// No PID (PIDs are 13 bits).
+const NO_PID: u16 = 0xFFFF;
+
+/// The continuity counter of a PID whose first packet is still to come.
+pub const CC_UNSET: u8 = 0xFF;
+
+/// One PID's counters and the continuity counter its last packet carried, together so
+/// that one lookup finds both.
+#[derive(Debug, Clone, Copy)]
+struct PidEntry {
+    pid: Pid,
+    last_cc: u8,
+    counters: PidCounters,
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Counters {
+            near: [NO_PID; NEAR],
             index: vec![0; 0x2000].into_boxed_slice(),
             seen: Vec::with_capacity(SEEN_RESERVED),
             stream: StreamCounters::default(),
@@ -140,25 +163,62 @@ impl Counters {
     pub fn pid(&self, pid: Pid) -> PidCounters {
         match self.index[usize::from(pid.value())] {
             0 => PidCounters::default(),
-            i => self.seen[usize::from(i) - 1].1,
+            i => self.seen[usize::from(i) - 1].counters,
         }
     }
 
     /// The counters of `pid`, to update (a PID's first use adds it to the list).
+    #[inline]
     pub fn pid_mut(&mut self, pid: Pid) -> &mut PidCounters {
+        let i = self.place(pid);
+        &mut self.seen[i].counters
+    }
+
+    /// The counters of `pid` and the continuity counter of its last packet ([`CC_UNSET`]
+    /// before the first), to update.
+    #[inline]
+    pub fn pid_and_cc_mut(&mut self, pid: Pid) -> (&mut PidCounters, &mut u8) {
+        let i = self.place(pid);
+        let e = &mut self.seen[i];
+        (&mut e.counters, &mut e.last_cc)
+    }
+
+    /// `pid`'s place in `seen`, added there on its first use.
+    #[inline]
+    fn place(&mut self, pid: Pid) -> usize {
+        let v = pid.value();
+        // a mask rather than an early exit, so the compiler compares all at once
+        let mut hits = 0u32;
+        for (k, &p) in self.near.iter().enumerate() {
+            hits |= u32::from(p == v) << k;
+        }
+        if hits != 0 {
+            return hits.trailing_zeros() as usize;
+        }
+        self.place_far(pid)
+    }
+
+    fn place_far(&mut self, pid: Pid) -> usize {
         let slot = &mut self.index[usize::from(pid.value())];
         if *slot == 0 {
-            self.seen.push((pid, PidCounters::default()));
+            self.seen.push(PidEntry {
+                pid,
+                last_cc: CC_UNSET,
+                counters: PidCounters::default(),
+            });
             // at most 8192 PIDs: the place fits
             *slot = self.seen.len() as u16;
+            if let Some(n) = self.near.get_mut(self.seen.len() - 1) {
+                *n = pid.value();
+            }
         }
-        &mut self.seen[usize::from(*slot) - 1].1
+        usize::from(*slot) - 1
     }
 
     /// Totals over every PID.
     pub fn totals(&self) -> PidCounters {
         let mut t = PidCounters::default();
-        for (_, c) in &self.seen {
+        for PidEntry { counters: c, .. } in &self.seen {
             t.input += c.input;
             t.scrambled += c.scrambled;
             t.passed += c.passed;
@@ -179,10 +239,10 @@ impl Counters {
         let mut pids: Vec<PidReport> = self
             .seen
             .iter()
-            .filter(|(_, c)| *c != PidCounters::default())
-            .map(|(pid, c)| PidReport {
-                pid: pid.value(),
-                counters: *c,
+            .filter(|e| e.counters != PidCounters::default())
+            .map(|e| PidReport {
+                pid: e.pid.value(),
+                counters: e.counters,
             })
             .collect();
         pids.sort_by_key(|p| p.pid);
@@ -259,6 +319,26 @@ mod tests {
         let r = c.report();
         let pids: Vec<(u16, u64)> = r.pids.iter().map(|p| (p.pid, p.counters.input)).collect();
         assert_eq!(pids, [(0, 1), (0x100, 6), (0x1FFF, 3)]);
+    }
+
+    #[test]
+    fn each_pid_keeps_its_own_continuity_counter_near_and_far() {
+        let mut c = Counters::default();
+        // more PIDs than the near array holds, in an order that mixes the two
+        let pids: Vec<u16> = (0..40u16).map(|k| (k * 197) % 0x1FFF).collect();
+        for (k, &pid) in pids.iter().enumerate() {
+            let (n, cc) = c.pid_and_cc_mut(Pid::new(pid));
+            assert_eq!(*cc, CC_UNSET, "PID {pid:#x} starts with no counter");
+            *cc = (k % 16) as u8;
+            n.input += 1;
+        }
+        for (k, &pid) in pids.iter().enumerate().rev() {
+            let (n, cc) = c.pid_and_cc_mut(Pid::new(pid));
+            assert_eq!(*cc, (k % 16) as u8, "PID {pid:#x}");
+            assert_eq!(n.input, 1);
+            assert_eq!(c.pid(Pid::new(pid)).input, 1);
+        }
+        assert_eq!(c.report().pids.len(), pids.len());
     }
 
     #[test]

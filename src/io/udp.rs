@@ -223,7 +223,8 @@ impl UdpInput {
         timeout: Duration,
     ) -> IoResult<ReadStatus> {
         batch.clear();
-        let deadline = Instant::now() + timeout;
+        // no clock read for a non-blocking call (the head-end's, thousands a second)
+        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
         // the last receive of this call found the socket empty (a short recvmmsg): asking
         // again would only get EAGAIN, so a batch with packets is done
         let mut drained = false;
@@ -232,10 +233,9 @@ impl UdpInput {
             if batch.is_full() || (drained && !batch.is_empty()) {
                 break;
             }
-            let wait = if batch.is_empty() {
-                deadline.saturating_duration_since(Instant::now())
-            } else {
-                Duration::ZERO
+            let wait = match deadline {
+                Some(d) if batch.is_empty() => d.saturating_duration_since(Instant::now()),
+                _ => Duration::ZERO,
             };
             let got = self.receive(wait)?;
             drained = got < RECV_DATAGRAMS;
@@ -243,7 +243,7 @@ impl UdpInput {
                 if !batch.is_empty() {
                     break;
                 }
-                if Instant::now() >= deadline {
+                if deadline.is_none_or(|d| Instant::now() >= d) {
                     return Ok(ReadStatus::TimedOut);
                 }
             }

@@ -8,6 +8,29 @@ use crate::ts::Pid;
 /// `Duration` arithmetic could overflow.
 const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// A secret given as an option value (a CW, a password, a key). Its Debug does not show
+/// it, so an options struct that derives Debug cannot print it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretText(String);
+
+impl SecretText {
+    /// The text itself, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<secret>")
+    }
+}
+
+/// Any text, kept as a [`SecretText`].
+pub fn secret_text(s: &str) -> Result<SecretText, String> {
+    Ok(SecretText(s.to_owned()))
+}
+
 /// `10s`, `500ms`, `2m`, `1.5s`, or a bare number of seconds, at most 30 days.
 pub fn duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();

@@ -252,3 +252,65 @@ fn no_selected_payload_leaves_clear_on_random_psi_layouts() {
         "only {total_scrambled} scrambled packets"
     );
 }
+
+/// ES packets of a selected service whose header is not understood (a reserved
+/// transport_scrambling_control or adaptation_field_control, an adaptation field past the
+/// packet's end) are nulled, and bytes after an adaptation-only packet's field become
+/// stuffing: none of their bytes go out clear, and each is counted.
+#[test]
+fn malformed_es_packets_never_carry_their_bytes_out() {
+    let es = 0x101u16;
+    let mut w = Writer::new();
+    for s in pat_sections(1, 0, &[(1, 0x1001)], 1) {
+        w.section(0, &s);
+    }
+    w.section(0x1001, &pmt_section(1, 0, es, &[Es::new(0x1B, es)]));
+    let mark = 0xC5u8;
+    // (transport_scrambling_control, adaptation_field_control, adaptation_field_length)
+    let forms: [(u8, u8, Option<u8>); 5] = [
+        (0b01, 0b01, None),
+        (0b00, 0b00, None),
+        (0b00, 0b11, Some(200)),
+        (0b00, 0b10, Some(190)),
+        (0b00, 0b10, Some(7)),
+    ];
+    for (tsc_, afc, afl) in forms {
+        w.es(es, false, mark);
+        let p = w.packets.last_mut().unwrap();
+        p[3] = (tsc_ << 6) | (afc << 4) | (p[3] & 0x0F);
+        if let Some(l) = afl {
+            p[4] = l;
+            // no adaptation field flags
+            p[5] = 0;
+        }
+    }
+    // a well-formed one, scrambled
+    w.es(es, false, 0x10);
+    let c = ScrambleConfig {
+        keys: KeyMode::Fixed(Cw::from_hex("0102030405060708").unwrap()),
+        ..ScrambleConfig::default()
+    };
+    let mut s = Scrambler::new(c, None, Vec::new()).unwrap();
+    let out = s.process(&w.packets).unwrap();
+    let mut es_out = Vec::new();
+    for p in out.chunks_exact(188) {
+        let p: &Packet = p.try_into().unwrap();
+        // the adaptation field's own bytes (at most 6 here) are clear by design; nothing
+        // longer of the mark may go out
+        assert!(
+            !p.windows(8).any(|w| w.iter().all(|b| *b == mark)),
+            "ES bytes went out clear: {p:02x?}"
+        );
+        if pid(p) == es {
+            es_out.push(*p);
+        }
+    }
+    // the stuffed adaptation-only packet and the scrambled one; the rest became nulls
+    assert_eq!(es_out.len(), 2, "{es_out:02x?}");
+    assert!(es_out[0][12..].iter().all(|b| *b == 0xFF));
+    assert_eq!(es_out[0][..12], w.packets[w.packets.len() - 2][..12]);
+    assert_ne!(tsc(&es_out[1]), 0);
+    let counters = s.counters();
+    assert_eq!(counters.stream.malformed_es, 5);
+    assert_eq!(counters.pid(castmux::ts::Pid::new(es)).dropped, 4);
+}

@@ -23,8 +23,8 @@ pub struct DescrambleArgs {
     #[arg(short, long)]
     output: String,
     /// Fixed control word(s), hex: EVEN (used for both parities) or EVEN:ODD.
-    #[arg(long, value_name = "EVEN[:ODD]")]
-    cw: Option<String>,
+    #[arg(long, value_name = "EVEN[:ODD]", value_parser = args::secret_text)]
+    cw: Option<args::SecretText>,
     /// A CW log (one CW per crypto period, as `castmux scramble --cw-log` and TSDuck write):
     /// line N is used for period N, moving on each time the TSC parity flips. The file is
     /// read again when the stream gets past its last line, so it can follow a live scrambler.
@@ -80,7 +80,7 @@ pub fn run(a: DescrambleArgs) -> anyhow::Result<()> {
         );
     }
     let keys = match (&a.cw, &a.cw_log) {
-        (Some(text), _) => match parse_cw_pair(text).context("--cw")? {
+        (Some(text), _) => match parse_cw_pair(text.expose()).context("--cw")? {
             (cw, None) => DescrambleKeys::Fixed(cw),
             (e, Some(o)) => DescrambleKeys::Pair(e, o),
         },

@@ -53,7 +53,33 @@ struct ChannelLine {
 fn parse_args(words: &[String]) -> Result<ChannelSpec, String> {
     ChannelLine::try_parse_from(words)
         .map(|l| l.scramble.spec())
-        .map_err(|e| e.render().to_string())
+        .map_err(|e| masked_error(&e, words))
+}
+
+/// clap's message for an `args` channel, which quotes the words it stumbled on, with the
+/// words that may be keys shown as `***`: the value of `--cw`, anything made of hex key
+/// digits (half a mistyped `--cw E O`), a URL with a passphrase or a password. A secret
+/// too short to be found safely in the message leaves clap's summary only.
+fn masked_error(e: &clap::Error, words: &[String]) -> String {
+    let mut secrets = Vec::new();
+    let mut after_cw = false;
+    for w in words {
+        let hex_digits = w.chars().filter(char::is_ascii_hexdigit).count();
+        let key_like = hex_digits >= 8 && w.chars().all(|c| c.is_ascii_hexdigit() || c == ':');
+        if after_cw || w.starts_with("--cw=") || key_like || castmux::io::url::mask(w) != *w {
+            secrets.push(w.as_str());
+        }
+        after_cw = w == "--cw";
+    }
+    if secrets.iter().any(|w| w.len() < 4) {
+        return format!(
+            "{} (the words are not shown: a --cw is among them)",
+            e.kind()
+        );
+    }
+    secrets
+        .iter()
+        .fold(e.render().to_string(), |text, w| text.replace(w, "***"))
 }
 
 fn read_plan(path: &Path) -> anyhow::Result<HeadendPlan> {
@@ -141,6 +167,29 @@ mod tests {
         let p = dir.path().join("h.toml");
         std::fs::write(&p, text).unwrap();
         read_plan(&p)
+    }
+
+    #[test]
+    fn a_bad_args_line_never_quotes_a_key() {
+        let even = "0102030405060708";
+        for args in [
+            // a space for the colon: the odd half is an unexpected argument
+            format!("-i udp://:5000 -o x.ts --cw {even} 1112131415161718"),
+            format!("-i udp://:5000 -o x.ts --cw={even} --colour"),
+            format!("-i udp://:5000 -o srt://h:1?passphrase=sesame12345 --cw {even} -z"),
+            "-i udp://:5000 -o x.ts --cw ab --colour".to_owned(),
+        ] {
+            let text = format!("[[channel]]\nname = \"a\"\nargs = \"{args}\"\n");
+            let e = format!("{:#}", plan_of(&text).unwrap_err());
+            assert!(e.contains("channel \"a\""), "{e}");
+            for secret in [even, "1112131415161718", "sesame", " ab "] {
+                assert!(!e.contains(secret), "{args}: {e}");
+            }
+        }
+        // without a secret, clap's message is whole
+        let text = "[[channel]]\nname = \"a\"\nargs = \"-i udp://:5000 -o x.ts --colour\"\n";
+        let e = format!("{:#}", plan_of(text).unwrap_err());
+        assert!(e.contains("--colour"), "{e}");
     }
 
     #[test]

@@ -144,8 +144,8 @@ pub struct ScrambleArgs {
     /// Fixed control word(s), hex: EVEN (one key, BISS-style, always even parity, no ECM)
     /// or EVEN:ODD (a fixed pair, parity alternating each crypto period).
     /// Default: a fresh random CW from the OS CSPRNG every crypto period.
-    #[arg(long, value_name = "EVEN[:ODD]")]
-    cw: Option<String>,
+    #[arg(long, value_name = "EVEN[:ODD]", value_parser = args::secret_text)]
+    cw: Option<args::SecretText>,
     /// Crypto period length (10s, 500ms, 2m). Stream time (PCR of the first scrambled
     /// program) for files and stdin, wall-clock time for live inputs. 100ms to 1h.
     /// Default 10s.
@@ -275,7 +275,7 @@ impl ScrambleArgs {
             cbr_delay: self.cbr_delay,
             cbr_max_delay: self.cbr_max_delay,
             service: self.services.clone(),
-            cw: self.cw.clone(),
+            cw: self.cw.as_ref().map(|c| c.expose().to_owned()),
             crypto_period: self.crypto_period,
             cw_log: self.cw_log.clone(),
             ecm_pid: self.ecm_pid,

@@ -62,8 +62,13 @@ pub struct PlayArgs {
     user: Option<String>,
     /// newcamd password. On the command line it shows in `ps`: prefer --password-file or
     /// the environment variable.
-    #[arg(long, env = "CASTMUX_NEWCAMD_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
+    #[arg(
+        long,
+        env = "CASTMUX_NEWCAMD_PASSWORD",
+        hide_env_values = true,
+        value_parser = args::secret_text
+    )]
+    password: Option<args::SecretText>,
     /// A file holding the newcamd password (its first line; keep it mode 0600). Wins over
     /// --password and the variable.
     #[arg(long, value_name = "FILE")]
@@ -74,9 +79,10 @@ pub struct PlayArgs {
         long,
         value_name = "HEX",
         env = "CASTMUX_NEWCAMD_DES_KEY",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = args::secret_text
     )]
-    des_key: Option<String>,
+    des_key: Option<args::SecretText>,
     /// A file holding the newcamd DES key, 28 hex digits (keep it mode 0600). Wins over
     /// --des-key and the variable.
     #[arg(long, value_name = "FILE")]
@@ -136,9 +142,10 @@ pub struct ServeArgs {
         long,
         value_name = "HEX",
         env = "CASTMUX_NEWCAMD_DES_KEY",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = args::secret_text
     )]
-    des_key: Option<String>,
+    des_key: Option<args::SecretText>,
     /// A file holding the newcamd DES key, 28 hex digits (keep it mode 0600). Wins over
     /// --des-key and the variable.
     #[arg(long, value_name = "FILE")]
@@ -203,11 +210,14 @@ fn play(a: PlayArgs) -> anyhow::Result<()> {
         (Some(path), _) => local_card(path, a.card_opts)?,
         (None, Some(addr)) => {
             let password = secret(
-                a.password.as_deref(),
+                a.password.as_ref().map(args::SecretText::expose),
                 a.password_file.as_deref(),
                 "--newcamd needs the password: --password-file FILE, CASTMUX_NEWCAMD_PASSWORD or --password",
             )?;
-            let des_key = des_key(a.des_key.as_deref(), a.des_key_file.as_deref())?;
+            let des_key = des_key(
+                a.des_key.as_ref().map(args::SecretText::expose),
+                a.des_key_file.as_deref(),
+            )?;
             let login = NewcamdLogin {
                 addr: addr.clone(),
                 user: a.user.clone().unwrap_or_default(),
@@ -439,7 +449,10 @@ fn des_key(value: Option<&str>, file: Option<&std::path::Path>) -> anyhow::Resul
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let des_key = des_key(a.des_key.as_deref(), a.des_key_file.as_deref())?;
+    let des_key = des_key(
+        a.des_key.as_ref().map(args::SecretText::expose),
+        a.des_key_file.as_deref(),
+    )?;
     let mut users = Users::default();
     if let Some(path) = &a.config {
         let text = std::fs::read_to_string(path)

@@ -145,7 +145,10 @@ impl Channel {
         let output_urls = a
             .output
             .iter()
-            .map(|o| o.parse().with_context(|| format!("--output {o}")))
+            .map(|o| {
+                o.parse()
+                    .with_context(|| format!("--output {}", crate::io::url::mask(o)))
+            })
             .collect::<Result<Vec<OutputUrl>, HeadendError>>()?;
         let live_input = matches!(
             input_url,

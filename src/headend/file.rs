@@ -16,9 +16,27 @@ use crate::ts::Pid;
 /// Why a head-end file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadendFileError {
-    /// Not TOML, or not the head-end file's shape (unknown keys are refused).
-    #[error(transparent)]
-    Toml(#[from] toml::de::Error),
+    /// Not TOML, or not the head-end file's shape (unknown keys are refused): where, and
+    /// toml's message. toml's own text quotes the line (and its error keeps the whole
+    /// file), and the line may hold a key (`cw = …`, `args = "… --cw …"`, a passphrase),
+    /// so neither is kept.
+    #[error("{0}")]
+    Toml(String),
+}
+
+impl HeadendFileError {
+    fn toml(text: &str, e: &toml::de::Error) -> HeadendFileError {
+        let msg = e.message().trim().replace('\n', "; ");
+        let at = e
+            .span()
+            .and_then(|span| text.get(..span.start))
+            .map(|before| {
+                let line = before.matches('\n').count() + 1;
+                let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                format!("line {line}, column {column}: ")
+            });
+        HeadendFileError::Toml(format!("{}{msg}", at.unwrap_or_default()))
+    }
 }
 
 /// The file, as written.
@@ -39,7 +57,7 @@ pub struct HeadendFile {
 impl HeadendFile {
     /// Read a head-end file's text.
     pub fn parse(text: &str) -> Result<HeadendFile, HeadendFileError> {
-        Ok(toml::from_str(text)?)
+        toml::from_str(text).map_err(|e| HeadendFileError::toml(text, &e))
     }
 }
 
@@ -106,8 +124,9 @@ pub enum PidValue {
     Text(String),
 }
 
-/// One `[[channel]]`.
-#[derive(Debug, Deserialize)]
+/// One `[[channel]]`. Its Debug names the typed fields but shows none of their values,
+/// nor the `args` words: either may hold a CW or a passphrase.
+#[derive(Deserialize)]
 pub struct ChannelEntry {
     /// The channel's name (log lines, errors).
     pub name: String,
@@ -121,14 +140,32 @@ pub struct ChannelEntry {
     pub fields: toml::Table,
 }
 
-/// A channel's options, as one line or as a list.
-#[derive(Debug, Deserialize)]
+impl std::fmt::Debug for ChannelEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelEntry")
+            .field("name", &self.name)
+            .field("args", &self.args)
+            .field("emm_clone", &self.emm_clone)
+            .field("fields", &self.fields.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// A channel's options, as one line or as a list. Its Debug shows how many words, not
+/// them (`--cw` may be among them).
+#[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ArgsValue {
     /// One string, split at whitespace (no shell quoting).
     Line(String),
     /// One string per word.
     List(Vec<String>),
+}
+
+impl std::fmt::Debug for ArgsValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArgsValue(<{} words>)", self.words().len())
+    }
 }
 
 impl ArgsValue {
@@ -366,6 +403,55 @@ mod tests {
         assert_eq!(f.channels[1].emm_clone, Some(false));
         let e = HeadendFile::parse("colour = 1\n").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn debug_shows_neither_args_words_nor_typed_values() {
+        let f = HeadendFile::parse(
+            "[[channel]]\nname = \"a\"\nargs = \"-i x --cw 0102030405060708\"\n\
+             [[channel]]\nname = \"b\"\ncw = \"1112131415161718\"\n",
+        )
+        .unwrap();
+        let d = format!("{f:?}");
+        assert!(!d.contains("0102") && !d.contains("1112"), "{d}");
+        assert!(d.contains("<4 words>") && d.contains("\"cw\""), "{d}");
+    }
+
+    #[test]
+    fn a_syntax_error_says_where_but_never_quotes_the_line() {
+        let even = "0102030405060708";
+        for (text, line) in [
+            // a CW written without quotes
+            (
+                format!("[[channel]]\nname = \"a\"\ncw = {even}:1112131415161718\n"),
+                3,
+            ),
+            // an args string left open
+            (
+                format!("[[channel]]\nname = \"a\"\n\nargs = \"-i x --cw {even}\n"),
+                4,
+            ),
+            // an SRT passphrase in a broken line
+            (
+                "[[channel]]\nname = \"a\"\noutput = srt://h:1?passphrase=sesame12345\n".to_owned(),
+                3,
+            ),
+        ] {
+            let e = HeadendFile::parse(&text).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(shown.contains(&format!("line {line}, column")), "{shown}");
+            assert!(
+                !shown.contains(even) && !shown.contains("sesame"),
+                "{shown}"
+            );
+            let e = HeadendPlan::from_file(&text, &|_| unreachable!("not reached")).unwrap_err();
+            let shown = format!("{e} {e:?}");
+            assert!(shown.contains("not a head-end file: line"), "{shown}");
+            assert!(
+                !shown.contains(even) && !shown.contains("sesame"),
+                "{shown}"
+            );
+        }
     }
 
     #[test]

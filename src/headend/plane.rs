@@ -151,6 +151,8 @@ pub(crate) struct Plane {
     workers: Vec<Worker>,
     /// Which worker serves a channel id.
     placed: std::collections::HashMap<u64, usize>,
+    /// Where a channel that cannot be placed goes back.
+    ended: std::sync::mpsc::Sender<Event>,
 }
 
 /// The eventfd's token in a worker's epoll set (slot indexes are below it).
@@ -166,6 +168,7 @@ impl Plane {
         ended: std::sync::mpsc::Sender<Event>,
     ) -> Result<Plane, HeadendError> {
         let mut workers = Vec::with_capacity(opts.workers.max(1));
+        let ended_back = ended.clone();
         for k in 0..opts.workers.max(1) {
             let (tx, rx) = std::sync::mpsc::channel();
             let wake = Arc::new(
@@ -198,10 +201,12 @@ impl Plane {
         Ok(Plane {
             workers,
             placed: Default::default(),
+            ended: ended_back,
         })
     }
 
-    /// Serve `ch` (a UDP channel) as run `id`, on the worker with the fewest channels.
+    /// Serve `ch` (a UDP channel) as run `id`, on the worker with the fewest channels (a
+    /// worker that has stopped counts as full).
     pub(crate) fn add(&mut self, id: u64, ch: Channel) {
         let k = (0..self.workers.len())
             .min_by_key(|k| self.workers[*k].channels.load(Ordering::Relaxed))
@@ -209,9 +214,21 @@ impl Plane {
         let w = &self.workers[k];
         w.channels.fetch_add(1, Ordering::Relaxed);
         self.placed.insert(id, k);
-        // a worker that is gone has sent back what it had; this channel is lost with it
-        if w.tx.send(Command::Add(id, Box::new(ch))).is_err() {
+        // a worker that is gone has sent back what it had; this channel goes back failed,
+        // so the supervisor sees it end (and restarts it) instead of taking it as on air
+        if let Err(std::sync::mpsc::SendError(Command::Add(id, ch))) =
+            w.tx.send(Command::Add(id, Box::new(ch)))
+        {
             tracing::error!("a data-plane worker is gone; the channel cannot start");
+            self.placed.remove(&id);
+            let _ = self.ended.send(Event::Ended(Ended {
+                id,
+                channel: *ch,
+                end: Err(HeadendError::Config(
+                    "the data-plane worker serving it has stopped".to_owned(),
+                )),
+            }));
+            return;
         }
         let _ = w.wake.write(1);
     }
@@ -268,6 +285,7 @@ fn worker(cx: WorkerCx) {
         Err(e) => {
             // nothing can be served: every channel sent here goes back failed
             tracing::error!(error = %e, "a data-plane worker cannot start epoll");
+            cx.channels.store(usize::MAX, Ordering::Relaxed);
             while let Ok(cmd) = cx.rx.recv() {
                 if let Command::Add(id, ch) = cmd {
                     let _ = cx.ended.send(Event::Ended(Ended {
@@ -282,6 +300,8 @@ fn worker(cx: WorkerCx) {
     };
     let mut slots: Vec<Option<Slot>> = Vec::new();
     serve(&epoll, &mut slots, &cx);
+    // no channel is placed here any more; one sent meanwhile goes back failed
+    cx.channels.store(usize::MAX, Ordering::Relaxed);
     for s in slots.iter_mut().filter_map(Option::as_mut) {
         if s.end.is_none() {
             finish_output(s);
@@ -289,6 +309,17 @@ fn worker(cx: WorkerCx) {
         }
     }
     reap(&epoll, &mut slots, &cx, &mut []);
+    while let Ok(cmd) = cx.rx.try_recv() {
+        if let Command::Add(id, ch) = cmd {
+            let _ = cx.ended.send(Event::Ended(Ended {
+                id,
+                channel: *ch,
+                end: Err(HeadendError::Config(
+                    "the data-plane worker serving it has stopped".to_owned(),
+                )),
+            }));
+        }
+    }
 }
 
 /// Take the commands waiting in the inbox; false when the plane is gone.
@@ -437,7 +468,21 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
             Err(Errno::EINTR) => 0,
             Err(e) => {
                 tracing::error!(error = %e, "epoll_wait failed; the worker's channels stop");
+                // the batches read are scrambled and written, so every channel can go back
+                // (one still in a pass would not be reaped, and would be lost)
+                if !in_pass.is_empty() {
+                    finish_pass(
+                        epoll,
+                        slots,
+                        &mut engines,
+                        &mut in_pass,
+                        &mut dirty,
+                        pass_payloads,
+                        log_failures,
+                    );
+                }
                 for s in slots.iter_mut().flatten().filter(|s| s.end.is_none()) {
+                    finish_output(s);
                     s.end = Some(Err(HeadendError::Config(format!("epoll_wait: {e}"))));
                 }
                 return;
@@ -770,5 +815,55 @@ fn fail(epoll: &Epoll, s: &mut Slot, e: HeadendError, log: bool) {
 fn unwatch(epoll: &Epoll, s: &mut Slot) {
     for fd in s.ch.parts_mut().0.fds() {
         let _ = epoll.delete(fd.as_fd());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cas::store::StoreLocation;
+    use crate::headend::{ChannelEnv, ChannelSpec};
+    use crate::net::control::ControlPlane;
+
+    #[test]
+    fn a_channel_sent_to_a_stopped_worker_comes_back_failed() {
+        let control = ControlPlane::start().unwrap();
+        let db = StoreLocation::File(std::env::temp_dir().join("castmux-plane-unused.db"));
+        let spec = ChannelSpec {
+            input: "udp://127.0.0.1:0".to_owned(),
+            output: vec!["udp://127.0.0.1:9".to_owned()],
+            cw: Some("0102030405060708:1112131415161718".to_owned()),
+            ..ChannelSpec::default()
+        };
+        let env = ChannelEnv {
+            db: &db,
+            control: &control,
+            emm: None,
+            emm_pid: None,
+        };
+        let ch = Channel::open("one", &spec, env).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(true));
+        let opts = PlaneOptions {
+            workers: 1,
+            ..PlaneOptions::default()
+        };
+        let mut plane = Plane::start(&opts, &stop, false, tx).unwrap();
+        // the worker sees the stop flag at once and ends
+        plane.workers[0].thread.take().unwrap().join().unwrap();
+        assert_eq!(
+            plane.workers[0].channels.load(Ordering::Relaxed),
+            usize::MAX
+        );
+        plane.add(7, ch);
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Event::Ended(e)) => {
+                assert_eq!(e.id, 7);
+                let err = e.end.expect_err("a channel no worker serves has failed");
+                assert!(err.to_string().contains("worker"), "{err}");
+            }
+            other => panic!("expected the channel back, got {:?}", other.map(|_| ())),
+        }
+        assert!(plane.placed.is_empty());
     }
 }

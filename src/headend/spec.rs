@@ -207,6 +207,7 @@ pub struct ChannelSpec {
     #[serde(deserialize_with = "u16_list")]
     pub service: Vec<u16>,
     /// Fixed control word(s), hex EVEN or EVEN:ODD (a secret: never printed).
+    #[serde(deserialize_with = "secret_text")]
     pub cw: Option<String>,
     #[serde(deserialize_with = "crypto_period")]
     pub crypto_period: Duration,
@@ -627,6 +628,23 @@ where
         .collect()
 }
 
+/// The CW as text. Any other TOML type is refused without its value: serde's own message
+/// would quote it (`cw = 0x0102030405060708` as an integer), and it is a key.
+fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Secret {
+        Text(String),
+        Other(de::IgnoredAny),
+    }
+    match Secret::deserialize(d)? {
+        Secret::Text(t) => Ok(Some(t)),
+        Secret::Other(_) => Err(de::Error::custom(
+            "cw is a string of hex digits, \"EVEN\" or \"EVEN:ODD\" (what was given is not shown: it is a key)",
+        )),
+    }
+}
+
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     parsed_list(d, |s| Ok(s.to_owned()))
 }
@@ -937,5 +955,31 @@ mod tests {
         };
         let d = format!("{s:?}");
         assert!(!d.contains("0102") && d.contains("<set>"), "{d}");
+    }
+
+    #[test]
+    fn a_cw_of_the_wrong_type_is_refused_without_its_value() {
+        // 0x0102030405060708 is 72623859790382856
+        for text in [
+            "cw = 0x0102030405060708",
+            "cw = 72623859790382856.5",
+            "cw = [\"0102030405060708\"]",
+        ] {
+            // as a head-end file's channel is read: its table, then the spec
+            let table: toml::Table = toml::from_str(text).unwrap();
+            let e = toml::Value::Table(table)
+                .try_into::<ChannelSpec>()
+                .unwrap_err()
+                .message()
+                .to_owned();
+            assert!(e.contains("cw is a string"), "{text}: {e}");
+            assert!(
+                !e.contains("72623859790382856") && !e.contains("0102030405060708"),
+                "{text}: {e}"
+            );
+        }
+        let ok = spec("cw = \"0102030405060708:1112131415161718\"").unwrap();
+        assert_eq!(ok.cw.as_deref(), Some("0102030405060708:1112131415161718"));
+        assert_eq!(spec("").unwrap().cw, None);
     }
 }

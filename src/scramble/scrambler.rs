@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use csa::{payload_offset, Parity};
+use csa::Parity;
 
 use super::cat::CatWriter;
 use super::clock::Clock;
@@ -29,7 +29,7 @@ use super::error::ScrambleError;
 use super::keys::CryptoPeriod;
 use super::schedule::{Schedule, Step, ECM_WAIT};
 use super::stats::{Counters, LiveCounters, CC_UNSET};
-use crate::ts::packet::{null_packet, Packet, PACKET_SIZE};
+use crate::ts::packet::{es_layout, null_packet, EsLayout, Packet, PACKET_SIZE};
 use crate::ts::{PacketRef, Pid};
 
 /// Once-only warnings, so a repeated data-path problem is logged once.
@@ -40,6 +40,7 @@ struct Warned {
     no_ecm_generator: bool,
     unreferenced: bool,
     held_before_ecm: bool,
+    malformed_es: bool,
 }
 
 /// Scrambles a transport stream, batch by batch.
@@ -471,36 +472,7 @@ impl Scrambler {
                     );
                 }
             }
-            Role::Scrambled => {
-                let tsc = pkt[3] >> 6;
-                let c = self.counters.pid_mut(pid);
-                // (already scrambled, scrambled here), for the stream-wide sums
-                let mut es = (0, 0);
-                let scramble = if tsc != 0 {
-                    c.already_scrambled += 1;
-                    es.0 = 1;
-                    false
-                } else {
-                    match payload_offset(pkt) {
-                        None => {
-                            c.no_payload += 1;
-                            false
-                        }
-                        Some(start) => {
-                            if PACKET_SIZE - start < self.min_payload {
-                                c.short_payload += 1;
-                            } else {
-                                c.scrambled += 1;
-                                es.1 = 1;
-                            }
-                            true
-                        }
-                    }
-                };
-                self.counters.stream.es_already_scrambled += es.0;
-                self.counters.stream.es_scrambled += es.1;
-                self.push(pkt, scramble);
-            }
+            Role::Scrambled => self.es_packet(pid, pkt),
             Role::Clear => {
                 self.push(pkt, false);
                 self.counters.pid_mut(pid).passed += 1;
@@ -550,6 +522,68 @@ impl Scrambler {
             self.push(&m, false);
         }
         Ok(())
+    }
+
+    /// An ES packet of a scrambled service, its key's ECM on air: its payload goes to the
+    /// cipher; it passes as it is when it has none or came scrambled; what is not
+    /// understood (reserved values, an adaptation field past the packet) is nulled, and
+    /// bytes after an adaptation-only packet's field become stuffing. Fail closed: any of
+    /// those could carry the ES in clear.
+    fn es_packet(&mut self, pid: Pid, pkt: &Packet) {
+        let tsc = pkt[3] >> 6;
+        let layout = es_layout(pkt);
+        let min_payload = self.min_payload;
+        let c = self.counters.pid_mut(pid);
+        // Some(whether the cipher takes it), or None: nulled
+        let (scramble, full_payload) = if tsc == 0b01 || layout == EsLayout::Invalid {
+            c.dropped += 1;
+            (None, false)
+        } else if tsc != 0 {
+            c.already_scrambled += 1;
+            (Some(false), false)
+        } else if let EsLayout::Payload(start) = layout {
+            let full = PACKET_SIZE - start >= min_payload;
+            if full {
+                c.scrambled += 1;
+            } else {
+                c.short_payload += 1;
+            }
+            (Some(true), full)
+        } else {
+            c.no_payload += 1;
+            (Some(false), false)
+        };
+        let stream = &mut self.counters.stream;
+        match (scramble, layout) {
+            (None, _) => {
+                stream.malformed_es += 1;
+                if !self.warned.malformed_es {
+                    self.warned.malformed_es = true;
+                    tracing::warn!(
+                        %pid,
+                        "an ES packet of a scrambled service with a reserved \
+                         transport_scrambling_control or adaptation_field_control, or an \
+                         adaptation field past the packet's end: nulled (logged once; counted \
+                         as malformed_es)"
+                    );
+                }
+                let null = self.null;
+                self.push(&null, false);
+            }
+            (Some(_), EsLayout::StrayAfter(at)) if tsc == 0 => {
+                let mut stuffed = *pkt;
+                if stuffed[at..].iter().any(|b| *b != 0xFF) {
+                    stuffed[at..].fill(0xFF);
+                    stream.malformed_es += 1;
+                }
+                self.push(&stuffed, false);
+            }
+            (Some(scramble), _) => {
+                stream.es_already_scrambled += u64::from(tsc != 0);
+                stream.es_scrambled += u64::from(full_payload);
+                self.push(pkt, scramble);
+            }
+        }
     }
 
     fn tick_inserters(&mut self, now: Duration) {

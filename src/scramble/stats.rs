@@ -52,6 +52,12 @@ pub struct StreamCounters {
     /// for the key in force (an ECMG down at start): never sent clear, never sent with no
     /// ECM that opens them.
     pub held_before_ecm: u64,
+    /// ES packets of the scrambled services that were not understood, and so could carry
+    /// the ES in clear: a reserved transport_scrambling_control (01) or
+    /// adaptation_field_control (00), or an adaptation field past the packet's end, nulled;
+    /// or an adaptation-only packet with bytes other than stuffing after its field, those
+    /// bytes stuffed (0xFF).
+    pub malformed_es: u64,
     /// ES payload packets of the scrambled services scrambled here (the sum of the PIDs'
     /// `scrambled`, kept here so a monitor need not add up 8192 PIDs).
     pub es_scrambled: u64,

@@ -44,6 +44,37 @@ fn payload_start(p: &Packet) -> Result<Option<usize>, TsError> {
     }
 }
 
+/// Where an ES packet's bytes lie, as a scrambler that must leave none of them clear sees
+/// it (the sync byte is checked by the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EsLayout {
+    /// A payload from this offset to the end.
+    Payload(usize),
+    /// No payload: an adaptation field that fills the packet.
+    NoPayload,
+    /// An adaptation-only packet whose field ends before the packet does; the bytes from
+    /// this offset are no payload (a decoder skips them), and should be stuffing.
+    StrayAfter(usize),
+    /// The reserved adaptation_field_control 00 (a decoder discards the packet), or an
+    /// adaptation field longer than the packet.
+    Invalid,
+}
+
+/// The layout of `p`'s bytes (ISO/IEC 13818-1 2.4.3.3: adaptation_field_control 00 is
+/// reserved; an adaptation field is at most 183 bytes, and exactly 183 without a payload).
+pub fn es_layout(p: &Packet) -> EsLayout {
+    let afc = (p[3] >> 4) & 3;
+    let end = 5 + usize::from(p[4]);
+    match afc {
+        0b01 => EsLayout::Payload(4),
+        0b00 => EsLayout::Invalid,
+        _ if end > PACKET_SIZE => EsLayout::Invalid,
+        _ if end == PACKET_SIZE => EsLayout::NoPayload,
+        0b11 => EsLayout::Payload(end),
+        _ => EsLayout::StrayAfter(end),
+    }
+}
+
 impl<'a> PacketRef<'a> {
     /// A view of `p` (nothing is checked until a method needs it).
     pub fn new(p: &'a Packet) -> Self {

@@ -122,6 +122,32 @@ fn packet_header_fields_and_setters() {
 }
 
 #[test]
+fn es_layout_names_every_adaptation_field_control_and_length() {
+    use super::packet::{es_layout, EsLayout};
+    let pkt = |afc: u8, afl: u8| {
+        let mut p = null_packet();
+        p[3] = afc << 4;
+        p[4] = afl;
+        p
+    };
+    assert_eq!(es_layout(&pkt(0b01, 0)), EsLayout::Payload(4));
+    assert_eq!(es_layout(&pkt(0b11, 0)), EsLayout::Payload(5));
+    assert_eq!(es_layout(&pkt(0b11, 7)), EsLayout::Payload(12));
+    assert_eq!(es_layout(&pkt(0b11, 182)), EsLayout::Payload(187));
+    assert_eq!(es_layout(&pkt(0b11, 183)), EsLayout::NoPayload);
+    assert_eq!(es_layout(&pkt(0b10, 183)), EsLayout::NoPayload);
+    assert_eq!(es_layout(&pkt(0b10, 7)), EsLayout::StrayAfter(12));
+    assert_eq!(es_layout(&pkt(0b10, 0)), EsLayout::StrayAfter(5));
+    for afl in [184, 200, 255] {
+        assert_eq!(es_layout(&pkt(0b10, afl)), EsLayout::Invalid);
+        assert_eq!(es_layout(&pkt(0b11, afl)), EsLayout::Invalid);
+    }
+    for afl in [0, 183, 255] {
+        assert_eq!(es_layout(&pkt(0b00, afl)), EsLayout::Invalid);
+    }
+}
+
+#[test]
 fn adaptation_field_bounds_and_pcr() {
     let mut p = [0u8; PACKET_SIZE];
     p[0] = 0x47;

@@ -94,6 +94,13 @@ impl PacketStage for Scrambler {
             // the usual case (the run loop hands over an empty buffer): no copy
             return self.process_into(batch.packets(), out);
         }
+        if self.is_deferred() {
+            // fail closed: the pending cipher ranges count from the start of `out`; after
+            // other bytes they would name the wrong packets
+            return Err(ScrambleError::Config(
+                "deferred cipher: the output buffer must be empty".to_owned(),
+            ));
+        }
         out.extend_from_slice(self.process(batch.packets())?);
         Ok(())
     }
@@ -461,5 +468,17 @@ mod tests {
             refused,
             "an unscrambled pending batch must stop the scrambler"
         );
+
+        // deferred, the stage refuses to append to bytes already in the output: the
+        // pending ranges would name the wrong packets
+        let mut d = Scrambler::new(config(), None, Vec::new()).unwrap();
+        d.set_deferred(true);
+        let mut batch = PacketBatch::with_capacity(4);
+        for p in &packets[..4] {
+            batch.push(p);
+        }
+        let mut out = vec![0u8; PACKET_SIZE];
+        assert!(PacketStage::process_batch(&mut d, &mut batch, &mut out).is_err());
+        assert_eq!(out.len(), PACKET_SIZE);
     }
 }

@@ -314,3 +314,50 @@ fn malformed_es_packets_never_carry_their_bytes_out() {
     assert_eq!(counters.stream.malformed_es, 5);
     assert_eq!(counters.pid(castmux::ts::Pid::new(es)).dropped, 4);
 }
+
+/// A selected service's ES on a PID that is also another program's PMT PID, or in the
+/// PSI range (a hostile or broken PMT), is scrambled all the same: the ES of a selected
+/// service wins over every role but our own ECM/EMM PIDs.
+#[test]
+fn a_selected_es_on_a_pmt_or_psi_pid_is_scrambled() {
+    for (es_pid, other_pmt) in [(0x100u16, 0x100u16), (0x0012, 0x200)] {
+        let mut w = Writer::new();
+        for s in pat_sections(1, 0, &[(1, 0x1000), (2, other_pmt)], 1) {
+            w.section(0, &s);
+        }
+        w.section(0x1000, &pmt_section(1, 0, es_pid, &[Es::new(0x1B, es_pid)]));
+        for k in 0..20u8 {
+            w.es(es_pid, k == 0, 0xA0 | k);
+        }
+        for keys in [
+            KeyMode::Fixed(Cw::from_hex("0102030405060708").unwrap()),
+            KeyMode::Rotating,
+        ] {
+            let rotating = matches!(keys, KeyMode::Rotating);
+            let c = ScrambleConfig {
+                services: vec![1],
+                keys,
+                ca_systems: if rotating {
+                    vec![CaSystem::new(0x4AE1, Pid::new(0x1FF0))]
+                } else {
+                    Vec::new()
+                },
+                ..ScrambleConfig::default()
+            };
+            let mut s = Scrambler::new(c, None, Vec::new()).unwrap();
+            let out = s.process(&w.packets).unwrap().to_vec();
+            let mut scrambled = 0;
+            for p in out.chunks_exact(188) {
+                let p: &Packet = p.try_into().unwrap();
+                if pid(p) == es_pid && has_payload(p) {
+                    assert!(
+                        tsc(p) != 0 || p[4..].iter().all(|b| *b & 0xF0 != 0xA0),
+                        "PID {es_pid:#x} (PMT PID {other_pmt:#x}) went out clear: {p:02x?}"
+                    );
+                    scrambled += usize::from(tsc(p) != 0);
+                }
+            }
+            assert!(scrambled >= 19, "PID {es_pid:#x}: {scrambled} scrambled");
+        }
+    }
+}

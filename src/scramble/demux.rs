@@ -293,16 +293,17 @@ impl Demux {
         }
     }
 
-    /// Give every PID its role from the current PSI. In order of precedence: the fixed roles
-    /// (PSI range, null, our ECM/EMM PIDs), scrambled (once scrambled, always), PMT PIDs,
-    /// the ES of selected services, network PIDs, then what the PSI names as not ours to
-    /// scramble; everything else is unknown.
+    /// Give every PID its role from the current PSI. In order of precedence: our ECM/EMM
+    /// PIDs (dropped from the input), scrambled (once scrambled, always), the ES of selected
+    /// services (fail closed: over the PSI range and PMT PIDs too, where a hostile or
+    /// broken PMT may put one), the fixed roles (PSI range, null), PMT PIDs, network PIDs,
+    /// then what the PSI names as not ours to scramble; everything else is unknown.
     fn recompute_roles(&mut self) {
         for (i, r) in self.roles.iter_mut().enumerate() {
             *r = match (i, *r) {
+                (_, Role::Scrambled) => Role::Scrambled,
                 (0..=0x1F, _) => Role::Psi,
                 (0x1FFF, _) => Role::Null,
-                (_, Role::Scrambled) => Role::Scrambled,
                 _ => Role::Unknown,
             };
         }
@@ -322,7 +323,7 @@ impl Demux {
         for p in self.programs.iter().filter(|p| p.selected) {
             for (pid, scrambled) in &p.streams {
                 let r = &mut self.roles[usize::from(pid.value())];
-                if *scrambled && *r == Role::Unknown {
+                if *scrambled && *r != Role::Ours {
                     *r = Role::Scrambled;
                 }
             }
@@ -432,7 +433,9 @@ impl Demux {
         let mut streams = Vec::new();
         for s in pmt.streams() {
             let pid = s.elementary_pid;
-            if pid.is_psi_reserved() || pid == Pid::NULL {
+            // an ES of a selected service is scrambled wherever it is (fail closed); the
+            // null PID's packets go out as our own null packets, whatever they carried
+            if pid == Pid::NULL || (pid.is_psi_reserved() && !selected) {
                 continue;
             }
             // a PID that is already scrambled stays so whatever this PMT says

@@ -122,6 +122,12 @@ impl Judge {
         }
     }
 
+    /// Whether a PMT has come since the input started or came back after a silence (what
+    /// it sent before the silence says nothing of what it sends now).
+    pub fn pmt_seen_since_resume(&self) -> bool {
+        self.pmt_seen.is_some()
+    }
+
     /// Whether the input's PAT and at least one PMT are known.
     pub fn psi_known(&self) -> bool {
         self.programs.iter().any(|p| !p.pmt.is_empty())

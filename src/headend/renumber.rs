@@ -179,6 +179,9 @@ pub struct Renumber {
     psi_out: PsiOut,
     /// Packets dropped: a PID with no place in the numbering, or no room in the batch.
     pub dropped: u64,
+    /// The active input's ES are held (dropped): its PSI is not known since it started or
+    /// came back.
+    held: bool,
 }
 
 impl Default for Renumber {
@@ -205,6 +208,7 @@ impl Renumber {
             tables: Vec::new(),
             psi_out: PsiOut::default(),
             dropped: 0,
+            held: false,
         }
     }
 
@@ -224,7 +228,10 @@ impl Renumber {
     /// Send one packet of the active input (whose judge saw it and said what it ended)
     /// into `out`, renumbered.
     pub fn process(&mut self, pkt: &Packet, ended: Ended, judge: &Judge, out: &mut PacketBatch) {
-        if self.generation != Some(judge.psi_generation) {
+        // a new PSI, or the input's PMT seen again after a silence (or not since it)
+        if self.generation != Some(judge.psi_generation)
+            || self.held == judge.pmt_seen_since_resume()
+        {
             self.remap(judge);
         }
         let r = PacketRef::new(pkt);
@@ -287,7 +294,13 @@ impl Renumber {
         reset_map(&mut self.map);
         self.pat = None;
         self.pmts.clear();
-        if judge.programs.is_empty() {
+        // fail closed: nothing is known of this input's ES yet (a pinned input, the slate's
+        // first loop, an input back from a silence, whose layout may have changed), and the
+        // scrambler after us would judge them by the PSI it last saw, which may call their
+        // PIDs clear: they are dropped (counted) until its PAT and a PMT are in
+        self.held = !judge.psi_known() || !judge.pmt_seen_since_resume();
+        if self.held {
+            map_held(&mut self.map);
             return;
         }
         let follows = self.layout.as_ref().is_none_or(|l| l.source == self.active);
@@ -449,6 +462,15 @@ fn out_pid(map: &[u16], pid: Pid) -> Option<Pid> {
 fn reset_map(map: &mut [u16]) {
     map.iter_mut().enumerate().for_each(|(k, m)| *m = k as u16);
     map[usize::from(Pid::PAT.value())] = OURS;
+}
+
+/// Every PID but the PSI range and the null PID dropped.
+fn map_held(map: &mut [u16]) {
+    for (k, m) in map.iter_mut().enumerate() {
+        if k > 0x1F && k != usize::from(Pid::NULL.value()) {
+            *m = DROP;
+        }
+    }
 }
 
 /// Map input PID `from` to output PID `to`.
@@ -693,11 +715,48 @@ mod tests {
             &input(1, 0x1000, 0x101, 0x300, 0, 0, 4),
             &mut out,
         );
-        // a third input, pinned before its PSI came: its 0x101 stays 0x101
+        // a third input, pinned before its PSI came: its ES are dropped (counted) until
+        // its PAT and PMT are in, not sent under the last input's PSI; then mapped
         r.switch(2);
-        let es = input(1, 0x1000, 0x101, 0x300, 0, 0, 1)[2];
+        let third = input(1, 0x1000, 0x101, 0x300, 0, 0, 2);
+        let dropped = r.dropped;
         let mut got = Vec::new();
-        run(&mut r, &mut j2, &[es], &mut got);
-        assert_eq!(got.iter().map(pid_of).collect::<Vec<_>>(), [0x101]);
+        run(&mut r, &mut j2, &third[2..], &mut got);
+        assert!(
+            got.is_empty(),
+            "{:x?}",
+            got.iter().map(pid_of).collect::<Vec<_>>()
+        );
+        assert_eq!(r.dropped, dropped + 2);
+        run(&mut r, &mut j2, &third, &mut got);
+        let es: Vec<u16> = got
+            .iter()
+            .map(pid_of)
+            .filter(|p| *p >= 0x100 && *p < 0x1000)
+            .collect();
+        assert_eq!(es, [0x100, 0x101]);
+
+        // the input falls silent past the judge's timeout and comes back: its ES wait for
+        // its PMT again (its layout may have changed meanwhile)
+        let later = Instant::now() + Duration::from_secs(3);
+        let mut batch = PacketBatch::with_capacity(16);
+        let dropped = r.dropped;
+        for p in &third[2..] {
+            let e = j2.observe(p, later, &limits());
+            r.process(p, e, &j2, &mut batch);
+        }
+        assert_eq!(batch.packets().len(), 0);
+        assert_eq!(r.dropped, dropped + 2);
+        for p in &third {
+            let e = j2.observe(p, later, &limits());
+            r.process(p, e, &j2, &mut batch);
+        }
+        let es: Vec<u16> = batch
+            .packets()
+            .iter()
+            .map(pid_of)
+            .filter(|p| *p >= 0x100 && *p < 0x1000)
+            .collect();
+        assert_eq!(es, [0x100, 0x101]);
     }
 }

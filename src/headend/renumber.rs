@@ -27,6 +27,9 @@ const DROP: u16 = 0xFFFF;
 /// `map` value of a PSI PID we regenerate (the PAT, the input's PMT PIDs): its input packets
 /// are replaced by ours.
 const OURS: u16 = 0xFFFE;
+/// `map` value of an ES PID that keeps its PID but waits (dropped, counted) for our PMT
+/// naming it to go out first.
+const HELD: u16 = 0xFFFD;
 /// `Continuity` value: not known yet.
 const UNKNOWN: u8 = 0x10;
 
@@ -182,6 +185,9 @@ pub struct Renumber {
     /// The active input's ES are held (dropped): its PSI is not known since it started or
     /// came back.
     held: bool,
+    /// (index of the input's program, ES PID): an ES with no counterpart in the numbering
+    /// keeps its PID once our PMT for its program has gone out, not before.
+    held_es: Vec<(usize, Pid)>,
 }
 
 impl Default for Renumber {
@@ -209,6 +215,7 @@ impl Renumber {
             psi_out: PsiOut::default(),
             dropped: 0,
             held: false,
+            held_es: Vec::new(),
         }
     }
 
@@ -249,13 +256,21 @@ impl Renumber {
                     if let Some(Some((out_pid, s))) = self.pmts.get_mut(i).map(Option::take) {
                         self.emit(out_pid, &s, out);
                         self.pmts[i] = Some((out_pid, s));
+                        // the ES it names that kept their PIDs may follow it now
+                        let map = &mut self.map;
+                        self.held_es.retain(|&(k, pid)| {
+                            if k == i {
+                                map[usize::from(pid.value())] = pid.value();
+                            }
+                            k != i
+                        });
                     }
                 }
                 Ended::Nothing => {}
             }
             return;
         }
-        if o == DROP {
+        if o == DROP || o == HELD {
             self.dropped += 1;
             return;
         }
@@ -294,6 +309,7 @@ impl Renumber {
         reset_map(&mut self.map);
         self.pat = None;
         self.pmts.clear();
+        self.held_es.clear();
         // fail closed: nothing is known of this input's ES yet (a pinned input, the slate's
         // first loop, an input back from a silence, whose layout may have changed), and the
         // scrambler after us would judge them by the PSI it last saw, which may call their
@@ -402,6 +418,30 @@ impl Renumber {
                 write_pmt(out, *number, v, pcr, &pmt.descriptors, streams).is_ok()
             });
             self.pmts.push(section.map(|s| (*pmt_pid, s)));
+        }
+        // fail closed: an ES of another input that keeps its PID (no counterpart in the
+        // numbering, or a program the numbering lacks) waits for our PMT naming it; until
+        // then the scrambler after us would judge its PID by the last PMT it saw, which
+        // may call it clear. (The input that gives the numbering maps every ES itself.)
+        for (i, ip) in judge.programs.iter().enumerate() {
+            let Some(pmt) = Section::parse(&ip.pmt, ip.pmt.len()).ok().and_then(|s| {
+                Pmt::parse(&s)
+                    .ok()
+                    .map(|p| p.streams().map(|st| st.elementary_pid).collect::<Vec<_>>())
+            }) else {
+                continue;
+            };
+            for pid in pmt {
+                let k = usize::from(pid.value());
+                if !explicit[k]
+                    && self.map[k] == pid.value()
+                    && pid.value() > 0x1F
+                    && pid != Pid::NULL
+                {
+                    self.map[k] = HELD;
+                    self.held_es.push((i, pid));
+                }
+            }
         }
         // the input's PMT PIDs carry our PMTs from now on
         for ip in &judge.programs {
@@ -694,6 +734,68 @@ mod tests {
             .collect::<Vec<_>>();
         assert_eq!(disc, [0x100, 0x100]);
         assert_eq!(r.dropped, 0);
+    }
+
+    #[test]
+    fn an_es_that_keeps_its_pid_waits_for_our_pmt_naming_it() {
+        let mut r = Renumber::new();
+        let (mut j0, mut j1) = (Judge::new(), Judge::new());
+        let mut out = Vec::new();
+        run(
+            &mut r,
+            &mut j0,
+            &input(1, 0x1000, 0x100, 0x101, 0, 0, 4),
+            &mut out,
+        );
+        // the backup: video 0x200, audio 0x201 and a second audio 0x202 with no
+        // counterpart in the numbering; its judge has seen its PSI
+        let backup = input(1, 0x1000, 0x200, 0x201, 0, 0, 2);
+        let none = Descriptors::new(&[]).unwrap();
+        let mut pmt_s = Vec::new();
+        let stream = |t: u8, pid: u16| PmtStream {
+            stream_type: StreamType(t),
+            elementary_pid: Pid::new(pid),
+            descriptors: none,
+        };
+        write_pmt(
+            &mut pmt_s,
+            1,
+            0,
+            Pid::new(0x200),
+            &none,
+            [
+                stream(0x02, 0x200),
+                stream(0x03, 0x201),
+                stream(0x03, 0x202),
+            ],
+        )
+        .unwrap();
+        // the PMT twice, on counters that go on
+        let (mut first_pmt, mut pmt_pkts) = (Vec::new(), Vec::new());
+        let mut pz = Packetizer::new(Pid::new(0x1000));
+        pz.packetize(&pmt_s, |p| first_pmt.push(*p)).unwrap();
+        pz.packetize(&pmt_s, |p| pmt_pkts.push(*p)).unwrap();
+        let now = Instant::now();
+        j1.observe(&backup[0], now, &limits());
+        for p in &first_pmt {
+            j1.observe(p, now, &limits());
+        }
+        r.switch(1);
+        let mut second_audio = [0xAAu8; 188];
+        second_audio[..4].copy_from_slice(&[0x47, 0x02, 0x02, 0x10]);
+        let mut got = Vec::new();
+        // before our PMT goes out: held (the video and first audio map onto ours)
+        run(&mut r, &mut j1, &[second_audio, backup[2]], &mut got);
+        assert_eq!(got.iter().map(pid_of).collect::<Vec<_>>(), [0x100]);
+        // the backup's PMT ends: ours goes out naming 0x202, and 0x202 follows it
+        got.clear();
+        run(&mut r, &mut j1, &pmt_pkts, &mut got);
+        run(&mut r, &mut j1, &[second_audio], &mut got);
+        assert_eq!(got.iter().map(pid_of).collect::<Vec<_>>(), [0x1000, 0x202]);
+        let ours = Section::parse(&got[0][5..], 183).unwrap();
+        let pmt = Pmt::parse(&ours).unwrap();
+        let pids: Vec<u16> = pmt.streams().map(|s| s.elementary_pid.value()).collect();
+        assert_eq!(pids, [0x100, 0x101, 0x202]);
     }
 
     #[test]

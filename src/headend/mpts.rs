@@ -42,6 +42,9 @@ use crate::ts::{EsKind, Packet, PacketRef, PatEntry, Pid, Pmt, PmtStream};
 
 /// `InputState::map` value of an input PID the multiplex does not take.
 const DROP: u16 = 0xFFFF;
+/// `InputState::map` value of an ES whose output PID our PMT does not name yet as it now
+/// is (new to its program, or of another stream type): dropped until that PMT is sent.
+const HELD: u16 = 0xFFFE;
 /// `owner` value of a PID no program holds.
 const NOBODY: u8 = u8::MAX;
 /// Output PIDs allocated automatically start here (below: PSI/SI and common ES PIDs).
@@ -119,6 +122,9 @@ struct InputState {
     /// Input PID -> index of the program it belongs to.
     owner: Box<[u8]>,
     not_taken: u64,
+    /// Its ES are dropped: no PMT of it has come since it started or came back from a
+    /// silence (its layout may have changed meanwhile).
+    held: bool,
 }
 
 #[derive(Debug, Default)]
@@ -137,6 +143,8 @@ struct ProgramState {
     versions: u64,
     /// A duplicate output number was logged.
     warned: bool,
+    /// (input PID, output PID) of its ES held until its PMT is sent (`HELD`).
+    held: Vec<(Pid, Pid)>,
 }
 
 /// The multiplexer's core, without sockets: packets of numbered inputs in, the
@@ -326,6 +334,20 @@ fn soon(next: Option<Instant>, interval: Duration, now: Instant) -> Option<Insta
     Some(sent.map_or(now, |t| (t + MIN_GAP).max(now)))
 }
 
+/// (ES PID, stream_type) of every stream our PMT section `pmt` names (none when empty).
+fn streams_of(pmt: &[u8]) -> Vec<(Pid, u8)> {
+    Section::parse(pmt, pmt.len())
+        .ok()
+        .and_then(|s| {
+            Pmt::parse(&s).ok().map(|p| {
+                p.streams()
+                    .map(|st| (st.elementary_pid, st.stream_type.0))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Seconds since the Unix epoch, for the TDT and TOT.
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -344,6 +366,7 @@ impl Mux {
                 map: vec![DROP; 8192].into_boxed_slice(),
                 owner: vec![NOBODY; 8192].into_boxed_slice(),
                 not_taken: 0,
+                held: false,
             })
             .collect();
         let mut reserved = vec![false; 8192].into_boxed_slice();
@@ -386,7 +409,8 @@ impl Mux {
             return;
         };
         m.judge.observe(pkt, now, &self.opts.limits);
-        if m.generation != Some(m.judge.psi_generation) {
+        if m.generation != Some(m.judge.psi_generation) || m.held == m.judge.pmt_seen_since_resume()
+        {
             self.remap(i, now);
         }
         let m = &mut self.inputs[i];
@@ -394,6 +418,11 @@ impl Mux {
         let pid = usize::from(r.pid().value());
         let o = m.map[pid];
         if o == DROP {
+            m.not_taken += 1;
+            return;
+        }
+        if o == HELD {
+            // (not taken yet: it waits for our PMT)
             m.not_taken += 1;
             return;
         }
@@ -413,8 +442,14 @@ impl Mux {
 
     /// Input `i`'s PSI changed: map its programs again and regenerate the tables.
     fn remap(&mut self, i: usize, now: Instant) {
-        let judge = &self.inputs[i].judge;
-        self.inputs[i].generation = Some(judge.psi_generation);
+        let m = &mut self.inputs[i];
+        m.generation = Some(m.judge.psi_generation);
+        // fail closed: an input with no PMT since it started or came back sends no ES
+        let held = !m.judge.pmt_seen_since_resume();
+        m.held = held;
+        // what our PMTs named before, to hold what they will name anew
+        let before: Vec<Vec<(Pid, u8)>> =
+            self.programs.iter().map(|p| streams_of(&p.pmt)).collect();
         for k in 0..self.programs.len() {
             if self.programs[k].input == i {
                 self.map_program(k);
@@ -424,14 +459,29 @@ impl Mux {
         let m = &mut self.inputs[i];
         m.map.fill(DROP);
         m.owner.fill(NOBODY);
-        for (k, p) in self.programs.iter().enumerate() {
+        for (k, p) in self.programs.iter_mut().enumerate() {
             if p.input != i {
                 continue;
             }
+            // fail closed: an output PID our PMT will name as a new ES of this program, or
+            // as another stream type, waits for that PMT: until then the scrambler after
+            // us judges it by the PMT it last saw, which may call it clear
+            let now_named = streams_of(&p.pmt);
+            p.held.clear();
             for (from, to) in p.pids.iter().skip(1) {
                 let f = usize::from(from.value());
                 if m.map[f] == DROP {
-                    m.map[f] = to.value();
+                    let fresh = now_named
+                        .iter()
+                        .any(|s| s.0 == *to && !before[k].contains(s));
+                    m.map[f] = if held {
+                        DROP
+                    } else if fresh {
+                        p.held.push((*from, *to));
+                        HELD
+                    } else {
+                        to.value()
+                    };
                     m.owner[f] = k as u8;
                 }
             }
@@ -721,7 +771,16 @@ impl Mux {
                 };
                 let s = std::mem::take(&mut p.pmt);
                 self.send(pid, &s, batch);
-                self.programs[k].pmt = s;
+                let p = &mut self.programs[k];
+                p.pmt = s;
+                // its ES that waited for this PMT follow it
+                let m = &mut self.inputs[p.input];
+                for (from, to) in p.held.drain(..) {
+                    let f = usize::from(from.value());
+                    if m.map[f] == HELD {
+                        m.map[f] = to.value();
+                    }
+                }
             }
         }
         if due(self.next_sdt) && !self.sdt.is_empty() {
@@ -921,6 +980,14 @@ mod tests {
             }
         }
         for cc in 0..20u8 {
+            // (our PMTs go out before the ES they name: an ES waits for them)
+            if cc % 5 == 0 {
+                mux.send_due(
+                    &mut batch,
+                    t0 + Duration::from_secs(u64::from(cc)),
+                    1_796_119_200,
+                );
+            }
             for (i, pid) in [
                 (0, 0x100),
                 (0, 0x101),
@@ -930,13 +997,6 @@ mod tests {
                 (2, 0x102),
             ] {
                 mux.push(i, &es(pid, cc), t0, &mut batch);
-            }
-            if cc % 5 == 0 {
-                mux.send_due(
-                    &mut batch,
-                    t0 + Duration::from_secs(u64::from(cc)),
-                    1_796_119_200,
-                );
             }
         }
         let out = batch.packets().to_vec();
@@ -1013,6 +1073,54 @@ mod tests {
     }
 
     #[test]
+    fn an_es_waits_for_our_pmt_after_its_type_changes_or_its_input_was_silent() {
+        let a = "udp://239.0.0.1:1";
+        let mut mux = Mux::new(options(vec![program(a, None, Some(101), "A")]), &[0]);
+        let t0 = Instant::now();
+        let mut batch = PacketBatch::with_capacity(4096);
+        let audio: &[Prog<'_>] = &[(1, 0x1000, &[(0x1B, 0x100), (0x03, 0x101)])];
+        let video: &[Prog<'_>] = &[(1, 0x1000, &[(0x1B, 0x100), (0x1B, 0x101)])];
+        let out_es = |b: &PacketBatch| -> Vec<u16> {
+            b.packets()
+                .iter()
+                .map(|p| PacketRef::new(p).pid().value())
+                .filter(|p| (0x100..0x1000).contains(p))
+                .collect()
+        };
+        for pkt in psi(0, 0, audio) {
+            mux.push(0, &pkt, t0, &mut batch);
+        }
+        mux.send_due(&mut batch, t0, 0);
+        batch.clear();
+        mux.push(0, &es(0x101, 0), t0, &mut batch);
+        assert_eq!(out_es(&batch), [0x101]);
+        // 0x101 now carries a video: the same output PID, held until our PMT says so
+        batch.clear();
+        for pkt in psi(1, 1, video) {
+            mux.push(0, &pkt, t0, &mut batch);
+        }
+        let not_taken = mux.inputs[0].not_taken;
+        mux.push(0, &es(0x101, 1), t0, &mut batch);
+        mux.push(0, &es(0x100, 1), t0, &mut batch);
+        assert_eq!(out_es(&batch), [0x100], "the unchanged video goes on");
+        assert_eq!(mux.inputs[0].not_taken, not_taken + 1);
+        mux.send_due(&mut batch, t0 + Duration::from_millis(100), 0);
+        mux.push(0, &es(0x101, 2), t0, &mut batch);
+        assert_eq!(out_es(&batch), [0x100, 0x101]);
+        // the input falls silent and comes back: nothing until its PMT comes again
+        batch.clear();
+        let back = t0 + Duration::from_secs(10);
+        mux.push(0, &es(0x100, 3), back, &mut batch);
+        mux.push(0, &es(0x101, 3), back, &mut batch);
+        assert_eq!(out_es(&batch), Vec::<u16>::new());
+        for pkt in psi(1, 2, video) {
+            mux.push(0, &pkt, back, &mut batch);
+        }
+        mux.push(0, &es(0x100, 4), back, &mut batch);
+        assert_eq!(out_es(&batch), [0x100]);
+    }
+
+    #[test]
     fn an_input_pmt_change_makes_a_new_output_version_and_nothing_else_moves() {
         let a = "udp://239.0.0.1:1";
         let b = "udp://239.0.0.2:1";
@@ -1078,9 +1186,14 @@ mod tests {
             mux.push(0, &pkt, t0, &mut batch);
             mux.push(1, &pkt, t0, &mut batch);
         }
+        // before our PMT naming it has gone out, the ES is held (not taken, counted)
+        let not_taken = mux.inputs[0].not_taken;
         mux.push(0, &es(0x100, 0), t0, &mut batch);
         mux.push(1, &es(0x100, 0), t0, &mut batch);
+        assert_eq!(mux.inputs[0].not_taken, not_taken + 1);
         mux.send_due(&mut batch, t0, 0);
+        mux.push(0, &es(0x100, 1), t0, &mut batch);
+        mux.push(1, &es(0x100, 1), t0, &mut batch);
         let secs = sections(batch.packets(), &[0x300]);
         let pat = Section::parse(&secs[&0][0], 1024).unwrap();
         let entries: Vec<(u16, u16)> = Pat::parse(&pat)
@@ -1096,7 +1209,7 @@ mod tests {
             .filter(|p| *p == 0x200 || *p == 0x100)
             .collect();
         assert_eq!(es_pids, [0x200]);
-        assert_eq!(mux.inputs[1].not_taken, 1 + 1 + 1);
+        assert_eq!(mux.inputs[1].not_taken, 1 + 1 + 2);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 //! - Another input is mapped onto it: programs by number (or the one program onto the one
 //!   program), ES by kind and order (its second audio onto the second audio), PCR PID
 //!   likewise. An ES with no counterpart keeps its PID unless that PID is taken, then it
-//!   is dropped (counted) and left out of the PMT.
+//!   is dropped (counted) and left out of the PMT; one that keeps its PID waits (dropped,
+//!   counted) until the regenerated PMT naming it has gone out.
+//! - Fail closed: an input whose PAT and PMT are not known (since it started, or since it
+//!   came back from a silence) has its ES dropped (counted) until they are: the scrambler
+//!   after us must never judge them by the PMT of another input, or of the input before.
 //! - The PAT and PMTs are regenerated under castmux's own version numbers, bumped only
 //!   when their content changes, and sent where the input's sections end (the input's
 //!   repetition rate), on continuity counters of castmux's own.

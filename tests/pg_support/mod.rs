@@ -85,6 +85,32 @@ pub fn psql_on(url: &str, sql: &str) {
     );
 }
 
+/// Wait (at most 10 s) until no session but this one is connected to the database at
+/// `url`: a killed client's server process may still be finishing the COMMIT it was sent,
+/// and what the client did is settled only once that session has ended.
+pub fn wait_for_other_sessions(url: &str) {
+    block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::postgres::PgConnection::connect(url)
+            .await
+            .expect("connect to the test database");
+        for _ in 0..1000 {
+            let (n,): (i64,) = sqlx::query_as(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            )
+            .fetch_one(&mut c)
+            .await
+            .expect("pg_stat_activity");
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let _ = c.close().await;
+    })
+}
+
 /// A new, empty database; its URL.
 pub fn fresh_database() -> String {
     fresh_database_on(&cluster())

@@ -54,19 +54,21 @@ struct Layout {
     programs: Vec<LayoutProgram>,
 }
 
-/// What ES are matched by: kind, then order within the kind.
+/// What ES are matched by: kind (video, audio, subtitles, teletext, data; one not
+/// recognised, by its stream_type too), then order within it. Fail closed: a stream only
+/// takes the place of one of its own kind, whose PID the operator's settings
+/// (`exclude_pid`, `only_pid`) treat as that kind (a backup's unknown stream landing on
+/// the teletext PID an operator leaves clear would go out clear).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
-    Video,
-    Audio,
-    Other,
+    Kind(EsKind),
+    Unknown(u8),
 }
 
 fn class(s: &PmtStream<'_>) -> Class {
     match s.kind() {
-        EsKind::Video => Class::Video,
-        EsKind::Audio => Class::Audio,
-        _ => Class::Other,
+        EsKind::Other => Class::Unknown(s.stream_type.0),
+        k => Class::Kind(k),
     }
 }
 
@@ -800,6 +802,79 @@ mod tests {
         let pmt = Pmt::parse(&ours).unwrap();
         let pids: Vec<u16> = pmt.streams().map(|s| s.elementary_pid.value()).collect();
         assert_eq!(pids, [0x100, 0x101, 0x202]);
+    }
+
+    #[test]
+    fn a_stream_takes_the_place_of_one_of_its_own_kind_only() {
+        // the primary: video 0x100 and teletext 0x102; the backup: video 0x200 and an AV1
+        // stream (0x06, registration AV01: a kind castmux does not know) on 0x202
+        let pmt_pkts = |pmt_pid: u16, v: u16, other: u16, other_desc: &[u8], cc: u8| {
+            let none = Descriptors::new(&[]).unwrap();
+            let mut pat = Vec::new();
+            let entry = PatEntry {
+                program_number: 1,
+                pid: Pid::new(pmt_pid),
+            };
+            write_pat(&mut pat, 77, 0, &[entry]).unwrap();
+            let mut pmt_s = Vec::new();
+            write_pmt(
+                &mut pmt_s,
+                1,
+                0,
+                Pid::new(v),
+                &none,
+                [
+                    PmtStream {
+                        stream_type: StreamType(0x02),
+                        elementary_pid: Pid::new(v),
+                        descriptors: none,
+                    },
+                    PmtStream {
+                        stream_type: StreamType(0x06),
+                        elementary_pid: Pid::new(other),
+                        descriptors: Descriptors::new(other_desc).unwrap(),
+                    },
+                ],
+            )
+            .unwrap();
+            let mut out = Vec::new();
+            Packetizer::with_cc(Pid::PAT, crate::ts::ContinuityCounter::new(cc))
+                .packetize(&pat, |p| out.push(*p))
+                .unwrap();
+            Packetizer::with_cc(Pid::new(pmt_pid), crate::ts::ContinuityCounter::new(cc))
+                .packetize(&pmt_s, |p| out.push(*p))
+                .unwrap();
+            out
+        };
+        let teletext = [0x56, 5, b'e', b'n', b'g', 0x09, 0x00];
+        let av1 = [0x05, 4, b'A', b'V', b'0', b'1'];
+        let mut r = Renumber::new();
+        let (mut j0, mut j1) = (Judge::new(), Judge::new());
+        let mut out = Vec::new();
+        run(
+            &mut r,
+            &mut j0,
+            &pmt_pkts(0x1000, 0x100, 0x102, &teletext, 0),
+            &mut out,
+        );
+        let backup = pmt_pkts(0x1000, 0x200, 0x202, &av1, 0);
+        let now = Instant::now();
+        for p in &backup {
+            j1.observe(p, now, &limits());
+        }
+        r.switch(1);
+        let mut av1_pkt = [0xAAu8; 188];
+        av1_pkt[..4].copy_from_slice(&[0x47, 0x02, 0x02, 0x10]);
+        let mut got = Vec::new();
+        run(&mut r, &mut j1, &[av1_pkt], &mut got);
+        // not on the teletext PID (an operator may leave it clear); it keeps its own PID,
+        // once our PMT names it
+        assert!(
+            got.iter().all(|p| pid_of(p) != 0x102),
+            "{:x?}",
+            got.iter().map(pid_of).collect::<Vec<_>>()
+        );
+        assert!(got.is_empty());
     }
 
     #[test]

@@ -221,13 +221,7 @@ impl Plane {
         {
             tracing::error!("a data-plane worker is gone; the channel cannot start");
             self.placed.remove(&id);
-            let _ = self.ended.send(Event::Ended(Ended {
-                id,
-                channel: *ch,
-                end: Err(HeadendError::Config(
-                    "the data-plane worker serving it has stopped".to_owned(),
-                )),
-            }));
+            give_back_failed(&self.ended, id, *ch, WORKER_STOPPED.to_owned());
             return;
         }
         let _ = w.wake.write(1);
@@ -288,11 +282,7 @@ fn worker(cx: WorkerCx) {
             cx.channels.store(usize::MAX, Ordering::Relaxed);
             while let Ok(cmd) = cx.rx.recv() {
                 if let Command::Add(id, ch) = cmd {
-                    let _ = cx.ended.send(Event::Ended(Ended {
-                        id,
-                        channel: *ch,
-                        end: Err(HeadendError::Config(format!("epoll: {e}"))),
-                    }));
+                    give_back_failed(&cx.ended, id, *ch, format!("epoll: {e}"));
                 }
             }
             return;
@@ -311,16 +301,23 @@ fn worker(cx: WorkerCx) {
     reap(&epoll, &mut slots, &cx, &mut []);
     while let Ok(cmd) = cx.rx.try_recv() {
         if let Command::Add(id, ch) = cmd {
-            let _ = cx.ended.send(Event::Ended(Ended {
-                id,
-                channel: *ch,
-                end: Err(HeadendError::Config(
-                    "the data-plane worker serving it has stopped".to_owned(),
-                )),
-            }));
+            give_back_failed(&cx.ended, id, *ch, WORKER_STOPPED.to_owned());
         }
     }
 }
+
+/// Give channel `ch` (run `id`) back on `ended` as failed, for `why`: it never reached a
+/// worker that serves it.
+fn give_back_failed(ended: &std::sync::mpsc::Sender<Event>, id: u64, ch: Channel, why: String) {
+    let _ = ended.send(Event::Ended(Ended {
+        id,
+        channel: ch,
+        end: Err(HeadendError::Config(why)),
+    }));
+}
+
+/// Why a channel sent to a worker that has stopped goes back.
+const WORKER_STOPPED: &str = "the data-plane worker serving it has stopped";
 
 /// Take the commands waiting in the inbox; false when the plane is gone.
 fn take_commands(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) -> bool {
@@ -414,24 +411,13 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
     let mut next_read: Option<Instant> = None;
     // the last epoll_wait filled `events`: more sockets may be ready
     let mut events_left = false;
-    loop {
+    let failed = loop {
         if inbox && !take_commands(epoll, slots, cx) {
             // the plane is gone: stop as on the stop flag
             cx.stop.store(true, Ordering::Relaxed);
         }
         if cx.stop.load(Ordering::Relaxed) {
-            if !in_pass.is_empty() {
-                finish_pass(
-                    epoll,
-                    slots,
-                    &mut engines,
-                    &mut in_pass,
-                    &mut dirty,
-                    pass_payloads,
-                    log_failures,
-                );
-            }
-            return;
+            break None;
         }
         let now = Instant::now();
         // ended channels go back every few ms, not every round: the scan touches every
@@ -468,24 +454,7 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
             Err(Errno::EINTR) => 0,
             Err(e) => {
                 tracing::error!(error = %e, "epoll_wait failed; the worker's channels stop");
-                // the batches read are scrambled and written, so every channel can go back
-                // (one still in a pass would not be reaped, and would be lost)
-                if !in_pass.is_empty() {
-                    finish_pass(
-                        epoll,
-                        slots,
-                        &mut engines,
-                        &mut in_pass,
-                        &mut dirty,
-                        pass_payloads,
-                        log_failures,
-                    );
-                }
-                for s in slots.iter_mut().flatten().filter(|s| s.end.is_none()) {
-                    finish_output(s);
-                    s.end = Some(Err(HeadendError::Config(format!("epoll_wait: {e}"))));
-                }
-                return;
+                break Some(e);
             }
         };
         events_left = n == EVENTS;
@@ -599,6 +568,25 @@ fn serve(epoll: &Epoll, slots: &mut Vec<Option<Slot>>, cx: &WorkerCx) {
                     s.end = Some(Ok(RunEnd::Idle));
                 }
             }
+        }
+    };
+    // the batches read are scrambled and written before the worker ends, so every channel
+    // can go back (one still in a pass would not be reaped, and would be lost)
+    if !in_pass.is_empty() {
+        finish_pass(
+            epoll,
+            slots,
+            &mut engines,
+            &mut in_pass,
+            &mut dirty,
+            pass_payloads,
+            log_failures,
+        );
+    }
+    if let Some(e) = failed {
+        for s in slots.iter_mut().flatten().filter(|s| s.end.is_none()) {
+            finish_output(s);
+            s.end = Some(Err(HeadendError::Config(format!("epoll_wait: {e}"))));
         }
     }
 }

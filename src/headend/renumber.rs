@@ -403,7 +403,7 @@ impl Renumber {
             write_pat(out, tsid, v, &entries).is_ok()
         });
         // our PMTs
-        for (ip, (number, pmt_pid)) in judge.programs.iter().zip(&out_programs) {
+        for (i, (ip, (number, pmt_pid))) in judge.programs.iter().zip(&out_programs).enumerate() {
             let Ok(s) = Section::parse(&ip.pmt, ip.pmt.len()) else {
                 self.pmts.push(None);
                 continue;
@@ -424,20 +424,12 @@ impl Renumber {
                 write_pmt(out, *number, v, pcr, &pmt.descriptors, streams).is_ok()
             });
             self.pmts.push(section.map(|s| (*pmt_pid, s)));
-        }
-        // fail closed: an ES of another input that keeps its PID (no counterpart in the
-        // numbering, or a program the numbering lacks) waits for our PMT naming it; until
-        // then the scrambler after us would judge its PID by the last PMT it saw, which
-        // may call it clear. (The input that gives the numbering maps every ES itself.)
-        for (i, ip) in judge.programs.iter().enumerate() {
-            let Some(pmt) = Section::parse(&ip.pmt, ip.pmt.len()).ok().and_then(|s| {
-                Pmt::parse(&s)
-                    .ok()
-                    .map(|p| p.streams().map(|st| st.elementary_pid).collect::<Vec<_>>())
-            }) else {
-                continue;
-            };
-            for pid in pmt {
+            // fail closed: an ES of another input that keeps its PID (no counterpart in
+            // the numbering, or a program the numbering lacks) waits for this PMT naming
+            // it; until then the scrambler after us would judge its PID by the last PMT it
+            // saw, which may call it clear. (The input that gives the numbering maps every
+            // ES itself.)
+            for pid in pmt.streams().map(|st| st.elementary_pid) {
                 let k = usize::from(pid.value());
                 if !explicit[k]
                     && self.map[k] == pid.value()
@@ -500,6 +492,8 @@ fn out_pid(map: &[u16], pid: Pid) -> Option<Pid> {
         DROP => None,
         // only the PAT's PID is ours at this point
         OURS => Some(Pid::PAT),
+        // (an ES another program's PMT names too: it keeps its PID)
+        HELD => Some(pid),
         p => Some(Pid::new(p)),
     }
 }
@@ -583,41 +577,36 @@ mod tests {
         }
     }
 
-    /// An input: PAT (program `number` on `pmt`), PMT (video `v`, audio `a`, PCR on the
-    /// video), then `n` ES packets alternating video/audio with a PCR on every fourth,
-    /// counters starting at `cc0`.
-    fn input(number: u16, pmt: u16, v: u16, a: u16, version: u8, cc0: u8, n: usize) -> Vec<Packet> {
+    /// The PAT (program `number` on `pmt`, transport_stream_id 77) and PMT (PCR on `pcr`,
+    /// `streams` as (stream_type, PID, ES_info descriptors)) of an input, in packets whose
+    /// counters start at `cc0`.
+    fn psi(
+        number: u16,
+        pmt: u16,
+        pcr: u16,
+        streams: &[(u8, u16, &[u8])],
+        version: u8,
+        cc0: u8,
+    ) -> Vec<Packet> {
         let none = Descriptors::new(&[]).unwrap();
         let mut pat = Vec::new();
-        write_pat(
-            &mut pat,
-            77,
-            version,
-            &[PatEntry {
-                program_number: number,
-                pid: Pid::new(pmt),
-            }],
-        )
-        .unwrap();
+        let entry = PatEntry {
+            program_number: number,
+            pid: Pid::new(pmt),
+        };
+        write_pat(&mut pat, 77, version, &[entry]).unwrap();
         let mut pmt_s = Vec::new();
         write_pmt(
             &mut pmt_s,
             number,
             version,
-            Pid::new(v),
+            Pid::new(pcr),
             &none,
-            [
-                PmtStream {
-                    stream_type: StreamType(0x02),
-                    elementary_pid: Pid::new(v),
-                    descriptors: none,
-                },
-                PmtStream {
-                    stream_type: StreamType(0x03),
-                    elementary_pid: Pid::new(a),
-                    descriptors: none,
-                },
-            ],
+            streams.iter().map(|(t, pid, desc)| PmtStream {
+                stream_type: StreamType(*t),
+                elementary_pid: Pid::new(*pid),
+                descriptors: Descriptors::new(desc).unwrap(),
+            }),
         )
         .unwrap();
         let mut out = Vec::new();
@@ -627,6 +616,21 @@ mod tests {
         Packetizer::with_cc(Pid::new(pmt), crate::ts::ContinuityCounter::new(cc0))
             .packetize(&pmt_s, |p| out.push(*p))
             .unwrap();
+        out
+    }
+
+    /// An input: PAT (program `number` on `pmt`), PMT (video `v`, audio `a`, PCR on the
+    /// video), then `n` ES packets alternating video/audio with a PCR on every fourth,
+    /// counters starting at `cc0`.
+    fn input(number: u16, pmt: u16, v: u16, a: u16, version: u8, cc0: u8, n: usize) -> Vec<Packet> {
+        let mut out = psi(
+            number,
+            pmt,
+            v,
+            &[(0x02, v, &[]), (0x03, a, &[])],
+            version,
+            cc0,
+        );
         for k in 0..n {
             let pid = if k % 2 == 0 { v } else { a };
             let cc = (cc0 as usize + k / 2) as u8 & 0x0F;
@@ -756,31 +760,11 @@ mod tests {
         // the backup: video 0x200, audio 0x201 and a second audio 0x202 with no
         // counterpart in the numbering; its judge has seen its PSI
         let backup = input(1, 0x1000, 0x200, 0x201, 0, 0, 2);
-        let none = Descriptors::new(&[]).unwrap();
-        let mut pmt_s = Vec::new();
-        let stream = |t: u8, pid: u16| PmtStream {
-            stream_type: StreamType(t),
-            elementary_pid: Pid::new(pid),
-            descriptors: none,
-        };
-        write_pmt(
-            &mut pmt_s,
-            1,
-            0,
-            Pid::new(0x200),
-            &none,
-            [
-                stream(0x02, 0x200),
-                stream(0x03, 0x201),
-                stream(0x03, 0x202),
-            ],
-        )
-        .unwrap();
+        let three: &[(u8, u16, &[u8])] =
+            &[(0x02, 0x200, &[]), (0x03, 0x201, &[]), (0x03, 0x202, &[])];
         // the PMT twice, on counters that go on
-        let (mut first_pmt, mut pmt_pkts) = (Vec::new(), Vec::new());
-        let mut pz = Packetizer::new(Pid::new(0x1000));
-        pz.packetize(&pmt_s, |p| first_pmt.push(*p)).unwrap();
-        pz.packetize(&pmt_s, |p| pmt_pkts.push(*p)).unwrap();
+        let first_pmt = psi(1, 0x1000, 0x200, three, 0, 0)[1..].to_vec();
+        let pmt_pkts = psi(1, 0x1000, 0x200, three, 0, 1)[1..].to_vec();
         let now = Instant::now();
         j1.observe(&backup[0], now, &limits());
         for p in &first_pmt {
@@ -809,42 +793,14 @@ mod tests {
         // the primary: video 0x100 and teletext 0x102; the backup: video 0x200 and an AV1
         // stream (0x06, registration AV01: a kind castmux does not know) on 0x202
         let pmt_pkts = |pmt_pid: u16, v: u16, other: u16, other_desc: &[u8], cc: u8| {
-            let none = Descriptors::new(&[]).unwrap();
-            let mut pat = Vec::new();
-            let entry = PatEntry {
-                program_number: 1,
-                pid: Pid::new(pmt_pid),
-            };
-            write_pat(&mut pat, 77, 0, &[entry]).unwrap();
-            let mut pmt_s = Vec::new();
-            write_pmt(
-                &mut pmt_s,
+            psi(
                 1,
+                pmt_pid,
+                v,
+                &[(0x02, v, &[]), (0x06, other, other_desc)],
                 0,
-                Pid::new(v),
-                &none,
-                [
-                    PmtStream {
-                        stream_type: StreamType(0x02),
-                        elementary_pid: Pid::new(v),
-                        descriptors: none,
-                    },
-                    PmtStream {
-                        stream_type: StreamType(0x06),
-                        elementary_pid: Pid::new(other),
-                        descriptors: Descriptors::new(other_desc).unwrap(),
-                    },
-                ],
+                cc,
             )
-            .unwrap();
-            let mut out = Vec::new();
-            Packetizer::with_cc(Pid::PAT, crate::ts::ContinuityCounter::new(cc))
-                .packetize(&pat, |p| out.push(*p))
-                .unwrap();
-            Packetizer::with_cc(Pid::new(pmt_pid), crate::ts::ContinuityCounter::new(cc))
-                .packetize(&pmt_s, |p| out.push(*p))
-                .unwrap();
-            out
         };
         let teletext = [0x56, 5, b'e', b'n', b'g', 0x09, 0x00];
         let av1 = [0x05, 4, b'A', b'V', b'0', b'1'];

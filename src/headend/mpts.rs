@@ -417,12 +417,8 @@ impl Mux {
         let r = PacketRef::new(pkt);
         let pid = usize::from(r.pid().value());
         let o = m.map[pid];
-        if o == DROP {
-            m.not_taken += 1;
-            return;
-        }
-        if o == HELD {
-            // (not taken yet: it waits for our PMT)
+        // (a held ES is not taken yet: it waits for our PMT)
+        if o == DROP || o == HELD {
             m.not_taken += 1;
             return;
         }

@@ -207,7 +207,7 @@ pub struct ChannelSpec {
     #[serde(deserialize_with = "u16_list")]
     pub service: Vec<u16>,
     /// Fixed control word(s), hex EVEN or EVEN:ODD (a secret: never printed).
-    #[serde(deserialize_with = "secret_text")]
+    #[serde(deserialize_with = "cw_text")]
     pub cw: Option<String>,
     #[serde(deserialize_with = "crypto_period")]
     pub crypto_period: Duration,
@@ -630,7 +630,7 @@ where
 
 /// The CW as text. Any other TOML type is refused without its value: serde's own message
 /// would quote it (`cw = 0x0102030405060708` as an integer), and it is a key.
-fn secret_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+fn cw_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Secret {

@@ -433,8 +433,8 @@ impl Demux {
         let mut streams = Vec::new();
         for s in pmt.streams() {
             let pid = s.elementary_pid;
-            // an ES of a selected service is scrambled wherever it is (fail closed); the
-            // null PID's packets go out as our own null packets, whatever they carried
+            // an ES of a selected service is scrambled wherever it is (fail closed), but
+            // on the null PID, whose packets every receiver discards unread
             if pid == Pid::NULL || (pid.is_psi_reserved() && !selected) {
                 continue;
             }

@@ -532,56 +532,49 @@ impl Scrambler {
     fn es_packet(&mut self, pid: Pid, pkt: &Packet) {
         let tsc = pkt[3] >> 6;
         let layout = es_layout(pkt);
-        let min_payload = self.min_payload;
-        let c = self.counters.pid_mut(pid);
-        // Some(whether the cipher takes it), or None: nulled
-        let (scramble, full_payload) = if tsc == 0b01 || layout == EsLayout::Invalid {
-            c.dropped += 1;
-            (None, false)
-        } else if tsc != 0 {
-            c.already_scrambled += 1;
-            (Some(false), false)
-        } else if let EsLayout::Payload(start) = layout {
-            let full = PACKET_SIZE - start >= min_payload;
-            if full {
-                c.scrambled += 1;
-            } else {
-                c.short_payload += 1;
+        if tsc == 0b01 || layout == EsLayout::Invalid {
+            self.counters.pid_mut(pid).dropped += 1;
+            self.counters.stream.malformed_es += 1;
+            if !self.warned.malformed_es {
+                self.warned.malformed_es = true;
+                tracing::warn!(
+                    %pid,
+                    "an ES packet of a scrambled service with a reserved \
+                     transport_scrambling_control or adaptation_field_control, or an \
+                     adaptation field past the packet's end: nulled (logged once; counted \
+                     as malformed_es)"
+                );
             }
-            (Some(true), full)
-        } else {
-            c.no_payload += 1;
-            (Some(false), false)
-        };
-        let stream = &mut self.counters.stream;
-        match (scramble, layout) {
-            (None, _) => {
-                stream.malformed_es += 1;
-                if !self.warned.malformed_es {
-                    self.warned.malformed_es = true;
-                    tracing::warn!(
-                        %pid,
-                        "an ES packet of a scrambled service with a reserved \
-                         transport_scrambling_control or adaptation_field_control, or an \
-                         adaptation field past the packet's end: nulled (logged once; counted \
-                         as malformed_es)"
-                    );
+            let null = self.null;
+            self.push(&null, false);
+            return;
+        }
+        if tsc != 0 {
+            self.counters.pid_mut(pid).already_scrambled += 1;
+            self.counters.stream.es_already_scrambled += 1;
+            self.push(pkt, false);
+            return;
+        }
+        match layout {
+            EsLayout::Payload(start) => {
+                if PACKET_SIZE - start >= self.min_payload {
+                    self.counters.pid_mut(pid).scrambled += 1;
+                    self.counters.stream.es_scrambled += 1;
+                } else {
+                    self.counters.pid_mut(pid).short_payload += 1;
                 }
-                let null = self.null;
-                self.push(&null, false);
+                self.push(pkt, true);
             }
-            (Some(_), EsLayout::StrayAfter(at)) if tsc == 0 => {
+            EsLayout::StrayAfter(at) if pkt[at..].iter().any(|b| *b != 0xFF) => {
+                self.counters.pid_mut(pid).no_payload += 1;
+                self.counters.stream.malformed_es += 1;
                 let mut stuffed = *pkt;
-                if stuffed[at..].iter().any(|b| *b != 0xFF) {
-                    stuffed[at..].fill(0xFF);
-                    stream.malformed_es += 1;
-                }
+                stuffed[at..].fill(0xFF);
                 self.push(&stuffed, false);
             }
-            (Some(scramble), _) => {
-                stream.es_already_scrambled += u64::from(tsc != 0);
-                stream.es_scrambled += u64::from(full_payload);
-                self.push(pkt, scramble);
+            _ => {
+                self.counters.pid_mut(pid).no_payload += 1;
+                self.push(pkt, false);
             }
         }
     }
